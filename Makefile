@@ -1,0 +1,36 @@
+# Quick start: `make demo` runs the pipeline, `make test` runs the tests; both install what they need.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.npukit-installed
+# The torch release the test suite is run against (a CPU wheel is cached on the project machines).
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test test-all lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]" "$(TORCH)"
+	$(PY) -c "import pathlib; pathlib.Path('$(STAMP)').touch()"
+
+demo: $(STAMP)
+	$(PY) -m npukit demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check npukit tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/qat_overhead.py
+
+clean:
+	$(PY) -c "import shutil; [shutil.rmtree(p, True) for p in ('$(VENV)', 'npukit-out', '.pytest_cache')]"

@@ -1,0 +1,27 @@
+"""npukit: PyTorch to embedded NPUs and MCUs, bit-exact from training to the chip.
+
+    qmodel = npukit.prepare(model, example_input, target="venus")   # QAT model, exact integer arithmetic
+    ...train qmodel...
+    graph = npukit.to_ir(qmodel)                                      # the integer graph
+    y = npukit.run(graph, graph.quantize_input(x))                    # the reference engine
+"""
+
+from . import arith
+from .engine import run
+from .errors import NpukitError, Problem, ProblemsError
+from .ir import Graph, Node, TensorSpec
+from .qat import calibrate, freeze_observers, prepare, to_ir
+from .targets import TargetProfile, builtin_targets, load_target
+
+__version__ = "0.1.0"
+
+
+def load_ir(path) -> Graph:
+    """Read an IR file written by `Graph.save`."""
+    return Graph.load(path)
+
+
+__all__ = [
+    "Graph", "Node", "NpukitError", "Problem", "ProblemsError", "TargetProfile", "TensorSpec", "arith",
+    "builtin_targets", "calibrate", "freeze_observers", "load_ir", "load_target", "prepare", "run", "to_ir",
+]

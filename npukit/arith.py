@@ -1,0 +1,146 @@
+"""The arithmetic contract: the one definition of npukit's integer arithmetic.
+
+Every backend computes with these functions (the torch fake-quant path and the numpy engine call them
+directly; ONNX export and the C kernels mirror them, and differential tests hold them equal).
+`docs/arithmetic.md` is the prose version of this module.
+
+Values are integers carried either in integer numpy arrays or in *integer-valued* float arrays
+(numpy float64 or torch tensors). Float64 represents every integer below 2**53 exactly, and every
+operation here (power-of-two scaling, adding 0.5, floor, clip) is exact on such values, so the float
+and integer carriers give the same bits. Callers keep magnitudes below 2**52 (accumulators are at most
+48 bits wide, see `targets.TargetProfile.accumulator_bits`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+
+RoundingMode = Literal["half_up", "half_even", "floor", "trunc"]
+ROUNDING_MODES: tuple[str, ...] = ("half_up", "half_even", "floor", "trunc")
+
+MIN_EXP, MAX_EXP = -32, 32  # exponents outside this range mean a dead or exploding tensor
+
+
+def _xp(x):
+    """numpy or torch, whichever owns `x`, so one definition serves both."""
+    if type(x).__module__.startswith("torch"):
+        import torch
+
+        return torch
+    return np
+
+
+def int_range(bits: int, signed: bool = True) -> tuple[int, int]:
+    """Inclusive range of a `bits`-wide integer."""
+    if signed:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def act_range(bits: int, relu: bool) -> tuple[int, int]:
+    """Range an activation is saturated to: ReLU fused into the saturation raises the floor to 0."""
+    lo, hi = int_range(bits)
+    return (0 if relu else lo), hi
+
+
+def round_real(v, mode: RoundingMode):
+    """Round real values to integers (same array type back, integer-valued)."""
+    xp = _xp(v)
+    if mode == "half_up":
+        return xp.floor(v + 0.5)
+    if mode == "half_even":
+        return xp.round(v)  # both libraries round half to even
+    if mode == "floor":
+        return xp.floor(v)
+    if mode == "trunc":
+        return xp.trunc(v)
+    raise ValueError(f"unknown rounding mode {mode!r}; expected one of {ROUNDING_MODES}")
+
+
+def _as_float(x):
+    if isinstance(x, np.ndarray) and x.dtype.kind in "iu":
+        return x.astype(np.float64)
+    return x
+
+
+def round_shift(x, shift: int, mode: RoundingMode):
+    """x / 2**shift rounded by `mode`: the requantising arithmetic shift.
+
+    `shift` <= 0 is an exact left shift. x must be integer-valued.
+    """
+    x = _as_float(x)
+    if shift <= 0:
+        return x * float(2 ** (-shift))
+    return round_real(x * (2.0 ** -shift), mode)
+
+
+def round_div(x, n: int, mode: RoundingMode):
+    """x / n rounded by `mode`, for an integer divisor n > 0 (average pooling).
+
+    Exact: for |x| * n < 2**52 the float quotient never crosses an integer boundary wrongly
+    (the gap to the next integer is at least 1/n, far above the rounding error).
+    """
+    x = _as_float(x)
+    xp = _xp(x)
+    if n & (n - 1) == 0:  # power of two: the same bits as the shifter
+        return round_shift(x, n.bit_length() - 1, mode)
+    if mode == "half_up":
+        return xp.floor((2 * x + n) / (2 * n))
+    if mode == "floor":
+        return xp.floor(x / n)
+    if mode == "trunc":
+        return xp.trunc(x / n)
+    if mode == "half_even":
+        q = xp.floor(x / n)
+        r2 = 2 * (x - q * n)  # twice the remainder, in [0, 2n)
+        up = (r2 > n) | ((r2 == n) & (q % 2 == 1))
+        return q + up
+    raise ValueError(f"unknown rounding mode {mode!r}; expected one of {ROUNDING_MODES}")
+
+
+def saturate(x, lo: int, hi: int):
+    """Clamp to [lo, hi] (the hardware saturates; it never wraps)."""
+    return _xp(x).clip(x, lo, hi)
+
+
+def requantize(acc, shift: int, bits: int, mode: RoundingMode, relu: bool = False):
+    """Accumulator -> activation: rounding shift, then saturation (ReLU folds into the lower bound)."""
+    lo, hi = act_range(bits, relu)
+    return saturate(round_shift(acc, shift, mode), lo, hi)
+
+
+def quantize(real, exp: int, bits: int, mode: RoundingMode, relu: bool = False):
+    """Real values -> integers at exponent `exp` (real = q * 2**-exp), saturated to `bits`."""
+    lo, hi = act_range(bits, relu)
+    return saturate(round_real(real * (2.0**exp), mode), lo, hi)
+
+
+def fit_exponent(max_abs: float, bits: int) -> int:
+    """Largest exponent at which `max_abs` still fits in a signed `bits`-wide integer after rounding.
+
+    A tensor whose observed range is zero gets `bits - 1`: any exponent represents it, and this one
+    keeps shifts small.
+    """
+    if not math.isfinite(max_abs) or max_abs <= 0:
+        return bits - 1
+    limit = (1 << (bits - 1)) - 0.5  # values up to hi + 0.5 round (half up) to at most hi
+    e = math.floor(math.log2(limit / max_abs))
+    # log2 can be off by one ulp at exact powers of two; settle it with exact arithmetic.
+    while max_abs * 2.0**e >= limit:
+        e -= 1
+    while max_abs * 2.0 ** (e + 1) < limit:
+        e += 1
+    return max(MIN_EXP, min(MAX_EXP, e))
+
+
+def accumulator_bound(fan_in: int, x_bits: int, w_max_abs: int, bias_max_abs: int = 0) -> int:
+    """Largest |partial sum| a MAC layer can reach: decides which exact carrier is safe."""
+    return fan_in * (1 << (x_bits - 1)) * w_max_abs + bias_max_abs
+
+
+# Largest integer magnitude each float carrier holds exactly, with every partial sum.
+EXACT_FLOAT32 = 1 << 24
+EXACT_FLOAT64 = 1 << 53

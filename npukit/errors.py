@@ -1,0 +1,37 @@
+"""Errors a user can act on: which layer, which rule, which value, and what to do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class NpukitError(Exception):
+    """An error in the user's input (model, file, option) with a message meant to be read as is."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding about one layer: collected, never raised one at a time."""
+
+    where: str  # module path or node name
+    rule: str
+    message: str
+    fix: str = ""
+    source: str = ""  # file:line of the user's code, when known
+
+    def __str__(self) -> str:
+        text = f"{self.where}: [{self.rule}] {self.message}"
+        if self.source:
+            text += f" (at {self.source})"
+        if self.fix:
+            text += f"\n    fix: {self.fix}"
+        return text
+
+
+class ProblemsError(NpukitError):
+    """Every problem found, reported together so the user fixes them in one pass."""
+
+    def __init__(self, headline: str, problems: list[Problem]):
+        self.problems = list(problems)
+        body = "\n".join(f"  - {str(p)}" for p in self.problems)
+        super().__init__(f"{headline} ({len(self.problems)} problem{'s' * (len(self.problems) != 1)}):\n{body}")

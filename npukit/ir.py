@@ -1,0 +1,172 @@
+"""The IR: one small typed graph that every stage after capture speaks.
+
+Tensors are integers with an exponent (real = q * 2**-exp) and a bit width; shapes exclude the batch
+dimension. Nodes carry JSON-able attributes and integer parameters (weights, biases). An op's meaning
+lives in `npukit.ops` (one file per op); this module only holds and stores the graph.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import NpukitError
+
+IR_FORMAT = "npukit-ir"
+IR_VERSION = 1
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]  # per sample (no batch dimension)
+    bits: int
+    exp: int  # real = q * 2**-exp
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.int8 if self.bits <= 8 else np.int16 if self.bits <= 16 else np.int32)
+
+
+@dataclass
+class Node:
+    name: str  # PyTorch module path, or the traced function's node name
+    op: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict = field(default_factory=dict)
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Graph:
+    target: dict  # the full target profile, so an IR file is self-contained
+    inputs: list[str]
+    outputs: list[str]
+    tensors: dict[str, TensorSpec]
+    nodes: list[Node]
+
+    @property
+    def rounding(self) -> str:
+        return self.target["rounding"]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def input_spec(self, i: int = 0) -> TensorSpec:
+        return self.tensors[self.inputs[i]]
+
+    def output_spec(self, i: int = 0) -> TensorSpec:
+        return self.tensors[self.outputs[i]]
+
+    # Input/output conversion: the only place real numbers meet the integer graph.
+    def quantize_input(self, x, i: int = 0) -> np.ndarray:
+        """Float input (batch first) -> the integers the chip receives."""
+        from . import arith
+
+        spec = self.input_spec(i)
+        q = arith.quantize(np.asarray(x, dtype=np.float64), spec.exp, spec.bits, self.rounding)
+        return q.astype(spec.dtype)
+
+    def dequantize_output(self, q, i: int = 0) -> np.ndarray:
+        return np.asarray(q, dtype=np.float64) * 2.0 ** -self.output_spec(i).exp
+
+    def validate(self) -> None:
+        """Structural checks: every tensor defined once before use, every op known, shapes consistent."""
+        from .ops import get_op
+
+        problems = []
+        defined = set(self.inputs)
+        for t in self.inputs:
+            if t not in self.tensors:
+                problems.append(f"input {t!r} has no tensor spec")
+        for n in self.nodes:
+            try:
+                op = get_op(n.op)
+            except NpukitError as e:
+                problems.append(f"node {n.name!r}: {e}")
+                continue
+            missing = [t for t in n.inputs if t not in defined]
+            if missing:
+                problems.append(f"node {n.name!r} reads {missing} before they are produced")
+                continue
+            for t in n.outputs:
+                if t in defined:
+                    problems.append(f"tensor {t!r} is produced twice (again by {n.name!r})")
+                if t not in self.tensors:
+                    problems.append(f"node {n.name!r} output {t!r} has no tensor spec")
+                defined.add(t)
+            if all(t in self.tensors for t in n.inputs + n.outputs):
+                want = op.infer_shapes(n, [self.tensors[t].shape for t in n.inputs])
+                got = [self.tensors[t].shape for t in n.outputs]
+                if [tuple(s) for s in want] != [tuple(s) for s in got]:
+                    problems.append(f"node {n.name!r}: output shape {got} but the op gives {want}")
+        for t in self.outputs:
+            if t not in defined:
+                problems.append(f"output {t!r} is never produced")
+        if problems:
+            raise NpukitError("invalid IR graph:\n" + "\n".join(f"  - {p}" for p in problems))
+
+    # Storage: a zip (.npz-compatible) holding graph.json and one .npy per parameter.
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        meta = {
+            "format": IR_FORMAT,
+            "version": IR_VERSION,
+            "target": self.target,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "tensors": [asdict(t) for t in self.tensors.values()],
+            "nodes": [
+                {"name": n.name, "op": n.op, "inputs": n.inputs, "outputs": n.outputs, "attrs": n.attrs,
+                 "params": sorted(n.params)}
+                for n in self.nodes
+            ],
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("graph.json", json.dumps(meta, indent=1))
+            for i, n in enumerate(self.nodes):
+                for k, v in n.params.items():
+                    buf = io.BytesIO()
+                    np.save(buf, v, allow_pickle=False)
+                    z.writestr(f"params/{i}/{k}.npy", buf.getvalue())
+        tmp.replace(path)  # never leave a half-written file under the real name
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Graph:
+        path = Path(path)
+        try:
+            with zipfile.ZipFile(path) as z:
+                meta = json.loads(z.read("graph.json"))
+                if meta.get("format") != IR_FORMAT:
+                    raise NpukitError(f"{path} is not an npukit IR file")
+                if meta.get("version") != IR_VERSION:
+                    raise NpukitError(f"{path} has IR version {meta.get('version')}; this npukit reads {IR_VERSION}")
+                nodes = []
+                for i, nd in enumerate(meta["nodes"]):
+                    params = {k: np.load(io.BytesIO(z.read(f"params/{i}/{k}.npy")), allow_pickle=False)
+                              for k in nd["params"]}
+                    nodes.append(Node(nd["name"], nd["op"], list(nd["inputs"]), list(nd["outputs"]),
+                                      dict(nd["attrs"]), params))
+                tensors = {t["name"]: TensorSpec(t["name"], tuple(t["shape"]), int(t["bits"]), int(t["exp"]))
+                           for t in meta["tensors"]}
+                g = cls(meta["target"], list(meta["inputs"]), list(meta["outputs"]), tensors, nodes)
+        except NpukitError:
+            raise
+        except FileNotFoundError:
+            raise NpukitError(f"{path}: no such file") from None
+        except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError) as e:
+            raise NpukitError(f"{path} is not a readable npukit IR file ({type(e).__name__}: {e})") from None
+        g.validate()
+        return g

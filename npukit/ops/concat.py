@@ -1,0 +1,66 @@
+"""Concatenation along a non-batch axis. Operands are right-shifted to the smallest input exponent."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .. import arith
+from ..errors import NpukitError
+from ..ir import Node
+from ..qat.fakequant import QModule, ste
+from .base import Captured, OpDef, node_name, register
+
+
+class QConcat(QModule):
+    op = "concat"
+
+    def __init__(self, profile, axis: int):
+        super().__init__(profile)
+        self.axis = axis  # per-sample axis (0 = channels)
+
+    def forward(self, xs, exps):
+        es = [int(e) for e in exps]
+        e_out = min(es)
+        self.out_exp.fill_(e_out)
+        parts = []
+        for x, e in zip(xs, es, strict=True):
+            xi = x.to(torch.float64) * 2.0**e
+            parts.append(ste(xi * 2.0 ** (e_out - e), arith.round_shift(xi.detach(), e - e_out, self.rounding)))
+        return (torch.cat(parts, dim=self.axis + 1) * 2.0**-e_out).float()
+
+    def to_ir(self, name, inputs, out_shape):
+        node = Node(name, self.op, [t.name for t in inputs], [name], {"axis": self.axis})
+        return node, self._out_spec(name, inputs, out_shape)
+
+
+@register
+class Concat(OpDef):
+    name = "concat"
+
+    def matches(self, node, ctx):
+        return node.op == "call_function" and node.target in (torch.cat, torch.concat, torch.concatenate)
+
+    def capture(self, node, ctx):
+        kw = ctx.kwargs(node)
+        tensors = list(kw.get("tensors") or kw.get("inputs") or [])
+        rank = len(ctx.shape(node))
+        dim = kw.get("dim", kw.get("axis", 0)) % rank
+        if dim == 0:
+            raise NpukitError("concatenating along the batch dimension is not supported")
+        return Captured(QConcat(ctx.profile, dim - 1), node_name(node), tensors, node)
+
+    def infer_shapes(self, node, in_shapes):
+        ax = node.attrs["axis"]
+        first = list(in_shapes[0])
+        for s in in_shapes[1:]:
+            if len(s) != len(first) or any(a != b for i, (a, b) in enumerate(zip(s, first)) if i != ax):
+                raise NpukitError(f"{node.name}: shapes {in_shapes} differ off the concatenation axis {ax}")
+        first[ax] = sum(s[ax] for s in in_shapes)
+        return [tuple(first)]
+
+    def run(self, node, inputs, graph):
+        out = graph.tensors[node.outputs[0]]
+        parts = [arith.round_shift(x, graph.tensors[t].exp - out.exp, graph.rounding)
+                 for x, t in zip(inputs, node.inputs, strict=True)]
+        return [np.concatenate(parts, axis=node.attrs["axis"] + 1).astype(out.dtype)]

@@ -1,0 +1,213 @@
+"""Multiply-accumulate layers: conv (1d, 2d, grouped/depthwise) and linear, with BatchNorm folded and
+ReLU fused into the output saturation.
+
+Arithmetic (docs/arithmetic.md): acc = sum(x * w) + (bias << (e_acc - e_bias)) at e_acc = e_x + e_w,
+saturated to the accumulator width, then requantised to the output exponent. A wide output keeps the
+accumulator itself (e_out = e_acc, accumulator bits).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import arith
+from ..errors import NpukitError
+from ..ir import Graph, Node, TensorSpec
+from ..qat.fakequant import ObservedQModule, exact_carrier, quant_ste, requant_ste
+from .base import Captured, OpDef, node_name, register
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+class QMac(ObservedQModule):
+    """QAT conv/linear: float parameters, exact integer forward."""
+
+    def __init__(self, profile, weight, bias, *, w_bits, relu, wide, conv: dict | None):
+        super().__init__(profile)
+        self.weight = nn.Parameter(weight.detach().clone().float())
+        self.bias = nn.Parameter(bias.detach().clone().float())
+        self.w_bits, self.relu, self.wide, self.conv = w_bits, relu, wide, conv
+        self.op = "conv" if conv else "linear"
+
+    @property
+    def fan_in(self) -> int:
+        return math.prod(self.weight.shape[1:])
+
+    def int_params(self, e_x: int):
+        """Integer weight and bias (integer-valued tensors, straight-through) and their exponents."""
+        w_exp = arith.fit_exponent(float(self.weight.detach().abs().max()), self.w_bits)
+        qw = quant_ste(self.weight, w_exp, self.w_bits, self.rounding)
+        b = self.bias.to(torch.float64)
+        b_exp = min(e_x + w_exp, arith.fit_exponent(float(b.detach().abs().max()), self.bias_bits))
+        qb = quant_ste(b, b_exp, self.bias_bits, self.rounding)
+        return qw, w_exp, qb, b_exp
+
+    def _mac(self, x, w):
+        if self.conv is None:
+            return F.linear(x, w)
+        c = self.conv
+        fn = F.conv1d if c["ndim"] == 1 else F.conv2d
+        return fn(x, w, None, c["stride"], c["padding"], c["dilation"], c["groups"])
+
+    def forward(self, xs, exps):
+        x, e_x = xs[0], int(exps[0])
+        qw, w_exp, qb, b_exp = self.int_params(e_x)
+        e_acc = e_x + w_exp
+        bias_max = int(qb.detach().abs().max()) << (e_acc - b_exp)
+        bound = arith.accumulator_bound(self.fan_in, self.act_bits, int(qw.detach().abs().max()), bias_max)
+        carrier = exact_carrier(bound, x.device)
+        acc = self._mac((x.to(carrier) * 2.0**e_x), qw.to(carrier)).to(torch.float64)
+        bias = qb * 2.0 ** (e_acc - b_exp)
+        acc = acc + (bias.view(-1, *([1] * (acc.dim() - 2))) if acc.dim() > 2 else bias)
+        acc = arith.saturate(acc, *arith.int_range(self.acc_bits))
+        if self.wide:
+            self.out_exp.fill_(e_acc)
+            return acc * 2.0**-e_acc  # float64: an int32 accumulator does not fit float32 exactly
+        observed = acc.clamp(min=0) if self.relu else acc.abs()
+        e_out = self.observe(observed.max() * 2.0**-e_acc, self.act_bits)
+        q = requant_ste(acc, e_acc - e_out, self.act_bits, self.rounding, self.relu)
+        return (q * 2.0**-e_out).float()
+
+    def to_ir(self, name, inputs, out_shape):
+        e_x = inputs[0].exp
+        with torch.no_grad():
+            qw, w_exp, qb, b_exp = self.int_params(e_x)
+        w_dtype = np.int8 if self.w_bits <= 8 else np.int16
+        attrs = {"w_bits": self.w_bits, "w_exp": w_exp, "b_exp": b_exp, "relu": self.relu, "wide": self.wide}
+        if self.conv:
+            attrs.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.conv.items()})
+        params = {"weight": qw.numpy().astype(w_dtype), "bias": qb.numpy().astype(np.int64)}
+        if self.wide:
+            out = TensorSpec(name, tuple(out_shape), self.acc_bits, e_x + w_exp)
+        else:
+            out = self._out_spec(name, inputs, out_shape)
+        return Node(name, self.op, [inputs[0].name], [name], attrs, params), out
+
+
+def _capture_mac(node, ctx, layer, conv: dict | None):
+    w = layer.weight.detach().float()
+    b = layer.bias.detach().float() if layer.bias is not None else torch.zeros(w.shape[0])
+    last, absorbed = node, []
+    bn = ctx.module(ctx.sole_user(node)) if ctx.sole_user(node) is not None else None
+    if isinstance(bn, _BN):
+        if not bn.track_running_stats or bn.running_var is None:
+            raise NpukitError("the BatchNorm after it keeps no running statistics, so it cannot be folded")
+        scale = bn.weight.detach() if bn.affine else torch.ones_like(bn.running_var)
+        shift = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_mean)
+        k = scale / torch.sqrt(bn.running_var + bn.eps)
+        w = w * k.view(-1, *([1] * (w.dim() - 1)))
+        b = (b - bn.running_mean) * k + shift
+        last = ctx.sole_user(node)
+        absorbed.append(last)
+    relu, last, more = ctx.fuse_relu(last)
+    absorbed += more
+    wide = ctx.wide_output and not relu and ctx.is_graph_output(last)
+    module = QMac(ctx.profile, w, b, w_bits=ctx.weight_bits, relu=relu, wide=wide, conv=conv)
+    return Captured(module, node_name(node), [node.args[0]], last, absorbed)
+
+
+def _mac_requant(node: Node, acc: np.ndarray, graph: Graph) -> np.ndarray:
+    """Shared tail of conv and linear: bias, accumulator saturation, requantisation."""
+    a = node.attrs
+    e_acc = graph.tensors[node.inputs[0]].exp + a["w_exp"]
+    bias = node.params["bias"].astype(np.float64) * 2.0 ** (e_acc - a["b_exp"])
+    acc = acc + bias.reshape(-1, *([1] * (acc.ndim - 2)))
+    acc = arith.saturate(acc, *arith.int_range(graph.target["accumulator_bits"]))
+    out = graph.tensors[node.outputs[0]]
+    q = arith.requantize(acc, e_acc - out.exp, out.bits, graph.rounding, a["relu"])
+    return q.astype(out.dtype)
+
+
+def _exact_matmul(w: np.ndarray, cols: np.ndarray, x_bits: int) -> np.ndarray:
+    """w @ cols on integers: float64 BLAS when every partial sum stays below 2**53, int64 otherwise."""
+    if arith.accumulator_bound(w.shape[-1], x_bits, int(np.abs(w).max(initial=0))) < arith.EXACT_FLOAT64:
+        return np.matmul(w.astype(np.float64), cols.astype(np.float64))
+    return np.matmul(w.astype(np.int64), cols.astype(np.int64)).astype(np.float64)
+
+
+@register
+class Conv(OpDef):
+    name = "conv"
+
+    def matches(self, node, ctx):
+        return isinstance(ctx.module(node), nn.Conv1d | nn.Conv2d)
+
+    def capture(self, node, ctx):
+        conv = ctx.module(node)
+        if conv.padding_mode != "zeros":
+            raise NpukitError(f"padding_mode={conv.padding_mode!r} is not supported; use 'zeros'")
+        if isinstance(conv.padding, str):
+            raise NpukitError(f"padding={conv.padding!r} is not supported; give the padding as numbers")
+        ndim = 1 if isinstance(conv, nn.Conv1d) else 2
+        args = {"ndim": ndim, "stride": tuple(conv.stride), "padding": tuple(conv.padding),
+                "dilation": tuple(conv.dilation), "groups": conv.groups}
+        return _capture_mac(node, ctx, conv, args)
+
+    def infer_shapes(self, node, in_shapes):
+        a, (c, *spatial) = node.attrs, in_shapes[0]
+        w = node.params["weight"].shape
+        if c != w[1] * a["groups"]:
+            raise NpukitError(f"{node.name}: input has {c} channels, weights expect {w[1] * a['groups']}")
+        out = [(n + 2 * p - d * (k - 1) - 1) // s + 1
+               for n, k, s, p, d in zip(spatial, w[2:], a["stride"], a["padding"], a["dilation"], strict=True)]
+        return [(w[0], *out)]
+
+    def run(self, node, inputs, graph):
+        a, x = node.attrs, inputs[0]
+        w = node.params["weight"]
+        if a["ndim"] == 1:  # one code path: a 1-d conv is a 2-d conv of height 1
+            x, w = x[:, :, None, :], w[:, :, None, :]
+            stride, pad, dil = (1, *a["stride"]), (0, *a["padding"]), (1, *a["dilation"])
+        else:
+            stride, pad, dil = a["stride"], a["padding"], a["dilation"]
+        n, c, _, _ = x.shape
+        o, cg, kh, kw = w.shape
+        g = a["groups"]
+        xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
+        win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1), axis=(2, 3))
+        win = win[:, :, :: stride[0], :: stride[1], :: dil[0], :: dil[1]]  # (n, c, ho, wo, kh, kw)
+        ho, wo = win.shape[2:4]
+        cols = win.reshape(n, g, cg, ho, wo, kh, kw).transpose(0, 1, 2, 5, 6, 3, 4).reshape(n, g, cg * kh * kw, ho * wo)
+        x_bits = graph.tensors[node.inputs[0]].bits
+        acc = _exact_matmul(w.reshape(g, o // g, cg * kh * kw), cols, x_bits)  # (n, g, o/g, ho*wo)
+        acc = acc.reshape(n, o, ho, wo)
+        if a["ndim"] == 1:
+            acc = acc[:, :, 0, :]
+        return [_mac_requant(node, acc, graph)]
+
+    def macs(self, node, graph):
+        out = graph.tensors[node.outputs[0]].shape
+        return math.prod(out) * math.prod(node.params["weight"].shape[1:])
+
+
+@register
+class Linear(OpDef):
+    name = "linear"
+
+    def matches(self, node, ctx):
+        return isinstance(ctx.module(node), nn.Linear)
+
+    def capture(self, node, ctx):
+        if len(ctx.shape(node.args[0])) != 2:
+            raise NpukitError(f"Linear receives a {len(ctx.shape(node.args[0]))}-d tensor; flatten it to "
+                              "(batch, features) first")
+        return _capture_mac(node, ctx, ctx.module(node), None)
+
+    def infer_shapes(self, node, in_shapes):
+        w = node.params["weight"].shape
+        if tuple(in_shapes[0]) != (w[1],):
+            raise NpukitError(f"{node.name}: input shape {in_shapes[0]}, weights expect ({w[1]},)")
+        return [(w[0],)]
+
+    def run(self, node, inputs, graph):
+        x_bits = graph.tensors[node.inputs[0]].bits
+        acc = _exact_matmul(node.params["weight"], inputs[0].T, x_bits).T  # (n, out)
+        return [_mac_requant(node, acc, graph)]
+
+    def macs(self, node, graph):
+        return int(node.params["weight"].size)

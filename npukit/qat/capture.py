@@ -1,0 +1,255 @@
+"""Capture: trace a float model with torch.fx and rebuild it from QAT modules, one per IR op.
+
+Every traced node either becomes a QAT module, is fused into one (BatchNorm, ReLU), is pure plumbing
+(dropout, identity, shape arithmetic), or is reported. Nothing is silently left in float: all unsupported
+nodes are collected and raised together, each with its source line and a fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..errors import NpukitError, Problem, ProblemsError
+from ..ops.base import node_name
+from ..targets import TargetProfile, load_target
+from .fakequant import QModule
+from .input import QInput
+
+INPUT_MODULE = "npukit_input"
+
+_PASSTHROUGH_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
+_PASSTHROUGH_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, torch.Tensor.contiguous)
+_PASSTHROUGH_METHODS = ("contiguous", "clone", "detach")
+_RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
+_RELU_METHODS = ("relu", "relu_")
+
+
+class CaptureContext:
+    """What op capture functions may ask about the traced model."""
+
+    def __init__(self, gm: fx.GraphModule, profile: TargetProfile, weight_bits: int, wide_output: bool):
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.profile = profile
+        self.weight_bits = weight_bits
+        self.wide_output = wide_output
+        self.output_nodes = self._graph_outputs()
+
+    def _graph_outputs(self) -> set[fx.Node]:
+        out = next(n for n in self.gm.graph.nodes if n.op == "output")
+        found: list[fx.Node] = []
+        fx.node.map_arg(out.args, found.append)
+        return set(found)
+
+    def module(self, node: fx.Node) -> nn.Module | None:
+        return self.modules.get(node.target) if node.op == "call_module" else None
+
+    def shape(self, node: fx.Node) -> tuple[int, ...]:
+        return tuple(node.meta["tensor_meta"].shape)
+
+    def kwargs(self, node: fx.Node) -> dict:
+        """A call's arguments by name, defaults filled in (for functional spellings)."""
+        norm = node.normalized_arguments(self.gm, normalize_to_only_use_kwargs=True)
+        if norm is None:
+            raise NpukitError(f"cannot read the arguments of {node.name}")
+        return dict(norm.kwargs)
+
+    def sole_user(self, node: fx.Node) -> fx.Node | None:
+        users = list(node.users)
+        if len(users) != 1 or node in self.output_nodes:
+            return None
+        return users[0]
+
+    def is_relu(self, node: fx.Node | None) -> bool:
+        if node is None:
+            return False
+        if node.op == "call_module":
+            return isinstance(self.module(node), nn.ReLU)
+        if node.op == "call_function":
+            return node.target in _RELU_FUNCTIONS
+        return node.op == "call_method" and node.target in _RELU_METHODS
+
+    def fuse_relu(self, node: fx.Node) -> tuple[bool, fx.Node, list[fx.Node]]:
+        """Absorb a ReLU that is `node`'s only user: (relu?, last node, absorbed nodes)."""
+        user = self.sole_user(node)
+        if self.is_relu(user):
+            return True, user, [user]
+        return False, node, []
+
+    def is_graph_output(self, node: fx.Node) -> bool:
+        return node in self.output_nodes
+
+    @staticmethod
+    def source(node: fx.Node) -> str:
+        """file:line of the user's code that produced the node (torch frames skipped)."""
+        trace = node.meta.get("stack_trace") or ""
+        for line in trace.splitlines():
+            line = line.strip()
+            if line.startswith("File ") and "/torch/" not in line:
+                parts = line.split('"')
+                lineno = line.split("line ")[-1].split(",")[0] if "line " in line else "?"
+                return f"{parts[1]}:{lineno}" if len(parts) > 1 else line
+        return ""
+
+
+def _describe(node: fx.Node, ctx: CaptureContext) -> str:
+    mod = ctx.module(node)
+    if mod is not None:
+        return f"module {type(mod).__name__}"
+    if node.op == "call_method":
+        return f"tensor method .{node.target}()"
+    if node.op == "get_attr":
+        return f"parameter/buffer access {node.target}"
+    name = getattr(node.target, "__name__", str(node.target))
+    mod_name = getattr(node.target, "__module__", "") or ""
+    return f"function {mod_name + '.' if mod_name else ''}{name}"
+
+
+def _fix_for(node: fx.Node, ctx: CaptureContext) -> str:
+    text = _describe(node, ctx)
+    if "conv" in text.lower() and node.op != "call_module":
+        return "use an nn.Conv1d / nn.Conv2d module instead of the functional call, so its weights can be quantized"
+    if "linear" in text.lower() and node.op != "call_module":
+        return "use an nn.Linear module instead of the functional call"
+    if isinstance(ctx.module(node), nn.BatchNorm1d | nn.BatchNorm2d):
+        return "put BatchNorm directly after a Conv (it is folded into the conv's weights)"
+    if node.op == "get_attr":
+        return "keep weights inside supported modules (nn.Conv*, nn.Linear)"
+    return "replace it with a supported op (see docs/architecture.md), or compute it outside the model"
+
+
+def _is_shape_node(node: fx.Node) -> bool:
+    """size()/shape arithmetic: not tensor data, consumed by view/reshape only."""
+    return node.op not in ("placeholder", "output") and "tensor_meta" not in node.meta
+
+
+def _is_passthrough(node: fx.Node, ctx: CaptureContext) -> bool:
+    if node.op == "call_module":
+        return isinstance(ctx.module(node), _PASSTHROUGH_MODULES)
+    if node.op == "call_function":
+        return node.target in _PASSTHROUGH_FUNCTIONS
+    return node.op == "call_method" and node.target in _PASSTHROUGH_METHODS
+
+
+def prepare(model: nn.Module, example_input: torch.Tensor, target="venus", *, weight_bits: int | None = None,
+            wide_output: bool | None = None) -> fx.GraphModule:
+    """Turn a float model into a QAT model that computes exactly the target's integer arithmetic.
+
+    `example_input` is a batch (batch dimension first) used to trace shapes and to initialise the
+    activation ranges. BatchNorm is folded with its running statistics, so train the float model first.
+    Raises `ProblemsError` listing every node that cannot be quantized.
+    """
+    profile = load_target(target)
+    weight_bits = weight_bits or profile.default_weight_bits
+    if weight_bits not in profile.weight_bits:
+        raise NpukitError(f"target {profile.name} supports weight bits {profile.weight_bits}, not {weight_bits}")
+    if wide_output is None:
+        wide_output = profile.wide_output
+    elif wide_output and not profile.wide_output:
+        raise NpukitError(f"target {profile.name} has no wide (accumulator) output mode")
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
+        raise NpukitError("example_input must be a tensor with a batch dimension first, e.g. torch.randn(8, 1, 40)")
+
+    model = copy.deepcopy(model).eval().cpu()
+    tracer = fx.Tracer()
+    tracer.record_stack_traces = True
+    try:
+        traced = fx.GraphModule(model, tracer.trace(model))
+    except Exception as e:  # torch.fx raises many types for untraceable code
+        raise NpukitError(f"torch.fx could not trace the model: {type(e).__name__}: {e}\n"
+                          "    fix: remove data-dependent Python control flow from forward()") from None
+    with torch.no_grad():
+        ShapeProp(traced).propagate(example_input.detach().float().cpu())
+
+    ctx = CaptureContext(traced, profile, weight_bits, wide_output)
+    qgraph = fx.Graph()
+    root: dict[str, nn.Module] = {}
+    env: dict[fx.Node, tuple[fx.Node, fx.Node]] = {}  # traced node -> (new value, its exponent getter)
+    done: set[fx.Node] = set()
+    problems: list[Problem] = []
+    from ..ops import all_ops  # late: op files import the QAT base modules from this package
+
+    ops = all_ops()
+
+    placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise NpukitError(f"the model's forward() takes {len(placeholders)} tensors; npukit supports exactly one input")
+
+    for node in traced.graph.nodes:
+        if node in done:
+            continue
+        if node.op == "placeholder":
+            root[INPUT_MODULE] = QInput(profile, tuple(example_input.shape[1:]))
+            x = qgraph.placeholder(node.name)
+            val = qgraph.call_module(INPUT_MODULE, (x,))
+            env[node] = (val, _exp_getter(qgraph, root, INPUT_MODULE))
+        elif node.op == "output":
+            if any(n not in env for n in ctx.output_nodes):
+                continue  # the missing producers are already reported
+            qgraph.output(fx.node.map_arg(node.args[0], lambda n: env[n][0]))
+        elif _is_shape_node(node):
+            continue
+        elif _is_passthrough(node, ctx):
+            if node.args and node.args[0] in env:
+                env[node] = env[node.args[0]]
+        else:
+            op = next((o for o in ops if o.matches(node, ctx)), None)
+            if op is None:
+                problems.append(Problem(node_name(node), "unsupported-op",
+                                        f"{_describe(node, ctx)} cannot be quantized", _fix_for(node, ctx),
+                                        ctx.source(node)))
+                continue
+            try:
+                cap = op.capture(node, ctx)
+            except NpukitError as e:
+                problems.append(Problem(node_name(node),
+                                        f"{op.name}-unsupported", str(e), source=ctx.source(node)))
+                continue
+            if any(i not in env for i in cap.inputs):
+                continue  # an upstream problem was reported already
+            root[cap.name] = cap.module
+            values = [env[i][0] for i in cap.inputs]
+            exps = [env[i][1] for i in cap.inputs]
+            new = qgraph.call_module(cap.name, (values, exps))
+            exp_node = exps[0] if cap.module.keeps_exp else _exp_getter(qgraph, root, cap.name)
+            env[cap.last] = (new, exp_node)
+            done.update(cap.absorbed)
+
+    if problems:
+        raise ProblemsError(f"{type(model).__name__} cannot be prepared for {profile.name}", problems)
+    qmodel = fx.GraphModule(root, qgraph, class_name=f"QAT{type(model).__name__}")
+    qmodel.graph.eliminate_dead_code()  # exponent getters nobody reads
+    qmodel.recompile()
+    calibrate(qmodel, [example_input])
+    return qmodel
+
+
+def _exp_getter(graph: fx.Graph, root: dict, name: str) -> fx.Node:
+    """A graph node reading module `name`'s output exponent buffer (GraphModule wants it named in root)."""
+    root[f"{name}.out_exp"] = root[name].out_exp
+    return graph.get_attr(f"{name}.out_exp")
+
+
+def calibrate(qmodel: fx.GraphModule, batches) -> fx.GraphModule:
+    """Run batches through the observers (no gradients) to set activation exponents; returns the model."""
+    was_training = qmodel.training
+    qmodel.train()
+    with torch.no_grad():
+        for batch in batches:
+            qmodel(batch)
+    qmodel.train(was_training)
+    return qmodel
+
+
+def freeze_observers(qmodel: nn.Module, frozen: bool = True) -> nn.Module:
+    """Stop (or restart) activation-range updates: the exponents stay as they are while training goes on."""
+    for m in qmodel.modules():
+        if hasattr(m, "frozen"):
+            m.frozen.fill_(frozen)
+    return qmodel
+

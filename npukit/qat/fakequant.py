@@ -1,0 +1,104 @@
+"""Torch side of the arithmetic contract: straight-through estimators, range observers, the QAT module base.
+
+QAT modules pass real-valued tensors that are exactly q * 2**-exp and compute internally in integer
+units, calling `npukit.arith` for every rounding and saturation, so eval mode reproduces the integer
+engine bit for bit. Gradients flow through a smooth surrogate of each rounding (the straight-through
+estimator); the forward value is always the exact integer result.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn as nn
+
+from .. import arith
+from ..targets import TargetProfile
+
+if TYPE_CHECKING:
+    from ..ir import Node, TensorSpec
+
+# EMA momentum of the activation range observers: ranges settle within a few dozen batches.
+OBSERVER_MOMENTUM = 0.9
+
+
+def ste(surrogate: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """Forward: `exact`. Backward: the gradient of `surrogate`."""
+    return surrogate + (exact - surrogate).detach()
+
+
+def quant_ste(x: torch.Tensor, exp: int, bits: int, mode: str, relu: bool = False) -> torch.Tensor:
+    """Integer-valued tensor of x quantized at `exp` (same dtype), with a clipped straight-through gradient."""
+    lo, hi = arith.act_range(bits, relu)
+    surrogate = (x * 2.0**exp).clamp(lo, hi)
+    return ste(surrogate, arith.quantize(x.detach(), exp, bits, mode, relu))
+
+
+def requant_ste(acc: torch.Tensor, shift: int, bits: int, mode: str, relu: bool) -> torch.Tensor:
+    """Integer accumulator (float64, integer-valued) -> integer activation, straight-through."""
+    lo, hi = arith.act_range(bits, relu)
+    surrogate = (acc * 2.0**-shift).clamp(lo, hi)
+    return ste(surrogate, arith.requantize(acc.detach(), shift, bits, mode, relu))
+
+
+def exact_carrier(bound: int, device: torch.device) -> torch.dtype:
+    """The float dtype whose matmuls/convs are exact for integer sums up to `bound`.
+
+    float32 sums integers exactly below 2**24 in any order; CUDA may run float32 convolutions in TF32
+    or through Winograd/FFT, so it always gets float64.
+    """
+    if device.type == "cpu" and bound < arith.EXACT_FLOAT32:
+        return torch.float32
+    return torch.float64
+
+
+class QModule(nn.Module):
+    """Base of every QAT module. forward(xs, exps): input tensors and their exponent buffers."""
+
+    op: ClassVar[str]
+    keeps_exp: ClassVar[bool] = False  # output exponent is the first input's (pooling, reshape, ...)
+
+    def __init__(self, profile: TargetProfile):
+        super().__init__()
+        # Plain values, not the profile object, so modules pickle and deepcopy without it.
+        self.rounding: str = profile.rounding
+        self.pool_rounding: str = profile.pool_rounding
+        self.act_bits: int = profile.activation_bits
+        self.acc_bits: int = profile.accumulator_bits
+        self.bias_bits: int = profile.bias_bits
+        if not self.keeps_exp:
+            self.register_buffer("out_exp", torch.zeros((), dtype=torch.int64))
+
+    def to_ir(self, name: str, inputs: list[TensorSpec], out_shape: tuple[int, ...]) -> tuple[Node, TensorSpec]:
+        """This module as an IR node (integer parameters) and the spec of its output tensor."""
+        raise NotImplementedError
+
+    def _out_spec(self, name: str, inputs: list[TensorSpec], out_shape) -> TensorSpec:
+        from ..ir import TensorSpec
+
+        if self.keeps_exp:
+            return TensorSpec(name, tuple(out_shape), inputs[0].bits, inputs[0].exp)
+        return TensorSpec(name, tuple(out_shape), self.act_bits, int(self.out_exp))
+
+
+class ObservedQModule(QModule):
+    """A QAT module whose output exponent follows an EMA of the observed max-abs output."""
+
+    def __init__(self, profile: TargetProfile):
+        super().__init__(profile)
+        self.register_buffer("range_ema", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("range_seen", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("frozen", torch.zeros((), dtype=torch.bool))
+
+    def observe(self, real_max_abs: torch.Tensor, bits: int) -> int:
+        """Update the range (training, not frozen) and return the output exponent to use now."""
+        if self.training and not bool(self.frozen):
+            m = real_max_abs.detach().to(torch.float64)
+            if bool(self.range_seen):
+                self.range_ema.mul_(OBSERVER_MOMENTUM).add_((1 - OBSERVER_MOMENTUM) * m)
+            else:
+                self.range_ema.copy_(m)
+                self.range_seen.fill_(True)
+            self.out_exp.fill_(arith.fit_exponent(float(self.range_ema), bits))
+        return int(self.out_exp)

@@ -1,0 +1,79 @@
+"""Target profiles: one YAML file per chip, validated by pydantic. No hardware number lives in code."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..arith import RoundingMode
+from ..errors import NpukitError
+
+_BUILTIN_DIR = Path(__file__).parent
+
+
+class TargetProfile(BaseModel):
+    """The arithmetic a chip implements. Rules and memory limits join this in the targets issue."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    activation_bits: int = Field(8, ge=2, le=16)
+    weight_bits: list[int] = Field(default_factory=lambda: [8], min_length=1)
+    bias_bits: int = Field(32, ge=2, le=32)
+    accumulator_bits: int = Field(32, ge=8, le=48)
+    rounding: RoundingMode = "half_up"
+    pool_rounding: RoundingMode = "half_up"
+    wide_output: bool = Field(False, description="last layer may output the raw accumulator (no clipping)")
+
+    @model_validator(mode="after")
+    def _check(self) -> TargetProfile:
+        bad = [b for b in self.weight_bits if b not in (1, 2, 4, 8, 16)]
+        if bad:
+            raise ValueError(f"weight_bits {bad} unsupported; use 1, 2, 4, 8 or 16")
+        return self
+
+    @property
+    def default_weight_bits(self) -> int:
+        return self.weight_bits[0]
+
+
+def builtin_targets() -> list[str]:
+    return sorted(p.stem for p in _BUILTIN_DIR.glob("*.yaml"))
+
+
+def load_target(target: str | Path | TargetProfile | dict) -> TargetProfile:
+    """A built-in name ('venus'), a path to a YAML profile, a dict, or a profile (returned as is)."""
+    if isinstance(target, TargetProfile):
+        return target
+    if isinstance(target, dict):
+        return _validate(target, "<dict>")
+    path = Path(target)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise NpukitError(f"target profile {path} does not exist")
+        return _from_file(str(path.resolve()))
+    if (_BUILTIN_DIR / f"{target}.yaml").is_file():
+        return _from_file(str(_BUILTIN_DIR / f"{target}.yaml"))
+    raise NpukitError(f"unknown target {target!r}; built-in targets: {', '.join(builtin_targets())}, "
+                      "or give the path of a YAML profile")
+
+
+@lru_cache(maxsize=None)
+def _from_file(path: str) -> TargetProfile:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise NpukitError(f"target profile {path} is not valid YAML: {e}") from None
+    return _validate(data, path)
+
+
+def _validate(data, where: str) -> TargetProfile:
+    try:
+        return TargetProfile.model_validate(data)
+    except ValidationError as e:
+        lines = [f"  {'.'.join(map(str, err['loc'])) or '<profile>'}: {err['msg']}" for err in e.errors()]
+        raise NpukitError(f"target profile {where} is invalid:\n" + "\n".join(lines)) from None
