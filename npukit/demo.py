@@ -1,0 +1,182 @@
+"""`npukit demo`: the whole pipeline on MNIST-1D, as a list of stages that later stages extend.
+
+Each stage is a function of the shared `DemoRun`; it records what it measured in `run.metrics`, one or
+more table rows, and leaves its artefacts in `run.out`. Adding a pipeline step (export, pack, codegen)
+means appending one stage function to `STAGES`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import engine
+from .checkpoint import save_checkpoint
+from .data import Dataset, mnist1d
+from .ir import Graph
+from .models import mnist1d_cnn
+from .qat import freeze_observers, prepare, to_ir
+from .train import accuracy, fit, predict
+
+DEFAULT_OUT = Path("npukit-out")
+
+
+@dataclass
+class DemoConfig:
+    out: Path = DEFAULT_OUT
+    target: str = "venus"
+    float_epochs: int = 30
+    qat_epochs: int = 4
+    batch_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class DemoRun:
+    cfg: DemoConfig
+    console: Console
+    out: Path
+    metrics: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+    rows: list[tuple[str, str, str]] = field(default_factory=list)  # (stage, result, seconds)
+    data: Dataset | None = None
+    float_model: torch.nn.Module | None = None
+    qmodel: torch.nn.Module | None = None
+    graph: Graph | None = None
+    qat_test_int: np.ndarray | None = None  # QAT eval outputs on the test set, as integers
+
+    def train(self, model, epochs: int, lr: float, label: str, on_epoch=None):
+        """fit() with a progress bar."""
+        d = self.data
+        steps = epochs * ((len(d.x_train) + self.cfg.batch_size - 1) // self.cfg.batch_size)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=self.console, transient=True) as bar:
+            task = bar.add_task(label, total=steps)
+
+            def epoch_done(epoch, loss):
+                bar.update(task, description=f"{label} (epoch {epoch + 1}/{epochs}, loss {loss:.3f})")
+                if on_epoch:
+                    on_epoch(epoch, loss)
+
+            fit(model, d.x_train, d.y_train, epochs=epochs, lr=lr, batch_size=self.cfg.batch_size,
+                seed=self.cfg.seed, on_epoch=epoch_done, on_step=lambda: bar.advance(task))
+
+
+def stage_data(run: DemoRun) -> str:
+    run.data = mnist1d()
+    d = run.data
+    return f"MNIST-1D generated offline: {len(d.x_train)} train / {len(d.x_test)} test, length {d.x_train.shape[-1]}"
+
+
+def stage_float(run: DemoRun) -> str:
+    torch.manual_seed(run.cfg.seed)
+    run.float_model = mnist1d_cnn()
+    run.train(run.float_model, run.cfg.float_epochs, 1e-2, "float training")
+    acc = accuracy(predict(run.float_model, run.data.x_test), run.data.y_test)
+    run.metrics["float_acc"] = acc
+    save_checkpoint(run.float_model, run.out / "float.pt")
+    return f"accuracy {acc:.1%}  -> float.pt"
+
+
+def stage_qat(run: DemoRun) -> str:
+    cfg, d = run.cfg, run.data
+    run.qmodel = prepare(run.float_model, torch.from_numpy(d.x_train[:512]), target=cfg.target)
+    ptq = accuracy(predict(run.qmodel, d.x_test), d.y_test)
+    last = cfg.qat_epochs - 1
+
+    def freeze_for_last_epoch(epoch, _loss):
+        if epoch == last - 1:  # settle the exponents, then let the weights adapt to them
+            freeze_observers(run.qmodel)
+
+    run.train(run.qmodel, cfg.qat_epochs, 1e-3, f"QAT ({cfg.target})", freeze_for_last_epoch)
+    freeze_observers(run.qmodel)
+    logits = predict(run.qmodel, d.x_test)
+    run.metrics["ptq_acc"] = ptq
+    run.metrics["qat_acc"] = accuracy(logits, d.y_test)
+    save_checkpoint(run.qmodel, run.out / "qat.pt", target=cfg.target)
+    return f"accuracy {run.metrics['qat_acc']:.1%} (before fine-tuning {ptq:.1%})  -> qat.pt"
+
+
+def stage_convert(run: DemoRun) -> str:
+    run.graph = to_ir(run.qmodel)
+    run.graph.save(run.out / "model.npir")
+    # The QAT model's eval outputs, in the integers the chip would produce.
+    real = predict(run.qmodel, run.data.x_test).to(torch.float64).numpy()
+    run.qat_test_int = real * 2.0 ** run.graph.output_spec().exp
+    ops = ", ".join(sorted({n.op for n in run.graph.nodes}))
+    return f"{len(run.graph.nodes)} integer ops ({ops})  -> model.npir"
+
+
+def stage_engine(run: DemoRun) -> str:
+    g, d = run.graph, run.data
+    q_in = g.quantize_input(d.x_test)
+    out = np.concatenate(list(engine.run_batches(g, q_in)))
+    run.metrics["engine_acc"] = accuracy(out, d.y_test)
+    same = np.all(out.reshape(len(out), -1) == run.qat_test_int.reshape(len(out), -1), axis=1)
+    run.metrics["bitexact_fraction"] = float(same.mean())
+    np.save(run.out / "input.npy", q_in[:1])
+    return (f"accuracy {run.metrics['engine_acc']:.1%}; bit-exact with QAT eval on "
+            f"{int(same.sum())}/{len(same)} samples ({same.mean():.1%})")
+
+
+STAGES: list[tuple[str, Callable[[DemoRun], str]]] = [
+    ("data", stage_data),
+    ("float", stage_float),
+    ("qat", stage_qat),
+    ("convert", stage_convert),
+    ("engine", stage_engine),
+]
+STAGE_TITLES = {"data": "data", "float": "float training", "qat": "quantization-aware training",
+                "convert": "IR conversion", "engine": "integer engine"}
+
+
+def run_demo(cfg: DemoConfig | None = None, console: Console | None = None, json_path: Path | None = None) -> dict:
+    """Run every stage, print the table, optionally write the figures as JSON; returns the figures."""
+    cfg = cfg or DemoConfig()
+    console = console or Console()
+    run = DemoRun(cfg, console, Path(cfg.out))
+    run.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    for key, stage in STAGES:
+        t0 = time.perf_counter()
+        with console.status(f"{STAGE_TITLES[key]}..."):
+            result = stage(run)
+        run.seconds[key] = round(time.perf_counter() - t0, 3)
+        run.rows.append((STAGE_TITLES[key], result, f"{run.seconds[key]:.1f}"))
+    run.seconds["total"] = round(time.perf_counter() - start, 3)
+
+    figures = {**run.metrics, "seconds": run.seconds, "target": cfg.target, "out": str(run.out)}
+    _print_table(run, console)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+def _print_table(run: DemoRun, console: Console) -> None:
+    m = run.metrics
+    table = Table(title=f"npukit demo: MNIST-1D CNN on {run.cfg.target}")
+    table.add_column("stage")
+    table.add_column("result")
+    table.add_column("seconds", justify="right")
+    for row in run.rows:
+        table.add_row(*row)
+    table.add_section()
+    table.add_row("total", f"artefacts in {run.out}/", f"{run.seconds['total']:.1f}")
+    console.print(table)
+    summary = Table(show_header=True, box=None)
+    for col in ("float acc", "QAT acc", "engine acc", "QAT = engine (bit-exact)"):
+        summary.add_column(col, justify="right")
+    summary.add_row(f"{m['float_acc']:.1%}", f"{m['qat_acc']:.1%}", f"{m['engine_acc']:.1%}",
+                    f"{m['bitexact_fraction']:.1%}")
+    console.print(summary)
