@@ -30,7 +30,10 @@ class TensorSpec:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(np.int8 if self.bits <= 8 else np.int16 if self.bits <= 16 else np.int32)
+        for bits, dt in ((8, np.int8), (16, np.int16), (32, np.int32)):
+            if self.bits <= bits:
+                return np.dtype(dt)
+        return np.dtype(np.int64)
 
 
 @dataclass
@@ -133,14 +136,17 @@ class Graph:
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-            z.writestr("graph.json", json.dumps(meta, indent=1))
-            for i, n in enumerate(self.nodes):
-                for k, v in n.params.items():
-                    buf = io.BytesIO()
-                    np.save(buf, v, allow_pickle=False)
-                    z.writestr(f"params/{i}/{k}.npy", buf.getvalue())
-        tmp.replace(path)  # never leave a half-written file under the real name
+        try:
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+                z.writestr("graph.json", json.dumps(meta, indent=1))
+                for i, n in enumerate(self.nodes):
+                    for k, v in n.params.items():
+                        buf = io.BytesIO()
+                        np.save(buf, v, allow_pickle=False)
+                        z.writestr(f"params/{i}/{k}.npy", buf.getvalue())
+            tmp.replace(path)  # never leave a half-written file under the real name
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -166,7 +172,7 @@ class Graph:
             raise
         except FileNotFoundError:
             raise NpukitError(f"{path}: no such file") from None
-        except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError) as e:
+        except Exception as e:  # a damaged file can fail in zip, zlib, json or numpy: all mean the same to the user
             raise NpukitError(f"{path} is not a readable npukit IR file ({type(e).__name__}: {e})") from None
         g.validate()
         return g

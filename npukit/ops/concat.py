@@ -42,10 +42,11 @@ class Concat(OpDef):
         return node.op == "call_function" and node.target in (torch.cat, torch.concat, torch.concatenate)
 
     def capture(self, node, ctx):
-        kw = ctx.kwargs(node)
-        tensors = list(kw.get("tensors") or kw.get("inputs") or [])
+        # Read the call directly: torch.concat(..., axis=1) defeats fx's argument normalisation.
+        tensors = list(node.args[0] if node.args else node.kwargs.get("tensors", ()))
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", node.kwargs.get("axis", 0))
         rank = len(ctx.shape(node))
-        dim = kw.get("dim", kw.get("axis", 0)) % rank
+        dim %= rank
         if dim == 0:
             raise NpukitError("concatenating along the batch dimension is not supported")
         return Captured(QConcat(ctx.profile, dim - 1), node_name(node), tensors, node)

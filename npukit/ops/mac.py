@@ -47,12 +47,12 @@ class QMac(ObservedQModule):
         qb = quant_ste(b, b_exp, self.bias_bits, self.rounding)
         return qw, w_exp, qb, b_exp
 
-    def _mac(self, x, w):
+    def _mac(self, x, w, b):
         if self.conv is None:
-            return F.linear(x, w)
+            return F.linear(x, w, b)
         c = self.conv
         fn = F.conv1d if c["ndim"] == 1 else F.conv2d
-        return fn(x, w, None, c["stride"], c["padding"], c["dilation"], c["groups"])
+        return fn(x, w, b, c["stride"], c["padding"], c["dilation"], c["groups"])
 
     def forward(self, xs, exps):
         x, e_x = xs[0], int(exps[0])
@@ -61,17 +61,18 @@ class QMac(ObservedQModule):
         bias_max = int(qb.detach().abs().max()) << (e_acc - b_exp)
         bound = arith.accumulator_bound(self.fan_in, self.act_bits, int(qw.detach().abs().max()), bias_max)
         carrier = exact_carrier(bound, x.device)
-        acc = self._mac((x.to(carrier) * 2.0**e_x), qw.to(carrier)).to(torch.float64)
-        bias = qb * 2.0 ** (e_acc - b_exp)
-        acc = acc + (bias.view(-1, *([1] * (acc.dim() - 2))) if acc.dim() > 2 else bias)
-        acc = arith.saturate(acc, *arith.int_range(self.acc_bits))
+        # Real x times integer weights gives y = acc * 2**-e_x exactly (power-of-two scaling), so the bias
+        # goes in at that scale and the conv's own bias add does the accumulation.
+        y = self._mac(x.to(carrier), qw.to(carrier), (qb * 2.0 ** (e_acc - b_exp - e_x)).to(carrier))
+        acc_lo, acc_hi = arith.int_range(self.acc_bits)
+        if bound > acc_hi:  # the accumulator can overflow: saturate it exactly, in integer units
+            y = arith.saturate(y.to(torch.float64) * 2.0**e_x, acc_lo, acc_hi) * 2.0**-e_x
         if self.wide:
             self.out_exp.fill_(e_acc)
-            return acc * 2.0**-e_acc  # float64: an int32 accumulator does not fit float32 exactly
-        observed = acc.clamp(min=0) if self.relu else acc.abs()
-        e_out = self.observe(observed.max() * 2.0**-e_acc, self.act_bits)
-        q = requant_ste(acc, e_acc - e_out, self.act_bits, self.rounding, self.relu)
-        return (q * 2.0**-e_out).float()
+            return y.to(torch.float64) * 2.0**-w_exp  # float64: an int32 accumulator does not fit float32
+        observed = y.detach().max().clamp(min=0) if self.relu else y.detach().abs().max()
+        e_out = self.observe(observed * 2.0**-w_exp, self.act_bits)
+        return requant_ste(y, e_x, e_acc - e_out, e_out, self.act_bits, self.rounding, self.relu, bound)
 
     def to_ir(self, name, inputs, out_shape):
         e_x = inputs[0].exp
@@ -106,7 +107,8 @@ def _capture_mac(node, ctx, layer, conv: dict | None):
         absorbed.append(last)
     relu, last, more = ctx.fuse_relu(last)
     absorbed += more
-    wide = ctx.wide_output and not relu and ctx.is_graph_output(last)
+    # Wide (accumulator) output only for a pure model output: a layer reading it would get 32-bit inputs.
+    wide = ctx.wide_output and not relu and ctx.is_graph_output(last) and len(last.users) == 1
     module = QMac(ctx.profile, w, b, w_bits=ctx.weight_bits, relu=relu, wide=wide, conv=conv)
     return Captured(module, node_name(node), [node.args[0]], last, absorbed)
 

@@ -43,6 +43,8 @@ def _window_args(node, ctx, kind: str) -> dict:
         kw = ctx.kwargs(node)
         k, s, p = kw["kernel_size"], kw.get("stride"), kw.get("padding", 0)
         ceil, dil = kw.get("ceil_mode", False), kw.get("dilation", 1)
+        if kw.get("divisor_override"):
+            raise NpukitError("avg pooling with divisor_override is not supported")
     k = _tuple(k, ndim)
     s = _tuple(s, ndim) if s not in (None, [], ()) else k
     if any(_tuple(p, ndim)) or ceil or any(d != 1 for d in _tuple(dil, ndim)):

@@ -212,6 +212,11 @@ def prepare(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
                 continue
             if any(i not in env for i in cap.inputs):
                 continue  # an upstream problem was reported already
+            if cap.name in root:
+                problems.append(Problem(cap.name, "shared-module", "this module is called more than once",
+                                        "give each call its own module: each call is a layer with its own "
+                                        "output exponent on the chip", ctx.source(node)))
+                continue
             root[cap.name] = cap.module
             values = [env[i][0] for i in cap.inputs]
             exps = [env[i][1] for i in cap.inputs]

@@ -35,11 +35,36 @@ def quant_ste(x: torch.Tensor, exp: int, bits: int, mode: str, relu: bool = Fals
     return ste(surrogate, arith.quantize(x.detach(), exp, bits, mode, relu))
 
 
-def requant_ste(acc: torch.Tensor, shift: int, bits: int, mode: str, relu: bool) -> torch.Tensor:
-    """Integer accumulator (float64, integer-valued) -> integer activation, straight-through."""
-    lo, hi = arith.act_range(bits, relu)
-    surrogate = (acc * 2.0**-shift).clamp(lo, hi)
-    return ste(surrogate, arith.requantize(acc.detach(), shift, bits, mode, relu))
+class _Requant(torch.autograd.Function):
+    """y = acc * 2**-e_x (a MAC output) -> requantised real output, with a clipped straight-through gradient.
+
+    One fused function instead of a surrogate graph: the forward is `arith.round_shift` + `arith.saturate`
+    (the contract), the backward passes the gradient where the rounded value was inside the range.
+    """
+
+    @staticmethod
+    def forward(ctx, y, e_x: int, shift: int, e_out: int, bits: int, mode: str, relu: bool, exact_f32: bool):
+        acc = (y if exact_f32 else y.to(torch.float64)) * 2.0**e_x  # integer-valued
+        lo, hi = arith.act_range(bits, relu)
+        r = arith.round_shift(acc, shift, mode)
+        ctx.save_for_backward((r >= lo) & (r <= hi))
+        ctx.scale = 2.0 ** (e_x - shift - e_out)
+        return (arith.saturate(r, lo, hi) * 2.0**-e_out).float()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside * ctx.scale, *([None] * 7)
+
+
+def requant_ste(y: torch.Tensor, e_x: int, shift: int, e_out: int, bits: int, mode: str, relu: bool,
+                bound: int) -> torch.Tensor:
+    """Requantise a MAC output `y` = acc * 2**-e_x to `bits` at `e_out` (float32 real values).
+
+    float32 suffices when every rounded value stays below 2**22 (then `v + 0.5` is exact); else float64.
+    """
+    exact_f32 = y.dtype == torch.float32 and bound < 2 ** (22 + shift)
+    return _Requant.apply(y, e_x, shift, e_out, bits, mode, relu, exact_f32)
 
 
 def exact_carrier(bound: int, device: torch.device) -> torch.dtype:

@@ -31,9 +31,10 @@ class TargetProfile(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> TargetProfile:
-        bad = [b for b in self.weight_bits if b not in (1, 2, 4, 8, 16)]
+        # 1-bit (binary +-1) weights need their own quantizer; a signed 1-bit integer holds only -1 and 0.
+        bad = [b for b in self.weight_bits if b not in (2, 4, 8, 16)]
         if bad:
-            raise ValueError(f"weight_bits {bad} unsupported; use 1, 2, 4, 8 or 16")
+            raise ValueError(f"weight_bits {bad} unsupported; use 2, 4, 8 or 16")
         return self
 
     @property

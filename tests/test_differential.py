@@ -1,0 +1,159 @@
+"""Differential test: random small graphs, QAT eval vs the integer engine, every output bit equal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import npukit
+
+
+class RandomNet(nn.Module):
+    """A chain of conv blocks (BN, ReLU, pooling, residual add, concat) and a classifier head."""
+
+    def __init__(self, ndim, cin, size, blocks, head, classes, rng):
+        super().__init__()
+        conv = nn.Conv1d if ndim == 1 else nn.Conv2d
+        self.ndim, self.blocks, self.head = ndim, blocks, head
+        self.convs, self.bns, self.side = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        c = cin
+        for b in blocks:
+            groups = c if b["depthwise"] else 1
+            cout = c * b["mult"] if b["depthwise"] else b["cout"]
+            self.convs.append(conv(c, cout, b["k"], stride=b["stride"], padding=b["pad"], dilation=b["dil"],
+                                   groups=groups, bias=b["bias"]))
+            bn = nn.BatchNorm1d(cout) if ndim == 1 else nn.BatchNorm2d(cout)
+            with torch.no_grad():  # BN statistics as a trained model would have them
+                bn.running_mean.uniform_(-0.5, 0.5, generator=rng)
+                bn.running_var.uniform_(0.3, 3.0, generator=rng)
+                bn.weight.uniform_(0.5, 1.5, generator=rng)
+                bn.bias.uniform_(-0.3, 0.3, generator=rng)
+            self.bns.append(bn)
+            # a shape-preserving side conv, for residual adds and concatenation
+            self.side.append(conv(cout, cout, 3, padding=1) if b["side"] else nn.Identity())
+            with torch.no_grad():
+                self.convs[-1].weight.mul_(2.0 ** b["wscale"])
+            size = [(n + 2 * b["pad"] - b["dil"] * (b["k"] - 1) - 1) // b["stride"] + 1 for n in size]
+            c = cout * (2 if b["side"] == "cat" else 1)
+            if b["pool"]:
+                size = [(n - b["pool_k"]) // b["pool_k"] + 1 for n in size]
+        feat = c if head == "gap" else c * int(np.prod(size))
+        self.fc = nn.Linear(feat, classes)
+
+    def forward(self, x):
+        pool = {("max", 1): F.max_pool1d, ("max", 2): F.max_pool2d, ("avg", 1): F.avg_pool1d, ("avg", 2): F.avg_pool2d}
+        for b, conv, bn, side in zip(self.blocks, self.convs, self.bns, self.side):
+            x = conv(x)
+            if b["bn"]:
+                x = bn(x)
+            if b["relu"]:
+                x = F.relu(x)
+            if b["side"] == "add":
+                x = torch.relu(x + side(x)) if b["relu"] else x + side(x)
+            elif b["side"] == "cat":
+                x = torch.cat([x, side(x)], dim=1)
+            if b["pool"]:
+                x = pool[(b["pool"], self.ndim)](x, b["pool_k"])
+        x = x.mean(dim=tuple(range(2, 2 + self.ndim))) if self.head == "gap" else torch.flatten(x, 1)
+        return self.fc(x)
+
+
+@st.composite
+def nets(draw):
+    ndim = draw(st.sampled_from([1, 2]))
+    cin = draw(st.integers(1, 3))
+    size = [draw(st.integers(7, 14 if ndim == 1 else 9)) for _ in range(ndim)]
+    blocks, cur, c = [], list(size), cin
+    for _ in range(draw(st.integers(1, 3))):
+        k = draw(st.integers(1, 3))
+        b = {
+            "k": k, "stride": draw(st.integers(1, 2)), "pad": draw(st.integers(0, k // 2 + 1)),
+            "dil": draw(st.integers(1, 2)) if k > 1 else 1, "bias": draw(st.booleans()),
+            "depthwise": draw(st.booleans()) and c > 1, "mult": draw(st.integers(1, 2)),
+            "cout": draw(st.integers(1, 6)), "bn": draw(st.booleans()), "relu": draw(st.booleans()),
+            "side": draw(st.sampled_from([None, None, "add", "cat"])), "pool": draw(st.sampled_from([None, "max", "avg"])),
+            "pool_k": draw(st.integers(2, 3)), "wscale": draw(st.integers(-3, 3)),
+        }
+        out = [(n + 2 * b["pad"] - b["dil"] * (k - 1) - 1) // b["stride"] + 1 for n in cur]
+        if min(out) < 1:
+            break
+        if b["pool"] and min(out) < b["pool_k"]:
+            b["pool"] = None
+        cur = [(n - b["pool_k"]) // b["pool_k"] + 1 for n in out] if b["pool"] else out
+        c = (c * b["mult"] if b["depthwise"] else b["cout"]) * (2 if b["side"] == "cat" else 1)
+        blocks.append(b)
+    if not blocks:
+        blocks.append({"k": 1, "stride": 1, "pad": 0, "dil": 1, "bias": True, "depthwise": False, "mult": 1,
+                       "cout": 2, "bn": False, "relu": True, "side": None, "pool": None, "pool_k": 2, "wscale": 0})
+    head = draw(st.sampled_from(["gap", "flatten"]))
+    return ndim, cin, size, blocks, head
+
+
+TARGETS = {
+    "venus": "venus",
+    # The same chip arithmetic with the other rounding modes, low-bit weights and a narrow accumulator.
+    "variant": {"name": "variant", "activation_bits": 8, "weight_bits": [4, 2, 8], "bias_bits": 16,
+                "accumulator_bits": 24, "rounding": "half_even", "pool_rounding": "trunc", "wide_output": False},
+    "floor": {"name": "floor", "activation_bits": 8, "weight_bits": [8], "bias_bits": 8, "accumulator_bits": 20,
+              "rounding": "floor", "pool_rounding": "half_up", "wide_output": True},
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=nets(), target=st.sampled_from(sorted(TARGETS)), seed=st.integers(0, 2**16), train_steps=st.integers(0, 2),
+       in_scale=st.integers(-3, 4))
+def test_qat_eval_matches_engine_bit_for_bit(spec, target, seed, train_steps, in_scale):
+    ndim, cin, size, blocks, head = spec
+    rng = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = RandomNet(ndim, cin, size, blocks, head, 5, rng)
+    x = torch.randn(16, cin, *size, generator=rng) * 2.0**in_scale
+    qmodel = npukit.prepare(model, x, target=TARGETS[target])
+    if train_steps:  # a couple of QAT steps move weights and exponents off their initial values
+        opt = torch.optim.SGD(qmodel.parameters(), lr=0.05)
+        for _ in range(train_steps):
+            loss = qmodel(x).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    graph = npukit.to_ir(qmodel)
+    xt = torch.randn(24, cin, *size, generator=rng) * 2.0**in_scale
+    with torch.no_grad():
+        real = qmodel.eval()(xt).to(torch.float64).numpy()
+    qat_int = real * 2.0 ** graph.output_spec().exp
+    assert np.array_equal(qat_int, np.round(qat_int)), "QAT output is not on the integer grid"
+    engine_int = npukit.run(graph, graph.quantize_input(xt.numpy()))[0]
+    np.testing.assert_array_equal(qat_int, engine_int.astype(np.float64))
+
+
+def test_exactness_survives_float32_limit():
+    """A layer whose accumulator exceeds 2**24 must switch to float64 and stay exact."""
+    model = nn.Sequential(nn.Linear(2048, 4))
+    with torch.no_grad():
+        model[0].weight.fill_(0.01)
+    x = torch.full((2, 2048), 1.0)
+    qmodel = npukit.prepare(model, x)
+    graph = npukit.to_ir(qmodel)
+    assert 2048 * 127 * int(np.abs(graph.nodes[0].params["weight"]).max()) > 2**24
+    with torch.no_grad():
+        qat_int = qmodel.eval()(x).to(torch.float64).numpy() * 2.0 ** graph.output_spec().exp
+    np.testing.assert_array_equal(qat_int, npukit.run(graph, graph.quantize_input(x.numpy()))[0])
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_low_bit_weights_stay_in_range(bits):
+    target = dict(TARGETS["variant"], weight_bits=[bits])
+    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6, 3))
+    qmodel = npukit.prepare(model, torch.randn(8, 2, 8), target=target)
+    graph = npukit.to_ir(qmodel)
+    lo, hi = npukit.arith.int_range(bits)
+    for node in graph.nodes:
+        if "weight" in node.params:
+            w = node.params["weight"]
+            assert w.min() >= lo and w.max() <= hi
+            assert node.attrs["w_bits"] == bits
