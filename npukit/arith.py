@@ -46,11 +46,19 @@ def act_range(bits: int, relu: bool) -> tuple[int, int]:
     return (0 if relu else lo), hi
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in ROUNDING_MODES:
+        raise ValueError(f"unknown rounding mode {mode!r}; expected one of {ROUNDING_MODES}")
+
+
 def round_real(v, mode: RoundingMode):
     """Round real values to integers (same array type back, integer-valued)."""
     xp = _xp(v)
     if mode == "half_up":
-        return xp.floor(v + 0.5)
+        # floor(v + 0.5) would round the sum itself for v just below 0.5 (0.5 - 2**-54 -> 1); the
+        # fractional part v - floor(v) is always exact.
+        f = xp.floor(v)
+        return f + ((v - f) >= 0.5)
     if mode == "half_even":
         return xp.round(v)  # both libraries round half to even
     if mode == "floor":
@@ -61,8 +69,13 @@ def round_real(v, mode: RoundingMode):
 
 
 def _as_float(x):
-    if isinstance(x, np.ndarray) and x.dtype.kind in "iu":
-        return x.astype(np.float64)
+    """Integer carriers -> float64 (exact below 2**53), so every mode below has one float definition."""
+    if isinstance(x, np.ndarray | np.integer | int) and np.asarray(x).dtype.kind in "iu":
+        return np.asarray(x, dtype=np.float64)
+    if _xp(x) is not np and not x.is_floating_point():
+        import torch
+
+        return x.to(torch.float64)
     return x
 
 
@@ -71,10 +84,16 @@ def round_shift(x, shift: int, mode: RoundingMode):
 
     `shift` <= 0 is an exact left shift. x must be integer-valued.
     """
+    _check_mode(mode)
     x = _as_float(x)
     if shift <= 0:
         return x * float(2 ** (-shift))
-    return round_real(x * (2.0 ** -shift), mode)
+    v = x * (2.0**-shift)
+    if mode == "half_up":
+        # Hot path (every requantisation). v has at most `shift` fraction bits and |x| < 2**52, so
+        # v + 0.5 is exact here, unlike for arbitrary reals in round_real.
+        return _xp(v).floor(v + 0.5)
+    return round_real(v, mode)
 
 
 def round_div(x, n: int, mode: RoundingMode):
@@ -83,6 +102,7 @@ def round_div(x, n: int, mode: RoundingMode):
     Exact: for |x| * n < 2**52 the float quotient never crosses an integer boundary wrongly
     (the gap to the next integer is at least 1/n, far above the rounding error).
     """
+    _check_mode(mode)
     x = _as_float(x)
     xp = _xp(x)
     if n & (n - 1) == 0:  # power of two: the same bits as the shifter
@@ -127,6 +147,11 @@ def fit_exponent(max_abs: float, bits: int) -> int:
     if not math.isfinite(max_abs) or max_abs <= 0:
         return bits - 1
     limit = (1 << (bits - 1)) - 0.5  # values up to hi + 0.5 round (half up) to at most hi
+    # Settle the clamped ends first: no overflow for tiny or huge max_abs below.
+    if max_abs * 2.0**MAX_EXP < limit:
+        return MAX_EXP
+    if max_abs * 2.0**MIN_EXP >= limit:
+        return MIN_EXP
     e = math.floor(math.log2(limit / max_abs))
     # log2 can be off by one ulp at exact powers of two; settle it with exact arithmetic.
     while max_abs * 2.0**e >= limit:

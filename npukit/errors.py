@@ -9,6 +9,14 @@ class NpukitError(Exception):
     """An error in the user's input (model, file, option) with a message meant to be read as is."""
 
 
+class UnsupportedError(NpukitError):
+    """An op that exists but not in this configuration; `fix` says what to change in the model."""
+
+    def __init__(self, message: str, fix: str):
+        super().__init__(message)
+        self.fix = fix
+
+
 @dataclass(frozen=True)
 class Problem:
     """One finding about one layer: collected, never raised one at a time."""

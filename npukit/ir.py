@@ -168,11 +168,11 @@ class Graph:
                 tensors = {t["name"]: TensorSpec(t["name"], tuple(t["shape"]), int(t["bits"]), int(t["exp"]))
                            for t in meta["tensors"]}
                 g = cls(meta["target"], list(meta["inputs"]), list(meta["outputs"]), tensors, nodes)
+                g.validate()
         except NpukitError:
             raise
         except FileNotFoundError:
             raise NpukitError(f"{path}: no such file") from None
         except Exception as e:  # a damaged file can fail in zip, zlib, json or numpy: all mean the same to the user
             raise NpukitError(f"{path} is not a readable npukit IR file ({type(e).__name__}: {e})") from None
-        g.validate()
         return g

@@ -47,7 +47,7 @@ class RandomNet(nn.Module):
 
     def forward(self, x):
         pool = {("max", 1): F.max_pool1d, ("max", 2): F.max_pool2d, ("avg", 1): F.avg_pool1d, ("avg", 2): F.avg_pool2d}
-        for b, conv, bn, side in zip(self.blocks, self.convs, self.bns, self.side):
+        for b, conv, bn, side in zip(self.blocks, self.convs, self.bns, self.side, strict=True):
             x = conv(x)
             if b["bn"]:
                 x = bn(x)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import operator
 
-import numpy as np
 import torch
 
 from .. import arith
-from ..errors import NpukitError
+from ..errors import NpukitError, UnsupportedError
 from ..ir import Node
 from ..qat.fakequant import ObservedQModule, ste
 from .base import Captured, OpDef, node_name, register
@@ -61,11 +60,12 @@ class Add(OpDef):
     def capture(self, node, ctx):
         a, b = node.args
         if not all(hasattr(v, "meta") and "tensor_meta" in v.meta for v in (a, b)):
-            raise NpukitError("adding a constant is not supported; fold it into the previous layer's bias")
+            raise UnsupportedError("adding a constant is not supported", "fold the constant into the previous layer's bias")
         if node.kwargs.get("alpha", 1) != 1:
-            raise NpukitError("torch.add with alpha != 1 is not supported")
+            raise UnsupportedError("torch.add with alpha != 1 is not supported", "scale an operand's layer instead")
         if ctx.shape(a) != ctx.shape(b):
-            raise NpukitError(f"operands have shapes {ctx.shape(a)} and {ctx.shape(b)}; broadcasting is not supported")
+            raise UnsupportedError(f"operands have shapes {ctx.shape(a)} and {ctx.shape(b)}; broadcasting is not supported",
+                                   "make both operands the same shape")
         relu, last, absorbed = ctx.fuse_relu(node)
         return Captured(QAdd(ctx.profile, relu), node_name(node), [a, b], last, absorbed)
 

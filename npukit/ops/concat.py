@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from .. import arith
-from ..errors import NpukitError
+from ..errors import NpukitError, UnsupportedError
 from ..ir import Node
 from ..qat.fakequant import QModule, ste
 from .base import Captured, OpDef, node_name, register
@@ -48,14 +48,15 @@ class Concat(OpDef):
         rank = len(ctx.shape(node))
         dim %= rank
         if dim == 0:
-            raise NpukitError("concatenating along the batch dimension is not supported")
+            raise UnsupportedError("concatenating along the batch dimension is not supported",
+                                   "concatenate along channels (dim=1) or a spatial dimension")
         return Captured(QConcat(ctx.profile, dim - 1), node_name(node), tensors, node)
 
     def infer_shapes(self, node, in_shapes):
         ax = node.attrs["axis"]
         first = list(in_shapes[0])
         for s in in_shapes[1:]:
-            if len(s) != len(first) or any(a != b for i, (a, b) in enumerate(zip(s, first)) if i != ax):
+            if len(s) != len(first) or any(a != b for i, (a, b) in enumerate(zip(s, first, strict=True)) if i != ax):
                 raise NpukitError(f"{node.name}: shapes {in_shapes} differ off the concatenation axis {ax}")
         first[ax] = sum(s[ax] for s in in_shapes)
         return [tuple(first)]

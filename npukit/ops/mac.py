@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import arith
-from ..errors import NpukitError
+from ..errors import NpukitError, UnsupportedError
 from ..ir import Graph, Node, TensorSpec
 from ..qat.fakequant import ObservedQModule, exact_carrier, quant_ste, requant_ste
 from .base import Captured, OpDef, node_name, register
@@ -97,7 +97,8 @@ def _capture_mac(node, ctx, layer, conv: dict | None):
     bn = ctx.module(ctx.sole_user(node)) if ctx.sole_user(node) is not None else None
     if isinstance(bn, _BN):
         if not bn.track_running_stats or bn.running_var is None:
-            raise NpukitError("the BatchNorm after it keeps no running statistics, so it cannot be folded")
+            raise UnsupportedError("the BatchNorm after it keeps no running statistics, so it cannot be folded",
+                                   "use BatchNorm with track_running_stats=True and train the float model first")
         scale = bn.weight.detach() if bn.affine else torch.ones_like(bn.running_var)
         shift = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_mean)
         k = scale / torch.sqrt(bn.running_var + bn.eps)
@@ -142,9 +143,10 @@ class Conv(OpDef):
     def capture(self, node, ctx):
         conv = ctx.module(node)
         if conv.padding_mode != "zeros":
-            raise NpukitError(f"padding_mode={conv.padding_mode!r} is not supported; use 'zeros'")
+            raise UnsupportedError(f"padding_mode={conv.padding_mode!r} is not supported", "use padding_mode='zeros'")
         if isinstance(conv.padding, str):
-            raise NpukitError(f"padding={conv.padding!r} is not supported; give the padding as numbers")
+            raise UnsupportedError(f"padding={conv.padding!r} is not supported",
+                                   "give the padding as numbers, e.g. padding=k // 2 for an odd kernel k")
         ndim = 1 if isinstance(conv, nn.Conv1d) else 2
         args = {"ndim": ndim, "stride": tuple(conv.stride), "padding": tuple(conv.padding),
                 "dilation": tuple(conv.dilation), "groups": conv.groups}
@@ -196,8 +198,8 @@ class Linear(OpDef):
 
     def capture(self, node, ctx):
         if len(ctx.shape(node.args[0])) != 2:
-            raise NpukitError(f"Linear receives a {len(ctx.shape(node.args[0]))}-d tensor; flatten it to "
-                              "(batch, features) first")
+            raise UnsupportedError(f"Linear receives a {len(ctx.shape(node.args[0]))}-d tensor",
+                                   "flatten it to (batch, features) first, e.g. torch.flatten(x, 1)")
         return _capture_mac(node, ctx, ctx.module(node), None)
 
     def infer_shapes(self, node, in_shapes):

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import arith
-from ..errors import NpukitError
+from ..errors import UnsupportedError
 from ..ir import Node
 from ..qat.fakequant import QModule, ste
 from .base import Captured, OpDef, node_name, register
@@ -44,11 +44,12 @@ def _window_args(node, ctx, kind: str) -> dict:
         k, s, p = kw["kernel_size"], kw.get("stride"), kw.get("padding", 0)
         ceil, dil = kw.get("ceil_mode", False), kw.get("dilation", 1)
         if kw.get("divisor_override"):
-            raise NpukitError("avg pooling with divisor_override is not supported")
+            raise UnsupportedError("avg pooling with divisor_override is not supported", "drop divisor_override")
     k = _tuple(k, ndim)
     s = _tuple(s, ndim) if s not in (None, [], ()) else k
     if any(_tuple(p, ndim)) or ceil or any(d != 1 for d in _tuple(dil, ndim)):
-        raise NpukitError(f"{kind} pooling supports padding=0, dilation=1, ceil_mode=False only")
+        raise UnsupportedError(f"{kind} pooling supports padding=0, dilation=1, ceil_mode=False only",
+                               "pad with the conv before it instead, and size the input so the windows fit")
     return {"ndim": ndim, "kernel": list(k), "stride": list(s)}
 
 
@@ -120,7 +121,7 @@ class MaxPool(OpDef):
 
     def capture(self, node, ctx):
         if ctx.module(node) is not None and ctx.module(node).return_indices:
-            raise NpukitError("max pooling with return_indices=True is not supported")
+            raise UnsupportedError("max pooling with return_indices=True is not supported", "set return_indices=False")
         mod = QMaxPool(ctx.profile, _window_args(node, ctx, "max"))
         return Captured(mod, node_name(node), [node.args[0]], node)
 
@@ -142,7 +143,7 @@ class AvgPool(OpDef):
     def capture(self, node, ctx):
         mod = ctx.module(node)
         if mod is not None and getattr(mod, "divisor_override", None):
-            raise NpukitError("avg pooling with divisor_override is not supported")
+            raise UnsupportedError("avg pooling with divisor_override is not supported", "drop divisor_override")
         return Captured(QAvgPool(ctx.profile, _window_args(node, ctx, "average")), node_name(node), [node.args[0]], node)
 
     def infer_shapes(self, node, in_shapes):

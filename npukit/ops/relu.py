@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch.nn as nn
 
 from ..ir import Node
 from ..qat.fakequant import QModule

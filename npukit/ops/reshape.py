@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
-from ..errors import NpukitError
+from ..errors import NpukitError, UnsupportedError
 from ..ir import Node
 from ..qat.fakequant import QModule
 from .base import Captured, OpDef, node_name, register
@@ -47,8 +47,8 @@ class Reshape(OpDef):
         src = node.args[0]
         before, after = ctx.shape(src), ctx.shape(node)
         if not after or after[0] != before[0]:
-            raise NpukitError(f"reshape from {before} to {after} mixes the batch dimension into the data; "
-                              "keep dimension 0 as the batch")
+            raise UnsupportedError(f"reshape from {before} to {after} mixes the batch dimension into the data",
+                                   "keep dimension 0 as the batch, e.g. x.view(x.size(0), -1)")
         return Captured(QReshape(ctx.profile, after[1:]), node_name(node), [src], node)
 
     def infer_shapes(self, node, in_shapes):

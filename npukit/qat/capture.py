@@ -8,6 +8,7 @@ nodes are collected and raised together, each with its source line and a fix.
 from __future__ import annotations
 
 import copy
+
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -17,7 +18,6 @@ from torch.fx.passes.shape_prop import ShapeProp
 from ..errors import NpukitError, Problem, ProblemsError
 from ..ops.base import node_name
 from ..targets import TargetProfile, load_target
-from .fakequant import QModule
 from .input import QInput
 
 INPUT_MODULE = "npukit_input"
@@ -207,8 +207,8 @@ def prepare(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
             try:
                 cap = op.capture(node, ctx)
             except NpukitError as e:
-                problems.append(Problem(node_name(node),
-                                        f"{op.name}-unsupported", str(e), source=ctx.source(node)))
+                problems.append(Problem(node_name(node), f"{op.name}-unsupported", str(e),
+                                        getattr(e, "fix", ""), ctx.source(node)))
                 continue
             if any(i not in env for i in cap.inputs):
                 continue  # an upstream problem was reported already

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -63,7 +62,6 @@ def load_target(target: str | Path | TargetProfile | dict) -> TargetProfile:
                       "or give the path of a YAML profile")
 
 
-@lru_cache(maxsize=None)
 def _from_file(path: str) -> TargetProfile:
     try:
         data = yaml.safe_load(Path(path).read_text())
