@@ -27,9 +27,11 @@ class QAdd(ObservedQModule):
 
     def forward(self, xs, exps):
         es = [int(e) for e in exps]
-        real = sum(x.to(torch.float64) for x in xs)
-        observed = real.clamp(min=0) if self.relu else real.abs()
-        e_out = min(self.observe(observed.max(), self.act_bits), *es)
+        def observed():
+            real = sum(x.detach().to(torch.float64) for x in xs)
+            return (real.clamp(min=0) if self.relu else real.abs()).max()
+
+        e_out = min(self.observe(observed, self.act_bits), *es)
         self.out_exp.fill_(e_out)
         parts = []
         for x, e in zip(xs, es, strict=True):

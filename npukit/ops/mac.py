@@ -39,13 +39,17 @@ class QMac(ObservedQModule):
         return math.prod(self.weight.shape[1:])
 
     def int_params(self, e_x: int):
-        """Integer weight and bias (integer-valued tensors, straight-through) and their exponents."""
-        w_exp = arith.fit_exponent(float(self.weight.detach().abs().max()), self.w_bits)
+        """Integer weight and bias (integer-valued tensors, straight-through), their exponents, and the
+        largest |integer| of each (computed from the float maxima, sparing two reductions)."""
+        w_max = float(self.weight.detach().abs().max())
+        w_exp = arith.fit_exponent(w_max, self.w_bits)
         qw = quant_ste(self.weight, w_exp, self.w_bits, self.rounding)
         b = self.bias.to(torch.float64)
-        b_exp = min(e_x + w_exp, arith.fit_exponent(float(b.detach().abs().max()), self.bias_bits))
+        b_max = float(b.detach().abs().max())
+        b_exp = min(e_x + w_exp, arith.fit_exponent(b_max, self.bias_bits))
         qb = quant_ste(b, b_exp, self.bias_bits, self.rounding)
-        return qw, w_exp, qb, b_exp
+        # max |round(v)| <= round(max |v|) + 1 under every mode: a safe bound for the carrier choice
+        return qw, w_exp, qb, b_exp, int(w_max * 2.0**w_exp) + 1, int(b_max * 2.0**b_exp) + 1
 
     def _mac(self, x, w, b):
         if self.conv is None:
@@ -56,10 +60,9 @@ class QMac(ObservedQModule):
 
     def forward(self, xs, exps):
         x, e_x = xs[0], int(exps[0])
-        qw, w_exp, qb, b_exp = self.int_params(e_x)
+        qw, w_exp, qb, b_exp, qw_max, qb_max = self.int_params(e_x)
         e_acc = e_x + w_exp
-        bias_max = int(qb.detach().abs().max()) << (e_acc - b_exp)
-        bound = arith.accumulator_bound(self.fan_in, self.act_bits, int(qw.detach().abs().max()), bias_max)
+        bound = arith.accumulator_bound(self.fan_in, self.act_bits, qw_max, qb_max << (e_acc - b_exp))
         carrier = exact_carrier(bound, x.device)
         # Real x times integer weights gives y = acc * 2**-e_x exactly (power-of-two scaling), so the bias
         # goes in at that scale and the conv's own bias add does the accumulation.
@@ -70,14 +73,17 @@ class QMac(ObservedQModule):
         if self.wide:
             self.out_exp.fill_(e_acc)
             return y.to(torch.float64) * 2.0**-w_exp  # float64: an int32 accumulator does not fit float32
-        observed = y.detach().max().clamp(min=0) if self.relu else y.detach().abs().max()
-        e_out = self.observe(observed * 2.0**-w_exp, self.act_bits)
+        def observed():
+            m = y.detach().max().clamp(min=0) if self.relu else y.detach().abs().max()
+            return m * 2.0**-w_exp
+
+        e_out = self.observe(observed, self.act_bits)
         return requant_ste(y, e_x, e_acc - e_out, e_out, self.act_bits, self.rounding, self.relu, bound)
 
     def to_ir(self, name, inputs, out_shape):
         e_x = inputs[0].exp
         with torch.no_grad():
-            qw, w_exp, qb, b_exp = self.int_params(e_x)
+            qw, w_exp, qb, b_exp, _, _ = self.int_params(e_x)
         w_dtype = np.int8 if self.w_bits <= 8 else np.int16
         attrs = {"w_bits": self.w_bits, "w_exp": w_exp, "b_exp": b_exp, "relu": self.relu, "wide": self.wide}
         if self.conv:

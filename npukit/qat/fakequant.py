@@ -28,11 +28,27 @@ def ste(surrogate: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
     return surrogate + (exact - surrogate).detach()
 
 
+class _Quant(torch.autograd.Function):
+    """Real x -> integer-valued `arith.quantize(x, exp, ...)`; gradient 2**exp where x was inside the range."""
+
+    @staticmethod
+    def forward(ctx, x, exp: int, bits: int, mode: str, relu: bool):
+        lo, hi = arith.act_range(bits, relu)
+        r = arith.round_real(x * 2.0**exp, mode)
+        q = arith.saturate(r, lo, hi)
+        ctx.save_for_backward(q == r)  # inside the range
+        ctx.scale = 2.0**exp
+        return q
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return torch.where(inside, grad * ctx.scale, 0.0), None, None, None, None
+
+
 def quant_ste(x: torch.Tensor, exp: int, bits: int, mode: str, relu: bool = False) -> torch.Tensor:
     """Integer-valued tensor of x quantized at `exp` (same dtype), with a clipped straight-through gradient."""
-    lo, hi = arith.act_range(bits, relu)
-    surrogate = (x * 2.0**exp).clamp(lo, hi)
-    return ste(surrogate, arith.quantize(x.detach(), exp, bits, mode, relu))
+    return _Quant.apply(x, exp, bits, mode, relu)
 
 
 class _Requant(torch.autograd.Function):
@@ -44,17 +60,18 @@ class _Requant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, e_x: int, shift: int, e_out: int, bits: int, mode: str, relu: bool, exact_f32: bool):
-        acc = (y if exact_f32 else y.to(torch.float64)) * 2.0**e_x  # integer-valued
         lo, hi = arith.act_range(bits, relu)
+        acc = (y if exact_f32 else y.to(torch.float64)) * 2.0**e_x  # integer-valued
         r = arith.round_shift(acc, shift, mode)
-        ctx.save_for_backward((r >= lo) & (r <= hi))
+        q = arith.saturate(r, lo, hi)
+        ctx.save_for_backward(q == r)  # inside the range
         ctx.scale = 2.0 ** (e_x - shift - e_out)
-        return (arith.saturate(r, lo, hi) * 2.0**-e_out).float()
+        return (q * 2.0**-e_out).float()
 
     @staticmethod
     def backward(ctx, grad):
         (inside,) = ctx.saved_tensors
-        return grad * inside * ctx.scale, *([None] * 7)
+        return torch.where(inside, grad * ctx.scale, 0.0), *([None] * 7)
 
 
 def requant_ste(y: torch.Tensor, e_x: int, shift: int, e_out: int, bits: int, mode: str, relu: bool,
@@ -116,10 +133,17 @@ class ObservedQModule(QModule):
         self.register_buffer("range_seen", torch.zeros((), dtype=torch.bool))
         self.register_buffer("frozen", torch.zeros((), dtype=torch.bool))
 
-    def observe(self, real_max_abs: torch.Tensor, bits: int) -> int:
-        """Update the range (training, not frozen) and return the output exponent to use now."""
-        if self.training and not bool(self.frozen):
-            m = real_max_abs.detach().to(torch.float64)
+    @property
+    def observing(self) -> bool:
+        return self.training and not bool(self.frozen)
+
+    def observe(self, real_max_abs, bits: int) -> int:
+        """Update the range (training, not frozen) and return the output exponent to use now.
+
+        `real_max_abs` is a tensor, or a callable giving one, so eval mode skips the reduction.
+        """
+        if self.observing:
+            m = (real_max_abs() if callable(real_max_abs) else real_max_abs).detach().to(torch.float64)
             if bool(self.range_seen):
                 self.range_ema.mul_(OBSERVER_MOMENTUM).add_((1 - OBSERVER_MOMENTUM) * m)
             else:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import arith
 from ..targets import TargetProfile
-from .fakequant import ObservedQModule, ste
+from .fakequant import ObservedQModule, quant_ste
 
 
 class QInput(ObservedQModule):
@@ -18,8 +17,6 @@ class QInput(ObservedQModule):
         self.profile_dict = profile.model_dump()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(torch.float64)  # float64 so quantization matches the engine's bit for bit
-        e = self.observe(x.abs().max(), self.act_bits)
-        lo, hi = arith.int_range(self.act_bits)
-        q = ste((x * 2.0**e).clamp(lo, hi), arith.quantize(x.detach(), e, self.act_bits, self.rounding))
-        return (q * 2.0**-e).float()
+        x = x.to(torch.float64)  # float64, as Graph.quantize_input computes, so the bits agree
+        e = self.observe(lambda: x.abs().max(), self.act_bits)
+        return (quant_ste(x, e, self.act_bits, self.rounding) * 2.0**-e).float()
