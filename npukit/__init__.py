@@ -7,10 +7,11 @@
 """
 
 from . import arith
+from .checkpoint import load_checkpoint, save_checkpoint
 from .engine import run
 from .errors import NpukitError, Problem, ProblemsError
 from .ir import Graph, Node, TensorSpec
-from .qat import calibrate, freeze_observers, prepare, to_ir
+from .qat import calibrate, dequantize_output, freeze_observers, prepare, quantize_input, to_ir
 from .targets import TargetProfile, builtin_targets, load_target
 
 __version__ = "0.1.0"
@@ -23,5 +24,6 @@ def load_ir(path) -> Graph:
 
 __all__ = [
     "Graph", "Node", "NpukitError", "Problem", "ProblemsError", "TargetProfile", "TensorSpec", "arith",
-    "builtin_targets", "calibrate", "freeze_observers", "load_ir", "load_target", "prepare", "run", "to_ir",
+    "builtin_targets", "calibrate", "dequantize_output", "freeze_observers", "load_checkpoint", "load_ir",
+    "load_target", "prepare", "quantize_input", "run", "save_checkpoint", "to_ir",
 ]

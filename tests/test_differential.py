@@ -157,3 +157,33 @@ def test_low_bit_weights_stay_in_range(bits):
             w = node.params["weight"]
             assert w.min() >= lo and w.max() <= hi
             assert node.attrs["w_bits"] == bits
+
+
+def test_quantize_input_helper_agrees_for_model_and_graph():
+    model = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14, 3))
+    x = torch.randn(32, 1, 16) * 3
+    qmodel = npukit.prepare(model, x)
+    graph = npukit.to_ir(qmodel)
+    q_model, q_graph = npukit.quantize_input(qmodel, x), npukit.quantize_input(graph, x.numpy())
+    assert q_model.dtype == np.int8 and np.array_equal(q_model, q_graph)
+    assert len(np.unique(q_model)) > 20  # a real quantization, not a constant
+    y = npukit.run(graph, q_graph)[0]
+    with torch.no_grad():
+        np.testing.assert_array_equal(npukit.dequantize_output(graph, y), qmodel.eval()(x).double().numpy())
+
+
+def test_checkpoint_round_trip_strips_wrapper_prefixes(tmp_path):
+    model = nn.Sequential(nn.Conv1d(1, 4, 3), nn.BatchNorm1d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14, 3))
+    x = torch.randn(32, 1, 16)
+    qmodel = npukit.prepare(model, x)
+    path = npukit.save_checkpoint(nn.DataParallel(qmodel), tmp_path / "q.pt")
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert not any(k.startswith("module.") for k in state)
+    # a checkpoint saved with the DDP prefix loads too, observers and exponents included
+    torch.save({"state_dict": {"module." + k: v for k, v in qmodel.state_dict().items()}}, tmp_path / "ddp.pt")
+    fresh = npukit.prepare(model, torch.randn(32, 1, 16) * 5)
+    npukit.load_checkpoint(fresh, tmp_path / "ddp.pt")
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), qmodel.eval()(x))
+    with pytest.raises(npukit.NpukitError, match="does not match"):
+        npukit.load_checkpoint(npukit.prepare(nn.Sequential(nn.Linear(3, 2)), torch.randn(2, 3)), path)

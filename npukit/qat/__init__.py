@@ -1,6 +1,6 @@
 """Quantization-aware training: capture a float model into QAT modules and convert it to the IR."""
 
 from .capture import calibrate, freeze_observers, prepare
-from .convert import to_ir
+from .convert import dequantize_output, quantize_input, to_ir
 
-__all__ = ["calibrate", "freeze_observers", "prepare", "to_ir"]
+__all__ = ["calibrate", "dequantize_output", "freeze_observers", "prepare", "quantize_input", "to_ir"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .. import arith
 from ..errors import NpukitError
 from ..ir import Graph, TensorSpec
 from .capture import INPUT_MODULE
@@ -48,3 +50,23 @@ def to_ir(qmodel: fx.GraphModule) -> Graph:
     graph = Graph(dict(qin.profile_dict), ["input"], outputs, tensors, nodes)
     graph.validate()
     return graph
+
+
+def quantize_input(model: fx.GraphModule | Graph, x) -> np.ndarray:
+    """Float inputs (batch first) -> the integers the chip receives, from a QAT model or an IR graph.
+
+    Both use `arith.quantize` on float64 values at the model's input exponent, so they give the same bits.
+    """
+    if isinstance(model, Graph):
+        return model.quantize_input(x)
+    qin = dict(model.named_modules()).get(INPUT_MODULE)
+    if qin is None:
+        raise NpukitError("this is not a model returned by npukit.prepare (it has no input quantizer)")
+    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    q = arith.quantize(x, int(qin.out_exp), qin.act_bits, qin.rounding)
+    return q.astype(np.int8 if qin.act_bits <= 8 else np.int16)
+
+
+def dequantize_output(graph: Graph, q, i: int = 0) -> np.ndarray:
+    """Integer outputs of output `i` -> real values (q * 2**-exp)."""
+    return graph.dequantize_output(q, i)
