@@ -42,6 +42,22 @@ def demo(
 
 
 @app.command()
+def export(
+    model: Path = typer.Argument(..., help="an IR file (.npir)"),
+    output: Path = typer.Option(..., "-o", "--output", help="the ONNX file to write"),
+) -> None:
+    """Write standard ONNX (opset 17) that onnxruntime runs bit-exactly like the engine."""
+    from .ir import Graph
+    from .onnx_io import export_onnx
+
+    try:
+        export_onnx(Graph.load(model), output)
+    except NpukitError as e:
+        _fail(e)
+    console.print(f"wrote {output}")
+
+
+@app.command()
 def targets() -> None:
     """List the built-in target profiles."""
     from .targets import builtin_targets, load_target
@@ -55,13 +71,12 @@ def targets() -> None:
 
 
 @app.command()
-def inspect(model: Path = typer.Argument(..., help="an IR file (.npir)")) -> None:
+def inspect(model: Path = typer.Argument(..., help="an IR file (.npir) or an npukit ONNX file (.onnx)")) -> None:
     """Show a model's tensors and ops."""
-    from .ir import Graph
     from .ops import get_op
 
     try:
-        g = Graph.load(model)
+        g = _load_model(model)
     except NpukitError as e:
         _fail(e)
     console.print(f"target [bold]{g.target['name']}[/], rounding {g.rounding}, inputs {g.inputs}, outputs {g.outputs}")
@@ -75,17 +90,16 @@ def inspect(model: Path = typer.Argument(..., help="an IR file (.npir)")) -> Non
 
 @app.command()
 def run(
-    model: Path = typer.Argument(..., help="an IR file (.npir)"),
+    model: Path = typer.Argument(..., help="an IR file (.npir) or an npukit ONNX file (.onnx)"),
     input_path: Path = typer.Argument(..., help=".npy with integer inputs (batch first), or float with --quantize"),
     output: Path = typer.Option(..., "-o", "--output", help="where to write the integer outputs (.npy)"),
     quantize: bool = typer.Option(False, help="the input holds floats: quantize them at the model's input exponent"),
 ) -> None:
     """Run the integer reference engine."""
     from . import engine
-    from .ir import Graph
 
     try:
-        g = Graph.load(model)
+        g = _load_model(model)
         try:
             x = np.load(input_path, allow_pickle=False)
         except (OSError, ValueError) as e:
@@ -98,6 +112,13 @@ def run(
     output.parent.mkdir(parents=True, exist_ok=True)
     np.save(output, y)
     console.print(f"wrote {output}: shape {y.shape}, {y.dtype}, exponent {g.output_spec().exp}")
+
+
+def _load_model(path: Path):
+    from .ir import Graph
+    from .onnx_io import load_onnx
+
+    return load_onnx(path) if path.suffix == ".onnx" else Graph.load(path)
 
 
 def main() -> None:

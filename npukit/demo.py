@@ -128,15 +128,35 @@ def stage_engine(run: DemoRun) -> str:
             f"{int(same.sum())}/{len(same)} samples ({same.mean():.1%})")
 
 
+def stage_export(run: DemoRun) -> str:
+    import onnxruntime as ort
+
+    from .onnx_io import export_onnx, load_onnx
+
+    g = run.graph
+    path = export_onnx(g, run.out / "model.onnx")
+    q_in = g.quantize_input(run.data.x_test)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {g.inputs[0]: q_in})[0]
+    want = np.concatenate(list(engine.run_batches(g, q_in)))
+    same = np.all(got.reshape(len(got), -1) == want.reshape(len(want), -1), axis=1)
+    run.metrics["onnx_bitexact_fraction"] = float(same.mean())
+    reloaded = np.concatenate(list(engine.run_batches(load_onnx(path), q_in)))
+    run.metrics["onnx_import_bitexact_fraction"] = float(np.all(reloaded == want, axis=1).mean())
+    return (f"onnxruntime = engine on {int(same.sum())}/{len(same)} samples ({same.mean():.1%}); "
+            f"re-imported IR = engine ({run.metrics['onnx_import_bitexact_fraction']:.1%})  -> model.onnx")
+
+
 STAGES: list[tuple[str, Callable[[DemoRun], str]]] = [
     ("data", stage_data),
     ("float", stage_float),
     ("qat", stage_qat),
     ("convert", stage_convert),
     ("engine", stage_engine),
+    ("export", stage_export),
 ]
 STAGE_TITLES = {"data": "data", "float": "float training", "qat": "quantization-aware training",
-                "convert": "IR conversion", "engine": "integer engine"}
+                "convert": "IR conversion", "engine": "integer engine", "export": "ONNX export"}
 
 
 def run_demo(cfg: DemoConfig | None = None, console: Console | None = None, json_path: Path | None = None) -> dict:

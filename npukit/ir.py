@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -118,10 +119,9 @@ class Graph:
         if problems:
             raise NpukitError("invalid IR graph:\n" + "\n".join(f"  - {p}" for p in problems))
 
-    # Storage: a zip (.npz-compatible) holding graph.json and one .npy per parameter.
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        meta = {
+    def to_meta(self) -> dict:
+        """Everything but the parameter arrays, as JSON-able data (they are stored by node index and name)."""
+        return {
             "format": IR_FORMAT,
             "version": IR_VERSION,
             "target": self.target,
@@ -134,6 +134,27 @@ class Graph:
                 for n in self.nodes
             ],
         }
+
+    @classmethod
+    def from_meta(cls, meta: dict, param: Callable[[int, str], np.ndarray], where: str) -> Graph:
+        """Inverse of `to_meta`; `param(node_index, name)` fetches each array. Validates the result."""
+        if meta.get("format") != IR_FORMAT:
+            raise NpukitError(f"{where} is not an npukit IR file")
+        if meta.get("version") != IR_VERSION:
+            raise NpukitError(f"{where} has IR version {meta.get('version')}; this npukit reads {IR_VERSION}")
+        nodes = [Node(nd["name"], nd["op"], list(nd["inputs"]), list(nd["outputs"]), dict(nd["attrs"]),
+                      {k: param(i, k) for k in nd["params"]})
+                 for i, nd in enumerate(meta["nodes"])]
+        tensors = {t["name"]: TensorSpec(t["name"], tuple(t["shape"]), int(t["bits"]), int(t["exp"]))
+                   for t in meta["tensors"]}
+        g = cls(meta["target"], list(meta["inputs"]), list(meta["outputs"]), tensors, nodes)
+        g.validate()
+        return g
+
+    # Storage: a zip (.npz-compatible) holding graph.json and one .npy per parameter.
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        meta = self.to_meta()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         try:
@@ -155,20 +176,8 @@ class Graph:
         try:
             with zipfile.ZipFile(path) as z:
                 meta = json.loads(z.read("graph.json"))
-                if meta.get("format") != IR_FORMAT:
-                    raise NpukitError(f"{path} is not an npukit IR file")
-                if meta.get("version") != IR_VERSION:
-                    raise NpukitError(f"{path} has IR version {meta.get('version')}; this npukit reads {IR_VERSION}")
-                nodes = []
-                for i, nd in enumerate(meta["nodes"]):
-                    params = {k: np.load(io.BytesIO(z.read(f"params/{i}/{k}.npy")), allow_pickle=False)
-                              for k in nd["params"]}
-                    nodes.append(Node(nd["name"], nd["op"], list(nd["inputs"]), list(nd["outputs"]),
-                                      dict(nd["attrs"]), params))
-                tensors = {t["name"]: TensorSpec(t["name"], tuple(t["shape"]), int(t["bits"]), int(t["exp"]))
-                           for t in meta["tensors"]}
-                g = cls(meta["target"], list(meta["inputs"]), list(meta["outputs"]), tensors, nodes)
-                g.validate()
+                g = cls.from_meta(meta, lambda i, k: np.load(io.BytesIO(z.read(f"params/{i}/{k}.npy")),
+                                                             allow_pickle=False), str(path))
         except NpukitError:
             raise
         except FileNotFoundError:

@@ -82,3 +82,12 @@ class Add(OpDef):
                     for x, t in zip(inputs, node.inputs, strict=True))
         lo, hi = arith.act_range(out.bits, node.attrs["relu"])
         return [arith.saturate(total, lo, hi).astype(out.dtype)]
+
+    def to_onnx(self, node, inputs, b):
+        g = b.graph
+        out = g.tensors[node.outputs[0]]
+        parts = [b.round_shift(x, g.tensors[t].exp - out.exp, g.rounding) for x, t in zip(inputs, node.inputs, strict=True)]
+        total = parts[0]
+        for p in parts[1:]:
+            total = b.op("Add", [total, p])
+        return b.saturate(total, *arith.act_range(out.bits, node.attrs["relu"]))

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import torch.fx as fx
 
     from ..ir import Graph, Node
+    from ..onnx_io import OnnxBuilder
     from ..qat.capture import CaptureContext
     from ..qat.fakequant import QModule
 
@@ -79,3 +80,8 @@ class OpDef:
     def macs(self, node: Node, graph: Graph) -> int:
         """Multiply-accumulates per sample (0 for data movement)."""
         return 0
+
+    # ONNX export: standard operators that compute `run` exactly (see npukit/onnx_io.py).
+    def to_onnx(self, node: Node, inputs: list[str], b: OnnxBuilder) -> str:
+        """Emit nodes reading integer-valued double tensors `inputs`; return the output tensor's name."""
+        raise NotImplementedError(f"op {self.name!r} has no ONNX mapping")

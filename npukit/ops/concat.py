@@ -66,3 +66,9 @@ class Concat(OpDef):
         parts = [arith.round_shift(x, graph.tensors[t].exp - out.exp, graph.rounding)
                  for x, t in zip(inputs, node.inputs, strict=True)]
         return [np.concatenate(parts, axis=node.attrs["axis"] + 1).astype(out.dtype)]
+
+    def to_onnx(self, node, inputs, b):
+        g = b.graph
+        out = g.tensors[node.outputs[0]]
+        parts = [b.round_shift(x, g.tensors[t].exp - out.exp, g.rounding) for x, t in zip(inputs, node.inputs, strict=True)]
+        return b.op("Concat", parts, axis=node.attrs["axis"] + 1)

@@ -132,6 +132,21 @@ def _mac_requant(node: Node, acc: np.ndarray, graph: Graph) -> np.ndarray:
     return q.astype(out.dtype)
 
 
+def _mac_tail_onnx(node: Node, acc: str, b) -> str:
+    """ONNX form of `_mac_requant`: bias at the accumulator scale, saturation, requantisation."""
+    g, a = b.graph, node.attrs
+    e_acc = g.tensors[node.inputs[0]].exp + a["w_exp"]
+    nd = len(g.tensors[node.outputs[0]].shape)
+    bias = b.op("Mul", [b.param(node, "bias"), b.const(2.0 ** (e_acc - a["b_exp"]))])
+    if nd > 1:  # (out,) -> (out, 1, ...) to broadcast over the spatial positions
+        bias = b.op("Reshape", [bias, b.const(np.array([-1] + [1] * (nd - 1), np.int64), np.int64, "shape")])
+    acc = b.op("Add", [acc, bias])
+    acc = b.saturate(acc, *arith.int_range(g.target["accumulator_bits"]))
+    out = g.tensors[node.outputs[0]]
+    q = b.round_shift(acc, e_acc - out.exp, g.rounding)
+    return b.saturate(q, *arith.act_range(out.bits, a["relu"]))
+
+
 def _exact_matmul(w: np.ndarray, cols: np.ndarray, x_bits: int) -> np.ndarray:
     """w @ cols on integers: float64 BLAS when every partial sum stays below 2**53, int64 otherwise."""
     if arith.accumulator_bound(w.shape[-1], x_bits, int(np.abs(w).max(initial=0))) < arith.EXACT_FLOAT64:
@@ -194,6 +209,18 @@ class Conv(OpDef):
         out = graph.tensors[node.outputs[0]].shape
         return math.prod(out) * math.prod(node.params["weight"].shape[1:])
 
+    def to_onnx(self, node, inputs, b):
+        from onnx import TensorProto
+
+        a, w = node.attrs, node.params["weight"]
+        x_bits = b.graph.tensors[node.inputs[0]].bits
+        if arith.accumulator_bound(math.prod(w.shape[1:]), x_bits, int(np.abs(w).max(initial=0))) >= arith.EXACT_FLOAT32:
+            raise NpukitError(f"{node.name}: partial sums may exceed 2**24, beyond an exact float32 ONNX Conv")
+        x = b.op("Cast", [inputs[0]], to=TensorProto.FLOAT)
+        y = b.op("Conv", [x, b.param(node, "weight", TensorProto.FLOAT)], kernel_shape=list(w.shape[2:]),
+                 strides=a["stride"], pads=a["padding"] * 2, dilations=a["dilation"], group=a["groups"])
+        return _mac_tail_onnx(node, b.op("Cast", [y], to=TensorProto.DOUBLE), b)
+
 
 @register
 class Linear(OpDef):
@@ -221,3 +248,7 @@ class Linear(OpDef):
 
     def macs(self, node, graph):
         return int(node.params["weight"].size)
+
+    def to_onnx(self, node, inputs, b):
+        w = b.op("Transpose", [b.param(node, "weight")], perm=[1, 0])  # double MatMul: exact below 2**53
+        return _mac_tail_onnx(node, b.op("MatMul", [inputs[0], w]), b)

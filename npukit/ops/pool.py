@@ -132,6 +132,9 @@ class MaxPool(OpDef):
         win = _windows(inputs[0], node.attrs["kernel"], node.attrs["stride"])
         return [win.max(axis=tuple(range(-len(node.attrs["kernel"]), 0)))]
 
+    def to_onnx(self, node, inputs, b):
+        return b.op("MaxPool", inputs, kernel_shape=node.attrs["kernel"], strides=node.attrs["stride"])
+
 
 @register
 class AvgPool(OpDef):
@@ -155,6 +158,17 @@ class AvgPool(OpDef):
         total = win.sum(axis=tuple(range(-len(k), 0)), dtype=np.int64)
         q = arith.round_div(total, math.prod(k), graph.target["pool_rounding"])
         return [q.astype(inputs[0].dtype)]
+
+    def to_onnx(self, node, inputs, b):
+        from onnx import TensorProto
+
+        k, c = node.attrs["kernel"], b.graph.tensors[node.inputs[0]].shape[0]
+        ones = np.ones((c, 1, *k), np.float32)  # a depthwise all-ones conv sums each window exactly
+        x = b.op("Cast", inputs, to=TensorProto.FLOAT)
+        total = b.op("Conv", [x, b.const(ones, np.float32, "ones")], kernel_shape=k, strides=node.attrs["stride"],
+                     group=c)
+        total = b.op("Cast", [total], to=TensorProto.DOUBLE)
+        return b.round_div(total, math.prod(k), b.graph.target["pool_rounding"])
 
 
 @register
@@ -191,4 +205,10 @@ class GlobalAvgPool(OpDef):
         total = x.sum(axis=axes, dtype=np.int64, keepdims=node.attrs["keepdim"])
         q = arith.round_div(total, math.prod(x.shape[2:]), graph.target["pool_rounding"])
         return [q.astype(x.dtype)]
+
+    def to_onnx(self, node, inputs, b):
+        spatial = b.graph.tensors[node.inputs[0]].shape[1:]
+        axes = b.const(np.arange(2, 2 + len(spatial)), np.int64, "axes")
+        total = b.op("ReduceSum", [inputs[0], axes], keepdims=int(node.attrs["keepdim"]))
+        return b.round_div(total, math.prod(spatial), b.graph.target["pool_rounding"])
 

@@ -35,3 +35,6 @@ class ReLU(OpDef):
 
     def run(self, node, inputs, graph):
         return [np.maximum(inputs[0], 0)]
+
+    def to_onnx(self, node, inputs, b):
+        return b.op("Relu", inputs)

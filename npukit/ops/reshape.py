@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -59,3 +60,7 @@ class Reshape(OpDef):
 
     def run(self, node, inputs, graph):
         return [inputs[0].reshape(inputs[0].shape[0], *node.attrs["shape"])]
+
+    def to_onnx(self, node, inputs, b):
+        shape = np.array([-1, *node.attrs["shape"]], np.int64)  # -1: the batch
+        return b.op("Reshape", [inputs[0], b.const(shape, np.int64, "shape")])
