@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -11,6 +12,16 @@ from ..arith import RoundingMode
 from ..errors import NpukitError
 
 _BUILTIN_DIR = Path(__file__).parent
+
+
+class Memory(BaseModel):
+    """One memory kind of the chip, and what the packer may place in it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    bytes: int = Field(gt=0)
+    holds: list[Literal["activations", "weights"]] = Field(default_factory=list)
 
 
 class TargetProfile(BaseModel):
@@ -27,6 +38,8 @@ class TargetProfile(BaseModel):
     rounding: RoundingMode = "half_up"
     pool_rounding: RoundingMode = "half_up"
     wide_output: bool = Field(False, description="last layer may output the raw accumulator (no clipping)")
+    target_id: int = Field(0, ge=0, le=0xFFFF, description="stable number written into model.bin headers")
+    memory: list[Memory] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> TargetProfile:
@@ -34,7 +47,14 @@ class TargetProfile(BaseModel):
         bad = [b for b in self.weight_bits if b not in (2, 4, 8, 16)]
         if bad:
             raise ValueError(f"weight_bits {bad} unsupported; use 2, 4, 8 or 16")
+        names = [m.name for m in self.memory]
+        if len(set(names)) != len(names):
+            raise ValueError(f"memory names repeat: {names}")
         return self
+
+    def memory_for(self, what: str) -> Memory | None:
+        """The first memory that holds `what` ('activations' or 'weights'), if the profile declares one."""
+        return next((m for m in self.memory if what in m.holds), None)
 
     @property
     def default_weight_bits(self) -> int:
