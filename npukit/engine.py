@@ -19,18 +19,7 @@ def run(graph: Graph, *inputs: np.ndarray) -> list[np.ndarray]:
     """Run the graph on integer inputs (batch first); returns the integer outputs in graph order."""
     if len(inputs) != len(graph.inputs):
         raise NpukitError(f"the graph takes {len(graph.inputs)} input(s), got {len(inputs)}")
-    env: dict[str, np.ndarray] = {}
-    for name, x in zip(graph.inputs, inputs, strict=True):
-        spec = graph.tensors[name]
-        x = np.asarray(x)
-        if x.shape[1:] != tuple(spec.shape):
-            raise NpukitError(f"input {name!r} has shape {x.shape[1:]} per sample; the model expects {tuple(spec.shape)}")
-        if x.dtype.kind not in "iu":
-            raise NpukitError(f"input {name!r} must be integers (use graph.quantize_input on float data), got {x.dtype}")
-        lo, hi = -(1 << (spec.bits - 1)), (1 << (spec.bits - 1)) - 1
-        if x.size and (x.min() < lo or x.max() > hi):
-            raise NpukitError(f"input {name!r} holds values outside the {spec.bits}-bit range [{lo}, {hi}]")
-        env[name] = x.astype(spec.dtype, copy=False)
+    env = {name: run_checked_input(graph, name, x) for name, x in zip(graph.inputs, inputs, strict=True)}
     last_use = _last_uses(graph)
     for i, node in enumerate(graph.nodes):
         outs = get_op(node.op).run(node, [env[t] for t in node.inputs], graph)
@@ -40,10 +29,52 @@ def run(graph: Graph, *inputs: np.ndarray) -> list[np.ndarray]:
     return [env[t] for t in graph.outputs]
 
 
+def run_in_arena(graph: Graph, offsets: dict[str, int], arena_bytes: int, x: np.ndarray) -> np.ndarray:
+    """Run with every tensor stored in one byte arena at its planned offset, as the chip would.
+
+    Offsets are per sample; a batch of n scales the arena and every offset by n. A plan that lets two
+    live tensors overlap corrupts one of them, and the output differs from `run`: this is how the
+    memory plan is checked end to end. Returns the first output.
+    """
+    x = np.asarray(x)
+    n = len(x)
+    arena = np.zeros(arena_bytes * n, np.uint8)
+
+    def view(t: str) -> np.ndarray:
+        spec = graph.tensors[t]
+        count = n * int(np.prod(spec.shape, dtype=np.int64))
+        start = offsets[t] * n
+        return arena[start : start + count * spec.dtype.itemsize].view(spec.dtype).reshape(n, *spec.shape)
+
+    (first,) = graph.inputs if len(graph.inputs) == 1 else (None,)
+    if first is None:
+        raise NpukitError("run_in_arena supports graphs with one input")
+    view(first)[...] = run_checked_input(graph, first, x)
+    for node in graph.nodes:
+        outs = get_op(node.op).run(node, [view(t).copy() for t in node.inputs], graph)
+        for t, value in zip(node.outputs, outs, strict=True):
+            view(t)[...] = value
+    return view(graph.outputs[0]).copy()
+
+
 def run_batches(graph: Graph, x: np.ndarray, batch_size: int = 1024) -> Iterator[np.ndarray]:
     """First output of the graph, a batch at a time (bounded memory on large data sets)."""
     for i in range(0, len(x), batch_size):
         yield run(graph, x[i : i + batch_size])[0]
+
+
+def run_checked_input(graph: Graph, name: str, x) -> np.ndarray:
+    """An input array checked against its spec (shape, integer type, range) and cast to its dtype."""
+    spec = graph.tensors[name]
+    x = np.asarray(x)
+    if x.shape[1:] != tuple(spec.shape):
+        raise NpukitError(f"input {name!r} has shape {x.shape[1:]} per sample; the model expects {tuple(spec.shape)}")
+    if x.dtype.kind not in "iu":
+        raise NpukitError(f"input {name!r} must be integers (use graph.quantize_input on float data), got {x.dtype}")
+    lo, hi = -(1 << (spec.bits - 1)), (1 << (spec.bits - 1)) - 1
+    if x.size and (x.min() < lo or x.max() > hi):
+        raise NpukitError(f"input {name!r} holds values outside the {spec.bits}-bit range [{lo}, {hi}]")
+    return x.astype(spec.dtype, copy=False)
 
 
 def _last_uses(graph: Graph) -> dict[int, list[str]]:

@@ -121,14 +121,27 @@ def _capture_mac(node, ctx, layer, conv: dict | None):
 
 
 def _mac_requant(node: Node, acc: np.ndarray, graph: Graph) -> np.ndarray:
-    """Shared tail of conv and linear: bias, accumulator saturation, requantisation."""
+    """Shared tail of conv and linear: bias, accumulator saturation, requantisation.
+
+    `acc` has the output channels first, (out, ...), as the GEMM leaves it: the elementwise tail runs on
+    contiguous data and only the narrow integer result is transposed afterwards.
+    It comes in its matmul carrier. The tail stays in float32 only where that is exact: sums below
+    2**24 and rounded values below 2**22 (so v + 0.5 is exact); float64 otherwise.
+    """
     a = node.attrs
     e_acc = graph.tensors[node.inputs[0]].exp + a["w_exp"]
-    bias = node.params["bias"].astype(np.float64) * 2.0 ** (e_acc - a["b_exp"])
-    acc = acc + bias.reshape(-1, *([1] * (acc.ndim - 2)))
-    acc = arith.saturate(acc, *arith.int_range(graph.target["accumulator_bits"]))
     out = graph.tensors[node.outputs[0]]
-    q = arith.requantize(acc, e_acc - out.exp, out.bits, graph.rounding, a["relu"])
+    shift = e_acc - out.exp
+    bias = node.params["bias"].astype(np.float64) * 2.0 ** (e_acc - a["b_exp"])
+    w = node.params["weight"]
+    bound = arith.accumulator_bound(int(np.prod(w.shape[1:])), graph.tensors[node.inputs[0]].bits,
+                                    int(np.abs(w).max(initial=0)), int(np.abs(bias).max(initial=0)))
+    dtype = np.float32 if acc.dtype == np.float32 and bound < min(arith.EXACT_FLOAT32, 2 ** (22 + shift)) else np.float64
+    acc = acc.astype(dtype, copy=False) + bias.astype(dtype).reshape(-1, *([1] * (acc.ndim - 1)))
+    lo, hi = arith.int_range(graph.target["accumulator_bits"])
+    if bound > hi:
+        acc = arith.saturate(acc, lo, hi)
+    q = arith.requantize(acc, shift, out.bits, graph.rounding, a["relu"])
     return q.astype(out.dtype)
 
 
@@ -147,11 +160,19 @@ def _mac_tail_onnx(node: Node, acc: str, b) -> str:
     return b.saturate(q, *arith.act_range(out.bits, a["relu"]))
 
 
-def _exact_matmul(w: np.ndarray, cols: np.ndarray, x_bits: int) -> np.ndarray:
-    """w @ cols on integers: float64 BLAS when every partial sum stays below 2**53, int64 otherwise."""
-    if arith.accumulator_bound(w.shape[-1], x_bits, int(np.abs(w).max(initial=0))) < arith.EXACT_FLOAT64:
-        return np.matmul(w.astype(np.float64), cols.astype(np.float64))
-    return np.matmul(w.astype(np.int64), cols.astype(np.int64)).astype(np.float64)
+def _carrier(w: np.ndarray, x_bits: int) -> np.dtype:
+    """The cheapest dtype whose BLAS matmul is exact for these integers: every partial sum of integer
+    products is exact in float32 below 2**24 and in float64 below 2**53, in any summation order."""
+    bound = arith.accumulator_bound(w.shape[-1], x_bits, int(np.abs(w).max(initial=0)))
+    if bound < arith.EXACT_FLOAT32:
+        return np.dtype(np.float32)
+    return np.dtype(np.float64 if bound < arith.EXACT_FLOAT64 else np.int64)
+
+
+def _exact_matmul(w: np.ndarray, cols: np.ndarray, carrier: np.dtype) -> np.ndarray:
+    """w @ cols on integers in `carrier` (float32 results stay float32; int64 ones become float64)."""
+    out = np.matmul(w.astype(carrier), cols.astype(carrier, copy=False))
+    return out if out.dtype.kind == "f" else out.astype(np.float64)
 
 
 @register
@@ -193,17 +214,16 @@ class Conv(OpDef):
         n, c, _, _ = x.shape
         o, cg, kh, kw = w.shape
         g = a["groups"]
+        carrier = _carrier(w, graph.tensors[node.inputs[0]].bits)
         xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
         win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1), axis=(2, 3))
         win = win[:, :, :: stride[0], :: stride[1], :: dil[0], :: dil[1]]  # (n, c, ho, wo, kh, kw)
         ho, wo = win.shape[2:4]
-        cols = win.reshape(n, g, cg, ho, wo, kh, kw).transpose(0, 1, 2, 5, 6, 3, 4).reshape(n, g, cg * kh * kw, ho * wo)
-        x_bits = graph.tensors[node.inputs[0]].bits
-        acc = _exact_matmul(w.reshape(g, o // g, cg * kh * kw), cols, x_bits)  # (n, g, o/g, ho*wo)
-        acc = acc.reshape(n, o, ho, wo)
-        if a["ndim"] == 1:
-            acc = acc[:, :, 0, :]
-        return [_mac_requant(node, acc, graph)]
+        # im2col with the batch folded into the columns: one large GEMM per group, not n small ones.
+        cols = win.reshape(n, g, cg, ho, wo, kh, kw).transpose(1, 2, 5, 6, 0, 3, 4).astype(carrier, order="C")
+        acc = _exact_matmul(w.reshape(g, o // g, cg * kh * kw), cols.reshape(g, cg * kh * kw, n * ho * wo), carrier)
+        q = _mac_requant(node, acc.reshape(o, n * ho * wo), graph).reshape(o, n, ho, wo).transpose(1, 0, 2, 3)
+        return [np.ascontiguousarray(q[:, :, 0, :] if a["ndim"] == 1 else q)]
 
     def macs(self, node, graph):
         out = graph.tensors[node.outputs[0]].shape
@@ -242,9 +262,9 @@ class Linear(OpDef):
         return [(w[0],)]
 
     def run(self, node, inputs, graph):
-        x_bits = graph.tensors[node.inputs[0]].bits
-        acc = _exact_matmul(node.params["weight"], inputs[0].T, x_bits).T  # (n, out)
-        return [_mac_requant(node, acc, graph)]
+        w = node.params["weight"]
+        acc = _exact_matmul(w, inputs[0].T, _carrier(w, graph.tensors[node.inputs[0]].bits))  # (out, n)
+        return [np.ascontiguousarray(_mac_requant(node, acc, graph).T)]
 
     def macs(self, node, graph):
         return int(node.params["weight"].size)

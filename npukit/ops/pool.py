@@ -53,11 +53,16 @@ def _window_args(node, ctx, kind: str) -> dict:
     return {"ndim": ndim, "kernel": list(k), "stride": list(s)}
 
 
-def _windows(x: np.ndarray, kernel, stride) -> np.ndarray:
-    """(n, c, *spatial) -> (n, c, *out_spatial, *kernel) strided windows (views, no copy)."""
-    axes = tuple(range(2, x.ndim))
-    win = np.lib.stride_tricks.sliding_window_view(x, tuple(kernel), axis=axes)
-    return win[(slice(None), slice(None), *(slice(None, None, s) for s in stride))]
+def _window_reduce(x: np.ndarray, kernel, stride, combine) -> np.ndarray:
+    """Combine (np.maximum, np.add) each window's values: one strided slice per kernel position, which
+    numpy runs far faster than a reduction over a sliding-window view."""
+    out_shape = [(n - k) // s + 1 for n, k, s in zip(x.shape[2:], kernel, stride, strict=True)]
+    result = None
+    for pos in np.ndindex(*kernel):
+        part = x[(slice(None), slice(None),
+                  *(slice(p, p + s * (m - 1) + 1, s) for p, s, m in zip(pos, stride, out_shape, strict=True)))]
+        result = part.copy() if result is None else combine(result, part, out=result)
+    return result
 
 
 def _pool_shape(in_shape, kernel, stride):
@@ -129,8 +134,7 @@ class MaxPool(OpDef):
         return _pool_shape(in_shapes[0], node.attrs["kernel"], node.attrs["stride"])
 
     def run(self, node, inputs, graph):
-        win = _windows(inputs[0], node.attrs["kernel"], node.attrs["stride"])
-        return [win.max(axis=tuple(range(-len(node.attrs["kernel"]), 0)))]
+        return [_window_reduce(inputs[0], node.attrs["kernel"], node.attrs["stride"], np.maximum)]
 
     def to_onnx(self, node, inputs, b):
         return b.op("MaxPool", inputs, kernel_shape=node.attrs["kernel"], strides=node.attrs["stride"])
@@ -154,8 +158,7 @@ class AvgPool(OpDef):
 
     def run(self, node, inputs, graph):
         k = node.attrs["kernel"]
-        win = _windows(inputs[0], k, node.attrs["stride"])
-        total = win.sum(axis=tuple(range(-len(k), 0)), dtype=np.int64)
+        total = _window_reduce(inputs[0].astype(np.int64), k, node.attrs["stride"], np.add)
         q = arith.round_div(total, math.prod(k), graph.target["pool_rounding"])
         return [q.astype(inputs[0].dtype)]
 

@@ -1,0 +1,96 @@
+"""Integer engine throughput vs onnxruntime, one thread, batch 1 and batch 256, measured in one run.
+
+Compares the numpy reference engine with onnxruntime running (a) npukit's exported ONNX and (b) the same
+float network quantized by onnxruntime's own `quantize_static` (QDQ int8), which is what a user would pick
+instead. Goal: engine >= 0.5x of (b) at batch 256. Printed, never asserted.
+
+    .venv/bin/python benchmarks/engine_throughput.py [--seconds 2]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"  # one thread everywhere, set before numpy loads its BLAS
+
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static  # noqa: E402
+
+import npukit  # noqa: E402
+from npukit.data import mnist1d  # noqa: E402
+from npukit.models import mnist1d_cnn  # noqa: E402
+from npukit.train import fit  # noqa: E402
+
+
+class _Calib(CalibrationDataReader):
+    def __init__(self, x):
+        self.it = iter([{"x": x[i : i + 64]} for i in range(0, len(x), 64)])
+
+    def get_next(self):
+        return next(self.it, None)
+
+
+def rate(fn, batch: np.ndarray, seconds: float) -> float:
+    fn(batch)  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn(batch)
+        n += len(batch)
+    return n / (time.perf_counter() - t0)
+
+
+def session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    d = mnist1d()
+    model = mnist1d_cnn()
+    fit(model, d.x_train, d.y_train, epochs=3, lr=1e-2)
+    graph = npukit.to_ir(npukit.prepare(model, torch.from_numpy(d.x_train[:512])))
+
+    tmp = Path(tempfile.mkdtemp())
+    ours = session(npukit.export_onnx(graph, tmp / "npukit.onnx"))
+    torch.onnx.export(model.eval(), torch.randn(1, 1, 40), tmp / "float.onnx", dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17)
+    quantize_static(str(tmp / "float.onnx"), str(tmp / "qdq.onnx"), _Calib(d.x_train[:512]),
+                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    qdq = session(tmp / "qdq.onnx")
+
+    q_test = graph.quantize_input(d.x_test)
+    runners = {
+        "npukit engine (numpy)": lambda x: npukit.run(graph, graph.quantize_input(x)),
+        "onnxruntime, npukit ONNX": lambda x: ours.run(None, {"input": graph.quantize_input(x)}),
+        "onnxruntime, QDQ int8 (quantize_static)": lambda x: qdq.run(None, {"x": x}),
+    }
+    print(f"one thread; samples/s over {args.seconds:.0f} s per cell (inputs quantized inside each call)")
+    print(f"{'runner':42s} {'batch 1':>12s} {'batch 256':>12s}")
+    rates = {}
+    for name, fn in runners.items():
+        rates[name] = [rate(fn, d.x_test[:b], args.seconds) for b in (1, 256)]
+        print(f"{name:42s} {rates[name][0]:12,.0f} {rates[name][1]:12,.0f}")
+    eng, qdq_r = rates["npukit engine (numpy)"], rates["onnxruntime, QDQ int8 (quantize_static)"]
+    print(f"engine / QDQ onnxruntime: batch 1 {eng[0] / qdq_r[0]:.2f}x, batch 256 {eng[1] / qdq_r[1]:.2f}x "
+          "(goal >= 0.5x at batch 256)")
+    agree = np.array_equal(ours.run(None, {"input": q_test})[0], npukit.run(graph, q_test)[0])
+    print(f"npukit ONNX == engine on the test set: {agree}")
+
+
+if __name__ == "__main__":
+    main()
