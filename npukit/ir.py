@@ -46,6 +46,10 @@ class Node:
     attrs: dict = field(default_factory=dict)
     params: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def __post_init__(self):
+        # One canonical order, so that every writer (model.bin, ONNX, IR file) is deterministic.
+        self.params = dict(sorted(self.params.items()))
+
 
 @dataclass
 class Graph:
