@@ -31,6 +31,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/qat_overhead.py
+	$(PY) benchmarks/memplan.py
+	$(PY) benchmarks/pack_size.py
+	$(PY) benchmarks/engine_throughput.py
 
 clean:
 	$(PY) -c "import shutil; [shutil.rmtree(p, True) for p in ('$(VENV)', 'npukit-out', '.pytest_cache')]"

@@ -12,6 +12,7 @@ from .engine import run
 from .errors import NpukitError, Problem, ProblemsError
 from .ir import Graph, Node, TensorSpec
 from .onnx_io import export_onnx, load_onnx
+from .pack import PackResult, load_model, pack
 from .qat import calibrate, dequantize_output, freeze_observers, prepare, quantize_input, to_ir
 from .targets import TargetProfile, builtin_targets, load_target
 
@@ -24,7 +25,7 @@ def load_ir(path) -> Graph:
 
 
 __all__ = [
-    "Graph", "Node", "NpukitError", "Problem", "ProblemsError", "TargetProfile", "TensorSpec", "arith",
+    "Graph", "Node", "PackResult", "load_model", "pack", "NpukitError", "Problem", "ProblemsError", "TargetProfile", "TensorSpec", "arith",
     "builtin_targets", "calibrate", "export_onnx", "load_onnx", "dequantize_output", "freeze_observers", "load_checkpoint", "load_ir",
     "load_target", "prepare", "quantize_input", "run", "save_checkpoint", "to_ir",
 ]

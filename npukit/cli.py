@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import NpukitError
@@ -18,7 +19,7 @@ err = Console(stderr=True)
 
 
 def _fail(e: Exception) -> None:
-    err.print(f"[bold red]error:[/] {e}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)  # rule names look like markup
     raise typer.Exit(2)
 
 
@@ -58,6 +59,27 @@ def export(
 
 
 @app.command()
+def pack(
+    model: Path = typer.Argument(..., help="an npukit ONNX file (.onnx) or IR file (.npir)"),
+    output: Path = typer.Option(Path("model.bin"), "-o", "--output", help="the model.bin to write"),
+    target: str | None = typer.Option(None, help="check against this target's limits (default: the model's own)"),
+    report: Path | None = typer.Option(None, "--report", help="folder for report.md, report.html and arena.png"),
+) -> None:
+    """Plan memory at the lower bound and write a validated model.bin (and a flash/RAM report)."""
+    from .pack import pack as do_pack
+
+    try:
+        r = do_pack(model, output, target=target, report_dir=report)
+    except NpukitError as e:
+        _fail(e)
+    p = r.plan
+    console.print(f"wrote {r.path}: {r.model_bin_bytes:,} bytes; arena {p.arena_bytes:,} B "
+                  f"(lower bound {p.lower_bound_bytes:,} B, {p.strategy})")
+    for f in r.report_files.values():
+        console.print(f"wrote {f}")
+
+
+@app.command()
 def targets() -> None:
     """List the built-in target profiles."""
     from .targets import builtin_targets, load_target
@@ -71,26 +93,38 @@ def targets() -> None:
 
 
 @app.command()
-def inspect(model: Path = typer.Argument(..., help="an IR file (.npir) or an npukit ONNX file (.onnx)")) -> None:
-    """Show a model's tensors and ops."""
+def inspect(model: Path = typer.Argument(..., help="a model.bin, an IR file (.npir) or an npukit ONNX file")) -> None:
+    """Show a model's header, tensors, ops and memory plan."""
     from .ops import get_op
 
+    packed = None
     try:
-        g = _load_model(model)
+        if model.suffix == ".bin":
+            from .modelbin import read
+
+            packed = read(model)
+            g = packed.graph
+        else:
+            g = _load_model(model)
     except NpukitError as e:
         _fail(e)
+    if packed is not None:
+        console.print(f"model.bin format v{packed.version}, {model.stat().st_size:,} bytes; arena "
+                      f"{packed.arena_bytes:,} B (lower bound {packed.lower_bound_bytes:,} B)")
+        console.print("sections: " + ", ".join(f"{k} {v:,} B" for k, v in packed.sizes.items()))
     console.print(f"target [bold]{g.target['name']}[/], rounding {g.rounding}, inputs {g.inputs}, outputs {g.outputs}")
-    table = Table("node", "op", "inputs", "output shape", "bits", "exp", "MACs")
+    table = Table("node", "op", "inputs", "output shape", "bits", "exp", "MACs", "arena offset")
     for n in g.nodes:
         out = g.tensors[n.outputs[0]]
+        offset = str(packed.offsets.get(out.name, "")) if packed else ""
         table.add_row(n.name, n.op, ", ".join(n.inputs), str(out.shape), str(out.bits), str(out.exp),
-                      f"{get_op(n.op).macs(n, g):,}")
+                      f"{get_op(n.op).macs(n, g):,}", offset)
     console.print(table)
 
 
 @app.command()
 def run(
-    model: Path = typer.Argument(..., help="an IR file (.npir) or an npukit ONNX file (.onnx)"),
+    model: Path = typer.Argument(..., help="a model.bin, an IR file (.npir) or an npukit ONNX file (.onnx)"),
     input_path: Path = typer.Argument(..., help=".npy with integer inputs (batch first), or float with --quantize"),
     output: Path = typer.Option(..., "-o", "--output", help="where to write the integer outputs (.npy)"),
     quantize: bool = typer.Option(False, help="the input holds floats: quantize them at the model's input exponent"),
@@ -115,10 +149,9 @@ def run(
 
 
 def _load_model(path: Path):
-    from .ir import Graph
-    from .onnx_io import load_onnx
+    from .pack import load_model
 
-    return load_onnx(path) if path.suffix == ".onnx" else Graph.load(path)
+    return load_model(path)
 
 
 def main() -> None:

@@ -147,6 +147,23 @@ def stage_export(run: DemoRun) -> str:
             f"re-imported IR = engine ({run.metrics['onnx_import_bitexact_fraction']:.1%})  -> model.onnx")
 
 
+def stage_pack(run: DemoRun) -> str:
+    from .modelbin import read
+    from .pack import pack
+
+    result = pack(run.graph, run.out / "model.bin", report_dir=run.out / "report")
+    packed = read(result.path)
+    q_in = run.graph.quantize_input(run.data.x_test)
+    want = np.concatenate(list(engine.run_batches(run.graph, q_in)))
+    got = engine.run_in_arena(packed.graph, packed.offsets, packed.arena_bytes, q_in)  # model.bin, planned arena
+    same = np.all(got.reshape(len(got), -1) == want.reshape(len(want), -1), axis=1)
+    p = result.plan
+    run.metrics.update(bin_bitexact_fraction=float(same.mean()), arena_bytes=p.arena_bytes,
+                       arena_lower_bound_bytes=p.lower_bound_bytes, model_bin_bytes=result.model_bin_bytes)
+    return (f"arena {p.arena_bytes:,} B (lower bound {p.lower_bound_bytes:,} B), model.bin {result.model_bin_bytes:,} B; "
+            f"model.bin in its planned arena = engine on {same.mean():.1%}  -> model.bin, report/")
+
+
 STAGES: list[tuple[str, Callable[[DemoRun], str]]] = [
     ("data", stage_data),
     ("float", stage_float),
@@ -154,9 +171,11 @@ STAGES: list[tuple[str, Callable[[DemoRun], str]]] = [
     ("convert", stage_convert),
     ("engine", stage_engine),
     ("export", stage_export),
+    ("pack", stage_pack),
 ]
 STAGE_TITLES = {"data": "data", "float": "float training", "qat": "quantization-aware training",
-                "convert": "IR conversion", "engine": "integer engine", "export": "ONNX export"}
+                "convert": "IR conversion", "engine": "integer engine", "export": "ONNX export",
+                "pack": "pack (model.bin)"}
 
 
 def run_demo(cfg: DemoConfig | None = None, console: Console | None = None, json_path: Path | None = None) -> dict:

@@ -89,6 +89,7 @@ class Graph:
 
     def validate(self) -> None:
         """Structural checks: every tensor defined once before use, every op known, shapes consistent."""
+        from . import arith
         from .ops import get_op
 
         problems = []
@@ -96,6 +97,15 @@ class Graph:
         for t in self.inputs:
             if t not in self.tensors:
                 problems.append(f"input {t!r} has no tensor spec")
+        # Exponents far outside what fit_exponent produces (sums of two at most) mean a damaged file.
+        limit = 2 * max(-arith.MIN_EXP, arith.MAX_EXP)
+        for spec in self.tensors.values():
+            if not (2 <= spec.bits <= 64 and -limit <= spec.exp <= limit):
+                problems.append(f"tensor {spec.name!r} has bits {spec.bits}, exponent {spec.exp}: out of range")
+        for n in self.nodes:
+            for k in ("w_exp", "b_exp"):
+                if k in n.attrs and not (isinstance(n.attrs[k], int) and -limit <= n.attrs[k] <= limit):
+                    problems.append(f"node {n.name!r}: {k} {n.attrs[k]!r} is out of range")
         for n in self.nodes:
             try:
                 op = get_op(n.op)

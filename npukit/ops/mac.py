@@ -197,6 +197,8 @@ class Conv(OpDef):
     def infer_shapes(self, node, in_shapes):
         a, (c, *spatial) = node.attrs, in_shapes[0]
         w = node.params["weight"].shape
+        if min(*a["stride"], *a["dilation"], a["groups"], *w) < 1 or min(a["padding"]) < 0:
+            raise NpukitError(f"{node.name}: stride, dilation, groups and kernel must be >= 1, padding >= 0")
         if c != w[1] * a["groups"]:
             raise NpukitError(f"{node.name}: input has {c} channels, weights expect {w[1] * a['groups']}")
         out = [(n + 2 * p - d * (k - 1) - 1) // s + 1

@@ -1,0 +1,69 @@
+"""`npukit pack`: IR or ONNX -> memory plan -> validated model.bin, with a flash/RAM report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import memplan, modelbin, report
+from .errors import NpukitError, ProblemsError
+from .ir import Graph
+from .targets import TargetProfile, load_target
+
+
+@dataclass
+class PackResult:
+    path: Path
+    graph: Graph
+    plan: memplan.Plan
+    model_bin_bytes: int
+    report_files: dict[str, Path] = field(default_factory=dict)
+
+
+def load_model(path: str | Path) -> Graph:
+    """An IR file (.npir), an npukit ONNX file (.onnx) or a model.bin (.bin), as the IR."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        from .onnx_io import load_onnx
+
+        return load_onnx(path)
+    if path.suffix == ".bin":
+        return modelbin.read(path).graph
+    return Graph.load(path)
+
+
+def resolve_target(graph: Graph, target: str | Path | TargetProfile | None) -> TargetProfile:
+    """The graph's own profile, or `target` when it has the same arithmetic (its limits may differ)."""
+    own = load_target(graph.target)
+    if target is None:
+        return own
+    other = load_target(target)
+    arithmetic = ("activation_bits", "bias_bits", "accumulator_bits", "rounding", "pool_rounding")
+    differ = [f for f in arithmetic if getattr(own, f) != getattr(other, f)]
+    if differ:
+        raise NpukitError(f"the model was quantized for {own.name}, whose arithmetic differs from {other.name} in "
+                          f"{', '.join(differ)}\n    fix: prepare and train the model for {other.name}")
+    return other
+
+
+def pack(model: Graph | str | Path, out: str | Path, *, target=None, report_dir: str | Path | None = None) -> PackResult:
+    """Plan memory, check the target's limits, write model.bin (and the report when `report_dir` is set).
+
+    Over a limit: the report is still written (it shows where), then `ProblemsError` names the layers at
+    the peak and the bytes over; no model.bin is written.
+    """
+    graph = model if isinstance(model, Graph) else load_model(model)
+    profile = resolve_target(graph, target)
+    plan = memplan.plan_graph(graph)
+    problems = report.check_limits(graph, plan, profile)
+    files: dict[str, Path] = {}
+    out = Path(out)
+    size = None
+    if not problems:
+        modelbin.write(graph, plan.offsets, plan.arena_bytes, plan.lower_bound_bytes, out)
+        size = out.stat().st_size
+    if report_dir is not None:
+        files = report.write_report(graph, plan, profile, report_dir, model_bin_bytes=size)
+    if problems:
+        raise ProblemsError(f"the model does not fit {profile.name}", problems)
+    return PackResult(out, graph, plan, size, files)
