@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.npukit-installed
 # The torch release the test suite is run against (a CPU wheel is cached on the project machines).
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint bench clean arm-tools
 
 install: $(STAMP)
 
@@ -17,11 +17,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]" "$(TORCH)"
 	$(PY) -c "import pathlib; pathlib.Path('$(STAMP)').touch()"
 
-demo: $(STAMP)
+demo: $(STAMP) arm-tools
 	$(PY) -m npukit demo
 
-test: $(STAMP)
+test: $(STAMP) arm-tools
 	$(PY) -m pytest -q -m "not slow"
+
+# The Cortex-M tests need Debian's gcc-arm-none-eabi and qemu-system-arm; installed when apt can.
+arm-tools:
+	bash scripts/install-arm-tools.sh
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q
@@ -34,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/memplan.py
 	$(PY) benchmarks/pack_size.py
 	$(PY) benchmarks/engine_throughput.py
+	$(PY) benchmarks/c_kernels.py
 
 clean:
 	$(PY) -c "import shutil; [shutil.rmtree(p, True) for p in ('$(VENV)', 'npukit-out', '.pytest_cache')]"

@@ -80,6 +80,28 @@ def pack(
 
 
 @app.command()
+def codegen(
+    model: Path = typer.Argument(..., help="a model.bin"),
+    out: Path = typer.Option(Path("npukit-c"), "-o", "--out", help="folder for the C project"),
+    input_path: Path | None = typer.Option(None, "--input", help=".npy integer sample for the known-answer test"),
+) -> None:
+    """Write a portable C99 project (model, kernels, known-answer test, Makefile, CMakeLists.txt)."""
+    from .codegen import generate
+
+    try:
+        x = None
+        if input_path is not None:
+            try:
+                x = np.load(input_path, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise NpukitError(f"{input_path} is not a readable .npy file ({e})") from None
+        generate(model, out, kat_input=x)
+    except NpukitError as e:
+        _fail(e)
+    console.print(f"wrote {out}/: `make` there builds and runs the known-answer test")
+
+
+@app.command()
 def targets() -> None:
     """List the built-in target profiles."""
     from .targets import builtin_targets, load_target

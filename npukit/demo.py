@@ -164,6 +164,51 @@ def stage_pack(run: DemoRun) -> str:
             f"model.bin in its planned arena = engine on {same.mean():.1%}  -> model.bin, report/")
 
 
+def stage_codegen(run: DemoRun) -> str:
+    from .codegen import generate, host
+
+    g = run.graph
+    q_in = g.quantize_input(run.data.x_test)
+    project = generate(run.out / "model.bin", run.out / "c", kat_input=q_in[:1])
+    if host.find_cc() is None:
+        run.metrics.update(kat_host="skipped", c_host_bitexact_fraction=None)
+        return "no C compiler found: C project written, not built  -> c/"
+    ok, _ = host.run_kat(host.build(project))
+    out = g.output_spec()
+    got = host.run_file(host.build(project, "run_file"), q_in, out.dtype, int(np.prod(out.shape)), project)
+    want = np.concatenate(list(engine.run_batches(g, q_in))).reshape(len(q_in), -1)
+    same = np.all(got == want, axis=1)
+    run.metrics.update(kat_host="pass" if ok else "fail", c_host_bitexact_fraction=float(same.mean()))
+    text = f"host KAT {'PASS' if ok else 'FAIL'}; host C = engine on {same.mean():.1%}"
+    return text + _cortex_m(run, project) + "  -> c/"
+
+
+def _cortex_m(run: DemoRun, project: Path) -> str:
+    try:
+        from .codegen import cortex_m
+    except ImportError:  # the Cortex-M support is optional
+        run.metrics["kat_cortex_m"] = "skipped"
+        return ""
+    missing = cortex_m.arm_tools_available()
+    if missing:
+        run.metrics["kat_cortex_m"] = "skipped"
+        return "; Cortex-M skipped (toolchain or QEMU missing)"
+    elf = cortex_m.build(project)
+    ok, _ = cortex_m.run_qemu(elf)
+    sizes = cortex_m.size_report(elf)
+    run.metrics.update(kat_cortex_m="pass" if ok else "fail", code_bytes=sizes["code_bytes"],
+                       weight_bytes=sizes["weight_bytes"], runtime_code_bytes=sizes["runtime_code_bytes"],
+                       ram_bytes=sizes["ram_bytes"])
+    from .memplan import plan_graph
+    from .report import write_report
+
+    write_report(run.graph, plan_graph(run.graph), None, run.out / "report",
+                 model_bin_bytes=run.metrics.get("model_bin_bytes"), device_sizes=sizes)
+    return (f"; Cortex-M4 (QEMU) KAT {'PASS' if ok else 'FAIL'}: runtime code {sizes['runtime_code_bytes']:,} B "
+            f"(with the KAT harness and libc {sizes['code_bytes']:,} B), weights {sizes['weight_bytes']:,} B, "
+            f"RAM {sizes['ram_bytes']:,} B (arena {sizes['arena_bytes']:,} B)")
+
+
 STAGES: list[tuple[str, Callable[[DemoRun], str]]] = [
     ("data", stage_data),
     ("float", stage_float),
@@ -172,10 +217,11 @@ STAGES: list[tuple[str, Callable[[DemoRun], str]]] = [
     ("engine", stage_engine),
     ("export", stage_export),
     ("pack", stage_pack),
+    ("codegen", stage_codegen),
 ]
 STAGE_TITLES = {"data": "data", "float": "float training", "qat": "quantization-aware training",
                 "convert": "IR conversion", "engine": "integer engine", "export": "ONNX export",
-                "pack": "pack (model.bin)"}
+                "pack": "pack (model.bin)", "codegen": "C code generation"}
 
 
 def run_demo(cfg: DemoConfig | None = None, console: Console | None = None, json_path: Path | None = None) -> dict:

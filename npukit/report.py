@@ -284,10 +284,11 @@ def _room_elsewhere(profile: TargetProfile, usage: MemoryUsage, row: MemoryRow) 
 
 def write_report(graph, plan: Plan, target=None, out_dir: str | Path = "report", *,
                  model_bin_bytes: int | None = None, title: str = "npukit pack report", batch: int = 1,
-                 alignment: int = ALIGNMENT) -> dict[str, Path]:
+                 alignment: int = ALIGNMENT, device_sizes: dict | None = None) -> dict[str, Path]:
     """Write report.md, report.html (self-contained but for the PNG beside it) and arena.png into
     `out_dir` (created); returns {'md', 'html', 'png'} -> path. Each file is written under a temporary
-    name and renamed, so a reader never sees half a file."""
+    name and renamed, so a reader never sees half a file. `device_sizes` (from
+    `codegen.cortex_m.size_report`) adds the Cortex-M build's flash and RAM."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
     except ImportError:
@@ -297,7 +298,7 @@ def write_report(graph, plan: Plan, target=None, out_dir: str | Path = "report",
     problems = check_limits(graph, plan, profile, batch=batch, alignment=alignment, usage=usage)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = _ReportData(graph, plan, profile, usage, problems, model_bin_bytes, title, batch)
+    data = _ReportData(graph, plan, profile, usage, problems, model_bin_bytes, title, batch, device_sizes)
     paths = {"png": out / "arena.png", "md": out / "report.md", "html": out / "report.html"}
     _atomic(paths["png"], lambda p: _plot(data, p))
     _atomic(paths["md"], lambda p: p.write_text(_markdown(data), encoding="utf-8"))
@@ -324,6 +325,7 @@ class _ReportData:
     model_bin_bytes: int | None
     title: str
     batch: int
+    device_sizes: dict | None = None
 
     @property
     def macs(self) -> dict[str, int]:
@@ -434,7 +436,18 @@ def _markdown(d: _ReportData) -> str:
               "Bottom: the memory map, each tensor over its lifetime (x) and its offset range (y).", "",
               "## Layers", "", _md_table(_LAYER_HEAD, _layer_rows(d), _LAYER_NUM), "",
               "## Totals", "", _md_table(["", ""], [[k, v] for k, v in _totals(d)]), ""]
+    if d.device_sizes:
+        parts += ["## Cortex-M4 build (arm-none-eabi-size)", "", _md_table(["", "bytes"], _device_rows(d), {1}), ""]
     return "\n".join(parts)
+
+
+def _device_rows(d: _ReportData) -> list[list[str]]:
+    s = d.device_sizes
+    return [["flash: code (kernels, model calls, KAT harness, libc)", f"{s['code_bytes']:,}"],
+            ["flash: weights and biases", f"{s['weight_bytes']:,}"],
+            ["of the code: the runtime (kernels, npukit_run, parameters)", f"{s['runtime_code_bytes']:,}"],
+            ["RAM: activation arena", f"{s['arena_bytes']:,}"],
+            ["RAM: other static data (libc, harness)", f"{s['ram_overhead_bytes']:,}"]]
 
 
 _CSS = """
@@ -483,6 +496,12 @@ def _html_kv(rows: list[tuple[str, str]]) -> str:
             + "</tbody></table>")
 
 
+def _html_device(d: _ReportData) -> str:
+    if not d.device_sizes:
+        return ""
+    return "<h2>Cortex-M4 build (arm-none-eabi-size)</h2>\n" + _html_table(["", "bytes"], _device_rows(d), {1})
+
+
 def _html(d: _ReportData, png: str) -> str:
     def status(i: int, cell: str) -> str:
         return ("over" if cell.startswith("OVER") else "ok" if cell == "ok" else "") if i == 5 else ""
@@ -514,6 +533,7 @@ Bottom: the memory map, each tensor over its lifetime (x) and its offset range (
 {_html_table(_LAYER_HEAD, _layer_rows(d), _LAYER_NUM, {0, 2})}
 <h2>Totals</h2>
 {_html_kv(_totals(d))}
+{_html_device(d)}
 </body></html>
 """
 

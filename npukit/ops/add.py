@@ -7,6 +7,7 @@ as the venus NPU requires, and no operand can overflow before the add.
 
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
@@ -82,6 +83,14 @@ class Add(OpDef):
                     for x, t in zip(inputs, node.inputs, strict=True))
         lo, hi = arith.act_range(out.bits, node.attrs["relu"])
         return [arith.saturate(total, lo, hi).astype(out.dtype)]
+
+    def to_c(self, node, b):
+        g = b.graph
+        out = g.tensors[node.outputs[0]]
+        (x, y), (ex, ey) = node.inputs, (g.tensors[t].exp - out.exp for t in node.inputs)
+        lo, hi = arith.act_range(out.bits, node.attrs["relu"])
+        return [f"nk_add({math.prod(out.shape)}, {b.ptr(x)}, {ex}, {b.ptr(y)}, {ey}, {lo}, {hi}, "
+                f"{b.rounding(g.rounding)}, {b.ptr(node.outputs[0])});"]
 
     def to_onnx(self, node, inputs, b):
         g = b.graph

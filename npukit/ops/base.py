@@ -17,6 +17,7 @@ from ..errors import NpukitError
 if TYPE_CHECKING:
     import torch.fx as fx
 
+    from ..codegen import CBuilder
     from ..ir import Graph, Node
     from ..onnx_io import OnnxBuilder
     from ..qat.capture import CaptureContext
@@ -85,3 +86,8 @@ class OpDef:
     def to_onnx(self, node: Node, inputs: list[str], b: OnnxBuilder) -> str:
         """Emit nodes reading integer-valued double tensors `inputs`; return the output tensor's name."""
         raise NotImplementedError(f"op {self.name!r} has no ONNX mapping")
+
+    # C code generation: the kernel call with every parameter computed offline (npukit/codegen).
+    def to_c(self, node: Node, b: CBuilder) -> list[str]:
+        """C statements for one sample; tensors are `b.ptr(name)` in the planned arena."""
+        raise NotImplementedError(f"op {self.name!r} has no C kernel")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -66,6 +68,19 @@ class Concat(OpDef):
         parts = [arith.round_shift(x, graph.tensors[t].exp - out.exp, graph.rounding)
                  for x, t in zip(inputs, node.inputs, strict=True)]
         return [np.concatenate(parts, axis=node.attrs["axis"] + 1).astype(out.dtype)]
+
+    def to_c(self, node, b):
+        g, ax = b.graph, node.attrs["axis"]
+        out = g.tensors[node.outputs[0]]
+        outer, out_inner = math.prod(out.shape[:ax]), math.prod(out.shape[ax:])
+        lines, offset = [], 0
+        for t in node.inputs:
+            spec = g.tensors[t]
+            inner = math.prod(spec.shape[ax:])
+            lines.append(f"nk_concat_part({outer}, {inner}, {out_inner}, {offset}, {spec.exp - out.exp}, "
+                         f"{b.rounding(g.rounding)}, {b.ptr(t)}, {b.ptr(node.outputs[0])});")
+            offset += inner
+        return lines
 
     def to_onnx(self, node, inputs, b):
         g = b.graph

@@ -231,6 +231,22 @@ class Conv(OpDef):
         out = graph.tensors[node.outputs[0]].shape
         return math.prod(out) * math.prod(node.params["weight"].shape[1:])
 
+    def to_c(self, node, b):
+        from ..codegen import mac_limits
+
+        a, g, w = node.attrs, b.graph, node.params["weight"]
+        (c, *sp_in), (o, *sp_out) = g.tensors[node.inputs[0]].shape, g.tensors[node.outputs[0]].shape
+        two = (lambda v: (1, *v)) if a["ndim"] == 1 else (lambda v: tuple(v))  # 1-d runs as height 1
+        (ih, iw), (oh, ow), (kh, kw) = two(sp_in), two(sp_out), two(w.shape[2:])
+        (sh, sw), (ph, pw), (dh, dw) = two(a["stride"]), (0, *a["padding"]) if a["ndim"] == 1 else a["padding"], two(a["dilation"])
+        fields = {"in_c": c, "in_h": ih, "in_w": iw, "out_c": o, "out_h": oh, "out_w": ow, "k_h": kh, "k_w": kw,
+                  "stride_h": sh, "stride_w": sw, "pad_h": ph, "pad_w": pw, "dil_h": dh, "dil_w": dw,
+                  "groups": a["groups"], **mac_limits(g, node)}
+        p = b.struct("nk_conv_params", f"{b.ident(node.name)}_p", fields)
+        out_t = "int8_t" if fields["out_bytes"] == 1 else "int32_t"
+        return [f"nk_conv({p}, {b.ptr(node.inputs[0])}, {b.weights(node)}, {b.weights(node, 'bias')}, "
+                f"{b.ptr(node.outputs[0], out_t)});"]
+
     def to_onnx(self, node, inputs, b):
         from onnx import TensorProto
 
@@ -270,6 +286,16 @@ class Linear(OpDef):
 
     def macs(self, node, graph):
         return int(node.params["weight"].size)
+
+    def to_c(self, node, b):
+        from ..codegen import mac_limits
+
+        o, i = node.params["weight"].shape
+        fields = {"in_features": i, "out_features": o, **mac_limits(b.graph, node)}
+        p = b.struct("nk_linear_params", f"{b.ident(node.name)}_p", fields)
+        out_t = "int8_t" if fields["out_bytes"] == 1 else "int32_t"
+        return [f"nk_linear({p}, {b.ptr(node.inputs[0])}, {b.weights(node)}, {b.weights(node, 'bias')}, "
+                f"{b.ptr(node.outputs[0], out_t)});"]
 
     def to_onnx(self, node, inputs, b):
         w = b.op("Transpose", [b.param(node, "weight")], perm=[1, 0])  # double MatMul: exact below 2**53

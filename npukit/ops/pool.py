@@ -70,6 +70,17 @@ def _pool_shape(in_shape, kernel, stride):
     return [(c, *((n - k) // s + 1 for n, k, s in zip(spatial, kernel, stride, strict=True)))]
 
 
+def _pool_c(node, b, kernel: str) -> list[str]:
+    a, g = node.attrs, b.graph
+    (c, *sp_in), (_, *sp_out) = g.tensors[node.inputs[0]].shape, g.tensors[node.outputs[0]].shape
+    two = (lambda v: (1, *v)) if a["ndim"] == 1 else (lambda v: tuple(v))  # 1-d runs as height 1
+    (ih, iw), (oh, ow), (kh, kw), (sh, sw) = two(sp_in), two(sp_out), two(a["kernel"]), two(a["stride"])
+    fields = {"c": c, "in_h": ih, "in_w": iw, "out_h": oh, "out_w": ow, "k_h": kh, "k_w": kw, "stride_h": sh,
+              "stride_w": sw, "rounding": b.rounding(g.target["pool_rounding"])}
+    p = b.struct("nk_pool_params", f"{b.ident(node.name)}_p", fields)
+    return [f"{kernel}({p}, {b.ptr(node.inputs[0])}, {b.ptr(node.outputs[0])});"]
+
+
 class _QPool(QModule):
     keeps_exp = True
 
@@ -136,6 +147,9 @@ class MaxPool(OpDef):
     def run(self, node, inputs, graph):
         return [_window_reduce(inputs[0], node.attrs["kernel"], node.attrs["stride"], np.maximum)]
 
+    def to_c(self, node, b):
+        return _pool_c(node, b, "nk_maxpool")
+
     def to_onnx(self, node, inputs, b):
         return b.op("MaxPool", inputs, kernel_shape=node.attrs["kernel"], strides=node.attrs["stride"])
 
@@ -161,6 +175,9 @@ class AvgPool(OpDef):
         total = _window_reduce(inputs[0].astype(np.int64), k, node.attrs["stride"], np.add)
         q = arith.round_div(total, math.prod(k), graph.target["pool_rounding"])
         return [q.astype(inputs[0].dtype)]
+
+    def to_c(self, node, b):
+        return _pool_c(node, b, "nk_avgpool")
 
     def to_onnx(self, node, inputs, b):
         from onnx import TensorProto
@@ -208,6 +225,11 @@ class GlobalAvgPool(OpDef):
         total = x.sum(axis=axes, dtype=np.int64, keepdims=node.attrs["keepdim"])
         q = arith.round_div(total, math.prod(x.shape[2:]), graph.target["pool_rounding"])
         return [q.astype(x.dtype)]
+
+    def to_c(self, node, b):
+        c, *spatial = b.graph.tensors[node.inputs[0]].shape
+        return [f"nk_global_avgpool({c}, {math.prod(spatial)}, {b.rounding(b.graph.target['pool_rounding'])}, "
+                f"{b.ptr(node.inputs[0])}, {b.ptr(node.outputs[0])});"]
 
     def to_onnx(self, node, inputs, b):
         spatial = b.graph.tensors[node.inputs[0]].shape[1:]

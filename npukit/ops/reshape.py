@@ -61,6 +61,12 @@ class Reshape(OpDef):
     def run(self, node, inputs, graph):
         return [inputs[0].reshape(inputs[0].shape[0], *node.attrs["shape"])]
 
+    def to_c(self, node, b):
+        src, dst = node.inputs[0], node.outputs[0]
+        if b.offsets[src] == b.offsets[dst]:
+            return ["/* a view: same bytes, nothing to move */"]
+        return [f"memmove({b.ptr(dst)}, {b.ptr(src)}, {math.prod(b.graph.tensors[src].shape)});"]
+
     def to_onnx(self, node, inputs, b):
         shape = np.array([-1, *node.attrs["shape"]], np.int64)  # -1: the batch
         return b.op("Reshape", [inputs[0], b.const(shape, np.int64, "shape")])

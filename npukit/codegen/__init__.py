@@ -1,0 +1,306 @@
+"""`npukit codegen`: model.bin -> a self-contained C99 project with a known-answer test.
+
+The project holds the model (`model.c`/`model.h`: const weights at their packed bit widths, one static
+arena of exactly the planned size, one entry point), the stateless kernel library (`nk_*.c`, copied from
+`runtime/`), `main.c` (the known-answer test), `run_file.c` (runs a file of inputs, for differential
+tests), a `Makefile` whose recipes call only the compiler, and a `CMakeLists.txt`. Each op writes its own
+call (`OpDef.to_c`), with every parameter computed here, offline.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import arith
+from ..errors import NpukitError
+from ..ir import Graph
+
+RUNTIME = Path(__file__).parent / "runtime"
+ROUNDING_C = {"half_up": "NK_HALF_UP", "half_even": "NK_HALF_EVEN", "floor": "NK_FLOOR", "trunc": "NK_TRUNC"}
+
+
+@dataclass
+class CBuilder:
+    """What an op's `to_c` may ask for: tensor pointers, parameter arrays, C literals."""
+
+    graph: Graph
+    offsets: dict[str, int]
+    consts: list[str] = field(default_factory=list)  # file-scope definitions of model.c
+    _ids: dict[str, str] = field(default_factory=dict)
+
+    def ident(self, name: str) -> str:
+        """A C identifier for a node or tensor name (module paths have dots)."""
+        if name not in self._ids:
+            base = "".join(c if c.isalnum() else "_" for c in name)
+            self._ids[name] = f"n{len(self._ids)}_{base}"
+        return self._ids[name]
+
+    def ptr(self, tensor: str, ctype: str = "int8_t") -> str:
+        return f"(({ctype} *)(npukit_arena.bytes + {self.offsets[tensor]}))"
+
+    def rounding(self, mode: str) -> str:
+        return ROUNDING_C[mode]
+
+    def weights(self, node, key: str = "weight") -> str:
+        """A const array of the parameter packed as model.bin packs it (2/4-bit two's complement, low bits first)."""
+        w = node.params[key]
+        name = f"{self.ident(node.name)}_{key}"
+        if key == "bias":
+            if np.abs(w).max(initial=0) >= 2**31:
+                raise NpukitError(f"{node.name}: bias does not fit int32")
+            self.consts.append(f"static const int32_t {name}[{w.size}] = {{{_list(w.ravel())}}};")
+            return name
+        bits = node.attrs["w_bits"]
+        if bits in (8, 16):
+            ctype = "int8_t" if bits == 8 else "int16_t"
+            self.consts.append(f"static const {ctype} {name}[{w.size}] = {{{_list(w.ravel())}}};")
+        else:
+            packed = pack_bits(w.ravel(), bits)
+            self.consts.append(f"static const uint8_t {name}[{packed.size}] = {{{_list(packed)}}};  /* {bits}-bit */")
+        return name
+
+    def struct(self, ctype: str, name: str, fields: dict) -> str:
+        body = ", ".join(f".{k} = {v}" for k, v in fields.items())
+        self.consts.append(f"static const {ctype} {name} = {{{body}}};")
+        return f"&{name}"
+
+
+def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """2- or 4-bit two's complement values, packed low bits first into bytes."""
+    per = 8 // bits
+    v = (values.astype(np.int64) & ((1 << bits) - 1)).astype(np.uint8)
+    v = np.pad(v, (0, (-len(v)) % per)).reshape(-1, per)
+    return np.bitwise_or.reduce(v << (np.arange(per, dtype=np.uint8) * bits), axis=1).astype(np.uint8)
+
+
+def _list(values) -> str:
+    return ", ".join(str(int(v)) for v in values)
+
+
+def _ctype(bits: int) -> str:
+    if bits <= 8:
+        return "int8_t"
+    if bits <= 32:
+        return "int32_t"
+    raise NpukitError(f"codegen supports outputs of at most 32 bits, not {bits}")
+
+
+def mac_limits(graph: Graph, node) -> dict:
+    """Offline parameters shared by conv and linear calls (docs/arithmetic.md, MAC pipeline)."""
+    a = node.attrs
+    e_acc = graph.tensors[node.inputs[0]].exp + a["w_exp"]
+    out = graph.tensors[node.outputs[0]]
+    acc_lo, acc_hi = arith.int_range(graph.target["accumulator_bits"])
+    act_lo, act_hi = arith.act_range(out.bits, a["relu"])
+    return {"w_bits": a["w_bits"], "bias_shift": e_acc - a["b_exp"], "out_shift": e_acc - out.exp,
+            "acc_min": f"{acc_lo}LL", "acc_max": f"{acc_hi}LL", "act_min": act_lo, "act_max": act_hi,
+            "rounding": ROUNDING_C[graph.rounding], "out_bytes": 1 if out.bits <= 8 else 4}
+
+
+def generate(model, out_dir: str | Path, *, kat_input: np.ndarray | None = None) -> Path:
+    """Write the C project for `model` (a model.bin path or a `modelbin.PackedModel`) into `out_dir`.
+
+    `kat_input` is one integer input sample (or a batch: its first sample is used); the expected output
+    comes from the reference engine. Without it, the input is all zeros.
+    """
+    from .. import engine, modelbin
+    from ..ops import get_op
+
+    packed = model if isinstance(model, modelbin.PackedModel) else modelbin.read(model)
+    g = packed.graph
+    if len(g.inputs) != 1 or len(g.outputs) != 1:
+        raise NpukitError("codegen supports models with one input and one output")
+    inp, out = g.input_spec(), g.output_spec()
+    if any(g.tensors[t].bits > 8 for n in g.nodes for t in n.inputs):
+        raise NpukitError("codegen supports 8-bit activations")
+    b = CBuilder(g, packed.offsets)
+    body = []
+    for node in g.nodes:
+        body.append(f"    /* {node.name}: {node.op} */")
+        body += [f"    {line}" for line in get_op(node.op).to_c(node, b)]
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for src in sorted(RUNTIME.glob("*.[ch]")):
+        shutil.copyfile(src, out_dir / src.name)
+    n_in, n_out = math.prod(inp.shape), math.prod(out.shape)
+    out_t = _ctype(out.bits)
+    if kat_input is None:
+        kat_input = np.zeros((1, *inp.shape), inp.dtype)
+    kat_input = np.asarray(kat_input).reshape(-1, *inp.shape)[:1]
+    expected = engine.run(g, kat_input)[0]
+    files = {
+        "model.h": _model_h(g, n_in, n_out, out_t, packed.arena_bytes),
+        "model.c": _model_c(g, b, body, n_in, n_out, out_t, packed.arena_bytes),
+        "main.c": _main_c(kat_input.ravel(), expected.ravel(), out_t),
+        "run_file.c": _run_file_c(out_t),
+        "Makefile": _MAKEFILE,
+        "CMakeLists.txt": _CMAKE,
+    }
+    for name, text in files.items():
+        (out_dir / name).write_text(text)
+    from .cortex_m import write_cortex_m
+
+    write_cortex_m(out_dir)  # cortex-m/: startup, linker script and Makefile for QEMU's mps2-an386
+    return out_dir
+
+
+def _model_h(g: Graph, n_in: int, n_out: int, out_t: str, arena: int) -> str:
+    inp, out = g.input_spec(), g.output_spec()
+    return f"""/* Generated by npukit from a {g.target['name']} model. Do not edit. */
+#ifndef NPUKIT_MODEL_H
+#define NPUKIT_MODEL_H
+
+#include <stdint.h>
+
+#define NPUKIT_INPUT_SIZE {n_in}     /* int8, shape {tuple(inp.shape)}, real = q * 2^-{inp.exp} */
+#define NPUKIT_OUTPUT_SIZE {n_out}   /* {out_t}, shape {tuple(out.shape)}, real = q * 2^-{out.exp} */
+#define NPUKIT_INPUT_EXP {inp.exp}
+#define NPUKIT_OUTPUT_EXP {out.exp}
+#define NPUKIT_ARENA_BYTES {arena}
+typedef {out_t} npukit_output_t;
+
+/* Runs one sample. Uses one static arena of NPUKIT_ARENA_BYTES; not reentrant. Returns 0. */
+int npukit_run(const int8_t *input, npukit_output_t *output);
+
+#endif
+"""
+
+
+def _model_c(g: Graph, b: CBuilder, body: list[str], n_in: int, n_out: int, out_t: str, arena: int) -> str:
+    consts = "\n".join(b.consts)
+    return f"""/* Generated by npukit from a {g.target['name']} model. Do not edit. */
+#include <string.h>
+
+#include "model.h"
+#include "npukit_kernels.h"
+
+/* The one arena, exactly the planned size; the union aligns it for every tensor type. */
+static union {{
+    int64_t align;
+    int8_t bytes[{max(arena, 1)}];
+}} npukit_arena;
+
+{consts}
+
+int npukit_run(const int8_t *input, npukit_output_t *output)
+{{
+    memcpy({b.ptr(g.inputs[0])}, input, {n_in});
+{chr(10).join(body)}
+    memcpy(output, {b.ptr(g.outputs[0], out_t)}, {n_out} * sizeof(npukit_output_t));
+    return 0;
+}}
+"""
+
+
+def _main_c(x: np.ndarray, y: np.ndarray, out_t: str) -> str:
+    return f"""/* Known-answer test: the model's output on a sample input must equal the reference engine's. */
+#include <stdio.h>
+
+#include "model.h"
+
+static const int8_t kat_input[NPUKIT_INPUT_SIZE] = {{{_list(x)}}};
+static const npukit_output_t kat_expected[NPUKIT_OUTPUT_SIZE] = {{{_list(y)}}};
+
+int main(void)
+{{
+    npukit_output_t got[NPUKIT_OUTPUT_SIZE];
+    int i, bad = 0;
+    npukit_run(kat_input, got);
+    for (i = 0; i < NPUKIT_OUTPUT_SIZE; i++) {{
+        if (got[i] != kat_expected[i]) {{
+            if (bad < 8) {{
+                printf("mismatch at %d: expected %ld, got %ld\\n", i, (long)kat_expected[i], (long)got[i]);
+            }}
+            bad++;
+        }}
+    }}
+    if (bad) {{
+        printf("KAT FAIL: %d of %d outputs differ\\n", bad, NPUKIT_OUTPUT_SIZE);
+        return 1;
+    }}
+    printf("KAT PASS: %d outputs equal the reference engine\\n", NPUKIT_OUTPUT_SIZE);
+    return 0;
+}}
+"""
+
+
+def _run_file_c(out_t: str) -> str:
+    return """/* run_file IN OUT: runs every sample of a raw int8 input file, writes the raw outputs. */
+#include <stdio.h>
+
+#include "model.h"
+
+int main(int argc, char **argv)
+{
+    int8_t x[NPUKIT_INPUT_SIZE];
+    npukit_output_t y[NPUKIT_OUTPUT_SIZE];
+    FILE *in, *out;
+    long n = 0;
+    if (argc != 3) {
+        fprintf(stderr, "usage: run_file INPUT.raw OUTPUT.raw\\n");
+        return 2;
+    }
+    in = fopen(argv[1], "rb");
+    out = fopen(argv[2], "wb");
+    if (!in || !out) {
+        fprintf(stderr, "run_file: cannot open the files\\n");
+        return 2;
+    }
+    while (fread(x, 1, sizeof x, in) == sizeof x) {
+        npukit_run(x, y);
+        if (fwrite(y, sizeof y[0], NPUKIT_OUTPUT_SIZE, out) != NPUKIT_OUTPUT_SIZE) {
+            return 2;
+        }
+        n++;
+    }
+    fclose(in);
+    fclose(out);
+    fprintf(stderr, "run_file: %ld samples\\n", n);
+    return 0;
+}
+"""
+
+
+# Recipes call only the compiler and the built program: no shell tools, so the same file works with
+# make on Windows, macOS and Linux.
+_MAKEFILE = """# Generated by npukit. `make` builds and runs the known-answer test.
+CC ?= cc
+CFLAGS ?= -std=c99 -O2 -Wall -Wextra -Werror -pedantic
+KERNELS = $(wildcard nk_*.c)
+HEADERS = model.h npukit_kernels.h
+
+all: kat
+\t./kat
+
+kat: main.c model.c $(KERNELS) $(HEADERS)
+\t$(CC) $(CFLAGS) -o kat main.c model.c $(KERNELS) $(LDFLAGS)
+
+run_file: run_file.c model.c $(KERNELS) $(HEADERS)
+\t$(CC) $(CFLAGS) -o run_file run_file.c model.c $(KERNELS) $(LDFLAGS)
+
+.PHONY: all
+"""
+
+_CMAKE = """# Generated by npukit.
+cmake_minimum_required(VERSION 3.10)
+project(npukit_model C)
+set(CMAKE_C_STANDARD 99)
+set(CMAKE_C_STANDARD_REQUIRED ON)
+file(GLOB NPUKIT_KERNELS ${CMAKE_CURRENT_SOURCE_DIR}/nk_*.c)
+add_library(npukit_model STATIC model.c ${NPUKIT_KERNELS})
+if(CMAKE_C_COMPILER_ID MATCHES "GNU|Clang")
+  target_compile_options(npukit_model PRIVATE -Wall -Wextra -Werror -pedantic)
+endif()
+add_executable(kat main.c)
+target_link_libraries(kat npukit_model)
+add_executable(run_file run_file.c)
+target_link_libraries(run_file npukit_model)
+enable_testing()
+add_test(NAME kat COMMAND kat)
+"""

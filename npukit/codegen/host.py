@@ -1,0 +1,55 @@
+"""Build and run a generated C project on the host (gcc or clang), as the tests and the demo do."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import NpukitError
+
+STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
+
+
+def find_cc(preferred: str | None = None) -> str | None:
+    for cc in ([preferred] if preferred else ["cc", "gcc", "clang"]):
+        if cc and shutil.which(cc):
+            return cc
+    return None
+
+
+def build(project: str | Path, program: str = "kat", *, cc: str | None = None, opt: str = "-O2",
+          sanitize: bool = False, out_name: str | None = None) -> Path:
+    """Compile `program`.c (kat: main.c, or run_file) with the model and kernels; returns the executable."""
+    project = Path(project)
+    compiler = find_cc(cc)
+    if compiler is None:
+        raise NpukitError("no C compiler found (looked for cc, gcc, clang)")
+    main = "main.c" if program == "kat" else f"{program}.c"
+    sources = [main, "model.c", *sorted(p.name for p in project.glob("nk_*.c"))]
+    exe = project / (out_name or program + ("-asan" if sanitize else ""))
+    cmd = [compiler, *STRICT, opt, *(SANITIZE if sanitize else []), "-o", str(exe.name), *sources]
+    res = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise NpukitError(f"C build failed ({' '.join(cmd)}):\n{res.stdout}{res.stderr}")
+    return exe
+
+
+def run_kat(exe: str | Path, timeout: float = 60) -> tuple[bool, str]:
+    res = subprocess.run([str(exe)], capture_output=True, text=True, timeout=timeout)
+    out = res.stdout + res.stderr
+    return res.returncode == 0 and "KAT PASS" in out, out
+
+
+def run_file(exe: str | Path, x: np.ndarray, out_dtype: np.dtype, out_size: int, workdir: str | Path) -> np.ndarray:
+    """Run the generated `run_file` program on a batch of int8 inputs; returns (n, out_size) outputs."""
+    workdir = Path(workdir)
+    src, dst = workdir / "inputs.raw", workdir / "outputs.raw"
+    np.ascontiguousarray(x, dtype=np.int8).tofile(src)
+    res = subprocess.run([str(exe), str(src), str(dst)], capture_output=True, text=True, timeout=600)
+    if res.returncode != 0:
+        raise NpukitError(f"run_file failed: {res.stdout}{res.stderr}")
+    return np.fromfile(dst, dtype=out_dtype).reshape(len(x), out_size)

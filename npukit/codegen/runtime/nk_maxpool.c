@@ -1,0 +1,27 @@
+/* npukit kernel library: max pooling, no padding, dilation 1 (npukit/ops/pool.py, MaxPool). Exact. */
+#include <stddef.h>
+
+#include "npukit_kernels.h"
+
+void nk_maxpool(const nk_pool_params *p, const int8_t *in, int8_t *out)
+{
+    const ptrdiff_t in_hw = (ptrdiff_t)p->in_h * p->in_w;
+    int32_t c, oh, ow, kh, kw;
+
+    for (c = 0; c < p->c; c++) {
+        const int8_t *x = in + c * in_hw;
+        for (oh = 0; oh < p->out_h; oh++) {
+            for (ow = 0; ow < p->out_w; ow++) {
+                const int8_t *win = x + ((ptrdiff_t)oh * p->stride_h * p->in_w + (ptrdiff_t)ow * p->stride_w);
+                int8_t m = win[0];
+                for (kh = 0; kh < p->k_h; kh++) {
+                    const int8_t *r = win + (ptrdiff_t)kh * p->in_w;
+                    for (kw = 0; kw < p->k_w; kw++) {
+                        m = r[kw] > m ? r[kw] : m;
+                    }
+                }
+                *out++ = m;
+            }
+        }
+    }
+}

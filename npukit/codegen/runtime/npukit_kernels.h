@@ -1,0 +1,74 @@
+/* npukit kernel library: stateless integer kernels that implement docs/arithmetic.md.
+ *
+ * Every parameter (shifts, saturation bounds, geometry) is computed offline by the code generator;
+ * kernels never allocate, keep no state, and run one sample at a time. Tensors are C-contiguous,
+ * channels first (C x H x W; a 1-d tensor is C x 1 x W). Accumulators are int64, saturated once after
+ * the bias, as the contract requires. Portable C99; no floating point anywhere.
+ */
+#ifndef NPUKIT_KERNELS_H
+#define NPUKIT_KERNELS_H
+
+#include <stdint.h>
+
+typedef enum { NK_HALF_UP = 0, NK_HALF_EVEN = 1, NK_FLOOR = 2, NK_TRUNC = 3 } nk_rounding;
+
+/* x / 2^shift rounded by `mode`; shift <= 0 is an exact left shift. Never relies on >> of negatives. */
+int64_t nk_round_shift(int64_t x, int32_t shift, nk_rounding mode);
+/* x / n rounded by `mode`, n > 0 (average pooling). */
+int64_t nk_round_div(int64_t x, int64_t n, nk_rounding mode);
+int64_t nk_saturate(int64_t x, int64_t lo, int64_t hi);
+/* Weight i of a tensor packed at `bits` (2, 4: two's complement, low bits first; 8: int8; 16: int16 LE). */
+int32_t nk_weight(const void *weights, int32_t i, int32_t bits);
+
+typedef struct {
+    int32_t in_c, in_h, in_w;
+    int32_t out_c, out_h, out_w;
+    int32_t k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups;
+    int32_t w_bits;            /* 2, 4, 8 or 16 */
+    int32_t bias_shift;        /* e_acc - e_bias >= 0: bias << bias_shift joins the accumulator */
+    int32_t out_shift;         /* e_acc - e_out: the requantising shift (<= 0: exact left shift) */
+    int64_t acc_min, acc_max;  /* accumulator saturation */
+    int32_t act_min, act_max;  /* output saturation; a fused ReLU sets act_min = 0 */
+    nk_rounding rounding;
+    int32_t out_bytes;         /* 1: int8 output; 4: int32 (wide) output */
+} nk_conv_params;
+
+/* Conv 1-d/2-d, grouped/depthwise, zero padding. Weights (out_c, in_c/groups, k_h, k_w). */
+void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, const int32_t *bias, void *out);
+
+typedef struct {
+    int32_t in_features, out_features;
+    int32_t w_bits, bias_shift, out_shift;
+    int64_t acc_min, acc_max;
+    int32_t act_min, act_max;
+    nk_rounding rounding;
+    int32_t out_bytes;
+} nk_linear_params;
+
+/* Fully connected. Weights (out_features, in_features). */
+void nk_linear(const nk_linear_params *p, const int8_t *in, const void *weights, const int32_t *bias, void *out);
+
+typedef struct {
+    int32_t c, in_h, in_w, out_h, out_w;
+    int32_t k_h, k_w, stride_h, stride_w;
+    nk_rounding rounding;      /* average pooling only */
+} nk_pool_params;
+
+void nk_maxpool(const nk_pool_params *p, const int8_t *in, int8_t *out);
+void nk_avgpool(const nk_pool_params *p, const int8_t *in, int8_t *out);
+/* Mean over `hw` positions of each of `c` channels. */
+void nk_global_avgpool(int32_t c, int32_t hw, nk_rounding rounding, const int8_t *in, int8_t *out);
+
+/* out = saturate(round_shift(a, a_shift) + round_shift(b, b_shift)); `out` may alias an input. */
+void nk_add(int32_t n, const int8_t *a, int32_t a_shift, const int8_t *b, int32_t b_shift,
+            int32_t act_min, int32_t act_max, nk_rounding rounding, int8_t *out);
+
+/* One operand of a concatenation: `outer` blocks of `part_inner` values, written at `offset` within
+ * output blocks of `out_inner` values, each value round_shift(x, shift). */
+void nk_concat_part(int32_t outer, int32_t part_inner, int32_t out_inner, int32_t offset, int32_t shift,
+                    nk_rounding rounding, const int8_t *in, int8_t *out);
+
+/* max(x, 0); `out` may alias `in`. */
+void nk_relu(int32_t n, const int8_t *in, int8_t *out);
+
+#endif

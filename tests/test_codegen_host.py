@@ -1,0 +1,104 @@
+"""Generated C on the host: warning-free builds, the known-answer test, sanitizers, and every output byte
+equal to the engine's on real and random models."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_differential import TARGETS, RandomNet, nets
+
+import npukit
+from npukit import codegen, modelbin
+from npukit.codegen import host
+from npukit.models import mnist1d_cnn
+
+pytestmark = pytest.mark.skipif(host.find_cc() is None, reason="no C compiler found")
+
+
+def _packed(graph):
+    plan = npukit.memplan.plan_graph(graph)
+    return modelbin.read(modelbin.pack_bytes(graph, plan.offsets, plan.arena_bytes, plan.lower_bound_bytes))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    torch.manual_seed(0)
+    x = torch.randn(256, 1, 40)
+    graph = npukit.to_ir(npukit.prepare(mnist1d_cnn(), x))
+    q = graph.quantize_input(x.numpy())
+    project = codegen.generate(_packed(graph), tmp_path_factory.mktemp("c"), kat_input=q[:1])
+    return graph, q, project
+
+
+@pytest.mark.parametrize("cc", ["gcc", "clang"])
+def test_kat_passes_warning_free(demo, cc):
+    if shutil.which(cc) is None:
+        pytest.skip(f"{cc} not installed")
+    _, _, project = demo
+    ok, out = host.run_kat(host.build(project, cc=cc, out_name=f"kat-{cc}"))
+    assert ok, out
+
+
+def test_kat_passes_under_sanitizers(demo):
+    _, _, project = demo
+    ok, out = host.run_kat(host.build(project, sanitize=True))
+    assert ok, out
+
+
+def test_every_output_byte_equals_the_engine(demo, tmp_path):
+    graph, q, project = demo
+    exe = host.build(project, "run_file")
+    got = host.run_file(exe, q, np.dtype(np.int32), 10, tmp_path)
+    np.testing.assert_array_equal(got, npukit.run(graph, q)[0])
+
+
+def test_kat_detects_a_wrong_answer(demo, tmp_path):
+    _, _, project = demo
+    broken = tmp_path / "broken"
+    shutil.copytree(project, broken)
+    main = (broken / "main.c").read_text()
+    (broken / "main.c").write_text(main.replace("kat_expected[NPUKIT_OUTPUT_SIZE] = {", "kat_expected[NPUKIT_OUTPUT_SIZE] = {1 + "))
+    ok, out = host.run_kat(host.build(broken))
+    assert not ok and "KAT FAIL" in out and "mismatch at 0" in out
+
+
+def test_makefile_builds_with_only_the_compiler(demo, tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("make not installed")
+    _, _, project = demo
+    copy = tmp_path / "p"
+    shutil.copytree(project, copy)
+    res = subprocess.run(["make"], cwd=copy, capture_output=True, text=True)
+    assert res.returncode == 0 and "KAT PASS" in res.stdout, res.stdout + res.stderr
+    recipes = [line.strip() for line in (copy / "Makefile").read_text().splitlines() if line.startswith("\t")]
+    assert all(r.split()[0] in ("$(CC)", "./kat") for r in recipes), recipes  # no shell tools
+
+
+def test_no_malloc_and_the_arena_is_the_planned_size(demo):
+    graph, _, project = demo
+    model_c = (project / "model.c").read_text()
+    plan = npukit.memplan.plan_graph(graph)
+    assert f"int8_t bytes[{plan.arena_bytes}]" in model_c
+    for src in project.glob("*.c"):
+        assert "malloc" not in src.read_text(), src.name
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(spec=nets(), target=st.sampled_from(sorted(TARGETS)), seed=st.integers(0, 2**16))
+def test_random_models_match_the_engine(spec, target, seed, tmp_path_factory):
+    ndim, cin, size, blocks, head = spec
+    rng = torch.Generator().manual_seed(seed)
+    model = RandomNet(ndim, cin, size, blocks, head, 5, rng)
+    x = torch.randn(16, cin, *size, generator=rng) * 3
+    graph = npukit.to_ir(npukit.prepare(model, x, target=TARGETS[target]))
+    project = codegen.generate(_packed(graph), tmp_path_factory.mktemp("r"))
+    out = graph.output_spec()
+    q = graph.quantize_input(torch.randn(32, cin, *size, generator=rng).numpy() * 3)
+    got = host.run_file(host.build(project, "run_file", opt="-O1"), q, out.dtype, int(np.prod(out.shape)), project)
+    np.testing.assert_array_equal(got, npukit.run(graph, q)[0].reshape(len(q), -1))

@@ -1,0 +1,119 @@
+"""The generated C project on an emulated Cortex-M4 (QEMU mps2-an386): the KAT passes bit-exactly, the
+exit status reaches the host, and the flash/RAM numbers agree with model.bin and the memory plan."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn as nn
+
+import npukit
+from npukit import codegen, modelbin
+from npukit.codegen import cortex_m
+from npukit.models import mnist1d_cnn
+
+MISSING = cortex_m.arm_tools_available()  # None, or what to install
+pytestmark = [pytest.mark.cortex_m, pytest.mark.skipif(MISSING is not None, reason=str(MISSING))]
+
+
+LOWBIT = {"name": "lowbit", "weight_bits": [4, 2, 8], "bias_bits": 16, "accumulator_bits": 24}
+
+
+class Branchy(nn.Module):
+    """2-d ops: conv+BN+ReLU, grouped conv, add+ReLU, average pooling, concat, global mean, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.pool = nn.AvgPool2d(2)
+        self.c3 = nn.Conv2d(8, 4, 1)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        a = torch.relu(self.bn1(self.c1(x)))
+        p = self.pool(torch.relu(a + self.c2(a)))
+        return self.fc(torch.cat([p, self.c3(p)], dim=1).mean(dim=(2, 3)))
+
+
+def _lowbit() -> nn.Module:
+    return nn.Sequential(nn.Conv1d(2, 5, 3), nn.ReLU(), nn.MaxPool1d(1), nn.Flatten(), nn.Linear(35, 3))
+
+
+# name -> (model, example batch shape, prepare options). Untrained: the arithmetic is what is tested.
+CASES = {
+    "demo-w8": (mnist1d_cnn, (64, 1, 40), {}),
+    "demo-w16": (mnist1d_cnn, (64, 1, 40), {"weight_bits": 16}),
+    "branchy-2d": (Branchy, (4, 3, 8, 8), {}),
+    "lowbit-w4": (_lowbit, (4, 2, 9), {"target": LOWBIT, "weight_bits": 4}),
+    "lowbit-w2": (_lowbit, (4, 2, 9), {"target": LOWBIT, "weight_bits": 2}),
+}
+
+
+@pytest.fixture(scope="module")
+def projects(tmp_path_factory):
+    """case name -> (the model's C project with cortex-m/, its pack result)."""
+    made = {}
+
+    def make(case: str = "demo-w8"):
+        if case not in made:
+            model, shape, kw = CASES[case]
+            torch.manual_seed(0)
+            tmp = tmp_path_factory.mktemp(case)
+            g = npukit.to_ir(npukit.prepare(model(), torch.randn(*shape), **kw))
+            packed = npukit.pack(g, tmp / "model.bin")
+            x = g.quantize_input(torch.randn(1, *shape[1:]).numpy())
+            out = codegen.generate(tmp / "model.bin", tmp / "c", kat_input=x)
+            cortex_m.write_cortex_m(out)
+            made[case] = out, packed
+        return made[case]
+
+    return make
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_kat_passes_on_cortex_m4(projects, case):
+    out, packed = projects(case)
+    for name in ("startup.c", "mps2-an386.ld", "Makefile"):
+        assert (out / "cortex-m" / name).is_file()
+    elf = cortex_m.build(out)
+    ok, text = cortex_m.run_qemu(elf, timeout=60)
+    print(text)
+    assert ok, text
+    assert "KAT PASS" in text and "[qemu exit status 0]" in text
+
+    sizes = cortex_m.size_report(elf)
+    print(f"Cortex-M4, {case}, sizes in bytes: {sizes}")
+    params = modelbin.read(out.parent / "model.bin").params
+    assert sizes["weight_bytes"] == sum(p.nbytes for p in params if p.name in ("weight", "bias"))
+    assert sizes["arena_bytes"] == packed.plan.arena_bytes
+    assert sizes["code_bytes"] + sizes["weight_bytes"] == sizes["flash_bytes"]
+    assert sizes["data_bytes"] + sizes["bss_bytes"] == sizes["ram_bytes"] == sizes["arena_bytes"] + sizes["ram_overhead_bytes"]
+    assert 0 < sizes["code_bytes"] < 64 << 10  # kernels + startup + newlib-nano printf
+    assert 0 <= sizes["ram_overhead_bytes"] < 4 << 10
+    print(f"flash {sizes['flash_bytes']} B = code {sizes['code_bytes']} + weights {sizes['weight_bytes']}; "
+          f"RAM {sizes['ram_bytes']} B = arena {sizes['arena_bytes']} + overhead {sizes['ram_overhead_bytes']}")
+
+
+def test_failure_reaches_the_exit_status(projects, tmp_path):
+    """A KAT that fails (here: a main that says so) gives False and QEMU's exit status 1."""
+    out, _ = projects()
+    bad = tmp_path / "c"
+    shutil.copytree(out, bad, ignore=shutil.ignore_patterns("*.elf"))
+    (bad / "main.c").write_text('#include <stdio.h>\n\nint main(void)\n{\n'
+                                '    printf("KAT FAIL: forced\\n");\n    return 1;\n}\n')
+    ok, text = cortex_m.run_qemu(cortex_m.build(bad), timeout=60)
+    assert not ok
+    assert "KAT FAIL: forced" in text and "[qemu exit status 1]" in text
+
+
+def test_build_reports_compiler_errors(projects, tmp_path):
+    out, _ = projects()
+    bad = tmp_path / "c"
+    shutil.copytree(out, bad, ignore=shutil.ignore_patterns("*.elf"))
+    (bad / "main.c").write_text("int main(void)\n{\n    return undeclared;\n}\n")
+    with pytest.raises(npukit.NpukitError, match="undeclared"):
+        cortex_m.build(bad)
+
