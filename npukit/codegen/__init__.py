@@ -83,11 +83,12 @@ def _list(values) -> str:
 
 
 def _ctype(bits: int) -> str:
+    """The C type of an output, matching `TensorSpec.dtype` (kernels write int8 or int32)."""
     if bits <= 8:
         return "int8_t"
-    if bits <= 32:
+    if 16 < bits <= 32:
         return "int32_t"
-    raise NpukitError(f"codegen supports outputs of at most 32 bits, not {bits}")
+    raise NpukitError(f"codegen supports 8-bit or 17..32-bit (wide) outputs, not {bits}-bit")
 
 
 def mac_limits(graph: Graph, node) -> dict:

@@ -135,7 +135,7 @@ def _mac_requant(node: Node, acc: np.ndarray, graph: Graph) -> np.ndarray:
     bias = node.params["bias"].astype(np.float64) * 2.0 ** (e_acc - a["b_exp"])
     w = node.params["weight"]
     bound = arith.accumulator_bound(int(np.prod(w.shape[1:])), graph.tensors[node.inputs[0]].bits,
-                                    int(np.abs(w).max(initial=0)), int(np.abs(bias).max(initial=0)))
+                                    int(np.abs(w.astype(np.int64)).max(initial=0)), int(np.abs(bias).max(initial=0)))
     dtype = np.float32 if acc.dtype == np.float32 and bound < min(arith.EXACT_FLOAT32, 2 ** (22 + shift)) else np.float64
     acc = acc.astype(dtype, copy=False) + bias.astype(dtype).reshape(-1, *([1] * (acc.ndim - 1)))
     lo, hi = arith.int_range(graph.target["accumulator_bits"])
@@ -163,7 +163,7 @@ def _mac_tail_onnx(node: Node, acc: str, b) -> str:
 def _carrier(w: np.ndarray, x_bits: int) -> np.dtype:
     """The cheapest dtype whose BLAS matmul is exact for these integers: every partial sum of integer
     products is exact in float32 below 2**24 and in float64 below 2**53, in any summation order."""
-    bound = arith.accumulator_bound(w.shape[-1], x_bits, int(np.abs(w).max(initial=0)))
+    bound = arith.accumulator_bound(w.shape[-1], x_bits, int(np.abs(w.astype(np.int64)).max(initial=0)))
     if bound < arith.EXACT_FLOAT32:
         return np.dtype(np.float32)
     return np.dtype(np.float64 if bound < arith.EXACT_FLOAT64 else np.int64)
@@ -252,7 +252,7 @@ class Conv(OpDef):
 
         a, w = node.attrs, node.params["weight"]
         x_bits = b.graph.tensors[node.inputs[0]].bits
-        if arith.accumulator_bound(math.prod(w.shape[1:]), x_bits, int(np.abs(w).max(initial=0))) >= arith.EXACT_FLOAT32:
+        if arith.accumulator_bound(math.prod(w.shape[1:]), x_bits, int(np.abs(w.astype(np.int64)).max(initial=0))) >= arith.EXACT_FLOAT32:
             raise NpukitError(f"{node.name}: partial sums may exceed 2**24, beyond an exact float32 ONNX Conv")
         x = b.op("Cast", [inputs[0]], to=TensorProto.FLOAT)
         y = b.op("Conv", [x, b.param(node, "weight", TensorProto.FLOAT)], kernel_shape=list(w.shape[2:]),

@@ -5,13 +5,17 @@
  *              acc = saturate(acc, acc_min, acc_max)               (once, after the bias)
  *              y   = saturate(round_shift(acc, out_shift), act_min, act_max)
  *
- * Two paths:
- *  - 8-bit weights (any groups): padding is never tested per MAC. For each output row the valid
- *    kernel rows are computed once; outputs whose taps all lie inside the input ("interior") need no
- *    range at all, and border outputs compute their valid kernel columns once. With stride_w == 1,
- *    interior outputs go in tiles of NK_CONV_TILE: the inner loop has a constant trip count, so the
- *    compiler can keep the tile in registers and vectorise it.
- *  - 2-, 4- and 16-bit weights: the same geometry, one weight at a time through nk_weight.
+ * Padding is never tested per MAC: for each output row the valid kernel rows are computed once, and
+ * the valid kernel columns once per output (or per tile). Paths:
+ *  - 8-bit weights (any groups), stride_w == 1, rows of at least NK_CONV_TILE outputs: tiles of
+ *    NK_CONV_TILE adjacent outputs (the last tile of a row overlaps the one before it and stores only
+ *    its new outputs). The inner loop multiplies one weight into the whole tile with a constant trip
+ *    count, so the compiler keeps the tile in registers and vectorises it (gcc -O2 does, with SSE2).
+ *    A tile whose input window crosses a border first copies each row's window into a zero-padded
+ *    local buffer; if that window is wider than NK_CONV_WIN (huge dilation), the tile's outputs are
+ *    computed one by one instead.
+ *  - other 8-bit cases: one output at a time over its valid taps, int64 accumulator.
+ *  - 2-, 4- and 16-bit weights: the same, one weight at a time through nk_weight.
  *
  * Tile partial sums are int32, which is exact by this bound: an input is int8 and an 8-bit weight is
  * int8, so |x * w| <= 128 * 128 = 2^14. A partial sum takes at most NK_CONV_PART_TERMS = 2^16 products
@@ -100,6 +104,9 @@ static int64_t nk_conv_dot8(const nk_conv_params *p, const int8_t *x, const int8
     int64_t acc = 0;
     int32_t c, kh, k;
 
+    if (n_kw <= 0 || n_kh <= 0) {
+        return 0; /* every tap in the padding (and x0 need not point into the input) */
+    }
     for (c = 0; c < cg; c++) {
         for (kh = 0; kh < n_kh; kh++) {
             const int8_t *xp = x + (x0 + c * in_hw + kh * row_step);
@@ -178,13 +185,16 @@ static int64_t nk_conv_dot(const nk_conv_params *p, const int8_t *x, const void 
     int64_t acc = 0;
     int32_t c, kh, kw;
 
+    if (kw_hi <= kw_lo || kh_hi <= kh_lo) {
+        return 0;
+    }
     for (c = 0; c < cg; c++) {
         for (kh = kh_lo; kh < kh_hi; kh++) {
             const int8_t *xp = x + (((ptrdiff_t)c * p->in_h + ih0 + (ptrdiff_t)kh * p->dil_h) * p->in_w + iw0
                                     + (ptrdiff_t)kw_lo * p->dil_w);
-            int32_t wi = w0 + (c * p->k_h + kh) * p->k_w + kw_lo;
-            for (kw = kw_lo; kw < kw_hi; kw++, xp += p->dil_w, wi++) {
-                acc += (int64_t)*xp * nk_weight(weights, wi, p->w_bits);
+            const int32_t wi = w0 + (c * p->k_h + kh) * p->k_w + kw_lo;
+            for (kw = 0; kw < kw_hi - kw_lo; kw++) {
+                acc += (int64_t)xp[(ptrdiff_t)kw * p->dil_w] * nk_weight(weights, wi + kw, p->w_bits);
             }
         }
     }

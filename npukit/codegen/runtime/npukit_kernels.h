@@ -12,12 +12,17 @@
 
 typedef enum { NK_HALF_UP = 0, NK_HALF_EVEN = 1, NK_FLOOR = 2, NK_TRUNC = 3 } nk_rounding;
 
-/* x / 2^shift rounded by `mode`; shift <= 0 is an exact left shift. Never relies on >> of negatives. */
+/* x / 2^shift rounded by `mode`; shift <= 0 is an exact left shift. Never relies on >> of negatives.
+ * Any shift is defined: shifts of 64 and more give 0 (or -1 for floor of a negative x); a left shift whose
+ * result leaves int64 saturates to INT64_MIN / INT64_MAX instead of overflowing (the contract never gets
+ * there; a later saturation to a narrower range then gives the contract's result). */
 int64_t nk_round_shift(int64_t x, int32_t shift, nk_rounding mode);
-/* x / n rounded by `mode`, n > 0 (average pooling). */
+/* x / n rounded by `mode`, n > 0 (average pooling); exact for every int64 x. n <= 0 returns 0. */
 int64_t nk_round_div(int64_t x, int64_t n, nk_rounding mode);
+/* min(max(x, lo), hi) */
 int64_t nk_saturate(int64_t x, int64_t lo, int64_t hi);
-/* Weight i of a tensor packed at `bits` (2, 4: two's complement, low bits first; 8: int8; 16: int16 LE). */
+/* Weight i of a tensor packed at `bits` (2, 4: two's complement, low bits first; 8: int8; 16: int16 LE,
+ * read byte by byte, so any alignment and host byte order). Other widths return 0. */
 int32_t nk_weight(const void *weights, int32_t i, int32_t bits);
 
 typedef struct {
@@ -28,12 +33,14 @@ typedef struct {
     int32_t bias_shift;        /* e_acc - e_bias >= 0: bias << bias_shift joins the accumulator */
     int32_t out_shift;         /* e_acc - e_out: the requantising shift (<= 0: exact left shift) */
     int64_t acc_min, acc_max;  /* accumulator saturation */
-    int32_t act_min, act_max;  /* output saturation; a fused ReLU sets act_min = 0 */
+    int32_t act_min, act_max;  /* output saturation; a fused ReLU sets act_min = 0; must lie in the output type */
     nk_rounding rounding;
     int32_t out_bytes;         /* 1: int8 output; 4: int32 (wide) output */
 } nk_conv_params;
 
-/* Conv 1-d/2-d, grouped/depthwise, zero padding. Weights (out_c, in_c/groups, k_h, k_w). */
+/* Conv 1-d/2-d, grouped/depthwise, zero padding. Weights (out_c, in_c/groups, k_h, k_w), packed at w_bits
+ * as in model.bin. `bias` holds out_c int32 values (a model.bin bias stored at 64 bits does not fit this
+ * API) or is NULL for none. A 1-d conv is in_h = k_h = out_h = stride_h = dil_h = 1, pad_h = 0. */
 void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, const int32_t *bias, void *out);
 
 typedef struct {
@@ -45,7 +52,7 @@ typedef struct {
     int32_t out_bytes;
 } nk_linear_params;
 
-/* Fully connected. Weights (out_features, in_features). */
+/* Fully connected. Weights (out_features, in_features), packed at w_bits; bias as for nk_conv. */
 void nk_linear(const nk_linear_params *p, const int8_t *in, const void *weights, const int32_t *bias, void *out);
 
 typedef struct {
@@ -59,12 +66,16 @@ void nk_avgpool(const nk_pool_params *p, const int8_t *in, int8_t *out);
 /* Mean over `hw` positions of each of `c` channels. */
 void nk_global_avgpool(int32_t c, int32_t hw, nk_rounding rounding, const int8_t *in, int8_t *out);
 
-/* out = saturate(round_shift(a, a_shift) + round_shift(b, b_shift)); `out` may alias an input. */
+/* out = saturate(round_shift(a, a_shift) + round_shift(b, b_shift)); `out` may alias an input.
+ * Shifts are e_in - e_out >= 0 (operands only shift right); a negative one is clamped at -55. */
 void nk_add(int32_t n, const int8_t *a, int32_t a_shift, const int8_t *b, int32_t b_shift,
             int32_t act_min, int32_t act_max, nk_rounding rounding, int8_t *out);
 
 /* One operand of a concatenation: `outer` blocks of `part_inner` values, written at `offset` within
- * output blocks of `out_inner` values, each value round_shift(x, shift). */
+ * output blocks of `out_inner` values, each value round_shift(x, shift). Along axis `ax` of the
+ * per-sample shape: outer = prod(out_shape[:ax]), part_inner = prod(part_shape[ax:]),
+ * out_inner = prod(out_shape[ax:]), offset = the sum of the earlier parts' part_inner,
+ * shift = e_part - e_out >= 0. */
 void nk_concat_part(int32_t outer, int32_t part_inner, int32_t out_inner, int32_t offset, int32_t shift,
                     nk_rounding rounding, const int8_t *in, int8_t *out);
 

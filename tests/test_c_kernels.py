@@ -1,0 +1,928 @@
+"""The C kernel library (npukit/codegen/runtime) against npukit's integer reference, bit for bit.
+
+The kernels are built once per session into a shared library (strict warnings, -Werror) and called
+through ctypes. Every case is an IR node built by hand, mapped to its C call the way the code generator
+maps it, and compared with the op's own numpy kernel (`OpDef.run`); the scalar functions are compared
+with exact integer references that are themselves checked against `arith`. A second build with
+AddressSanitizer and UBSan runs a batch of random cases in a small C harness, so a read past a border,
+a signed overflow or a shift of a negative value fails the run. Two real models run end to end.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import re
+import shutil
+import struct
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import npukit
+from npukit import arith, modelbin
+from npukit.ir import Graph, Node, TensorSpec
+from npukit.models import mnist1d_cnn
+from npukit.ops import get_op
+
+RUNTIME = Path(npukit.__file__).parent / "codegen" / "runtime"
+KERNEL_FILES = ["nk_arith.c", "nk_conv.c", "nk_linear.c", "nk_maxpool.c", "nk_avgpool.c", "nk_global_avgpool.c",
+                "nk_add.c", "nk_concat_part.c", "nk_relu.c"]
+WARN = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+
+
+def _find_cc() -> str | None:
+    for cc in (os.environ.get("CC"), "gcc", "cc", "clang"):
+        if cc and shutil.which(cc):
+            return cc
+    return None
+
+
+CC = _find_cc()
+if CC is None:
+    pytest.skip("no C compiler (gcc, cc or clang, or $CC) found: the C kernels cannot be built",
+                allow_module_level=True)
+
+MODES = {"half_up": 0, "half_even": 1, "floor": 2, "trunc": 3}  # nk_rounding
+I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
+SETTINGS = settings(max_examples=150, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# --------------------------------------------------------------------------------------------------
+# The C ABI (npukit_kernels.h)
+
+def _struct(name, fields):
+    types = {"i32": ctypes.c_int32, "i64": ctypes.c_int64, "enum": ctypes.c_int}
+    return type(name, (ctypes.Structure,), {"_fields_": [(f, types[t]) for f, t in fields]})
+
+
+ConvParams = _struct("ConvParams", [(f, "i32") for f in (
+    "in_c", "in_h", "in_w", "out_c", "out_h", "out_w", "k_h", "k_w", "stride_h", "stride_w", "pad_h", "pad_w",
+    "dil_h", "dil_w", "groups", "w_bits", "bias_shift", "out_shift")] + [
+    ("acc_min", "i64"), ("acc_max", "i64"), ("act_min", "i32"), ("act_max", "i32"), ("rounding", "enum"),
+    ("out_bytes", "i32")])
+LinearParams = _struct("LinearParams", [
+    ("in_features", "i32"), ("out_features", "i32"), ("w_bits", "i32"), ("bias_shift", "i32"), ("out_shift", "i32"),
+    ("acc_min", "i64"), ("acc_max", "i64"), ("act_min", "i32"), ("act_max", "i32"), ("rounding", "enum"),
+    ("out_bytes", "i32")])
+PoolParams = _struct("PoolParams", [(f, "i32") for f in (
+    "c", "in_h", "in_w", "out_h", "out_w", "k_h", "k_w", "stride_h", "stride_w")] + [("rounding", "enum")])
+
+# Harness record kinds (one blob list per call; the last blob is the output buffer, sent with its
+# initial contents and read back after the call).
+ROUND_SHIFT, ROUND_DIV, WEIGHT, CONV, LINEAR, MAXPOOL, AVGPOOL, GLOBAL_AVGPOOL, ADD, CONCAT, RELU = range(1, 12)
+LAYOUT = 99
+
+HARNESS_C = r"""
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "npukit_kernels.h"
+
+static void get(void *p, size_t n)
+{
+    if (n && fread(p, 1, n, stdin) != n) {
+        fprintf(stderr, "harness: truncated input\n");
+        exit(2);
+    }
+}
+
+static int32_t meta(const unsigned char *m, int i)
+{
+    int32_t v;
+    memcpy(&v, m + 4 * i, 4);
+    return v;
+}
+
+int main(void)
+{
+    int32_t kind, nb, i, n;
+    while (fread(&kind, 4, 1, stdin) == 1 && kind != 0) {
+        unsigned char *b[16];
+        int32_t len[16];
+        unsigned char *res;
+        get(&nb, 4);
+        if (nb < 1 || nb > 16) {
+            return 3;
+        }
+        for (i = 0; i < nb; i++) {
+            get(&len[i], 4);
+            b[i] = malloc(len[i] ? (size_t)len[i] : 1u); /* exact sizes: ASan sees any overrun */
+            get(b[i], (size_t)len[i]);
+        }
+        res = b[nb - 1];
+        switch (kind) {
+        case 1: case 2:
+            n = len[0] / 8;
+            for (i = 0; i < n; i++) {
+                int64_t x, v, r;
+                int32_t s, m;
+                memcpy(&x, b[0] + 8 * i, 8);
+                memcpy(&m, b[2] + 4 * i, 4);
+                if (kind == 1) {
+                    memcpy(&s, b[1] + 4 * i, 4);
+                    r = nk_round_shift(x, s, (nk_rounding)m);
+                } else {
+                    memcpy(&v, b[1] + 8 * i, 8);
+                    r = nk_round_div(x, v, (nk_rounding)m);
+                }
+                memcpy(res + 8 * i, &r, 8);
+            }
+            break;
+        case 3:
+            for (i = 0; i < meta(b[1], 0); i++) {
+                int32_t v = nk_weight(b[0], i, meta(b[1], 1));
+                memcpy(res + 4 * i, &v, 4);
+            }
+            break;
+        case 4:
+            nk_conv((const nk_conv_params *)(void *)b[0], (const int8_t *)b[1], b[2],
+                    len[3] ? (const int32_t *)(void *)b[3] : NULL, res);
+            break;
+        case 5:
+            nk_linear((const nk_linear_params *)(void *)b[0], (const int8_t *)b[1], b[2],
+                      len[3] ? (const int32_t *)(void *)b[3] : NULL, res);
+            break;
+        case 6:
+            nk_maxpool((const nk_pool_params *)(void *)b[0], (const int8_t *)b[1], (int8_t *)res);
+            break;
+        case 7:
+            nk_avgpool((const nk_pool_params *)(void *)b[0], (const int8_t *)b[1], (int8_t *)res);
+            break;
+        case 8:
+            nk_global_avgpool(meta(b[0], 0), meta(b[0], 1), (nk_rounding)meta(b[0], 2), (const int8_t *)b[1],
+                              (int8_t *)res);
+            break;
+        case 9: { /* meta: n, a_shift, b_shift, act_min, act_max, rounding, alias (1: out = a, 2: out = b, 3: a = b = out) */
+            int32_t alias = meta(b[0], 6);
+            const int8_t *x = (const int8_t *)b[1], *y = alias == 3 ? x : (const int8_t *)b[2];
+            int8_t *o = alias == 1 || alias == 3 ? (int8_t *)b[1] : alias == 2 ? (int8_t *)b[2] : (int8_t *)res;
+            nk_add(meta(b[0], 0), x, meta(b[0], 1), y, meta(b[0], 2), meta(b[0], 3), meta(b[0], 4),
+                   (nk_rounding)meta(b[0], 5), o);
+            if ((unsigned char *)o != res) {
+                memcpy(res, o, (size_t)len[nb - 1]);
+            }
+            break;
+        }
+        case 10: /* meta: 6 int32 per part (outer, part_inner, out_inner, offset, shift, rounding); blobs 1..k: parts */
+            for (i = 0; i < nb - 2; i++) {
+                nk_concat_part(meta(b[0], 6 * i), meta(b[0], 6 * i + 1), meta(b[0], 6 * i + 2), meta(b[0], 6 * i + 3),
+                               meta(b[0], 6 * i + 4), (nk_rounding)meta(b[0], 6 * i + 5), (const int8_t *)b[i + 1],
+                               (int8_t *)res);
+            }
+            break;
+        case 11: /* meta: n, alias */
+            if (meta(b[0], 1)) {
+                nk_relu(meta(b[0], 0), (const int8_t *)b[1], (int8_t *)b[1]);
+                memcpy(res, b[1], (size_t)len[nb - 1]);
+            } else {
+                nk_relu(meta(b[0], 0), (const int8_t *)b[1], (int8_t *)res);
+            }
+            break;
+        case 99: {
+            int32_t v[9];
+            v[0] = (int32_t)sizeof(nk_conv_params);
+            v[1] = (int32_t)offsetof(nk_conv_params, acc_min);
+            v[2] = (int32_t)offsetof(nk_conv_params, rounding);
+            v[3] = (int32_t)offsetof(nk_conv_params, out_bytes);
+            v[4] = (int32_t)sizeof(nk_linear_params);
+            v[5] = (int32_t)offsetof(nk_linear_params, acc_min);
+            v[6] = (int32_t)offsetof(nk_linear_params, out_bytes);
+            v[7] = (int32_t)sizeof(nk_pool_params);
+            v[8] = (int32_t)offsetof(nk_pool_params, rounding);
+            memcpy(res, v, sizeof v);
+            break;
+        }
+        default:
+            return 4;
+        }
+        fwrite(&len[nb - 1], 4, 1, stdout);
+        fwrite(res, 1, (size_t)len[nb - 1], stdout);
+        for (i = 0; i < nb; i++) {
+            free(b[i]);
+        }
+    }
+    return 0;
+}
+"""
+
+
+def _compile(args, where: str) -> None:
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 0, f"{where} failed:\n{' '.join(map(str, args))}\n{r.stdout}{r.stderr}"
+
+
+def _sources() -> list[str]:
+    return [str(RUNTIME / f) for f in KERNEL_FILES]
+
+
+@pytest.fixture(scope="session")
+def lib(tmp_path_factory):
+    return _build_lib(tmp_path_factory.mktemp("nk") / "libnpukit_kernels.so")
+
+
+def _build_lib(out: Path) -> ctypes.CDLL:
+    _compile([CC, "-shared", "-fPIC", "-O2", *WARN, f"-I{RUNTIME}", *_sources(), "-o", str(out)], "building the kernels")
+    so = ctypes.CDLL(str(out))
+    vp, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
+    sigs = {
+        "nk_round_shift": (i64, [i64, i32, ctypes.c_int]), "nk_round_div": (i64, [i64, i64, ctypes.c_int]),
+        "nk_saturate": (i64, [i64, i64, i64]), "nk_weight": (i32, [vp, i32, i32]),
+        "nk_conv": (None, [vp, vp, vp, vp, vp]), "nk_linear": (None, [vp, vp, vp, vp, vp]),
+        "nk_maxpool": (None, [vp, vp, vp]), "nk_avgpool": (None, [vp, vp, vp]),
+        "nk_global_avgpool": (None, [i32, i32, ctypes.c_int, vp, vp]),
+        "nk_add": (None, [i32, vp, i32, vp, i32, i32, i32, ctypes.c_int, vp]),
+        "nk_concat_part": (None, [i32, i32, i32, i32, i32, ctypes.c_int, vp, vp]), "nk_relu": (None, [i32, vp, vp]),
+    }
+    for name, (res, args) in sigs.items():
+        fn = getattr(so, name)
+        fn.restype, fn.argtypes = res, args
+    return so
+
+
+@pytest.fixture(scope="session")
+def harness(tmp_path_factory):
+    """The kernels and HARNESS_C built with AddressSanitizer and UBSan (any report aborts the run)."""
+    d = tmp_path_factory.mktemp("nk_san")
+    san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+    (d / "probe.c").write_text("int main(void) { return 0; }\n")
+    probe = subprocess.run([CC, *san, str(d / "probe.c"), "-o", str(d / "probe")], capture_output=True)
+    if probe.returncode != 0 or subprocess.run([str(d / "probe")], capture_output=True).returncode != 0:
+        pytest.skip(f"{CC} cannot build and run programs with {' '.join(san)} here")
+    (d / "harness.c").write_text(HARNESS_C)
+    exe = d / "harness"
+    _compile([CC, "-O1", "-g", "-fno-omit-frame-pointer", *san, *WARN, f"-I{RUNTIME}", str(d / "harness.c"),
+              *_sources(), "-o", str(exe)], "building the sanitizer harness")
+    return exe
+
+
+def _harness_proc(exe, calls: list[tuple[int, list[bytes]]]) -> subprocess.CompletedProcess:
+    data = bytearray()
+    for kind, blobs in calls:
+        data += struct.pack("<ii", kind, len(blobs))
+        for b in blobs:
+            data += struct.pack("<i", len(b)) + bytes(b)
+    data += struct.pack("<i", 0)
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
+    return subprocess.run([str(exe)], input=bytes(data), capture_output=True, env=env)
+
+
+def _run_harness(exe, calls: list[tuple[int, list[bytes]]]) -> list[bytes]:
+    r = _harness_proc(exe, calls)
+    assert r.returncode == 0, f"sanitizer harness failed (rc {r.returncode}):\n{r.stderr.decode(errors='replace')}"
+    assert not r.stderr, r.stderr.decode(errors="replace")
+    outs, pos = [], 0
+    for _ in calls:
+        (n,) = struct.unpack_from("<i", r.stdout, pos)
+        outs.append(r.stdout[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+    assert pos == len(r.stdout)
+    return outs
+
+
+def _run_ctypes(lib, kind: int, blobs: list[bytes]) -> bytes:
+    """The same calls as HARNESS_C, through ctypes."""
+    bufs = [ctypes.create_string_buffer(bytes(b), max(len(b), 1)) for b in blobs]
+    ptr = [ctypes.cast(b, ctypes.c_void_p) for b in bufs]
+    res, size = bufs[-1], len(blobs[-1])
+    meta = np.frombuffer(blobs[0], np.int32) if kind in (GLOBAL_AVGPOOL, ADD, CONCAT, RELU) else None
+    if kind in (ROUND_SHIFT, ROUND_DIV):
+        x = np.frombuffer(blobs[0], np.int64)
+        arg = np.frombuffer(blobs[1], np.int32 if kind == ROUND_SHIFT else np.int64)
+        modes = np.frombuffer(blobs[2], np.int32)
+        fn = lib.nk_round_shift if kind == ROUND_SHIFT else lib.nk_round_div
+        return np.array([fn(int(a), int(b), int(m)) for a, b, m in zip(x, arg, modes, strict=True)], np.int64).tobytes()
+    if kind == WEIGHT:
+        count, bits = np.frombuffer(blobs[1], np.int32)
+        return np.array([lib.nk_weight(ptr[0], i, int(bits)) for i in range(count)], np.int32).tobytes()
+    if kind in (CONV, LINEAR):
+        fn = lib.nk_conv if kind == CONV else lib.nk_linear
+        fn(ptr[0], ptr[1], ptr[2], ptr[3] if blobs[3] else None, ptr[4])
+    elif kind in (MAXPOOL, AVGPOOL):
+        (lib.nk_maxpool if kind == MAXPOOL else lib.nk_avgpool)(ptr[0], ptr[1], ptr[2])
+    elif kind == GLOBAL_AVGPOOL:
+        lib.nk_global_avgpool(int(meta[0]), int(meta[1]), int(meta[2]), ptr[1], ptr[2])
+    elif kind == ADD:
+        n, sa, sb, lo, hi, mode, alias = (int(v) for v in meta)
+        a, b = ptr[1], ptr[1] if alias == 3 else ptr[2]
+        out = {0: ptr[3], 1: ptr[1], 2: ptr[2], 3: ptr[1]}[alias]
+        lib.nk_add(n, a, sa, b, sb, lo, hi, mode, out)
+        res = {0: bufs[3], 1: bufs[1], 2: bufs[2], 3: bufs[1]}[alias]
+    elif kind == CONCAT:
+        for i in range(len(blobs) - 2):
+            lib.nk_concat_part(*(int(v) for v in meta[6 * i : 6 * i + 6]), ptr[i + 1], ptr[-1])
+    elif kind == RELU:
+        n, alias = (int(v) for v in meta)
+        lib.nk_relu(n, ptr[1], ptr[1] if alias else ptr[2])
+        res = bufs[1] if alias else bufs[2]
+    else:
+        raise ValueError(kind)
+    return res.raw[:size]
+
+
+# --------------------------------------------------------------------------------------------------
+# Exact references for the scalar functions
+
+def _round_fraction(v: Fraction, mode: str) -> int:
+    if mode == "floor":
+        return math.floor(v)
+    if mode == "trunc":
+        return math.trunc(v)
+    if mode == "half_up":
+        return math.floor(v + Fraction(1, 2))
+    return round(v)  # Fraction rounds half to even
+
+
+def _exact_round_shift(x: int, s: int, mode: str) -> int:
+    """arith.round_shift on exact integers; a left shift that leaves int64 saturates (the C extension)."""
+    if s <= 0:
+        if x == 0 or s < -64:
+            return 0 if x == 0 else (I64_MAX if x > 0 else I64_MIN)
+        return max(I64_MIN, min(I64_MAX, x << -s))
+    return _round_fraction(Fraction(x, 1 << s), mode)
+
+
+def _exact_round_div(x: int, n: int, mode: str) -> int:
+    return _round_fraction(Fraction(x, n), mode)
+
+
+def _pack(values, bits: int) -> bytes:
+    """docs/model-format.md: int8 / int16 little-endian; 2 and 4 bits are two's complement fields, low bits first."""
+    v = [int(a) for a in np.asarray(values).reshape(-1)]
+    if bits == 8:
+        return struct.pack(f"<{len(v)}b", *v)
+    if bits == 16:
+        return struct.pack(f"<{len(v)}h", *v)
+    per, mask = 8 // bits, (1 << bits) - 1
+    out = bytearray(-(-len(v) // per))
+    for i, a in enumerate(v):
+        out[i // per] |= (a & mask) << ((i % per) * bits)
+    return bytes(out)
+
+
+def _i32(*values) -> bytes:
+    return np.array(values, np.int32).tobytes()
+
+
+# --------------------------------------------------------------------------------------------------
+# Random sources: hypothesis (shrinkable) for the property tests, numpy for the sanitizer batch
+
+class _Src:
+    def int(self, lo: int, hi: int) -> int:
+        raise NotImplementedError
+
+    def bool(self) -> bool:
+        return self.int(0, 1) == 1
+
+    def pick(self, seq):
+        return seq[self.int(0, len(seq) - 1)]
+
+    def array(self, shape, lo: int, hi: int) -> np.ndarray:
+        """Uniform, extremes only, all lo, all hi, or small values (ties in pooling and shifts)."""
+        style, rng = self.int(0, 4), np.random.default_rng(self.int(0, 2**32 - 1))
+        if style == 0:
+            v = rng.integers(lo, hi, size=shape, endpoint=True)
+        elif style == 1:
+            v = rng.choice(np.array([lo, hi]), size=shape)
+        elif style in (2, 3):
+            v = np.full(shape, lo if style == 2 else hi)
+        else:
+            v = rng.integers(max(lo, -4), min(hi, 4), size=shape, endpoint=True)
+        return np.asarray(v, np.int64)
+
+
+class _Hyp(_Src):
+    def __init__(self, draw):
+        self.draw = draw
+
+    def int(self, lo, hi):
+        return self.draw(st.integers(lo, hi))
+
+
+class _Rng(_Src):
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+
+    def int(self, lo, hi):
+        return int(self.rng.integers(lo, hi, endpoint=True))
+
+
+# --------------------------------------------------------------------------------------------------
+# IR node -> C call (what the code generator does), and random IR nodes
+
+def _call(node: Node, graph: Graph, inputs: list[np.ndarray]) -> tuple[int, list[bytes], np.dtype, tuple]:
+    """The kernel call for one sample: (kind, blobs, output dtype, output shape)."""
+    g, a = graph, node.attrs
+    out = g.tensors[node.outputs[0]]
+    if node.op in ("conv", "linear"):
+        x = g.tensors[node.inputs[0]]
+        w, bias = node.params["weight"], node.params["bias"]
+        e_acc = x.exp + a["w_exp"]
+        assert out.dtype.itemsize in (1, 4) and np.all((bias >= -(2**31)) & (bias < 2**31))
+        tail = {"w_bits": a["w_bits"], "bias_shift": e_acc - a["b_exp"], "out_shift": e_acc - out.exp,
+                "rounding": MODES[g.rounding], "out_bytes": out.dtype.itemsize}
+        tail["acc_min"], tail["acc_max"] = arith.int_range(g.target["accumulator_bits"])
+        tail["act_min"], tail["act_max"] = arith.act_range(out.bits, a["relu"])
+        if node.op == "linear":
+            p = LinearParams(in_features=w.shape[1], out_features=w.shape[0], **tail)
+            kind = LINEAR
+        else:
+            two = (lambda v: (1, *v)) if a["ndim"] == 1 else tuple
+            (ih, iw), (oh, ow), (kh, kw) = two(x.shape[1:]), two(out.shape[1:]), two(w.shape[2:])
+            pad = (0, *a["padding"]) if a["ndim"] == 1 else a["padding"]
+            p = ConvParams(in_c=x.shape[0], in_h=ih, in_w=iw, out_c=out.shape[0], out_h=oh, out_w=ow, k_h=kh, k_w=kw,
+                           stride_h=two(a["stride"])[0], stride_w=two(a["stride"])[1], pad_h=pad[0], pad_w=pad[1],
+                           dil_h=two(a["dilation"])[0], dil_w=two(a["dilation"])[1], groups=a["groups"], **tail)
+            kind = CONV
+        blobs = [bytes(p), inputs[0].astype(np.int8).tobytes(), _pack(w, a["w_bits"]), bias.astype(np.int32).tobytes()]
+        return kind, [*blobs, bytes(math.prod(out.shape) * out.dtype.itemsize)], out.dtype, out.shape
+    x = inputs[0]
+    empty = bytes(math.prod(out.shape))
+    if node.op in ("maxpool", "avgpool"):
+        (ih, iw), (oh, ow), (kh, kw), (sh, sw) = (
+            (1, *v) if a["ndim"] == 1 else tuple(v) for v in (x.shape[1:], out.shape[1:], a["kernel"], a["stride"]))
+        p = PoolParams(c=x.shape[0], in_h=ih, in_w=iw, out_h=oh, out_w=ow, k_h=kh, k_w=kw, stride_h=sh, stride_w=sw,
+                       rounding=MODES[g.target["pool_rounding"]])
+        return MAXPOOL if node.op == "maxpool" else AVGPOOL, [bytes(p), x.tobytes(), empty], out.dtype, out.shape
+    if node.op == "global_avgpool":
+        meta = _i32(x.shape[0], math.prod(x.shape[1:]), MODES[g.target["pool_rounding"]])
+        return GLOBAL_AVGPOOL, [meta, x.tobytes(), empty], out.dtype, out.shape
+    if node.op == "add":
+        lo, hi = arith.act_range(out.bits, a["relu"])
+        sa, sb = (g.tensors[t].exp - out.exp for t in node.inputs)
+        meta = _i32(x.size, sa, sb, lo, hi, MODES[g.rounding], a.get("_alias", 0))
+        return ADD, [meta, x.tobytes(), inputs[1].tobytes(), empty], out.dtype, out.shape
+    if node.op == "concat":
+        ax = a["axis"]
+        outer, out_inner, offset, meta = math.prod(out.shape[:ax]), math.prod(out.shape[ax:]), 0, []
+        for t in node.inputs:
+            spec = g.tensors[t]
+            inner = math.prod(spec.shape[ax:])
+            meta += [outer, inner, out_inner, offset, spec.exp - out.exp, MODES[g.rounding]]
+            offset += inner
+        blobs = [_i32(*meta), *(v.tobytes() for v in inputs), b"\x5a" * len(empty)]
+        return CONCAT, blobs, out.dtype, out.shape
+    if node.op == "relu":
+        return RELU, [_i32(x.size, a.get("_alias", 0)), x.tobytes(), empty], out.dtype, out.shape
+    raise AssertionError(f"no C kernel for op {node.op!r}")
+
+
+def _graph(node: Node, specs: list[TensorSpec], target: dict) -> Graph:
+    g = Graph(target, [s.name for s in specs if s.name in node.inputs], list(node.outputs),
+              {s.name: s for s in specs}, [node])
+    g.validate()
+    return g
+
+
+def _target(src: _Src, acc_bits: int = 32) -> dict:
+    return {"rounding": src.pick(list(MODES)), "pool_rounding": src.pick(list(MODES)), "accumulator_bits": acc_bits}
+
+
+def _w_range(bits: int) -> tuple[int, int]:
+    """Weights as quantisation makes them: fit_exponent keeps |w| <= 2**(bits-1) - 1. (The C kernels also
+    take -2**(bits-1), see test_int32_partial_sums_are_flushed; npukit's numpy bound, np.abs(int8), would wrap there.)"""
+    return -(1 << (bits - 1)) + 1, (1 << (bits - 1)) - 1
+
+
+def _mac_common(src: _Src, out_c: int):
+    w_bits = src.pick([8, 8, 8, 8, 2, 4, 16])
+    acc_bits = src.pick([16, 20, 32, 32, 48])
+    wide = acc_bits > 16 and acc_bits <= 32 and src.int(0, 3) == 0  # int32 output (the header's out_bytes 4)
+    e_x, w_exp = src.int(-3, 8), src.int(-3, 12)
+    e_acc, bias_shift = e_x + w_exp, src.pick([0, 0, 0, 1, 7])
+    bias = src.array((out_c,), *arith.int_range(src.pick([4, 12, 24, 32])))
+    attrs = {"w_bits": w_bits, "w_exp": w_exp, "b_exp": e_acc - bias_shift, "relu": not wide and src.bool(), "wide": wide}
+    out_bits, e_out = (acc_bits, e_acc) if wide else (8, e_acc - src.int(-3, 24))
+    return w_bits, acc_bits, e_x, attrs, bias, out_bits, e_out
+
+
+def _conv_case(src: _Src):
+    ndim = src.pick([1, 2])
+    if src.int(0, 3) == 0:  # depthwise
+        groups, cg, og = src.int(1, 4), 1, src.int(1, 2)
+    else:
+        groups, cg, og = src.pick([1, 1, 2, 3]), src.int(1, 4), src.int(1, 3)
+    sizes, ks, strides, pads, dils = [], [], [], [], []
+    for axis in range(ndim):
+        last = axis == ndim - 1
+        k = src.int(1, 6 if last else 3)
+        d = src.pick([1, 1, 1, 2, 3]) if k > 1 else 1
+        if last and src.int(0, 7) == 0:  # a border window too wide for the conv tile's buffer
+            k, d = src.int(4, 6), src.int(13, 17)
+        p, s = src.int(0, 3), src.pick([1, 1, 1, 1, 2, 3])
+        span = d * (k - 1) + 1
+        sizes.append(src.int(max(1, span - 2 * p), span + (40 if last else 5)))
+        ks, strides, pads, dils = [*ks, k], [*strides, s], [*pads, p], [*dils, d]
+    w_bits, acc_bits, e_x, attrs, bias, out_bits, e_out = _mac_common(src, groups * og)
+    w = src.array((groups * og, cg, *ks), *_w_range(w_bits)).astype(np.int8 if w_bits <= 8 else np.int16)
+    x = src.array((groups * cg, *sizes), -128, 127).astype(np.int8)
+    attrs.update({"ndim": ndim, "stride": strides, "padding": pads, "dilation": dils, "groups": groups})
+    node = Node("conv", "conv", ["x"], ["y"], attrs, {"weight": w, "bias": bias})
+    shape = get_op("conv").infer_shapes(node, [x.shape])[0]
+    g = _graph(node, [TensorSpec("x", x.shape, 8, e_x), TensorSpec("y", shape, out_bits, e_out)], _target(src, acc_bits))
+    return node, g, [x]
+
+
+def _linear_case(src: _Src):
+    n_in, n_out = src.pick([src.int(1, 40), src.int(1, 300)]), src.int(1, 8)
+    w_bits, acc_bits, e_x, attrs, bias, out_bits, e_out = _mac_common(src, n_out)
+    w = src.array((n_out, n_in), *_w_range(w_bits)).astype(np.int8 if w_bits <= 8 else np.int16)
+    x = src.array((n_in,), -128, 127).astype(np.int8)
+    node = Node("fc", "linear", ["x"], ["y"], attrs, {"weight": w, "bias": bias})
+    g = _graph(node, [TensorSpec("x", (n_in,), 8, e_x), TensorSpec("y", (n_out,), out_bits, e_out)],
+               _target(src, acc_bits))
+    return node, g, [x]
+
+
+def _pool_case(src: _Src, op: str):
+    ndim = src.pick([1, 2])
+    ks = [src.int(1, 4) for _ in range(ndim)]
+    strides = [src.int(1, 4) for _ in range(ndim)]
+    x = src.array((src.int(1, 4), *(src.int(k, k + 12) for k in ks)), -128, 127).astype(np.int8)
+    node = Node("p", op, ["x"], ["y"], {"ndim": ndim, "kernel": ks, "stride": strides})
+    shape = get_op(op).infer_shapes(node, [x.shape])[0]
+    e = src.int(-2, 6)
+    return node, _graph(node, [TensorSpec("x", x.shape, 8, e), TensorSpec("y", shape, 8, e)], _target(src)), [x]
+
+
+def _global_case(src: _Src):
+    x = src.array((src.int(1, 5), *(src.int(1, 12) for _ in range(src.pick([1, 2])))), -128, 127).astype(np.int8)
+    node = Node("gap", "global_avgpool", ["x"], ["y"], {"keepdim": src.bool()})
+    shape = get_op("global_avgpool").infer_shapes(node, [x.shape])[0]
+    return node, _graph(node, [TensorSpec("x", x.shape, 8, 3), TensorSpec("y", shape, 8, 3)], _target(src)), [x]
+
+
+def _add_case(src: _Src):
+    shape = tuple(src.int(1, 6) for _ in range(src.int(1, 3)))
+    ea, eb = src.int(-4, 10), src.int(-4, 10)
+    alias = src.int(0, 3)  # 1: out is a; 2: out is b; 3: a, b and out are one buffer
+    a = src.array(shape, -128, 127).astype(np.int8)
+    b = a.copy() if alias == 3 else src.array(shape, -128, 127).astype(np.int8)
+    eb = ea if alias == 3 else eb
+    e_out = min(ea, eb) - src.pick([0, 0, 1, 2, 3, 7, 12])
+    node = Node("s", "add", ["a", "b"], ["y"], {"relu": src.bool(), "_alias": alias})
+    specs = [TensorSpec("a", shape, 8, ea), TensorSpec("b", shape, 8, eb), TensorSpec("y", shape, 8, e_out)]
+    return node, _graph(node, specs, _target(src)), [a, b]
+
+
+def _concat_case(src: _Src):
+    rank = src.int(1, 3)
+    base = [src.int(1, 4) for _ in range(rank)]
+    axis = src.int(0, rank - 1)
+    specs, xs = [], []
+    for i in range(src.int(1, 3)):
+        shape = tuple(src.int(1, 4) if d == axis else n for d, n in enumerate(base))
+        xs.append(src.array(shape, -128, 127).astype(np.int8))
+        specs.append(TensorSpec(f"x{i}", shape, 8, src.int(-3, 9)))
+    node = Node("cat", "concat", [s.name for s in specs], ["y"], {"axis": axis})
+    shape = get_op("concat").infer_shapes(node, [s.shape for s in specs])[0]
+    e_out = min(s.exp for s in specs)
+    return node, _graph(node, [*specs, TensorSpec("y", shape, 8, e_out)], _target(src)), xs
+
+
+def _relu_case(src: _Src):
+    x = src.array((src.int(1, 4), src.int(1, 30)), -128, 127).astype(np.int8)
+    node = Node("r", "relu", ["x"], ["y"], {"_alias": src.int(0, 1)})
+    return node, _graph(node, [TensorSpec("x", x.shape, 8, 0), TensorSpec("y", x.shape, 8, 0)], _target(src)), [x]
+
+
+CASES = {"conv": _conv_case, "linear": _linear_case, "maxpool": lambda s: _pool_case(s, "maxpool"),
+         "avgpool": lambda s: _pool_case(s, "avgpool"), "global_avgpool": _global_case, "add": _add_case,
+         "concat": _concat_case, "relu": _relu_case}
+
+
+def _reference(node, graph, inputs) -> np.ndarray:
+    return get_op(node.op).run(node, [v[None] for v in inputs], graph)[0][0]
+
+
+def _check(run, node, graph, inputs) -> None:
+    kind, blobs, dtype, shape = _call(node, graph, inputs)
+    got = np.frombuffer(run(kind, blobs), dtype).reshape(shape)
+    want = _reference(node, graph, inputs)
+    assert want.dtype == dtype
+    np.testing.assert_array_equal(got, want, err_msg=f"{node.op} {node.attrs} target {graph.target}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Build checks
+
+def test_runtime_has_one_file_per_kernel():
+    assert sorted(p.name for p in RUNTIME.glob("*.c")) == sorted(KERNEL_FILES)
+    assert (RUNTIME / "npukit_kernels.h").exists()
+
+
+@pytest.mark.parametrize("cc, flags", [
+    ("clang", ["-O2"]),
+    ("gcc", ["-O2", "-Wshadow", "-Wconversion", "-Wsign-conversion", "-Wcast-qual", "-Wstrict-prototypes"]),
+    ("arm-none-eabi-gcc", ["-O2", "-mcpu=cortex-m4", "-mthumb"]),
+    ("arm-none-eabi-gcc", ["-Os", "-mcpu=cortex-m0", "-mthumb"]),
+])
+def test_compiles_warning_free(cc, flags, tmp_path):
+    """Compile-only with other compilers and stricter warnings (clang, narrowing, 32-bit Cortex-M)."""
+    if shutil.which(cc) is None:
+        pytest.skip(f"{cc} not installed")
+    for src in _sources():
+        _compile([cc, *WARN, *flags, f"-I{RUNTIME}", "-c", src, "-o", str(tmp_path / (Path(src).stem + ".o"))],
+                 f"{cc} {' '.join(flags)}")
+
+
+def test_no_floating_point_allocation_or_global_state(tmp_path):
+    """No float types or heap calls in the code, and no writable data in the objects: only the kernels'
+    own functions plus memcpy/memset (and compiler support symbols) may be linked against."""
+    for src in _sources():
+        code = re.sub(r"/\*.*?\*/", "", Path(src).read_text(), flags=re.S)
+        assert not re.search(r"\b(float|double|malloc|calloc|realloc|free|math\.h)\b", code), Path(src).name
+        if shutil.which("nm") is None:
+            continue
+        obj = tmp_path / (Path(src).stem + ".o")
+        _compile([CC, *WARN, "-O2", f"-I{RUNTIME}", "-c", src, "-o", str(obj)], "compiling")
+        syms = [line.split()[-2:] for line in subprocess.run(["nm", str(obj)], capture_output=True, text=True,
+                                                             check=True).stdout.splitlines()]
+        writable = [name for kind, name in syms if kind in "BbDdCGgSsVv"]
+        assert not writable, f"{Path(src).name} has global state: {writable}"
+        extern = {name for kind, name in syms if kind == "U"}
+        assert all(n.startswith(("nk_", "_")) or n in ("memcpy", "memset") for n in extern), (Path(src).name, extern)
+
+
+def test_struct_layout_matches_ctypes(harness):
+    (got,) = _run_harness(harness, [(LAYOUT, [bytes(36)])])
+    want = [ctypes.sizeof(ConvParams), ConvParams.acc_min.offset, ConvParams.rounding.offset, ConvParams.out_bytes.offset,
+            ctypes.sizeof(LinearParams), LinearParams.acc_min.offset, LinearParams.out_bytes.offset,
+            ctypes.sizeof(PoolParams), PoolParams.rounding.offset]
+    assert list(np.frombuffer(got, np.int32)) == want
+
+
+# --------------------------------------------------------------------------------------------------
+# Scalar arithmetic
+
+def test_exact_references_agree_with_arith():
+    """The exact references used below are the contract: equal to arith wherever its floats are exact."""
+    for mode in MODES:
+        xs = np.arange(-600, 600)
+        for s in range(-3, 11):
+            want = arith.round_shift(xs, s, mode)
+            assert [_exact_round_shift(int(x), s, mode) for x in xs] == list(want.astype(np.int64))
+        for n in (1, 2, 3, 4, 5, 6, 7, 9, 12, 16, 25):
+            want = arith.round_div(xs, n, mode)
+            assert [_exact_round_div(int(x), n, mode) for x in xs] == list(want.astype(np.int64))
+
+
+def test_round_shift_small_values_exhaustive(lib):
+    for name, mode in MODES.items():
+        for s in range(-4, 12):
+            for x in range(-300, 301):
+                assert lib.nk_round_shift(x, s, mode) == _exact_round_shift(x, s, name), (x, s, name)
+
+
+def test_documented_examples(lib):
+    """The worked examples of docs/arithmetic.md and docs/model-format.md."""
+    table = {5: (3, 2, 2, 2, 1, 1, 1, 1), -5: (-2, -2, -3, -2, -1, -1, -2, -1), 6: (3, 3, 3, 3, 2, 2, 1, 1),
+             -6: (-3, -3, -3, -3, -1, -2, -2, -1), 7: (4, 4, 3, 3, 2, 2, 1, 1), -7: (-3, -4, -4, -3, -2, -2, -2, -1)}
+    for x, row in table.items():
+        assert tuple(lib.nk_round_shift(x, s, m) for s in (1, 2) for m in range(4)) == row
+        assert all(lib.nk_round_shift(x, -2, m) == 4 * x for m in range(4))
+    divs = {(4, 3): (1, 1, 1, 1), (5, 3): (2, 2, 1, 1), (-4, 3): (-1, -1, -2, -1), (-5, 3): (-2, -2, -2, -1),
+            (3, 6): (1, 0, 0, 0), (-3, 6): (0, 0, -1, 0), (9, 6): (2, 2, 1, 1), (-9, 6): (-1, -2, -2, -1),
+            (15, 6): (3, 2, 2, 2)}
+    for (x, n), row in divs.items():
+        assert tuple(lib.nk_round_div(x, n, m) for m in range(4)) == row
+    assert lib.nk_saturate(200, -128, 127) == 127 and lib.nk_saturate(-200, 0, 127) == 0 and lib.nk_saturate(5, 0, 9) == 5
+    for bits, values, packed in ((4, [1, -1, -8, 7, 3], "F1 78 03"), (2, [1, -1, -2, 0, 1], "2D 01"),
+                                 (16, [-2, 300], "FE FF 2C 01")):
+        data = bytes.fromhex(packed)
+        assert _pack(values, bits) == data
+        buf = ctypes.create_string_buffer(data, len(data))
+        assert [lib.nk_weight(buf, i, bits) for i in range(len(values))] == values
+
+
+def _ties(draw):
+    s = draw(st.integers(1, 70))
+    k = (2**61) >> max(0, s - 2)  # |x| <= 2**62
+    return draw(st.integers(-k, k)) * (1 << (s - 1)), s
+
+
+shift_args = st.one_of(
+    st.tuples(st.integers(I64_MIN, I64_MAX), st.integers(-80, 100)),
+    st.tuples(st.integers(-(2**20), 2**20), st.integers(-70, 70)),
+    st.composite(_ties)(),
+    st.tuples(st.sampled_from([I64_MIN, I64_MIN + 1, -1, 0, 1, I64_MAX, I64_MAX - 1, -(2**62), 2**62]),
+              st.integers(-70, 70)),
+)
+
+
+@SETTINGS
+@given(args=st.lists(shift_args, min_size=1, max_size=20), mode=st.sampled_from(list(MODES)))
+@example(args=[(I64_MIN, 63), (I64_MIN, 64), (I64_MIN, -1), (I64_MAX, 63), (-(2**62), 63), (3, -2**31 + 1)], mode="floor")
+@example(args=[(I64_MIN, 64), (-(2**63), 63), (-3, 1), (-(2**62), 63), (2**62, 63)], mode="half_even")
+def test_round_shift(lib, args, mode):
+    """All modes, negative values, ties, shifts past 63 and left shifts (saturating at the int64 bounds)."""
+    for x, s in args:
+        if -(2**52) < x < 2**52 and s >= -10 and abs(x) << max(0, -s) < 2**52:
+            assert _exact_round_shift(x, s, mode) == int(arith.round_shift(x, s, mode))
+        assert lib.nk_round_shift(x, s, MODES[mode]) == _exact_round_shift(x, s, mode), (x, s, mode)
+
+
+@SETTINGS
+@given(args=st.lists(st.one_of(st.tuples(st.integers(I64_MIN, I64_MAX), st.integers(1, I64_MAX)),
+                               st.tuples(st.integers(-(2**40), 2**40), st.integers(1, 1000)),
+                               st.tuples(st.integers(-200, 200), st.integers(1, 13))), min_size=1, max_size=20),
+       mode=st.sampled_from(list(MODES)))
+@example(args=[(I64_MIN, 3), (I64_MAX, 3), (I64_MIN, I64_MAX), (I64_MAX, I64_MAX), (I64_MIN, 2**62), (-3, 6)],
+         mode="half_even")
+def test_round_div(lib, args, mode):
+    for x, n in args:
+        if abs(x) * n < 2**52:
+            assert _exact_round_div(x, n, mode) == int(arith.round_div(x, n, mode))
+        assert lib.nk_round_div(x, n, MODES[mode]) == _exact_round_div(x, n, mode), (x, n, mode)
+
+
+@SETTINGS
+@given(bits=st.sampled_from([2, 4, 8, 16]), data=st.data())
+def test_weight_unpacking(lib, bits, data):
+    src = _Hyp(data.draw)
+    values = src.array((src.int(1, 70),), *arith.int_range(bits))
+    packed = _pack(values, bits)
+    assert packed == modelbin.encode_values(values, bits)  # the writer's packing is the documented one
+    got = _run_ctypes(lib, WEIGHT, [packed, _i32(len(values), bits), bytes(4 * len(values))])
+    np.testing.assert_array_equal(np.frombuffer(got, np.int32), values)
+
+
+# --------------------------------------------------------------------------------------------------
+# Kernels against the op kernels
+
+@pytest.mark.parametrize("op", sorted(CASES))
+def test_kernel_matches_op(lib, op):
+    @SETTINGS
+    @given(data=st.data())
+    def check(data):
+        node, graph, inputs = CASES[op](_Hyp(data.draw))
+        _check(lambda k, b: _run_ctypes(lib, k, b), node, graph, inputs)
+
+    check()
+
+
+def _big_conv_case():
+    """More products per output than an int32 partial sum holds (600 * 16 * 16 * 2^14 > 2^31)."""
+    w = np.full((1, 600, 16, 16), -128, np.int8)
+    x = np.full((600, 16, 31), -128, np.int8)
+    attrs = {"w_bits": 8, "w_exp": 0, "b_exp": 0, "relu": False, "wide": False, "ndim": 2, "stride": [1, 1],
+             "padding": [0, 0], "dilation": [1, 1], "groups": 1}
+    node = Node("conv", "conv", ["x"], ["y"], attrs, {"weight": w, "bias": np.array([-5], np.int64)})
+    specs = [TensorSpec("x", x.shape, 8, 0), TensorSpec("y", (1, 1, 16), 8, -25)]
+    return node, _graph(node, specs, {"rounding": "half_up", "accumulator_bits": 48}), [x]
+
+
+def _big_linear_case():
+    n = 16 * 65536 + 37
+    node = Node("fc", "linear", ["x"], ["y"], {"w_bits": 8, "w_exp": 0, "b_exp": 0, "relu": False, "wide": False},
+                {"weight": np.full((2, n), -128, np.int8), "bias": np.array([0, 3], np.int64)})
+    specs = [TensorSpec("x", (n,), 8, 0), TensorSpec("y", (2,), 8, -28)]
+    return node, _graph(node, specs, {"rounding": "half_even", "accumulator_bits": 48}), [np.full(n, -128, np.int8)]
+
+
+def _dilated_conv_case():
+    """1-d, stride 1, a dilation so wide that border tiles fall back to single outputs."""
+    w = np.arange(-40, 40).reshape(4, 4, 5).astype(np.int8)
+    x = (np.arange(4 * 100).reshape(4, 100) % 251 - 125).astype(np.int8)
+    attrs = {"w_bits": 8, "w_exp": 0, "b_exp": 0, "relu": True, "wide": False, "ndim": 1, "stride": [1],
+             "padding": [3], "dilation": [16], "groups": 1}
+    node = Node("conv", "conv", ["x"], ["y"], attrs, {"weight": w, "bias": np.array([7, -9, 0, 100], np.int64)})
+    specs = [TensorSpec("x", x.shape, 8, 0), TensorSpec("y", (4, 42), 8, -6)]
+    return node, _graph(node, specs, {"rounding": "trunc", "accumulator_bits": 32}), [x]
+
+
+def test_dilated_conv(lib):
+    _check(lambda k, b: _run_ctypes(lib, k, b), *_dilated_conv_case())
+
+
+@pytest.mark.parametrize("make", [_big_conv_case, _big_linear_case])
+def test_int32_partial_sums_are_flushed(lib, make):
+    """Every product is (-128) * (-128): the int32 lane sums must be flushed to int64 in time. The expected
+    value is computed here in exact integers (the reference's bound wraps at weight -128)."""
+    node, graph, inputs = make()
+    kind, blobs, dtype, shape = _call(node, graph, inputs)
+    np.testing.assert_array_equal(np.frombuffer(_run_ctypes(lib, kind, blobs), dtype), _flushed(node, graph))
+
+
+def _flushed(node: Node, graph: Graph) -> np.ndarray:
+    """The exact output of a _big_*_case, flattened."""
+    w, bias = node.params["weight"], node.params["bias"]
+    acc = math.prod(w.shape[1:]) * (1 << 14) + bias  # every window lies inside the input
+    assert acc.min() > 2**31
+    want = arith.requantize(acc, graph.tensors["x"].exp + node.attrs["w_exp"] - graph.tensors["y"].exp, 8,
+                            graph.rounding)
+    assert 0 < want.min() and want.max() < 127  # neither wrapped nor saturated
+    return np.repeat(want, math.prod(graph.tensors["y"].shape) // len(want)).astype(np.int8)
+
+
+def test_sanitizer_catches_an_overrun(harness):
+    """The harness allocates each buffer at its exact size, so a kernel reading one byte too far is caught."""
+    node, graph, inputs = _dilated_conv_case()
+    kind, blobs, _, _ = _call(node, graph, inputs)
+    blobs[1] = blobs[1][:-1]  # the input, one byte short
+    r = _harness_proc(harness, [(kind, blobs)])
+    assert r.returncode != 0 and b"heap-buffer-overflow" in r.stderr
+
+
+def test_kernels_under_sanitizers(harness):
+    """A batch of random cases (every kernel, every path) in one ASan + UBSan run, compared with the ops."""
+    cases = [CASES[op](_Rng(1000 * i + j)) for i, op in enumerate(sorted(CASES)) for j in range(60 if op == "conv" else 25)]
+    cases.append(_dilated_conv_case())
+    big = _big_conv_case()
+    rng, scalars = np.random.default_rng(7), []
+    for kind in (ROUND_SHIFT, ROUND_DIV):
+        x = np.concatenate([rng.integers(I64_MIN, I64_MAX, 300, endpoint=True), [I64_MIN, I64_MAX, -1, 0, 1],
+                            rng.integers(-1000, 1000, 300)]).astype(np.int64)
+        arg = (rng.integers(-80, 100, len(x)) if kind == ROUND_SHIFT else
+               np.where(rng.random(len(x)) < 0.5, rng.integers(1, 20, len(x)), rng.integers(1, I64_MAX, len(x))))
+        modes = rng.integers(0, 4, len(x)).astype(np.int32)
+        arg = arg.astype(np.int32 if kind == ROUND_SHIFT else np.int64)
+        scalars.append((kind, [x.tobytes(), arg.tobytes(), modes.tobytes(), bytes(8 * len(x))], x, arg, modes))
+    weights = []
+    for bits in (2, 4, 8, 16):
+        values = rng.integers(*arith.int_range(bits), 37, endpoint=True)
+        weights.append((WEIGHT, [_pack(values, bits), _i32(len(values), bits), bytes(4 * len(values))], values))
+    calls = [_call(*c)[:2] for c in cases] + [s[:2] for s in scalars] + [w[:2] for w in weights] + [_call(*big)[:2]]
+    outs = _run_harness(harness, calls)
+    np.testing.assert_array_equal(np.frombuffer(outs.pop(), np.int8), _flushed(*big[:2]))
+    for (node, graph, inputs), got in zip(cases, outs, strict=False):
+        _check(lambda k, b, got=got: got, node, graph, inputs)
+    names = list(MODES)
+    for (kind, _, x, arg, modes), got in zip(scalars, outs[len(cases):], strict=False):
+        ref = _exact_round_shift if kind == ROUND_SHIFT else _exact_round_div
+        want = [ref(int(a), int(b), names[m]) for a, b, m in zip(x, arg, modes, strict=True)]
+        assert list(np.frombuffer(got, np.int64)) == want
+    for (_, _, values), got in zip(weights, outs[len(cases) + len(scalars):], strict=True):
+        np.testing.assert_array_equal(np.frombuffer(got, np.int32), values)
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole models, node by node, against the engine
+
+def _run_graph_c(run, graph: Graph, x: np.ndarray) -> np.ndarray:
+    env = {graph.inputs[0]: x}
+    for node in graph.nodes:
+        ins = [env[t] for t in node.inputs]
+        if node.op == "reshape":  # a reshape moves no data: the same bytes, read with the new shape
+            env[node.outputs[0]] = ins[0].reshape(graph.tensors[node.outputs[0]].shape)
+            continue
+        kind, blobs, dtype, shape = _call(node, graph, ins)
+        env[node.outputs[0]] = np.frombuffer(run(kind, blobs), dtype).reshape(shape)
+    return env[graph.outputs[0]]
+
+
+class _Branchy(nn.Module):
+    """Every kernel: conv2d (padding, dilation, stride, depthwise), add+ReLU, concat, standalone ReLU,
+    max/avg pooling, global average pooling, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn1 = nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.dw = nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=6)
+        self.c2 = nn.Conv2d(6, 4, 1)
+        self.c3 = nn.Conv2d(10, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        a = F.relu(self.bn1(self.c1(x)))
+        a = F.relu(a + self.dw(a))
+        c = torch.relu(torch.cat([a, self.c2(a)], dim=1))
+        p = F.max_pool2d(c, 2)
+        q = F.avg_pool2d(self.c3(p), (1, 3))
+        return self.fc(q.mean(dim=(2, 3)))
+
+
+LOWBIT = {"name": "lowbit", "activation_bits": 8, "weight_bits": [4, 2, 8, 16], "bias_bits": 16,
+          "accumulator_bits": 24, "rounding": "half_even", "pool_rounding": "trunc", "wide_output": False}
+
+
+@pytest.mark.parametrize("model, shape, target, weight_bits", [
+    (mnist1d_cnn, (1, 40), "venus", None),
+    (_Branchy, (2, 12, 34), "venus", None),
+    (_Branchy, (2, 12, 34), "venus", 16),
+    (_Branchy, (2, 12, 34), LOWBIT, 4),
+    (_Branchy, (2, 12, 34), LOWBIT, 2),
+])
+def test_models_match_engine(lib, model, shape, target, weight_bits):
+    torch.manual_seed(0)
+    x = torch.randn(32, *shape)
+    graph = npukit.to_ir(npukit.prepare(model(), x, target=target, weight_bits=weight_bits))
+    if model is _Branchy:
+        assert {n.op for n in graph.nodes} >= {"conv", "add", "concat", "relu", "maxpool", "avgpool",
+                                                "global_avgpool", "linear"}
+    q = graph.quantize_input(torch.randn(6, *shape).numpy() * 2)
+    want = npukit.run(graph, q)[0]
+    got = np.stack([_run_graph_c(lambda k, b: _run_ctypes(lib, k, b), graph, s) for s in q])
+    np.testing.assert_array_equal(got, want)
