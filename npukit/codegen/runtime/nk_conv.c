@@ -72,14 +72,45 @@ static int64_t nk_conv_sat_add(int64_t a, int64_t b)
     return a + b;
 }
 
+/* x / 2^s rounded towards -infinity, 1 <= s <= 62, without >> of a negative value. */
+static int64_t nk_conv_floor_shift(int64_t x, int32_t s)
+{
+    return x >= 0 ? x >> s : -((-(x + 1)) >> s) - 1;
+}
+
 /* The MAC tail: bias, accumulator saturation, requantisation, output saturation and store. The clamps
- * are written out here (rather than calling nk_saturate) because this runs once per output. */
+ * are written out here (rather than calling nk_saturate) because this runs once per output. The usual
+ * requantising shift (1 <= out_shift <= 62, |acc| < 2^62 after saturation) is computed inline with the
+ * integer forms of docs/arithmetic.md: no intermediate leaves int64 (|acc| + 2^61 < 2^63); anything
+ * else goes through nk_round_shift. */
 static void nk_conv_store(const nk_conv_params *p, void *out, size_t idx, int64_t sum, int64_t bias_term)
 {
+    const int32_t s = p->out_shift;
     int64_t acc = nk_conv_sat_add(sum, bias_term), y;
     acc = acc < p->acc_min ? p->acc_min : acc;
     acc = acc > p->acc_max ? p->acc_max : acc;
-    y = nk_round_shift(acc, p->out_shift, p->rounding);
+    if (s >= 1 && s <= 62 && acc > -((int64_t)1 << 62) && acc < ((int64_t)1 << 62)) {
+        const int64_t half = (int64_t)1 << (s - 1);
+        switch (p->rounding) {
+        case NK_FLOOR:
+            y = nk_conv_floor_shift(acc, s);
+            break;
+        case NK_TRUNC:
+            y = acc < 0 ? -((-acc) >> s) : acc >> s;
+            break;
+        case NK_HALF_EVEN: {
+            const int64_t q = nk_conv_floor_shift(acc, s), r = acc - q * ((int64_t)1 << s);
+            y = q + (r > half || (r == half && (q & 1) != 0));
+            break;
+        }
+        case NK_HALF_UP:
+        default: /* as nk_round_shift: any other value behaves as NK_HALF_UP */
+            y = nk_conv_floor_shift(acc + half, s);
+            break;
+        }
+    } else {
+        y = nk_round_shift(acc, s, p->rounding);
+    }
     y = y < p->act_min ? p->act_min : y;
     y = y > p->act_max ? p->act_max : y;
     if (p->out_bytes == 4) {
