@@ -259,9 +259,17 @@ def _print_table(run: DemoRun, console: Console) -> None:
     table.add_section()
     table.add_row("total", f"artefacts in {run.out}/", f"{run.seconds['total']:.1f}")
     console.print(table)
-    summary = Table(show_header=True, box=None)
-    for col in ("float acc", "QAT acc", "engine acc", "QAT = engine (bit-exact)"):
-        summary.add_column(col, justify="right")
-    summary.add_row(f"{m['float_acc']:.1%}", f"{m['qat_acc']:.1%}", f"{m['engine_acc']:.1%}",
-                    f"{m['bitexact_fraction']:.1%}")
-    console.print(summary)
+    def pct(key):
+        return "-" if m.get(key) is None else f"{m[key]:.1%}"
+
+    for title, cols in (
+        ("test-set accuracy", {"float": pct("float_acc"), "QAT": pct("qat_acc"), "int8 engine": pct("engine_acc")}),
+        ("bit-exact with the engine", {"QAT eval": pct("bitexact_fraction"), "onnxruntime": pct("onnx_bitexact_fraction"),
+                                       "model.bin": pct("bin_bitexact_fraction"), "host C": pct("c_host_bitexact_fraction"),
+                                       "Cortex-M4 KAT": str(m.get("kat_cortex_m", "-"))}),
+    ):
+        summary = Table(show_header=True, box=None, title=title)
+        for col in cols:
+            summary.add_column(col, justify="right")
+        summary.add_row(*cols.values())
+        console.print(summary)
