@@ -14,6 +14,7 @@ import pytest
 import torch
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
+from models_for_tests import ref_round
 
 from npukit import arith
 
@@ -27,25 +28,6 @@ JUST_BELOW_HALF = 0.5 - 2.0**-54
 # ---------------------------------------------------------------------------------------------------
 # Exact references
 # ---------------------------------------------------------------------------------------------------
-
-
-def ref_round(v: Fraction, mode: str) -> int:
-    """Round an exact rational by `mode`."""
-    if mode == "floor":
-        return math.floor(v)
-    if mode == "trunc":
-        return math.trunc(v)
-    if mode == "half_up":
-        return math.floor(v + Fraction(1, 2))
-    if mode == "half_even":
-        lo = math.floor(v)
-        frac = v - lo
-        if frac > Fraction(1, 2):
-            return lo + 1
-        if frac < Fraction(1, 2):
-            return lo
-        return lo if lo % 2 == 0 else lo + 1
-    raise AssertionError(mode)
 
 
 def ref_shift(x: int, shift: int, mode: str) -> int:

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from models_for_tests import ref_round
 
 import npukit
 from npukit import arith, modelbin
@@ -335,27 +336,17 @@ def _run_ctypes(lib, kind: int, blobs: list[bytes]) -> bytes:
 # --------------------------------------------------------------------------------------------------
 # Exact references for the scalar functions
 
-def _round_fraction(v: Fraction, mode: str) -> int:
-    if mode == "floor":
-        return math.floor(v)
-    if mode == "trunc":
-        return math.trunc(v)
-    if mode == "half_up":
-        return math.floor(v + Fraction(1, 2))
-    return round(v)  # Fraction rounds half to even
-
-
 def _exact_round_shift(x: int, s: int, mode: str) -> int:
     """arith.round_shift on exact integers; a left shift that leaves int64 saturates (the C extension)."""
     if s <= 0:
         if x == 0 or s < -64:
             return 0 if x == 0 else (I64_MAX if x > 0 else I64_MIN)
         return max(I64_MIN, min(I64_MAX, x << -s))
-    return _round_fraction(Fraction(x, 1 << s), mode)
+    return ref_round(Fraction(x, 1 << s), mode)
 
 
 def _exact_round_div(x: int, n: int, mode: str) -> int:
-    return _round_fraction(Fraction(x, n), mode)
+    return ref_round(Fraction(x, n), mode)
 
 
 def _pack(values, bits: int) -> bytes:

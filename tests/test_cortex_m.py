@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 import torch.nn as nn
+from models_for_tests import LOWBIT, Branchy
 
 import npukit
 from npukit import codegen, modelbin
@@ -18,24 +19,6 @@ MISSING = cortex_m.arm_tools_available()  # None, or what to install
 pytestmark = [pytest.mark.cortex_m, pytest.mark.skipif(MISSING is not None, reason=str(MISSING))]
 
 
-LOWBIT = {"name": "lowbit", "weight_bits": [4, 2, 8], "bias_bits": 16, "accumulator_bits": 24}
-
-
-class Branchy(nn.Module):
-    """2-d ops: conv+BN+ReLU, grouped conv, add+ReLU, average pooling, concat, global mean, linear."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.c2 = nn.Conv2d(8, 8, 3, padding=1, groups=2)
-        self.pool = nn.AvgPool2d(2)
-        self.c3 = nn.Conv2d(8, 4, 1)
-        self.fc = nn.Linear(12, 5)
-
-    def forward(self, x):
-        a = torch.relu(self.bn1(self.c1(x)))
-        p = self.pool(torch.relu(a + self.c2(a)))
-        return self.fc(torch.cat([p, self.c3(p)], dim=1).mean(dim=(2, 3)))
 
 
 def _lowbit() -> nn.Module:

@@ -13,32 +13,13 @@ import torch
 import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from models_for_tests import LOWBIT, Branchy
 
 import npukit
 from npukit import modelbin
 from npukit.ir import Graph
 from npukit.modelbin import HEADER, SECTION, SECTIONS, ModelBinError, PackedModel, pack_bytes, read, write
 from npukit.models import mnist1d_cnn
-
-LOWBIT = {"name": "lowbit", "weight_bits": [4, 2, 8], "bias_bits": 16, "accumulator_bits": 24}
-
-
-class Branchy(nn.Module):
-    """Conv2d+BN+ReLU, grouped conv, add+ReLU, AvgPool2d, concat, global mean, linear."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.c2 = nn.Conv2d(8, 8, 3, padding=1, groups=2)
-        self.pool = nn.AvgPool2d(2)
-        self.c3 = nn.Conv2d(8, 4, 1)
-        self.fc = nn.Linear(12, 5)
-
-    def forward(self, x):
-        a = torch.relu(self.bn1(self.c1(x)))
-        p = self.pool(torch.relu(a + self.c2(a)))
-        c = torch.cat([p, self.c3(p)], dim=1)
-        return self.fc(c.mean(dim=(2, 3)))
 
 
 def _lowbit_model() -> nn.Module:

@@ -1,0 +1,42 @@
+"""Models and exact references shared by several test files."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import torch
+import torch.nn as nn
+
+# Low-bit weights, a narrow accumulator and a 16-bit bias: exercises sub-byte packing everywhere.
+LOWBIT = {"name": "lowbit", "weight_bits": [4, 2, 8], "bias_bits": 16, "accumulator_bits": 24}
+
+
+class Branchy(nn.Module):
+    """Conv2d+BN+ReLU, grouped conv, add+ReLU, AvgPool2d, concat, global mean, linear: every 2-d op."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.pool = nn.AvgPool2d(2)
+        self.c3 = nn.Conv2d(8, 4, 1)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        a = torch.relu(self.bn1(self.c1(x)))
+        p = self.pool(torch.relu(a + self.c2(a)))
+        return self.fc(torch.cat([p, self.c3(p)], dim=1).mean(dim=(2, 3)))
+
+
+def ref_round(v: Fraction, mode: str) -> int:
+    """Round an exact rational by `mode` (the contract's rounding modes, computed without floats)."""
+    if mode == "floor":
+        return math.floor(v)
+    if mode == "trunc":
+        return math.trunc(v)
+    if mode == "half_up":
+        return math.floor(v + Fraction(1, 2))
+    if mode == "half_even":
+        return round(v)  # Fraction rounds half to even
+    raise ValueError(mode)
