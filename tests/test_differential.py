@@ -187,3 +187,21 @@ def test_checkpoint_round_trip_strips_wrapper_prefixes(tmp_path):
         assert torch.equal(fresh.eval()(x), qmodel.eval()(x))
     with pytest.raises(npukit.NpukitError, match="does not match"):
         npukit.load_checkpoint(npukit.prepare(nn.Sequential(nn.Linear(3, 2)), torch.randn(2, 3)), path)
+
+
+@pytest.mark.parametrize("cin, k, bits", [(2048, 5, 8), (64, 9, 16)])
+def test_conv_past_the_float32_limit_stays_exact(cin, k, bits):
+    """Fan-in cin*k: partial sums pass 2**24, so the engine must leave float32. The conv is the model's
+    output, so its raw (wide) accumulator is compared: no rounding can hide an error."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv1d(cin, 4, k))
+    with torch.no_grad():
+        model[0].weight.uniform_(0.5, 1.0)  # same-sign weights: the sums really grow
+    x = 3.5 + 0.5 * torch.rand(8, cin, 16)  # large, odd and even values: sums well past 2**24
+    qmodel = npukit.prepare(model, x, weight_bits=bits)
+    graph = npukit.to_ir(qmodel)
+    w = graph.nodes[0].params["weight"].astype(np.int64)
+    assert cin * k * 127 * np.abs(w).max() > 2**24
+    with torch.no_grad():
+        qat_int = qmodel.eval()(x).to(torch.float64).numpy() * 2.0 ** graph.output_spec().exp
+    np.testing.assert_array_equal(qat_int, npukit.run(graph, graph.quantize_input(x.numpy()))[0])

@@ -163,7 +163,8 @@ def _mac_tail_onnx(node: Node, acc: str, b) -> str:
 def _carrier(w: np.ndarray, x_bits: int) -> np.dtype:
     """The cheapest dtype whose BLAS matmul is exact for these integers: every partial sum of integer
     products is exact in float32 below 2**24 and in float64 below 2**53, in any summation order."""
-    bound = arith.accumulator_bound(w.shape[-1], x_bits, int(np.abs(w.astype(np.int64)).max(initial=0)))
+    fan_in = int(np.prod(w.shape[1:]))  # (out, in/groups, *kernel) or (out, in)
+    bound = arith.accumulator_bound(fan_in, x_bits, int(np.abs(w.astype(np.int64)).max(initial=0)))
     if bound < arith.EXACT_FLOAT32:
         return np.dtype(np.float32)
     return np.dtype(np.float64 if bound < arith.EXACT_FLOAT64 else np.int64)

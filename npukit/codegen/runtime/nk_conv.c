@@ -7,6 +7,10 @@
  *
  * Padding is never tested per MAC: for each output row the valid kernel rows are computed once, and
  * the valid kernel columns once per output (or per tile). Paths:
+ *  - with SSE2 (x86-64 baseline; opt out with -DNK_CONV_NO_SIMD), 8-bit weights, stride_w == 1:
+ *    nk_conv_sse2 (below) pairs input channels per pmaddwd and computes 4 output channels x 8 outputs
+ *    per inner step from zero-padded int16 buffers, with its own int32 bound; a requantising epilogue
+ *    in int32 lanes where that is exact. Shapes whose buffers would not fit take the paths below.
  *  - 8-bit weights (any groups), stride_w == 1, rows of at least NK_CONV_TILE outputs: tiles of
  *    NK_CONV_TILE adjacent outputs (the last tile of a row overlaps the one before it and stores only
  *    its new outputs). The inner loop multiplies one weight into the whole tile with a constant trip
@@ -34,6 +38,11 @@
 #include <string.h>
 
 #include "npukit_kernels.h"
+
+#if defined(__SSE2__) && !defined(NK_CONV_NO_SIMD)
+#define NK_CONV_SSE2 1
+#include <emmintrin.h>
+#endif
 
 #define NK_CONV_TILE 16
 #define NK_CONV_PART_TERMS 65536 /* 2^16 products of |x * w| <= 2^14 stay below 2^31 */
@@ -117,6 +126,109 @@ static void nk_conv_store(const nk_conv_params *p, void *out, size_t idx, int64_
         ((int32_t *)out)[idx] = (int32_t)(y < INT32_MIN ? INT32_MIN : (y > INT32_MAX ? INT32_MAX : y));
     } else {
         ((int8_t *)out)[idx] = (int8_t)(y < INT8_MIN ? INT8_MIN : (y > INT8_MAX ? INT8_MAX : y));
+    }
+}
+
+/* nk_conv_store with the per-channel work done once. Fast path (1 <= out_shift <= 60, |acc_min|,
+ * |acc_max|, |bias_term| < 2^60, and |sum| < 2^62, which fan_in < 2^40 guarantees): with |acc| < 2^60
+ * after saturation and off = 2^62, floor(v / 2^s) = ((v + off) >> s) - 2^(62-s) for any |v| < 2^61
+ * (v + off lies in (0, 2^63), and 2^s divides off), and each mode is floor((acc + add) / 2^s) with
+ *   floor: add = 0;  half_up: add = 2^(s-1);  trunc: add = 2^s - 1 for acc < 0, else 0;
+ *   half_even: add = 2^(s-1) - 1 + (floor(acc / 2^s) & 1)
+ * (half_even: with acc = q 2^s + r, r + 2^(s-1) - 1 + b reaches 2^s iff r > 2^(s-1), or r == 2^(s-1)
+ * and b = q & 1 = 1). 0 <= add < 2^s <= 2^60, so |acc + add| < 2^61. Otherwise nk_conv_store. */
+typedef struct {
+    const nk_conv_params *p;
+    int64_t bias_term, off, offs, add_pos, add_neg;
+    int32_t shift, even, fast;
+} nk_conv_rq;
+
+static void nk_conv_rq_init(nk_conv_rq *r, const nk_conv_params *p, int64_t bias_term)
+{
+    const int64_t lim = (int64_t)1 << 60;
+    const int32_t s = p->out_shift;
+    r->p = p;
+    r->bias_term = bias_term;
+    r->shift = s;
+    r->fast = s >= 1 && s <= 60 && p->acc_min > -lim && p->acc_max < lim && bias_term > -lim && bias_term < lim;
+    r->even = 0;
+    r->off = 0;
+    r->offs = 0;
+    r->add_pos = 0;
+    r->add_neg = 0;
+    if (r->fast) {
+        const int64_t half = (int64_t)1 << (s - 1);
+        r->off = (int64_t)1 << 62;
+        r->offs = (int64_t)1 << (62 - s);
+        switch (p->rounding) {
+        case NK_FLOOR:
+            break;
+        case NK_TRUNC:
+            r->add_neg = ((int64_t)1 << s) - 1;
+            break;
+        case NK_HALF_EVEN:
+            r->add_pos = half - 1;
+            r->add_neg = half - 1;
+            r->even = 1;
+            break;
+        case NK_HALF_UP:
+        default: /* as nk_round_shift: any other value behaves as NK_HALF_UP */
+            r->add_pos = half;
+            r->add_neg = half;
+            break;
+        }
+    }
+}
+
+static void nk_conv_rq_store(const nk_conv_rq *r, void *out, size_t idx, int64_t sum)
+{
+    const nk_conv_params *p = r->p;
+    int64_t acc, y;
+    if (!r->fast) {
+        nk_conv_store(p, out, idx, sum, r->bias_term);
+        return;
+    }
+    acc = sum + r->bias_term;
+    acc = acc < p->acc_min ? p->acc_min : acc;
+    acc = acc > p->acc_max ? p->acc_max : acc;
+    y = acc + (acc < 0 ? r->add_neg : r->add_pos) + r->off;
+    if (r->even) {
+        y += ((acc + r->off) >> r->shift) & 1;
+    }
+    y = (y >> r->shift) - r->offs;
+    y = y < p->act_min ? p->act_min : y;
+    y = y > p->act_max ? p->act_max : y;
+    if (p->out_bytes == 4) {
+        ((int32_t *)out)[idx] = (int32_t)y; /* act_min <= y <= act_max, both int32 */
+    } else {
+        ((int8_t *)out)[idx] = (int8_t)(y < INT8_MIN ? INT8_MIN : (y > INT8_MAX ? INT8_MAX : y));
+    }
+}
+
+/* nk_conv_rq_store of n adjacent outputs from idx on, their sums in s32 (or s64 where s32 is NULL). */
+static void nk_conv_rq_row(const nk_conv_rq *r, void *out, size_t idx, const int32_t *s32, const int64_t *s64,
+                           int32_t n)
+{
+    const nk_conv_params *p = r->p;
+    const int64_t bias_term = r->bias_term, acc_min = p->acc_min, acc_max = p->acc_max;
+    const int64_t off = r->off, offs = r->offs, add_pos = r->add_pos, add_neg = r->add_neg;
+    const int64_t act_min = p->act_min, act_max = p->act_max;
+    const int32_t s = r->shift;
+    int32_t j;
+    if (!r->fast || r->even || p->out_bytes != 1 || act_min < INT8_MIN || act_max > INT8_MAX) {
+        for (j = 0; j < n; j++) {
+            nk_conv_rq_store(r, out, idx + (size_t)j, s32 ? s32[j] : s64[j]);
+        }
+        return;
+    }
+    for (j = 0; j < n; j++) { /* the common case: int8 output, act range inside int8, no half_even */
+        int64_t acc = (s32 ? s32[j] : s64[j]) + bias_term, y;
+        acc = acc < acc_min ? acc_min : acc;
+        acc = acc > acc_max ? acc_max : acc;
+        y = ((acc + (acc < 0 ? add_neg : add_pos) + off) >> s) - offs;
+        y = y < act_min ? act_min : y;
+        y = y > act_max ? act_max : y;
+        ((int8_t *)out)[idx + (size_t)j] = (int8_t)y;
     }
 }
 
@@ -232,6 +344,311 @@ static int64_t nk_conv_dot(const nk_conv_params *p, const int8_t *x, const void 
     return acc;
 }
 
+#if defined(NK_CONV_SSE2)
+/* SSE2 path: 8-bit weights, stride_w == 1. Two input channels are paired per pmaddwd: an input buffer
+ * row holds, for one channel pair (c, c + 1) and one kernel row, the window's int16 pairs
+ * (x_c[i], x_c+1[i]) (zero-padded at the borders and past the last channel), and a weight entry holds
+ * (w_c, w_c+1) for NK_CONV_OB output channels. One pmaddwd then gives 4 outputs x 2 products; each
+ * weight vector serves 8 adjacent outputs and each input vector NK_CONV_OB output channels.
+ *
+ * int32 lanes are exact: a pmaddwd lane is x_c w_c + x_c+1 w_c+1 with |.| <= 2 * 2^14 = 2^15, and a lane
+ * sums at most (pairs in a chunk) * k_h * k_w <= NK_CONV_WPAIRS = 256 of them before the chunk's result
+ * is added into int64: |partial| <= 2^23. */
+#define NK_CONV_OB 4        /* output channels per block */
+#define NK_CONV_TW 64       /* outputs per tile (a multiple of 8) */
+#define NK_CONV_XBUF 4096   /* int16 pairs in the input buffer: rows * row length */
+#define NK_CONV_WPAIRS 256  /* (channel pair, kernel tap) entries per chunk */
+#define NK_CONV_STAGE 512   /* longest buffer row (tile + (k_w - 1) * dil_w, rounded up to 8) */
+
+/* n8 (a multiple of 8) int16 pairs (r0[i], r1[i]) into dst. */
+static void nk_conv_pack_pairs(int16_t *dst, const int8_t *r0, const int8_t *r1, ptrdiff_t n8)
+{
+    ptrdiff_t i;
+    for (i = 0; i < n8; i += 8) {
+        const __m128i v0 = _mm_loadl_epi64((const __m128i *)(const void *)(r0 + i));
+        const __m128i v1 = _mm_loadl_epi64((const __m128i *)(const void *)(r1 + i));
+        const __m128i v = _mm_unpacklo_epi8(v0, v1);
+        _mm_storeu_si128((__m128i *)(void *)(dst + 2 * i), _mm_srai_epi16(_mm_unpacklo_epi8(v, v), 8));
+        _mm_storeu_si128((__m128i *)(void *)(dst + 2 * i + 8), _mm_srai_epi16(_mm_unpackhi_epi8(v, v), 8));
+    }
+}
+
+/* tw8 (a multiple of 8) outputs of NK_CONV_OB channels over `rows` buffer rows of length xs. */
+static void nk_conv_sse2_tile(const int16_t *xb, ptrdiff_t xs, int32_t rows, int32_t k_w, ptrdiff_t dil_w,
+                              const int16_t *wb, int32_t tw8, int32_t part[NK_CONV_OB][NK_CONV_TW])
+{
+    int32_t j, r, kw;
+    for (j = 0; j < tw8; j += 8) {
+        __m128i a00 = _mm_setzero_si128(), a01 = a00, a10 = a00, a11 = a00;
+        __m128i a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+        for (r = 0; r < rows; r++) {
+            const int16_t *xr = xb + 2 * (r * xs + j);
+            const int16_t *wr = wb + (ptrdiff_t)r * k_w * 8;
+            for (kw = 0; kw < k_w; kw++) {
+                const int16_t *xp = xr + 2 * kw * dil_w;
+                const __m128i x0 = _mm_loadu_si128((const __m128i *)(const void *)xp);
+                const __m128i x1 = _mm_loadu_si128((const __m128i *)(const void *)(xp + 8));
+                const __m128i w = _mm_loadu_si128((const __m128i *)(const void *)(wr + 8 * kw));
+                __m128i wq = _mm_shuffle_epi32(w, 0x00);
+                a00 = _mm_add_epi32(a00, _mm_madd_epi16(x0, wq));
+                a01 = _mm_add_epi32(a01, _mm_madd_epi16(x1, wq));
+                wq = _mm_shuffle_epi32(w, 0x55);
+                a10 = _mm_add_epi32(a10, _mm_madd_epi16(x0, wq));
+                a11 = _mm_add_epi32(a11, _mm_madd_epi16(x1, wq));
+                wq = _mm_shuffle_epi32(w, 0xaa);
+                a20 = _mm_add_epi32(a20, _mm_madd_epi16(x0, wq));
+                a21 = _mm_add_epi32(a21, _mm_madd_epi16(x1, wq));
+                wq = _mm_shuffle_epi32(w, 0xff);
+                a30 = _mm_add_epi32(a30, _mm_madd_epi16(x0, wq));
+                a31 = _mm_add_epi32(a31, _mm_madd_epi16(x1, wq));
+            }
+        }
+        _mm_storeu_si128((__m128i *)(void *)&part[0][j], a00);
+        _mm_storeu_si128((__m128i *)(void *)&part[0][j + 4], a01);
+        _mm_storeu_si128((__m128i *)(void *)&part[1][j], a10);
+        _mm_storeu_si128((__m128i *)(void *)&part[1][j + 4], a11);
+        _mm_storeu_si128((__m128i *)(void *)&part[2][j], a20);
+        _mm_storeu_si128((__m128i *)(void *)&part[2][j + 4], a21);
+        _mm_storeu_si128((__m128i *)(void *)&part[3][j], a30);
+        _mm_storeu_si128((__m128i *)(void *)&part[3][j + 4], a31);
+    }
+}
+
+/* Weight entries of channel pairs [p0, p1) for output channels [o, o + nq) (nq <= NK_CONV_OB; the rest
+ * zero): entry ((p - p0) * k_hw + k) * NK_CONV_OB + q holds (w[o+q][2p][k], w[o+q][2p+1][k]). */
+static void nk_conv_sse2_weights(const int8_t *w, int32_t cg, int32_t k_hw, int32_t o, int32_t nq, int32_t p0,
+                                 int32_t p1, int16_t *wb)
+{
+    int32_t pp, k, q;
+    if (nq < NK_CONV_OB || 2 * p1 > cg) {
+        memset(wb, 0, (size_t)(p1 - p0) * (size_t)k_hw * NK_CONV_OB * 2 * sizeof *wb);
+    }
+    if (nq == NK_CONV_OB && 2 * p1 <= cg) { /* the common case: whole entries, 8 weights at a time */
+        const ptrdiff_t ostep = (ptrdiff_t)cg * k_hw;
+        for (pp = p0; pp < p1; pp++) {
+            const int8_t *w0 = w + ((ptrdiff_t)o * cg + 2 * pp) * k_hw;
+            int16_t *e = wb + (ptrdiff_t)(pp - p0) * k_hw * NK_CONV_OB * 2;
+            for (k = 0; k < k_hw; k++) {
+                e[0] = w0[k];
+                e[1] = w0[k + k_hw];
+                e[2] = w0[k + ostep];
+                e[3] = w0[k + ostep + k_hw];
+                e[4] = w0[k + 2 * ostep];
+                e[5] = w0[k + 2 * ostep + k_hw];
+                e[6] = w0[k + 3 * ostep];
+                e[7] = w0[k + 3 * ostep + k_hw];
+                e += 2 * NK_CONV_OB;
+            }
+        }
+        return;
+    }
+    for (q = 0; q < nq; q++) {
+        for (pp = p0; pp < p1; pp++) {
+            const int8_t *w0 = w + ((ptrdiff_t)(o + q) * cg + 2 * pp) * k_hw;
+            int16_t *e = wb + ((ptrdiff_t)(pp - p0) * k_hw * NK_CONV_OB + q) * 2;
+            if (2 * pp + 1 < cg) {
+                const int8_t *w1 = w0 + k_hw;
+                for (k = 0; k < k_hw; k++) {
+                    e[2 * NK_CONV_OB * k] = w0[k];
+                    e[2 * NK_CONV_OB * k + 1] = w1[k];
+                }
+            } else {
+                for (k = 0; k < k_hw; k++) {
+                    e[2 * NK_CONV_OB * k] = w0[k];
+                }
+            }
+        }
+    }
+}
+
+/* Input buffer rows of channel pairs [p0, p1), kernel rows [0, k_h): row (p - p0) * k_h + kh holds xs
+ * pairs of input row ih0 + kh * dil_h, columns [iw0, iw0 + xs), zero outside the input. */
+static void nk_conv_sse2_input(const nk_conv_params *p, const int8_t *x, int32_t cg, int32_t p0, int32_t p1,
+                               int32_t ih0, int32_t iw0, ptrdiff_t xs, int16_t *xb)
+{
+    const ptrdiff_t in_hw = (ptrdiff_t)p->in_h * p->in_w;
+    /* window columns [a, b) lie inside the input */
+    const ptrdiff_t a = iw0 < 0 ? -(ptrdiff_t)iw0 : 0;
+    const ptrdiff_t b = (ptrdiff_t)p->in_w - iw0 < xs ? (ptrdiff_t)p->in_w - iw0 : xs;
+    int8_t s0[NK_CONV_STAGE], s1[NK_CONV_STAGE];
+    int32_t pp, kh;
+    int staged = 0; /* s0/s1 hold zeros outside [a, b) */
+
+    for (pp = p0; pp < p1; pp++) {
+        for (kh = 0; kh < p->k_h; kh++) {
+            int16_t *dst = xb + 2 * ((ptrdiff_t)(pp - p0) * p->k_h + kh) * xs;
+            const int64_t ih = (int64_t)ih0 + (int64_t)kh * p->dil_h;
+            const int has1 = 2 * pp + 1 < cg;
+            ptrdiff_t off0, off1;
+            if (ih < 0 || ih >= p->in_h || b <= a) {
+                memset(dst, 0, (size_t)xs * 2 * sizeof *dst);
+                continue;
+            }
+            off0 = (ptrdiff_t)2 * pp * in_hw + (ptrdiff_t)ih * p->in_w;
+            off1 = off0 + in_hw;
+            if (a == 0 && b == xs && has1) {
+                nk_conv_pack_pairs(dst, x + (off0 + iw0), x + (off1 + iw0), xs);
+                continue;
+            }
+            if (!staged) {
+                memset(s0, 0, (size_t)xs);
+                memset(s1, 0, (size_t)xs);
+                staged = 1;
+            }
+            memcpy(s0 + a, x + (off0 + iw0 + a), (size_t)(b - a));
+            if (has1) {
+                memcpy(s1 + a, x + (off1 + iw0 + a), (size_t)(b - a));
+            } else {
+                memset(s1 + a, 0, (size_t)(b - a));
+            }
+            nk_conv_pack_pairs(dst, s0, s1, xs);
+        }
+    }
+}
+
+/* Requantises n int8 outputs of one channel from int32 sums (nk_conv_rq_store, vectorised). The caller
+ * checks that it applies: r->fast, int8 output, act range inside int8, out_shift <= 30, |sum| <= 2^23
+ * (one chunk) and |bias_term| < 2^29, so |acc| < 2^30 and |acc + add| < 2^31 (add < 2^s <= 2^30): every
+ * step is exact in int32 lanes. The accumulator clamp is either a no-op (acc_min <= -2^30 and
+ * acc_max >= 2^30) or runs in int32 (-2^30 <= acc_min <= acc_max <= 2^30). _mm_sra_epi32 is an
+ * arithmetic (floor) shift by definition, so floor((acc + add) / 2^s) = (acc + add) >> s; packs_epi32
+ * saturates to int16, which keeps the act clamp exact; the act range fits int8, so packs_epi16 only
+ * narrows. Reads part[0, n rounded up to 8). */
+static void nk_conv_sse2_requant(const nk_conv_rq *r, const int32_t *part, int32_t n, int8_t *out)
+{
+    const nk_conv_params *p = r->p;
+    const int clamp = p->acc_min > -((int64_t)1 << 30);
+    const __m128i vb = _mm_set1_epi32((int32_t)r->bias_term);
+    const __m128i vpos = _mm_set1_epi32((int32_t)r->add_pos), vneg = _mm_set1_epi32((int32_t)r->add_neg);
+    const __m128i vmin = _mm_set1_epi32((int32_t)(clamp ? p->acc_min : 0));
+    const __m128i vmax = _mm_set1_epi32((int32_t)(clamp ? p->acc_max : 0));
+    const __m128i lo = _mm_set1_epi16((int16_t)p->act_min), hi = _mm_set1_epi16((int16_t)p->act_max);
+    const __m128i sh = _mm_cvtsi32_si128(r->shift), one = _mm_set1_epi32(1), zero = _mm_setzero_si128();
+    int32_t j, h;
+    for (j = 0; j < n; j += 8) {
+        __m128i y[2], b;
+        for (h = 0; h < 2; h++) {
+            __m128i a = _mm_add_epi32(_mm_loadu_si128((const __m128i *)(const void *)(part + j + 4 * h)), vb);
+            __m128i m, add;
+            if (clamp) {
+                m = _mm_cmpgt_epi32(vmin, a);
+                a = _mm_or_si128(_mm_and_si128(m, vmin), _mm_andnot_si128(m, a));
+                m = _mm_cmpgt_epi32(a, vmax);
+                a = _mm_or_si128(_mm_and_si128(m, vmax), _mm_andnot_si128(m, a));
+            }
+            m = _mm_cmplt_epi32(a, zero);
+            add = _mm_or_si128(_mm_and_si128(m, vneg), _mm_andnot_si128(m, vpos));
+            if (r->even) {
+                add = _mm_add_epi32(add, _mm_and_si128(_mm_sra_epi32(a, sh), one));
+            }
+            y[h] = _mm_sra_epi32(_mm_add_epi32(a, add), sh);
+        }
+        b = _mm_min_epi16(_mm_max_epi16(_mm_packs_epi32(y[0], y[1]), lo), hi);
+        b = _mm_packs_epi16(b, b);
+        if (n - j >= 8) {
+            _mm_storel_epi64((__m128i *)(void *)(out + j), b);
+        } else {
+            int8_t tmp[16];
+            _mm_storeu_si128((__m128i *)(void *)tmp, b);
+            memcpy(out + j, tmp, (size_t)(n - j));
+        }
+    }
+}
+
+/* Whether nk_conv_sse2_requant applies to a channel (see there); `one`: its sums are one chunk's. */
+static int nk_conv_sse2_requant_ok(const nk_conv_rq *r, int one)
+{
+    const nk_conv_params *p = r->p;
+    const int64_t l30 = (int64_t)1 << 30, l29 = (int64_t)1 << 29;
+    return one && r->fast && r->shift <= 30 && p->out_bytes == 1 && p->act_min >= INT8_MIN && p->act_max <= INT8_MAX
+           && r->bias_term > -l29 && r->bias_term < l29
+           && ((p->acc_min <= -l30 && p->acc_max >= l30)
+               || (p->acc_min >= -l30 && p->acc_min <= p->acc_max && p->acc_max <= l30));
+}
+
+/* The whole conv on the SSE2 path; returns 0 (having written nothing) where it does not apply. */
+static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t *weights, const int32_t *bias,
+                        int32_t bias_shift, void *out)
+{
+    const int32_t cg = p->in_c / p->groups, og = p->out_c / p->groups, out_w = p->out_w;
+    const int32_t npairs = (cg + 1) / 2;
+    const int64_t k_hw = (int64_t)p->k_h * p->k_w, span = (int64_t)(p->k_w - 1) * p->dil_w;
+    const ptrdiff_t in_hw = (ptrdiff_t)p->in_h * p->in_w;
+    int16_t xb[2 * NK_CONV_XBUF], wb[2 * NK_CONV_OB * NK_CONV_WPAIRS];
+    int32_t part[NK_CONV_OB][NK_CONV_TW];
+    int64_t acc[NK_CONV_OB][NK_CONV_TW];
+    int32_t tw = out_w < NK_CONV_TW ? (out_w + 7) / 8 * 8 : NK_CONV_TW, pc, g, ob, oh, t, q, j, p0;
+    ptrdiff_t xs = 0;
+    int one;
+
+    if (p->w_bits != 8 || p->stride_w != 1 || k_hw > NK_CONV_WPAIRS || out_w <= 0) {
+        return 0;
+    }
+    /* the widest tile whose buffer row fits NK_CONV_STAGE and whose k_h rows fit NK_CONV_XBUF */
+    for (; tw >= 8; tw -= 8) {
+        xs = (ptrdiff_t)((tw + span + 7) / 8 * 8);
+        if (xs <= NK_CONV_STAGE && xs * p->k_h <= NK_CONV_XBUF) {
+            break;
+        }
+    }
+    if (tw < 8) {
+        return 0;
+    }
+    pc = (int32_t)(NK_CONV_WPAIRS / k_hw);
+    if ((ptrdiff_t)pc * p->k_h * xs > NK_CONV_XBUF) {
+        pc = (int32_t)(NK_CONV_XBUF / (p->k_h * xs));
+    }
+    if (pc > npairs) {
+        pc = npairs;
+    }
+    one = pc >= npairs; /* a single chunk: weight entries built once per block */
+
+    for (g = 0; g < p->groups; g++) {
+        const int8_t *xg = in + (ptrdiff_t)g * cg * in_hw;
+        for (ob = 0; ob < og; ob += NK_CONV_OB) {
+            const int32_t nq = og - ob < NK_CONV_OB ? og - ob : NK_CONV_OB, o = g * og + ob;
+            nk_conv_rq rq[NK_CONV_OB];
+            for (q = 0; q < nq; q++) {
+                nk_conv_rq_init(&rq[q], p, bias ? nk_round_shift(bias[o + q], -bias_shift, p->rounding) : 0);
+            }
+            if (one) {
+                nk_conv_sse2_weights(weights, cg, (int32_t)k_hw, o, nq, 0, npairs, wb);
+            }
+            for (oh = 0; oh < p->out_h; oh++) {
+                const int32_t ih0 = oh * p->stride_h - p->pad_h;
+                for (t = 0; t < out_w; t += tw) {
+                    const int32_t n = out_w - t < tw ? out_w - t : tw, n8 = (n + 7) / 8 * 8;
+                    for (p0 = 0; p0 < npairs; p0 += pc) {
+                        const int32_t p1 = npairs - p0 < pc ? npairs : p0 + pc;
+                        if (!one) {
+                            nk_conv_sse2_weights(weights, cg, (int32_t)k_hw, o, nq, p0, p1, wb);
+                        }
+                        nk_conv_sse2_input(p, xg, cg, p0, p1, ih0, t - p->pad_w, xs, xb);
+                        nk_conv_sse2_tile(xb, xs, (p1 - p0) * p->k_h, p->k_w, p->dil_w, wb, n8, part);
+                        if (!one) {
+                            for (q = 0; q < nq; q++) {
+                                for (j = 0; j < n; j++) {
+                                    acc[q][j] = (p0 == 0 ? 0 : acc[q][j]) + part[q][j];
+                                }
+                            }
+                        }
+                    }
+                    for (q = 0; q < nq; q++) {
+                        const size_t idx = ((size_t)(o + q) * (size_t)p->out_h + (size_t)oh) * (size_t)out_w + (size_t)t;
+                        if (nk_conv_sse2_requant_ok(&rq[q], one)) {
+                            nk_conv_sse2_requant(&rq[q], part[q], n, (int8_t *)out + idx);
+                        } else {
+                            nk_conv_rq_row(&rq[q], out, idx, one ? part[q] : NULL, acc[q], n);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return 1;
+}
+#endif
+
 void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, const int32_t *bias, void *out)
 {
     const int32_t cg = p->in_c / p->groups;  /* input channels per group */
@@ -249,6 +666,11 @@ void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, con
     const int tiles = fast && s_w == 1 && out_w >= NK_CONV_TILE;
     const int span_fits = NK_CONV_TILE + (int64_t)(k_w - 1) * p->dil_w <= NK_CONV_WIN;
     int32_t o, oh, ow;
+#if defined(NK_CONV_SSE2)
+    if (nk_conv_sse2(p, in, (const int8_t *)weights, bias, bias_shift, out)) {
+        return;
+    }
+#endif
     {
         const int64_t last = (int64_t)p->in_w - 1 - (int64_t)(k_w - 1) * p->dil_w + p->pad_w;
         ow_end = last < 0 ? 0 : (int32_t)(last / s_w + 1 < out_w ? last / s_w + 1 : out_w);
@@ -259,9 +681,10 @@ void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, con
 
     for (o = 0; o < p->out_c; o++) {
         const int8_t *xg = in + (ptrdiff_t)(o / og) * cg * in_hw;
-        const int64_t bias_term = bias ? nk_round_shift(bias[o], -bias_shift, p->rounding) : 0;
+        nk_conv_rq rq;
         const int8_t *wo = fast ? (const int8_t *)weights + (ptrdiff_t)o * w_per_out : (const int8_t *)weights;
         size_t idx = (size_t)o * (size_t)p->out_h * (size_t)out_w;
+        nk_conv_rq_init(&rq, p, bias ? nk_round_shift(bias[o], -bias_shift, p->rounding) : 0);
 
         for (oh = 0; oh < p->out_h; oh++) {
             const int32_t ih0 = oh * p->stride_h - p->pad_h;
@@ -276,19 +699,16 @@ void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, con
                     const int32_t iw0 = t - p->pad_w;
                     if (span_fits || (t >= ow_in && t + NK_CONV_TILE <= ow_end)) {
                         int64_t acc[NK_CONV_TILE];
-                        int32_t j;
                         nk_conv_tile8(p, xg, wo, cg, ih0, kh_lo, kh_hi, iw0, acc);
-                        for (j = ow - t; j < NK_CONV_TILE; j++) {
-                            nk_conv_store(p, out, idx++, acc[j], bias_term);
-                        }
+                        nk_conv_rq_row(&rq, out, idx, NULL, acc + (ow - t), NK_CONV_TILE - (ow - t));
+                        idx += (size_t)(NK_CONV_TILE - (ow - t));
                     } else {
                         int32_t j;
                         for (j = ow - t; j < NK_CONV_TILE; j++) {
                             int32_t kw_lo, kw_hi;
                             nk_conv_taps(iw0 + j, p->dil_w, k_w, p->in_w, &kw_lo, &kw_hi);
-                            nk_conv_store(p, out, idx++,
-                                          nk_conv_dot8(p, xg, wo, cg, ih0, kh_lo, kh_hi, iw0 + j, kw_lo, kw_hi),
-                                          bias_term);
+                            nk_conv_rq_store(&rq, out, idx++,
+                                             nk_conv_dot8(p, xg, wo, cg, ih0, kh_lo, kh_hi, iw0 + j, kw_lo, kw_hi));
                         }
                     }
                     ow = t + NK_CONV_TILE;
@@ -302,12 +722,10 @@ void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, con
                     nk_conv_taps(iw0, p->dil_w, k_w, p->in_w, &kw_lo, &kw_hi);
                 }
                 if (fast) {
-                    nk_conv_store(p, out, idx++,
-                                  nk_conv_dot8(p, xg, wo, cg, ih0, kh_lo, kh_hi, iw0, kw_lo, kw_hi), bias_term);
+                    nk_conv_rq_store(&rq, out, idx++, nk_conv_dot8(p, xg, wo, cg, ih0, kh_lo, kh_hi, iw0, kw_lo, kw_hi));
                 } else {
-                    nk_conv_store(p, out, idx++,
-                                  nk_conv_dot(p, xg, weights, o * w_per_out, cg, ih0, kh_lo, kh_hi, iw0, kw_lo, kw_hi),
-                                  bias_term);
+                    nk_conv_rq_store(&rq, out, idx++,
+                                     nk_conv_dot(p, xg, weights, o * w_per_out, cg, ih0, kh_lo, kh_hi, iw0, kw_lo, kw_hi));
                 }
             }
         }
