@@ -102,3 +102,16 @@ def test_random_models_match_the_engine(spec, target, seed, tmp_path_factory):
     q = graph.quantize_input(torch.randn(32, cin, *size, generator=rng).numpy() * 3)
     got = host.run_file(host.build(project, "run_file", opt="-O1"), q, out.dtype, int(np.prod(out.shape)), project)
     np.testing.assert_array_equal(got, npukit.run(graph, q)[0].reshape(len(q), -1))
+
+
+def test_cmake_builds_and_ctest_passes(demo, tmp_path):
+    if shutil.which("cmake") is None or shutil.which("ctest") is None:
+        pytest.skip("cmake not installed")
+    _, _, project = demo
+    build = tmp_path / "build"
+    cfg = subprocess.run(["cmake", "-S", str(project), "-B", str(build)], capture_output=True, text=True)
+    assert cfg.returncode == 0, cfg.stdout + cfg.stderr
+    bld = subprocess.run(["cmake", "--build", str(build)], capture_output=True, text=True)
+    assert bld.returncode == 0, bld.stdout + bld.stderr
+    test = subprocess.run(["ctest", "--output-on-failure"], cwd=build, capture_output=True, text=True)
+    assert test.returncode == 0 and "100% tests passed" in test.stdout, test.stdout + test.stderr
