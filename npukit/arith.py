@@ -79,20 +79,22 @@ def _as_float(x):
     return x
 
 
-def round_shift(x, shift: int, mode: RoundingMode):
+def round_shift(x, shift: int, mode: RoundingMode, out=None):
     """x / 2**shift rounded by `mode`: the requantising arithmetic shift.
 
-    `shift` <= 0 is an exact left shift. x must be integer-valued.
+    `shift` <= 0 is an exact left shift. x must be integer-valued. `out` (a float array of x's shape,
+    may be x itself) receives the result without new large temporaries on the half_up path.
     """
     _check_mode(mode)
     x = _as_float(x)
+    xp = _xp(x)
     if shift <= 0:
-        return x * float(2 ** (-shift))
-    v = x * (2.0**-shift)
+        return xp.multiply(x, float(2 ** (-shift)), out=out)
+    v = xp.multiply(x, 2.0**-shift, out=out)
     if mode == "half_up":
         # Hot path (every requantisation). v has at most `shift` fraction bits and |x| < 2**52, so
         # v + 0.5 is exact here, unlike for arbitrary reals in round_real.
-        return _xp(v).floor(v + 0.5)
+        return xp.floor(xp.add(v, 0.5, out=out), out=out)
     return round_real(v, mode)
 
 
@@ -121,15 +123,19 @@ def round_div(x, n: int, mode: RoundingMode):
     raise ValueError(f"unknown rounding mode {mode!r}; expected one of {ROUNDING_MODES}")
 
 
-def saturate(x, lo: int, hi: int):
+def saturate(x, lo: int, hi: int, out=None):
     """Clamp to [lo, hi] (the hardware saturates; it never wraps)."""
-    return _xp(x).clip(x, lo, hi)
+    return _xp(x).clip(x, lo, hi, out=out)
 
 
-def requantize(acc, shift: int, bits: int, mode: RoundingMode, relu: bool = False):
-    """Accumulator -> activation: rounding shift, then saturation (ReLU folds into the lower bound)."""
+def requantize(acc, shift: int, bits: int, mode: RoundingMode, relu: bool = False, out=None):
+    """Accumulator -> activation: rounding shift, then saturation (ReLU folds into the lower bound).
+
+    `out` (may be `acc`) takes the result in place: large engine batches avoid fresh temporaries.
+    """
     lo, hi = act_range(bits, relu)
-    return saturate(round_shift(acc, shift, mode), lo, hi)
+    q = round_shift(acc, shift, mode, out=out)
+    return saturate(q, lo, hi, out=q if out is not None else None)
 
 
 def quantize(real, exp: int, bits: int, mode: RoundingMode, relu: bool = False):

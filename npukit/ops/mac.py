@@ -137,11 +137,13 @@ def _mac_requant(node: Node, acc: np.ndarray, graph: Graph) -> np.ndarray:
     bound = arith.accumulator_bound(int(np.prod(w.shape[1:])), graph.tensors[node.inputs[0]].bits,
                                     int(np.abs(w.astype(np.int64)).max(initial=0)), int(np.abs(bias).max(initial=0)))
     dtype = np.float32 if acc.dtype == np.float32 and bound < min(arith.EXACT_FLOAT32, 2 ** (22 + shift)) else np.float64
-    acc = acc.astype(dtype, copy=False) + bias.astype(dtype).reshape(-1, *([1] * (acc.ndim - 1)))
+    # `acc` is this call's own temporary: update it in place (fresh large arrays cost page faults).
+    acc = acc.astype(dtype, copy=False)
+    acc += bias.astype(dtype).reshape(-1, *([1] * (acc.ndim - 1)))
     lo, hi = arith.int_range(graph.target["accumulator_bits"])
     if bound > hi:
-        acc = arith.saturate(acc, lo, hi)
-    q = arith.requantize(acc, shift, out.bits, graph.rounding, a["relu"])
+        arith.saturate(acc, lo, hi, out=acc)
+    q = arith.requantize(acc, shift, out.bits, graph.rounding, a["relu"], out=acc)
     return q.astype(out.dtype)
 
 
