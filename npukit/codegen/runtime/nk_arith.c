@@ -95,6 +95,17 @@ int64_t nk_round_div(int64_t x, int64_t n, nk_rounding mode)
     }
 }
 
+int64_t nk_sat_add64(int64_t a, int64_t b)
+{
+    if (b > 0 && a > INT64_MAX - b) {
+        return INT64_MAX;
+    }
+    if (b < 0 && a < INT64_MIN - b) {
+        return INT64_MIN;
+    }
+    return a + b;
+}
+
 int64_t nk_saturate(int64_t x, int64_t lo, int64_t hi)
 {
     /* min(max(x, lo), hi), as numpy.clip: lo > hi gives hi */

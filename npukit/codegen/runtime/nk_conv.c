@@ -70,17 +70,6 @@ static void nk_conv_taps(int32_t base, int32_t d, int32_t k_n, int32_t n, int32_
     *hi = (int32_t)b;
 }
 
-static int64_t nk_conv_sat_add(int64_t a, int64_t b)
-{
-    if (b > 0 && a > INT64_MAX - b) {
-        return INT64_MAX;
-    }
-    if (b < 0 && a < INT64_MIN - b) {
-        return INT64_MIN;
-    }
-    return a + b;
-}
-
 /* x / 2^s rounded towards -infinity, 1 <= s <= 62, without >> of a negative value. */
 static int64_t nk_conv_floor_shift(int64_t x, int32_t s)
 {
@@ -95,7 +84,7 @@ static int64_t nk_conv_floor_shift(int64_t x, int32_t s)
 static void nk_conv_store(const nk_conv_params *p, void *out, size_t idx, int64_t sum, int64_t bias_term)
 {
     const int32_t s = p->out_shift;
-    int64_t acc = nk_conv_sat_add(sum, bias_term), y;
+    int64_t acc = nk_sat_add64(sum, bias_term), y;
     acc = acc < p->acc_min ? p->acc_min : acc;
     acc = acc > p->acc_max ? p->acc_max : acc;
     if (s >= 1 && s <= 62 && acc > -((int64_t)1 << 62) && acc < ((int64_t)1 << 62)) {

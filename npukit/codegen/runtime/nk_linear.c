@@ -17,17 +17,6 @@
 #define NK_LINEAR_LANES 16
 #define NK_LINEAR_CHUNK (NK_LINEAR_LANES * 65536) /* products per lane-flush: 2^16 per lane */
 
-static int64_t nk_linear_sat_add(int64_t a, int64_t b)
-{
-    if (b > 0 && a > INT64_MAX - b) {
-        return INT64_MAX;
-    }
-    if (b < 0 && a < INT64_MIN - b) {
-        return INT64_MIN;
-    }
-    return a + b;
-}
-
 void nk_linear(const nk_linear_params *p, const int8_t *in, const void *weights, const int32_t *bias, void *out)
 {
     const int32_t n = p->in_features;
@@ -64,7 +53,7 @@ void nk_linear(const nk_linear_params *p, const int8_t *in, const void *weights,
             }
         }
         if (bias) {
-            sum = nk_linear_sat_add(sum, nk_round_shift(bias[o], -bias_shift, p->rounding));
+            sum = nk_sat_add64(sum, nk_round_shift(bias[o], -bias_shift, p->rounding));
         }
         acc = sum < p->acc_min ? p->acc_min : (sum > p->acc_max ? p->acc_max : sum);
         y = nk_round_shift(acc, p->out_shift, p->rounding);

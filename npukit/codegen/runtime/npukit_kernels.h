@@ -21,6 +21,8 @@ int64_t nk_round_shift(int64_t x, int32_t shift, nk_rounding mode);
 int64_t nk_round_div(int64_t x, int64_t n, nk_rounding mode);
 /* min(max(x, lo), hi) */
 int64_t nk_saturate(int64_t x, int64_t lo, int64_t hi);
+/* a + b saturated at the int64 bounds (the bias term joining an accumulator). */
+int64_t nk_sat_add64(int64_t a, int64_t b);
 /* Weight i of a tensor packed at `bits` (2, 4: two's complement, low bits first; 8: int8; 16: int16 LE,
  * read byte by byte, so any alignment and host byte order). Other widths return 0. */
 int32_t nk_weight(const void *weights, int32_t i, int32_t bits);
