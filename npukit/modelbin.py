@@ -266,21 +266,26 @@ def _pack_attr(node: Node, key: str, v, strings: _StringTable) -> bytes:
                         "255 integers and strings")
 
 
-def _param_bits(node: Node, name: str, arr: np.ndarray) -> int:
+def stored_bits(node: Node, name: str, arr: np.ndarray) -> int:
     """Stored bits: a weight at its node's w_bits, a bias as int32 when it fits, the rest at their dtype."""
+    if name == "weight" and "w_bits" in node.attrs:
+        return int(node.attrs["w_bits"])
+    if name == "bias":
+        return min(arr.dtype.itemsize * 8, 32) if _fits(arr, 32) else 64
+    return arr.dtype.itemsize * 8
+
+
+def _param_bits(node: Node, name: str, arr: np.ndarray) -> int:
+    """`stored_bits`, checked: the packer refuses what it could not read back."""
     what = f"node {node.name!r} param {name!r}"
     if arr.dtype.kind != "i":
         raise ModelBinError(f"cannot pack: {what} has dtype {arr.dtype}; model.bin stores signed integers")
     dtype_bits = arr.dtype.itemsize * 8
+    bits = stored_bits(node, name, arr)
     if name == "weight" and "w_bits" in node.attrs:
-        bits = node.attrs["w_bits"]
         if bits not in (2, 4, 8, 16) or bits > dtype_bits:
             raise ModelBinError(f"cannot pack: {what} is {arr.dtype} with w_bits {bits}; use 2, 4, 8 or 16, "
                                 "no wider than the dtype")
-    elif name == "bias":
-        bits = min(dtype_bits, 32) if _fits(arr, 32) else 64
-    else:
-        bits = dtype_bits
     if not _fits(arr, bits):
         raise ModelBinError(f"cannot pack: {what} holds values outside the signed {bits}-bit range")
     return bits

@@ -32,7 +32,6 @@ from .targets import TargetProfile, load_target
 KINDS = ("activations", "weights")
 ALIGNMENT = 4  # npukit.memplan.plan's default alignment: the arena holds every buffer rounded up to it
 OUTPUT_STEP = "(outputs)"  # label of the step after the last node, when the caller reads the outputs
-_INT32 = (-(2**31), 2**31 - 1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -45,17 +44,10 @@ def weight_bytes(graph) -> dict[str, int]:
     Weights are packed at the node's `w_bits` (4-bit: two per byte, the tensor rounded up to a byte);
     biases take 4 bytes each when every value fits int32, else 8; any other parameter its array's bytes.
     """
-    return {n.name: sum(_param_bytes(n.attrs, k, np.asarray(v)) for k, v in n.params.items()) for n in graph.nodes}
+    from .modelbin import stored_bits  # model.bin's one rule for each parameter's stored width
 
-
-def _param_bytes(attrs: dict, name: str, v: np.ndarray) -> int:
-    if name == "weight":
-        bits = int(attrs.get("w_bits", v.dtype.itemsize * 8))
-        return -(-v.size * bits // 8)
-    if name == "bias":
-        fits = v.size == 0 or (int(v.min()) >= _INT32[0] and int(v.max()) <= _INT32[1])
-        return v.size * (4 if fits else 8)
-    return int(v.nbytes)
+    return {n.name: sum(-(-v.size * stored_bits(n, k, np.asarray(v)) // 8) for k, v in n.params.items())
+            for n in graph.nodes}
 
 
 # ---------------------------------------------------------------------------------------------------

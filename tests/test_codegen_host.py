@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_differential import TARGETS, RandomNet, nets
+from test_differential import TARGETS, nets, random_graph_and_inputs
 
 import npukit
 from npukit import codegen, modelbin
@@ -92,14 +92,9 @@ def test_no_malloc_and_the_arena_is_the_planned_size(demo):
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(spec=nets(), target=st.sampled_from(sorted(TARGETS)), seed=st.integers(0, 2**16))
 def test_random_models_match_the_engine(spec, target, seed, tmp_path_factory):
-    ndim, cin, size, blocks, head = spec
-    rng = torch.Generator().manual_seed(seed)
-    model = RandomNet(ndim, cin, size, blocks, head, 5, rng)
-    x = torch.randn(16, cin, *size, generator=rng) * 3
-    graph = npukit.to_ir(npukit.prepare(model, x, target=TARGETS[target]))
+    graph, q = random_graph_and_inputs(spec, target, seed)
     project = codegen.generate(_packed(graph), tmp_path_factory.mktemp("r"))
     out = graph.output_spec()
-    q = graph.quantize_input(torch.randn(32, cin, *size, generator=rng).numpy() * 3)
     got = host.run_file(host.build(project, "run_file", opt="-O1"), q, out.dtype, int(np.prod(out.shape)), project)
     np.testing.assert_array_equal(got, npukit.run(graph, q)[0].reshape(len(q), -1))
 

@@ -94,6 +94,16 @@ def nets(draw):
     return ndim, cin, size, blocks, head
 
 
+def random_graph_and_inputs(spec, target: str, seed: int, n: int = 32):
+    """A random network (from `nets()`) prepared for TARGETS[target], its IR, and `n` quantized inputs."""
+    ndim, cin, size, blocks, head = spec
+    rng = torch.Generator().manual_seed(seed)
+    model = RandomNet(ndim, cin, size, blocks, head, 5, rng)
+    x = torch.randn(16, cin, *size, generator=rng) * 3
+    graph = npukit.to_ir(npukit.prepare(model, x, target=TARGETS[target]))
+    return graph, graph.quantize_input(torch.randn(n, cin, *size, generator=rng).numpy() * 3)
+
+
 TARGETS = {
     "venus": "venus",
     # The same chip arithmetic with the other rounding modes, low-bit weights and a narrow accumulator.

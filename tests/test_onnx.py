@@ -11,7 +11,7 @@ import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
-from test_differential import TARGETS, RandomNet, nets
+from test_differential import TARGETS, nets, random_graph_and_inputs
 
 import npukit
 
@@ -34,13 +34,8 @@ def _assert_same_graph(a: npukit.Graph, b: npukit.Graph):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(spec=nets(), target=st.sampled_from(sorted(TARGETS)), seed=st.integers(0, 2**16))
 def test_onnxruntime_matches_engine_and_import_round_trips(spec, target, seed, tmp_path):
-    ndim, cin, size, blocks, head = spec
-    rng = torch.Generator().manual_seed(seed)
-    model = RandomNet(ndim, cin, size, blocks, head, 5, rng)
-    x = torch.randn(16, cin, *size, generator=rng) * 3
-    graph = npukit.to_ir(npukit.prepare(model, x, target=TARGETS[target]))
+    graph, q = random_graph_and_inputs(spec, target, seed)
     path = npukit.export_onnx(graph, tmp_path / "m.onnx")
-    q = graph.quantize_input(torch.randn(32, cin, *size, generator=rng).numpy() * 3)
     (got,) = _ort_run(path, graph, q)
     want = npukit.run(graph, q)[0]
     assert got.dtype == want.dtype

@@ -60,7 +60,9 @@ class CBuilder:
             ctype = "int8_t" if bits == 8 else "int16_t"
             self.consts.append(f"static const {ctype} {name}[{w.size}] = {{{_list(w.ravel())}}};")
         else:
-            packed = pack_bits(w.ravel(), bits)
+            from ..modelbin import encode_values  # the same bytes model.bin stores
+
+            packed = np.frombuffer(encode_values(w, bits), np.uint8)
             self.consts.append(f"static const uint8_t {name}[{packed.size}] = {{{_list(packed)}}};  /* {bits}-bit */")
         return name
 
@@ -68,14 +70,6 @@ class CBuilder:
         body = ", ".join(f".{k} = {v}" for k, v in fields.items())
         self.consts.append(f"static const {ctype} {name} = {{{body}}};")
         return f"&{name}"
-
-
-def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
-    """2- or 4-bit two's complement values, packed low bits first into bytes."""
-    per = 8 // bits
-    v = (values.astype(np.int64) & ((1 << bits) - 1)).astype(np.uint8)
-    v = np.pad(v, (0, (-len(v)) % per)).reshape(-1, per)
-    return np.bitwise_or.reduce(v << (np.arange(per, dtype=np.uint8) * bits), axis=1).astype(np.uint8)
 
 
 def _list(values) -> str:
