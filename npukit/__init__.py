@@ -4,28 +4,53 @@
     ...train qmodel...
     graph = npukit.to_ir(qmodel)                                      # the integer graph
     y = npukit.run(graph, graph.quantize_input(x))                    # the reference engine
+
+Names are imported on first use (PEP 562), so `import npukit` and the deploy side (IR, engine,
+model.bin, planner, codegen, check) start without torch or onnx; `prepare` and friends load torch.
 """
 
-from . import arith
-from .checkpoint import load_checkpoint, save_checkpoint
-from .engine import run
-from .errors import NpukitError, Problem, ProblemsError
-from .ir import Graph, Node, TensorSpec
-from .onnx_io import export_onnx, load_onnx
-from .pack import PackResult, load_model, pack
-from .qat import calibrate, dequantize_output, freeze_observers, prepare, quantize_input, to_ir
-from .targets import TargetProfile, builtin_targets, load_target
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
+# public name -> module that defines it
+_EXPORTS = {
+    "arith": None,
+    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "run": "engine",
+    "NpukitError": "errors", "Problem": "errors", "ProblemsError": "errors",
+    "Graph": "ir", "Node": "ir", "TensorSpec": "ir",
+    "export_onnx": "onnx_io", "load_onnx": "onnx_io",
+    "PackResult": "packer", "load_model": "packer", "pack": "packer",
+    "calibrate": "qat", "dequantize_output": "qat", "freeze_observers": "qat", "prepare": "qat",
+    "quantize_input": "qat", "to_ir": "qat",
+    "TargetProfile": "targets", "builtin_targets": "targets", "load_target": "targets",
+    "check": "checker", "CheckResult": "checker",
+}
 
-def load_ir(path) -> Graph:
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'npukit' has no attribute {name!r}")
+    module = _EXPORTS[name]
+    if module is None:
+        return importlib.import_module(f".{name}", __name__)
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this hook
+    return value
+
+
+def load_ir(path):
     """Read an IR file written by `Graph.save`."""
+    from .ir import Graph
+
     return Graph.load(path)
 
 
-__all__ = [
-    "Graph", "Node", "PackResult", "load_model", "pack", "NpukitError", "Problem", "ProblemsError", "TargetProfile", "TensorSpec", "arith",
-    "builtin_targets", "calibrate", "export_onnx", "load_onnx", "dequantize_output", "freeze_observers", "load_checkpoint", "load_ir",
-    "load_target", "prepare", "quantize_input", "run", "save_checkpoint", "to_ir",
-]
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+__all__ = sorted([*_EXPORTS, "load_ir"])

@@ -66,7 +66,7 @@ def pack(
     report: Path | None = typer.Option(None, "--report", help="folder for report.md, report.html and arena.png"),
 ) -> None:
     """Plan memory at the lower bound and write a validated model.bin (and a flash/RAM report)."""
-    from .pack import pack as do_pack
+    from .packer import pack as do_pack
 
     try:
         r = do_pack(model, output, target=target, report_dir=report)
@@ -171,7 +171,7 @@ def run(
 
 
 def _load_model(path: Path):
-    from .pack import load_model
+    from .packer import load_model
 
     return load_model(path)
 

@@ -149,7 +149,7 @@ def stage_export(run: DemoRun) -> str:
 
 def stage_pack(run: DemoRun) -> str:
     from .modelbin import read
-    from .pack import pack
+    from .packer import pack
 
     result = pack(run.graph, run.out / "model.bin", report_dir=run.out / "report")
     packed = read(result.path)

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NpukitError
+from .schemes import Scheme, get_scheme
 
 IR_FORMAT = "npukit-ir"
-IR_VERSION = 1
+IR_VERSION = 2  # 2: MAC nodes carry their scheme's requantisation attributes
 
 
 @dataclass
@@ -62,6 +63,11 @@ class Graph:
     @property
     def rounding(self) -> str:
         return self.target["rounding"]
+
+    @property
+    def scheme(self) -> Scheme:
+        """The requantisation scheme of the target the graph was quantized for (npukit/schemes.py)."""
+        return get_scheme(self.target.get("scheme", "pow2"))
 
     def node(self, name: str) -> Node:
         for n in self.nodes:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from itertools import combinations
 
 from .ir import Graph, Node
+from .ops import get_op
 
 STRATEGIES = ("greedy_by_size", "greedy_by_breadth", "chain_alternate", "exact")
 
@@ -134,7 +135,7 @@ def buffers_from_graph(graph: Graph, batch: int = 1) -> list[Buffer]:
         spec = graph.tensors[t]
         return math.prod(spec.shape) * batch * spec.dtype.itemsize
 
-    alias = {n.outputs[0]: n.inputs[0] for n in graph.nodes if n.op == "reshape"}
+    alias = {n.outputs[0]: n.inputs[0] for n in graph.nodes if get_op(n.op).view}
     root = {t: _follow(alias, t) for t in first}
     dies: dict[str, int] = {}  # memory owner -> the last step any view of it is read
     for t in first:
@@ -142,7 +143,7 @@ def buffers_from_graph(graph: Graph, batch: int = 1) -> list[Buffer]:
     out = []
     for t in first:
         node, inplace = producer.get(t), None
-        if node is not None and node.op in ("relu", "add"):
+        if node is not None and get_op(node.op).inplace:
             inplace = _inplace_input(node.inputs, first[t], size(t), size, lambda x: dies[root[x]])
         out.append(Buffer(t, size(t), first[t], last.get(t, first[t]), alias.get(t), inplace))
     return out

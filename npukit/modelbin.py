@@ -21,9 +21,10 @@ import numpy as np
 
 from .errors import NpukitError
 from .ir import Graph, Node, TensorSpec
+from .ops.base import is_int as _is_int
 
 MAGIC = b"NPUK"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: MAC nodes carry requantisation attributes; the target names its scheme
 
 HEADER = struct.Struct("<4sHHHHII")  # magic, version, target id, flags, section count, file size, crc32
 SECTION = struct.Struct("<HHII")  # kind, reserved, offset, size
@@ -241,10 +242,6 @@ def _int_width(values: list[int], what: str) -> int:
     raise ModelBinError(f"cannot pack: {what} holds a value beyond int64")
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
-
-
 def _pack_attr(node: Node, key: str, v, strings: _StringTable) -> bytes:
     what = f"node {node.name!r} attribute {key!r}"
     if not isinstance(key, str):
@@ -366,57 +363,14 @@ def _target_profile(target, what: str):
         raise ModelBinError(f"{what} is not a valid target profile ({type(e).__name__}: {e})") from None
 
 
-# What the integer kernels read from each op's attributes and params, so a loaded graph is runnable and
-# not only structurally valid. Ops missing here get `Graph.validate` only. (This belongs beside each op,
-# as an OpDef facet; it lives here until the op files gain one.)
-_ATTRS: dict[str, dict[str, str]] = {
-    "conv": {"w_bits": "int", "w_exp": "int", "b_exp": "int", "relu": "bool", "wide": "bool", "ndim": "int",
-             "stride": "int list", "padding": "int list", "dilation": "int list", "groups": "int"},
-    "linear": {"w_bits": "int", "w_exp": "int", "b_exp": "int", "relu": "bool", "wide": "bool"},
-    "add": {"relu": "bool"},
-    "concat": {"axis": "int"},
-    "maxpool": {"ndim": "int", "kernel": "int list", "stride": "int list"},
-    "avgpool": {"ndim": "int", "kernel": "int list", "stride": "int list"},
-    "global_avgpool": {"keepdim": "bool"},
-    "reshape": {"shape": "int list"},
-}
-# Lower bounds that shape inference alone misses: a zero dilation on a 1x1 conv keeps the output shape.
-_AT_LEAST = {"stride": 1, "dilation": 1, "kernel": 1, "groups": 1, "padding": 0, "axis": 0}
-
-
-def _kind(v) -> str:
-    if isinstance(v, bool | np.bool_):
-        return "bool"
-    if _is_int(v):
-        return "int"
-    if isinstance(v, list) and all(_is_int(x) for x in v):
-        return "int list"
-    return type(v).__name__
-
-
 def _check_node(node: Node) -> str | None:
-    """The first reason the kernels could not run this node, if any."""
-    for key, kind in _ATTRS.get(node.op, {}).items():
-        if key not in node.attrs:
-            return f"lacks attribute {key!r}"
-        if _kind(node.attrs[key]) != kind:
-            return f"attribute {key!r} is {_kind(node.attrs[key])}, not {kind}"
-        v = node.attrs[key]
-        if key in _AT_LEAST and min(v if isinstance(v, list) else [v], default=1) < _AT_LEAST[key]:
-            return f"attribute {key!r} is {v}; it must be at least {_AT_LEAST[key]}"
-    if node.op not in ("conv", "linear"):
-        return None
-    if set(node.params) != {"weight", "bias"}:
-        return f"has params {sorted(node.params)}, not ['bias', 'weight']"
-    w, b, a = node.params["weight"], node.params["bias"], node.attrs
-    if a["w_bits"] not in (2, 4, 8, 16):
-        return f"has w_bits {a['w_bits']}"
-    rank = a["ndim"] + 2 if node.op == "conv" else 2
-    if node.op == "conv" and a["ndim"] not in (1, 2):
-        return f"has ndim {a['ndim']}"
-    if w.ndim != rank or b.shape != (w.shape[0],):
-        return f"has weight shape {w.shape} and bias shape {b.shape}"
-    return None
+    """The first reason the kernels could not run this node (the op's own attribute schema), if any."""
+    from .ops import get_op
+
+    try:
+        return get_op(node.op).check_node(node)
+    except NpukitError:
+        return None  # an unknown op: Graph.validate names it
 
 
 def _check_graph(graph: Graph, error) -> None:

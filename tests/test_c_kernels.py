@@ -34,6 +34,7 @@ from npukit import arith, modelbin
 from npukit.ir import Graph, Node, TensorSpec
 from npukit.models import mnist1d_cnn
 from npukit.ops import get_op
+from npukit.schemes import get_scheme
 
 RUNTIME = Path(npukit.__file__).parent / "codegen" / "runtime"
 KERNEL_FILES = ["nk_arith.c", "nk_conv.c", "nk_linear.c", "nk_maxpool.c", "nk_avgpool.c", "nk_global_avgpool.c",
@@ -420,12 +421,11 @@ def _call(node: Node, graph: Graph, inputs: list[np.ndarray]) -> tuple[int, list
     if node.op in ("conv", "linear"):
         x = g.tensors[node.inputs[0]]
         w, bias = node.params["weight"], node.params["bias"]
-        e_acc = x.exp + a["w_exp"]
         assert out.dtype.itemsize in (1, 4) and np.all((bias >= -(2**31)) & (bias < 2**31))
-        tail = {"w_bits": a["w_bits"], "bias_shift": e_acc - a["b_exp"], "out_shift": e_acc - out.exp,
-                "rounding": MODES[g.rounding], "out_bytes": out.dtype.itemsize}
-        tail["acc_min"], tail["acc_max"] = arith.int_range(g.target["accumulator_bits"])
-        tail["act_min"], tail["act_max"] = arith.act_range(out.bits, a["relu"])
+        tail = {"w_bits": a["w_bits"], "bias_shift": a["bias_shift"], "out_shift": a["out_shift"],
+                "rounding": MODES[a["rounding"]], "out_bytes": out.dtype.itemsize, "act_min": a["act_min"],
+                "act_max": a["act_max"]}
+        tail["acc_min"], tail["acc_max"] = arith.int_range(a["acc_bits"])
         if node.op == "linear":
             p = LinearParams(in_features=w.shape[1], out_features=w.shape[0], **tail)
             kind = LINEAR
@@ -471,6 +471,12 @@ def _call(node: Node, graph: Graph, inputs: list[np.ndarray]) -> tuple[int, list
 
 
 def _graph(node: Node, specs: list[TensorSpec], target: dict) -> Graph:
+    if node.op in ("conv", "linear"):  # the pow2 scheme's requantisation attributes, as conversion stores them
+        x, out, a = specs[0], specs[-1], node.attrs
+        e_acc = x.exp + a["w_exp"]
+        a.update(get_scheme("pow2").mac_attrs(e_acc=e_acc, b_exp=a["b_exp"], e_out=out.exp, out_bits=out.bits,
+                                              relu=a["relu"], wide=a["wide"], acc_bits=target["accumulator_bits"],
+                                              rounding=target["rounding"]))
     g = Graph(target, [s.name for s in specs if s.name in node.inputs], list(node.outputs),
               {s.name: s for s in specs}, [node])
     g.validate()

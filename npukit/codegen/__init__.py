@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import arith
 from ..errors import NpukitError
 from ..ir import Graph
 
@@ -83,18 +82,6 @@ def _ctype(bits: int) -> str:
     if 16 < bits <= 32:
         return "int32_t"
     raise NpukitError(f"codegen supports 8-bit or 17..32-bit (wide) outputs, not {bits}-bit")
-
-
-def mac_limits(graph: Graph, node) -> dict:
-    """Offline parameters shared by conv and linear calls (docs/arithmetic.md, MAC pipeline)."""
-    a = node.attrs
-    e_acc = graph.tensors[node.inputs[0]].exp + a["w_exp"]
-    out = graph.tensors[node.outputs[0]]
-    acc_lo, acc_hi = arith.int_range(graph.target["accumulator_bits"])
-    act_lo, act_hi = arith.act_range(out.bits, a["relu"])
-    return {"w_bits": a["w_bits"], "bias_shift": e_acc - a["b_exp"], "out_shift": e_acc - out.exp,
-            "acc_min": f"{acc_lo}LL", "acc_max": f"{acc_hi}LL", "act_min": act_lo, "act_max": act_hi,
-            "rounding": ROUNDING_C[graph.rounding], "out_bytes": 1 if out.bits <= 8 else 4}
 
 
 def generate(model, out_dir: str | Path, *, kat_input: np.ndarray | None = None) -> Path:

@@ -1,6 +1,33 @@
-"""The op set. Importing this package registers every op; `get_op(name)` finds one."""
+"""The op set: an explicit, ordered list (no registration by import). `get_op(name)` finds one.
 
-from . import add, concat, mac, pool, relu, reshape  # noqa: F401  (registration side effects)
-from .base import Captured, OpDef, all_ops, get_op, node_name, register
+Adding an op: write its file here (every deploy-side facet), its QAT module and capture in
+`npukit/qat/`, and list it below and in `npukit.qat.capture.CAPTURES`.
+"""
 
-__all__ = ["Captured", "OpDef", "all_ops", "get_op", "node_name", "register"]
+from __future__ import annotations
+
+from ..errors import NpukitError
+from .add import Add
+from .base import OpDef
+from .concat import Concat
+from .mac import Conv, Linear
+from .pool import AvgPool, GlobalAvgPool, MaxPool
+from .relu import ReLU
+from .reshape import Reshape
+
+OPS: tuple[OpDef, ...] = (Conv(), Linear(), MaxPool(), AvgPool(), GlobalAvgPool(), Add(), Concat(), ReLU(), Reshape())
+_BY_NAME = {op.name: op for op in OPS}
+
+
+def get_op(name: str) -> OpDef:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise NpukitError(f"unknown op {name!r}; known ops: {', '.join(sorted(_BY_NAME))}") from None
+
+
+def all_ops() -> list[OpDef]:
+    return list(OPS)
+
+
+__all__ = ["OPS", "OpDef", "all_ops", "get_op"]

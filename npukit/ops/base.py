@@ -1,78 +1,57 @@
-"""What an op is: the facets every stage asks of it, and the registry that finds it.
+"""What an op is: every fact the deploy side asks of it, in one class per op.
 
-Each op file defines one `OpDef` subclass (IR side: shapes, integer kernel, MACs) and, beside it, the
-QAT torch module it is captured into. Later stages add their facets (rules, ONNX mapping, C call) to
-the same class, so adding an op touches one file plus its tests.
+Each op file defines `OpDef` subclasses with all their facets: the attribute schema (model.bin and
+`Graph.validate` read it from here), planner flags (a view aliases its input, an in-place op may write
+over it), shape inference, the integer kernel, MACs, the target rules, the ONNX mapping and the C call.
+Nothing here needs torch or onnx: the QAT module and the capture of each op live on the torch side
+(`npukit.qat`), and ONNX is imported only inside `to_onnx`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ..errors import NpukitError
-
 if TYPE_CHECKING:
-    import torch.fx as fx
-
     from ..codegen import CBuilder
+    from ..errors import Problem
     from ..ir import Graph, Node
     from ..onnx_io import OnnxBuilder
-    from ..qat.capture import CaptureContext
-    from ..qat.fakequant import QModule
+    from ..targets import TargetProfile
 
-_REGISTRY: dict[str, OpDef] = {}
-
-
-@dataclass
-class Captured:
-    """What an op made of a traced node: the QAT module and the traced nodes it stands for."""
-
-    module: QModule
-    name: str  # IR node name and state_dict prefix: the PyTorch module path, or the function's node name
-    inputs: list[fx.Node]  # traced nodes whose values feed it
-    last: fx.Node  # the traced node whose value its output replaces
-    absorbed: list[fx.Node] = field(default_factory=list)  # fused nodes (BN, ReLU) after the first
-
-
-def node_name(node: fx.Node) -> str:
-    """A traced node's stable name: the module path for modules, the fx node name for functions."""
-    return str(node.target) if node.op == "call_module" else node.name
-
-
-def register(cls: type[OpDef]) -> type[OpDef]:
-    if cls.name in _REGISTRY:
-        raise RuntimeError(f"op {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls()
-    return cls
-
-
-def get_op(name: str) -> OpDef:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise NpukitError(f"unknown op {name!r}; known ops: {', '.join(sorted(_REGISTRY))}") from None
-
-
-def all_ops() -> list[OpDef]:
-    return list(_REGISTRY.values())
+# Attribute kinds of the schema: what model.bin stores and reads back, and what validation checks.
+ATTR_KINDS = ("bool", "int", "int list", "str")
 
 
 class OpDef:
     name: ClassVar[str]
+    # key -> kind ("bool", "int", "int list", "str"); every key is required.
+    attrs: ClassVar[dict[str, str]] = {}
+    # key -> smallest allowed value (for ints and every element of int lists): what shapes alone miss.
+    attr_min: ClassVar[dict[str, int]] = {}
+    # Parameter arrays the op needs (their names); the kernels read nothing else.
+    params: ClassVar[tuple[str, ...]] = ()
+    view: ClassVar[bool] = False  # the output is its input's bytes reinterpreted (the planner aliases it)
+    inplace: ClassVar[bool] = False  # the kernel may write its output over an input of the same size
 
-    # Capture (torch side): does this fx node start this op, and what QAT module replaces it.
-    def matches(self, node: fx.Node, ctx: CaptureContext) -> bool:
-        return False
-
-    def capture(self, node: fx.Node, ctx: CaptureContext) -> Captured:
-        raise NotImplementedError
-
-    # IR side.
     def infer_shapes(self, node: Node, in_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         raise NotImplementedError
+
+    def check_node(self, node: Node) -> str | None:
+        """The first reason the kernel could not run this node (attributes, params), if any."""
+        for key, kind in self.attrs.items():
+            if key not in node.attrs:
+                return f"lacks attribute {key!r}"
+            if attr_kind(node.attrs[key]) != kind:
+                return f"attribute {key!r} is {attr_kind(node.attrs[key])}, not {kind}"
+            v = node.attrs[key]
+            low = self.attr_min.get(key)
+            if low is not None and min(v if isinstance(v, list) else [v], default=low) < low:
+                return f"attribute {key!r} is {v}; it must be at least {low}"
+        if self.params and set(node.params) != set(self.params):
+            return f"has params {sorted(node.params)}, not {sorted(self.params)}"
+        return None
 
     def run(self, node: Node, inputs: list[np.ndarray], graph: Graph) -> list[np.ndarray]:
         """The integer reference kernel: integer arrays (batch first) in, integer arrays out."""
@@ -81,6 +60,10 @@ class OpDef:
     def macs(self, node: Node, graph: Graph) -> int:
         """Multiply-accumulates per sample (0 for data movement)."""
         return 0
+
+    def rules(self, node: Node, graph: Graph, profile: TargetProfile) -> list[Problem]:
+        """Every way this node breaks the target's rules (see npukit/rules.py for the helpers)."""
+        return []
 
     # ONNX export: standard operators that compute `run` exactly (see npukit/onnx_io.py).
     def to_onnx(self, node: Node, inputs: list[str], b: OnnxBuilder) -> str:
@@ -91,3 +74,19 @@ class OpDef:
     def to_c(self, node: Node, b: CBuilder) -> list[str]:
         """C statements for one sample; tensors are `b.ptr(name)` in the planned arena."""
         raise NotImplementedError(f"op {self.name!r} has no C kernel")
+
+
+def is_int(v) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+
+
+def attr_kind(v) -> str:
+    if isinstance(v, bool | np.bool_):
+        return "bool"
+    if is_int(v):
+        return "int"
+    if isinstance(v, list) and all(is_int(x) for x in v):
+        return "int list"
+    if isinstance(v, str):
+        return "str"
+    return type(v).__name__

@@ -2,6 +2,7 @@
 
 Max pooling is exact on integers. Average pooling sums the window and divides by its size with the
 target's pool rounding (`arith.round_div`), so a non-power-of-two window is as exact as any other.
+The QAT modules and capture are in npukit/qat/pool.py.
 """
 
 from __future__ import annotations
@@ -9,48 +10,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from .. import arith
-from ..errors import UnsupportedError
-from ..ir import Node
-from ..qat.fakequant import QModule, ste
-from .base import Captured, OpDef, node_name, register
-
-_MAX_FUNCS = {"max_pool1d", "max_pool2d", "_max_pool1d", "_max_pool2d"}
-_AVG_FUNCS = {"avg_pool1d", "avg_pool2d"}
-_GLOBAL_FUNCS = {"adaptive_avg_pool1d", "adaptive_avg_pool2d"}
-
-
-def _fn_name(node) -> str:
-    return getattr(node.target, "__name__", "") if node.op == "call_function" else ""
-
-
-def _tuple(v, n: int) -> tuple[int, ...]:
-    return tuple(v) if isinstance(v, tuple | list) else (v,) * n
-
-
-def _window_args(node, ctx, kind: str) -> dict:
-    """Kernel/stride of a pooling module or functional call, refusing what the integer kernels lack."""
-    ndim = len(ctx.shape(node.args[0])) - 2
-    mod = ctx.module(node)
-    if mod is not None:
-        k, s, p = mod.kernel_size, mod.stride, mod.padding
-        ceil, dil = mod.ceil_mode, getattr(mod, "dilation", 1)
-    else:
-        kw = ctx.kwargs(node)
-        k, s, p = kw["kernel_size"], kw.get("stride"), kw.get("padding", 0)
-        ceil, dil = kw.get("ceil_mode", False), kw.get("dilation", 1)
-        if kw.get("divisor_override"):
-            raise UnsupportedError("avg pooling with divisor_override is not supported", "drop divisor_override")
-    k = _tuple(k, ndim)
-    s = _tuple(s, ndim) if s not in (None, [], ()) else k
-    if any(_tuple(p, ndim)) or ceil or any(d != 1 for d in _tuple(dil, ndim)):
-        raise UnsupportedError(f"{kind} pooling supports padding=0, dilation=1, ceil_mode=False only",
-                               "pad with the conv before it instead, and size the input so the windows fit")
-    return {"ndim": ndim, "kernel": list(k), "stride": list(s)}
+from .base import OpDef
 
 
 def _window_reduce(x: np.ndarray, kernel, stride, combine) -> np.ndarray:
@@ -81,65 +43,14 @@ def _pool_c(node, b, kernel: str) -> list[str]:
     return [f"{kernel}({p}, {b.ptr(node.inputs[0])}, {b.ptr(node.outputs[0])});"]
 
 
-class _QPool(QModule):
-    keeps_exp = True
-
-    def __init__(self, profile, attrs: dict):
-        super().__init__(profile)
-        self.attrs = attrs
-
-    def to_ir(self, name, inputs, out_shape):
-        return Node(name, self.op, [inputs[0].name], [name], dict(self.attrs)), self._out_spec(name, inputs, out_shape)
+_WINDOW = {"ndim": "int", "kernel": "int list", "stride": "int list"}
+_WINDOW_MIN = {"ndim": 1, "kernel": 1, "stride": 1}
 
 
-class QMaxPool(_QPool):
-    op = "maxpool"
-
-    def forward(self, xs, exps):
-        fn = F.max_pool1d if self.attrs["ndim"] == 1 else F.max_pool2d
-        return fn(xs[0], self.attrs["kernel"], self.attrs["stride"])  # max of exact values is exact
-
-
-class QAvgPool(_QPool):
-    op = "avgpool"
-
-    def forward(self, xs, exps):
-        x, e = xs[0], int(exps[0])
-        k, s = self.attrs["kernel"], self.attrs["stride"]
-        xi = x.to(torch.float64) * 2.0**e
-        if self.attrs["ndim"] == 1:
-            total = F.avg_pool2d(xi.unsqueeze(2), (1, k[0]), (1, s[0]), divisor_override=1).squeeze(2)
-        else:
-            total = F.avg_pool2d(xi, k, s, divisor_override=1)
-        n = math.prod(k)
-        q = ste(total / n, arith.round_div(total.detach(), n, self.pool_rounding))
-        return (q * 2.0**-e).to(x.dtype)
-
-
-class QGlobalAvgPool(_QPool):
-    op = "global_avgpool"
-
-    def forward(self, xs, exps):
-        x, e = xs[0], int(exps[0])
-        dims = tuple(range(2, x.dim()))
-        total = (x.to(torch.float64) * 2.0**e).sum(dim=dims, keepdim=self.attrs["keepdim"])
-        n = math.prod(x.shape[2:])
-        q = ste(total / n, arith.round_div(total.detach(), n, self.pool_rounding))
-        return (q * 2.0**-e).to(x.dtype)
-
-
-@register
 class MaxPool(OpDef):
     name = "maxpool"
-
-    def matches(self, node, ctx):
-        return isinstance(ctx.module(node), nn.MaxPool1d | nn.MaxPool2d) or _fn_name(node) in _MAX_FUNCS
-
-    def capture(self, node, ctx):
-        if ctx.module(node) is not None and ctx.module(node).return_indices:
-            raise UnsupportedError("max pooling with return_indices=True is not supported", "set return_indices=False")
-        mod = QMaxPool(ctx.profile, _window_args(node, ctx, "max"))
-        return Captured(mod, node_name(node), [node.args[0]], node)
+    attrs = _WINDOW
+    attr_min = _WINDOW_MIN
 
     def infer_shapes(self, node, in_shapes):
         return _pool_shape(in_shapes[0], node.attrs["kernel"], node.attrs["stride"])
@@ -154,18 +65,10 @@ class MaxPool(OpDef):
         return b.op("MaxPool", inputs, kernel_shape=node.attrs["kernel"], strides=node.attrs["stride"])
 
 
-@register
 class AvgPool(OpDef):
     name = "avgpool"
-
-    def matches(self, node, ctx):
-        return isinstance(ctx.module(node), nn.AvgPool1d | nn.AvgPool2d) or _fn_name(node) in _AVG_FUNCS
-
-    def capture(self, node, ctx):
-        mod = ctx.module(node)
-        if mod is not None and getattr(mod, "divisor_override", None):
-            raise UnsupportedError("avg pooling with divisor_override is not supported", "drop divisor_override")
-        return Captured(QAvgPool(ctx.profile, _window_args(node, ctx, "average")), node_name(node), [node.args[0]], node)
+    attrs = _WINDOW
+    attr_min = _WINDOW_MIN
 
     def infer_shapes(self, node, in_shapes):
         return _pool_shape(in_shapes[0], node.attrs["kernel"], node.attrs["stride"])
@@ -191,29 +94,11 @@ class AvgPool(OpDef):
         return b.round_div(total, math.prod(k), b.graph.target["pool_rounding"])
 
 
-@register
 class GlobalAvgPool(OpDef):
     """AdaptiveAvgPool to 1, or mean over every spatial dimension (keepdim or not)."""
 
     name = "global_avgpool"
-
-    def matches(self, node, ctx):
-        mod = ctx.module(node)
-        if isinstance(mod, nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d):
-            return all(v == 1 for v in _tuple(mod.output_size, 2))
-        if _fn_name(node) in _GLOBAL_FUNCS:
-            return all(v == 1 for v in _tuple(ctx.kwargs(node)["output_size"], 2))
-        if (node.op == "call_method" and node.target == "mean") or (_fn_name(node) == "mean"):
-            rank = len(ctx.shape(node.args[0]))
-            dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-            dims = _tuple(dims, 1) if dims is not None else ()
-            return rank > 2 and sorted(d % rank for d in dims) == list(range(2, rank))
-        return False
-
-    def capture(self, node, ctx):
-        keepdim = len(ctx.shape(node)) == len(ctx.shape(node.args[0]))
-        mod = QGlobalAvgPool(ctx.profile, {"keepdim": keepdim})
-        return Captured(mod, node_name(node), [node.args[0]], node)
+    attrs = {"keepdim": "bool"}
 
     def infer_shapes(self, node, in_shapes):
         c, *spatial = in_shapes[0]

@@ -16,11 +16,22 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import NpukitError, Problem, ProblemsError
-from ..ops.base import node_name
 from ..targets import TargetProfile, load_target
+from .add import AddCapture
+from .base import OpCapture, node_name
+from .concat import ConcatCapture
 from .input import QInput
+from .mac import ConvCapture, LinearCapture
+from .pool import AvgPoolCapture, GlobalAvgPoolCapture, MaxPoolCapture
+from .relu import ReLUCapture
+from .reshape import ReshapeCapture
 
 INPUT_MODULE = "npukit_input"
+
+# Tried in this order on every traced node; the first whose `matches` says yes captures it.
+CAPTURES: tuple[OpCapture, ...] = (ConvCapture(), LinearCapture(), MaxPoolCapture(), AvgPoolCapture(),
+                                   GlobalAvgPoolCapture(), AddCapture(), ConcatCapture(), ReLUCapture(),
+                                   ReshapeCapture())
 
 _PASSTHROUGH_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 _PASSTHROUGH_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, torch.Tensor.contiguous)
@@ -172,9 +183,6 @@ def prepare(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
     env: dict[fx.Node, tuple[fx.Node, fx.Node]] = {}  # traced node -> (new value, its exponent getter)
     done: set[fx.Node] = set()
     problems: list[Problem] = []
-    from ..ops import all_ops  # late: op files import the QAT base modules from this package
-
-    ops = all_ops()
 
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
@@ -198,7 +206,7 @@ def prepare(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
             if node.args and node.args[0] in env:
                 env[node] = env[node.args[0]]
         else:
-            op = next((o for o in ops if o.matches(node, ctx)), None)
+            op = next((o for o in CAPTURES if o.matches(node, ctx)), None)
             if op is None:
                 problems.append(Problem(node_name(node), "unsupported-op",
                                         f"{_describe(node, ctx)} cannot be quantized", _fix_for(node, ctx),
@@ -207,7 +215,7 @@ def prepare(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
             try:
                 cap = op.capture(node, ctx)
             except NpukitError as e:
-                problems.append(Problem(node_name(node), f"{op.name}-unsupported", str(e),
+                problems.append(Problem(node_name(node), f"{op.op}-unsupported", str(e),
                                         getattr(e, "fix", ""), ctx.source(node)))
                 continue
             if any(i not in env for i in cap.inputs):

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .. import arith
+from ..schemes import Scheme, get_scheme
 from ..targets import TargetProfile
 
 if TYPE_CHECKING:
@@ -52,36 +53,37 @@ def quant_ste(x: torch.Tensor, exp: int, bits: int, mode: str, relu: bool = Fals
 
 
 class _Requant(torch.autograd.Function):
-    """y = acc * 2**-e_x (a MAC output) -> requantised real output, with a clipped straight-through gradient.
+    """y = acc * 2**-e_x (a MAC output, bias included) -> requantised real output, with a clipped
+    straight-through gradient.
 
-    One fused function instead of a surrogate graph: the forward is `arith.round_shift` + `arith.saturate`
-    (the contract), the backward passes the gradient where the rounded value was inside the range.
+    One fused function instead of a surrogate graph: the forward is the target scheme's `requantize`
+    (the contract), the backward passes the gradient where the rounded value was inside the output range.
     """
 
     @staticmethod
-    def forward(ctx, y, e_x: int, shift: int, e_out: int, bits: int, mode: str, relu: bool, exact_f32: bool):
-        lo, hi = arith.act_range(bits, relu)
+    def forward(ctx, y, e_x: int, e_out: int, scheme, attrs: dict, bound: int, exact_f32: bool):
         acc = (y if exact_f32 else y.to(torch.float64)) * 2.0**e_x  # integer-valued
-        r = arith.round_shift(acc, shift, mode)
-        q = arith.saturate(r, lo, hi)
+        # The scheme's pipeline without the final clip, then the clip: the clip's mask is the gradient's.
+        r = scheme.requantize(acc, {**attrs, "act_min": -(1 << 62), "act_max": 1 << 62}, bound)
+        q = arith.saturate(r, attrs["act_min"], attrs["act_max"])
         ctx.save_for_backward(q == r)  # inside the range
-        ctx.scale = 2.0 ** (e_x - shift - e_out)
+        ctx.scale = 2.0 ** (e_x - attrs["out_shift"] - e_out)
         return (q * 2.0**-e_out).float()
 
     @staticmethod
     def backward(ctx, grad):
         (inside,) = ctx.saved_tensors
-        return torch.where(inside, grad * ctx.scale, 0.0), *([None] * 7)
+        return torch.where(inside, grad * ctx.scale, 0.0), *([None] * 6)
 
 
-def requant_ste(y: torch.Tensor, e_x: int, shift: int, e_out: int, bits: int, mode: str, relu: bool,
-                bound: int) -> torch.Tensor:
-    """Requantise a MAC output `y` = acc * 2**-e_x to `bits` at `e_out` (float32 real values).
+def requant_ste(y: torch.Tensor, e_x: int, e_out: int, scheme, attrs: dict, bound: int) -> torch.Tensor:
+    """Requantise a MAC output `y` = acc * 2**-e_x with the scheme's node attributes (float32 real values
+    at `e_out`).
 
     float32 suffices when every rounded value stays below 2**22 (then `v + 0.5` is exact); else float64.
     """
-    exact_f32 = y.dtype == torch.float32 and bound < 2 ** (22 + shift)
-    return _Requant.apply(y, e_x, shift, e_out, bits, mode, relu, exact_f32)
+    exact_f32 = y.dtype == torch.float32 and bound < 2 ** (22 + attrs["out_shift"])
+    return _Requant.apply(y, e_x, e_out, scheme, attrs, bound, exact_f32)
 
 
 def exact_carrier(bound: int, device: torch.device) -> torch.dtype:
@@ -109,8 +111,13 @@ class QModule(nn.Module):
         self.act_bits: int = profile.activation_bits
         self.acc_bits: int = profile.accumulator_bits
         self.bias_bits: int = profile.bias_bits
+        self.scheme_name: str = profile.scheme
         if not self.keeps_exp:
             self.register_buffer("out_exp", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def scheme(self) -> Scheme:
+        return get_scheme(self.scheme_name)
 
     def to_ir(self, name: str, inputs: list[TensorSpec], out_shape: tuple[int, ...]) -> tuple[Node, TensorSpec]:
         """This module as an IR node (integer parameters) and the spec of its output tensor."""

@@ -37,6 +37,7 @@ class TargetProfile(BaseModel):
     accumulator_bits: int = Field(32, ge=8, le=48)
     rounding: RoundingMode = "half_up"
     pool_rounding: RoundingMode = "half_up"
+    scheme: str = Field("pow2", description="requantisation scheme (npukit/schemes.py): pow2 or max78000")
     wide_output: bool = Field(False, description="last layer may output the raw accumulator (no clipping)")
     target_id: int = Field(0, ge=0, le=0xFFFF, description="stable number written into model.bin headers")
     memory: list[Memory] = Field(default_factory=list)
@@ -47,6 +48,10 @@ class TargetProfile(BaseModel):
         bad = [b for b in self.weight_bits if b not in (2, 4, 8, 16)]
         if bad:
             raise ValueError(f"weight_bits {bad} unsupported; use 2, 4, 8 or 16")
+        from ..schemes import SCHEMES
+
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme {self.scheme!r} is unknown; use one of {', '.join(SCHEMES)}")
         names = [m.name for m in self.memory]
         if len(set(names)) != len(names):
             raise ValueError(f"memory names repeat: {names}")

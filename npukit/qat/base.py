@@ -1,0 +1,40 @@
+"""What capture asks of each op on the torch side: does a traced node start it, and what replaces it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    import torch.fx as fx
+
+    from .capture import CaptureContext
+    from .fakequant import QModule
+
+
+@dataclass
+class Captured:
+    """What an op made of a traced node: the QAT module and the traced nodes it stands for."""
+
+    module: QModule
+    name: str  # IR node name and state_dict prefix: the PyTorch module path, or the function's node name
+    inputs: list[fx.Node]  # traced nodes whose values feed it
+    last: fx.Node  # the traced node whose value its output replaces
+    absorbed: list[fx.Node] = field(default_factory=list)  # fused nodes (BN, ReLU) after the first
+
+
+def node_name(node: fx.Node) -> str:
+    """A traced node's stable name: the module path for modules, the fx node name for functions."""
+    return str(node.target) if node.op == "call_module" else node.name
+
+
+class OpCapture:
+    """The torch side of one IR op (`op` names it in `npukit.ops`)."""
+
+    op: ClassVar[str]
+
+    def matches(self, node: fx.Node, ctx: CaptureContext) -> bool:
+        return False
+
+    def capture(self, node: fx.Node, ctx: CaptureContext) -> Captured:
+        raise NotImplementedError

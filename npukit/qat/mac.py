@@ -1,0 +1,154 @@
+"""QAT conv/linear (torch side of npukit/ops/mac.py): float parameters, the target's exact integer forward."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import arith
+from ..errors import UnsupportedError
+from ..ir import Node, TensorSpec
+from .base import Captured, OpCapture, node_name
+from .fakequant import ObservedQModule, exact_carrier, quant_ste, requant_ste
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+class QMac(ObservedQModule):
+    """QAT conv/linear: float parameters, exact integer forward."""
+
+    def __init__(self, profile, weight, bias, *, w_bits, relu, wide, conv: dict | None):
+        super().__init__(profile)
+        self.weight = nn.Parameter(weight.detach().clone().float())
+        self.bias = nn.Parameter(bias.detach().clone().float())
+        self.w_bits, self.relu, self.wide, self.conv = w_bits, relu, wide, conv
+        self.op = "conv" if conv else "linear"
+
+    @property
+    def fan_in(self) -> int:
+        return math.prod(self.weight.shape[1:])
+
+    def int_params(self, e_x: int):
+        """Integer weight and bias (integer-valued tensors, straight-through), their exponents, and the
+        largest |integer| of each (computed from the float maxima, sparing two reductions)."""
+        w_max = float(self.weight.detach().abs().max())
+        w_exp = arith.fit_exponent(w_max, self.w_bits)
+        qw = quant_ste(self.weight, w_exp, self.w_bits, self.rounding)
+        b = self.bias.to(torch.float64)
+        b_max = float(b.detach().abs().max())
+        b_exp = self.scheme.bias_exp(self.bias_bits, e_x + w_exp, b_max)
+        qb = quant_ste(b, b_exp, self.bias_bits, self.rounding)
+        # max |round(v)| <= round(max |v|) + 1 under every mode: a safe bound for the carrier choice
+        return qw, w_exp, qb, b_exp, int(w_max * 2.0**w_exp) + 1, int(b_max * 2.0**b_exp) + 1
+
+    def _mac(self, x, w, b):
+        if self.conv is None:
+            return F.linear(x, w, b)
+        c = self.conv
+        fn = F.conv1d if c["ndim"] == 1 else F.conv2d
+        return fn(x, w, b, c["stride"], c["padding"], c["dilation"], c["groups"])
+
+    def _attrs(self, e_acc: int, b_exp: int, e_out: int) -> dict:
+        return self.scheme.mac_attrs(e_acc=e_acc, b_exp=b_exp, e_out=e_out, out_bits=self.act_bits, relu=self.relu,
+                                     wide=self.wide, acc_bits=self.acc_bits, rounding=self.rounding)
+
+    def forward(self, xs, exps):
+        x, e_x = xs[0], int(exps[0])
+        qw, w_exp, qb, b_exp, qw_max, qb_max = self.int_params(e_x)
+        e_acc = e_x + w_exp
+        bound = arith.accumulator_bound(self.fan_in, self.act_bits, qw_max, qb_max << (e_acc - b_exp))
+        carrier = exact_carrier(bound, x.device)
+        # Real x times integer weights gives y = acc * 2**-e_x exactly (power-of-two scaling), so the bias
+        # goes in at that scale and the conv's own bias add does the accumulation.
+        y = self._mac(x.to(carrier), qw.to(carrier), (qb * 2.0 ** (e_acc - b_exp - e_x)).to(carrier))
+        if self.wide:
+            self.out_exp.fill_(e_acc)
+            acc_lo, acc_hi = arith.int_range(self.acc_bits)
+            if bound > acc_hi:  # the accumulator can overflow: saturate it exactly, in integer units
+                y = arith.saturate(y.to(torch.float64) * 2.0**e_x, acc_lo, acc_hi) * 2.0**-e_x
+            return y.to(torch.float64) * 2.0**-w_exp  # float64: an int32 accumulator does not fit float32
+        def observed():
+            m = y.detach().max().clamp(min=0) if self.relu else y.detach().abs().max()
+            return m * 2.0**-w_exp
+
+        e_out = self.scheme.out_exp(e_acc, self.observe(observed, self.act_bits))
+        self.out_exp.fill_(e_out)
+        return requant_ste(y, e_x, e_out, self.scheme, self._attrs(e_acc, b_exp, e_out), bound)
+
+    def to_ir(self, name, inputs, out_shape):
+        e_x = inputs[0].exp
+        with torch.no_grad():
+            qw, w_exp, qb, b_exp, _, _ = self.int_params(e_x)
+        e_acc = e_x + w_exp
+        w_dtype = np.int8 if self.w_bits <= 8 else np.int16
+        if self.wide:
+            out = TensorSpec(name, tuple(out_shape), self.acc_bits, e_acc)
+        else:
+            out = self._out_spec(name, inputs, out_shape)
+        attrs = {"w_bits": self.w_bits, "w_exp": w_exp, "b_exp": b_exp, "relu": self.relu, "wide": self.wide,
+                 **self.scheme.mac_attrs(e_acc=e_acc, b_exp=b_exp, e_out=out.exp, out_bits=out.bits, relu=self.relu,
+                                         wide=self.wide, acc_bits=self.acc_bits, rounding=self.rounding)}
+        if self.conv:
+            attrs.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.conv.items()})
+        params = {"weight": qw.numpy().astype(w_dtype), "bias": qb.numpy().astype(np.int64)}
+        return Node(name, self.op, [inputs[0].name], [name], attrs, params), out
+
+
+def _capture_mac(node, ctx, layer, conv: dict | None):
+    w = layer.weight.detach().float()
+    b = layer.bias.detach().float() if layer.bias is not None else torch.zeros(w.shape[0])
+    last, absorbed = node, []
+    bn = ctx.module(ctx.sole_user(node)) if ctx.sole_user(node) is not None else None
+    if isinstance(bn, _BN):
+        if not bn.track_running_stats or bn.running_var is None:
+            raise UnsupportedError("the BatchNorm after it keeps no running statistics, so it cannot be folded",
+                                   "use BatchNorm with track_running_stats=True and train the float model first")
+        scale = bn.weight.detach() if bn.affine else torch.ones_like(bn.running_var)
+        shift = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_mean)
+        k = scale / torch.sqrt(bn.running_var + bn.eps)
+        w = w * k.view(-1, *([1] * (w.dim() - 1)))
+        b = (b - bn.running_mean) * k + shift
+        last = ctx.sole_user(node)
+        absorbed.append(last)
+    relu, last, more = ctx.fuse_relu(last)
+    absorbed += more
+    # Wide (accumulator) output only for a pure model output: a layer reading it would get 32-bit inputs.
+    wide = ctx.wide_output and not relu and ctx.is_graph_output(last) and len(last.users) == 1
+    module = QMac(ctx.profile, w, b, w_bits=ctx.weight_bits, relu=relu, wide=wide, conv=conv)
+    return Captured(module, node_name(node), [node.args[0]], last, absorbed)
+
+
+class ConvCapture(OpCapture):
+    op = "conv"
+
+    def matches(self, node, ctx):
+        return isinstance(ctx.module(node), nn.Conv1d | nn.Conv2d)
+
+    def capture(self, node, ctx):
+        conv = ctx.module(node)
+        if conv.padding_mode != "zeros":
+            raise UnsupportedError(f"padding_mode={conv.padding_mode!r} is not supported", "use padding_mode='zeros'")
+        if isinstance(conv.padding, str):
+            raise UnsupportedError(f"padding={conv.padding!r} is not supported",
+                                   "give the padding as numbers, e.g. padding=k // 2 for an odd kernel k")
+        ndim = 1 if isinstance(conv, nn.Conv1d) else 2
+        args = {"ndim": ndim, "stride": tuple(conv.stride), "padding": tuple(conv.padding),
+                "dilation": tuple(conv.dilation), "groups": conv.groups}
+        return _capture_mac(node, ctx, conv, args)
+
+
+class LinearCapture(OpCapture):
+    op = "linear"
+
+    def matches(self, node, ctx):
+        return isinstance(ctx.module(node), nn.Linear)
+
+    def capture(self, node, ctx):
+        if len(ctx.shape(node.args[0])) != 2:
+            raise UnsupportedError(f"Linear receives a {len(ctx.shape(node.args[0]))}-d tensor",
+                                   "flatten it to (batch, features) first, e.g. torch.flatten(x, 1)")
+        return _capture_mac(node, ctx, ctx.module(node), None)

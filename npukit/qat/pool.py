@@ -1,0 +1,143 @@
+"""QAT pooling modules and their capture (torch side of npukit/ops/pool.py). The exponent passes through."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import arith
+from ..errors import UnsupportedError
+from ..ir import Node
+from .base import Captured, OpCapture, node_name
+from .fakequant import QModule, ste
+
+_MAX_FUNCS = {"max_pool1d", "max_pool2d", "_max_pool1d", "_max_pool2d"}
+_AVG_FUNCS = {"avg_pool1d", "avg_pool2d"}
+_GLOBAL_FUNCS = {"adaptive_avg_pool1d", "adaptive_avg_pool2d"}
+
+
+def _fn_name(node) -> str:
+    return getattr(node.target, "__name__", "") if node.op == "call_function" else ""
+
+
+def _tuple(v, n: int) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, tuple | list) else (v,) * n
+
+
+def _window_args(node, ctx, kind: str) -> dict:
+    """Kernel/stride of a pooling module or functional call, refusing what the integer kernels lack."""
+    ndim = len(ctx.shape(node.args[0])) - 2
+    mod = ctx.module(node)
+    if mod is not None:
+        k, s, p = mod.kernel_size, mod.stride, mod.padding
+        ceil, dil = mod.ceil_mode, getattr(mod, "dilation", 1)
+    else:
+        kw = ctx.kwargs(node)
+        k, s, p = kw["kernel_size"], kw.get("stride"), kw.get("padding", 0)
+        ceil, dil = kw.get("ceil_mode", False), kw.get("dilation", 1)
+        if kw.get("divisor_override"):
+            raise UnsupportedError("avg pooling with divisor_override is not supported", "drop divisor_override")
+    k = _tuple(k, ndim)
+    s = _tuple(s, ndim) if s not in (None, [], ()) else k
+    if any(_tuple(p, ndim)) or ceil or any(d != 1 for d in _tuple(dil, ndim)):
+        raise UnsupportedError(f"{kind} pooling supports padding=0, dilation=1, ceil_mode=False only",
+                               "pad with the conv before it instead, and size the input so the windows fit")
+    return {"ndim": ndim, "kernel": list(k), "stride": list(s)}
+
+
+class _QPool(QModule):
+    keeps_exp = True
+
+    def __init__(self, profile, attrs: dict):
+        super().__init__(profile)
+        self.attrs = attrs
+
+    def to_ir(self, name, inputs, out_shape):
+        return Node(name, self.op, [inputs[0].name], [name], dict(self.attrs)), self._out_spec(name, inputs, out_shape)
+
+
+class QMaxPool(_QPool):
+    op = "maxpool"
+
+    def forward(self, xs, exps):
+        fn = F.max_pool1d if self.attrs["ndim"] == 1 else F.max_pool2d
+        return fn(xs[0], self.attrs["kernel"], self.attrs["stride"])  # max of exact values is exact
+
+
+class QAvgPool(_QPool):
+    op = "avgpool"
+
+    def forward(self, xs, exps):
+        x, e = xs[0], int(exps[0])
+        k, s = self.attrs["kernel"], self.attrs["stride"]
+        xi = x.to(torch.float64) * 2.0**e
+        if self.attrs["ndim"] == 1:
+            total = F.avg_pool2d(xi.unsqueeze(2), (1, k[0]), (1, s[0]), divisor_override=1).squeeze(2)
+        else:
+            total = F.avg_pool2d(xi, k, s, divisor_override=1)
+        n = math.prod(k)
+        q = ste(total / n, arith.round_div(total.detach(), n, self.pool_rounding))
+        return (q * 2.0**-e).to(x.dtype)
+
+
+class QGlobalAvgPool(_QPool):
+    op = "global_avgpool"
+
+    def forward(self, xs, exps):
+        x, e = xs[0], int(exps[0])
+        dims = tuple(range(2, x.dim()))
+        total = (x.to(torch.float64) * 2.0**e).sum(dim=dims, keepdim=self.attrs["keepdim"])
+        n = math.prod(x.shape[2:])
+        q = ste(total / n, arith.round_div(total.detach(), n, self.pool_rounding))
+        return (q * 2.0**-e).to(x.dtype)
+
+
+class MaxPoolCapture(OpCapture):
+    op = "maxpool"
+
+    def matches(self, node, ctx):
+        return isinstance(ctx.module(node), nn.MaxPool1d | nn.MaxPool2d) or _fn_name(node) in _MAX_FUNCS
+
+    def capture(self, node, ctx):
+        if ctx.module(node) is not None and ctx.module(node).return_indices:
+            raise UnsupportedError("max pooling with return_indices=True is not supported", "set return_indices=False")
+        mod = QMaxPool(ctx.profile, _window_args(node, ctx, "max"))
+        return Captured(mod, node_name(node), [node.args[0]], node)
+
+
+class AvgPoolCapture(OpCapture):
+    op = "avgpool"
+
+    def matches(self, node, ctx):
+        return isinstance(ctx.module(node), nn.AvgPool1d | nn.AvgPool2d) or _fn_name(node) in _AVG_FUNCS
+
+    def capture(self, node, ctx):
+        mod = ctx.module(node)
+        if mod is not None and getattr(mod, "divisor_override", None):
+            raise UnsupportedError("avg pooling with divisor_override is not supported", "drop divisor_override")
+        return Captured(QAvgPool(ctx.profile, _window_args(node, ctx, "average")), node_name(node), [node.args[0]], node)
+
+
+class GlobalAvgPoolCapture(OpCapture):
+    op = "global_avgpool"
+
+    def matches(self, node, ctx):
+        mod = ctx.module(node)
+        if isinstance(mod, nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d):
+            return all(v == 1 for v in _tuple(mod.output_size, 2))
+        if _fn_name(node) in _GLOBAL_FUNCS:
+            return all(v == 1 for v in _tuple(ctx.kwargs(node)["output_size"], 2))
+        if (node.op == "call_method" and node.target == "mean") or (_fn_name(node) == "mean"):
+            rank = len(ctx.shape(node.args[0]))
+            dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+            dims = _tuple(dims, 1) if dims is not None else ()
+            return rank > 2 and sorted(d % rank for d in dims) == list(range(2, rank))
+        return False
+
+    def capture(self, node, ctx):
+        keepdim = len(ctx.shape(node)) == len(ctx.shape(node.args[0]))
+        mod = QGlobalAvgPool(ctx.profile, {"keepdim": keepdim})
+        return Captured(mod, node_name(node), [node.args[0]], node)
