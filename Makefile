@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/pack_size.py
 	$(PY) benchmarks/engine_throughput.py
 	$(PY) benchmarks/c_kernels.py
+	$(PY) benchmarks/startup.py
 
 clean:
 	$(PY) -c "import shutil; [shutil.rmtree(p, True) for p in ('$(VENV)', 'npukit-out', '.pytest_cache')]"

@@ -33,6 +33,11 @@ _EXPORTS = {
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
+        try:  # a submodule (npukit.memplan, ...), as an eager package would have it after importing it
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
         raise AttributeError(f"module 'npukit' has no attribute {name!r}")
     module = _EXPORTS[name]
     if module is None:

@@ -14,12 +14,10 @@ and integer carriers give the same bits. Callers keep magnitudes below 2**52 (ac
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import numpy as np
 
-RoundingMode = Literal["half_up", "half_even", "floor", "trunc"]
-ROUNDING_MODES: tuple[str, ...] = ("half_up", "half_even", "floor", "trunc")
+from .rounding import ROUNDING_MODES, RoundingMode  # noqa: F401  (re-exported: arith is their home for users)
 
 MIN_EXP, MAX_EXP = -32, 32  # exponents outside this range mean a dead or exploding tensor
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -86,6 +85,8 @@ def codegen(
     input_path: Path | None = typer.Option(None, "--input", help=".npy integer sample for the known-answer test"),
 ) -> None:
     """Write a portable C99 project (model, kernels, known-answer test, Makefile, CMakeLists.txt)."""
+    import numpy as np
+
     from .codegen import generate
 
     try:
@@ -102,16 +103,113 @@ def codegen(
 
 
 @app.command()
-def targets() -> None:
-    """List the built-in target profiles."""
+def targets(name: str | None = typer.Argument(None, help="print this profile in full (a built-in name or a YAML path)")) -> None:
+    """List the built-in target profiles, or print one."""
     from .targets import builtin_targets, load_target
 
-    table = Table("target", "activation bits", "weight bits", "rounding", "accumulator bits", "description")
-    for name in builtin_targets():
-        t = load_target(name)
-        table.add_row(name, str(t.activation_bits), "/".join(map(str, t.weight_bits)), t.rounding,
-                      str(t.accumulator_bits), t.description)
+    if name is not None:
+        try:
+            t = load_target(name)
+        except NpukitError as e:
+            _fail(e)
+        import yaml
+
+        data = t.model_dump(exclude_none=True)
+        print(yaml.safe_dump(data, sort_keys=False, width=100).rstrip())  # plain: valid YAML at any width
+        return
+    table = Table("target", "summary", "description", box=None)
+    for n in builtin_targets():
+        t = load_target(n)
+        table.add_row(n, t.summary(), t.description)
     console.print(table)
+    console.print("`npukit targets NAME` prints one in full; docs/targets.md explains every field.")
+
+
+@app.command()
+def check(
+    model: str = typer.Argument(..., help="file.py:ClassName, a saved torch model (.pt), or an npukit .onnx/.npir/.bin"),
+    input_shape: str | None = typer.Option(None, "--input", help="example input shape with the batch, e.g. 1,3,32,32"),
+    target: str | None = typer.Option(None, help="a built-in target, a profile YAML, or 'all' for a verdict matrix "
+                                      "(default: an npukit file's own target; venus for a PyTorch model)"),
+    kwargs: str | None = typer.Option(None, "--kwargs", help="JSON arguments for the model's constructor"),
+    fmt: str = typer.Option("text", "--format", help="text or json"),
+    weight_bits: int | None = typer.Option(None, help="weight bits to check with (default: the target's)"),
+) -> None:
+    """Check a model against a target's rules and memories before training: every violation, with a fix."""
+    import json
+
+    from .checker import check as do_check
+    from .checker import load_class
+    from .targets import builtin_targets
+
+    if fmt not in ("text", "json"):
+        _fail(NpukitError(f"--format {fmt!r}: use text or json"))
+    try:
+        shape = None
+        if input_shape is not None:
+            try:
+                shape = tuple(int(v) for v in input_shape.replace("x", ",").split(",") if v.strip())
+            except ValueError:
+                raise NpukitError(f"--input {input_shape!r}: give the shape as numbers, e.g. 1,3,32,32") from None
+        obj = model
+        if kwargs is not None or (":" in model and model.split(":", 1)[0].endswith(".py")):
+            try:
+                kw = json.loads(kwargs) if kwargs else {}
+            except json.JSONDecodeError as e:
+                raise NpukitError(f"--kwargs is not valid JSON ({e})") from None
+            obj = load_class(model, kw)
+        names = builtin_targets() if target == "all" else [target]  # [None]: the model's own
+        results = {n: do_check(obj, shape, n, weight_bits=weight_bits) for n in names}
+    except NpukitError as e:
+        _fail(e)
+    if fmt == "json":
+        print(json.dumps({n: r.to_dict() for n, r in results.items()} if target == "all"
+                         else next(iter(results.values())).to_dict(), indent=1))
+    elif target == "all":
+        _print_matrix(results)
+    else:
+        _print_check(next(iter(results.values())))
+    if not all(r.ok for r in results.values()):
+        raise typer.Exit(1)
+
+
+def _print_check(r) -> None:
+    name = r.target.name
+    if r.problems:
+        n = len(r.errors)
+        console.print(f"[bold]{'FAIL' if n else 'PASS'}[/] on {name}: {n} violation{'s' * (n != 1)}"
+                      + (f", {len(r.problems) - n} warning(s)" if len(r.problems) > n else ""))
+        for p in r.problems:
+            console.print(f"  - {escape(str(p))}", highlight=False)
+    else:
+        console.print(f"[bold green]PASS[/] on {name}: every rule holds")
+    if r.graph is None or r.errors:
+        return
+    table = Table("layer", "op", "output", "weights B", "activations B", "MACs", box=None)
+    for row in r.layers:
+        table.add_row(row.name, row.op, "x".join(map(str, row.out_shape)), f"{row.weight_bytes:,}",
+                      f"{row.activation_bytes:,}", f"{row.macs:,}")
+    table.add_row("total", "", "", f"{sum(x.weight_bytes for x in r.layers):,}", "",
+                  f"{sum(x.macs for x in r.layers):,}")
+    console.print(table)
+    mem = Table("memory", "holds", "used", "capacity", "use", box=None)
+    for m in r.memory:
+        cap = m["capacity"]
+        mem.add_row(m["memory"] or "(none declared)", ", ".join(m["holds"]) or "-", f"{m['used']:,} B",
+                    f"{cap:,} B" if cap else "unknown", f"{m['used'] / cap:.1%}" if cap else "not verified")
+    console.print(mem)
+
+
+def _print_matrix(results: dict) -> None:
+    table = Table("target", "verdict", "violations (rule: layers)", box=None)
+    for name, r in results.items():
+        by_rule: dict[str, list[str]] = {}
+        for p in r.errors:
+            by_rule.setdefault(p.rule, []).append(p.where)
+        detail = "; ".join(f"{rule}: {', '.join(w)}" for rule, w in by_rule.items()) or "-"
+        table.add_row(name, "[green]PASS[/]" if r.ok else "[red]FAIL[/]", escape(detail))
+    console.print(table)
+    console.print("`npukit check MODEL --target NAME` lists each violation with its fix.")
 
 
 @app.command()
@@ -152,6 +250,8 @@ def run(
     quantize: bool = typer.Option(False, help="the input holds floats: quantize them at the model's input exponent"),
 ) -> None:
     """Run the integer reference engine."""
+    import numpy as np
+
     from . import engine
 
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 class NpukitError(Exception):
@@ -26,9 +26,19 @@ class Problem:
     message: str
     fix: str = ""
     source: str = ""  # file:line of the user's code, when known
+    severity: str = "error"  # "warning": reported, but nothing is refused for it
+
+    def with_source(self, source: str) -> Problem:
+        return replace(self, source=source)
+
+    def to_dict(self) -> dict:
+        return {"where": self.where, "rule": self.rule, "message": self.message, "fix": self.fix,
+                "source": self.source, "severity": self.severity}
 
     def __str__(self) -> str:
         text = f"{self.where}: [{self.rule}] {self.message}"
+        if self.severity != "error":
+            text = f"{self.severity}: {text}"
         if self.source:
             text += f" (at {self.source})"
         if self.fix:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import memplan, modelbin, report
 from .errors import NpukitError, ProblemsError
 from .ir import Graph
-from .targets import TargetProfile, load_target
+from .rules import check_graph
+from .targets import TargetProfile, arithmetic_differences, load_target
 
 
 @dataclass
@@ -38,8 +39,7 @@ def resolve_target(graph: Graph, target: str | Path | TargetProfile | None) -> T
     if target is None:
         return own
     other = load_target(target)
-    arithmetic = ("activation_bits", "bias_bits", "accumulator_bits", "rounding", "pool_rounding")
-    differ = [f for f in arithmetic if getattr(own, f) != getattr(other, f)]
+    differ = arithmetic_differences(own, other)
     if differ:
         raise NpukitError(f"the model was quantized for {own.name}, whose arithmetic differs from {other.name} in "
                           f"{', '.join(differ)}\n    fix: prepare and train the model for {other.name}")
@@ -47,15 +47,18 @@ def resolve_target(graph: Graph, target: str | Path | TargetProfile | None) -> T
 
 
 def pack(model: Graph | str | Path, out: str | Path, *, target=None, report_dir: str | Path | None = None) -> PackResult:
-    """Plan memory, check the target's limits, write model.bin (and the report when `report_dir` is set).
+    """Plan memory, check the target's rules and limits, write model.bin (and the report when `report_dir`
+    is set). model.bin records the profile it was packed for.
 
-    Over a limit: the report is still written (it shows where), then `ProblemsError` names the layers at
-    the peak and the bytes over; no model.bin is written.
+    A broken rule or a memory over its limit: the report is still written (it shows where), then
+    `ProblemsError` lists every problem (the same list as `npukit check`); no model.bin is written.
     """
     graph = model if isinstance(model, Graph) else load_model(model)
     profile = resolve_target(graph, target)
+    if profile.model_dump() != graph.target:
+        graph = replace(graph, target=profile.model_dump())
     plan = memplan.plan_graph(graph)
-    problems = report.check_limits(graph, plan, profile)
+    problems = [p for p in check_graph(graph, profile, plan=plan) if p.severity == "error"]
     files: dict[str, Path] = {}
     out = Path(out)
     size = None
@@ -65,5 +68,5 @@ def pack(model: Graph | str | Path, out: str | Path, *, target=None, report_dir:
     if report_dir is not None:
         files = report.write_report(graph, plan, profile, report_dir, model_bin_bytes=size)
     if problems:
-        raise ProblemsError(f"the model does not fit {profile.name}", problems)
+        raise ProblemsError(f"the model does not fit {profile.name}: it breaks its rules or memories", problems)
     return PackResult(out, graph, plan, size, files)

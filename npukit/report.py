@@ -164,19 +164,34 @@ def memory_usage(graph, plan: Plan, target=None, *, batch: int = 1, alignment: i
 
     weights = weight_bytes(graph)
     used = {"activations": plan.arena_bytes, "weights": sum(weights.values())}
+    all_kinds = KINDS
+    if profile.memory_for("bias") is not None:  # a chip with a bias memory of its own (MAX7800x)
+        # only layers that use a bias take bias memory (an all-zero bias is no bias)
+        bias = {n.name: n.params["bias"].size * profile.bias_bits // 8 for n in graph.nodes
+                if "bias" in n.params and n.params["bias"].any()}
+        weights = {n.name: weights[n.name] - (_stored_bias(n) if "bias" in n.params else 0) for n in graph.nodes}
+        used.update(weights=sum(weights.values()), bias=sum(bias.values()))
+        all_kinds = (*KINDS, "bias")
     kinds = {}
-    for k in KINDS:
+    for k in all_kinds:
         m = profile.memory_for(k)
         kinds[k] = KindUsage(k, used[k], m.name if m else None, m.bytes if m else None)
     memories = []
     for m in profile.memory:
-        holds = tuple(k for k in KINDS if kinds[k].memory == m.name)
+        holds = tuple(k for k in all_kinds if kinds[k].memory == m.name)
         memories.append(MemoryRow(m.name, holds, sum(used[k] for k in holds), m.bytes))
-    memories += [MemoryRow(None, (k,), used[k], None) for k in KINDS if kinds[k].memory is None]
+    memories += [MemoryRow(None, (k,), used[k], None) for k in all_kinds if kinds[k].memory is None]
 
     labels = [n.name for n in graph.nodes] + [OUTPUT_STEP] * (n_steps - len(graph.nodes))
     return MemoryUsage(kinds, memories, labels, live_bytes, occupied, live, contributions, peak, plan.arena_bytes,
                        plan.lower_bound_bytes, infos, weights, size, {r: (f, la) for r, (f, la) in span.items()})
+
+
+def _stored_bias(node) -> int:
+    from .modelbin import stored_bits
+
+    b = np.asarray(node.params["bias"])
+    return -(-b.size * stored_bits(node, "bias", b) // 8)
 
 
 def _profile(graph, target) -> TargetProfile:
@@ -223,7 +238,7 @@ def check_limits(graph, plan: Plan, target=None, *, batch: int = 1, alignment: i
     for row in usage.memories:
         if not row.over:
             continue
-        what = " and ".join(row.holds)
+        what = " and ".join("biases" if h == "bias" else h for h in row.holds)
         msg = (f"{what} need {row.used} bytes but {row.memory} holds {row.capacity} bytes: "
                f"{row.over} bytes over")
         fixes = []
@@ -239,6 +254,10 @@ def check_limits(graph, plan: Plan, target=None, *, batch: int = 1, alignment: i
                         f"{usage.lower_bound_bytes}, which would fit")
             fixes.append(f"shrink the feature maps before the peak layer {usage.steps[peak]} (pooling, a stride, "
                          "fewer channels)" + (", or run a smaller batch" if batch > 1 else ""))
+        elif row.holds == ("bias",):
+            where = ", ".join(n.name for n in graph.nodes if "bias" in n.params and n.params["bias"].any())
+            fixes.append("use bias=False on some layers (BatchNorm after a conv also needs a bias), or fewer "
+                         "output channels")
         else:
             heavy = sorted((n for n, b in usage.weights.items() if b), key=lambda n: -usage.weights[n])
             where = ", ".join(heavy[:5]) or graph.nodes[0].name
@@ -247,7 +266,9 @@ def check_limits(graph, plan: Plan, target=None, *, batch: int = 1, alignment: i
             fixes.append("use fewer or smaller weights in those layers (fewer channels"
                          + (f", {min(bits)}-bit weights" if bits else "") + ")")
         room = _room_elsewhere(profile, usage, row)
-        if room:
+        if "bias" in row.holds:
+            pass  # a bias memory is the chip's own: nothing can move there or out
+        elif room:
             fixes.append(f"move {what} to " + " or ".join(f"{m} ({free} bytes free)" for m, free in room)
                          + " (the memory's `holds` in the target profile)")
         else:

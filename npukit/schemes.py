@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from . import arith
 from .errors import NpukitError
 
 # The attributes a scheme stores in a MAC node (conv, linear); kernels read only these and the params.
@@ -37,6 +36,8 @@ class Scheme:
     # --- exponent choices (QAT side and conversion) --------------------------------------------------
     def bias_exp(self, bias_bits: int, e_acc: int, b_max_abs: float) -> int:
         """The bias exponent: as fine as the bias bits allow, never finer than the accumulator."""
+        from . import arith  # lazy: profiles load without numpy
+
         return min(e_acc, arith.fit_exponent(b_max_abs, bias_bits))
 
     def out_exp(self, e_acc: int, wanted: int) -> int:
@@ -51,6 +52,8 @@ class Scheme:
     def mac_attrs(self, *, e_acc: int, b_exp: int, e_out: int, out_bits: int, relu: bool, wide: bool,
                   acc_bits: int, rounding: str) -> dict:
         """The requantisation attributes of a conv/linear node (see the module doc)."""
+        from . import arith  # lazy: profiles load without numpy
+
         act_lo, act_hi = arith.int_range(out_bits) if wide else arith.act_range(out_bits, relu)
         return {"bias_shift": e_acc - b_exp, "out_shift": 0 if wide else e_acc - e_out, "act_min": act_lo,
                 "act_max": act_hi, "acc_bits": acc_bits, "rounding": rounding}
@@ -66,6 +69,8 @@ class Scheme:
         `bound` (max |acc|) skips the accumulator saturation when it cannot trigger; `out` (may be `acc`)
         takes the result in place.
         """
+        from . import arith  # lazy: profiles load without numpy
+
         lo, hi = arith.int_range(attrs["acc_bits"])
         if bound is None or bound > hi:
             acc = arith.saturate(acc, lo, hi, out=out)
@@ -80,11 +85,14 @@ class Scheme:
 
     def onnx_requantize(self, b, acc: str, attrs: dict) -> str:
         """ONNX nodes computing `requantize` on an integer-valued double tensor (bias already added)."""
+        from . import arith  # lazy: profiles load without numpy
+
         acc = b.saturate(acc, *arith.int_range(attrs["acc_bits"]))
         return b.saturate(b.round_shift(acc, attrs["out_shift"], attrs["rounding"]), attrs["act_min"], attrs["act_max"])
 
     def c_fields(self, attrs: dict) -> dict:
-        """The `nk_requant` struct fields (C literals) that `nk_requant` in npukit_kernels.h reads."""
+        """The fields (C literals) of the `nk_requant_params` that `nk_requant` in npukit_kernels.h reads."""
+        from . import arith  # lazy: profiles load without numpy
         from .codegen import ROUNDING_C
 
         lo, hi = arith.int_range(attrs["acc_bits"])

@@ -5,7 +5,9 @@ through ctypes. Every case is an IR node built by hand, mapped to its C call the
 maps it, and compared with the op's own numpy kernel (`OpDef.run`); the scalar functions are compared
 with exact integer references that are themselves checked against `arith`. A second build with
 AddressSanitizer and UBSan runs a batch of random cases in a small C harness, so a read past a border,
-a signed overflow or a shift of a negative value fails the run. Two real models run end to end.
+a signed overflow or a shift of a negative value fails the run. A build without SIMD (-DNK_CONV_NO_SIMD)
+runs nk_conv's portable paths, and a sweep over rounding ties and saturation holds nk_conv's
+specialisations of nk_requant (npukit_kernels.h) to the scheme's requantize. Two real models run end to end.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from models_for_tests import ref_round
 
 import npukit
 from npukit import arith, modelbin
+from npukit.codegen import ROUNDING_C
 from npukit.ir import Graph, Node, TensorSpec
 from npukit.models import mnist1d_cnn
 from npukit.ops import get_op
@@ -65,18 +68,17 @@ SETTINGS = settings(max_examples=150, deadline=None,
 
 def _struct(name, fields):
     types = {"i32": ctypes.c_int32, "i64": ctypes.c_int64, "enum": ctypes.c_int}
-    return type(name, (ctypes.Structure,), {"_fields_": [(f, types[t]) for f, t in fields]})
+    return type(name, (ctypes.Structure,), {"_fields_": [(f, types.get(t, t)) for f, t in fields]})
 
 
+RequantParams = _struct("RequantParams", [  # nk_requant_params, the fields of Scheme.c_fields
+    ("bias_shift", "i32"), ("out_shift", "i32"), ("acc_min", "i64"), ("acc_max", "i64"), ("act_min", "i32"),
+    ("act_max", "i32"), ("rounding", "enum")])
 ConvParams = _struct("ConvParams", [(f, "i32") for f in (
     "in_c", "in_h", "in_w", "out_c", "out_h", "out_w", "k_h", "k_w", "stride_h", "stride_w", "pad_h", "pad_w",
-    "dil_h", "dil_w", "groups", "w_bits", "bias_shift", "out_shift")] + [
-    ("acc_min", "i64"), ("acc_max", "i64"), ("act_min", "i32"), ("act_max", "i32"), ("rounding", "enum"),
-    ("out_bytes", "i32")])
+    "dil_h", "dil_w", "groups", "w_bits")] + [("rq", RequantParams), ("out_bytes", "i32")])
 LinearParams = _struct("LinearParams", [
-    ("in_features", "i32"), ("out_features", "i32"), ("w_bits", "i32"), ("bias_shift", "i32"), ("out_shift", "i32"),
-    ("acc_min", "i64"), ("acc_max", "i64"), ("act_min", "i32"), ("act_max", "i32"), ("rounding", "enum"),
-    ("out_bytes", "i32")])
+    ("in_features", "i32"), ("out_features", "i32"), ("w_bits", "i32"), ("rq", RequantParams), ("out_bytes", "i32")])
 PoolParams = _struct("PoolParams", [(f, "i32") for f in (
     "c", "in_h", "in_w", "out_h", "out_w", "k_h", "k_w", "stride_h", "stride_w")] + [("rounding", "enum")])
 
@@ -194,16 +196,20 @@ int main(void)
             }
             break;
         case 99: {
-            int32_t v[9];
+            int32_t v[13];
             v[0] = (int32_t)sizeof(nk_conv_params);
-            v[1] = (int32_t)offsetof(nk_conv_params, acc_min);
-            v[2] = (int32_t)offsetof(nk_conv_params, rounding);
+            v[1] = (int32_t)offsetof(nk_conv_params, rq);
+            v[2] = (int32_t)offsetof(nk_conv_params, rq.acc_min);
             v[3] = (int32_t)offsetof(nk_conv_params, out_bytes);
             v[4] = (int32_t)sizeof(nk_linear_params);
-            v[5] = (int32_t)offsetof(nk_linear_params, acc_min);
+            v[5] = (int32_t)offsetof(nk_linear_params, rq);
             v[6] = (int32_t)offsetof(nk_linear_params, out_bytes);
             v[7] = (int32_t)sizeof(nk_pool_params);
             v[8] = (int32_t)offsetof(nk_pool_params, rounding);
+            v[9] = (int32_t)sizeof(nk_requant_params);
+            v[10] = (int32_t)offsetof(nk_requant_params, acc_min);
+            v[11] = (int32_t)offsetof(nk_requant_params, act_min);
+            v[12] = (int32_t)offsetof(nk_requant_params, rounding);
             memcpy(res, v, sizeof v);
             break;
         }
@@ -235,8 +241,16 @@ def lib(tmp_path_factory):
     return _build_lib(tmp_path_factory.mktemp("nk") / "libnpukit_kernels.so")
 
 
-def _build_lib(out: Path) -> ctypes.CDLL:
-    _compile([CC, "-shared", "-fPIC", "-O2", *WARN, f"-I{RUNTIME}", *_sources(), "-o", str(out)], "building the kernels")
+@pytest.fixture(scope="session")
+def lib_scalar(tmp_path_factory):
+    """The kernels built with -DNK_CONV_NO_SIMD: nk_conv's portable paths (tiles, single outputs), which
+    SSE2 would otherwise take over for most 8-bit shapes on x86-64."""
+    return _build_lib(tmp_path_factory.mktemp("nk_scalar") / "libnpukit_kernels.so", ["-DNK_CONV_NO_SIMD"])
+
+
+def _build_lib(out: Path, flags: list[str] | None = None) -> ctypes.CDLL:
+    _compile([CC, "-shared", "-fPIC", "-O2", *WARN, *(flags or []), f"-I{RUNTIME}", *_sources(), "-o", str(out)],
+             "building the kernels")
     so = ctypes.CDLL(str(out))
     vp, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
     sigs = {
@@ -414,6 +428,14 @@ class _Rng(_Src):
 # --------------------------------------------------------------------------------------------------
 # IR node -> C call (what the code generator does), and random IR nodes
 
+def _requant_params(graph: Graph, attrs: dict) -> RequantParams:
+    """The node's nk_requant_params from the scheme's `c_fields` (the C literals the code generator writes)."""
+    fields = graph.scheme.c_fields(attrs)
+    assert list(fields) == [f for f, _ in RequantParams._fields_]
+    enum = {ROUNDING_C[m]: v for m, v in MODES.items()}
+    return RequantParams(**{k: enum[v] if k == "rounding" else int(str(v).removesuffix("LL")) for k, v in fields.items()})
+
+
 def _call(node: Node, graph: Graph, inputs: list[np.ndarray]) -> tuple[int, list[bytes], np.dtype, tuple]:
     """The kernel call for one sample: (kind, blobs, output dtype, output shape)."""
     g, a = graph, node.attrs
@@ -422,10 +444,7 @@ def _call(node: Node, graph: Graph, inputs: list[np.ndarray]) -> tuple[int, list
         x = g.tensors[node.inputs[0]]
         w, bias = node.params["weight"], node.params["bias"]
         assert out.dtype.itemsize in (1, 4) and np.all((bias >= -(2**31)) & (bias < 2**31))
-        tail = {"w_bits": a["w_bits"], "bias_shift": a["bias_shift"], "out_shift": a["out_shift"],
-                "rounding": MODES[a["rounding"]], "out_bytes": out.dtype.itemsize, "act_min": a["act_min"],
-                "act_max": a["act_max"]}
-        tail["acc_min"], tail["acc_max"] = arith.int_range(a["acc_bits"])
+        tail = {"w_bits": a["w_bits"], "rq": _requant_params(g, a), "out_bytes": out.dtype.itemsize}
         if node.op == "linear":
             p = LinearParams(in_features=w.shape[1], out_features=w.shape[0], **tail)
             kind = LINEAR
@@ -654,10 +673,12 @@ def test_no_floating_point_allocation_or_global_state(tmp_path):
 
 
 def test_struct_layout_matches_ctypes(harness):
-    (got,) = _run_harness(harness, [(LAYOUT, [bytes(36)])])
-    want = [ctypes.sizeof(ConvParams), ConvParams.acc_min.offset, ConvParams.rounding.offset, ConvParams.out_bytes.offset,
-            ctypes.sizeof(LinearParams), LinearParams.acc_min.offset, LinearParams.out_bytes.offset,
-            ctypes.sizeof(PoolParams), PoolParams.rounding.offset]
+    (got,) = _run_harness(harness, [(LAYOUT, [bytes(52)])])
+    want = [ctypes.sizeof(ConvParams), ConvParams.rq.offset, ConvParams.rq.offset + RequantParams.acc_min.offset,
+            ConvParams.out_bytes.offset, ctypes.sizeof(LinearParams), LinearParams.rq.offset,
+            LinearParams.out_bytes.offset, ctypes.sizeof(PoolParams), PoolParams.rounding.offset,
+            ctypes.sizeof(RequantParams), RequantParams.acc_min.offset, RequantParams.act_min.offset,
+            RequantParams.rounding.offset]
     assert list(np.frombuffer(got, np.int32)) == want
 
 
@@ -759,8 +780,13 @@ def test_weight_unpacking(lib, bits, data):
 # --------------------------------------------------------------------------------------------------
 # Kernels against the op kernels
 
-@pytest.mark.parametrize("op", sorted(CASES))
-def test_kernel_matches_op(lib, op):
+# Every op on the default build; conv and linear also on the build without SIMD (whose tile paths the
+# SSE2 path otherwise hides on x86).
+@pytest.mark.parametrize(("op", "build"), [(op, "lib") for op in sorted(CASES)] + [("conv", "lib_scalar"),
+                                                                                    ("linear", "lib_scalar")])
+def test_kernel_matches_op(request, op, build):
+    lib = request.getfixturevalue(build)
+
     @SETTINGS
     @given(data=st.data())
     def check(data):
@@ -768,6 +794,66 @@ def test_kernel_matches_op(lib, op):
         _check(lambda k, b: _run_ctypes(lib, k, b), node, graph, inputs)
 
     check()
+
+
+def _requant_sweep(scheme: str, mode: str, out_shift: int, acc_bits: int, variant: str, rng,
+                   bias_shift: int | None = None) -> tuple:
+    """A 1-d, 1x1 conv whose accumulators sweep 256 consecutive values (x = -128..127 times a weight of
+    +-1) or a 127/2/3 multiple of them, around bias terms placed on ties of the requantising shift and at
+    random over the output and accumulator ranges. `variant`: "w8" (SSE2 or tiles), "w8s2" (stride 2: one
+    output at a time), "w16" (through nk_weight). `bias_shift` overrides the one chosen here."""
+    weights = [1, -1, 1, -1, 1, 127, -127, 2, 3, -1]
+    if bias_shift is None:
+        bias_shift = 7 if scheme == "max78000" else max(0, min(acc_bits, max(out_shift, 0) + 9) - 30)
+    top = min(acc_bits, max(out_shift, 0) + 9) - bias_shift  # log2 of the interesting bias magnitudes
+    lim = min(1 << max(top, 1), (1 << 31) - 1)
+    bias = [int(b) for b in rng.integers(-lim, lim, len(weights), endpoint=True)]
+    if out_shift - 1 >= bias_shift:  # channels 0-4: bias terms exactly on ties m * 2^(out_shift-1), m odd
+        for c, m in enumerate((1, -1, 3, -5, 2 * int(rng.integers(0, 60)) + 1)):
+            b = m << (out_shift - 1 - bias_shift)
+            bias[c] = b if -(2**31) <= b < 2**31 else bias[c]
+    if bias_shift > 31:  # bias terms past int64: nk_requant_bias saturates, then the accumulator does
+        bias[-2:] = [-(2**31), 2**31 - 1]
+    w = np.array(weights, np.int16 if variant == "w16" else np.int8).reshape(-1, 1, 1)
+    if variant == "w16":
+        w[-1, 0, 0] = -30000
+    x = np.arange(-128, 128).astype(np.int8).reshape(1, 256)
+    attrs = {"w_bits": 16 if variant == "w16" else 8, "w_exp": 0, "b_exp": -bias_shift, "relu": bool(rng.integers(0, 2)),
+             "wide": False, "ndim": 1, "stride": [2 if variant == "w8s2" else 1], "padding": [0], "dilation": [1],
+             "groups": 1}
+    attrs.update(get_scheme(scheme).mac_attrs(e_acc=0, b_exp=-bias_shift, e_out=-out_shift, out_bits=8,
+                                              relu=attrs["relu"], wide=False, acc_bits=acc_bits, rounding=mode))
+    node = Node("conv", "conv", ["x"], ["y"], attrs, {"weight": w, "bias": np.array(bias, np.int64)})
+    shape = get_op("conv").infer_shapes(node, [x.shape])[0]
+    target = {"scheme": scheme, "rounding": mode, "pool_rounding": mode, "accumulator_bits": acc_bits}
+    g = Graph(target, ["x"], ["y"], {"x": TensorSpec("x", x.shape, 8, 0), "y": TensorSpec("y", shape, 8, -out_shift)},
+              [node])
+    g.validate()
+    return node, g, [x]
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_requant_specialisations_match_the_scheme(lib, lib_scalar, mode):
+    """nk_conv's specialisations of nk_requant (the per-channel fast path, its row loop and the SSE2 int32
+    epilogue) and nk_requant itself (shifts <= 0, or beyond the fast path's) against the scheme's requantize,
+    on every rounding tie, with the accumulator and output saturating, for pow2 and max78000 values."""
+    rng = np.random.default_rng(MODES[mode])
+    runs = [lambda k, b: _run_ctypes(lib, k, b), lambda k, b: _run_ctypes(lib_scalar, k, b)]
+    for scheme, shifts in (("pow2", (-3, -1, 0, 1, 2, 3, 5, 8, 13, 21, 29, 30, 31, 40, 47, 60, 61)),
+                           ("max78000", (-8, 0, 1, 4, 7, 12, 22))):
+        for out_shift in shifts:
+            # 6: an accumulator range narrower than the output's (after a left shift); 48: the profile limit,
+            # up to which the reference (float64) is exact
+            for acc_bits in (6, 16, 31, 32, 48):
+                for variant in ("w8", "w8s2", "w16"):
+                    case = _requant_sweep(scheme, mode, out_shift, acc_bits, variant, rng)
+                    for run in runs:
+                        _check(run, *case)
+    for bias_shift in (32, 40, 46):  # past nk_requant_bias's direct multiply (0..31)
+        for out_shift in (0, 30, 40, 46):
+            case = _requant_sweep("pow2", mode, out_shift, 48, "w8", rng, bias_shift)
+            for run in runs:
+                _check(run, *case)
 
 
 def _big_conv_case():
@@ -837,6 +923,11 @@ def test_kernels_under_sanitizers(harness):
     """A batch of random cases (every kernel, every path) in one ASan + UBSan run, compared with the ops."""
     cases = [CASES[op](_Rng(1000 * i + j)) for i, op in enumerate(sorted(CASES)) for j in range(60 if op == "conv" else 25)]
     cases.append(_dilated_conv_case())
+    sweep_rng = np.random.default_rng(11)  # requantisation edges: big shifts, saturating bias terms
+    cases += [_requant_sweep(scheme, mode, shift, acc_bits, variant, sweep_rng, bias_shift)
+              for mode in MODES for scheme, shift, acc_bits, variant, bias_shift in (
+                  ("pow2", 1, 16, "w8", None), ("pow2", 30, 31, "w8", None), ("pow2", 60, 48, "w8s2", None),
+                  ("pow2", -3, 48, "w16", None), ("pow2", 40, 48, "w8", 40), ("max78000", 22, 32, "w8", None))]
     big = _big_conv_case()
     rng, scalars = np.random.default_rng(7), []
     for kind in (ROUND_SHIFT, ROUND_DIV):
@@ -915,7 +1006,7 @@ LOWBIT = {"name": "lowbit", "activation_bits": 8, "weight_bits": [4, 2, 8, 16], 
 def test_models_match_engine(lib, model, shape, target, weight_bits):
     torch.manual_seed(0)
     x = torch.randn(32, *shape)
-    graph = npukit.to_ir(npukit.prepare(model(), x, target=target, weight_bits=weight_bits))
+    graph = npukit.to_ir(npukit.prepare(model(), x, target=target, weight_bits=weight_bits, rules="off"))
     if model is _Branchy:
         assert {n.op for n in graph.nodes} >= {"conv", "add", "concat", "relu", "maxpool", "avgpool",
                                                 "global_avgpool", "linear"}

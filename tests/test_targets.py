@@ -152,3 +152,10 @@ def test_edited_yaml_is_reread(tmp_path):
     assert load_target(path).activation_bits == 8
     _write(tmp_path, _venus_dict(name="editable", activation_bits=6))
     assert load_target(path).activation_bits == 6
+
+
+def test_profile_op_names_are_the_op_set():
+    from npukit.ops import OPS
+    from npukit.targets import OP_NAMES
+
+    assert list(OP_NAMES) == [op.name for op in OPS]

@@ -31,6 +31,11 @@ class Concat(OpDef):
                  for x, t in zip(inputs, node.inputs, strict=True)]
         return [np.concatenate(parts, axis=node.attrs["axis"] + 1).astype(out.dtype)]
 
+    def rules(self, node, graph, profile):
+        from ..rules import concat_rules
+
+        return concat_rules(node, graph, profile)
+
     def to_c(self, node, b):
         g, ax = b.graph, node.attrs["axis"]
         out = g.tensors[node.outputs[0]]

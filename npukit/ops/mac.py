@@ -53,12 +53,13 @@ def _mac_tail_onnx(node: Node, acc: str, b) -> str:
 
 
 def _mac_c(node: Node, b, geometry: dict) -> dict:
-    """Every field of a nk_conv_params / nk_linear_params: geometry, weight bits, the scheme's requant."""
+    """Every field of a nk_conv_params / nk_linear_params: geometry, weight bits, the scheme's requant
+    (its nk_requant_params `rq`, written as C99 nested designators `.rq.out_shift = ...`)."""
     out = b.graph.tensors[node.outputs[0]]
     if not (out.bits <= 8 or 16 < out.bits <= 32):
         raise NpukitError(f"{node.name}: codegen supports 8-bit or 17..32-bit (wide) outputs, not {out.bits}-bit")
-    return {**geometry, "w_bits": node.attrs["w_bits"], **b.graph.scheme.c_fields(node.attrs),
-            "out_bytes": 1 if out.bits <= 8 else 4}
+    rq = {f"rq.{k}": v for k, v in b.graph.scheme.c_fields(node.attrs).items()}
+    return {**geometry, "w_bits": node.attrs["w_bits"], **rq, "out_bytes": 1 if out.bits <= 8 else 4}
 
 
 def _check_mac(node: Node, rank: int) -> str | None:

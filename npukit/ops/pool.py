@@ -58,6 +58,11 @@ class MaxPool(OpDef):
     def run(self, node, inputs, graph):
         return [_window_reduce(inputs[0], node.attrs["kernel"], node.attrs["stride"], np.maximum)]
 
+    def rules(self, node, graph, profile):
+        from ..rules import pool_rules
+
+        return pool_rules(node, graph, profile)
+
     def to_c(self, node, b):
         return _pool_c(node, b, "nk_maxpool")
 
@@ -78,6 +83,11 @@ class AvgPool(OpDef):
         total = _window_reduce(inputs[0].astype(np.int64), k, node.attrs["stride"], np.add)
         q = arith.round_div(total, math.prod(k), graph.target["pool_rounding"])
         return [q.astype(inputs[0].dtype)]
+
+    def rules(self, node, graph, profile):
+        from ..rules import pool_rules
+
+        return pool_rules(node, graph, profile)
 
     def to_c(self, node, b):
         return _pool_c(node, b, "nk_avgpool")
@@ -110,6 +120,11 @@ class GlobalAvgPool(OpDef):
         total = x.sum(axis=axes, dtype=np.int64, keepdims=node.attrs["keepdim"])
         q = arith.round_div(total, math.prod(x.shape[2:]), graph.target["pool_rounding"])
         return [q.astype(x.dtype)]
+
+    def rules(self, node, graph, profile):
+        from ..rules import global_pool_rules
+
+        return global_pool_rules(node, graph, profile)
 
     def to_c(self, node, b):
         c, *spatial = b.graph.tensors[node.inputs[0]].shape

@@ -25,6 +25,11 @@ class Reshape(OpDef):
     def run(self, node, inputs, graph):
         return [inputs[0].reshape(inputs[0].shape[0], *node.attrs["shape"])]
 
+    def rules(self, node, graph, profile):
+        from ..rules import flatten_rules
+
+        return flatten_rules(node, graph, profile)
+
     def to_c(self, node, b):
         src, dst = node.inputs[0], node.outputs[0]
         if b.offsets[src] == b.offsets[dst]:

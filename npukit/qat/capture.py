@@ -148,12 +148,47 @@ def _is_passthrough(node: fx.Node, ctx: CaptureContext) -> bool:
 
 
 def prepare(model: nn.Module, example_input: torch.Tensor, target="venus", *, weight_bits: int | None = None,
-            wide_output: bool | None = None) -> fx.GraphModule:
+            wide_output: bool | None = None, rules: str = "error") -> fx.GraphModule:
     """Turn a float model into a QAT model that computes exactly the target's integer arithmetic.
 
     `example_input` is a batch (batch dimension first) used to trace shapes and to initialise the
     activation ranges. BatchNorm is folded with its running statistics, so train the float model first.
-    Raises `ProblemsError` listing every node that cannot be quantized.
+    Raises `ProblemsError` listing every node that cannot be quantized and every rule of the target the
+    model breaks (the same list as `npukit check`); `rules="warn"` only warns about the rules (e.g. to
+    study a model before reshaping it for the chip), `rules="off"` skips them.
+    """
+    if rules not in ("error", "warn", "off"):
+        raise NpukitError(f"rules={rules!r}; use 'error', 'warn' or 'off'")
+    qmodel, problems, profile = capture(model, example_input, target, weight_bits=weight_bits,
+                                        wide_output=wide_output, lenient=False)
+    if rules != "off":
+        problems = rule_problems(qmodel, profile)
+        errors = [p for p in problems if p.severity == "error"]
+        if errors and rules == "error":
+            raise ProblemsError(f"{type(model).__name__} breaks the rules of {profile.name}", problems)
+        if problems:
+            import warnings
+
+            warnings.warn(ProblemsError(f"{type(model).__name__} on {profile.name}", problems).args[0], stacklevel=2)
+    return qmodel
+
+
+def rule_problems(qmodel: fx.GraphModule, profile: TargetProfile) -> list[Problem]:
+    """The target's rules on a captured model (npukit/rules.py), with the user's source lines."""
+    from ..rules import check_graph
+    from .convert import to_ir
+
+    sources = {name: m.source for name, m in qmodel.named_modules() if getattr(m, "source", "")}
+    return check_graph(to_ir(qmodel), profile, sources=sources)
+
+
+def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, weight_bits: int | None = None,
+            wide_output: bool | None = None, lenient: bool = False):
+    """Trace and rebuild `model` from QAT modules: (qmodel, capture problems, profile).
+
+    Strict (`lenient=False`): any problem raises `ProblemsError`. Lenient (for `npukit check`): an
+    unsupported node that keeps its input's shape is passed through, so the layers after it are still
+    captured and checked; the qmodel is None when the graph could not be completed.
     """
     profile = load_target(target)
     weight_bits = weight_bits or profile.default_weight_bits
@@ -211,6 +246,9 @@ def prepare(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
                 problems.append(Problem(node_name(node), "unsupported-op",
                                         f"{_describe(node, ctx)} cannot be quantized", _fix_for(node, ctx),
                                         ctx.source(node)))
+                src = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+                if lenient and src in env and "tensor_meta" in node.meta and ctx.shape(src) == ctx.shape(node):
+                    env[node] = env[src]  # checked as if it were not there
                 continue
             try:
                 cap = op.capture(node, ctx)
@@ -225,6 +263,7 @@ def prepare(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
                                         "give each call its own module: each call is a layer with its own "
                                         "output exponent on the chip", ctx.source(node)))
                 continue
+            cap.module.source = ctx.source(node)
             root[cap.name] = cap.module
             values = [env[i][0] for i in cap.inputs]
             exps = [env[i][1] for i in cap.inputs]
@@ -233,13 +272,15 @@ def prepare(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
             env[cap.last] = (new, exp_node)
             done.update(cap.absorbed)
 
-    if problems:
+    if problems and not lenient:
         raise ProblemsError(f"{type(model).__name__} cannot be prepared for {profile.name}", problems)
+    if any(n not in env for n in ctx.output_nodes):
+        return None, problems, profile
     qmodel = fx.GraphModule(root, qgraph, class_name=f"QAT{type(model).__name__}")
     qmodel.graph.eliminate_dead_code()  # exponent getters nobody reads
     qmodel.recompile()
     calibrate(qmodel, [example_input])
-    return qmodel
+    return qmodel, problems, profile
 
 
 def _exp_getter(graph: fx.Graph, root: dict, name: str) -> fx.Node:

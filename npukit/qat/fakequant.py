@@ -102,6 +102,7 @@ class QModule(nn.Module):
 
     op: ClassVar[str]
     keeps_exp: ClassVar[bool] = False  # output exponent is the first input's (pooling, reshape, ...)
+    source: str = ""  # file:line of the user's code it was captured from (for rule problems)
 
     def __init__(self, profile: TargetProfile):
         super().__init__()

@@ -21,10 +21,13 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 class QMac(ObservedQModule):
     """QAT conv/linear: float parameters, exact integer forward."""
 
-    def __init__(self, profile, weight, bias, *, w_bits, relu, wide, conv: dict | None):
+    def __init__(self, profile, weight, bias, *, w_bits, relu, wide, conv: dict | None, has_bias: bool = True):
         super().__init__(profile)
         self.weight = nn.Parameter(weight.detach().clone().float())
-        self.bias = nn.Parameter(bias.detach().clone().float())
+        if has_bias:
+            self.bias = nn.Parameter(bias.detach().clone().float())
+        else:  # a layer without bias stays without: zeros that training leaves alone (chips may lack bias memory)
+            self.register_buffer("bias", torch.zeros_like(bias, dtype=torch.float32))
         self.w_bits, self.relu, self.wide, self.conv = w_bits, relu, wide, conv
         self.op = "conv" if conv else "linear"
 
@@ -118,7 +121,8 @@ def _capture_mac(node, ctx, layer, conv: dict | None):
     absorbed += more
     # Wide (accumulator) output only for a pure model output: a layer reading it would get 32-bit inputs.
     wide = ctx.wide_output and not relu and ctx.is_graph_output(last) and len(last.users) == 1
-    module = QMac(ctx.profile, w, b, w_bits=ctx.weight_bits, relu=relu, wide=wide, conv=conv)
+    module = QMac(ctx.profile, w, b, w_bits=ctx.weight_bits, relu=relu, wide=wide, conv=conv,
+                  has_bias=layer.bias is not None or isinstance(bn, _BN))
     return Captured(module, node_name(node), [node.args[0]], last, absorbed)
 
 

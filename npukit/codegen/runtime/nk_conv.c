@@ -5,12 +5,21 @@
  *              acc = saturate(acc, acc_min, acc_max)               (once, after the bias)
  *              y   = saturate(round_shift(acc, out_shift), act_min, act_max)
  *
+ * Requantisation: everything after the sum of products is nk_requant_bias and nk_requant
+ * (npukit_kernels.h), the one C definition of the scheme's requantisation, reading p->rq. Every path
+ * ends in nk_conv_store, which calls them, or in one of two specialisations derived from the same
+ * p->rq that are equal to it for every sum (each proves it where it is defined, and
+ * tests/test_c_kernels.py holds them bit-exact, with and without SIMD): nk_conv_rq, the per-channel
+ * precomputed form (shift 1..60, ranges below 2^60; anything else goes to nk_conv_store), and
+ * nk_conv_sse2_requant, that form in int32 lanes where every step is exact in int32.
+ *
  * Padding is never tested per MAC: for each output row the valid kernel rows are computed once, and
  * the valid kernel columns once per output (or per tile). Paths:
  *  - with SSE2 (x86-64 baseline; opt out with -DNK_CONV_NO_SIMD), 8-bit weights, stride_w == 1:
  *    nk_conv_sse2 (below) pairs input channels per pmaddwd and computes 4 output channels x 8 outputs
- *    per inner step from zero-padded int16 buffers, with its own int32 bound; a requantising epilogue
- *    in int32 lanes where that is exact. Shapes whose buffers would not fit take the paths below.
+ *    per inner step from zero-padded int16 buffers, with its own int32 bound; the requantisation in
+ *    int32 lanes where that is exact (nk_conv_sse2_requant). Shapes whose buffers would not fit take
+ *    the paths below.
  *  - 8-bit weights (any groups), stride_w == 1, rows of at least NK_CONV_TILE outputs: tiles of
  *    NK_CONV_TILE adjacent outputs (the last tile of a row overlaps the one before it and stores only
  *    its new outputs). The inner loop multiplies one weight into the whole tile with a constant trip
@@ -70,47 +79,11 @@ static void nk_conv_taps(int32_t base, int32_t d, int32_t k_n, int32_t n, int32_
     *hi = (int32_t)b;
 }
 
-/* x / 2^s rounded towards -infinity, 1 <= s <= 62, without >> of a negative value. */
-static int64_t nk_conv_floor_shift(int64_t x, int32_t s)
-{
-    return x >= 0 ? x >> s : -((-(x + 1)) >> s) - 1;
-}
-
-/* The MAC tail: bias, accumulator saturation, requantisation, output saturation and store. The clamps
- * are written out here (rather than calling nk_saturate) because this runs once per output. The usual
- * requantising shift (1 <= out_shift <= 62, |acc| < 2^62 after saturation) is computed inline with the
- * integer forms of docs/arithmetic.md: no intermediate leaves int64 (|acc| + 2^61 < 2^63); anything
- * else goes through nk_round_shift. */
+/* The generic MAC tail: the bias term joins the sum (saturating at the int64 bounds), nk_requant
+ * (npukit_kernels.h) requantises, and the result is stored as int8 or int32, clamped to that type. */
 static void nk_conv_store(const nk_conv_params *p, void *out, size_t idx, int64_t sum, int64_t bias_term)
 {
-    const int32_t s = p->out_shift;
-    int64_t acc = nk_sat_add64(sum, bias_term), y;
-    acc = acc < p->acc_min ? p->acc_min : acc;
-    acc = acc > p->acc_max ? p->acc_max : acc;
-    if (s >= 1 && s <= 62 && acc > -((int64_t)1 << 62) && acc < ((int64_t)1 << 62)) {
-        const int64_t half = (int64_t)1 << (s - 1);
-        switch (p->rounding) {
-        case NK_FLOOR:
-            y = nk_conv_floor_shift(acc, s);
-            break;
-        case NK_TRUNC:
-            y = acc < 0 ? -((-acc) >> s) : acc >> s;
-            break;
-        case NK_HALF_EVEN: {
-            const int64_t q = nk_conv_floor_shift(acc, s), r = acc - q * ((int64_t)1 << s);
-            y = q + (r > half || (r == half && (q & 1) != 0));
-            break;
-        }
-        case NK_HALF_UP:
-        default: /* as nk_round_shift: any other value behaves as NK_HALF_UP */
-            y = nk_conv_floor_shift(acc + half, s);
-            break;
-        }
-    } else {
-        y = nk_round_shift(acc, s, p->rounding);
-    }
-    y = y < p->act_min ? p->act_min : y;
-    y = y > p->act_max ? p->act_max : y;
+    const int64_t y = nk_requant(&p->rq, nk_sat_add64(sum, bias_term));
     if (p->out_bytes == 4) {
         ((int32_t *)out)[idx] = (int32_t)(y < INT32_MIN ? INT32_MIN : (y > INT32_MAX ? INT32_MAX : y));
     } else {
@@ -118,14 +91,20 @@ static void nk_conv_store(const nk_conv_params *p, void *out, size_t idx, int64_
     }
 }
 
-/* nk_conv_store with the per-channel work done once. Fast path (1 <= out_shift <= 60, |acc_min|,
- * |acc_max|, |bias_term| < 2^60, and |sum| < 2^62, which fan_in < 2^40 guarantees): with |acc| < 2^60
- * after saturation and off = 2^62, floor(v / 2^s) = ((v + off) >> s) - 2^(62-s) for any |v| < 2^61
- * (v + off lies in (0, 2^63), and 2^s divides off), and each mode is floor((acc + add) / 2^s) with
+/* A specialisation of nk_conv_store, i.e. of nk_requant, for one output channel: the per-channel work
+ * (bias term, rounding mode, offsets) is done once, from the same nk_requant_params, and each output
+ * costs a few adds, compares and one shift. It is identical to nk_conv_store for every sum, as follows;
+ * tests/test_c_kernels.py holds it bit-exact against the reference on every path (SIMD and not).
+ *
+ * Fast path (1 <= out_shift <= 60, |acc_min|, |acc_max|, |bias_term| < 2^60, and |sum| < 2^62, which
+ * fan_in < 2^40 guarantees): sum + bias_term cannot overflow, so it equals nk_sat_add64's result, and
+ * |acc| < 2^60 after saturation. With off = 2^62, floor(v / 2^s) = ((v + off) >> s) - 2^(62-s) for any
+ * |v| < 2^61 (v + off lies in (0, 2^63), and 2^s divides off), and each mode of nk_round_shift is
+ * floor((acc + add) / 2^s) with
  *   floor: add = 0;  half_up: add = 2^(s-1);  trunc: add = 2^s - 1 for acc < 0, else 0;
  *   half_even: add = 2^(s-1) - 1 + (floor(acc / 2^s) & 1)
  * (half_even: with acc = q 2^s + r, r + 2^(s-1) - 1 + b reaches 2^s iff r > 2^(s-1), or r == 2^(s-1)
- * and b = q & 1 = 1). 0 <= add < 2^s <= 2^60, so |acc + add| < 2^61. Otherwise nk_conv_store. */
+ * and b = q & 1 = 1). 0 <= add < 2^s <= 2^60, so |acc + add| < 2^61. Otherwise: nk_conv_store. */
 typedef struct {
     const nk_conv_params *p;
     int64_t bias_term, off, offs, add_pos, add_neg;
@@ -134,12 +113,13 @@ typedef struct {
 
 static void nk_conv_rq_init(nk_conv_rq *r, const nk_conv_params *p, int64_t bias_term)
 {
+    const nk_requant_params *rq = &p->rq;
     const int64_t lim = (int64_t)1 << 60;
-    const int32_t s = p->out_shift;
+    const int32_t s = rq->out_shift;
     r->p = p;
     r->bias_term = bias_term;
     r->shift = s;
-    r->fast = s >= 1 && s <= 60 && p->acc_min > -lim && p->acc_max < lim && bias_term > -lim && bias_term < lim;
+    r->fast = s >= 1 && s <= 60 && rq->acc_min > -lim && rq->acc_max < lim && bias_term > -lim && bias_term < lim;
     r->even = 0;
     r->off = 0;
     r->offs = 0;
@@ -149,7 +129,7 @@ static void nk_conv_rq_init(nk_conv_rq *r, const nk_conv_params *p, int64_t bias
         const int64_t half = (int64_t)1 << (s - 1);
         r->off = (int64_t)1 << 62;
         r->offs = (int64_t)1 << (62 - s);
-        switch (p->rounding) {
+        switch (rq->rounding) {
         case NK_FLOOR:
             break;
         case NK_TRUNC:
@@ -172,21 +152,22 @@ static void nk_conv_rq_init(nk_conv_rq *r, const nk_conv_params *p, int64_t bias
 static void nk_conv_rq_store(const nk_conv_rq *r, void *out, size_t idx, int64_t sum)
 {
     const nk_conv_params *p = r->p;
+    const nk_requant_params *rq = &p->rq;
     int64_t acc, y;
     if (!r->fast) {
         nk_conv_store(p, out, idx, sum, r->bias_term);
         return;
     }
     acc = sum + r->bias_term;
-    acc = acc < p->acc_min ? p->acc_min : acc;
-    acc = acc > p->acc_max ? p->acc_max : acc;
+    acc = acc < rq->acc_min ? rq->acc_min : acc;
+    acc = acc > rq->acc_max ? rq->acc_max : acc;
     y = acc + (acc < 0 ? r->add_neg : r->add_pos) + r->off;
     if (r->even) {
         y += ((acc + r->off) >> r->shift) & 1;
     }
     y = (y >> r->shift) - r->offs;
-    y = y < p->act_min ? p->act_min : y;
-    y = y > p->act_max ? p->act_max : y;
+    y = y < rq->act_min ? rq->act_min : y;
+    y = y > rq->act_max ? rq->act_max : y;
     if (p->out_bytes == 4) {
         ((int32_t *)out)[idx] = (int32_t)y; /* act_min <= y <= act_max, both int32 */
     } else {
@@ -194,23 +175,24 @@ static void nk_conv_rq_store(const nk_conv_rq *r, void *out, size_t idx, int64_t
     }
 }
 
-/* nk_conv_rq_store of n adjacent outputs from idx on, their sums in s32 (or s64 where s32 is NULL). */
+/* nk_conv_rq_store of n adjacent outputs from idx on, their sums in s32 (or s64 where s32 is NULL); the
+ * common case (fast, int8 output, act range inside int8, not half_even) is the same steps in a tight loop. */
 static void nk_conv_rq_row(const nk_conv_rq *r, void *out, size_t idx, const int32_t *s32, const int64_t *s64,
                            int32_t n)
 {
-    const nk_conv_params *p = r->p;
-    const int64_t bias_term = r->bias_term, acc_min = p->acc_min, acc_max = p->acc_max;
+    const nk_requant_params *rq = &r->p->rq;
+    const int64_t bias_term = r->bias_term, acc_min = rq->acc_min, acc_max = rq->acc_max;
     const int64_t off = r->off, offs = r->offs, add_pos = r->add_pos, add_neg = r->add_neg;
-    const int64_t act_min = p->act_min, act_max = p->act_max;
+    const int64_t act_min = rq->act_min, act_max = rq->act_max;
     const int32_t s = r->shift;
     int32_t j;
-    if (!r->fast || r->even || p->out_bytes != 1 || act_min < INT8_MIN || act_max > INT8_MAX) {
+    if (!r->fast || r->even || r->p->out_bytes != 1 || act_min < INT8_MIN || act_max > INT8_MAX) {
         for (j = 0; j < n; j++) {
             nk_conv_rq_store(r, out, idx + (size_t)j, s32 ? s32[j] : s64[j]);
         }
         return;
     }
-    for (j = 0; j < n; j++) { /* the common case: int8 output, act range inside int8, no half_even */
+    for (j = 0; j < n; j++) {
         int64_t acc = (s32 ? s32[j] : s64[j]) + bias_term, y;
         acc = acc < acc_min ? acc_min : acc;
         acc = acc > acc_max ? acc_max : acc;
@@ -495,23 +477,25 @@ static void nk_conv_sse2_input(const nk_conv_params *p, const int8_t *x, int32_t
     }
 }
 
-/* Requantises n int8 outputs of one channel from int32 sums (nk_conv_rq_store, vectorised). The caller
- * checks that it applies: r->fast, int8 output, act range inside int8, out_shift <= 30, |sum| <= 2^23
- * (one chunk) and |bias_term| < 2^29, so |acc| < 2^30 and |acc + add| < 2^31 (add < 2^s <= 2^30): every
- * step is exact in int32 lanes. The accumulator clamp is either a no-op (acc_min <= -2^30 and
- * acc_max >= 2^30) or runs in int32 (-2^30 <= acc_min <= acc_max <= 2^30). _mm_sra_epi32 is an
- * arithmetic (floor) shift by definition, so floor((acc + add) / 2^s) = (acc + add) >> s; packs_epi32
- * saturates to int16, which keeps the act clamp exact; the act range fits int8, so packs_epi16 only
- * narrows. Reads part[0, n rounded up to 8). */
-static void nk_conv_sse2_requant(const nk_conv_rq *r, const int32_t *part, int32_t n, int8_t *out)
+/* A specialisation of nk_conv_rq_store (hence of nk_requant) in int32 lanes: requantises n int8 outputs
+ * of one channel from int32 sums, with the same nk_conv_rq values; tests/test_c_kernels.py holds it
+ * bit-exact. The caller checks that it applies: nk_conv_sse2_requant_mode(p) = clamp >= 0 (int8 output,
+ * act range inside int8, 1 <= out_shift <= 30, the accumulator range below), r->fast, |sum| <= 2^23 (one
+ * chunk) and |bias_term| < 2^29, so |sum + bias_term| < 2^30. The accumulator clamp is either a no-op
+ * (clamp 0: acc_min <= -2^30 and acc_max >= 2^30) or runs in int32 (clamp 1: -2^30 <= acc_min <= acc_max
+ * <= 2^30); either way |acc| <= 2^30 and |acc + add| < 2^31 (0 <= add < 2^s <= 2^30): every step is exact
+ * in int32 lanes. _mm_sra_epi32 is an arithmetic (floor) shift by definition, so floor((acc + add) / 2^s)
+ * = (acc + add) >> s, and the half_even parity bit (acc >> s) & 1 is that of ((acc + off) >> s), as
+ * 2^(62-s) is even; packs_epi32 saturates to int16, which keeps the act clamp exact; the act range fits
+ * int8, so packs_epi16 only narrows. Reads part[0, n rounded up to 8). */
+static void nk_conv_sse2_requant(const nk_conv_rq *r, int clamp, const int32_t *part, int32_t n, int8_t *out)
 {
-    const nk_conv_params *p = r->p;
-    const int clamp = p->acc_min > -((int64_t)1 << 30);
+    const nk_requant_params *rq = &r->p->rq;
     const __m128i vb = _mm_set1_epi32((int32_t)r->bias_term);
     const __m128i vpos = _mm_set1_epi32((int32_t)r->add_pos), vneg = _mm_set1_epi32((int32_t)r->add_neg);
-    const __m128i vmin = _mm_set1_epi32((int32_t)(clamp ? p->acc_min : 0));
-    const __m128i vmax = _mm_set1_epi32((int32_t)(clamp ? p->acc_max : 0));
-    const __m128i lo = _mm_set1_epi16((int16_t)p->act_min), hi = _mm_set1_epi16((int16_t)p->act_max);
+    const __m128i vmin = _mm_set1_epi32((int32_t)(clamp ? rq->acc_min : 0));
+    const __m128i vmax = _mm_set1_epi32((int32_t)(clamp ? rq->acc_max : 0));
+    const __m128i lo = _mm_set1_epi16((int16_t)rq->act_min), hi = _mm_set1_epi16((int16_t)rq->act_max);
     const __m128i sh = _mm_cvtsi32_si128(r->shift), one = _mm_set1_epi32(1), zero = _mm_setzero_si128();
     int32_t j, h;
     for (j = 0; j < n; j += 8) {
@@ -544,20 +528,26 @@ static void nk_conv_sse2_requant(const nk_conv_rq *r, const int32_t *part, int32
     }
 }
 
-/* Whether nk_conv_sse2_requant applies to a channel (see there); `one`: its sums are one chunk's. */
-static int nk_conv_sse2_requant_ok(const nk_conv_rq *r, int one)
+/* Whether nk_conv_sse2_requant applies to a conv, from its parameters: -1 (it does not), or the
+ * accumulator clamp it needs, 0 (none) or 1 (in int32); see there. A channel also needs r->fast, its sums
+ * in one chunk and |bias_term| < 2^29. */
+static int nk_conv_sse2_requant_mode(const nk_conv_params *p)
 {
-    const nk_conv_params *p = r->p;
-    const int64_t l30 = (int64_t)1 << 30, l29 = (int64_t)1 << 29;
-    return one && r->fast && r->shift <= 30 && p->out_bytes == 1 && p->act_min >= INT8_MIN && p->act_max <= INT8_MAX
-           && r->bias_term > -l29 && r->bias_term < l29
-           && ((p->acc_min <= -l30 && p->acc_max >= l30)
-               || (p->acc_min >= -l30 && p->acc_min <= p->acc_max && p->acc_max <= l30));
+    const nk_requant_params *rq = &p->rq;
+    const int64_t l30 = (int64_t)1 << 30;
+    if (p->out_bytes != 1 || rq->out_shift < 1 || rq->out_shift > 30 || rq->act_min < INT8_MIN
+        || rq->act_max > INT8_MAX) {
+        return -1;
+    }
+    if (rq->acc_min <= -l30 && rq->acc_max >= l30) {
+        return 0;
+    }
+    return rq->acc_min >= -l30 && rq->acc_min <= rq->acc_max && rq->acc_max <= l30 ? 1 : -1;
 }
 
 /* The whole conv on the SSE2 path; returns 0 (having written nothing) where it does not apply. */
 static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t *weights, const int32_t *bias,
-                        int32_t bias_shift, void *out)
+                        void *out)
 {
     const int32_t cg = p->in_c / p->groups, og = p->out_c / p->groups, out_w = p->out_w;
     const int32_t npairs = (cg + 1) / 2;
@@ -568,6 +558,7 @@ static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t 
     int64_t acc[NK_CONV_OB][NK_CONV_TW];
     int32_t tw = out_w < NK_CONV_TW ? (out_w + 7) / 8 * 8 : NK_CONV_TW, pc, g, ob, oh, t, q, j, p0;
     ptrdiff_t xs = 0;
+    const int rq_mode = nk_conv_sse2_requant_mode(p);
     int one;
 
     if (p->w_bits != 8 || p->stride_w != 1 || k_hw > NK_CONV_WPAIRS || out_w <= 0) {
@@ -597,8 +588,11 @@ static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t 
         for (ob = 0; ob < og; ob += NK_CONV_OB) {
             const int32_t nq = og - ob < NK_CONV_OB ? og - ob : NK_CONV_OB, o = g * og + ob;
             nk_conv_rq rq[NK_CONV_OB];
+            int vec[NK_CONV_OB]; /* whether nk_conv_sse2_requant applies to the channel */
             for (q = 0; q < nq; q++) {
-                nk_conv_rq_init(&rq[q], p, bias ? nk_round_shift(bias[o + q], -bias_shift, p->rounding) : 0);
+                nk_conv_rq_init(&rq[q], p, bias ? nk_requant_bias(&p->rq, bias[o + q]) : 0);
+                vec[q] = one && rq_mode >= 0 && rq[q].fast && rq[q].bias_term > -((int64_t)1 << 29)
+                         && rq[q].bias_term < ((int64_t)1 << 29);
             }
             if (one) {
                 nk_conv_sse2_weights(weights, cg, (int32_t)k_hw, o, nq, 0, npairs, wb);
@@ -624,8 +618,8 @@ static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t 
                     }
                     for (q = 0; q < nq; q++) {
                         const size_t idx = ((size_t)(o + q) * (size_t)p->out_h + (size_t)oh) * (size_t)out_w + (size_t)t;
-                        if (nk_conv_sse2_requant_ok(&rq[q], one)) {
-                            nk_conv_sse2_requant(&rq[q], part[q], n, (int8_t *)out + idx);
+                        if (vec[q]) {
+                            nk_conv_sse2_requant(&rq[q], rq_mode, part[q], n, (int8_t *)out + idx);
                         } else {
                             nk_conv_rq_row(&rq[q], out, idx, one ? part[q] : NULL, acc[q], n);
                         }
@@ -646,9 +640,6 @@ void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, con
     const ptrdiff_t in_hw = (ptrdiff_t)p->in_h * p->in_w;
     const int32_t w_per_out = cg * p->k_h * k_w;
     const int fast = p->w_bits == 8 && (int64_t)p->k_h * k_w <= NK_CONV_PART_TERMS;
-    /* bias * 2^bias_shift, exact (saturating at the int64 bounds): the shift is clamped only so that
-     * negating it cannot overflow */
-    const int32_t bias_shift = p->bias_shift < -64 ? -64 : (p->bias_shift > 64 ? 64 : p->bias_shift);
     /* interior columns [ow_in, ow_end): every kernel column inside the input */
     int32_t ow_in = (p->pad_w + s_w - 1) / s_w, ow_end;
     /* tiles need stride 1 and a row of at least NK_CONV_TILE outputs */
@@ -656,7 +647,7 @@ void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, con
     const int span_fits = NK_CONV_TILE + (int64_t)(k_w - 1) * p->dil_w <= NK_CONV_WIN;
     int32_t o, oh, ow;
 #if defined(NK_CONV_SSE2)
-    if (nk_conv_sse2(p, in, (const int8_t *)weights, bias, bias_shift, out)) {
+    if (nk_conv_sse2(p, in, (const int8_t *)weights, bias, out)) {
         return;
     }
 #endif
@@ -673,7 +664,7 @@ void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, con
         nk_conv_rq rq;
         const int8_t *wo = fast ? (const int8_t *)weights + (ptrdiff_t)o * w_per_out : (const int8_t *)weights;
         size_t idx = (size_t)o * (size_t)p->out_h * (size_t)out_w;
-        nk_conv_rq_init(&rq, p, bias ? nk_round_shift(bias[o], -bias_shift, p->rounding) : 0);
+        nk_conv_rq_init(&rq, p, bias ? nk_requant_bias(&p->rq, bias[o]) : 0);
 
         for (oh = 0; oh < p->out_h; oh++) {
             const int32_t ih0 = oh * p->stride_h - p->pad_h;

@@ -1,14 +1,18 @@
 /* npukit kernel library: fully connected layer (docs/arithmetic.md, "Conv and linear: the MAC
  * pipeline"; npukit/ops/mac.py, class Linear, is the reference).
  *
- * out[o] = saturate(round_shift(saturate(sum_i x[i] * w[o][i] + bias[o] * 2^bias_shift,
- *                                        acc_min, acc_max), out_shift), act_min, act_max)
+ * out[o] = nk_requant(rq, sum_i x[i] * w[o][i] + nk_requant_bias(rq, bias[o]))
+ *        = saturate(round_shift(saturate(sum + bias[o] * 2^bias_shift, acc_min, acc_max), out_shift),
+ *                   act_min, act_max)
+ * with the requantisation defined once, in npukit_kernels.h (no specialisation here: one call per
+ * output costs nothing next to its in_features products).
  *
  * 8-bit weights: blocks of NK_LINEAR_LANES products go into int32 lanes (a constant trip count the
  * compiler can vectorise). Exact by this bound: |x * w| <= 128 * 128 = 2^14, and a lane takes at most
  * 2^16 products (NK_LINEAR_CHUNK / NK_LINEAR_LANES) before it is added into the int64 sum, so
  * |lane| <= 2^30 < 2^31 - 1. Other widths go through nk_weight into int64. The sum is exact in int64
  * for in_features < 2^40; the bias term and its addition saturate at the int64 bounds (see nk_conv.c).
+ * The result is stored as int8 or int32 (out_bytes), clamped to that type (act range lies inside it).
  */
 #include <stddef.h>
 
@@ -20,11 +24,10 @@
 void nk_linear(const nk_linear_params *p, const int8_t *in, const void *weights, const int32_t *bias, void *out)
 {
     const int32_t n = p->in_features;
-    const int32_t bias_shift = p->bias_shift < -64 ? -64 : (p->bias_shift > 64 ? 64 : p->bias_shift);
     int32_t o;
 
     for (o = 0; o < p->out_features; o++) {
-        int64_t sum = 0, acc, y;
+        int64_t sum = 0, y;
         int32_t i = 0;
         if (p->w_bits == 8) {
             const int8_t *w = (const int8_t *)weights + (ptrdiff_t)o * n;
@@ -53,12 +56,9 @@ void nk_linear(const nk_linear_params *p, const int8_t *in, const void *weights,
             }
         }
         if (bias) {
-            sum = nk_sat_add64(sum, nk_round_shift(bias[o], -bias_shift, p->rounding));
+            sum = nk_sat_add64(sum, nk_requant_bias(&p->rq, bias[o]));
         }
-        acc = sum < p->acc_min ? p->acc_min : (sum > p->acc_max ? p->acc_max : sum);
-        y = nk_round_shift(acc, p->out_shift, p->rounding);
-        y = y < p->act_min ? p->act_min : y;
-        y = y > p->act_max ? p->act_max : y;
+        y = nk_requant(&p->rq, sum);
         if (p->out_bytes == 4) {
             ((int32_t *)out)[o] = (int32_t)(y < INT32_MIN ? INT32_MIN : (y > INT32_MAX ? INT32_MAX : y));
         } else {

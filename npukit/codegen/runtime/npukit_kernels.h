@@ -4,6 +4,12 @@
  * kernels never allocate, keep no state, and run one sample at a time. Tensors are C-contiguous,
  * channels first (C x H x W; a 1-d tensor is C x 1 x W). Accumulators are int64, saturated once after
  * the bias, as the contract requires. Portable C99; no floating point anywhere.
+ *
+ * The requantisation of conv and linear is defined once, below: nk_requant_params holds the fields the
+ * target's scheme stores in the node (npukit/schemes.py, Scheme.c_fields), and the static inline
+ * functions nk_requant_bias and nk_requant are the scheme's arithmetic (Scheme.requantize in Python;
+ * docs/arithmetic.md, "Requantisation schemes"). Every kernel calls them; nk_conv.c keeps per-channel
+ * specialisations of nk_requant for speed, proved equal there and held bit-exact by the tests.
  */
 #ifndef NPUKIT_KERNELS_H
 #define NPUKIT_KERNELS_H
@@ -27,16 +33,52 @@ int64_t nk_sat_add64(int64_t a, int64_t b);
  * read byte by byte, so any alignment and host byte order). Other widths return 0. */
 int32_t nk_weight(const void *weights, int32_t i, int32_t bits);
 
+/* The requantisation of a MAC layer (conv, linear): the node's scheme attributes, as C values. The
+ * pipeline, for a sum of products `sum` and an int32 bias b:
+ *   acc = nk_sat_add64(sum, nk_requant_bias(rq, b))        sum + b * 2^bias_shift
+ *   y   = nk_requant(rq, acc)                              saturate(round_shift(saturate(acc,
+ *                                                            acc_min, acc_max), out_shift), act_min, act_max)
+ * pow2 and max78000 (bias_shift 7, out_shift = 7 - s) are both this pipeline with other values; a wide
+ * output is out_shift 0 with the accumulator's range as act range (y = acc). */
+typedef struct {
+    int32_t bias_shift;        /* e_acc - e_bias >= 0: bias * 2^bias_shift joins the accumulator */
+    int32_t out_shift;         /* e_acc - e_out: the requantising shift (<= 0: exact left shift) */
+    int64_t acc_min, acc_max;  /* accumulator saturation, once, after the bias */
+    int32_t act_min, act_max;  /* output saturation; a fused ReLU sets act_min = 0; must lie in the output type */
+    nk_rounding rounding;      /* of the requantising shift */
+} nk_requant_params;
+
+/* The bias term b * 2^bias_shift in accumulator units, exact: directly for 0 <= bias_shift <= 31
+ * (|b * 2^s| <= 2^62), otherwise nk_round_shift(b, -bias_shift), whose left shift saturates at the int64
+ * bounds instead of overflowing and which, outside the contract (bias_shift < 0), rounds by `rounding`
+ * (the shift is clamped to [-64, 64] only so that negating it cannot overflow). */
+static inline int64_t nk_requant_bias(const nk_requant_params *rq, int32_t b)
+{
+    const int32_t s = rq->bias_shift;
+    if (s >= 0 && s <= 31) {
+        return (int64_t)b * ((int64_t)1 << s);
+    }
+    return nk_round_shift(b, s > 64 ? -64 : (s < -64 ? 64 : -s), rq->rounding);
+}
+
+/* The requantisation of an accumulator that already holds the bias: the one C definition of
+ * Scheme.requantize (npukit/schemes.py). Saturations are min(max(x, lo), hi), as numpy.clip. */
+static inline int64_t nk_requant(const nk_requant_params *rq, int64_t acc)
+{
+    int64_t y;
+    acc = acc < rq->acc_min ? rq->acc_min : acc;
+    acc = acc > rq->acc_max ? rq->acc_max : acc;
+    y = nk_round_shift(acc, rq->out_shift, rq->rounding);
+    y = y < rq->act_min ? rq->act_min : y;
+    return y > rq->act_max ? rq->act_max : y;
+}
+
 typedef struct {
     int32_t in_c, in_h, in_w;
     int32_t out_c, out_h, out_w;
     int32_t k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups;
     int32_t w_bits;            /* 2, 4, 8 or 16 */
-    int32_t bias_shift;        /* e_acc - e_bias >= 0: bias << bias_shift joins the accumulator */
-    int32_t out_shift;         /* e_acc - e_out: the requantising shift (<= 0: exact left shift) */
-    int64_t acc_min, acc_max;  /* accumulator saturation */
-    int32_t act_min, act_max;  /* output saturation; a fused ReLU sets act_min = 0; must lie in the output type */
-    nk_rounding rounding;
+    nk_requant_params rq;      /* the requantisation (Scheme.c_fields) */
     int32_t out_bytes;         /* 1: int8 output; 4: int32 (wide) output */
 } nk_conv_params;
 
@@ -47,11 +89,9 @@ void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, con
 
 typedef struct {
     int32_t in_features, out_features;
-    int32_t w_bits, bias_shift, out_shift;
-    int64_t acc_min, acc_max;
-    int32_t act_min, act_max;
-    nk_rounding rounding;
-    int32_t out_bytes;
+    int32_t w_bits;            /* 2, 4, 8 or 16 */
+    nk_requant_params rq;      /* the requantisation (Scheme.c_fields) */
+    int32_t out_bytes;         /* 1: int8 output; 4: int32 (wide) output */
 } nk_linear_params;
 
 /* Fully connected. Weights (out_features, in_features), packed at w_bits; bias as for nk_conv. */
