@@ -63,7 +63,12 @@ class Scheme:
         return []
 
     # --- the arithmetic ----------------------------------------------------------------------------
-    def requantize(self, acc, attrs: dict, bound: int | None = None, out=None):
+    # Every method gets the node's attributes and its params (None on the QAT side, which has no per-channel
+    # arrays yet): a per-channel scheme reads its multipliers and shifts from the params, indexed along
+    # `channel_axis` of the accumulator (0 in the engine, whose GEMM leaves channels first; 1 in torch and
+    # ONNX, batch first). pow2 and max78000 have per-layer values only.
+    def requantize(self, acc, attrs: dict, bound: int | None = None, out=None, *, params: dict | None = None,
+                   channel_axis: int = 0):
         """Accumulator with the bias added (integer-valued, numpy or torch) -> output integers.
 
         `bound` (max |acc|) skips the accumulator saturation when it cannot trigger; `out` (may be `acc`)
@@ -77,21 +82,24 @@ class Scheme:
         q = arith.round_shift(acc, attrs["out_shift"], attrs["rounding"], out=out)
         return arith.saturate(q, attrs["act_min"], attrs["act_max"], out=q if out is not None else None)
 
-    def bias_term(self, bias, attrs: dict):
+    def bias_term(self, bias, attrs: dict, params: dict | None = None):
         """The bias in accumulator units (float64 numpy, exact: bias_shift >= 0 by construction)."""
         import numpy as np
 
         return np.asarray(bias, np.float64) * 2.0 ** attrs["bias_shift"]
 
-    def onnx_requantize(self, b, acc: str, attrs: dict) -> str:
-        """ONNX nodes computing `requantize` on an integer-valued double tensor (bias already added)."""
+    def onnx_requantize(self, b, acc: str, bias: str, attrs: dict, params: dict | None = None) -> str:
+        """ONNX nodes computing the bias add and `requantize` on integer-valued double tensors: `acc`
+        (batch, channels, ...) and `bias` (the integer bias, already shaped to broadcast over it)."""
         from . import arith  # lazy: profiles load without numpy
 
+        acc = b.op("Add", [acc, b.op("Mul", [bias, b.const(2.0 ** attrs["bias_shift"])])])
         acc = b.saturate(acc, *arith.int_range(attrs["acc_bits"]))
         return b.saturate(b.round_shift(acc, attrs["out_shift"], attrs["rounding"]), attrs["act_min"], attrs["act_max"])
 
-    def c_fields(self, attrs: dict) -> dict:
-        """The fields (C literals) of the `nk_requant_params` that `nk_requant` in npukit_kernels.h reads."""
+    def c_fields(self, attrs: dict, params: dict | None = None, b=None) -> dict:
+        """The fields (C literals) of the `nk_requant_params` that `nk_requant` in npukit_kernels.h reads.
+        `b` (the codegen's CBuilder) can emit const arrays for per-channel values."""
         from . import arith  # lazy: profiles load without numpy
         from .codegen import ROUNDING_C
 

@@ -30,7 +30,7 @@ def _mac_requant(node: Node, acc: np.ndarray, graph: Graph) -> np.ndarray:
     2**24 and rounded values below 2**22 (so v + 0.5 is exact); float64 otherwise.
     """
     a, scheme = node.attrs, graph.scheme
-    bias = scheme.bias_term(node.params["bias"], a)
+    bias = scheme.bias_term(node.params["bias"], a, node.params)
     w = node.params["weight"]
     bound = arith.accumulator_bound(int(np.prod(w.shape[1:])), graph.tensors[node.inputs[0]].bits,
                                     int(np.abs(w.astype(np.int64)).max(initial=0)), int(np.abs(bias).max(initial=0)))
@@ -38,18 +38,18 @@ def _mac_requant(node: Node, acc: np.ndarray, graph: Graph) -> np.ndarray:
     # `acc` is this call's own temporary: update it in place (fresh large arrays cost page faults).
     acc = acc.astype(np.float32 if exact32 else np.float64, copy=False)
     acc += bias.astype(acc.dtype).reshape(-1, *([1] * (acc.ndim - 1)))
-    q = scheme.requantize(acc, a, bound, out=acc)
+    q = scheme.requantize(acc, a, bound, out=acc, params=node.params, channel_axis=0)
     return q.astype(graph.tensors[node.outputs[0]].dtype)
 
 
 def _mac_tail_onnx(node: Node, acc: str, b) -> str:
-    """ONNX form of `_mac_requant`: the bias in accumulator units, then the scheme's requantisation."""
-    g, a = b.graph, node.attrs
+    """ONNX form of `_mac_requant`: the scheme's bias add and requantisation."""
+    g = b.graph
     nd = len(g.tensors[node.outputs[0]].shape)
-    bias = b.op("Mul", [b.param(node, "bias"), b.const(2.0 ** a["bias_shift"])])
+    bias = b.param(node, "bias")
     if nd > 1:  # (out,) -> (out, 1, ...) to broadcast over the spatial positions
         bias = b.op("Reshape", [bias, b.const(np.array([-1] + [1] * (nd - 1), np.int64), np.int64, "shape")])
-    return g.scheme.onnx_requantize(b, b.op("Add", [acc, bias]), a)
+    return g.scheme.onnx_requantize(b, acc, bias, node.attrs, node.params)
 
 
 def _mac_c(node: Node, b, geometry: dict) -> dict:
@@ -58,7 +58,7 @@ def _mac_c(node: Node, b, geometry: dict) -> dict:
     out = b.graph.tensors[node.outputs[0]]
     if not (out.bits <= 8 or 16 < out.bits <= 32):
         raise NpukitError(f"{node.name}: codegen supports 8-bit or 17..32-bit (wide) outputs, not {out.bits}-bit")
-    rq = {f"rq.{k}": v for k, v in b.graph.scheme.c_fields(node.attrs).items()}
+    rq = {f"rq.{k}": v for k, v in b.graph.scheme.c_fields(node.attrs, node.params, b).items()}
     return {**geometry, "w_bits": node.attrs["w_bits"], **rq, "out_bytes": 1 if out.bits <= 8 else 4}
 
 

@@ -64,7 +64,7 @@ class _Requant(torch.autograd.Function):
     def forward(ctx, y, e_x: int, e_out: int, scheme, attrs: dict, bound: int, exact_f32: bool):
         acc = (y if exact_f32 else y.to(torch.float64)) * 2.0**e_x  # integer-valued
         # The scheme's pipeline without the final clip, then the clip: the clip's mask is the gradient's.
-        r = scheme.requantize(acc, {**attrs, "act_min": -(1 << 62), "act_max": 1 << 62}, bound)
+        r = scheme.requantize(acc, {**attrs, "act_min": -(1 << 62), "act_max": 1 << 62}, bound, channel_axis=1)
         q = arith.saturate(r, attrs["act_min"], attrs["act_max"])
         ctx.save_for_backward(q == r)  # inside the range
         ctx.scale = 2.0 ** (e_x - attrs["out_shift"] - e_out)

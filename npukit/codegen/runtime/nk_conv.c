@@ -81,9 +81,10 @@ static void nk_conv_taps(int32_t base, int32_t d, int32_t k_n, int32_t n, int32_
 
 /* The generic MAC tail: the bias term joins the sum (saturating at the int64 bounds), nk_requant
  * (npukit_kernels.h) requantises, and the result is stored as int8 or int32, clamped to that type. */
-static void nk_conv_store(const nk_conv_params *p, void *out, size_t idx, int64_t sum, int64_t bias_term)
+static void nk_conv_store(const nk_conv_params *p, int32_t ch, void *out, size_t idx, int64_t sum,
+                          int64_t bias_term)
 {
-    const int64_t y = nk_requant(&p->rq, nk_sat_add64(sum, bias_term));
+    const int64_t y = nk_requant(&p->rq, ch, nk_sat_add64(sum, bias_term));
     if (p->out_bytes == 4) {
         ((int32_t *)out)[idx] = (int32_t)(y < INT32_MIN ? INT32_MIN : (y > INT32_MAX ? INT32_MAX : y));
     } else {
@@ -108,15 +109,17 @@ static void nk_conv_store(const nk_conv_params *p, void *out, size_t idx, int64_
 typedef struct {
     const nk_conv_params *p;
     int64_t bias_term, off, offs, add_pos, add_neg;
-    int32_t shift, even, fast;
+    int32_t ch, shift, even, fast;
 } nk_conv_rq;
 
-static void nk_conv_rq_init(nk_conv_rq *r, const nk_conv_params *p, int64_t bias_term)
+static void nk_conv_rq_init(nk_conv_rq *r, const nk_conv_params *p, int32_t ch, const int32_t *bias)
 {
     const nk_requant_params *rq = &p->rq;
     const int64_t lim = (int64_t)1 << 60;
     const int32_t s = rq->out_shift;
+    const int64_t bias_term = bias ? nk_requant_bias(rq, ch, bias[ch]) : 0;
     r->p = p;
+    r->ch = ch;
     r->bias_term = bias_term;
     r->shift = s;
     r->fast = s >= 1 && s <= 60 && rq->acc_min > -lim && rq->acc_max < lim && bias_term > -lim && bias_term < lim;
@@ -155,7 +158,7 @@ static void nk_conv_rq_store(const nk_conv_rq *r, void *out, size_t idx, int64_t
     const nk_requant_params *rq = &p->rq;
     int64_t acc, y;
     if (!r->fast) {
-        nk_conv_store(p, out, idx, sum, r->bias_term);
+        nk_conv_store(p, r->ch, out, idx, sum, r->bias_term);
         return;
     }
     acc = sum + r->bias_term;
@@ -590,7 +593,7 @@ static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t 
             nk_conv_rq rq[NK_CONV_OB];
             int vec[NK_CONV_OB]; /* whether nk_conv_sse2_requant applies to the channel */
             for (q = 0; q < nq; q++) {
-                nk_conv_rq_init(&rq[q], p, bias ? nk_requant_bias(&p->rq, bias[o + q]) : 0);
+                nk_conv_rq_init(&rq[q], p, o + q, bias);
                 vec[q] = one && rq_mode >= 0 && rq[q].fast && rq[q].bias_term > -((int64_t)1 << 29)
                          && rq[q].bias_term < ((int64_t)1 << 29);
             }
@@ -664,7 +667,7 @@ void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, con
         nk_conv_rq rq;
         const int8_t *wo = fast ? (const int8_t *)weights + (ptrdiff_t)o * w_per_out : (const int8_t *)weights;
         size_t idx = (size_t)o * (size_t)p->out_h * (size_t)out_w;
-        nk_conv_rq_init(&rq, p, bias ? nk_requant_bias(&p->rq, bias[o]) : 0);
+        nk_conv_rq_init(&rq, p, o, bias);
 
         for (oh = 0; oh < p->out_h; oh++) {
             const int32_t ih0 = oh * p->stride_h - p->pad_h;

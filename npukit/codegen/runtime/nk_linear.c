@@ -1,7 +1,7 @@
 /* npukit kernel library: fully connected layer (docs/arithmetic.md, "Conv and linear: the MAC
  * pipeline"; npukit/ops/mac.py, class Linear, is the reference).
  *
- * out[o] = nk_requant(rq, sum_i x[i] * w[o][i] + nk_requant_bias(rq, bias[o]))
+ * out[o] = nk_requant(rq, o, sum_i x[i] * w[o][i] + nk_requant_bias(rq, o, bias[o]))
  *        = saturate(round_shift(saturate(sum + bias[o] * 2^bias_shift, acc_min, acc_max), out_shift),
  *                   act_min, act_max)
  * with the requantisation defined once, in npukit_kernels.h (no specialisation here: one call per
@@ -56,9 +56,9 @@ void nk_linear(const nk_linear_params *p, const int8_t *in, const void *weights,
             }
         }
         if (bias) {
-            sum = nk_sat_add64(sum, nk_requant_bias(&p->rq, bias[o]));
+            sum = nk_sat_add64(sum, nk_requant_bias(&p->rq, o, bias[o]));
         }
-        y = nk_requant(&p->rq, sum);
+        y = nk_requant(&p->rq, o, sum);
         if (p->out_bytes == 4) {
             ((int32_t *)out)[o] = (int32_t)(y < INT32_MIN ? INT32_MIN : (y > INT32_MAX ? INT32_MAX : y));
         } else {

@@ -35,11 +35,13 @@ int32_t nk_weight(const void *weights, int32_t i, int32_t bits);
 
 /* The requantisation of a MAC layer (conv, linear): the node's scheme attributes, as C values. The
  * pipeline, for a sum of products `sum` and an int32 bias b:
- *   acc = nk_sat_add64(sum, nk_requant_bias(rq, b))        sum + b * 2^bias_shift
- *   y   = nk_requant(rq, acc)                              saturate(round_shift(saturate(acc,
+ *   acc = nk_sat_add64(sum, nk_requant_bias(rq, ch, b))    sum + b * 2^bias_shift
+ *   y   = nk_requant(rq, ch, acc)                          saturate(round_shift(saturate(acc,
  *                                                            acc_min, acc_max), out_shift), act_min, act_max)
  * pow2 and max78000 (bias_shift 7, out_shift = 7 - s) are both this pipeline with other values; a wide
- * output is out_shift 0 with the accumulator's range as act range (y = acc). */
+ * output is out_shift 0 with the accumulator's range as act range (y = acc). `ch` is the output channel:
+ * unused by these per-layer schemes, it is where a per-channel scheme (multiplier + shift arrays in this
+ * struct) would index. */
 typedef struct {
     int32_t bias_shift;        /* e_acc - e_bias >= 0: bias * 2^bias_shift joins the accumulator */
     int32_t out_shift;         /* e_acc - e_out: the requantising shift (<= 0: exact left shift) */
@@ -52,9 +54,10 @@ typedef struct {
  * (|b * 2^s| <= 2^62), otherwise nk_round_shift(b, -bias_shift), whose left shift saturates at the int64
  * bounds instead of overflowing and which, outside the contract (bias_shift < 0), rounds by `rounding`
  * (the shift is clamped to [-64, 64] only so that negating it cannot overflow). */
-static inline int64_t nk_requant_bias(const nk_requant_params *rq, int32_t b)
+static inline int64_t nk_requant_bias(const nk_requant_params *rq, int32_t ch, int32_t b)
 {
     const int32_t s = rq->bias_shift;
+    (void)ch;
     if (s >= 0 && s <= 31) {
         return (int64_t)b * ((int64_t)1 << s);
     }
@@ -63,9 +66,10 @@ static inline int64_t nk_requant_bias(const nk_requant_params *rq, int32_t b)
 
 /* The requantisation of an accumulator that already holds the bias: the one C definition of
  * Scheme.requantize (npukit/schemes.py). Saturations are min(max(x, lo), hi), as numpy.clip. */
-static inline int64_t nk_requant(const nk_requant_params *rq, int64_t acc)
+static inline int64_t nk_requant(const nk_requant_params *rq, int32_t ch, int64_t acc)
 {
     int64_t y;
+    (void)ch;
     acc = acc < rq->acc_min ? rq->acc_min : acc;
     acc = acc > rq->acc_max ? rq->acc_max : acc;
     y = nk_round_shift(acc, rq->out_shift, rq->rounding);
