@@ -30,7 +30,7 @@ class OpDef:
     attrs: ClassVar[dict[str, str]] = {}
     # key -> smallest allowed value (for ints and every element of int lists): what shapes alone miss.
     attr_min: ClassVar[dict[str, int]] = {}
-    # Parameter arrays the op needs (their names); the kernels read nothing else.
+    # Parameter arrays the op needs (their names). A scheme may add its own (per-channel requantisation).
     params: ClassVar[tuple[str, ...]] = ()
     view: ClassVar[bool] = False  # the output is its input's bytes reinterpreted (the planner aliases it)
     inplace: ClassVar[bool] = False  # the kernel may write its output over an input of the same size
@@ -49,8 +49,9 @@ class OpDef:
             low = self.attr_min.get(key)
             if low is not None and min(v if isinstance(v, list) else [v], default=low) < low:
                 return f"attribute {key!r} is {v}; it must be at least {low}"
-        if self.params and set(node.params) != set(self.params):
-            return f"has params {sorted(node.params)}, not {sorted(self.params)}"
+        missing = sorted(set(self.params) - set(node.params))
+        if missing:
+            return f"lacks params {missing} (has {sorted(node.params)})"
         return None
 
     def run(self, node: Node, inputs: list[np.ndarray], graph: Graph) -> list[np.ndarray]:
