@@ -76,6 +76,8 @@ def pack(
                   f"(lower bound {p.lower_bound_bytes:,} B, {p.strategy})")
     for f in r.report_files.values():
         console.print(f"wrote {f}")
+    for w in r.warnings:
+        err.print(f"[yellow]{escape(str(w))}[/]", highlight=False)
 
 
 @app.command()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import memplan, modelbin, report
-from .errors import NpukitError, ProblemsError
+from .errors import NpukitError, Problem, ProblemsError
 from .ir import Graph
 from .rules import check_graph
 from .targets import TargetProfile, arithmetic_differences, load_target
@@ -19,6 +19,11 @@ class PackResult:
     plan: memplan.Plan
     model_bin_bytes: int
     report_files: dict[str, Path] = field(default_factory=dict)
+    warnings: list[Problem] = field(default_factory=list)  # e.g. memory-unknown: nothing was verified to fit
+
+    def __repr__(self) -> str:  # not the graph's arrays
+        return (f"PackResult(path={str(self.path)!r}, model_bin_bytes={self.model_bin_bytes}, "
+                f"arena_bytes={self.plan.arena_bytes}, warnings={len(self.warnings)})")
 
 
 def load_model(path: str | Path) -> Graph:
@@ -58,7 +63,8 @@ def pack(model: Graph | str | Path, out: str | Path, *, target=None, report_dir:
     if profile.model_dump() != graph.target:
         graph = replace(graph, target=profile.model_dump())
     plan = memplan.plan_graph(graph)
-    problems = [p for p in check_graph(graph, profile, plan=plan) if p.severity == "error"]
+    found = check_graph(graph, profile, plan=plan)
+    problems = [p for p in found if p.severity == "error"]
     files: dict[str, Path] = {}
     out = Path(out)
     size = None
@@ -69,4 +75,4 @@ def pack(model: Graph | str | Path, out: str | Path, *, target=None, report_dir:
         files = report.write_report(graph, plan, profile, report_dir, model_bin_bytes=size)
     if problems:
         raise ProblemsError(f"the model does not fit {profile.name}: it breaks its rules or memories", problems)
-    return PackResult(out, graph, plan, size, files)
+    return PackResult(out, graph, plan, size, files, [p for p in found if p.severity != "error"])

@@ -308,7 +308,12 @@ def write_report(graph, plan: Plan, target=None, out_dir: str | Path = "report",
         raise NpukitError("the report's plot needs matplotlib: pip install matplotlib") from None
     profile = _profile(graph, target)
     usage = memory_usage(graph, plan, profile, batch=batch, alignment=alignment)
-    problems = check_limits(graph, plan, profile, batch=batch, alignment=alignment, usage=usage)
+    if batch == 1 and alignment == ALIGNMENT:  # every rule, as check and pack see them
+        from .rules import check_graph
+
+        problems = check_graph(graph, profile, plan=plan)
+    else:
+        problems = check_limits(graph, plan, profile, batch=batch, alignment=alignment, usage=usage)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = _ReportData(graph, plan, profile, usage, problems, model_bin_bytes, title, batch, device_sizes)
@@ -433,13 +438,25 @@ def _md_table(head: list[str], rows: list[list[str]], num: set[int] = frozenset(
     return "\n".join(lines)
 
 
+def _verdict(d: _ReportData) -> str:
+    """One line: how many problems, or that everything fits, or that nothing could be verified."""
+    errors = [p for p in d.problems if p.severity == "error"]
+    if errors:
+        return f"{len(errors)} problem{'s' * (len(errors) != 1)}: the model breaks {d.profile.name}'s rules or memories"
+    if any(p.rule == "memory-unknown" for p in d.problems):
+        return f"Not verified: {d.profile.name} declares no memory for some of the model's data, so nothing can be said to fit"
+    return f"Every rule of {d.profile.name} holds, and everything fits its memories."
+
+
 def _markdown(d: _ReportData) -> str:
     parts = [f"# {d.title}", ""]
     if d.problems:
-        parts += ["> [!WARNING]", f"> **{len(d.problems)} memory limit{'s' * (len(d.problems) != 1)} exceeded**", ">"]
+        parts += ["> [!WARNING]", f"> **{_verdict(d)}**", ">"]
         for p in d.problems:
             parts += [f"> - **{p.where}**: [{p.rule}] {p.message}", f">   *fix:* {p.fix}"]
         parts.append("")
+    else:
+        parts += [f"**{_verdict(d)}**", ""]
     parts += [_md_table(["", ""], [[f"**{k}**", v] for k, v in _summary(d)]), "",
               "## Planner strategies", "", _md_table(["strategy", "arena", "vs lower bound"], _strategy_rows(d), {1, 2}),
               "", "## Memories", "",
@@ -522,10 +539,9 @@ def _html(d: _ReportData, png: str) -> str:
     if d.problems:
         items = "".join(f"<li><b>{_h(p.where)}</b>: [{_h(p.rule)}] {_h(p.message)}<br><i>fix:</i> {_h(p.fix)}</li>"
                         for p in d.problems)
-        n = len(d.problems)
-        banner = f'<div class="warn"><h2>⚠ {n} memory limit{"s" * (n != 1)} exceeded</h2><ul>{items}</ul></div>'
+        banner = f'<div class="warn"><h2>⚠ {_h(_verdict(d))}</h2><ul>{items}</ul></div>'
     else:
-        banner = '<div class="ok-box">Everything fits the target\'s memories.</div>'
+        banner = f'<div class="ok-box">{_h(_verdict(d))}</div>'
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{_h(d.title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
