@@ -106,6 +106,8 @@ def random_graph_and_inputs(spec, target: str, seed: int, n: int = 32):
 
 TARGETS = {
     "venus": "venus",
+    # The second scheme: 8-bit bias as b * 128, the output shift range, average pooling truncated.
+    "max78000": "max78000",
     # The same chip arithmetic with the other rounding modes, low-bit weights and a narrow accumulator.
     "variant": {"name": "variant", "activation_bits": 8, "weight_bits": [4, 2, 8], "bias_bits": 16,
                 "accumulator_bits": 24, "rounding": "half_even", "pool_rounding": "trunc", "wide_output": False},
