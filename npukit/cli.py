@@ -150,7 +150,9 @@ def check(
         shape = None
         if input_shape is not None:
             try:
-                shape = tuple(int(v) for v in input_shape.replace("x", ",").split(",") if v.strip())
+                shape = tuple(int(v) for v in input_shape.replace("x", ",").split(","))
+                if not shape or min(shape) < 1:
+                    raise ValueError
             except ValueError:
                 raise NpukitError(f"--input {input_shape!r}: give the shape as numbers, e.g. 1,3,32,32") from None
         obj = model

@@ -7,7 +7,9 @@ nodes are collected and raised together, each with its source line and a fix.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 
 import torch
 import torch.fx as fx
@@ -209,8 +211,14 @@ def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
     except Exception as e:  # torch.fx raises many types for untraceable code
         raise NpukitError(f"torch.fx could not trace the model: {type(e).__name__}: {e}\n"
                           "    fix: remove data-dependent Python control flow from forward()") from None
-    with torch.no_grad():
-        ShapeProp(traced).propagate(example_input.detach().float().cpu())
+    try:  # ShapeProp prints a traceback of its own before it raises: keep it off the user's terminal
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            ShapeProp(traced).propagate(example_input.detach().float().cpu())
+    except Exception as e:  # a shape the model cannot take: torch says why, in its own words
+        cause = e.__cause__ or e
+        raise NpukitError(f"the model cannot run on an example of shape {tuple(example_input.shape)}: "
+                          f"{type(cause).__name__}: {str(cause).splitlines()[0]}\n"
+                          "    fix: give the input shape the model takes, batch first (e.g. 1,3,32,32)") from None
 
     ctx = CaptureContext(traced, profile, weight_bits, wide_output)
     qgraph = fx.Graph()
