@@ -142,7 +142,8 @@ def test_dict_profile_drives_prepare():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv1d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6, 3))
     target = {"name": "tiny", "rounding": "trunc", "pool_rounding": "floor", "activation_bits": 6}
-    graph = npukit.to_ir(npukit.prepare(model, torch.randn(4, 1, 8), target=target))
+    with pytest.warns(UserWarning, match="memory-unknown"):  # the profile declares no memories
+        graph = npukit.to_ir(npukit.prepare(model, torch.randn(4, 1, 8), target=target))
     assert graph.rounding == "trunc" and graph.target["pool_rounding"] == "floor"
     assert graph.input_spec().bits == 6 and graph.output_spec().bits == 6  # no wide output on this target
 
