@@ -60,15 +60,19 @@ def export(
 @app.command()
 def pack(
     model: Path = typer.Argument(..., help="an npukit ONNX file (.onnx) or IR file (.npir)"),
-    output: Path = typer.Option(Path("model.bin"), "-o", "--output", help="the model.bin to write"),
+    output: Path = typer.Option(Path("model.bin"), "-o", "--output",
+                                help="the model.bin to write; for max78000/max78002 a folder gets model.bin and "
+                                     "the vendor's network.yaml, checkpoint and sample files"),
     target: str | None = typer.Option(None, help="check against this target's limits (default: the model's own)"),
     report: Path | None = typer.Option(None, "--report", help="folder for report.md, report.html and arena.png"),
+    sample: Path | None = typer.Option(None, "--sample", help=".npy integer input for the vendor's sample files"),
 ) -> None:
     """Plan memory at the lower bound and write a validated model.bin (and a flash/RAM report)."""
     from .packer import pack as do_pack
 
     try:
-        r = do_pack(model, output, target=target, report_dir=report)
+        x = _load_npy(sample) if sample is not None else None
+        r = do_pack(model, output, target=target, report_dir=report, sample=x)
     except NpukitError as e:
         _fail(e)
     p = r.plan
@@ -272,6 +276,15 @@ def run(
     output.parent.mkdir(parents=True, exist_ok=True)
     np.save(output, y)
     console.print(f"wrote {output}: shape {y.shape}, {y.dtype}, exponent {g.output_spec().exp}")
+
+
+def _load_npy(path: Path):
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise NpukitError(f"{path} is not a readable .npy file ({e})") from None
 
 
 def _load_model(path: Path):

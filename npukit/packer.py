@@ -51,9 +51,14 @@ def resolve_target(graph: Graph, target: str | Path | TargetProfile | None) -> T
     return other
 
 
-def pack(model: Graph | str | Path, out: str | Path, *, target=None, report_dir: str | Path | None = None) -> PackResult:
+def pack(model: Graph | str | Path, out: str | Path, *, target=None, report_dir: str | Path | None = None,
+         sample=None) -> PackResult:
     """Plan memory, check the target's rules and limits, write model.bin (and the report when `report_dir`
     is set). model.bin records the profile it was packed for.
+
+    For a MAX7800x target `out` may be a directory (any path not ending in .bin): it receives model.bin
+    and the vendor's files (network.yaml, checkpoint.pth.tar, sample input and output; npukit/max7800x.py),
+    `sample` being the integer input sample they carry (zeros without).
 
     A broken rule or a memory over its limit: the report is still written (it shows where), then
     `ProblemsError` lists every problem (the same list as `npukit check`); no model.bin is written.
@@ -64,15 +69,31 @@ def pack(model: Graph | str | Path, out: str | Path, *, target=None, report_dir:
         graph = replace(graph, target=profile.model_dump())
     plan = memplan.plan_graph(graph)
     found = check_graph(graph, profile, plan=plan)
+    out = Path(out)
+    vendor_dir = profile.scheme == "max78000" and out.suffix != ".bin"
+    if vendor_dir:
+        from .max7800x import plan_ai8x
+
+        found += plan_ai8x(graph, profile)[2]
+        out = out / "model.bin"
     problems = [p for p in found if p.severity == "error"]
     files: dict[str, Path] = {}
-    out = Path(out)
     size = None
     if not problems:
         modelbin.write(graph, plan.offsets, plan.arena_bytes, plan.lower_bound_bytes, out)
         size = out.stat().st_size
+        if vendor_dir:
+            from .max7800x import write_ai8x
+
+            files.update(write_ai8x(graph, out.parent, profile, arch=_arch(out.parent), sample=sample).files)
     if report_dir is not None:
-        files = report.write_report(graph, plan, profile, report_dir, model_bin_bytes=size)
+        files.update(report.write_report(graph, plan, profile, report_dir, model_bin_bytes=size))
     if problems:
         raise ProblemsError(f"the model does not fit {profile.name}: it breaks its rules or memories", problems)
     return PackResult(out, graph, plan, size, files, [p for p in found if p.severity != "error"])
+
+
+def _arch(directory: Path) -> str:
+    """The description's and checkpoint's `arch`: the output folder's name, as an identifier."""
+    name = "".join(c if c.isalnum() else "_" for c in directory.resolve().name).strip("_")
+    return name or "npukit"

@@ -1,0 +1,176 @@
+"""MAX7800x deployment: hardware layers, the network description and checkpoint in the vendor's format,
+their validator, and `pack -o DIR` end to end."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+
+import npukit
+from npukit import max7800x
+from npukit.models import mnist1d_cnn
+
+torch.set_num_threads(1)
+
+
+class Net2d(nn.Module):
+    """CHW first layer, 80 channels (two passes), max and average pooling fused, a 1x1 conv, flatten."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2, self.p2 = nn.Conv2d(16, 32, 3, padding=1), nn.MaxPool2d(2)
+        self.c3, self.p3 = nn.Conv2d(32, 80, 3, padding=1), nn.AvgPool2d(2)
+        self.c4 = nn.Conv2d(80, 16, 1, bias=False)
+        self.fc = nn.Linear(16 * 7 * 7, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.c2(x))
+        x = torch.relu(self.c3(self.p2(x)))
+        x = torch.relu(self.c4(self.p3(x)))
+        return self.fc(x.flatten(1))
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.c = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        return self.c(y + torch.relu(self.b(y)))
+
+
+MODELS = {"demo": (mnist1d_cnn, (1, 40), 8), "net2d": (Net2d, (1, 28, 28), 8), "net2d-w4": (Net2d, (1, 28, 28), 4)}
+
+
+def _graph(name: str):
+    build, shape, bits = MODELS[name]
+    torch.manual_seed(0)
+    x = torch.randn(32, *shape)
+    q = npukit.prepare(build(), x, target="max78000", weight_bits=bits)
+    q.train()
+    opt = torch.optim.SGD(q.parameters(), lr=0.01)
+    for _ in range(2):  # move the weights and exponents off their initial values
+        loss = q(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    q.eval()
+    g = npukit.to_ir(q)
+    return g, g.quantize_input(x[:1].numpy())
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def packed(request, tmp_path_factory):
+    g, x = _graph(request.param)
+    out = tmp_path_factory.mktemp(request.param)
+    r = npukit.pack(g, out / "max", target="max78000", sample=x)
+    return request.param, g, x, r
+
+
+def test_pack_writes_the_vendor_files(packed):
+    name, g, x, r = packed
+    d = r.path.parent
+    assert {p.name for p in d.iterdir()} >= {"model.bin", "network.yaml", "checkpoint.pth.tar", "sample_output.npy"}
+    assert np.array_equal(np.load(d / "sample_npukit.npy"), x[0].astype(np.int64))
+    assert np.array_equal(np.load(d / "sample_output.npy"), npukit.run(g, x)[0][0].astype(np.int64))
+    desc = yaml.safe_load((d / "network.yaml").read_text())
+    assert set(desc) == {"arch", "dataset", "layers"} and desc["arch"] == "max"
+    for e in desc["layers"]:
+        assert "pad" in e  # always written: a missing pad silently changes other layers' defaults
+        assert ("max_pool" in e or "avg_pool" in e) == ("pool_stride" in e)  # the stride too: its default is 1
+
+
+def test_checkpoint_is_the_vendor_format(packed):
+    name, g, x, r = packed
+    ck = torch.load(r.path.parent / "checkpoint.pth.tar", weights_only=True)
+    assert set(ck) == {"state_dict", "arch", "epoch"}
+    sd = ck["state_dict"]
+    layers, _, _ = max7800x.plan_ai8x(g, npukit.load_target("max78000"))
+    macs = [hl for hl in layers if hl.node is not None]
+    assert [k for k in sd if k.endswith(".op.weight")] == [f"{hl.name}.op.weight" for hl in macs]  # layer order
+    for hl in macs:
+        n, q = hl.node, hl.node.attrs["w_bits"]
+        assert np.array_equal(sd[f"{hl.name}.op.weight"].numpy(), n.params["weight"])
+        assert int(sd[f"{hl.name}.weight_bits"][0]) == q
+        s = int(sd[f"{hl.name}.output_shift"][0]) + 8 - q  # the total shift the tool computes
+        assert s == 7 - n.attrs["out_shift"] and -15 <= s <= 15
+        if n.params["bias"].any():
+            stored = sd[f"{hl.name}.op.bias"].numpy()
+            assert np.array_equal(np.floor(stored / 2 ** (q - 1)).astype(np.int64), n.params["bias"])
+            assert n.params["bias"].min() >= -128 and n.params["bias"].max() <= 127
+        else:
+            assert f"{hl.name}.op.bias" not in sd
+
+
+def test_processors_and_offsets(packed):
+    name, g, x, r = packed
+    profile = npukit.load_target("max78000")
+    layers, placements, problems = max7800x.plan_ai8x(g, profile)
+    assert not problems
+    desc = yaml.safe_load((r.path.parent / "network.yaml").read_text())
+    assert max7800x.validate(desc, max7800x._layer_shapes(g, layers), profile) == []
+    first = desc["layers"][0]
+    assert first["data_format"] == "CHW" and first["processors"] == 1  # one input channel
+    for a, b in zip(desc["layers"], desc["layers"][1:], strict=False):
+        assert b["processors"] == a["output_processors"]  # a layer reads where the one before wrote
+        assert a["out_offset"] != b["out_offset"]  # ping-pong
+
+
+def test_multi_pass_layer():
+    g, _ = _graph("net2d")
+    layers, placements, _ = max7800x.plan_ai8x(g, npukit.load_target("max78000"))
+    c4 = next(i for i, hl in enumerate(layers) if hl.node is not None and hl.node.name == "c4")
+    assert placements[c4].passes == 2 and placements[c4].processors == (1 << 40) - 1  # 80 channels: 2 x 40
+
+
+@pytest.mark.parametrize("mutation", ["offset onto input", "offset past instance", "processor dropped",
+                                      "chw shared instance", "wrong in_offset", "layer missing"])
+def test_validator_catches_edits(mutation):
+    g, _ = _graph("net2d")
+    profile = npukit.load_target("max78000")
+    layers, placements, _ = max7800x.plan_ai8x(g, profile)
+    desc = max7800x.network_description(g, layers, placements, arch="a", dataset="d")
+    shapes = max7800x._layer_shapes(g, layers)
+    bad = copy.deepcopy(desc)
+    layers_d = bad["layers"]
+    if mutation == "offset onto input":
+        layers_d[1]["out_offset"] = layers_d[0]["out_offset"]  # layer 1's output onto the input it reads
+    elif mutation == "offset past instance":
+        layers_d[2]["out_offset"] = 0x7F00
+    elif mutation == "processor dropped":
+        layers_d[2]["processors"] = int(layers_d[2]["processors"]) & ~1
+    elif mutation == "chw shared instance":
+        layers_d[0]["processors"] = 0b11
+    elif mutation == "wrong in_offset":
+        layers_d[1]["in_offset"] = 0x0100
+    else:
+        del layers_d[3]
+    found = max7800x.validate(bad, shapes, profile)
+    assert found and all(p.rule.startswith("max7800x.") and p.fix for p in found), found
+    assert max7800x.validate(desc, shapes, profile) == []
+
+
+def test_residual_is_refused_by_name(tmp_path):
+    torch.manual_seed(0)
+    g = npukit.to_ir(npukit.prepare(Residual(), torch.randn(4, 4, 8, 8), target="max78000"))
+    with pytest.raises(npukit.ProblemsError, match=r"max7800x\.layers.*element-wise add"):
+        npukit.pack(g, tmp_path / "out", target="max78000")
+    assert not (tmp_path / "out" / "network.yaml").exists()
+    npukit.pack(g, tmp_path / "model.bin", target="max78000")  # a plain model.bin needs no description
+
+
+def test_vendor_shift_is_the_description_shift():
+    g, _ = _graph("demo")
+    for n in g.nodes:
+        if n.op in ("conv", "linear"):
+            q = n.attrs["w_bits"]
+            assert max7800x.vendor_shift(n) + (8 - q) == 7 - n.attrs["out_shift"]
