@@ -160,8 +160,13 @@ def stage_pack(run: DemoRun) -> str:
     p = result.plan
     run.metrics.update(bin_bitexact_fraction=float(same.mean()), arena_bytes=p.arena_bytes,
                        arena_lower_bound_bytes=p.lower_bound_bytes, model_bin_bytes=result.model_bin_bytes)
-    return (f"arena {p.arena_bytes:,} B (lower bound {p.lower_bound_bytes:,} B), model.bin {result.model_bin_bytes:,} B; "
+    text = (f"arena {p.arena_bytes:,} B (lower bound {p.lower_bound_bytes:,} B), model.bin {result.model_bin_bytes:,} B; "
             f"model.bin in its planned arena = engine on {same.mean():.1%}  -> model.bin, report/")
+    if run.graph.scheme.name == "max78000":  # the vendor's description and checkpoint too
+        vendor = pack(run.graph, run.out / "ai8x", sample=q_in[:1])
+        run.metrics["ai8x_files"] = sorted(f.name for f in vendor.report_files.values())
+        text += "; the vendor's network.yaml, checkpoint and sample files  -> ai8x/"
+    return text
 
 
 def stage_codegen(run: DemoRun) -> str:
