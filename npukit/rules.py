@@ -211,6 +211,18 @@ def flatten_rules(node: Node, graph: Graph, profile: TargetProfile) -> list[Prob
     return out
 
 
+def add_rules(node: Node, graph: Graph, profile: TargetProfile) -> list[Problem]:
+    out = []
+    if node.attrs["relu"] and not profile.rules.add.relu:
+        out.append(_p(node, "add.relu", f"a ReLU after an element-wise add; {profile.name} has no activation there",
+                      "apply the ReLU to the operands before the add, or let the next layer's ReLU do it"))
+    exps = sorted({graph.tensors[t].exp for t in node.inputs})
+    if len(exps) > 1 and get_scheme(profile.scheme).ties_eltwise_exponents:
+        out.append(_p(node, "add.exponents", f"operands at exponents {exps}; {profile.name} adds them unshifted, "
+                      "so they must share one", f"prepare the model for {profile.name} (its QAT ties them)"))
+    return out
+
+
 def concat_rules(node: Node, graph: Graph, profile: TargetProfile) -> list[Problem]:
     m = profile.rules.concat.channel_multiple
     if m is None or node.attrs["axis"] != 0:

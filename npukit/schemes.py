@@ -32,6 +32,7 @@ MAC_RQ_ATTRS = {"bias_shift": "int", "out_shift": "int", "act_min": "int", "act_
 
 class Scheme:
     name: ClassVar[str]
+    ties_eltwise_exponents: ClassVar[bool] = False  # element-wise operands must share one exponent
 
     # --- exponent choices (QAT side and conversion) --------------------------------------------------
     def bias_exp(self, bias_bits: int, e_acc: int, b_max_abs: float) -> int:
@@ -117,6 +118,7 @@ class Max78000(Scheme):
     """ADI MAX78000/MAX78002: docs/arithmetic.md, "The max78000 scheme"."""
 
     name = "max78000"
+    ties_eltwise_exponents = True  # the chip adds operands unshifted
     BIAS_SHIFT = 7  # the bias joins the accumulator as b * 128
     SHIFT_RANGE = (-15, 15)  # the per-layer output shift s (including the implicit 8 - q)
 

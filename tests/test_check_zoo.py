@@ -56,6 +56,18 @@ class TwoBranchCat(nn.Module):
         return self.fc(torch.cat([self.a(x), self.b(x)], 1).flatten(1))
 
 
+class _ResidualNoRelu(nn.Module):
+    """A residual add as MAX7800x run it: no activation after the add, a conv reads the sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        return self.c(y + torch.relu(self.b(y)))
+
+
 def _venus_with(**changes) -> dict:
     """The venus profile as a dict, with top-level fields or (rules=...) rule fields replaced."""
     d = npukit.load_target("venus").model_dump()
@@ -197,6 +209,12 @@ GRAPH_CASES = {
 
 @functools.cache
 def graph_case_result(key: str) -> npukit.CheckResult:
+    if key.startswith("max-add"):  # a residual add prepared for max78000 (tied exponents), or one operand moved
+        g = npukit.to_ir(npukit.prepare(_ResidualNoRelu(), torch.randn(4, 4, 8, 8), "max78000"))
+        if key.startswith("max-add-exp"):
+            add = next(n for n in g.nodes if n.op == "add")
+            g.tensors[add.inputs[0]].exp += 1
+        return npukit.check(g, None, "max78000")
     if key.startswith("max"):  # the requant rule: a max78000 graph as prepared, or with a shift beyond [-15, 15]
         z = BY_NAME["cifar"]
         g = npukit.to_ir(npukit.prepare(z.build(), z.example(), "max78000", rules="off"))
@@ -294,6 +312,8 @@ RULE_CASES = {
     "pool.kernel": ("case:maxpool6@venus", "zoo:cifar@venus"),  # pooling window 6 vs 2
     "pool.kernel (global)": ("case:gap20@max78000", "zoo:gap@max78000"),  # global pool of 20x20 vs 8x8
     "requant": ("graph:max-shift@max78000", "graph:max@max78000"),
+    "add.relu": ("zoo:residual@max78000", "zoo:residual@venus"),
+    "add.exponents": ("graph:max-add-exp@max78000", "graph:max-add@max78000"),
     "pool.stride": ("case:maxpool3@venus", "case:maxpool3@max78000"),
     "linear.features": ("zoo:no_pool@max78000", "zoo:cifar@max78000"),  # 8,192 vs exactly 1,024
     "linear.input-buffer": ("case:linear_16400@venus", "zoo:no_pool@venus"),
@@ -323,7 +343,7 @@ def _result(ref: str) -> npukit.CheckResult:
 def _declared_rule_ids() -> set[str]:
     """Rule ids written literally in rules.py and report.py, plus those rules.py builds from a key."""
     text = (ROOT / "npukit/rules.py").read_text() + (ROOT / "npukit/report.py").read_text()
-    ids = set(re.findall(r'"((?:conv|pool|linear|flatten|concat|op|bits|memory)[.-][a-z-]+|layers|unsupported-op|requant)"',
+    ids = set(re.findall(r'"((?:conv|pool|linear|flatten|concat|add|op|bits|memory)[.-][a-z-]+|layers|unsupported-op|requant)"',
                          text))
     ids |= {f"conv.{k}" for k in ("stride", "padding", "dilation")} | {f"pool.{k}" for k in ("kernel", "stride")}
     return ids

@@ -396,9 +396,9 @@ class Residual(nn.Module):
         return self.c3((F.relu(z) if self.relu_mid else z) + y)
 
 
-def test_residual_adds_exponent_statistics():
-    """Typical residual blocks: count how often npukit gives the two operands different exponents (those
-    have no chip equivalent); every block whose operands agree must match the chip."""
+def test_residual_adds_share_one_exponent():
+    """Typical residual blocks: QAT ties the operands' exponents (the chip adds them unshifted), so every
+    block has a chip equivalent and matches it."""
     same = differ = 0
     for seed in range(12):
         g = torch.Generator().manual_seed(700 + seed)
@@ -414,9 +414,8 @@ def test_residual_adds_exponent_statistics():
             assert "exponents" in str(e), e
             differ += 1
             assert len({graph.tensors[t].exp for t in add.inputs}) > 1
-    # npukit today: 11 of these 12 differ (its add takes the smaller exponent and shifts the other operand;
-    # the chip shifts nothing). Once QAT ties add operand exponents this can become `assert differ == 0`.
-    print(f"\nresidual adds: operand exponents equal in {same}, different in {differ} of {same + differ}")
+    # Before the exponents were tied, 11 of these 12 differed (the add shifted one operand; the chip does not).
+    assert differ == 0 and same == 12
 
 
 class DeadChannel(nn.Module):

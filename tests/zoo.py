@@ -367,7 +367,8 @@ ZOO: tuple[ZooModel, ...] = (
     ZooModel("cifar", CifarNet, (3, 32, 32)),
     # 16 channels at 16x16 (4 KiB maps); add + ReLU fused into the add; pool 4/4; flatten 16x4x4 = 256 values.
     # Hardware layers on max78000: stem, conv1, conv2, add (read by a pool, not fused), fc = 5. Passes.
-    ZooModel("residual", ResidualNet, (3, 16, 16)),
+    # relu(x + block(x)): MAX7800x have no activation after an element-wise add -> add.relu there.
+    ZooModel("residual", ResidualNet, (3, 16, 16), {"max78000": _e("add.relu"), "max78002": _e("add.relu")}),
     # Depthwise 3x3 (groups = 16 and 32): venus allows depthwise (weights align16(C)*9 <= 288); max78000
     # allows no groups at all -> conv.groups; max78002 allows depthwise. pw1 writes 32x32x32 = 32,768 B
     # (<= 65,536); peak activations 16,384 + 32,768. Avg pool 4/4, flatten 64x4x4 (16 px, 1,024 values).

@@ -31,6 +31,11 @@ class Add(OpDef):
         lo, hi = arith.act_range(out.bits, node.attrs["relu"])
         return [arith.saturate(total, lo, hi).astype(out.dtype)]
 
+    def rules(self, node, graph, profile):
+        from ..rules import add_rules
+
+        return add_rules(node, graph, profile)
+
     def to_c(self, node, b):
         g = b.graph
         out = g.tensors[node.outputs[0]]

@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import NpukitError, Problem, ProblemsError
+from ..schemes import get_scheme
 from ..targets import TargetProfile, load_target
 from .add import AddCapture
 from .base import OpCapture, node_name
 from .concat import ConcatCapture
+from .fakequant import ExpGroup, ObservedQModule
 from .input import QInput
 from .mac import ConvCapture, LinearCapture
 from .pool import AvgPoolCapture, GlobalAvgPoolCapture, MaxPoolCapture
@@ -287,8 +289,45 @@ def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
     qmodel = fx.GraphModule(root, qgraph, class_name=f"QAT{type(model).__name__}")
     qmodel.graph.eliminate_dead_code()  # exponent getters nobody reads
     qmodel.recompile()
+    if get_scheme(profile.scheme).ties_eltwise_exponents:
+        tie_eltwise_exponents(qmodel)
     calibrate(qmodel, [example_input])
     return qmodel, problems, profile
+
+
+def tie_eltwise_exponents(qmodel: fx.GraphModule) -> None:
+    """Give the operands of every element-wise add one exponent (ExpGroup): their producing observers,
+    found through exponent-keeping modules (pooling, reshape) and earlier adds, share it."""
+    from .add import QAdd
+
+    modules = dict(qmodel.named_modules())
+    parent: dict[int, ObservedQModule] = {}
+
+    def find(m):
+        while parent.get(id(m), m) is not m:
+            m = parent[id(m)]
+        return m
+
+    def sources(node: fx.Node) -> list[ObservedQModule]:
+        mod = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(mod, QAdd) or (mod is not None and mod.keeps_exp):
+            return [s for arg in node.args[0] for s in sources(arg)]
+        return [mod] if isinstance(mod, ObservedQModule) else []
+
+    for node in qmodel.graph.nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], QAdd):
+            found = [s for arg in node.args[0] for s in sources(arg)]
+            for other in found[1:]:
+                a, b = find(found[0]), find(other)
+                if a is not b:
+                    parent[id(b)] = a
+                    parent.setdefault(id(a), a)
+    groups: dict[int, list[ObservedQModule]] = {}
+    for m in modules.values():
+        if isinstance(m, ObservedQModule) and id(m) in parent:
+            groups.setdefault(id(find(m)), []).append(m)
+    for members in groups.values():
+        ExpGroup(members)
 
 
 def _exp_getter(graph: fx.Graph, root: dict, name: str) -> fx.Node:

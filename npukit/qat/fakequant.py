@@ -132,6 +132,22 @@ class QModule(nn.Module):
         return TensorSpec(name, tuple(out_shape), self.act_bits, int(self.out_exp))
 
 
+class ExpGroup:
+    """Observed modules whose outputs must share one exponent (the operands of a MAX7800x element-wise
+    add: the chip adds them unshifted). A plain object, not a Module, so its members are not registered
+    twice; each member computes the group's exponent from every member's range, in training and in eval.
+    """
+
+    def __init__(self, members: list[ObservedQModule]):
+        self.members = members
+        for m in members:
+            m.__dict__["_exp_group"] = self
+
+    def exponent(self, bits: int) -> int:
+        seen = [float(m.range_ema) for m in self.members if bool(m.range_seen)]
+        return arith.fit_exponent(max(seen, default=0.0), bits)
+
+
 class ObservedQModule(QModule):
     """A QAT module whose output exponent follows an EMA of the observed max-abs output."""
 
@@ -158,4 +174,7 @@ class ObservedQModule(QModule):
                 self.range_ema.copy_(m)
                 self.range_seen.fill_(True)
             self.out_exp.fill_(arith.fit_exponent(float(self.range_ema), bits))
+        group = self.__dict__.get("_exp_group")
+        if group is not None:  # one exponent for the group: the one that fits every member's range
+            self.out_exp.fill_(group.exponent(bits))
         return int(self.out_exp)

@@ -130,6 +130,10 @@ class FlattenRules(_Rules):
     max_elements: int | None = Field(None, description="C x H x W of a flattened feature map")
 
 
+class AddRules(_Rules):
+    relu: bool = Field(True, description="a ReLU may follow an element-wise add (fused into it)")
+
+
 class ConcatRules(_Rules):
     channel_multiple: int | None = Field(None, description="every part but the last a multiple of this")
 
@@ -153,6 +157,7 @@ class Rules(_Rules):
     pool: PoolRules = PoolRules()
     linear: LinearRules = LinearRules()
     flatten: FlattenRules = FlattenRules()
+    add: AddRules = AddRules()
     concat: ConcatRules = ConcatRules()
 
 
