@@ -2,17 +2,25 @@
 description (`network.yaml`) and checkpoint written from it, with processors and data-memory offsets
 computed, never asked for.
 
-A hardware layer is [pooling] -> conv / linear / passthrough -> [ReLU] (shared/reference/
-max78000-arithmetic.md, "One layer, in this order"): a pool whose only reader is a conv or linear is
-fused before it (pool_first), a flatten before a linear becomes `flatten: true`, a pool that feeds
-anything else (a flatten included: no pooling in a flattening layer) is a passthrough layer (`op: none`). Data placement, per layer:
+A hardware layer is [pooling] -> [element-wise] -> conv / linear / passthrough -> [ReLU]
+(shared/reference/max78000-arithmetic.md, "One layer, in this order"):
+- a pool whose only reader is a conv or linear is fused before it; a flatten before a linear becomes
+  `flatten: true`; a pool read by anything else (a flatten included: no pooling in a flattening layer)
+  is a passthrough layer (`op: none`) that pools;
+- an element-wise add whose only reader is a conv is fused into that conv's layer (`eltwise: add`,
+  `operands: 2`, `in_sequences` naming the operands); otherwise it is a passthrough layer of its own.
+  Its operands must lie interleaved in memory: a layer whose output only the add reads writes it there
+  itself (`write_gap: 1`, offset +4 per operand); any other operand (read elsewhere too, or the network
+  input) is copied there by a passthrough layer inserted right after its producer.
+Data placement:
 - channels -> processors: one processor per channel and pass, at most 64 per pass, passes =
   ceil(C / 64), ceil(C / passes) processors per pass, rounded up to a multiple of 4 when there is more
-  than one pass (4 processors share one data-memory instance); the first layer reads CHW (one channel per memory instance, processors 4 apart) when its
-  input has at most 16 channels, else HWC;
-- offsets ping-pong between 0 and the largest per-instance buffer, so a layer never writes over the
-  input it reads; every buffer must fit one instance (32 KiB on MAX78000, 80 KiB on MAX78002).
-Element-wise adds and concatenations (in_sequences, write_gap) are refused by name for now.
+  than one pass (4 processors share one data-memory instance); the first layer reads CHW (one channel per
+  memory instance, processors 4 apart) when its input has at most 16 channels, else HWC;
+- every buffer (a layer's output, or an add's interleaved operands) gets the lowest offset that overlaps
+  no buffer alive at the same time (from its first writer to its last reader), and must fit one memory
+  instance (32 KiB on MAX78000, 80 KiB on MAX78002).
+`validate` checks a description, ours or a hand-edited one, against the model's shapes.
 
 Everything here is torch-free except `write_checkpoint` (torch.save).
 """
@@ -32,28 +40,33 @@ from .targets import TargetProfile
 MAX_PER_PASS = 64
 PROCS_PER_INSTANCE = 4
 CHW_MAX_CHANNELS = 16  # one channel per memory instance
+INPUT = -1  # in_sequences' name for the network input
+ALIGN = 16  # buffer offsets, bytes
 
 
 @dataclass
 class HwLayer:
-    name: str  # the identifier used in the checkpoint (`<name>.op.weight`)
-    op: str  # conv1d, conv2d, mlp, none
+    name: str  # the identifier used in the checkpoint (`<name>.op.weight`) and the description
+    op: str  # conv1d, conv2d, mlp, none, passthrough
     node: Node | None  # the conv / linear node (None for a passthrough)
     pool: Node | None = None
     flatten: bool = False
-    in_tensor: str = ""  # what the layer reads (before its pooling)
-    out_tensor: str = ""  # what it writes
+    inputs: list[str] = field(default_factory=list)  # tensors read: one, or the add's operands in memory order
+    out_tensor: str = ""  # what it writes (a copy of its input for a passthrough that re-lays data)
+    eltwise: bool = False
     nodes: list[str] = field(default_factory=list)  # IR nodes it stands for
 
 
 @dataclass
 class Placement:
-    processors: int  # bitmap of the processors that read the input
+    processors: int  # bitmap of the processors that read the input (one operand's channels)
     passes: int
     in_offset: int
     out_offset: int
     output_processors: int
-    in_bytes: int  # per memory instance
+    write_gap: int
+    in_sequences: list[int] | None  # None: the layer before
+    in_bytes: int  # per memory instance, one operand
     out_bytes: int
 
 
@@ -69,9 +82,9 @@ def hardware_layers(graph: Graph) -> tuple[list[HwLayer], list[Problem]]:
         for t in n.inputs:
             readers.setdefault(t, []).append(n)
     producer = {t: n for n in graph.nodes for t in n.outputs}
-    layers: list[HwLayer] = []
     problems: list[Problem] = []
-    fused: dict[str, Node] = {}  # conv/linear node name -> the pool fused before it
+    fused_pool: dict[str, Node] = {}  # conv/linear node -> the pool fused before it
+    fused_add: dict[str, Node] = {}  # conv node -> the add fused before it
     flattened: set[str] = set()  # linear nodes fed by a flatten
     skip: set[str] = set()
 
@@ -80,43 +93,80 @@ def hardware_layers(graph: Graph) -> tuple[list[HwLayer], list[Problem]]:
         return r[0] if len(r) == 1 and t not in graph.outputs else None
 
     for n in graph.nodes:
+        nxt = sole_reader(n.outputs[0])
         if n.op in ("maxpool", "avgpool", "global_avgpool"):
-            nxt = sole_reader(n.outputs[0])
-            # (a pool before a flatten + linear stays a passthrough layer of its own: the chip cannot pool
-            # in a flattening layer)
             if nxt is not None and nxt.op in ("conv", "linear"):
-                fused[nxt.name] = n
+                fused_pool[nxt.name] = n
+                skip.add(n.name)
+        elif n.op == "add":
+            if nxt is not None and nxt.op == "conv":
+                fused_add[nxt.name] = n
                 skip.add(n.name)
         elif n.op == "reshape":
-            nxt = sole_reader(n.outputs[0])
             if nxt is not None and nxt.op == "linear" and len(n.attrs["shape"]) == 1:
                 flattened.add(nxt.name)
                 skip.add(n.name)
             else:
                 problems.append(Problem(n.name, "max7800x.layers", "a reshape that is not a flatten into a linear "
                                         "layer has no hardware layer", "flatten only right before a Linear"))
-        elif n.op in ("add", "concat", "relu"):
-            what = {"add": "element-wise add (residual)", "concat": "concatenation",
-                    "relu": "standalone ReLU"}[n.op]
+        elif n.op in ("concat", "relu"):
+            what = {"concat": "concatenation", "relu": "standalone ReLU"}[n.op]
             problems.append(Problem(n.name, "max7800x.layers", f"the {what} is not written to the network "
-                                    "description yet", "see the MAX78000 issue: write_gap/in_sequences layouts "
-                                    "come next; fuse a ReLU into the layer before it"))
+                                    "description yet", "fuse a ReLU into the layer before it; concatenation "
+                                    "(in_sequences of several layers) comes with the MAX78000 issue"))
 
+    layers: list[HwLayer] = []
     for n in graph.nodes:
-        if n.name in skip or n.op in ("add", "concat", "relu", "reshape"):
+        if n.name in skip or n.op in ("concat", "relu", "reshape"):
             continue
-        pool = fused.get(n.name) if n.op in ("conv", "linear") else (n if n.op.endswith("pool") else None)
-        src = pool.inputs[0] if pool is not None else n.inputs[0]
-        if n.name in flattened:
-            src = producer[n.inputs[0]].inputs[0]  # the flatten's input
         if n.op in ("conv", "linear"):
+            pool, add = fused_pool.get(n.name), fused_add.get(n.name)
+            src = pool.inputs[0] if pool is not None else n.inputs[0]
+            if n.name in flattened:
+                src = producer[n.inputs[0]].inputs[0]  # the flatten's input
             op = "mlp" if n.op == "linear" else f"conv{n.attrs['ndim']}d"
-            nodes = ([pool.name] if pool else []) + ([producer[n.inputs[0]].name] if n.name in flattened else [])
-            layers.append(HwLayer(_ident(n.name), op, n, pool, n.name in flattened, src, n.outputs[0],
+            nodes = [m.name for m in (pool, add) if m is not None]
+            nodes += [producer[n.inputs[0]].name] if n.name in flattened else []
+            layers.append(HwLayer(_ident(n.name), op, n, pool, n.name in flattened,
+                                  list(add.inputs) if add is not None else [src], n.outputs[0], add is not None,
                                   nodes + [n.name]))
+        elif n.op == "add":  # read by something other than a conv: a passthrough layer that adds
+            layers.append(HwLayer(_ident(n.name), "none", None, None, False, list(n.inputs), n.outputs[0], True,
+                                  [n.name]))
         else:  # a pool read by something other than a conv/linear: a passthrough layer that pools
-            layers.append(HwLayer(_ident(n.name), "none", None, n, False, src, n.outputs[0], [n.name]))
-    return layers, problems
+            layers.append(HwLayer(_ident(n.name), "none", None, n, False, [n.inputs[0]], n.outputs[0], False,
+                                  [n.name]))
+    return _relayout_operands(graph, layers), problems
+
+
+def _relayout_operands(graph: Graph, layers: list[HwLayer]) -> list[HwLayer]:
+    """Insert a passthrough copy for every add operand that its producer cannot write interleaved itself."""
+    readers: dict[str, int] = {}
+    for hl in layers:
+        for t in hl.inputs:
+            readers[t] = readers.get(t, 0) + 1
+    producer = {hl.out_tensor: i for i, hl in enumerate(layers)}
+    after: dict[int, list[HwLayer]] = {}  # insert after layer i (INPUT: before the first)
+    for hl in layers:
+        if not hl.eltwise:
+            continue
+        for k, t in enumerate(hl.inputs):
+            if t in producer and readers[t] == 1 and t not in graph.outputs:
+                continue  # its producer writes it interleaved
+            copy = f"{t}@{hl.name}.{k}"
+            after.setdefault(producer.get(t, INPUT), []).append(
+                HwLayer(_ident(f"{t}_to_{hl.name}"), "passthrough", None, None, False, [t], copy, False, []))
+            hl.inputs[k] = copy
+    out = list(after.get(INPUT, []))
+    for i, hl in enumerate(layers):
+        out.append(hl)
+        out += after.get(i, [])
+    return out
+
+
+def _spec(graph: Graph, t: str):
+    """A tensor's spec; a relayout copy (`name@layer.k`) has its original's."""
+    return graph.tensors[t.rsplit("@", 1)[0]]
 
 
 def _chw_dims(shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -144,29 +194,68 @@ def _instance_bytes(shape: tuple[int, ...], chw: bool) -> int:
     return h * w * math.ceil(c / MAX_PER_PASS) * 4  # one 32-bit word (4 channels) per pixel and pass
 
 
-def place(graph: Graph, layers: list[HwLayer], profile: TargetProfile) -> tuple[list[Placement], list[Problem]]:
-    """Processors, passes and ping-pong offsets of every layer, checked against one memory instance."""
+def _instance(profile: TargetProfile) -> int:
     mem = profile.memory_for("activations")
-    instance = (mem.bytes // 16) if mem is not None else 1 << 15  # 16 data-memory instances
-    chw0 = graph.tensors[layers[0].in_tensor].shape[0] <= CHW_MAX_CHANNELS if layers else False
-    sizes = [_instance_bytes(graph.tensors[layers[0].in_tensor].shape, chw0)] if layers else []
-    sizes += [_instance_bytes(graph.tensors[hl.out_tensor].shape, False) for hl in layers]
-    half = -(-max(sizes, default=0) // 16) * 16  # the second buffer starts here
-    problems = []
-    if 2 * half > instance:
-        where = layers[int(np.argmax(sizes[1:]))].nodes[-1] if len(sizes) > 1 else graph.inputs[0]
-        problems.append(Problem(where, "max7800x.memory", f"ping-pong buffers need 2 x {half:,} bytes per data-memory "
-                                f"instance; {profile.name} has {instance:,}",
-                                "shrink the largest feature map (pooling, fewer channels)"))
-    out = []
-    offsets = [0, half]
+    return (mem.bytes // 16) if mem is not None else 1 << 15  # 16 data-memory instances
+
+
+def place(graph: Graph, layers: list[HwLayer], profile: TargetProfile) -> tuple[list[Placement], list[Problem]]:
+    """Processors, passes, offsets, write gaps and in_sequences of every layer."""
+    first_in = graph.inputs[0]
+    chw0 = _spec(graph, first_in).shape[0] <= CHW_MAX_CHANNELS
+    producer = {hl.out_tensor: i for i, hl in enumerate(layers)}
+    # Buffers: the network input, each layer's output, and each add's operands together (interleaved).
+    group: dict[str, tuple[str, int, int]] = {}  # tensor -> (buffer key, slot, operand count)
+    for hl in layers:
+        if hl.eltwise:
+            for k, t in enumerate(hl.inputs):
+                group[t] = (f"eltwise:{hl.name}", k, len(hl.inputs))
+    span: dict[str, list[int]] = {}
+    size: dict[str, int] = {}
+    for t, i in [(first_in, INPUT)] + [(hl.out_tensor, i) for i, hl in enumerate(layers)]:
+        key, _, n = group.get(t, (t, 0, 1))
+        chw = t == first_in and chw0
+        size[key] = max(size.get(key, 0), _instance_bytes(_spec(graph, t).shape, chw) * n)
+        s = span.setdefault(key, [i, i])
+        s[0] = min(s[0], i)
     for i, hl in enumerate(layers):
-        shape_in = graph.tensors[hl.in_tensor].shape
+        for t in hl.inputs:
+            key = group.get(t, (t,))[0]
+            span[key][1] = max(span[key][1], i)
+    for t in graph.outputs:
+        span[group.get(t, (t,))[0]][1] = len(layers)
+    offset: dict[str, int] = {}
+    for key in sorted(span, key=lambda k: (span[k][0], -size[k])):
+        busy = sorted((offset[o], offset[o] + size[o]) for o in offset
+                      if span[o][0] <= span[key][1] and span[key][0] <= span[o][1])
+        at = 0
+        for lo, hi in busy:
+            if at + size[key] <= lo:
+                break
+            at = max(at, -(-hi // ALIGN) * ALIGN)
+        offset[key] = at
+    instance = _instance(profile)
+    problems = [Problem(key.split(":")[-1], "max7800x.memory", f"data memory needs {offset[key] + size[key]:,} bytes "
+                        f"per instance here; {profile.name} has {instance:,}",
+                        "shrink the largest feature maps (pooling, fewer channels)")
+                for key in offset if offset[key] + size[key] > instance]
+
+    def where(t: str) -> int:
+        key, slot, _ = group.get(t, (t, 0, 1))
+        return offset[key] + 4 * slot
+
+    out = []
+    for i, hl in enumerate(layers):
+        shape_in = _spec(graph, hl.inputs[0]).shape
         procs, passes = _procs(shape_in[0], chw0 and i == 0)
-        out_c = graph.tensors[hl.out_tensor].shape[0]
-        out_procs = (_procs(graph.tensors[layers[i + 1].in_tensor].shape[0], False)[0] if i + 1 < len(layers)
-                     else _procs(out_c, False)[0])
-        out.append(Placement(procs, passes, offsets[i % 2], offsets[(i + 1) % 2], out_procs, sizes[i], sizes[i + 1]))
+        out_c = _spec(graph, hl.out_tensor).shape[0]
+        _, _, n_ops = group.get(hl.out_tensor, ("", 0, 1))
+        sources = [producer[t] if t in producer else INPUT for t in hl.inputs]
+        seq = sources if hl.eltwise or sources != [i - 1] else None
+        in_at = min(where(t) for t in hl.inputs)
+        out.append(Placement(procs, passes, in_at, where(hl.out_tensor), _procs(out_c, False)[0], n_ops - 1, seq,
+                             _instance_bytes(shape_in, chw0 and i == 0),
+                             _instance_bytes(_spec(graph, hl.out_tensor).shape, False)))
     return out, problems
 
 
@@ -182,33 +271,48 @@ def layer_problems(graph: Graph, layers: list[HwLayer], profile: TargetProfile) 
             out.append(Problem(n.name, "max7800x.layers", "grouped/depthwise convs are not written yet",
                                "use groups=1"))
         if hl.pool is not None and hl.pool.op == "global_avgpool":
-            c, h, w = _chw_dims(graph.tensors[hl.pool.inputs[0]].shape)
+            c, h, w = _chw_dims(_spec(graph, hl.pool.inputs[0]).shape)
             if h > 16 or w > 16:
                 out.append(Problem(hl.pool.name, "max7800x.layers", f"global pooling of {h}x{w} exceeds 16x16",
                                    "downsample before it"))
-    if len(layers) > (profile.rules.max_layers or len(layers)):
-        out.append(Problem(layers[profile.rules.max_layers].nodes[-1], "layers",
-                           f"{len(layers)} hardware layers; {profile.name} runs {profile.rules.max_layers}",
-                           "merge or remove layers"))
+        if hl.eltwise and len({_spec(graph, t).exp for t in hl.inputs}) > 1:
+            out.append(Problem(hl.nodes[0], "add.exponents", "the add's operands have different exponents",
+                               "prepare the model for this target (its QAT ties them)"))
+    limit = profile.rules.max_layers
+    if limit is not None and len(layers) > limit:
+        out.append(Problem(layers[limit].nodes[-1] if layers[limit].nodes else layers[limit].name, "layers",
+                           f"{len(layers)} hardware layers (with the copies that lay out add operands); "
+                           f"{profile.name} runs {limit}", "merge or remove layers"))
     return out
 
 
 def validate(desc: dict, shapes: list[tuple[tuple[int, ...], tuple[int, ...]]], profile: TargetProfile) -> list[Problem]:
     """Check a network description (ours, or one edited by hand) against the layers' (input, output) shapes
-    per sample: processor maps match the channel counts and passes, a CHW first layer keeps one channel per
-    memory instance, every buffer fits a memory instance, and no layer writes over the input it reads.
-    Every problem is listed, not the first."""
-    mem = profile.memory_for("activations")
-    instance = (mem.bytes // 16) if mem is not None else 1 << 15
+    per sample (one operand's input for an element-wise layer): processor maps match the channel counts
+    and passes, a CHW first layer keeps one channel per memory instance, every buffer fits a memory
+    instance, each layer reads where its sources wrote, and no layer writes over data a later layer still
+    reads. Every problem is listed, not the first."""
+    instance = _instance(profile)
     entries = desc.get("layers", [])
-    out: list[Problem] = []
     if len(entries) != len(shapes):
         return [Problem("network.yaml", "max7800x.description", f"{len(entries)} layers described, the model has "
                         f"{len(shapes)}", "describe every hardware layer once, in order")]
-    prev_out = None
+    out: list[Problem] = []
+    chw0 = str(entries[0].get("data_format", "HWC")).upper() == "CHW" if entries else False
+    seqs = []
+    for i, e in enumerate(entries):
+        seq = e.get("in_sequences", [i - 1])
+        seqs.append([seq] if isinstance(seq, int) else list(seq))
+    last_read = {j: max((i for i, s in enumerate(seqs) if j in s), default=len(entries))
+                 for j in range(-1, len(entries))}
+    last_read[len(entries) - 1] = len(entries)  # the output is read after the last layer
+    regions: dict[int, tuple[int, int, int]] = {}  # writer -> (start, end, write_gap)
+    s_in0 = shapes[0][0] if shapes else (1,)
+    regions[INPUT] = (int(entries[0].get("in_offset", 0)) if entries else 0,
+                      int(entries[0].get("in_offset", 0)) + _instance_bytes(s_in0, chw0) if entries else 0, 0)
     for i, (e, (s_in, s_out)) in enumerate(zip(entries, shapes, strict=True)):
         where = f"layer {i} ({e.get('name', '?')})"
-        chw = i == 0 and str(e.get("data_format", "HWC")).upper() == "CHW"
+        chw = i == 0 and chw0
         for key, shape, label in (("processors", s_in, "input"), ("output_processors", s_out, "output")):
             bits = int(e.get(key, 0))
             want_map, passes = _procs(shape[0], chw and key == "processors")
@@ -220,36 +324,44 @@ def validate(desc: dict, shapes: list[tuple[tuple[int, ...], tuple[int, ...]]], 
             if chw and key == "processors" and any(bin((bits >> (4 * g)) & 0xF).count("1") > 1 for g in range(16)):
                 out.append(Problem(where, "max7800x.processors", "CHW input with two channels in one memory "
                                    "instance", "put each channel on its own instance: processors 4 apart"))
-        in_off = int(e.get("in_offset", prev_out if prev_out is not None else 0))
+        gap = int(e.get("write_gap", 0))
         out_off = int(e.get("out_offset", 0))
-        in_b, out_b = _instance_bytes(s_in, chw), _instance_bytes(s_out, False)
-        for off, size, what in ((in_off, in_b, "input"), (out_off, out_b, "output")):
-            if off < 0 or off + size > instance:
-                out.append(Problem(where, "max7800x.memory", f"{what} at 0x{off:04x} takes {size:,} bytes per "
-                                   f"instance, past the {instance:,}-byte data-memory instance",
-                                   "move it lower, or shrink the feature map"))
-        instances_in = {p // 4 for p in range(64) if int(e.get("processors", 0)) >> p & 1}
-        instances_out = {p // 4 for p in range(64) if int(e.get("output_processors", 0)) >> p & 1}
-        if instances_in & instances_out and in_off < out_off + out_b and out_off < in_off + in_b:
-            out.append(Problem(where, "max7800x.memory", f"output 0x{out_off:04x}..0x{out_off + out_b:04x} overwrites "
-                               f"its input 0x{in_off:04x}..0x{in_off + in_b:04x} in the same memory instances",
-                               "ping-pong: write the output where the input is not"))
-        if i > 0 and "in_offset" in e and prev_out is not None and int(e["in_offset"]) != prev_out:
-            out.append(Problem(where, "max7800x.memory", f"reads 0x{int(e['in_offset']):04x} but the layer before "
-                               f"wrote 0x{prev_out:04x}", "read where the previous layer wrote"))
-        prev_out = out_off
+        out_b = _instance_bytes(s_out, False) * (gap + 1)
+        start, end = out_off, out_off + out_b - 4 * gap
+        if start < 0 or out_off + out_b > instance:
+            out.append(Problem(where, "max7800x.memory", f"output at 0x{out_off:04x} takes {out_b:,} bytes per "
+                               f"instance, past the {instance:,}-byte data-memory instance",
+                               "move it lower, or shrink the feature map"))
+        sources = seqs[i]
+        want_in = min(regions[j][0] for j in sources if j in regions) if all(j in regions for j in sources) else None
+        if want_in is None:
+            out.append(Problem(where, "max7800x.description", f"in_sequences {sources} names layers not run before "
+                               "it", "in_sequences may only point backwards"))
+        elif int(e.get("in_offset", want_in)) != want_in:
+            out.append(Problem(where, "max7800x.memory", f"reads 0x{int(e['in_offset']):04x} but its input was "
+                               f"written at 0x{want_in:04x}", "read where the source layer wrote"))
+        for j, (lo, hi, g) in regions.items():
+            if last_read[j] < i or j == i:
+                continue  # no longer needed
+            partners = gap and g == gap and abs(lo - start) < 4 * (gap + 1) and (lo - start) % 4 == 0 \
+                and any(j in s and i in s for s in seqs)
+            if not partners and lo < end and start < hi:
+                out.append(Problem(where, "max7800x.memory", f"output 0x{start:04x}..0x{end:04x} overwrites "
+                                   f"0x{lo:04x}..0x{hi:04x}, written by {'the input' if j < 0 else f'layer {j}'} "
+                                   f"and still read by layer {last_read[j]}", "place it where nothing live is"))
+        regions[i] = (start, end, gap)
     return out
 
 
 def _layer_shapes(graph: Graph, layers: list[HwLayer]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    return [(tuple(graph.tensors[hl.in_tensor].shape), tuple(graph.tensors[hl.out_tensor].shape)) for hl in layers]
+    return [(tuple(_spec(graph, hl.inputs[0]).shape), tuple(_spec(graph, hl.out_tensor).shape)) for hl in layers]
 
 
 def _pool_entry(pool: Node, graph: Graph) -> dict:
     if pool.op == "global_avgpool":
-        c, h, w = _chw_dims(graph.tensors[pool.inputs[0]].shape)
-        size = [h, w] if graph.tensors[pool.inputs[0]].shape[2:] else w
-        return {"avg_pool": [h, w] if h != w else h, "pool_stride": [h, w] if h != w else h} if size else {}
+        c, h, w = _chw_dims(_spec(graph, pool.inputs[0]).shape)
+        k = h if h == w else [h, w]
+        return {"avg_pool": k, "pool_stride": k}
     k, s = pool.attrs["kernel"], pool.attrs["stride"]
     key = "max_pool" if pool.op == "maxpool" else "avg_pool"
     if pool.attrs["ndim"] == 1:
@@ -278,6 +390,9 @@ def network_description(graph: Graph, layers: list[HwLayer], placements: list[Pl
             e["pad"] = int(n.attrs["padding"][0])
         else:
             e["pad"] = 0  # always written: a missing pad changes other layers' defaults
+        if hl.eltwise:
+            e["eltwise"] = "add"
+            e["operands"] = len(hl.inputs)
         if hl.flatten:
             e["flatten"] = True
         if n is not None:
@@ -287,10 +402,14 @@ def network_description(graph: Graph, layers: list[HwLayer], placements: list[Pl
             if n.attrs["wide"]:
                 e["output_width"] = 32
         if i == 0:
-            e["data_format"] = "CHW" if pl.processors != (1 << bin(pl.processors).count("1")) - 1 or \
-                graph.tensors[hl.in_tensor].shape[0] == 1 else "HWC"
+            e["data_format"] = "CHW" if _spec(graph, hl.inputs[0]).shape[0] <= CHW_MAX_CHANNELS else "HWC"
+        if pl.in_sequences is not None:
+            e["in_sequences"] = pl.in_sequences
+        if i == 0 or pl.in_sequences is not None:
             e["in_offset"] = _hex(pl.in_offset)
         e["out_offset"] = _hex(pl.out_offset)
+        if pl.write_gap:
+            e["write_gap"] = pl.write_gap
         e["processors"] = _hex64(pl.processors)
         e["output_processors"] = _hex64(pl.output_processors)
         e["name"] = hl.name

@@ -38,17 +38,24 @@ class Net2d(nn.Module):
 
 
 class Residual(nn.Module):
+    """y + block(y) fused into the next conv (the skip is read by the block too: a passthrough copies it),
+    then a chained add that is a layer of its own (a pool reads it)."""
+
     def __init__(self):
         super().__init__()
         self.a, self.b = nn.Conv2d(4, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
-        self.c = nn.Conv2d(8, 4, 1)
+        self.c, self.d = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 3)
 
     def forward(self, x):
         y = torch.relu(self.a(x))
-        return self.c(y + torch.relu(self.b(y)))
+        u = torch.relu(self.c(y + torch.relu(self.b(y))))
+        v = u + torch.relu(self.d(u))
+        return self.fc(nn.functional.max_pool2d(v, 2).flatten(1))
 
 
-MODELS = {"demo": (mnist1d_cnn, (1, 40), 8), "net2d": (Net2d, (1, 28, 28), 8), "net2d-w4": (Net2d, (1, 28, 28), 4)}
+MODELS = {"demo": (mnist1d_cnn, (1, 40), 8), "net2d": (Net2d, (1, 28, 28), 8), "net2d-w4": (Net2d, (1, 28, 28), 4),
+          "residual-w2": (Residual, (4, 8, 8), 2)}
 
 
 def _graph(name: str):
@@ -119,10 +126,12 @@ def test_processors_and_offsets(packed):
     desc = yaml.safe_load((r.path.parent / "network.yaml").read_text())
     assert max7800x.validate(desc, max7800x._layer_shapes(g, layers), profile) == []
     first = desc["layers"][0]
-    assert first["data_format"] == "CHW" and first["processors"] == 1  # one input channel
+    c_in = g.input_spec().shape[0]
+    assert first["data_format"] == "CHW" and first["processors"] == sum(1 << 4 * i for i in range(c_in))
     for a, b in zip(desc["layers"], desc["layers"][1:], strict=False):
-        assert b["processors"] == a["output_processors"]  # a layer reads where the one before wrote
-        assert a["out_offset"] != b["out_offset"]  # ping-pong
+        if "in_sequences" not in b:
+            assert b["processors"] == a["output_processors"]  # a layer reads where the one before wrote
+            assert a["out_offset"] != b["out_offset"]
 
 
 def test_multi_pass_layer():
@@ -133,9 +142,10 @@ def test_multi_pass_layer():
 
 
 @pytest.mark.parametrize("mutation", ["offset onto input", "offset past instance", "processor dropped",
-                                      "chw shared instance", "wrong in_offset", "layer missing"])
+                                      "chw shared instance", "wrong in_offset", "layer missing", "gap dropped",
+                                      "operand onto skip"])
 def test_validator_catches_edits(mutation):
-    g, _ = _graph("net2d")
+    g, _ = _graph("residual-w2" if mutation in ("gap dropped", "operand onto skip") else "net2d")
     profile = npukit.load_target("max78000")
     layers, placements, _ = max7800x.plan_ai8x(g, profile)
     desc = max7800x.network_description(g, layers, placements, arch="a", dataset="d")
@@ -152,6 +162,14 @@ def test_validator_catches_edits(mutation):
         layers_d[0]["processors"] = 0b11
     elif mutation == "wrong in_offset":
         layers_d[1]["in_offset"] = 0x0100
+    elif mutation in ("gap dropped", "operand onto skip"):
+        fused = next(e for e in layers_d if e.get("eltwise") and e["op"] != "none")
+        writer = next(layers_d[j] for j in fused["in_sequences"] if layers_d[j]["op"] != "passthrough")
+        if mutation == "gap dropped":  # its output now runs over the other operand's words
+            del writer["write_gap"]
+        else:  # onto the skip tensor that conv b still has to read
+            skip = next(layers_d[j] for j in range(len(layers_d)) if layers_d[j]["name"] == "a")
+            writer["out_offset"] = skip["out_offset"]
     else:
         del layers_d[3]
     found = max7800x.validate(bad, shapes, profile)
@@ -159,10 +177,38 @@ def test_validator_catches_edits(mutation):
     assert max7800x.validate(desc, shapes, profile) == []
 
 
-def test_residual_is_refused_by_name(tmp_path):
+def test_residual_layout():
+    """The adds' operands lie interleaved (write_gap 1, +4 bytes), written by their producers or by a
+    passthrough copy; the first add is fused into conv c, the second is a layer of its own."""
+    g, _ = _graph("residual-w2")
+    layers, placements, problems = max7800x.plan_ai8x(g, npukit.load_target("max78000"))
+    assert not problems
+    desc = max7800x.network_description(g, layers, placements, arch="a", dataset="d")["layers"]
+    by_name = {e["name"]: (i, e) for i, e in enumerate(desc)}
+    i_c, c = by_name["c"]
+    assert c["op"] == "conv2d" and c["eltwise"] == "add" and c["operands"] == 2
+    writers = [desc[j] for j in c["in_sequences"]]
+    assert sorted(int(w["out_offset"]) - int(c["in_offset"]) for w in writers) == [0, 4]
+    assert all(w["write_gap"] == 1 for w in writers)
+    assert any(w["op"] == "passthrough" for w in writers)  # y is read by conv b too: copied
+    adds = [e for e in desc if e.get("eltwise") and e["op"] == "none"]
+    assert len(adds) == 1 and len(adds[0]["in_sequences"]) == 2
+    add = next(n for n in g.nodes if n.op == "add")
+    assert len({g.tensors[t].exp for t in add.inputs}) == 1  # QAT tied them: the chip adds unshifted
+
+
+def test_concat_is_refused_by_name(tmp_path):
+    class Cat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(4, 8, 1), nn.Conv2d(4, 8, 1), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            return self.c(torch.cat([self.a(x).relu(), self.b(x).relu()], 1))
+
     torch.manual_seed(0)
-    g = npukit.to_ir(npukit.prepare(Residual(), torch.randn(4, 4, 8, 8), target="max78000"))
-    with pytest.raises(npukit.ProblemsError, match=r"max7800x\.layers.*element-wise add"):
+    g = npukit.to_ir(npukit.prepare(Cat(), torch.randn(4, 4, 8, 8), target="max78000"))
+    with pytest.raises(npukit.ProblemsError, match=r"max7800x\.layers.*concatenation"):
         npukit.pack(g, tmp_path / "out", target="max78000")
     assert not (tmp_path / "out" / "network.yaml").exists()
     npukit.pack(g, tmp_path / "model.bin", target="max78000")  # a plain model.bin needs no description
