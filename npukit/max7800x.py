@@ -8,7 +8,8 @@ A hardware layer is [pooling] -> [element-wise] -> conv / linear / passthrough -
   `flatten: true`; a pool read by anything else (a flatten included: no pooling in a flattening layer)
   is a passthrough layer (`op: none`) that pools;
 - an element-wise add whose only reader is a conv is fused into that conv's layer (`eltwise: add`,
-  `operands: 2`, `in_sequences` naming the operands); otherwise it is a passthrough layer of its own.
+  `operands: 2`, `in_sequences` naming the operands; on MAX78002 only when the conv has no bias, the
+  profile's `rules.add.fuse_into_biased_conv`); otherwise it is a passthrough layer of its own.
   Its operands must lie interleaved in memory: a layer whose output only the add reads writes it there
   itself (`write_gap: 1`, offset +4 per operand); any other operand (read elsewhere too, or the network
   input) is copied there by a passthrough layer inserted right after its producer.
@@ -75,7 +76,7 @@ def _ident(name: str) -> str:
     return out if out and not out[0].isdigit() else f"l_{out}"
 
 
-def hardware_layers(graph: Graph) -> tuple[list[HwLayer], list[Problem]]:
+def hardware_layers(graph: Graph, profile: TargetProfile) -> tuple[list[HwLayer], list[Problem]]:
     """Group the IR into the chip's layers, in order; every node that cannot be grouped is a problem."""
     readers: dict[str, list[Node]] = {}
     for n in graph.nodes:
@@ -99,7 +100,8 @@ def hardware_layers(graph: Graph) -> tuple[list[HwLayer], list[Problem]]:
                 fused_pool[nxt.name] = n
                 skip.add(n.name)
         elif n.op == "add":
-            if nxt is not None and nxt.op == "conv":
+            biased = nxt is not None and bool(nxt.params.get("bias", np.zeros(1)).any())
+            if nxt is not None and nxt.op == "conv" and (profile.rules.add.fuse_into_biased_conv or not biased):
                 fused_add[nxt.name] = n
                 skip.add(n.name)
         elif n.op == "reshape":
@@ -478,7 +480,7 @@ def plan_ai8x(graph: Graph, profile: TargetProfile) -> tuple[list[HwLayer], list
         raise NpukitError(f"{profile.name} is not a MAX7800x target (scheme {profile.scheme})")
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         return [], [], [Problem("<graph>", "max7800x.layers", "one input and one output only", "")]
-    layers, problems = hardware_layers(graph)
+    layers, problems = hardware_layers(graph, profile)
     if problems or not layers:
         return layers, [], problems
     placements, more = place(graph, layers, profile)

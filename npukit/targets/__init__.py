@@ -132,6 +132,8 @@ class FlattenRules(_Rules):
 
 class AddRules(_Rules):
     relu: bool = Field(True, description="a ReLU may follow an element-wise add (fused into it)")
+    fuse_into_biased_conv: bool = Field(True, description="an add may share a hardware layer with a following "
+                                        "conv that has a bias (MAX7800x layer grouping)")
 
 
 class ConcatRules(_Rules):
