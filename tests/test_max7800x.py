@@ -220,3 +220,16 @@ def test_vendor_shift_is_the_description_shift():
         if n.op in ("conv", "linear"):
             q = n.attrs["w_bits"]
             assert max7800x.vendor_shift(n) + (8 - q) == 7 - n.attrs["out_shift"]
+
+
+def test_max78002_keeps_adds_out_of_biased_convs():
+    """The synthesis tool refuses an element-wise op in the layer of a conv with a bias on MAX78002."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 4, 8, 8)
+    for target, fused in (("max78000", True), ("max78002", False)):
+        g = npukit.to_ir(npukit.prepare(Residual(), x, target=target))
+        layers, _, problems = max7800x.plan_ai8x(g, npukit.load_target(target))
+        assert not problems
+        c = next(hl for hl in layers if hl.node is not None and hl.node.name == "c")
+        assert c.eltwise is fused
+        assert sum(hl.eltwise and hl.op == "none" for hl in layers) == (1 if fused else 2)
