@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 import yaml
+from zoo import BY_NAME
 
 import npukit
 from npukit import max7800x
@@ -55,7 +56,9 @@ class Residual(nn.Module):
 
 
 MODELS = {"demo": (mnist1d_cnn, (1, 40), 8), "net2d": (Net2d, (1, 28, 28), 8), "net2d-w4": (Net2d, (1, 28, 28), 4),
-          "residual-w2": (Residual, (4, 8, 8), 2)}
+          "residual-w2": (Residual, (4, 8, 8), 2),
+          "zoo-kws": (BY_NAME["kws_conv1d"].build, BY_NAME["kws_conv1d"].input_shape, 8),
+          "zoo-cifar": (BY_NAME["cifar"].build, BY_NAME["cifar"].input_shape, 8)}
 
 
 def _graph(name: str):
@@ -233,3 +236,52 @@ def test_max78002_keeps_adds_out_of_biased_convs():
         c = next(hl for hl in layers if hl.node is not None and hl.node.name == "c")
         assert c.eltwise is fused
         assert sum(hl.eltwise and hl.op == "none" for hl in layers) == (1 if fused else 2)
+
+
+def _interpret(directory) -> np.ndarray:
+    """Run the written network.yaml + checkpoint on the written sample, one hardware layer at a time, with
+    the independent reference of shared/reference/max78000-arithmetic.md (tests/max78000_reference.py):
+    weights matched to layers in checkpoint order, as the synthesis tool matches them."""
+    from max78000_reference import hw_layer
+
+    desc = yaml.safe_load((directory / "network.yaml").read_text())
+    sd = torch.load(directory / "checkpoint.pth.tar", weights_only=True)["state_dict"]
+    weights = iter([k[: -len(".op.weight")] for k in sd if k.endswith(".op.weight")])
+    x = np.load(next(directory.glob("sample_*.npy")) if not (directory / "sample_npukit.npy").exists()
+                else directory / "sample_npukit.npy")
+    outs: dict[int, np.ndarray] = {-1: x}
+    for i, e in enumerate(desc["layers"]):
+        seq = e.get("in_sequences", [i - 1])
+        seq = [seq] if isinstance(seq, int) else seq
+        inp = np.concatenate([outs[j] for j in seq], axis=0)
+        pool = {}
+        for kind in ("max", "avg"):
+            if f"{kind}_pool" in e:
+                nd = inp.ndim - 1
+                k, s = e[f"{kind}_pool"], e["pool_stride"]
+                pool = {"pool": k if isinstance(k, list) else [k] * nd, "pool_kind": kind,
+                        "pool_stride": s if isinstance(s, list) else [s] * nd}
+        if e["op"] in ("none", "passthrough"):
+            if e.get("eltwise"):  # a passthrough that adds: the operands' sum, clipped to int8
+                parts = [hw_layer(p, op="none", **pool) for p in np.split(inp, e["operands"], axis=0)]
+                outs[i] = np.clip(sum(parts), -128, 127)
+            else:
+                outs[i] = hw_layer(inp, op="none", **pool)
+            continue
+        name = next(weights)
+        q = int(sd[f"{name}.weight_bits"][0])
+        w = sd[f"{name}.op.weight"].numpy().astype(np.int64)
+        b = sd.get(f"{name}.op.bias")
+        bias = None if b is None else np.floor(b.numpy() / 2 ** (q - 1)).astype(np.int64)
+        outs[i] = hw_layer(inp, op=e["op"], weight=w, bias_b=bias, weight_bits=q, output_shift=e["output_shift"],
+                           activation=None if e["activate"] == "None" else e["activate"],
+                           output_width=e.get("output_width", 8), pad=e["pad"], flatten=e.get("flatten", False),
+                           eltwise=e.get("eltwise"), eltwise_operands=e.get("operands"), **pool)
+    return outs[len(desc["layers"]) - 1]
+
+
+def test_written_files_compute_the_engines_integers(packed):
+    """What npukit writes, read as the documented chip arithmetic, gives npukit's engine output."""
+    name, g, x, r = packed
+    got = _interpret(r.path.parent)
+    assert np.array_equal(got.reshape(-1), np.load(r.path.parent / "sample_output.npy").reshape(-1))
