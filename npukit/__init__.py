@@ -27,7 +27,8 @@ _EXPORTS = {
     "calibrate": "qat", "dequantize_output": "qat", "freeze_observers": "qat", "prepare": "qat",
     "quantize_input": "qat", "to_ir": "qat",
     "TargetProfile": "targets", "builtin_targets": "targets", "load_target": "targets",
-    "check": "checker", "CheckResult": "checker",
+    "check": "checker", "CheckResult": "checker", "check_ai8x": "checker",
+    "load_ai8x": "max7800x",
 }
 
 

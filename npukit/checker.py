@@ -93,6 +93,29 @@ def check_all(model, example=None, targets=None, **kw) -> dict[str, CheckResult]
     return {t: check(model, example, t, **kw) for t in (targets or builtin_targets())}
 
 
+def check_ai8x(description: str | Path, target="max78000", *, checkpoint=None, input_shape=None) -> CheckResult:
+    """Check a vendor network description (npukit's or hand-edited) with its checkpoint: the model's rules
+    and memories, and the description's processors and data-memory layout (`max7800x.validate`).
+
+    The checkpoint defaults to checkpoint.pth.tar beside it, the input shape to its sample_*.npy."""
+    from .max7800x import read_ai8x, validate
+    from .rules import check_graph
+
+    description = Path(description)
+    checkpoint = Path(checkpoint) if checkpoint else description.with_name("checkpoint.pth.tar")
+    if input_shape is None:
+        samples = sorted(p for p in description.parent.glob("sample_*.npy") if p.name != "sample_output.npy")
+        if not samples:
+            raise NpukitError(f"no sample_*.npy beside {description}: give the input shape (e.g. --input 3,32,32)")
+        import numpy as np
+
+        input_shape = np.load(samples[0], allow_pickle=False).shape
+    profile = load_target(target)
+    graph, desc, shapes = read_ai8x(description, checkpoint, tuple(input_shape), target=profile)
+    problems = check_graph(graph, profile) + validate(desc, shapes, profile)
+    return CheckResult(profile, problems, graph, _layers(graph), _memory(graph, profile))
+
+
 def _as_graph(model) -> Graph | None:
     """An IR graph, or an npukit file (.onnx, .npir, model.bin) read as one; None for anything else."""
     if isinstance(model, Graph):

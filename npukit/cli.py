@@ -146,7 +146,7 @@ def check(
 
     from .checker import check as do_check
     from .checker import load_class
-    from .targets import builtin_targets
+    from .targets import builtin_targets, load_target
 
     if fmt not in ("text", "json"):
         _fail(NpukitError(f"--format {fmt!r}: use text or json"))
@@ -167,7 +167,14 @@ def check(
                 raise NpukitError(f"--kwargs is not valid JSON ({e})") from None
             obj = load_class(model, kw)
         names = builtin_targets() if target == "all" else [target]  # [None]: the model's own
-        results = {n: do_check(obj, shape, n, weight_bits=weight_bits) for n in names}
+        if model.endswith((".yaml", ".yml")):  # a MAX7800x network description with its checkpoint
+            from .checker import check_ai8x
+
+            names = [n for n in names if n is None or load_target(n).scheme == "max78000"] or ["max78000"]
+            results = {n or "max78000": check_ai8x(model, n or "max78000", input_shape=shape[1:] if shape else None)
+                       for n in names}
+        else:
+            results = {n: do_check(obj, shape, n, weight_bits=weight_bits) for n in names}
     except NpukitError as e:
         _fail(e)
     if fmt == "json":
@@ -218,6 +225,40 @@ def _print_matrix(results: dict) -> None:
         table.add_row(name, "[green]PASS[/]" if r.ok else "[red]FAIL[/]", escape(detail))
     console.print(table)
     console.print("`npukit check MODEL --target NAME` lists each violation with its fix.")
+
+
+@app.command("import-ai8x")
+def import_ai8x(
+    description: Path = typer.Argument(..., help="the vendor's network description (network.yaml)"),
+    checkpoint: Path = typer.Argument(..., help="its quantized checkpoint (.pth.tar)"),
+    input_shape: str = typer.Option(..., "--input", help="one sample's shape, channel first (e.g. 3,32,32), or a "
+                                    "sample .npy"),
+    target: str = typer.Option("max78000", help="max78000 or max78002"),
+    output: Path = typer.Option(Path("model.npir"), "-o", "--output", help="the IR file to write"),
+) -> None:
+    """Read a MAX7800x model of the vendor's flow into npukit's IR (then run, pack, codegen, report it)."""
+    from .max7800x import load_ai8x
+
+    try:
+        g = load_ai8x(description, checkpoint, _sample_shape(input_shape), target=target)
+        g.save(output)
+    except NpukitError as e:
+        _fail(e)
+    console.print(f"wrote {output}: {len(g.nodes)} nodes, input {g.input_spec().shape}, output {g.output_spec().shape}")
+
+
+def _sample_shape(text: str) -> tuple[int, ...]:
+    """A shape written as numbers (3,32,32) or the shape of one sample in a .npy file."""
+    if text.endswith(".npy"):
+        x = _load_npy(Path(text))
+        return tuple(x.shape)
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise NpukitError(f"--input {text!r}: give the shape as numbers (e.g. 3,32,32) or a .npy sample") from None
+    if not shape or min(shape) < 1:
+        raise NpukitError(f"--input {text!r}: dimensions must be positive")
+    return shape
 
 
 @app.command()

@@ -532,3 +532,182 @@ def _atomic(path: Path, write) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading a vendor model back
+
+
+def load_ai8x(description: str | Path, checkpoint: str | Path, input_shape: tuple[int, ...], *,
+              target: str | TargetProfile = "max78000") -> Graph:
+    return read_ai8x(description, checkpoint, input_shape, target=target)[0]
+
+
+def read_ai8x(description: str | Path, checkpoint: str | Path, input_shape: tuple[int, ...], *,
+              target: str | TargetProfile = "max78000"):
+    """`load_ai8x`, also returning the description and each layer's (input, output) shapes for `validate`."""
+    """A network description and quantized checkpoint of the vendor's flow as npukit's IR, so the engine,
+    model.bin, the C build and the report work on existing MAX7800x models.
+
+    `input_shape` is one sample's (C, H, W) or (C, L). Activations get the vendor's exponent 7 (real range
+    [-1, 127/128]); every integer follows the description exactly. What npukit cannot represent (Abs,
+    sub/or/xor, 1-bit or binary weights, streaming, a read gap, operands in one source) is one error
+    naming every such layer.
+    """
+    import yaml
+
+    from .targets import load_target
+
+    profile = load_target(target)
+    try:
+        desc = yaml.safe_load(Path(description).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise NpukitError(f"{description} is not a readable network description ({e})") from None
+    state = _load_state(checkpoint)
+    layers = desc.get("layers") if isinstance(desc, dict) else None
+    if not layers:
+        raise NpukitError(f"{description} has no `layers`")
+    b = _Importer(profile, tuple(int(v) for v in input_shape))
+    weights = iter([k[: -len(".op.weight")] for k in state if k.endswith(".op.weight")])
+    problems = []
+    for i, e in enumerate(layers):
+        try:
+            b.layer(i, e, state, weights)
+        except NpukitError as err:
+            problems.append(Problem(f"layer {i} ({e.get('name', '?')})", "ai8x.import", str(err), ""))
+            break  # later layers read this one
+    if problems:
+        raise ProblemsError(f"{description} cannot be read", problems)
+    g = Graph(profile.model_dump(), ["input"], [b.out[len(layers) - 1]], b.tensors, b.nodes)
+    g.validate()
+    return g, desc, b.shapes
+
+
+def _load_state(path) -> dict[str, np.ndarray]:
+    import torch
+
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise NpukitError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    sd = ck.get("state_dict") if isinstance(ck, dict) else None
+    if not isinstance(sd, dict):
+        raise NpukitError(f"{path} has no `state_dict`")
+    return {k: v.numpy() for k, v in sd.items()}
+
+
+class _Importer:
+    """Builds IR nodes layer by layer (every activation at the vendor's exponent 7)."""
+
+    EXP = 7
+
+    def __init__(self, profile: TargetProfile, input_shape: tuple[int, ...]):
+        from .ir import TensorSpec
+        from .schemes import get_scheme
+
+        self.profile, self.scheme, self.spec = profile, get_scheme(profile.scheme), TensorSpec
+        self.tensors = {"input": TensorSpec("input", input_shape, profile.activation_bits, self.EXP)}
+        self.nodes: list[Node] = []
+        self.out: dict[int, str] = {INPUT: "input"}
+        self.shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []  # per layer: (one operand in, out)
+
+    def _add(self, name: str, op: str, inputs: list[str], shape, attrs: dict, params=None, bits=None, exp=None) -> str:
+        name = name if name not in self.tensors else f"{name}_{len(self.nodes)}"
+        self.nodes.append(Node(name, op, inputs, [name], attrs, params or {}))
+        self.tensors[name] = self.spec(name, tuple(shape), bits or self.profile.activation_bits,
+                                       self.EXP if exp is None else exp)
+        return name
+
+    def layer(self, i: int, e: dict, state: dict, weights) -> None:
+        from .ops import get_op
+
+        name = _ident(str(e.get("name", f"layer{i}")))
+        for key in ("read_gap", "in_skip", "streaming", "in_crop", "conv_groups", "groups"):
+            if e.get(key) not in (None, 0, False, 1) or (key == "streaming" and e.get(key)):
+                raise NpukitError(f"`{key}` is not supported by npukit's importer")
+        seq = e.get("in_sequences", [i - 1])
+        seq = [seq] if isinstance(seq, int) else list(seq)
+        if any(j not in self.out for j in seq):
+            raise NpukitError(f"in_sequences {seq} names layers not run before it")
+        srcs = [self.out[j] for j in seq]
+        eltwise = e.get("eltwise")
+        if eltwise is not None and str(eltwise).lower() != "add":
+            raise NpukitError(f"eltwise {eltwise!r}: npukit has element-wise add only")
+        if eltwise and len(srcs) != int(e.get("operands", 2)):
+            raise NpukitError("element-wise operands must come from one in_sequences entry each")
+        if not eltwise and len(srcs) > 1:
+            srcs = [self._add(f"{name}_cat", "concat", srcs, _cat_shape([self.tensors[t].shape for t in srcs]),
+                              {"axis": 0})]
+        in_shape = tuple(self.tensors[srcs[0]].shape)
+        for kind in ("max", "avg"):
+            if f"{kind}_pool" in e:
+                srcs = [self._pool(f"{name}_{kind}pool{k}" if len(srcs) > 1 else f"{name}_{kind}pool", kind, e, t)
+                        for k, t in enumerate(srcs)]
+        x = srcs[0]
+        if eltwise:
+            x = self._add(f"{name}_add", "add", srcs, self.tensors[srcs[0]].shape, {"relu": False})
+        if e.get("flatten"):
+            x = self._add(f"{name}_flatten", "reshape", [x], (math.prod(self.tensors[x].shape),),
+                          {"shape": [math.prod(self.tensors[x].shape)]})
+        op = str(e.get("op", e.get("operation", e.get("operator", "conv2d")))).lower()
+        if op in ("none", "passthrough"):
+            self.out[i] = x
+            self.shapes.append((in_shape, tuple(self.tensors[x].shape)))
+            return
+        if op not in ("conv1d", "conv2d", "mlp", "linear", "fc"):
+            raise NpukitError(f"op {op!r} is not supported by npukit's importer")
+        key = next(weights, None)
+        if key is None:
+            raise NpukitError("the checkpoint has fewer weight layers than the description")
+        w = state[f"{key}.op.weight"]
+        if not np.array_equal(w, np.round(w)):
+            raise NpukitError(f"{key}.op.weight holds non-integer values: not a quantized checkpoint")
+        q = int(e.get("quantization", state.get(f"{key}.weight_bits", np.array([8]))[0]))
+        if q not in (2, 4, 8):
+            raise NpukitError(f"{q}-bit weights: npukit takes 8, 4 and 2")
+        stored = state.get(f"{key}.op.bias")
+        bias = np.zeros(w.shape[0], np.int64) if stored is None else np.floor(stored / 2 ** (q - 1)).astype(np.int64)
+        if stored is not None and not np.array_equal(stored, bias * 2 ** (q - 1)):
+            raise NpukitError(f"{key}.op.bias is not a multiple of 2^{q - 1}: the tool would floor it silently")
+        shift = int(e["output_shift"]) if "output_shift" in e else int(state.get(f"{key}.output_shift", [0])[0])
+        s = shift + 8 - q
+        act = str(e.get("activate", e.get("activation", "None")))
+        if act.lower() not in ("relu", "none"):
+            raise NpukitError(f"activation {act!r}: npukit has ReLU and none")
+        wide = int(e.get("output_width", 8)) == 32
+        relu = act.lower() == "relu" and not wide
+        w_exp = self.EXP - s  # e_y = e_x + e_w + s - 7 = 7
+        e_acc = self.EXP + w_exp
+        out_bits, e_out = (self.profile.accumulator_bits, e_acc) if wide else (self.profile.activation_bits, self.EXP)
+        attrs = {"w_bits": q, "w_exp": w_exp, "b_exp": e_acc - 7, "relu": relu, "wide": wide,
+                 **self.scheme.mac_attrs(e_acc=e_acc, b_exp=e_acc - 7, e_out=e_out, out_bits=out_bits, relu=relu,
+                                         wide=wide, acc_bits=self.profile.accumulator_bits,
+                                         rounding=self.profile.rounding)}
+        wi = w.astype(np.int8)
+        if op in ("mlp", "linear", "fc"):
+            node = Node(name, "linear", [x], [name], attrs, {"weight": wi, "bias": bias})
+        else:
+            nd = 1 if op == "conv1d" else 2
+            pad, dil = int(e.get("pad", 1)), e.get("dilation", 1)
+            dil = [int(v) for v in (dil if isinstance(dil, list) else [dil] * nd)]
+            attrs.update({"ndim": nd, "stride": [1] * nd, "padding": [pad] * nd, "dilation": dil, "groups": 1})
+            node = Node(name, "conv", [x], [name], attrs, {"weight": wi, "bias": bias})
+        shape = get_op(node.op).infer_shapes(node, [self.tensors[x].shape])[0]
+        self.out[i] = self._add(name, node.op, [x], shape, attrs, node.params, out_bits, e_out)
+        self.shapes.append((in_shape, tuple(shape)))
+
+    def _pool(self, name: str, kind: str, e: dict, t: str) -> str:
+        from .ops import get_op
+
+        shape = self.tensors[t].shape
+        nd = len(shape) - 1
+        k, s = e[f"{kind}_pool"], e.get("pool_stride", 1)
+        k = [int(v) for v in (k if isinstance(k, list) else [k] * nd)]
+        s = [int(v) for v in (s if isinstance(s, list) else [s] * nd)]
+        attrs = {"ndim": nd, "kernel": k, "stride": s}
+        node = Node(name, f"{kind}pool", [t], [name], attrs)
+        return self._add(name, node.op, [t], get_op(node.op).infer_shapes(node, [shape])[0], attrs)
+
+
+def _cat_shape(shapes) -> tuple[int, ...]:
+    return (sum(s[0] for s in shapes), *shapes[0][1:])

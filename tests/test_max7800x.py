@@ -285,3 +285,52 @@ def test_written_files_compute_the_engines_integers(packed):
     name, g, x, r = packed
     got = _interpret(r.path.parent)
     assert np.array_equal(got.reshape(-1), np.load(r.path.parent / "sample_output.npy").reshape(-1))
+
+
+def test_vendor_files_read_back(packed):
+    """import(export(graph)): the same integers from the engine, on the sample and on fresh inputs."""
+    name, g, x, r = packed
+    d = r.path.parent
+    back = max7800x.load_ai8x(d / "network.yaml", d / "checkpoint.pth.tar", g.input_spec().shape)
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([x, rng.integers(-128, 128, (4, *g.input_spec().shape)).astype(np.int8)])
+    assert np.array_equal(npukit.run(back, xs)[0], npukit.run(g, xs)[0])
+    assert sum(n.op in ("conv", "linear") for n in back.nodes) == sum(n.op in ("conv", "linear") for n in g.nodes)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"activate": "Abs"}, "activation 'Abs'"),
+    ({"eltwise": "xor", "operands": 2, "in_sequences": [-1, -1]}, "element-wise add only"),
+    ({"in_sequences": [5]}, "not run before"),
+])
+def test_import_refuses_by_name(tmp_path, edit, message):
+    g, x = _graph("demo")
+    r = npukit.pack(g, tmp_path / "d", target="max78000", sample=x)
+    path = tmp_path / "d" / "network.yaml"
+    desc = yaml.safe_load(path.read_text())
+    desc["layers"][0].update(edit)
+    path.write_text(yaml.safe_dump(desc))
+    with pytest.raises(npukit.ProblemsError, match=message):
+        max7800x.load_ai8x(path, r.path.parent / "checkpoint.pth.tar", g.input_spec().shape)
+
+
+def test_cli_import_and_check_a_description(tmp_path):
+    from typer.testing import CliRunner
+
+    from npukit.cli import app
+
+    runner = CliRunner()
+    g, x = _graph("residual-w2")
+    d = tmp_path / "out"
+    npukit.pack(g, d, target="max78000", sample=x)
+    res = runner.invoke(app, ["import-ai8x", str(d / "network.yaml"), str(d / "checkpoint.pth.tar"),
+                              "--input", str(d / "sample_npukit.npy"), "-o", str(tmp_path / "m.npir")])
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(npukit.run(npukit.load_ir(tmp_path / "m.npir"), x)[0], npukit.run(g, x)[0])
+    res = runner.invoke(app, ["check", str(d / "network.yaml")])
+    assert res.exit_code == 0 and "PASS on max78000" in res.output, res.output
+    desc = yaml.safe_load((d / "network.yaml").read_text())
+    desc["layers"][1]["processors"] = int(desc["layers"][1]["processors"]) >> 1  # a processor bit dropped
+    (d / "network.yaml").write_text(yaml.safe_dump(desc))
+    res = runner.invoke(app, ["check", str(d / "network.yaml")])
+    assert res.exit_code == 1 and "max7800x.processors" in res.output, res.output
