@@ -437,6 +437,25 @@ def _hex64(v: int) -> _Hex:
     return h
 
 
+def layer_map(graph: Graph, layers: list[HwLayer], placements: list[Placement], profile: TargetProfile) -> str:
+    """The processor and data-memory map of every hardware layer, as a Markdown report."""
+    instance = _instance(profile)
+    rows = ["| # | layer | op | IR nodes | in -> out | processors | passes | in_offset | out_offset | bytes/instance "
+            "| write_gap | in_sequences |", "|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for i, (hl, pl) in enumerate(zip(layers, placements, strict=True)):
+        shape_in = "x".join(map(str, _spec(graph, hl.inputs[0]).shape))
+        shape_out = "x".join(map(str, _spec(graph, hl.out_tensor).shape))
+        procs = f"{bin(pl.processors).count('1')} (0x{pl.processors:x})"
+        rows.append(f"| {i} | {hl.name} | {hl.op}{' + add' if hl.eltwise else ''}"
+                    f"{' + ' + hl.pool.op if hl.pool is not None else ''} | {', '.join(hl.nodes) or '(copy)'} "
+                    f"| {shape_in} -> {shape_out} | {procs} | {pl.passes} | 0x{pl.in_offset:04x} | 0x{pl.out_offset:04x} "
+                    f"| {pl.out_bytes * (pl.write_gap + 1):,} | {pl.write_gap} | {pl.in_sequences or ''} |")
+    peak = max(((pl.out_offset + pl.out_bytes * (pl.write_gap + 1)) for pl in placements), default=0)
+    return (f"# {profile.name}: hardware layers and data memory\n\n{len(layers)} hardware layers "
+            f"({profile.rules.max_layers or 'no'} allowed); the highest data-memory byte used per instance is "
+            f"0x{peak:04x} of 0x{instance:04x} ({peak / instance:.0%}).\n\n" + "\n".join(rows) + "\n")
+
+
 def dump_yaml(desc: dict) -> str:
     import yaml
 
@@ -505,7 +524,8 @@ def write_ai8x(graph: Graph, out_dir: str | Path, profile: TargetProfile, *, arc
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"yaml": out / "network.yaml", "checkpoint": out / "checkpoint.pth.tar",
-             "sample_input": out / f"sample_{dataset.lower()}.npy", "sample_output": out / "sample_output.npy"}
+             "sample_input": out / f"sample_{dataset.lower()}.npy", "sample_output": out / "sample_output.npy",
+             "layers": out / "layers.md"}
     desc = network_description(graph, layers, placements, arch=arch, dataset=dataset)
     bad = validate(desc, _layer_shapes(graph, layers), profile)
     if bad:  # a placement bug, never the user's model: refuse rather than write a description that fails
@@ -514,6 +534,7 @@ def write_ai8x(graph: Graph, out_dir: str | Path, profile: TargetProfile, *, arc
     _atomic(files["checkpoint"], lambda p: write_checkpoint(checkpoint_state(layers), arch, p))
     _atomic(files["sample_input"], lambda p: np.save(p, x[0].astype(np.int64)))
     _atomic(files["sample_output"], lambda p: np.save(p, y[0].astype(np.int64)))
+    _atomic(files["layers"], lambda p: p.write_text(layer_map(graph, layers, placements, profile), encoding="utf-8"))
     return Ai8xResult(out, files, layers, placements)
 
 

@@ -89,7 +89,10 @@ def packed(request, tmp_path_factory):
 def test_pack_writes_the_vendor_files(packed):
     name, g, x, r = packed
     d = r.path.parent
-    assert {p.name for p in d.iterdir()} >= {"model.bin", "network.yaml", "checkpoint.pth.tar", "sample_output.npy"}
+    assert {p.name for p in d.iterdir()} >= {"model.bin", "network.yaml", "checkpoint.pth.tar", "sample_output.npy",
+                                            "layers.md"}
+    layer_rows = [ln for ln in (d / "layers.md").read_text().splitlines() if ln.startswith("| ") and ln[2].isdigit()]
+    assert len(layer_rows) == len(yaml.safe_load((d / "network.yaml").read_text())["layers"])
     assert np.array_equal(np.load(d / "sample_npukit.npy"), x[0].astype(np.int64))
     assert np.array_equal(np.load(d / "sample_output.npy"), npukit.run(g, x)[0][0].astype(np.int64))
     desc = yaml.safe_load((d / "network.yaml").read_text())
