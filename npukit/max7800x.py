@@ -398,7 +398,7 @@ def network_description(graph: Graph, layers: list[HwLayer], placements: list[Pl
         if hl.flatten:
             e["flatten"] = True
         if n is not None:
-            e["activate"] = "ReLU" if n.attrs["relu"] else "None"
+            e["activate"] = "ReLU" if n.attrs["relu"] else "Abs" if n.attrs.get("abs") else "None"
             e["quantization"] = int(n.attrs["w_bits"])
             e["output_shift"] = vendor_shift(n)
             if n.attrs["wide"]:
@@ -693,17 +693,18 @@ class _Importer:
         shift = int(e["output_shift"]) if "output_shift" in e else int(state.get(f"{key}.output_shift", [0])[0])
         s = shift + 8 - q
         act = str(e.get("activate", e.get("activation", "None")))
-        if act.lower() not in ("relu", "none"):
-            raise NpukitError(f"activation {act!r}: npukit has ReLU and none")
+        if act.lower() not in ("relu", "abs", "none"):
+            raise NpukitError(f"activation {act!r}: npukit has ReLU, Abs and none")
         wide = int(e.get("output_width", 8)) == 32
         relu = act.lower() == "relu" and not wide
+        absolute = act.lower() == "abs" and not wide
         w_exp = self.EXP - s  # e_y = e_x + e_w + s - 7 = 7
         e_acc = self.EXP + w_exp
         out_bits, e_out = (self.profile.accumulator_bits, e_acc) if wide else (self.profile.activation_bits, self.EXP)
         attrs = {"w_bits": q, "w_exp": w_exp, "b_exp": e_acc - 7, "relu": relu, "wide": wide,
                  **self.scheme.mac_attrs(e_acc=e_acc, b_exp=e_acc - 7, e_out=e_out, out_bits=out_bits, relu=relu,
                                          wide=wide, acc_bits=self.profile.accumulator_bits,
-                                         rounding=self.profile.rounding)}
+                                         rounding=self.profile.rounding, absolute=absolute)}
         wi = w.astype(np.int8)
         if op in ("mlp", "linear", "fc"):
             node = Node(name, "linear", [x], [name], attrs, {"weight": wi, "bias": bias})

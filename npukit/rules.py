@@ -253,6 +253,10 @@ def check_graph(graph: Graph, profile: TargetProfile, *, plan=None, sources: dic
                                _unsupported_fix(node.op, rules.ops)))
             continue
         problems += get_op(node.op).rules(node, graph, profile)
+        if node.attrs.get("abs") and "abs" not in rules.activations:
+            problems.append(_p(node, "activation.abs", f"an Abs activation; {profile.name} has "
+                               f"{', '.join(rules.activations) or 'no activations'}",
+                               "use a ReLU, or compute |x| outside the model"))
         if "out_shift" in node.attrs:  # a MAC node: can the target's scheme compute its requantisation?
             problems += [_p(node, "requant", msg, f"prepare and train the model for {profile.name}")
                          for msg in get_scheme(profile.scheme).mac_problems(node.attrs)]

@@ -26,8 +26,8 @@ from typing import ClassVar
 from .errors import NpukitError
 
 # The attributes a scheme stores in a MAC node (conv, linear); kernels read only these and the params.
-MAC_RQ_ATTRS = {"bias_shift": "int", "out_shift": "int", "act_min": "int", "act_max": "int", "acc_bits": "int",
-                "rounding": "str"}
+MAC_RQ_ATTRS = {"bias_shift": "int", "out_shift": "int", "act_min": "int", "act_max": "int", "abs": "bool",
+                "acc_bits": "int", "rounding": "str"}
 
 
 class Scheme:
@@ -51,13 +51,14 @@ class Scheme:
 
     # --- node attributes -------------------------------------------------------------------------
     def mac_attrs(self, *, e_acc: int, b_exp: int, e_out: int, out_bits: int, relu: bool, wide: bool,
-                  acc_bits: int, rounding: str) -> dict:
-        """The requantisation attributes of a conv/linear node (see the module doc)."""
+                  acc_bits: int, rounding: str, absolute: bool = False) -> dict:
+        """The requantisation attributes of a conv/linear node (see the module doc). `absolute`: an Abs
+        activation, y = min(|y|, act_max) after the output saturation (MAX7800x's Abs)."""
         from . import arith  # lazy: profiles load without numpy
 
         act_lo, act_hi = arith.int_range(out_bits) if wide else arith.act_range(out_bits, relu)
         return {"bias_shift": e_acc - b_exp, "out_shift": 0 if wide else e_acc - e_out, "act_min": act_lo,
-                "act_max": act_hi, "acc_bits": acc_bits, "rounding": rounding}
+                "act_max": act_hi, "abs": bool(absolute and not wide), "acc_bits": acc_bits, "rounding": rounding}
 
     def mac_problems(self, attrs: dict) -> list[str]:
         """Why these attributes are outside what the chip can compute (empty when fine)."""
@@ -81,7 +82,10 @@ class Scheme:
         if bound is None or bound > hi:
             acc = arith.saturate(acc, lo, hi, out=out)
         q = arith.round_shift(acc, attrs["out_shift"], attrs["rounding"], out=out)
-        return arith.saturate(q, attrs["act_min"], attrs["act_max"], out=q if out is not None else None)
+        q = arith.saturate(q, attrs["act_min"], attrs["act_max"], out=q if out is not None else None)
+        if attrs.get("abs"):  # |y|, then the top of the range again: |-128| is 128
+            q = arith.saturate(abs(q), 0, attrs["act_max"])
+        return q
 
     def bias_term(self, bias, attrs: dict, params: dict | None = None):
         """The bias in accumulator units (float64 numpy, exact: bias_shift >= 0 by construction)."""
@@ -96,7 +100,8 @@ class Scheme:
 
         acc = b.op("Add", [acc, b.op("Mul", [bias, b.const(2.0 ** attrs["bias_shift"])])])
         acc = b.saturate(acc, *arith.int_range(attrs["acc_bits"]))
-        return b.saturate(b.round_shift(acc, attrs["out_shift"], attrs["rounding"]), attrs["act_min"], attrs["act_max"])
+        q = b.saturate(b.round_shift(acc, attrs["out_shift"], attrs["rounding"]), attrs["act_min"], attrs["act_max"])
+        return b.saturate(b.op("Abs", [q]), 0, attrs["act_max"]) if attrs.get("abs") else q
 
     def c_fields(self, attrs: dict, params: dict | None = None, b=None) -> dict:
         """The fields (C literals) of the `nk_requant_params` that `nk_requant` in npukit_kernels.h reads.
@@ -107,7 +112,7 @@ class Scheme:
         lo, hi = arith.int_range(attrs["acc_bits"])
         return {"bias_shift": attrs["bias_shift"], "out_shift": attrs["out_shift"], "acc_min": f"{lo}LL",
                 "acc_max": f"{hi}LL", "act_min": attrs["act_min"], "act_max": attrs["act_max"],
-                "rounding": ROUNDING_C[attrs["rounding"]]}
+                "rounding": ROUNDING_C[attrs["rounding"]], "abs": int(bool(attrs.get("abs")))}
 
 
 class Pow2(Scheme):

@@ -73,7 +73,7 @@ def _struct(name, fields):
 
 RequantParams = _struct("RequantParams", [  # nk_requant_params, the fields of Scheme.c_fields
     ("bias_shift", "i32"), ("out_shift", "i32"), ("acc_min", "i64"), ("acc_max", "i64"), ("act_min", "i32"),
-    ("act_max", "i32"), ("rounding", "enum")])
+    ("act_max", "i32"), ("rounding", "enum"), ("abs", "i32")])
 ConvParams = _struct("ConvParams", [(f, "i32") for f in (
     "in_c", "in_h", "in_w", "out_c", "out_h", "out_w", "k_h", "k_w", "stride_h", "stride_w", "pad_h", "pad_w",
     "dil_h", "dil_w", "groups", "w_bits")] + [("rq", RequantParams), ("out_bytes", "i32")])
@@ -495,7 +495,7 @@ def _graph(node: Node, specs: list[TensorSpec], target: dict) -> Graph:
         e_acc = x.exp + a["w_exp"]
         a.update(get_scheme("pow2").mac_attrs(e_acc=e_acc, b_exp=a["b_exp"], e_out=out.exp, out_bits=out.bits,
                                               relu=a["relu"], wide=a["wide"], acc_bits=target["accumulator_bits"],
-                                              rounding=target["rounding"]))
+                                              rounding=target["rounding"], absolute=a.get("abs", False)))
     g = Graph(target, [s.name for s in specs if s.name in node.inputs], list(node.outputs),
               {s.name: s for s in specs}, [node])
     g.validate()
@@ -519,7 +519,9 @@ def _mac_common(src: _Src, out_c: int):
     e_x, w_exp = src.int(-3, 8), src.int(-3, 12)
     e_acc, bias_shift = e_x + w_exp, src.pick([0, 0, 0, 1, 7])
     bias = src.array((out_c,), *arith.int_range(src.pick([4, 12, 24, 32])))
-    attrs = {"w_bits": w_bits, "w_exp": w_exp, "b_exp": e_acc - bias_shift, "relu": not wide and src.bool(), "wide": wide}
+    relu = not wide and src.bool()
+    attrs = {"w_bits": w_bits, "w_exp": w_exp, "b_exp": e_acc - bias_shift, "relu": relu, "wide": wide,
+             "abs": not wide and not relu and src.int(0, 3) == 0}
     out_bits, e_out = (acc_bits, e_acc) if wide else (8, e_acc - src.int(-3, 24))
     return w_bits, acc_bits, e_x, attrs, bias, out_bits, e_out
 

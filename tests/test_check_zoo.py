@@ -56,6 +56,11 @@ class TwoBranchCat(nn.Module):
         return self.fc(torch.cat([self.a(x), self.b(x)], 1).flatten(1))
 
 
+class _Abs(nn.Module):
+    def forward(self, x):
+        return torch.abs(x)
+
+
 class _ResidualNoRelu(nn.Module):
     """A residual add as MAX7800x run it: no activation after the add, a conv reads the sum."""
 
@@ -122,6 +127,11 @@ CASES: dict[str, Case] = {
                           frozenset({"conv.padding"})),
     "pad1_k1@max78000": Case(lambda: Body(nn.Conv2d(4, 4, 1, padding=1)), (4, 8, 8), "max78000"),
     # MaxPool2d(3): stride 3 is not one of venus's 1/2/4 -> pool.stride; max78000 pools 1..16.
+    # conv -> abs: MAX7800x layers end in ReLU or Abs; venus's in ReLU only -> activation.abs there.
+    "abs@venus": Case(lambda: Body(nn.Conv2d(4, 8, 3, padding=1), _Abs(), fc=(8 * 8 * 8, 10)), (4, 8, 8), "venus",
+                      frozenset({"activation.abs"})),
+    "abs@max78000": Case(lambda: Body(nn.Conv2d(4, 8, 3, padding=1), _Abs(), fc=(8 * 8 * 8, 10)), (4, 8, 8),
+                         "max78000"),
     # MaxPool2d(6): window 6 > venus's 1..5 -> pool.kernel (stride 6 is not 1/2/4 either -> pool.stride).
     "maxpool6@venus": Case(lambda: Body(conv_bn_relu(4, 8), nn.MaxPool2d(6), fc=(8 * 2 * 2, 10)), (4, 12, 12),
                            "venus", frozenset({"pool.kernel", "pool.stride"})),
@@ -313,6 +323,7 @@ RULE_CASES = {
     "pool.kernel (global)": ("case:gap20@max78000", "zoo:gap@max78000"),  # global pool of 20x20 vs 8x8
     "requant": ("graph:max-shift@max78000", "graph:max@max78000"),
     "add.relu": ("zoo:residual@max78000", "zoo:residual@venus"),
+    "activation.abs": ("case:abs@venus", "case:abs@max78000"),
     "add.exponents": ("graph:max-add-exp@max78000", "graph:max-add@max78000"),
     "pool.stride": ("case:maxpool3@venus", "case:maxpool3@max78000"),
     "linear.features": ("zoo:no_pool@max78000", "zoo:cifar@max78000"),  # 8,192 vs exactly 1,024
@@ -343,7 +354,7 @@ def _result(ref: str) -> npukit.CheckResult:
 def _declared_rule_ids() -> set[str]:
     """Rule ids written literally in rules.py and report.py, plus those rules.py builds from a key."""
     text = (ROOT / "npukit/rules.py").read_text() + (ROOT / "npukit/report.py").read_text()
-    ids = set(re.findall(r'"((?:conv|pool|linear|flatten|concat|add|op|bits|memory)[.-][a-z-]+|layers|unsupported-op|requant)"',
+    ids = set(re.findall(r'"((?:conv|pool|linear|flatten|concat|add|activation|op|bits|memory)[.-][a-z-]+|layers|unsupported-op|requant)"',
                          text))
     ids |= {f"conv.{k}" for k in ("stride", "padding", "dilation")} | {f"pool.{k}" for k in ("kernel", "stride")}
     return ids

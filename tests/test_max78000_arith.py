@@ -125,7 +125,7 @@ def _layer(graph, producer, layer_outs, n) -> Layer:
         assert len(set(a["padding"])) == 1 and len(set(a["dilation"])) == 1, a
         kw.update(op=f"conv{a['ndim']}d", pad=a["padding"][0], dilation=a["dilation"][0])
     kw.update(weight=n.params["weight"], bias_b=n.params.get("bias"), weight_bits=q,
-              activation="ReLU" if a["relu"] else None)
+              activation="ReLU" if a["relu"] else "Abs" if a.get("abs") else None)
     if a["wide"]:
         assert e_y == e_x + e_w, ("wide output exponent", e_y, e_x, e_w)
         kw.update(output_width=32)
@@ -461,11 +461,22 @@ def test_shift_range():
     assert min(seen) == -15 and max(seen) >= 13, sorted(seen)
 
 
-def test_abs_activation_not_in_npukit():
-    """The reference has Abs; npukit's IR has no Abs activation to compare (only the fused ReLU flag)."""
-    model = nn.Sequential(nn.Conv1d(1, 2, 3))
-    graph = prepared(model, torch.randn(4, 1, 8))
-    assert "abs" not in {n.op for n in graph.nodes}
+class _AbsNet(nn.Module):
+    def __init__(self, ndim: int):
+        super().__init__()
+        conv = nn.Conv1d if ndim == 1 else nn.Conv2d
+        self.a, self.b = conv(2, 4, 3, padding=1), conv(4, 3, 1)
+
+    def forward(self, x):
+        return torch.abs(self.b(self.a(x).abs()))
+
+
+@pytest.mark.parametrize("ndim", [1, 2])
+def test_abs_activation(ndim):
+    """conv -> |.| fuses into the layer (activate: Abs): clip(|y|, 0, 127) after the int8 clip."""
+    graph, hw = run_case(_AbsNet(ndim), (2, 9) if ndim == 1 else (2, 5, 5), seed=40 + ndim, train_steps=2,
+                         in_scale=4.0)
+    assert [L.kw["activation"] for L in hw] == ["Abs", "Abs"]
 
 
 def test_zz_summary():

@@ -302,7 +302,7 @@ def test_vendor_files_read_back(packed):
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    ({"activate": "Abs"}, "activation 'Abs'"),
+    ({"activate": "Sigmoid"}, "activation 'Sigmoid'"),
     ({"eltwise": "xor", "operands": 2, "in_sequences": [-1, -1]}, "element-wise add only"),
     ({"in_sequences": [5]}, "not run before"),
 ])

@@ -96,6 +96,14 @@ class CaptureContext:
             return True, user, [user]
         return False, node, []
 
+    def fuse_abs(self, node: fx.Node) -> tuple[bool, fx.Node, list[fx.Node]]:
+        """Absorb an abs (torch.abs, x.abs()) that is `node`'s only user: (abs?, last node, absorbed nodes)."""
+        user = self.sole_user(node)
+        if user is not None and ((user.op == "call_function" and user.target is torch.abs)
+                                 or (user.op == "call_method" and user.target == "abs")):
+            return True, user, [user]
+        return False, node, []
+
     def is_graph_output(self, node: fx.Node) -> bool:
         return node in self.output_nodes
 

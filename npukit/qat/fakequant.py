@@ -63,17 +63,25 @@ class _Requant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, e_x: int, e_out: int, scheme, attrs: dict, bound: int, exact_f32: bool):
         acc = (y if exact_f32 else y.to(torch.float64)) * 2.0**e_x  # integer-valued
-        # The scheme's pipeline without the final clip, then the clip: the clip's mask is the gradient's.
-        r = scheme.requantize(acc, {**attrs, "act_min": -(1 << 62), "act_max": 1 << 62}, bound, channel_axis=1)
+        # The scheme's pipeline without the final clip (and Abs), then them: their masks are the gradient's.
+        unclipped = {**attrs, "act_min": -(1 << 62), "act_max": 1 << 62, "abs": False}
+        r = scheme.requantize(acc, unclipped, bound, channel_axis=1)
         q = arith.saturate(r, attrs["act_min"], attrs["act_max"])
-        ctx.save_for_backward(q == r)  # inside the range
         ctx.scale = 2.0 ** (e_x - attrs["out_shift"] - e_out)
+        ctx.signed = bool(attrs.get("abs"))
+        if ctx.signed:  # d|q|/dq = sign(q), and |q| saturates at act_max as well
+            ctx.save_for_backward(((q == r) & (q.abs() <= attrs["act_max"])) * torch.where(q < 0, -1.0, 1.0))
+            q = arith.saturate(q.abs(), 0, attrs["act_max"])
+        else:
+            ctx.save_for_backward(q == r)  # inside the range
         return (q * 2.0**-e_out).float()
 
     @staticmethod
     def backward(ctx, grad):
-        (inside,) = ctx.saved_tensors
-        return torch.where(inside, grad * ctx.scale, 0.0), *([None] * 6)
+        (mask,) = ctx.saved_tensors
+        if ctx.signed:
+            return grad * ctx.scale * mask, *([None] * 6)
+        return torch.where(mask, grad * ctx.scale, 0.0), *([None] * 6)
 
 
 def requant_ste(y: torch.Tensor, e_x: int, e_out: int, scheme, attrs: dict, bound: int) -> torch.Tensor:

@@ -21,14 +21,15 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 class QMac(ObservedQModule):
     """QAT conv/linear: float parameters, exact integer forward."""
 
-    def __init__(self, profile, weight, bias, *, w_bits, relu, wide, conv: dict | None, has_bias: bool = True):
+    def __init__(self, profile, weight, bias, *, w_bits, relu, wide, conv: dict | None, has_bias: bool = True,
+                 absolute: bool = False):
         super().__init__(profile)
         self.weight = nn.Parameter(weight.detach().clone().float())
         if has_bias:
             self.bias = nn.Parameter(bias.detach().clone().float())
         else:  # a layer without bias stays without: zeros that training leaves alone (chips may lack bias memory)
             self.register_buffer("bias", torch.zeros_like(bias, dtype=torch.float32))
-        self.w_bits, self.relu, self.wide, self.conv = w_bits, relu, wide, conv
+        self.w_bits, self.relu, self.wide, self.conv, self.absolute = w_bits, relu, wide, conv, absolute
         self.op = "conv" if conv else "linear"
 
     @property
@@ -57,7 +58,8 @@ class QMac(ObservedQModule):
 
     def _attrs(self, e_acc: int, b_exp: int, e_out: int) -> dict:
         return self.scheme.mac_attrs(e_acc=e_acc, b_exp=b_exp, e_out=e_out, out_bits=self.act_bits, relu=self.relu,
-                                     wide=self.wide, acc_bits=self.acc_bits, rounding=self.rounding)
+                                     wide=self.wide, acc_bits=self.acc_bits, rounding=self.rounding,
+                                     absolute=self.absolute)
 
     def forward(self, xs, exps):
         x, e_x = xs[0], int(exps[0])
@@ -94,7 +96,8 @@ class QMac(ObservedQModule):
             out = self._out_spec(name, inputs, out_shape)
         attrs = {"w_bits": self.w_bits, "w_exp": w_exp, "b_exp": b_exp, "relu": self.relu, "wide": self.wide,
                  **self.scheme.mac_attrs(e_acc=e_acc, b_exp=b_exp, e_out=out.exp, out_bits=out.bits, relu=self.relu,
-                                         wide=self.wide, acc_bits=self.acc_bits, rounding=self.rounding)}
+                                         wide=self.wide, acc_bits=self.acc_bits, rounding=self.rounding,
+                                         absolute=self.absolute)}
         if self.conv:
             attrs.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.conv.items()})
         params = {"weight": qw.numpy().astype(w_dtype), "bias": qb.numpy().astype(np.int64)}
@@ -119,10 +122,14 @@ def _capture_mac(node, ctx, layer, conv: dict | None):
         absorbed.append(last)
     relu, last, more = ctx.fuse_relu(last)
     absorbed += more
+    absolute = False
+    if not relu:
+        absolute, last, more = ctx.fuse_abs(last)
+        absorbed += more
     # Wide (accumulator) output only for a pure model output: a layer reading it would get 32-bit inputs.
-    wide = ctx.wide_output and not relu and ctx.is_graph_output(last) and len(last.users) == 1
+    wide = ctx.wide_output and not relu and not absolute and ctx.is_graph_output(last) and len(last.users) == 1
     module = QMac(ctx.profile, w, b, w_bits=ctx.weight_bits, relu=relu, wide=wide, conv=conv,
-                  has_bias=layer.bias is not None or isinstance(bn, _BN))
+                  has_bias=layer.bias is not None or isinstance(bn, _BN), absolute=absolute)
     return Captured(module, node_name(node), [node.args[0]], last, absorbed)
 
 

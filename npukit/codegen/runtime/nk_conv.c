@@ -122,7 +122,9 @@ static void nk_conv_rq_init(nk_conv_rq *r, const nk_conv_params *p, int32_t ch, 
     r->ch = ch;
     r->bias_term = bias_term;
     r->shift = s;
-    r->fast = s >= 1 && s <= 60 && rq->acc_min > -lim && rq->acc_max < lim && bias_term > -lim && bias_term < lim;
+    /* (an Abs activation takes the generic nk_requant: the specialisations below have no Abs) */
+    r->fast = !rq->abs && s >= 1 && s <= 60 && rq->acc_min > -lim && rq->acc_max < lim && bias_term > -lim
+              && bias_term < lim;
     r->even = 0;
     r->off = 0;
     r->offs = 0;
@@ -538,7 +540,7 @@ static int nk_conv_sse2_requant_mode(const nk_conv_params *p)
 {
     const nk_requant_params *rq = &p->rq;
     const int64_t l30 = (int64_t)1 << 30;
-    if (p->out_bytes != 1 || rq->out_shift < 1 || rq->out_shift > 30 || rq->act_min < INT8_MIN
+    if (p->out_bytes != 1 || rq->abs || rq->out_shift < 1 || rq->out_shift > 30 || rq->act_min < INT8_MIN
         || rq->act_max > INT8_MAX) {
         return -1;
     }

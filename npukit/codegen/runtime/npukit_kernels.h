@@ -48,6 +48,7 @@ typedef struct {
     int64_t acc_min, acc_max;  /* accumulator saturation, once, after the bias */
     int32_t act_min, act_max;  /* output saturation; a fused ReLU sets act_min = 0; must lie in the output type */
     nk_rounding rounding;      /* of the requantising shift */
+    int32_t abs;               /* 1: an Abs activation, y = min(|y|, act_max) after the saturation */
 } nk_requant_params;
 
 /* The bias term b * 2^bias_shift in accumulator units, exact: directly for 0 <= bias_shift <= 31
@@ -74,7 +75,12 @@ static inline int64_t nk_requant(const nk_requant_params *rq, int32_t ch, int64_
     acc = acc > rq->acc_max ? rq->acc_max : acc;
     y = nk_round_shift(acc, rq->out_shift, rq->rounding);
     y = y < rq->act_min ? rq->act_min : y;
-    return y > rq->act_max ? rq->act_max : y;
+    y = y > rq->act_max ? rq->act_max : y;
+    if (rq->abs) {
+        y = y < 0 ? -y : y;
+        y = y > rq->act_max ? rq->act_max : y;
+    }
+    return y;
 }
 
 typedef struct {
