@@ -76,14 +76,16 @@ def _ident(name: str) -> str:
     return out if out and not out[0].isdigit() else f"l_{out}"
 
 
-def hardware_layers(graph: Graph, profile: TargetProfile) -> tuple[list[HwLayer], list[Problem]]:
-    """Group the IR into the chip's layers, in order; every node that cannot be grouped is a problem."""
+def hardware_layers(graph: Graph, profile: TargetProfile) -> tuple[list[HwLayer], list[Problem], bool]:
+    """Group the IR into the chip's layers, in order; every node that cannot be grouped is a problem.
+    The flag says whether every node found a layer (else nothing can be placed)."""
     readers: dict[str, list[Node]] = {}
     for n in graph.nodes:
         for t in n.inputs:
             readers.setdefault(t, []).append(n)
     producer = {t: n for n in graph.nodes for t in n.outputs}
     problems: list[Problem] = []
+    complete = True
     fused_pool: dict[str, Node] = {}  # conv/linear node -> the pool fused before it
     fused_add: dict[str, Node] = {}  # conv node -> the add fused before it
     flattened: set[str] = set()  # linear nodes fed by a flatten
@@ -109,13 +111,19 @@ def hardware_layers(graph: Graph, profile: TargetProfile) -> tuple[list[HwLayer]
                 flattened.add(nxt.name)
                 skip.add(n.name)
             else:
+                complete = False
                 problems.append(Problem(n.name, "max7800x.layers", "a reshape that is not a flatten into a linear "
                                         "layer has no hardware layer", "flatten only right before a Linear"))
         elif n.op in ("concat", "relu"):
+            complete = False
+            if profile.rules.ops is not None and n.op not in profile.rules.ops:
+                continue  # the profile's rules refuse it already: reported there, once
             what = {"concat": "concatenation", "relu": "standalone ReLU"}[n.op]
+            fix = ("put the ReLU right after a conv or linear layer, where it becomes the layer's activation"
+                   if n.op == "relu" else "npukit does not write concatenations (in_sequences of several layers) "
+                   "yet: add the branches instead, or keep them in one conv")
             problems.append(Problem(n.name, "max7800x.layers", f"the {what} is not written to the network "
-                                    "description yet", "fuse a ReLU into the layer before it; concatenation "
-                                    "(in_sequences of several layers) comes with the MAX78000 issue"))
+                                    "description", fix))
 
     layers: list[HwLayer] = []
     for n in graph.nodes:
@@ -138,7 +146,7 @@ def hardware_layers(graph: Graph, profile: TargetProfile) -> tuple[list[HwLayer]
         else:  # a pool read by something other than a conv/linear: a passthrough layer that pools
             layers.append(HwLayer(_ident(n.name), "none", None, n, False, [n.inputs[0]], n.outputs[0], False,
                                   [n.name]))
-    return _relayout_operands(graph, layers), problems
+    return _relayout_operands(graph, layers), problems, complete
 
 
 def _relayout_operands(graph: Graph, layers: list[HwLayer]) -> list[HwLayer]:
@@ -217,7 +225,8 @@ def place(graph: Graph, layers: list[HwLayer], profile: TargetProfile) -> tuple[
     for t, i in [(first_in, INPUT)] + [(hl.out_tensor, i) for i, hl in enumerate(layers)]:
         key, _, n = group.get(t, (t, 0, 1))
         chw = t == first_in and chw0
-        size[key] = max(size.get(key, 0), _instance_bytes(_spec(graph, t).shape, chw) * n)
+        wide = 4 if i != INPUT and _wide(layers[i]) else 1  # a 32-bit output takes a word per value
+        size[key] = max(size.get(key, 0), _instance_bytes(_spec(graph, t).shape, chw) * n * wide)
         s = span.setdefault(key, [i, i])
         s[0] = min(s[0], i)
     for i, hl in enumerate(layers):
@@ -226,17 +235,16 @@ def place(graph: Graph, layers: list[HwLayer], profile: TargetProfile) -> tuple[
             span[key][1] = max(span[key][1], i)
     for t in graph.outputs:
         span[group.get(t, (t,))[0]][1] = len(layers)
+    instance = _instance(profile)
     offset: dict[str, int] = {}
-    for key in sorted(span, key=lambda k: (span[k][0], -size[k])):
+    for n_placed, key in enumerate(sorted(span, key=lambda k: (span[k][0], -size[k]))):
         busy = sorted((offset[o], offset[o] + size[o]) for o in offset
                       if span[o][0] <= span[key][1] and span[key][0] <= span[o][1])
-        at = 0
-        for lo, hi in busy:
-            if at + size[key] <= lo:
-                break
-            at = max(at, -(-hi // ALIGN) * ALIGN)
-        offset[key] = at
-    instance = _instance(profile)
+        low, high = _lowest_fit(busy, size[key]), _highest_fit(busy, size[key], instance)
+        # ping-pong: alternate buffers go to the bottom and the top of the instance, so that a layer's
+        # output can take the room its input's predecessor left (the lowest fit when only one end fits)
+        offset[key] = high if (n_placed % 2 and high is not None) or low + size[key] > instance and high is not None \
+            else low
     problems = [Problem(key.split(":")[-1], "max7800x.memory", f"data memory needs {offset[key] + size[key]:,} bytes "
                         f"per instance here; {profile.name} has {instance:,}",
                         "shrink the largest feature maps (pooling, fewer channels)")
@@ -257,8 +265,30 @@ def place(graph: Graph, layers: list[HwLayer], profile: TargetProfile) -> tuple[
         in_at = min(where(t) for t in hl.inputs)
         out.append(Placement(procs, passes, in_at, where(hl.out_tensor), _procs(out_c, False)[0], n_ops - 1, seq,
                              _instance_bytes(shape_in, chw0 and i == 0),
-                             _instance_bytes(_spec(graph, hl.out_tensor).shape, False)))
+                             _instance_bytes(_spec(graph, hl.out_tensor).shape, False) * (4 if _wide(hl) else 1)))
     return out, problems
+
+
+def _wide(hl: HwLayer) -> bool:
+    return hl.node is not None and bool(hl.node.attrs.get("wide"))
+
+
+def _lowest_fit(busy: list[tuple[int, int]], size: int) -> int:
+    at = 0
+    for lo, hi in busy:
+        if at + size <= lo:
+            break
+        at = max(at, -(-hi // ALIGN) * ALIGN)
+    return at
+
+
+def _highest_fit(busy: list[tuple[int, int]], size: int, instance: int) -> int | None:
+    """The highest aligned offset where `size` bytes overlap nothing in `busy`, within the instance."""
+    for top in sorted([instance] + [lo for lo, _ in busy], reverse=True):
+        at = (top - size) // ALIGN * ALIGN
+        if at >= 0 and all(at + size <= lo or at >= hi for lo, hi in busy):
+            return at
+    return None
 
 
 def layer_problems(graph: Graph, layers: list[HwLayer], profile: TargetProfile) -> list[Problem]:
@@ -269,17 +299,19 @@ def layer_problems(graph: Graph, layers: list[HwLayer], profile: TargetProfile) 
         if n is not None and n.attrs.get("wide") and i != len(layers) - 1:
             out.append(Problem(n.name, "max7800x.layers", "a 32-bit output is only possible on the last layer",
                                "end the model with this layer, or give it a ReLU"))
-        if n is not None and n.op == "conv" and n.attrs["groups"] != 1:
+        if n is not None and n.op == "conv" and len(set(n.attrs["padding"])) > 1:
+            out.append(Problem(n.name, "max7800x.layers", f"padding {n.attrs['padding']}: the description has one "
+                               "`pad` for both dimensions", "use the same padding on every side"))
+        if hl.pool is not None and hl.pool.op != "global_avgpool" and len(set(hl.pool.attrs["stride"])) > 1:
+            out.append(Problem(hl.pool.name, "max7800x.layers", f"pool stride {hl.pool.attrs['stride']}: the chip "
+                               "strides pooling equally in both dimensions", "use one stride for both"))
+        if hl.op == "none" and hl.pool is not None and _spec(graph, hl.inputs[0]).shape[0] > MAX_PER_PASS:
+            out.append(Problem(hl.pool.name, "max7800x.layers", f"pooling {_spec(graph, hl.inputs[0]).shape[0]} "
+                               f"channels without a conv in its layer; the chip pools at most {MAX_PER_PASS} so",
+                               "pool right before a conv (it joins that conv's layer), or use fewer channels"))
+        if n is not None and n.op == "conv" and n.attrs["groups"] != 1 and profile.rules.conv.groups != "none":
             out.append(Problem(n.name, "max7800x.layers", "grouped/depthwise convs are not written yet",
                                "use groups=1"))
-        if hl.pool is not None and hl.pool.op == "global_avgpool":
-            c, h, w = _chw_dims(_spec(graph, hl.pool.inputs[0]).shape)
-            if h > 16 or w > 16:
-                out.append(Problem(hl.pool.name, "max7800x.layers", f"global pooling of {h}x{w} exceeds 16x16",
-                                   "downsample before it"))
-        if hl.eltwise and len({_spec(graph, t).exp for t in hl.inputs}) > 1:
-            out.append(Problem(hl.nodes[0], "add.exponents", "the add's operands have different exponents",
-                               "prepare the model for this target (its QAT ties them)"))
     limit = profile.rules.max_layers
     if limit is not None and len(layers) > limit:
         out.append(Problem(layers[limit].nodes[-1] if layers[limit].nodes else layers[limit].name, "layers",
@@ -328,7 +360,7 @@ def validate(desc: dict, shapes: list[tuple[tuple[int, ...], tuple[int, ...]]], 
                                    "instance", "put each channel on its own instance: processors 4 apart"))
         gap = int(e.get("write_gap", 0))
         out_off = int(e.get("out_offset", 0))
-        out_b = _instance_bytes(s_out, False) * (gap + 1)
+        out_b = _instance_bytes(s_out, False) * (gap + 1) * (4 if int(e.get("output_width", 8)) == 32 else 1)
         start, end = out_off, out_off + out_b - 4 * gap
         if start < 0 or out_off + out_b > instance:
             out.append(Problem(where, "max7800x.memory", f"output at 0x{out_off:04x} takes {out_b:,} bytes per "
@@ -339,9 +371,12 @@ def validate(desc: dict, shapes: list[tuple[tuple[int, ...], tuple[int, ...]]], 
         if want_in is None:
             out.append(Problem(where, "max7800x.description", f"in_sequences {sources} names layers not run before "
                                "it", "in_sequences may only point backwards"))
-        elif int(e.get("in_offset", want_in)) != want_in:
-            out.append(Problem(where, "max7800x.memory", f"reads 0x{int(e['in_offset']):04x} but its input was "
-                               f"written at 0x{want_in:04x}", "read where the source layer wrote"))
+        else:
+            # without in_offset the synthesis tool reads where the layer before wrote
+            reads = int(e["in_offset"]) if "in_offset" in e else (int(entries[i - 1].get("out_offset", 0)) if i else 0)
+            if reads != want_in:
+                out.append(Problem(where, "max7800x.memory", f"reads 0x{reads:04x} but its input was written at "
+                                   f"0x{want_in:04x}", "read where the source layer wrote (set in_offset)"))
         for j, (lo, hi, g) in regions.items():
             if last_read[j] < i or j == i:
                 continue  # no longer needed
@@ -390,6 +425,9 @@ def network_description(graph: Graph, layers: list[HwLayer], placements: list[Pl
             k = n.params["weight"].shape[2:]
             e["kernel_size"] = int(k[0]) if hl.op == "conv1d" else f"{k[0]}x{k[1]}"
             e["pad"] = int(n.attrs["padding"][0])
+            dil = n.attrs["dilation"]
+            if any(d != 1 for d in dil):
+                e["dilation"] = int(dil[0]) if len(set(dil)) == 1 else [int(d) for d in dil]
         else:
             e["pad"] = 0  # always written: a missing pad changes other layers' defaults
         if hl.eltwise:
@@ -499,8 +537,8 @@ def plan_ai8x(graph: Graph, profile: TargetProfile) -> tuple[list[HwLayer], list
         raise NpukitError(f"{profile.name} is not a MAX7800x target (scheme {profile.scheme})")
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         return [], [], [Problem("<graph>", "max7800x.layers", "one input and one output only", "")]
-    layers, problems = hardware_layers(graph, profile)
-    if problems or not layers:
+    layers, problems, complete = hardware_layers(graph, profile)
+    if problems or not complete or not layers:
         return layers, [], problems
     placements, more = place(graph, layers, profile)
     return layers, placements, problems + more + layer_problems(graph, layers, profile)
@@ -533,7 +571,9 @@ def write_ai8x(graph: Graph, out_dir: str | Path, profile: TargetProfile, *, arc
     _atomic(files["yaml"], lambda p: p.write_text(dump_yaml(desc)))
     _atomic(files["checkpoint"], lambda p: write_checkpoint(checkpoint_state(layers), arch, p))
     _atomic(files["sample_input"], lambda p: np.save(p, x[0].astype(np.int64)))
-    _atomic(files["sample_output"], lambda p: np.save(p, y[0].astype(np.int64)))
+    # in the vendor simulation's layout: (C, H, W) always, 1-d data as (C, L, 1), a vector as (C, 1, 1)
+    y_chw = y[0].astype(np.int64).reshape(_chw_dims(tuple(y.shape[1:])))
+    _atomic(files["sample_output"], lambda p: np.save(p, y_chw))
     _atomic(files["layers"], lambda p: p.write_text(layer_map(graph, layers, placements, profile), encoding="utf-8"))
     return Ai8xResult(out, files, layers, placements)
 
@@ -561,20 +601,20 @@ def _atomic(path: Path, write) -> None:
 
 def load_ai8x(description: str | Path, checkpoint: str | Path, input_shape: tuple[int, ...], *,
               target: str | TargetProfile = "max78000") -> Graph:
+    """A network description and quantized checkpoint of the vendor's flow as npukit's IR, so the engine,
+    model.bin, the C build and the report work on existing MAX7800x models.
+
+    `input_shape` is one sample's (C, H, W) or (C, L). Activations get the vendor's exponent 7 (real range
+    [-1, 127/128]); every integer follows the description exactly. What npukit cannot represent (Abs,
+    sub/or/xor, 1-bit or binary weights, streaming, a read gap, operands in one source) is an error naming
+    the first such layer (the layers after it read its output).
+    """
     return read_ai8x(description, checkpoint, input_shape, target=target)[0]
 
 
 def read_ai8x(description: str | Path, checkpoint: str | Path, input_shape: tuple[int, ...], *,
               target: str | TargetProfile = "max78000"):
     """`load_ai8x`, also returning the description and each layer's (input, output) shapes for `validate`."""
-    """A network description and quantized checkpoint of the vendor's flow as npukit's IR, so the engine,
-    model.bin, the C build and the report work on existing MAX7800x models.
-
-    `input_shape` is one sample's (C, H, W) or (C, L). Activations get the vendor's exponent 7 (real range
-    [-1, 127/128]); every integer follows the description exactly. What npukit cannot represent (Abs,
-    sub/or/xor, 1-bit or binary weights, streaming, a read gap, operands in one source) is one error
-    naming every such layer.
-    """
     import yaml
 
     from .targets import load_target

@@ -266,7 +266,14 @@ def check_graph(graph: Graph, profile: TargetProfile, *, plan=None, sources: dic
                                f"{'/'.join(map(str, profile.weight_bits))}-bit",
                                f"prepare with weight_bits={profile.default_weight_bits}"))
     problems += _bits_rules(graph, profile)
-    problems += _layer_count(graph, profile)
+    if get_scheme(profile.scheme).name == "max78000":
+        # the chip's layer grouping, processors and data memory (npukit/max7800x.py), so that check, prepare
+        # and pack -o DIR see the same problems; it counts layers itself (with the operand copies)
+        from .max7800x import plan_ai8x
+
+        problems += plan_ai8x(graph, profile)[2]
+    else:
+        problems += _layer_count(graph, profile)
     if memory:
         problems += _memory_rules(graph, profile, plan)
     if sources:

@@ -146,8 +146,9 @@ CASES: dict[str, Case] = {
     "maxpool_k1_s2@venus": Case(lambda: Body(conv_bn_relu(4, 8), nn.MaxPool2d(1, stride=2), fc=(8 * 4 * 4, 10)),
                                 (4, 8, 8), "venus", frozenset({"pool.stride"})),
     # A 1x3 kernel: 1 and 3 are each allowed on max78000, but its kernels must be square; venus's need not be.
+    # (its padding (0, 1) is uneven too: the description has one `pad` -> max7800x.layers)
     "kernel_1x3@max78000": Case(lambda: Body(nn.Conv2d(4, 4, (1, 3), padding=(0, 1))), (4, 8, 8), "max78000",
-                                frozenset({"conv.kernel"})),
+                                frozenset({"conv.kernel", "max7800x.layers"})),
     "kernel_1x3@venus": Case(lambda: Body(nn.Conv2d(4, 4, (1, 3), padding=(0, 1))), (4, 8, 8), "venus"),
     # Linear on 16,400 features: venus's left matrix 4 x 16,400 = 65,600 > 65,536 -> linear.input-buffer;
     # max78000: 16,400 > 1,024 -> linear.features. cortex-m4 has no such rule (weights 65,600 B fit).
@@ -161,7 +162,7 @@ CASES: dict[str, Case] = {
     "flatten_17408@max78000": Case(lambda: Body(conv_bn_relu(3, 272, 1), fc=(272 * 8 * 8, 2)), (3, 8, 8), "max78000",
                                    frozenset({"flatten.elements", "linear.features"})),
     # Only the last part of the concat has 6 channels: allowed.
-    "concat_last_odd@max78000": Case(TwoBranchCat, (4, 4, 4), "max78000"),
+    "concat_last_odd@max78000": Case(TwoBranchCat, (4, 4, 4), "max78000", frozenset({"max7800x.layers"})),
     # A profile as a dict: venus with at most 8 hardware layers. venus fuses nothing, so cifar has 4 convs +
     # 3 pools + 1 linear = 8 layers (the reshape is a view): exactly at the limit; deep has 33 + 1 = 34.
     "cifar@venus-8-layers": Case(*_zoo("cifar"), _venus_with(rules={"max_layers": 8})),

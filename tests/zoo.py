@@ -372,12 +372,15 @@ ZOO: tuple[ZooModel, ...] = (
     # Depthwise 3x3 (groups = 16 and 32): venus allows depthwise (weights align16(C)*9 <= 288); max78000
     # allows no groups at all -> conv.groups; max78002 allows depthwise. pw1 writes 32x32x32 = 32,768 B
     # (<= 65,536); peak activations 16,384 + 32,768. Avg pool 4/4, flatten 64x4x4 (16 px, 1,024 values).
+    # npukit does not write depthwise layers to the MAX78002 description yet -> max7800x.layers there.
     ZooModel("depthwise_separable", DepthwiseSeparableNet, (3, 32, 32),
-             {"max78000": _e("conv.groups")}),
+             {"max78000": _e("conv.groups"), "max78002": _e("max7800x.layers")}),
     # cat([6 channels, 10 channels]): the first part is not a multiple of 4 -> concat.channels on both
     # MAX7800x; venus and cortex-m4 have no concat rule. Everything else small (8..16 channels at 16x16).
+    # npukit does not write concatenations (in_sequences) to the description yet -> max7800x.layers too.
     ZooModel("concat", ConcatNet, (3, 16, 16),
-             {"max78000": _e("concat.channels"), "max78002": _e("concat.channels")}),
+             {"max78000": _e("concat.channels", "max7800x.layers"),
+              "max78002": _e("concat.channels", "max7800x.layers")}),
     # AdaptiveAvgPool2d(1) of a 64x8x8 map: a pooling window of 8x8; venus pools at most 5 -> pool.kernel.
     # MAX7800x pool up to 16: fine. Convs: 3->16 at 32x32, 16->32 at 16x16, 32->64 at 8x8 (weights 18,432).
     ZooModel("gap", GAPNet, (3, 32, 32), {}),
@@ -391,8 +394,11 @@ ZOO: tuple[ZooModel, ...] = (
     # and max78002 data 1,310,720. venus: conv1 input 8*96*96 = 73,728 and conv2 input 32*96*96 = 294,912
     # > 65,536 -> conv.input-buffer; both outputs 294,912 > 65,536 -> conv.output-buffer. conv3 (32x24x24
     # in, 16x24x24 out) fits; flatten 16x6x6 = 36 pixels, 576 values.
+    # Per data-memory instance (1/16 of the data memory): conv2 reads 32x96x96 (36,864 B: one word per pixel)
+    # and writes as much: 73,728 B live together > 32 KiB on MAX78000 -> max7800x.memory; MAX78002's 80 KiB
+    # instance holds them (conv1's output at the top, conv2's at the bottom).
     ZooModel("big_activations", BigActivationNet, (3, 96, 96),
-             {"venus": _e("conv.input-buffer", "conv.output-buffer"), "max78000": _e("memory-limit"),
+             {"venus": _e("conv.input-buffer", "conv.output-buffer"), "max78000": _e("memory-limit", "max7800x.memory"),
               "cortex-m4": _e("memory-limit")}),
     # nn.Flatten of the 1x28x28 input: 784 pixels > 256 -> flatten.pixels on both MAX7800x. Weights
     # 784*512 + 512*512 + 512*10 = 668,672 B (+ biases) > max78000's 442,368 -> memory-limit; < cortex-m4
