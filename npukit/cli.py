@@ -11,10 +11,24 @@ from rich.table import Table
 
 from .errors import NpukitError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]},
                   help="npukit: PyTorch to embedded NPUs and MCUs, bit-exact from training to the chip.")
 console = Console()
 err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        console.print(f"npukit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print npukit's version and exit")) -> None:
+    """npukit: PyTorch to embedded NPUs and MCUs, bit-exact from training to the chip."""
 
 
 def _fail(e: Exception) -> None:
@@ -30,13 +44,14 @@ def demo(
     float_epochs: int = typer.Option(30, min=1, help="float training epochs"),
     qat_epochs: int = typer.Option(4, min=2, help="QAT fine-tuning epochs (observers frozen for the last)"),
     seed: int = typer.Option(0),
+    threads: int = typer.Option(1, min=1, help="torch threads (small models train fastest on one)"),
 ) -> None:
     """Train a small CNN on MNIST-1D, fine-tune it with QAT, convert it and check the engine bit for bit."""
     from .demo import DemoConfig, run_demo
 
     try:
-        run_demo(DemoConfig(out=out, target=target, float_epochs=float_epochs, qat_epochs=qat_epochs, seed=seed),
-                 console, json_path)
+        run_demo(DemoConfig(out=out, target=target, float_epochs=float_epochs, qat_epochs=qat_epochs, seed=seed,
+                            threads=threads), console, json_path)
     except NpukitError as e:
         _fail(e)
 
@@ -311,12 +326,22 @@ def run(
             raise NpukitError(f"{input_path} is not a readable .npy file ({e})") from None
         if quantize:
             x = g.quantize_input(x)
-        y = engine.run(g, x)[0]
+        ys = engine.run(g, x)
+        if output.suffix != ".npy":  # np.save would append it: say the name it really writes
+            output = output.with_name(output.name + ".npy")
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            tmp = output.with_name(f".tmp-{output.name}")
+            np.save(tmp, ys[0])
+            tmp.replace(output)
+        except OSError as e:
+            raise NpukitError(f"cannot write {output}: {e.strerror or e}") from None
     except NpukitError as e:
         _fail(e)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    np.save(output, y)
+    y = ys[0]
     console.print(f"wrote {output}: shape {y.shape}, {y.dtype}, exponent {g.output_spec().exp}")
+    if len(ys) > 1:
+        console.print(f"the model has {len(ys)} outputs; only the first was written")
 
 
 def _load_npy(path: Path):

@@ -22,9 +22,11 @@ from rich.table import Table
 from . import engine
 from .checkpoint import save_checkpoint
 from .data import Dataset, mnist1d
+from .errors import NpukitError
 from .ir import Graph
 from .models import mnist1d_cnn
 from .qat import freeze_observers, prepare, to_ir
+from .targets import load_target
 from .train import accuracy, fit, predict
 
 DEFAULT_OUT = Path("npukit-out")
@@ -38,6 +40,7 @@ class DemoConfig:
     qat_epochs: int = 4
     batch_size: int = 64
     seed: int = 0
+    threads: int = 1  # torch threads while the demo runs
 
 
 @dataclass
@@ -233,8 +236,26 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None, json
     """Run every stage, print the table, optionally write the figures as JSON; returns the figures."""
     cfg = cfg or DemoConfig()
     console = console or Console()
+    load_target(cfg.target)  # a misspelt target fails now, not after the float training
     run = DemoRun(cfg, console, Path(cfg.out))
-    run.out.mkdir(parents=True, exist_ok=True)
+    try:
+        run.out.mkdir(parents=True, exist_ok=True)
+        probe = run.out / ".npukit-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise NpukitError(f"cannot write to {run.out}: {e.strerror or e}\n    fix: give --out a folder you can "
+                          "write to") from None
+    # A small model trains fastest on one thread; torch's default (every core) crawls on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _run_stages(run, cfg, console, json_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_stages(run: DemoRun, cfg: DemoConfig, console: Console, json_path) -> dict:
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
     for key, stage in STAGES:
@@ -243,6 +264,9 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None, json
             result = stage(run)
         run.seconds[key] = round(time.perf_counter() - t0, 3)
         run.rows.append((STAGE_TITLES[key], result, f"{run.seconds[key]:.1f}"))
+        if not console.is_terminal:  # a log or a pipe: a line per stage as it ends, not all at the end
+            console.print(f"{STAGE_TITLES[key]}: {result} ({run.seconds[key]:.1f} s)", highlight=False,
+                          soft_wrap=True)
     run.seconds["total"] = round(time.perf_counter() - start, 3)
 
     figures = {**run.metrics, "seconds": run.seconds, "target": cfg.target, "out": str(run.out)}

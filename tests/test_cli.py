@@ -71,3 +71,32 @@ def test_bad_input_is_a_clear_error(args, tmp_path):
     res = runner.invoke(app, [a if a.startswith("-") or a in ("run", "inspect", "pack", "export") else str(tmp_path / a)
                               for a in args])
     assert res.exit_code == 2 and "error:" in res.output and "Traceback" not in res.output
+
+
+def test_version_and_short_help():
+    from npukit import __version__
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and __version__ in res.output
+    res = runner.invoke(app, ["-h"])
+    assert res.exit_code == 0 and "Usage" in res.output and "check" in res.output
+
+
+def test_demo_refuses_a_bad_target_or_folder_before_training(tmp_path):
+    import time
+
+    t = time.perf_counter()
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path / "o"), "--target", "venuss"])
+    assert res.exit_code == 2 and "unknown target 'venuss'" in res.output
+    assert not (tmp_path / "o" / "float.pt").exists() and time.perf_counter() - t < 20
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = runner.invoke(app, ["demo", "--out", str(blocker / "sub")])
+    assert res.exit_code == 2 and "cannot write to" in res.output and "Traceback" not in res.output
+
+
+def test_run_writes_the_name_it_reports(demo_out, tmp_path):
+    res = runner.invoke(app, ["run", str(demo_out / "model.bin"), str(demo_out / "input.npy"), "-o",
+                              str(tmp_path / "outnoext")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "outnoext.npy").is_file() and "outnoext.npy" in res.output
