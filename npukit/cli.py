@@ -58,15 +58,14 @@ def demo(
 
 @app.command()
 def export(
-    model: Path = typer.Argument(..., help="an IR file (.npir)"),
+    model: Path = typer.Argument(..., help="an IR file (.npir), or an npukit ONNX file or model.bin"),
     output: Path = typer.Option(..., "-o", "--output", help="the ONNX file to write"),
 ) -> None:
     """Write standard ONNX (opset 17) that onnxruntime runs bit-exactly like the engine."""
-    from .ir import Graph
     from .onnx_io import export_onnx
 
     try:
-        export_onnx(Graph.load(model), output)
+        export_onnx(_load_model(model), output)
     except NpukitError as e:
         _fail(e)
     console.print(f"wrote {output}")
@@ -102,7 +101,7 @@ def pack(
 @app.command()
 def codegen(
     model: Path = typer.Argument(..., help="a model.bin"),
-    out: Path = typer.Option(Path("npukit-c"), "-o", "--out", help="folder for the C project"),
+    out: Path = typer.Option(Path("npukit-c"), "-o", "--output", "--out", help="folder for the C project"),
     input_path: Path | None = typer.Option(None, "--input", help=".npy integer sample for the known-answer test"),
 ) -> None:
     """Write a portable C99 project (model, kernels, known-answer test, Makefile, CMakeLists.txt)."""
@@ -117,7 +116,15 @@ def codegen(
                 x = np.load(input_path, allow_pickle=False)
             except (OSError, ValueError) as e:
                 raise NpukitError(f"{input_path} is not a readable .npy file ({e})") from None
-        generate(model, out, kat_input=x)
+        from .packer import file_kind
+
+        if file_kind(model) != "modelbin":
+            raise NpukitError(f"codegen reads a model.bin, and {model} is an IR or ONNX file\n"
+                              f"    fix: npukit pack {model} -o model.bin, then npukit codegen model.bin")
+        try:
+            generate(model, out, kat_input=x)
+        except OSError as e:
+            raise NpukitError(f"cannot write the C project into {out}: {e.strerror or e}") from None
     except NpukitError as e:
         _fail(e)
     console.print(f"wrote {out}/: `make` there builds and runs the known-answer test")
@@ -283,7 +290,9 @@ def inspect(model: Path = typer.Argument(..., help="a model.bin, an IR file (.np
 
     packed = None
     try:
-        if model.suffix == ".bin":
+        from .packer import file_kind
+
+        if file_kind(model) == "modelbin":
             from .modelbin import read
 
             packed = read(model)

@@ -88,7 +88,11 @@ class PackedModel:
 def write(graph: Graph, offsets: dict[str, int], arena_bytes: int, lower_bound_bytes: int,
           path: str | Path) -> Path:
     """Pack and write atomically: a crash never leaves a half-written file under the real name."""
-    data = pack_bytes(graph, offsets, arena_bytes, lower_bound_bytes)  # fail before touching the disk
+    return write_bytes(pack_bytes(graph, offsets, arena_bytes, lower_bound_bytes), path)  # fails before the disk
+
+
+def write_bytes(data: bytes, path: str | Path) -> Path:
+    """Write packed model.bin bytes atomically."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:

@@ -26,14 +26,39 @@ class PackResult:
                 f"arena_bytes={self.plan.arena_bytes}, warnings={len(self.warnings)})")
 
 
-def load_model(path: str | Path) -> Graph:
-    """An IR file (.npir), an npukit ONNX file (.onnx) or a model.bin (.bin), as the IR."""
+def file_kind(path: str | Path) -> str:
+    """'modelbin', 'npir' or 'onnx', by the file's first bytes (not its name): a model.bin renamed .dat is
+    still one. A file that is none of them raises one NpukitError saying what it looks like."""
     path = Path(path)
-    if path.suffix == ".onnx":
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        raise NpukitError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise NpukitError(f"{path} is a folder, not a model file") from None
+    except OSError as e:
+        raise NpukitError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not head:
+        raise NpukitError(f"{path} is empty (0 bytes): not a model file")
+    if head == modelbin.MAGIC:
+        return "modelbin"
+    if head[:2] == b"PK":
+        return "npir"  # a zip: the IR file
+    if head[0] in (0x08, 0x0A, 0x12, 0x1A, 0x22, 0x3A, 0x42):  # a protobuf field tag: ONNX's ModelProto
+        return "onnx"
+    raise NpukitError(f"{path} is not a model file npukit reads (an IR file .npir, an npukit ONNX file or a "
+                      "model.bin)")
+
+
+def load_model(path: str | Path) -> Graph:
+    """An IR file, an npukit ONNX file or a model.bin, as the IR; the kind is read from the file itself."""
+    kind = file_kind(path)
+    if kind == "onnx":
         from .onnx_io import load_onnx
 
         return load_onnx(path)
-    if path.suffix == ".bin":
+    if kind == "modelbin":
         return modelbin.read(path).graph
     return Graph.load(path)
 
@@ -79,17 +104,22 @@ def pack(model: Graph | str | Path, out: str | Path, *, target=None, report_dir:
     problems = [p for p in found if p.severity == "error"]
     files: dict[str, Path] = {}
     size = None
-    if not problems:
-        modelbin.write(graph, plan.offsets, plan.arena_bytes, plan.lower_bound_bytes, out)
-        size = out.stat().st_size
-        if vendor_dir:
-            from .max7800x import write_ai8x
-
-            files.update(write_ai8x(graph, out.parent, profile, arch=_arch(out.parent), sample=sample).files)
-    if report_dir is not None:
-        files.update(report.write_report(graph, plan, profile, report_dir, model_bin_bytes=size))
+    if not problems:  # the bytes first: the report states their size, and a failure leaves no file behind
+        data = modelbin.pack_bytes(graph, plan.offsets, plan.arena_bytes, plan.lower_bound_bytes)
+        size = len(data)
+    if report_dir is not None:  # before model.bin: an unwritable report folder leaves no new model.bin
+        try:
+            files.update(report.write_report(graph, plan, profile, report_dir, model_bin_bytes=size))
+        except OSError as e:
+            raise NpukitError(f"cannot write the report into {report_dir}: {e.strerror or e}") from None
     if problems:
-        raise ProblemsError(f"the model does not fit {profile.name}: it breaks its rules or memories", problems)
+        where = f"; the report in {report_dir} shows where" if report_dir is not None else ""
+        raise ProblemsError(f"the model does not fit {profile.name}: it breaks its rules or memories{where}", problems)
+    modelbin.write_bytes(data, out)
+    if vendor_dir:
+        from .max7800x import write_ai8x
+
+        files.update(write_ai8x(graph, out.parent, profile, arch=_arch(out.parent), sample=sample).files)
     return PackResult(out, graph, plan, size, files, [p for p in found if p.severity != "error"])
 
 

@@ -100,3 +100,30 @@ def test_run_writes_the_name_it_reports(demo_out, tmp_path):
                               str(tmp_path / "outnoext")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "outnoext.npy").is_file() and "outnoext.npy" in res.output
+
+
+def test_file_kind_comes_from_the_content(demo_out, tmp_path):
+    import shutil
+
+    shutil.copy(demo_out / "model.bin", tmp_path / "renamed.dat")
+    res = runner.invoke(app, ["inspect", str(tmp_path / "renamed.dat")])
+    assert res.exit_code == 0 and "model.bin format" in res.output, res.output
+    shutil.copy(demo_out / "model.npir", tmp_path / "ir.bin")
+    res = runner.invoke(app, ["export", str(tmp_path / "ir.bin"), "-o", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 0, res.output
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    res = runner.invoke(app, ["run", str(tmp_path / "empty.onnx"), str(demo_out / "input.npy"), "-o",
+                              str(tmp_path / "o.npy")])
+    assert res.exit_code == 2 and "is empty (0 bytes)" in res.output
+    res = runner.invoke(app, ["codegen", str(demo_out / "model.npir"), "-o", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "codegen reads a model.bin" in res.output and "npukit pack" in res.output
+    assert not (tmp_path / "c").exists()
+
+
+def test_pack_writes_no_model_bin_when_the_report_cannot_be_written(demo_out, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = runner.invoke(app, ["pack", str(demo_out / "model.npir"), "-o", str(tmp_path / "m.bin"), "--report",
+                              str(blocker / "report")])
+    assert res.exit_code == 2 and "cannot write the report" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "m.bin").exists()
