@@ -145,11 +145,10 @@ def targets(name: str | None = typer.Argument(None, help="print this profile in 
         data = t.model_dump(exclude_none=True)
         print(yaml.safe_dump(data, sort_keys=False, width=100).rstrip())  # plain: valid YAML at any width
         return
-    table = Table("target", "summary", "description", box=None)
-    for n in builtin_targets():
+    for n in builtin_targets():  # two short lines each: readable at 80 columns
         t = load_target(n)
-        table.add_row(n, t.summary(), t.description)
-    console.print(table)
+        console.print(f"[bold]{n}[/]  {escape(t.description)}", highlight=False)
+        console.print(f"    {escape(t.summary())}", highlight=False)
     console.print("`npukit targets NAME` prints one in full; docs/targets.md explains every field.")
 
 

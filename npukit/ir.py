@@ -87,27 +87,46 @@ class Graph:
         from . import arith
 
         spec = self.input_spec(i)
-        q = arith.quantize(np.asarray(x, dtype=np.float64), spec.exp, spec.bits, self.rounding)
+        try:
+            x = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise NpukitError(f"input {spec.name!r}: cannot read the data as real numbers ({e})") from None
+        bad = ~np.isfinite(x)
+        if bad.any():
+            first = tuple(int(k) for k in np.argwhere(bad)[0])
+            raise NpukitError(f"input {spec.name!r}: {int(bad.sum())} of {x.size} values are NaN or infinite "
+                              f"(the first at index {list(first)}: {x[first]}); integers cannot represent them, "
+                              "so clean or clip the data before quantizing it")
+        q = arith.quantize(x, spec.exp, spec.bits, self.rounding)
         return q.astype(spec.dtype)
 
     def dequantize_output(self, q, i: int = 0) -> np.ndarray:
         return np.asarray(q, dtype=np.float64) * 2.0 ** -self.output_spec(i).exp
 
     def validate(self) -> None:
-        """Structural checks: every tensor defined once before use, every op known, shapes consistent."""
+        """Every problem at once: each tensor defined once before use, every op known, each node's
+        attributes and params as its op's schema requires (`OpDef.check_node`), shapes consistent, and
+        the bit widths and exponents its kernel assumes of its tensors (`_tensor_problems`)."""
         from . import arith
         from .ops import get_op
 
         problems = []
+        try:
+            scheme = self.scheme
+        except (NpukitError, AttributeError, TypeError) as e:
+            scheme = None
+            problems.append(f"target: {e}" if isinstance(e, NpukitError) else "target is not a mapping")
         defined = set(self.inputs)
         for t in self.inputs:
             if t not in self.tensors:
                 problems.append(f"input {t!r} has no tensor spec")
         # Exponents far outside what fit_exponent produces (sums of two at most) mean a damaged file.
         limit = 2 * max(-arith.MIN_EXP, arith.MAX_EXP)
+        bad_specs = set()
         for spec in self.tensors.values():
             if not (2 <= spec.bits <= 64 and -limit <= spec.exp <= limit):
                 problems.append(f"tensor {spec.name!r} has bits {spec.bits}, exponent {spec.exp}: out of range")
+                bad_specs.add(spec.name)
         for n in self.nodes:
             for k in ("w_exp", "b_exp"):
                 if k in n.attrs and not (isinstance(n.attrs[k], int) and -limit <= n.attrs[k] <= limit):
@@ -128,11 +147,33 @@ class Graph:
                 if t not in self.tensors:
                     problems.append(f"node {n.name!r} output {t!r} has no tensor spec")
                 defined.add(t)
-            if all(t in self.tensors for t in n.inputs + n.outputs):
+            lo, hi = _ARITY.get(n.op, (1, None))
+            if len(n.outputs) != 1 or len(n.inputs) < lo or (hi is not None and len(n.inputs) > hi):
+                reads = f"{lo}" if lo == hi else f"at least {lo}"
+                problems.append(f"node {n.name!r} ({n.op}): reads {len(n.inputs)} tensor(s) and writes "
+                                f"{len(n.outputs)}; {n.op} reads {reads} and writes one")
+                continue
+            try:
+                problem = op.check_node(n)
+            except Exception as e:  # a param that is not an array, ...: the node is damaged all the same
+                problem = f"has unreadable attributes or params ({type(e).__name__}: {e})"
+            if problem:
+                problems.append(f"node {n.name!r} ({n.op}): {problem}")
+                continue  # the shape and tensor checks below read what the schema guarantees
+            if not all(t in self.tensors for t in n.inputs + n.outputs):
+                continue
+            try:
                 want = op.infer_shapes(n, [self.tensors[t].shape for t in n.inputs])
-                got = [self.tensors[t].shape for t in n.outputs]
-                if [tuple(s) for s in want] != [tuple(s) for s in got]:
-                    problems.append(f"node {n.name!r}: output shape {got} but the op gives {want}")
+            except Exception as e:  # noqa: BLE001 - NpukitError or what nonsense shapes raise
+                msg = (str(e).removeprefix(f"{n.name}: ") if isinstance(e, NpukitError)
+                       else f"cannot infer its output shape ({type(e).__name__}: {e})")
+                problems.append(f"node {n.name!r} ({n.op}): {msg}")
+                continue
+            got = [self.tensors[t].shape for t in n.outputs]
+            if [tuple(s) for s in want] != [tuple(s) for s in got]:
+                problems.append(f"node {n.name!r}: output shape {got} but the op gives {want}")
+            if not bad_specs & set(n.inputs + n.outputs):
+                problems += [f"node {n.name!r} ({n.op}): {p}" for p in _tensor_problems(self, n, scheme)]
         for t in self.outputs:
             if t not in defined:
                 problems.append(f"output {t!r} is never produced")
@@ -205,3 +246,64 @@ class Graph:
         except Exception as e:  # a damaged file can fail in zip, zlib, json or numpy: all mean the same to the user
             raise NpukitError(f"{path} is not a readable npukit IR file ({type(e).__name__}: {e})") from None
         return g
+
+
+# What each kernel assumes of its tensors' bit widths and exponents beyond the op's attribute schema
+# (checked by `Graph.validate`): the C kernels and the engine write the output at its spec's dtype, so a
+# width or exponent that disagrees with the arithmetic gives wrong integers, not an error.
+_PASS_THROUGH = ("relu", "maxpool", "avgpool", "global_avgpool", "reshape")  # output = input's bits and exponent
+_MAC = ("conv", "linear")
+# (fewest, most) inputs; every op writes one output.
+_ARITY = {**{op: (1, 1) for op in (*_PASS_THROUGH, *_MAC)}, "add": (2, None), "concat": (1, None)}
+_MAX_MAC_INPUT_BITS = 16  # the MAC kernels read 8- or 16-bit activations
+_MAX_ELTWISE_BITS = 16  # add and concat write activations, never accumulators
+
+
+def _tensor_problems(graph: Graph, n: Node, scheme: Scheme | None) -> list[str]:
+    ins = [graph.tensors[t] for t in n.inputs]
+    out = graph.tensors[n.outputs[0]]
+    problems = []
+    if n.op in _PASS_THROUGH or n.op == "concat":
+        for x in ins:
+            if x.bits != out.bits:
+                problems.append(f"output {out.name!r} is {out.bits}-bit but input {x.name!r} is {x.bits}-bit; "
+                                f"{n.op} writes its input's values at its input's width")
+    if n.op in _PASS_THROUGH and ins[0].exp != out.exp:
+        problems.append(f"output {out.name!r} has exponent {out.exp} but input {ins[0].name!r} has {ins[0].exp}; "
+                        f"{n.op} passes the exponent through")
+    if n.op == "concat" and any(x.exp < out.exp for x in ins):
+        low = min(ins, key=lambda x: x.exp)
+        problems.append(f"output {out.name!r} has exponent {out.exp}, above input {low.name!r}'s {low.exp}; "
+                        "concat only shifts operands right (to the smallest input exponent)")
+    if n.op in ("add", "concat") and out.bits > _MAX_ELTWISE_BITS:
+        problems.append(f"output {out.name!r} is {out.bits}-bit; {n.op} writes at most {_MAX_ELTWISE_BITS}-bit values")
+    if n.op in _MAC:
+        x = ins[0]
+        if x.bits > _MAX_MAC_INPUT_BITS:
+            problems.append(f"input {x.name!r} is {x.bits}-bit; {n.op} reads at most {_MAX_MAC_INPUT_BITS}-bit "
+                            "activations")
+        if scheme is not None:
+            problems += _requant_problems(n, x, out, scheme)
+    return problems
+
+
+def _requant_problems(n: Node, x: TensorSpec, out: TensorSpec, scheme: Scheme) -> list[str]:
+    """The requantisation attributes a MAC node stores (out_shift, act_min, ...) must be those its scheme
+    computes from the node's tensors (exponents, output bits): the kernels read only the attributes, so
+    a tensor spec that disagrees with them describes other numbers than the kernel writes."""
+    a = n.attrs
+    e_acc = x.exp + a["w_exp"]
+    want = scheme.mac_attrs(e_acc=e_acc, b_exp=a["b_exp"], e_out=out.exp, out_bits=out.bits, relu=a["relu"],
+                                  wide=a["wide"], acc_bits=a["acc_bits"], rounding=a["rounding"],
+                                  absolute=a["abs"])
+    if a["wide"] and out.exp != e_acc:
+        return [f"wide output {out.name!r} has exponent {out.exp}, but the accumulator's is {e_acc} "
+                f"(input {x.name!r} exponent {x.exp} + w_exp {a['w_exp']})"]
+    bad = [k for k in want if a.get(k) != want[k]]
+    if not bad:
+        return []
+    have = ", ".join(f"{k} {a.get(k)!r}" for k in bad)
+    should = ", ".join(f"{k} {want[k]!r}" for k in bad)
+    return [f"stores {have}, but its tensors give {should} (input {x.name!r} exponent {x.exp}, w_exp {a['w_exp']}, "
+            f"b_exp {a['b_exp']}; output {out.name!r} {out.bits}-bit at exponent {out.exp}, {scheme.name} "
+            "scheme): the tensor specs or the attributes were edited"]

@@ -9,7 +9,9 @@ target) rides along in the model's metadata, so `load_onnx` restores it exactly.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from .ir import Graph, Node
 
 OPSET = 17
 META_KEY = "npukit.ir"
+PARAMS_KEY = "npukit.params"  # a digest of every parameter array (see _param_digests)
 _INT_TYPES = {8: TensorProto.INT8, 16: TensorProto.INT16, 32: TensorProto.INT32, 64: TensorProto.INT64}
 
 
@@ -44,7 +47,7 @@ class OnnxBuilder:
 
     def param(self, node: Node, key: str, to: int = TensorProto.DOUBLE) -> str:
         """An IR parameter, stored once at its integer type (import reads it back by name), cast for use."""
-        name = f"npukit.params/{self.graph.nodes.index(node)}/{key}"
+        name = _param_name(self.graph.nodes.index(node), key)
         self.inits.append(numpy_helper.from_array(node.params[key], name))
         return self.op("Cast", [name], to=to)
 
@@ -107,8 +110,9 @@ class OnnxBuilder:
         return self.op("Clip", [x, self.const(float(lo)), self.const(float(hi))])
 
 
-def export_onnx(graph: Graph, path: str | Path) -> Path:
-    """Write `graph` as standard ONNX (opset 17); checked with onnx.checker (full check) before saving."""
+def _build_model(graph: Graph) -> onnx.ModelProto:
+    """The ONNX model of `graph`, in memory and unchecked: what `export_onnx` writes and `load_onnx` compares
+    a file's graph with."""
     from .ops import get_op
 
     b = OnnxBuilder(graph)
@@ -131,7 +135,28 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
     model = helper.make_model(helper.make_graph(b.nodes, "npukit", g_in, g_out, b.inits),
                               opset_imports=[helper.make_opsetid("", OPSET)], producer_name="npukit")
     model.ir_version = 8  # readable by onnxruntime releases of the last few years
-    helper.set_model_props(model, {META_KEY: json.dumps(graph.to_meta()), "npukit.target": graph.target["name"]})
+    helper.set_model_props(model, {META_KEY: json.dumps(graph.to_meta()), "npukit.target": graph.target["name"],
+                                   PARAMS_KEY: json.dumps(_param_digests(graph))})
+    return model
+
+
+def _param_name(i: int, key: str) -> str:
+    return f"npukit.params/{i}/{key}"
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(f"{a.dtype.str}{a.shape}".encode() + np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def _param_digests(graph: Graph) -> dict[str, str]:
+    """A digest of every parameter array: the arrays are the IR's own, read back from the initializers, so
+    re-exporting cannot reveal an edited weight; their digests, written at export, do."""
+    return {_param_name(i, k): _digest(v) for i, n in enumerate(graph.nodes) for k, v in n.params.items()}
+
+
+def export_onnx(graph: Graph, path: str | Path) -> Path:
+    """Write `graph` as standard ONNX (opset 17); checked with onnx.checker (full check) before saving."""
+    model = _build_model(graph)
     onnx.checker.check_model(model, full_check=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,31 +169,167 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
     return path
 
 
+_FIX_EDITED = ("\n    fix: export the model again with npukit.export_onnx; npukit deploys the IR in the metadata, "
+               "so an edit to the ONNX graph would not reach the chip (edit the PyTorch model instead)")
+
+
 def load_onnx(path: str | Path) -> Graph:
     """Read an ONNX file written by `export_onnx` back to the identical IR.
 
-    A foreign ONNX model is refused with one error listing every node npukit cannot take.
+    The IR comes from the file's metadata; the file's graph must be exactly what exporting that IR gives
+    (node by node, initializer by initializer), so an ONNX file edited after export is refused, naming the
+    first difference. A foreign ONNX model (no npukit metadata) is refused with what it holds.
     """
     path = Path(path)
     try:
-        model = onnx.load(path)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise NpukitError(f"{path}: no such file") from None
-    except Exception as e:
-        raise NpukitError(f"{path} is not a readable ONNX file ({type(e).__name__}: {e})") from None
+    except IsADirectoryError:
+        raise NpukitError(f"{path} is a folder, not an ONNX file") from None
+    except OSError as e:
+        raise NpukitError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not data:
+        raise NpukitError(f"{path} is empty (0 bytes): not an ONNX file")
+    try:
+        model = onnx.load_from_string(data)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise NpukitError(f"{path} is not an ONNX file ({len(data)} bytes that do not parse as an ONNX model)") from None
+    if not model.HasField("graph") or not model.opset_import:
+        raise NpukitError(f"{path} is not an ONNX file (its {len(data)} bytes parse as protobuf but hold no ONNX "
+                          "graph)")
     props = {p.key: p.value for p in model.metadata_props}
     if META_KEY not in props:
-        lines = [f"  - {n.name or '<unnamed>'} ({n.op_type})" for n in model.graph.node]
-        raise NpukitError(f"{path} was not exported by npukit: its {len(lines)} node(s) carry no npukit "
-                          "integer arithmetic (exponents, bit widths). Unsupported nodes:\n" + "\n".join(lines)
-                          + "\n    fix: build the model in PyTorch and export it with npukit.export_onnx")
+        raise NpukitError(_foreign_message(path, model))
     try:
         params = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer
                   if init.name.startswith("npukit.params/")}
-        graph = Graph.from_meta(json.loads(props[META_KEY]), lambda i, k: params[f"npukit.params/{i}/{k}"],
-                                str(path))
-    except NpukitError:
-        raise
-    except Exception as e:
+        graph = Graph.from_meta(json.loads(props[META_KEY]), lambda i, k: params[_param_name(i, k)], str(path))
+    except NpukitError as e:
+        if str(path) in str(e):
+            raise
+        raise NpukitError(f"{path}: the npukit IR in its metadata is inconsistent (the file was edited or damaged "
+                          f"after export); {e}") from None
+    except Exception as e:  # noqa: BLE001
         raise NpukitError(f"{path}: npukit metadata is damaged ({type(e).__name__}: {e})") from None
+    try:
+        difference = _first_difference(model, props, graph)
+    except NpukitError as e:
+        difference = str(e)
+    except Exception as e:  # noqa: BLE001 - re-exporting an IR that validates but no export could have written
+        difference = f"its IR cannot be exported again ({type(e).__name__}: {e})"
+    if difference:
+        raise NpukitError(f"{path} was edited after export: its ONNX graph is not what npukit exported for the IR "
+                          f"in its metadata. First difference: {difference}" + _FIX_EDITED)
     return graph
+
+
+def _foreign_message(path: Path, model: onnx.ModelProto) -> str:
+    counts = Counter(n.op_type for n in model.graph.node)  # first appearance order
+    kinds = [f"{op} x{c}" if c > 1 else op for op, c in counts.items()]
+    shown = ", ".join(kinds[:12]) + (f", and {len(kinds) - 12} more op types" if len(kinds) > 12 else "")
+    producer = f"{model.producer_name} {model.producer_version}".strip()
+    by = f" (its producer: {producer})" if producer else ""
+    n = len(model.graph.node)
+    return (f"{path} was not exported by npukit{by}: it has {n} node{'s' * (n != 1)}"
+            f"{': ' + shown if n else ''}, and no integer arithmetic (exponents, bit widths) that npukit could "
+            "deploy bit-exactly. npukit reads only the ONNX files it wrote itself."
+            "\n    fix: start from the PyTorch model: npukit.prepare it, train, and export it with "
+            "npukit.export_onnx(npukit.to_ir(qmodel), path)")
+
+
+def _first_difference(model: onnx.ModelProto, props: dict[str, str], graph: Graph) -> str | None:
+    """How `model` differs from what exporting `graph` gives (its first difference), or None."""
+    if PARAMS_KEY in props:  # files from before the digests have none: their parameters go unchecked
+        stored = json.loads(props[PARAMS_KEY])
+        for i, n in enumerate(graph.nodes):
+            for k, v in n.params.items():
+                name = _param_name(i, k)
+                if not isinstance(stored, dict) or stored.get(name) != _digest(v):
+                    return (f"node {n.name!r} ({n.op}): its {k!r} parameter (initializer {name!r}) holds other "
+                            "values than when it was exported")
+    want = _build_model(graph)
+    wg, fg = want.graph, model.graph
+    if list(model.opset_import) != list(want.opset_import):
+        return (f"the file imports opsets {[(o.domain, o.version) for o in model.opset_import]}, the export "
+                f"{[(o.domain, o.version) for o in want.opset_import]}")
+    w_names, f_names = {n.name for n in wg.node}, {n.name for n in fg.node}
+    for i in range(max(len(wg.node), len(fg.node))):
+        w = wg.node[i] if i < len(wg.node) else None
+        f = fg.node[i] if i < len(fg.node) else None
+        if f is None:
+            return f"node {w.name!r} ({w.op_type}) is missing: the file ends {len(wg.node) - i} node(s) early"
+        if w is None:
+            return f"node {f.name!r} ({f.op_type}) is not in the export: the file has {len(fg.node) - i} extra node(s)"
+        if w.name != f.name:
+            if w.name not in f_names:
+                return f"node {w.name!r} ({w.op_type}) is missing (the file has {f.name!r} ({f.op_type}) in its place)"
+            if f.name not in w_names:
+                return f"node {f.name!r} ({f.op_type}) is not in the export (it stands where {w.name!r} should)"
+            return f"node {f.name!r} ({f.op_type}) is out of place (the export has {w.name!r} there)"
+        diff = _node_difference(w, f)
+        if diff:
+            return f"node {w.name!r}: {diff}"
+    readers = {}
+    for n in wg.node:
+        for t in n.input:
+            readers.setdefault(t, n)
+    w_init, f_init = {t.name: t for t in wg.initializer}, {t.name: t for t in fg.initializer}
+    for name, t in w_init.items():
+        r = readers.get(name)
+        node = f"node {r.name!r} ({r.op_type})" if r is not None else "no node"
+        if name not in f_init:
+            return f"{node}: initializer {name!r} is missing"
+        diff = _values_difference(numpy_helper.to_array(t), numpy_helper.to_array(f_init[name]))
+        if diff:
+            return f"{node}: initializer {name!r} {diff}"
+    extra = [name for name in f_init if name not in w_init]
+    if extra:
+        return f"initializer {extra[0]!r} is not in the export"
+    for what, w_vi, f_vi in (("input", wg.input, fg.input), ("output", wg.output, fg.output)):
+        if [v.SerializeToString(deterministic=True) for v in w_vi] != [v.SerializeToString(deterministic=True) for v in f_vi]:
+            return (f"the graph {what}s are {[_value_info(v) for v in f_vi]}; the export has "
+                    f"{[_value_info(v) for v in w_vi]}")
+    return None
+
+
+def _node_difference(w: onnx.NodeProto, f: onnx.NodeProto) -> str | None:
+    if (w.domain, w.op_type) != (f.domain, f.op_type):
+        return f"it is {f.op_type} in the file but {w.op_type} as exported"
+    for what, a, b in (("inputs", w.input, f.input), ("outputs", w.output, f.output)):
+        if list(a) != list(b):
+            return f"{what} {list(b)} in the file but {list(a)} as exported"
+    wa = {a.name: helper.get_attribute_value(a) for a in w.attribute}
+    fa = {a.name: helper.get_attribute_value(a) for a in f.attribute}
+    for k in sorted(wa.keys() | fa.keys()):
+        if k not in fa:
+            return f"attribute {k!r} ({_attr_text(wa[k])} as exported) is missing"
+        if k not in wa:
+            return f"attribute {k!r} = {_attr_text(fa[k])} is not in the export"
+        if wa[k] != fa[k]:
+            return f"attribute {k!r} is {_attr_text(fa[k])} in the file but {_attr_text(wa[k])} as exported"
+    return None
+
+
+def _attr_text(v) -> str:
+    if isinstance(v, bytes):
+        return repr(v.decode(errors="replace"))
+    return repr(list(v)) if isinstance(v, list | tuple) else repr(v) if isinstance(v, int | float) else type(v).__name__
+
+
+def _values_difference(w: np.ndarray, f: np.ndarray) -> str | None:
+    if w.dtype != f.dtype or w.shape != f.shape:
+        return f"is {f.dtype}{list(f.shape)} in the file but {w.dtype}{list(w.shape)} as exported"
+    if w.tobytes() == f.tobytes():
+        return None
+    where = np.argwhere(np.asarray(w != f))
+    if not len(where):  # equal as numbers, not as bytes: -0.0 for 0.0, another NaN
+        return "holds other bytes than exported"
+    at = tuple(int(k) for k in where[0])
+    return f"holds {f[at].item()!r} at index {list(at)} in the file but {w[at].item()!r} as exported"
+
+
+def _value_info(v: onnx.ValueInfoProto) -> str:
+    t = v.type.tensor_type
+    dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+    return f"{v.name}: {TensorProto.DataType.Name(t.elem_type).lower()}{dims}"
