@@ -224,8 +224,7 @@ class TargetProfile(BaseModel):
     def summary(self) -> str:
         """One line: scheme, bits, memories."""
         mem = ", ".join(f"{m.name} {_size(m.bytes)}" for m in self.memory) or "no memories declared"
-        return (f"{self.scheme}, {self.activation_bits}-bit activations, {'/'.join(map(str, self.weight_bits))}-bit "
-                f"weights; {mem}")
+        return f"{self.scheme}; act {self.activation_bits}, weights {'/'.join(map(str, self.weight_bits))}; {mem}"
 
 
 def _size(n: int) -> str:
