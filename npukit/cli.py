@@ -33,7 +33,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def _fail(e: Exception) -> None:
     err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)  # rule names look like markup
-    raise typer.Exit(2)
+    raise typer.Exit(1)  # 2 is click's, for usage errors
 
 
 @app.command()
@@ -368,4 +368,9 @@ def _load_model(path: Path):
 
 
 def main() -> None:
-    app()
+    """The console script: Ctrl-C ends it with one line and exit code 130, not a traceback."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise SystemExit(130) from None

@@ -60,7 +60,7 @@ def test_over_the_limit_names_layers_and_writes_no_bin(demo_out, tmp_path):
                     "  - {name: sram, bytes: 1000, holds: [activations]}\n"
                     "  - {name: flash, bytes: 1000000, holds: [weights]}\n")
     res = runner.invoke(app, ["pack", str(demo_out / "model.onnx"), "-o", str(tmp_path / "m.bin"), "--target", str(tiny)])
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert "[memory-limit]" in res.output and "1560 bytes over" in res.output and "conv2" in res.output
     assert not (tmp_path / "m.bin").exists()
 
@@ -70,7 +70,7 @@ def test_over_the_limit_names_layers_and_writes_no_bin(demo_out, tmp_path):
 def test_bad_input_is_a_clear_error(args, tmp_path):
     res = runner.invoke(app, [a if a.startswith("-") or a in ("run", "inspect", "pack", "export") else str(tmp_path / a)
                               for a in args])
-    assert res.exit_code == 2 and "error:" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 1 and "error:" in res.output and "Traceback" not in res.output
 
 
 def test_version_and_short_help():
@@ -87,12 +87,12 @@ def test_demo_refuses_a_bad_target_or_folder_before_training(tmp_path):
 
     t = time.perf_counter()
     res = runner.invoke(app, ["demo", "--out", str(tmp_path / "o"), "--target", "venuss"])
-    assert res.exit_code == 2 and "unknown target 'venuss'" in res.output
+    assert res.exit_code == 1 and "unknown target 'venuss'" in res.output
     assert not (tmp_path / "o" / "float.pt").exists() and time.perf_counter() - t < 20
     blocker = tmp_path / "file"
     blocker.write_text("x")
     res = runner.invoke(app, ["demo", "--out", str(blocker / "sub")])
-    assert res.exit_code == 2 and "cannot write to" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 1 and "cannot write to" in res.output and "Traceback" not in res.output
 
 
 def test_run_writes_the_name_it_reports(demo_out, tmp_path):
@@ -114,9 +114,9 @@ def test_file_kind_comes_from_the_content(demo_out, tmp_path):
     (tmp_path / "empty.onnx").write_bytes(b"")
     res = runner.invoke(app, ["run", str(tmp_path / "empty.onnx"), str(demo_out / "input.npy"), "-o",
                               str(tmp_path / "o.npy")])
-    assert res.exit_code == 2 and "is empty (0 bytes)" in res.output
+    assert res.exit_code == 1 and "is empty (0 bytes)" in res.output
     res = runner.invoke(app, ["codegen", str(demo_out / "model.npir"), "-o", str(tmp_path / "c")])
-    assert res.exit_code == 2 and "codegen reads a model.bin" in res.output and "npukit pack" in res.output
+    assert res.exit_code == 1 and "codegen reads a model.bin" in res.output and "npukit pack" in res.output
     assert not (tmp_path / "c").exists()
 
 
@@ -125,5 +125,5 @@ def test_pack_writes_no_model_bin_when_the_report_cannot_be_written(demo_out, tm
     blocker.write_text("x")
     res = runner.invoke(app, ["pack", str(demo_out / "model.npir"), "-o", str(tmp_path / "m.bin"), "--report",
                               str(blocker / "report")])
-    assert res.exit_code == 2 and "cannot write the report" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 1 and "cannot write the report" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "m.bin").exists()

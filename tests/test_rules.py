@@ -173,7 +173,7 @@ def test_check_cli_saved_model_and_npukit_files(tmp_path, venus_graph):
 ])
 def test_check_cli_bad_input_is_one_line(net_py, args, message):
     res = runner.invoke(app, ["check", *[a.replace("{net}", str(net_py)) for a in args]])
-    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+    assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output, res.output
 
 
 # --------------------------------------------------------------------------------------------------

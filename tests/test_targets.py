@@ -160,3 +160,8 @@ def test_profile_op_names_are_the_op_set():
     from npukit.targets import OP_NAMES
 
     assert list(OP_NAMES) == [op.name for op in OPS]
+
+
+def test_load_target_of_a_wrong_type_is_one_clear_error():
+    with pytest.raises(npukit.NpukitError, match="not NoneType"):
+        load_target(None)

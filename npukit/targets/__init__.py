@@ -253,6 +253,9 @@ def load_target(target: str | Path | TargetProfile | dict) -> TargetProfile:
         return target
     if isinstance(target, dict):
         return _validate(target, "<dict>")
+    if not isinstance(target, str | Path):
+        raise NpukitError(f"a target is a built-in name, a YAML path, a dict or a TargetProfile, not "
+                          f"{type(target).__name__}; built-in targets: {', '.join(builtin_targets())}")
     path = Path(target)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
