@@ -106,7 +106,7 @@ class Graph:
     def validate(self) -> None:
         """Every problem at once: each tensor defined once before use, every op known, each node's
         attributes and params as its op's schema requires (`OpDef.check_node`), shapes consistent, and
-        the bit widths and exponents its kernel assumes of its tensors (`_tensor_problems`)."""
+        the bit widths and exponents its kernel assumes of its tensors (`OpDef.tensor_problems`)."""
         from . import arith
         from .ops import get_op
 
@@ -147,7 +147,7 @@ class Graph:
                 if t not in self.tensors:
                     problems.append(f"node {n.name!r} output {t!r} has no tensor spec")
                 defined.add(t)
-            lo, hi = _ARITY.get(n.op, (1, None))
+            lo, hi = op.arity
             if len(n.outputs) != 1 or len(n.inputs) < lo or (hi is not None and len(n.inputs) > hi):
                 reads = f"{lo}" if lo == hi else f"at least {lo}"
                 problems.append(f"node {n.name!r} ({n.op}): reads {len(n.inputs)} tensor(s) and writes "
@@ -173,7 +173,7 @@ class Graph:
             if [tuple(s) for s in want] != [tuple(s) for s in got]:
                 problems.append(f"node {n.name!r}: output shape {got} but the op gives {want}")
             if not bad_specs & set(n.inputs + n.outputs):
-                problems += [f"node {n.name!r} ({n.op}): {p}" for p in _tensor_problems(self, n, scheme)]
+                problems += [f"node {n.name!r} ({n.op}): {p}" for p in op.tensor_problems(n, self, scheme)]
         for t in self.outputs:
             if t not in defined:
                 problems.append(f"output {t!r} is never produced")
@@ -247,63 +247,3 @@ class Graph:
             raise NpukitError(f"{path} is not a readable npukit IR file ({type(e).__name__}: {e})") from None
         return g
 
-
-# What each kernel assumes of its tensors' bit widths and exponents beyond the op's attribute schema
-# (checked by `Graph.validate`): the C kernels and the engine write the output at its spec's dtype, so a
-# width or exponent that disagrees with the arithmetic gives wrong integers, not an error.
-_PASS_THROUGH = ("relu", "maxpool", "avgpool", "global_avgpool", "reshape")  # output = input's bits and exponent
-_MAC = ("conv", "linear")
-# (fewest, most) inputs; every op writes one output.
-_ARITY = {**{op: (1, 1) for op in (*_PASS_THROUGH, *_MAC)}, "add": (2, None), "concat": (1, None)}
-_MAX_MAC_INPUT_BITS = 16  # the MAC kernels read 8- or 16-bit activations
-_MAX_ELTWISE_BITS = 16  # add and concat write activations, never accumulators
-
-
-def _tensor_problems(graph: Graph, n: Node, scheme: Scheme | None) -> list[str]:
-    ins = [graph.tensors[t] for t in n.inputs]
-    out = graph.tensors[n.outputs[0]]
-    problems = []
-    if n.op in _PASS_THROUGH or n.op == "concat":
-        for x in ins:
-            if x.bits != out.bits:
-                problems.append(f"output {out.name!r} is {out.bits}-bit but input {x.name!r} is {x.bits}-bit; "
-                                f"{n.op} writes its input's values at its input's width")
-    if n.op in _PASS_THROUGH and ins[0].exp != out.exp:
-        problems.append(f"output {out.name!r} has exponent {out.exp} but input {ins[0].name!r} has {ins[0].exp}; "
-                        f"{n.op} passes the exponent through")
-    if n.op == "concat" and any(x.exp < out.exp for x in ins):
-        low = min(ins, key=lambda x: x.exp)
-        problems.append(f"output {out.name!r} has exponent {out.exp}, above input {low.name!r}'s {low.exp}; "
-                        "concat only shifts operands right (to the smallest input exponent)")
-    if n.op in ("add", "concat") and out.bits > _MAX_ELTWISE_BITS:
-        problems.append(f"output {out.name!r} is {out.bits}-bit; {n.op} writes at most {_MAX_ELTWISE_BITS}-bit values")
-    if n.op in _MAC:
-        x = ins[0]
-        if x.bits > _MAX_MAC_INPUT_BITS:
-            problems.append(f"input {x.name!r} is {x.bits}-bit; {n.op} reads at most {_MAX_MAC_INPUT_BITS}-bit "
-                            "activations")
-        if scheme is not None:
-            problems += _requant_problems(n, x, out, scheme)
-    return problems
-
-
-def _requant_problems(n: Node, x: TensorSpec, out: TensorSpec, scheme: Scheme) -> list[str]:
-    """The requantisation attributes a MAC node stores (out_shift, act_min, ...) must be those its scheme
-    computes from the node's tensors (exponents, output bits): the kernels read only the attributes, so
-    a tensor spec that disagrees with them describes other numbers than the kernel writes."""
-    a = n.attrs
-    e_acc = x.exp + a["w_exp"]
-    want = scheme.mac_attrs(e_acc=e_acc, b_exp=a["b_exp"], e_out=out.exp, out_bits=out.bits, relu=a["relu"],
-                                  wide=a["wide"], acc_bits=a["acc_bits"], rounding=a["rounding"],
-                                  absolute=a["abs"])
-    if a["wide"] and out.exp != e_acc:
-        return [f"wide output {out.name!r} has exponent {out.exp}, but the accumulator's is {e_acc} "
-                f"(input {x.name!r} exponent {x.exp} + w_exp {a['w_exp']})"]
-    bad = [k for k in want if a.get(k) != want[k]]
-    if not bad:
-        return []
-    have = ", ".join(f"{k} {a.get(k)!r}" for k in bad)
-    should = ", ".join(f"{k} {want[k]!r}" for k in bad)
-    return [f"stores {have}, but its tensors give {should} (input {x.name!r} exponent {x.exp}, w_exp {a['w_exp']}, "
-            f"b_exp {a['b_exp']}; output {out.name!r} {out.bits}-bit at exponent {out.exp}, {scheme.name} "
-            "scheme): the tensor specs or the attributes were edited"]

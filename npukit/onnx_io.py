@@ -4,7 +4,9 @@ Integers travel as integer-valued double tensors (exact below 2**53); convolutio
 while every partial sum stays below 2**24 (the layer is split along input channels otherwise). Each op
 writes its own nodes (`OpDef.to_onnx`) with the helpers of `OnnxBuilder`, which spell the arithmetic
 contract (`npukit.arith`) in standard operators. The IR itself (attributes, exponents, bit widths, the
-target) rides along in the model's metadata, so `load_onnx` restores it exactly.
+target) rides along in the model's metadata, so `load_onnx` restores it exactly; it also exports that IR
+again in memory and refuses a file whose graph differs from it (or whose parameters differ from the
+digests written at export): an ONNX file edited after export.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from . import __version__
 from .errors import NpukitError
 from .ir import Graph, Node
 
@@ -133,7 +136,8 @@ def _build_model(graph: Graph) -> onnx.ModelProto:
         b.op("Cast", [f"{name}:q"], out=f"{name}:out", to=_int_type(spec.bits))
         g_out.append(helper.make_tensor_value_info(f"{name}:out", _int_type(spec.bits), ["batch", *spec.shape]))
     model = helper.make_model(helper.make_graph(b.nodes, "npukit", g_in, g_out, b.inits),
-                              opset_imports=[helper.make_opsetid("", OPSET)], producer_name="npukit")
+                              opset_imports=[helper.make_opsetid("", OPSET)], producer_name="npukit",
+                              producer_version=__version__)
     model.ir_version = 8  # readable by onnxruntime releases of the last few years
     helper.set_model_props(model, {META_KEY: json.dumps(graph.to_meta()), "npukit.target": graph.target["name"],
                                    PARAMS_KEY: json.dumps(_param_digests(graph))})
@@ -219,8 +223,10 @@ def load_onnx(path: str | Path) -> Graph:
     except Exception as e:  # noqa: BLE001 - re-exporting an IR that validates but no export could have written
         difference = f"its IR cannot be exported again ({type(e).__name__}: {e})"
     if difference:
-        raise NpukitError(f"{path} was edited after export: its ONNX graph is not what npukit exported for the IR "
-                          f"in its metadata. First difference: {difference}" + _FIX_EDITED)
+        other = (f" (or it was exported by npukit {model.producer_version}, whose export differs from this npukit "
+                 f"{__version__})" if model.producer_version != __version__ else "")
+        raise NpukitError(f"{path} was edited after export{other}: its ONNX graph is not what npukit exports for "
+                          f"the IR in its metadata. First difference: {difference}" + _FIX_EDITED)
     return graph
 
 
@@ -242,12 +248,17 @@ def _first_difference(model: onnx.ModelProto, props: dict[str, str], graph: Grap
     """How `model` differs from what exporting `graph` gives (its first difference), or None."""
     if PARAMS_KEY in props:  # files from before the digests have none: their parameters go unchecked
         stored = json.loads(props[PARAMS_KEY])
+        if not isinstance(stored, dict):
+            return f"the {PARAMS_KEY!r} metadata is not a mapping of parameter digests"
         for i, n in enumerate(graph.nodes):
             for k, v in n.params.items():
                 name = _param_name(i, k)
-                if not isinstance(stored, dict) or stored.get(name) != _digest(v):
+                if stored.get(name) != _digest(v):
                     return (f"node {n.name!r} ({n.op}): its {k!r} parameter (initializer {name!r}) holds other "
                             "values than when it was exported")
+        dropped = sorted(set(stored) - {_param_name(i, k) for i, n in enumerate(graph.nodes) for k in n.params})
+        if dropped:
+            return f"parameter {dropped[0]!r} was exported but the IR in the metadata no longer has it"
     want = _build_model(graph)
     wg, fg = want.graph, model.graph
     if list(model.opset_import) != list(want.opset_import):
@@ -269,7 +280,7 @@ def _first_difference(model: onnx.ModelProto, props: dict[str, str], graph: Grap
             return f"node {f.name!r} ({f.op_type}) is out of place (the export has {w.name!r} there)"
         diff = _node_difference(w, f)
         if diff:
-            return f"node {w.name!r}: {diff}"
+            return f"node {w.name!r} ({w.op_type}): {diff}"
     readers = {}
     for n in wg.node:
         for t in n.input:
@@ -326,7 +337,8 @@ def _values_difference(w: np.ndarray, f: np.ndarray) -> str | None:
     if not len(where):  # equal as numbers, not as bytes: -0.0 for 0.0, another NaN
         return "holds other bytes than exported"
     at = tuple(int(k) for k in where[0])
-    return f"holds {f[at].item()!r} at index {list(at)} in the file but {w[at].item()!r} as exported"
+    index = f" at index {list(at)}" if at else ""
+    return f"holds {f[at].item()!r}{index} in the file but {w[at].item()!r} as exported"
 
 
 def _value_info(v: onnx.ValueInfoProto) -> str:

@@ -40,3 +40,19 @@ def ref_round(v: Fraction, mode: str) -> int:
     if mode == "half_even":
         return round(v)  # Fraction rounds half to even
     raise ValueError(mode)
+
+
+def npukit_error_of(call, what: str) -> str:
+    """The message of the one NpukitError `call()` raises (exactly that type, never another exception)."""
+    import pytest
+
+    import npukit
+
+    try:
+        call()
+    except npukit.NpukitError as e:
+        assert type(e) is npukit.NpukitError
+        return str(e)
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"{what} raised {type(e).__name__}: {e} (expected NpukitError)")
+    pytest.fail(f"{what} accepted it")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from models_for_tests import npukit_error_of
 
 import npukit
 from npukit.ir import IR_FORMAT, IR_VERSION, Graph, Node, TensorSpec
@@ -133,14 +134,7 @@ def test_failed_save_leaves_no_tmp_and_keeps_old_file(graph, tmp_path):
 
 
 def _load_expecting_npukit_error(path):
-    try:
-        Graph.load(path)
-    except npukit.NpukitError as e:
-        assert type(e) is npukit.NpukitError
-        return str(e)
-    except Exception as e:  # noqa: BLE001
-        pytest.fail(f"Graph.load raised {type(e).__name__}: {e} (expected NpukitError)")
-    pytest.fail("Graph.load accepted a damaged file")
+    return npukit_error_of(lambda: Graph.load(path), "Graph.load of a damaged file")
 
 
 @pytest.mark.parametrize("keep", [0, 1, 4, 22, 100, 0.5, -22, -1])
@@ -358,3 +352,144 @@ def test_validate_reports_double_definition_and_missing_spec():
         g.validate()
     assert "produced twice" in str(ei.value)
     assert "'nospec' has no tensor spec" in str(ei.value)
+
+
+# validate() checks every node against its op's schema (OpDef.check_node) and the bit widths and
+# exponents its kernel assumes of its tensors, listing every problem at once as "node 'X' (op): reason".
+
+
+def _edited(graph: Graph, edit) -> str:
+    import copy
+
+    g = copy.deepcopy(graph)
+    edit(g)
+    return npukit_error_of(g.validate, "validate of the edited graph")
+
+
+def _by_op(g: Graph, op: str) -> Node:
+    return next(n for n in g.nodes if n.op == op)
+
+
+def test_validate_node_lacking_attributes_lists_each(graph):
+    def edit(g):
+        del _by_op(g, "conv").attrs["stride"]
+        del _by_op(g, "maxpool").attrs["kernel"]
+        del _by_op(g, "linear").attrs["acc_bits"]
+    msg = _edited(graph, edit)
+    assert "node '0' (conv): lacks attribute 'stride'" in msg
+    assert "node '3' (maxpool): lacks attribute 'kernel'" in msg
+    assert "node '5' (linear): lacks attribute 'acc_bits'" in msg
+    assert "KeyError" not in msg
+
+
+@pytest.mark.parametrize("node, key, value, says", [
+    ("conv", "groups", "1", "attribute 'groups' is str, not int"),
+    ("conv", "relu", 1, "attribute 'relu' is int, not bool"),
+    ("maxpool", "kernel", 2, "attribute 'kernel' is int, not int list"),
+    ("maxpool", "stride", [0], "attribute 'stride' is [0]; it must be at least 1"),
+    ("conv", "w_bits", 3, "has w_bits 3"),
+    ("linear", "rounding", "nearest", "has rounding 'nearest'"),
+    ("conv", "ndim", 3, "has weight shape (4, 2, 3)"),
+])
+def test_validate_attribute_kind_and_range(graph, node, key, value, says):
+    msg = _edited(graph, lambda g: _by_op(g, node).attrs.update({key: value}))
+    name = _by_op(graph, node).name
+    assert f"node {name!r} ({node}): {says}" in msg
+
+
+def test_validate_params(graph):
+    def edit(g):
+        lin = _by_op(g, "linear")
+        lin.params["bias"] = lin.params["bias"][:-1]
+        del _by_op(g, "conv").params["weight"]
+    msg = _edited(graph, edit)
+    assert "node '0' (conv): lacks params ['weight']" in msg
+    assert "node '5' (linear): has weight shape (5, 28) and bias shape (4,)" in msg
+
+
+def test_validate_shape_errors_are_listed_not_raised(graph):
+    """infer_shapes' own errors (a channel mismatch) join the list with the other problems."""
+    def edit(g):
+        conv = _by_op(g, "conv")
+        conv.params["weight"] = np.zeros((4, 3, 3), np.int8)  # expects 3 input channels; the input has 2
+        g.outputs.append("nowhere")
+    msg = _edited(graph, edit)
+    assert "node '0' (conv): input has 2 channels, weights expect 3" in msg
+    assert "'nowhere' is never produced" in msg
+
+
+@pytest.mark.parametrize("case", ["bits", "exp"])
+def test_validate_pass_through_output_keeps_input_bits_and_exponent(case):
+    g = _relu_graph()
+    g.tensors["r"] = TensorSpec("r", (3, 5), 16 if case == "bits" else 8, 4 if case == "bits" else 5)
+    with pytest.raises(npukit.NpukitError) as ei:
+        g.validate()
+    want = ("output 'r' is 16-bit but input 'input' is 8-bit" if case == "bits"
+            else "output 'r' has exponent 5 but input 'input' has 4")
+    assert f"node 'r' (relu): {want}" in str(ei.value)
+
+
+def test_validate_mac_input_bits_and_requantisation(graph):
+    msg = _edited(graph, lambda g: setattr(g.tensors["input"], "bits", 32))
+    assert "node '0' (conv): input 'input' is 32-bit; conv reads at most 16-bit activations" in msg
+    msg = _edited(graph, lambda g: setattr(g.tensors["0"], "bits", 16))  # the conv's act_max is int8's
+    assert "node '0' (conv): stores act_max 127, but its tensors give act_max 32767" in msg
+    msg = _edited(graph, lambda g: setattr(g.tensors[g.outputs[0]], "exp", g.tensors[g.outputs[0]].exp + 1))
+    assert "node '5' (linear): wide output '5' has exponent" in msg
+
+
+def _eltwise_graph(op: str, out_bits: int, out_exp: int) -> Graph:
+    tensors = {"a": TensorSpec("a", (3, 5), 8, 4), "b": TensorSpec("b", (3, 5), 8, 6),
+               "y": TensorSpec("y", (3, 5) if op == "add" else (6, 5), out_bits, out_exp)}
+    node = Node("y", op, ["a", "b"], ["y"], {"relu": False} if op == "add" else {"axis": 0})
+    return Graph({"rounding": "half_up"}, ["a", "b"], ["y"], tensors, [node])
+
+
+def test_validate_add_and_concat_outputs():
+    _eltwise_graph("add", 8, 4).validate()
+    _eltwise_graph("concat", 8, 4).validate()
+    for op in ("add", "concat"):
+        with pytest.raises(npukit.NpukitError, match=rf"node 'y' \({op}\): output 'y' is 32-bit; {op} writes at most 16-bit"):
+            _eltwise_graph(op, 32, 4).validate()
+    with pytest.raises(npukit.NpukitError, match="node 'y' .concat.: output 'y' has exponent 5, above input 'a'"):
+        _eltwise_graph("concat", 8, 5).validate()
+    with pytest.raises(npukit.NpukitError, match=r"node 'y' \(concat\): output 'y' is 16-bit but input 'a' is 8-bit"):
+        _eltwise_graph("concat", 16, 4).validate()
+
+
+def test_validate_arity():
+    g = _relu_graph(nodes=[Node("r", "relu", ["input", "input"], ["r"])])
+    with pytest.raises(npukit.NpukitError, match=r"node 'r' \(relu\): reads 2 tensor\(s\) and writes 1; relu reads 1"):
+        g.validate()
+    g = _eltwise_graph("add", 8, 4)
+    g.nodes[0].inputs = ["a"]
+    with pytest.raises(npukit.NpukitError, match="add reads at least 2"):
+        g.validate()
+
+
+def test_validate_unknown_scheme_is_listed():
+    g = _relu_graph(target={"rounding": "half_up", "scheme": "frob"})
+    with pytest.raises(npukit.NpukitError, match="target: unknown requantisation scheme 'frob'"):
+        g.validate()
+
+
+# quantize_input refuses what integers cannot represent.
+
+
+def test_quantize_input_refuses_nan_and_inf(graph, example):
+    x = example.numpy().copy()
+    x[1, 0, 3] = np.nan
+    x[2, 1, 0] = np.inf
+    x[5, 1, 7] = -np.inf
+    with pytest.raises(npukit.NpukitError) as ei:
+        graph.quantize_input(x)
+    msg = str(ei.value)
+    assert type(ei.value) is npukit.NpukitError
+    assert f"3 of {x.size} values are NaN or infinite" in msg and "index [1, 0, 3]" in msg and "'input'" in msg
+    with pytest.raises(npukit.NpukitError, match=r"1 of \d+ values are NaN or infinite \(the first at index \[0, 1, 2\]: inf\)"):
+        x = example.clone()
+        x[0, 1, 2] = float("inf")
+        graph.quantize_input(x)  # a torch tensor as well
+    with pytest.raises(npukit.NpukitError, match="cannot read the data as real numbers"):
+        graph.quantize_input([["a", "b"]])
+    assert graph.quantize_input(example).dtype == np.int8  # finite data still quantizes

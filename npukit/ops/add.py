@@ -11,11 +11,12 @@ import math
 
 from .. import arith
 from ..errors import NpukitError
-from .base import OpDef
+from .base import MAX_ELTWISE_BITS, OpDef
 
 
 class Add(OpDef):
     name = "add"
+    arity = (2, None)
     attrs = {"relu": "bool"}
     inplace = True
 
@@ -30,6 +31,12 @@ class Add(OpDef):
                     for x, t in zip(inputs, node.inputs, strict=True))
         lo, hi = arith.act_range(out.bits, node.attrs["relu"])
         return [arith.saturate(total, lo, hi).astype(out.dtype)]
+
+    def tensor_problems(self, node, graph, scheme):
+        out = graph.tensors[node.outputs[0]]
+        if out.bits > MAX_ELTWISE_BITS:
+            return [f"output {out.name!r} is {out.bits}-bit; add writes at most {MAX_ELTWISE_BITS}-bit values"]
+        return []
 
     def rules(self, node, graph, profile):
         from ..rules import add_rules

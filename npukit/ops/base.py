@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from ..onnx_io import OnnxBuilder
     from ..targets import TargetProfile
 
+MAX_ELTWISE_BITS = 16  # add and concat write activations, never accumulators
+MAX_MAC_INPUT_BITS = 16  # the MAC kernels read 8- or 16-bit activations
+
 # Attribute kinds of the schema: what model.bin stores and reads back, and what validation checks.
 ATTR_KINDS = ("bool", "int", "int list", "str")
 
@@ -34,6 +37,8 @@ class OpDef:
     params: ClassVar[tuple[str, ...]] = ()
     view: ClassVar[bool] = False  # the output is its input's bytes reinterpreted (the planner aliases it)
     inplace: ClassVar[bool] = False  # the kernel may write its output over an input of the same size
+    arity: ClassVar[tuple[int, int | None]] = (1, 1)  # (fewest, most) inputs; every op writes one output
+    passes_through: ClassVar[bool] = False  # the output has its input's bit width and exponent
 
     def infer_shapes(self, node: Node, in_shapes: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         raise NotImplementedError
@@ -53,6 +58,22 @@ class OpDef:
         if missing:
             return f"lacks params {missing} (has {sorted(node.params)})"
         return None
+
+    def tensor_problems(self, node: Node, graph: Graph, scheme) -> list[str]:
+        """What the kernel assumes of its tensors' bit widths and exponents beyond the attribute schema
+        (`Graph.validate` asks): the engine and the C kernels write the output at its spec's dtype, so a
+        width or exponent that disagrees with the arithmetic would give other integers, not an error."""
+        if not self.passes_through:
+            return []
+        x, out = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
+        problems = []
+        if x.bits != out.bits:
+            problems.append(f"output {out.name!r} is {out.bits}-bit but input {x.name!r} is {x.bits}-bit; "
+                            f"{self.name} writes its input's values at its input's width")
+        if x.exp != out.exp:
+            problems.append(f"output {out.name!r} has exponent {out.exp} but input {x.name!r} has {x.exp}; "
+                            f"{self.name} passes the exponent through")
+        return problems
 
     def run(self, node: Node, inputs: list[np.ndarray], graph: Graph) -> list[np.ndarray]:
         """The integer reference kernel: integer arrays (batch first) in, integer arrays out."""

@@ -8,11 +8,12 @@ import numpy as np
 
 from .. import arith
 from ..errors import NpukitError
-from .base import OpDef
+from .base import MAX_ELTWISE_BITS, OpDef
 
 
 class Concat(OpDef):
     name = "concat"
+    arity = (1, None)
     attrs = {"axis": "int"}
     attr_min = {"axis": 0}
 
@@ -30,6 +31,18 @@ class Concat(OpDef):
         parts = [arith.round_shift(x, graph.tensors[t].exp - out.exp, graph.rounding)
                  for x, t in zip(inputs, node.inputs, strict=True)]
         return [np.concatenate(parts, axis=node.attrs["axis"] + 1).astype(out.dtype)]
+
+    def tensor_problems(self, node, graph, scheme):
+        ins, out = [graph.tensors[t] for t in node.inputs], graph.tensors[node.outputs[0]]
+        problems = [f"output {out.name!r} is {out.bits}-bit but input {x.name!r} is {x.bits}-bit; concat writes "
+                    "its inputs' values at their width" for x in ins if x.bits != out.bits]
+        low = min(ins, key=lambda x: x.exp)
+        if low.exp < out.exp:
+            problems.append(f"output {out.name!r} has exponent {out.exp}, above input {low.name!r}'s {low.exp}; "
+                            "concat only shifts operands right (to the smallest input exponent)")
+        if out.bits > MAX_ELTWISE_BITS:
+            problems.append(f"output {out.name!r} is {out.bits}-bit; concat writes at most {MAX_ELTWISE_BITS}-bit values")
+        return problems
 
     def rules(self, node, graph, profile):
         from ..rules import concat_rules

@@ -16,7 +16,7 @@ from .. import arith
 from ..errors import NpukitError
 from ..ir import Graph, Node
 from ..schemes import MAC_RQ_ATTRS
-from .base import OpDef
+from .base import MAX_MAC_INPUT_BITS, OpDef
 
 _MAC_ATTRS = {"w_bits": "int", "w_exp": "int", "b_exp": "int", "relu": "bool", "wide": "bool", **MAC_RQ_ATTRS}
 
@@ -60,6 +60,31 @@ def _mac_c(node: Node, b, geometry: dict) -> dict:
         raise NpukitError(f"{node.name}: codegen supports 8-bit or 17..32-bit (wide) outputs, not {out.bits}-bit")
     rq = {f"rq.{k}": v for k, v in b.graph.scheme.c_fields(node.attrs, node.params, b).items()}
     return {**geometry, "w_bits": node.attrs["w_bits"], **rq, "out_bytes": 1 if out.bits <= 8 else 4}
+
+
+def _mac_tensor_problems(node: Node, graph: Graph, scheme) -> list[str]:
+    """A MAC reads at most 16-bit activations, and its stored requantisation attributes (out_shift,
+    act_min, ...) must be those its scheme computes from its tensors: the kernels read only the attributes,
+    so a tensor spec that disagrees with them describes other numbers than the kernel writes."""
+    x, out, a = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]], node.attrs
+    if x.bits > MAX_MAC_INPUT_BITS:
+        return [f"input {x.name!r} is {x.bits}-bit; {node.op} reads at most {MAX_MAC_INPUT_BITS}-bit activations"]
+    if scheme is None:
+        return []
+    e_acc = x.exp + a["w_exp"]
+    if a["wide"] and out.exp != e_acc:
+        return [f"wide output {out.name!r} has exponent {out.exp}, but the accumulator's is {e_acc} "
+                f"(input {x.name!r} exponent {x.exp} + w_exp {a['w_exp']})"]
+    want = scheme.mac_attrs(e_acc=e_acc, b_exp=a["b_exp"], e_out=out.exp, out_bits=out.bits, relu=a["relu"],
+                            wide=a["wide"], acc_bits=a["acc_bits"], rounding=a["rounding"], absolute=a["abs"])
+    bad = [k for k in want if a.get(k) != want[k]]
+    if not bad:
+        return []
+    have = ", ".join(f"{k} {a.get(k)!r}" for k in bad)
+    should = ", ".join(f"{k} {want[k]!r}" for k in bad)
+    return [f"stores {have}, but its tensors give {should} (input {x.name!r} exponent {x.exp}, w_exp {a['w_exp']}, "
+            f"b_exp {a['b_exp']}; output {out.name!r} {out.bits}-bit at exponent {out.exp}, {scheme.name} "
+            "scheme): the tensor specs or the attributes were edited"]
 
 
 def _check_mac(node: Node, rank: int) -> str | None:
@@ -143,6 +168,9 @@ class Conv(OpDef):
         out = graph.tensors[node.outputs[0]].shape
         return math.prod(out) * math.prod(node.params["weight"].shape[1:])
 
+    def tensor_problems(self, node, graph, scheme):
+        return _mac_tensor_problems(node, graph, scheme)
+
     def rules(self, node, graph, profile):
         from ..rules import conv_rules
 
@@ -196,6 +224,9 @@ class Linear(OpDef):
 
     def macs(self, node, graph):
         return int(node.params["weight"].size)
+
+    def tensor_problems(self, node, graph, scheme):
+        return _mac_tensor_problems(node, graph, scheme)
 
     def rules(self, node, graph, profile):
         from ..rules import linear_rules

@@ -49,6 +49,7 @@ _WINDOW_MIN = {"ndim": 1, "kernel": 1, "stride": 1}
 
 class MaxPool(OpDef):
     name = "maxpool"
+    passes_through = True
     attrs = _WINDOW
     attr_min = _WINDOW_MIN
 
@@ -72,6 +73,7 @@ class MaxPool(OpDef):
 
 class AvgPool(OpDef):
     name = "avgpool"
+    passes_through = True
     attrs = _WINDOW
     attr_min = _WINDOW_MIN
 
@@ -108,6 +110,7 @@ class GlobalAvgPool(OpDef):
     """AdaptiveAvgPool to 1, or mean over every spatial dimension (keepdim or not)."""
 
     name = "global_avgpool"
+    passes_through = True
     attrs = {"keepdim": "bool"}
 
     def infer_shapes(self, node, in_shapes):

@@ -9,6 +9,7 @@ from .base import OpDef
 
 class ReLU(OpDef):
     name = "relu"
+    passes_through = True
     inplace = True
 
     def infer_shapes(self, node, in_shapes):

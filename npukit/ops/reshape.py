@@ -12,6 +12,7 @@ from .base import OpDef
 
 class Reshape(OpDef):
     name = "reshape"
+    passes_through = True
     attrs = {"shape": "int list"}
     attr_min = {"shape": 1}
     view = True
