@@ -61,6 +61,12 @@ def check(model, example=None, target=None, *, weight_bits: int | None = None) -
     graph = _as_graph(model)
     profile = load_target(target if target is not None else (graph.target if graph is not None else "venus"))
     if graph is not None:
+        if example is not None:  # an npukit file knows its input: a different shape is a mistake to say
+            shape = tuple(example.shape if hasattr(example, "shape") else example)[1:]
+            if shape != tuple(graph.input_spec().shape):
+                raise NpukitError(f"--input gives samples of shape {shape}, but the model takes "
+                                  f"{tuple(graph.input_spec().shape)} (npukit files carry their input shape: "
+                                  "leave --input out)")
         return _check_graph(graph, profile)
     graph, problems, sources = _to_graph(model, example, profile, weight_bits)
     if graph is None:

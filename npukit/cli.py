@@ -105,17 +105,13 @@ def codegen(
     input_path: Path | None = typer.Option(None, "--input", help=".npy integer sample for the known-answer test"),
 ) -> None:
     """Write a portable C99 project (model, kernels, known-answer test, Makefile, CMakeLists.txt)."""
-    import numpy as np
 
     from .codegen import generate
 
     try:
         x = None
         if input_path is not None:
-            try:
-                x = np.load(input_path, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise NpukitError(f"{input_path} is not a readable .npy file ({e})") from None
+            x = _load_npy(input_path)
         from .packer import file_kind
 
         if file_kind(model) != "modelbin":
@@ -191,7 +187,11 @@ def check(
         if model.endswith((".yaml", ".yml")):  # a MAX7800x network description with its checkpoint
             from .checker import check_ai8x
 
-            names = [n for n in names if n is None or load_target(n).scheme == "max78000"] or ["max78000"]
+            wrong = [n for n in names if n is not None and load_target(n).scheme != "max78000"]
+            if wrong and target != "all":
+                raise NpukitError(f"{model} is a MAX7800x network description; {wrong[0]} is not a MAX7800x "
+                                  "target (use --target max78000 or max78002)")
+            names = [n for n in names if n is None or n not in wrong] or ["max78000"]
             results = {n or "max78000": check_ai8x(model, n or "max78000", input_shape=shape[1:] if shape else None)
                        for n in names}
         else:
@@ -328,22 +328,17 @@ def run(
 
     try:
         g = _load_model(model)
-        try:
-            x = np.load(input_path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise NpukitError(f"{input_path} is not a readable .npy file ({e})") from None
+        x = _load_npy(input_path)
         if quantize:
             x = g.quantize_input(x)
         ys = engine.run(g, x)
+        from .fileio import write_atomic
+
+        if output.is_dir():
+            raise NpukitError(f"{output} is a folder; give -o the name of the .npy file to write")
         if output.suffix != ".npy":  # np.save would append it: say the name it really writes
             output = output.with_name(output.name + ".npy")
-        try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            tmp = output.with_name(f".tmp-{output.name}")
-            np.save(tmp, ys[0])
-            tmp.replace(output)
-        except OSError as e:
-            raise NpukitError(f"cannot write {output}: {e.strerror or e}") from None
+        write_atomic(output, lambda tmp: np.save(tmp, ys[0]))
     except NpukitError as e:
         _fail(e)
     y = ys[0]
@@ -357,8 +352,10 @@ def _load_npy(path: Path):
 
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise NpukitError(f"{path} is not a readable .npy file ({e})") from None
+    except FileNotFoundError:
+        raise NpukitError(f"{path}: no such file") from None
+    except Exception as e:  # an empty file ends in EOFError, a foreign one in ValueError or OSError
+        raise NpukitError(f"{path} is not a readable .npy file ({type(e).__name__}: {e or 'empty'})") from None
 
 
 def _load_model(path: Path):
@@ -374,3 +371,7 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         raise SystemExit(130) from None
+    except SystemExit as e:  # typer turns Ctrl-C into exit 130 without a word
+        if e.code == 130:
+            err.print("interrupted")
+        raise

@@ -246,6 +246,8 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None, json
     except OSError as e:
         raise NpukitError(f"cannot write to {run.out}: {e.strerror or e}\n    fix: give --out a folder you can "
                           "write to") from None
+    if json_path is not None and (Path(json_path).is_dir() or not _writable_parent(Path(json_path))):
+        raise NpukitError(f"cannot write --json {json_path}: not a file in a folder that can be written")
     # A small model trains fastest on one thread; torch's default (every core) crawls on a busy machine.
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
@@ -253,6 +255,14 @@ def run_demo(cfg: DemoConfig | None = None, console: Console | None = None, json
         return _run_stages(run, cfg, console, json_path)
     finally:
         torch.set_num_threads(threads)
+
+
+def _writable_parent(path: Path) -> bool:
+    """Whether `path`'s folder exists or can be made (nothing is left behind)."""
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent.is_dir()
 
 
 def _run_stages(run: DemoRun, cfg: DemoConfig, console: Console, json_path) -> dict:
@@ -272,8 +282,9 @@ def _run_stages(run: DemoRun, cfg: DemoConfig, console: Console, json_path) -> d
     figures = {**run.metrics, "seconds": run.seconds, "target": cfg.target, "out": str(run.out)}
     _print_table(run, console)
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(figures, indent=2) + "\n")
+        from .fileio import write_atomic
+
+        write_atomic(json_path, lambda p: p.write_text(json.dumps(figures, indent=2) + "\n"))
     return figures
 
 

@@ -214,11 +214,11 @@ class Graph:
 
     # Storage: a zip (.npz-compatible) holding graph.json and one .npy per parameter.
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
+        from .fileio import write_atomic
+
         meta = self.to_meta()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
+
+        def write(tmp: Path) -> None:
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
                 z.writestr("graph.json", json.dumps(meta, indent=1))
                 for i, n in enumerate(self.nodes):
@@ -226,10 +226,8 @@ class Graph:
                         buf = io.BytesIO()
                         np.save(buf, v, allow_pickle=False)
                         z.writestr(f"params/{i}/{k}.npy", buf.getvalue())
-            tmp.replace(path)  # never leave a half-written file under the real name
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+
+        return write_atomic(path, write)  # never a half-written file under the real name
 
     @classmethod
     def load(cls, path: str | Path) -> Graph:

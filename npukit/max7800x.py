@@ -544,38 +544,60 @@ def plan_ai8x(graph: Graph, profile: TargetProfile) -> tuple[list[HwLayer], list
     return layers, placements, problems + more + layer_problems(graph, layers, profile)
 
 
-def write_ai8x(graph: Graph, out_dir: str | Path, profile: TargetProfile, *, arch: str = "npukit",
-               dataset: str = "npukit", sample: np.ndarray | None = None) -> Ai8xResult:
-    """Write network.yaml, checkpoint.pth.tar, sample_input.npy and sample_output.npy into `out_dir`.
-
-    `sample` is one integer input (channel-first) or a batch (the first sample is used); zeros without.
-    Raises `ProblemsError` listing everything the description cannot express; writes nothing then.
-    """
+def ai8x_files(graph: Graph, profile: TargetProfile, *, arch: str = "npukit", dataset: str = "npukit",
+               sample: np.ndarray | None = None):
+    """Everything `write_ai8x` writes, checked and computed before any byte is written: (layers,
+    placements, {file name: (key, writer(path))}). Raises `ProblemsError` or `NpukitError` (a sample of the
+    wrong shape or values) first."""
     from . import engine
 
     layers, placements, problems = plan_ai8x(graph, profile)
     if problems:
         raise ProblemsError(f"the model cannot be written as a {profile.name} network description", problems)
     spec = graph.input_spec()
-    x = np.zeros((1, *spec.shape), spec.dtype) if sample is None else np.asarray(sample).reshape(-1, *spec.shape)[:1]
-    y = engine.run(graph, x)[0]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"yaml": out / "network.yaml", "checkpoint": out / "checkpoint.pth.tar",
-             "sample_input": out / f"sample_{dataset.lower()}.npy", "sample_output": out / "sample_output.npy",
-             "layers": out / "layers.md"}
+    n_in = math.prod(spec.shape)
+    if sample is None:
+        x = np.zeros((1, *spec.shape), spec.dtype)
+    else:
+        x = np.asarray(sample)
+        if x.size == 0 or x.size % n_in:
+            raise NpukitError(f"the sample has shape {x.shape}; the model takes samples of shape {tuple(spec.shape)}")
+        x = x.reshape(-1, *spec.shape)[:1]
+    y = engine.run(graph, x)[0]  # checks the sample's integer type and range too
     desc = network_description(graph, layers, placements, arch=arch, dataset=dataset)
     bad = validate(desc, _layer_shapes(graph, layers), profile)
     if bad:  # a placement bug, never the user's model: refuse rather than write a description that fails
         raise ProblemsError("npukit's own network description does not validate (please report it)", bad)
-    _atomic(files["yaml"], lambda p: p.write_text(dump_yaml(desc)))
-    _atomic(files["checkpoint"], lambda p: write_checkpoint(checkpoint_state(layers), arch, p))
-    _atomic(files["sample_input"], lambda p: np.save(p, x[0].astype(np.int64)))
-    # in the vendor simulation's layout: (C, H, W) always, 1-d data as (C, L, 1), a vector as (C, 1, 1)
+    # sample_output in the vendor simulation's layout: (C, H, W) always, 1-d data as (C, L, 1), a vector (C, 1, 1)
     y_chw = y[0].astype(np.int64).reshape(_chw_dims(tuple(y.shape[1:])))
-    _atomic(files["sample_output"], lambda p: np.save(p, y_chw))
-    _atomic(files["layers"], lambda p: p.write_text(layer_map(graph, layers, placements, profile), encoding="utf-8"))
-    return Ai8xResult(out, files, layers, placements)
+    state = checkpoint_state(layers)
+    writers = {
+        "network.yaml": ("yaml", lambda p: p.write_text(dump_yaml(desc))),
+        "checkpoint.pth.tar": ("checkpoint", lambda p: write_checkpoint(state, arch, p)),
+        f"sample_{dataset.lower()}.npy": ("sample_input", lambda p: np.save(p, x[0].astype(np.int64))),
+        "sample_output.npy": ("sample_output", lambda p: np.save(p, y_chw)),
+        "layers.md": ("layers", lambda p: p.write_text(layer_map(graph, layers, placements, profile),
+                                                       encoding="utf-8")),
+    }
+    return layers, placements, writers
+
+
+def write_ai8x(graph: Graph, out_dir: str | Path, profile: TargetProfile, *, arch: str = "npukit",
+               dataset: str = "npukit", sample: np.ndarray | None = None) -> Ai8xResult:
+    """Write network.yaml, checkpoint.pth.tar, sample_<dataset>.npy, sample_output.npy and layers.md into
+    `out_dir`, all or nothing (a failure or Ctrl-C leaves the folder as it was).
+
+    `sample` is one integer input (channel-first) or a batch (the first sample is used); zeros without.
+    Raises `ProblemsError` listing everything the description cannot express; writes nothing then.
+    """
+    from .fileio import staged_directory
+
+    layers, placements, writers = ai8x_files(graph, profile, arch=arch, dataset=dataset, sample=sample)
+    out = Path(out_dir)
+    with staged_directory(out) as stage:
+        for name, (_, write) in writers.items():
+            write(stage / name)
+    return Ai8xResult(out, {key: out / name for name, (key, _) in writers.items()}, layers, placements)
 
 
 def write_checkpoint(state: dict[str, np.ndarray], arch: str, path: Path) -> None:
@@ -584,15 +606,6 @@ def write_checkpoint(state: dict[str, np.ndarray], arch: str, path: Path) -> Non
     sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
     with open(path, "wb") as f:
         torch.save({"state_dict": sd, "arch": arch, "epoch": 0}, f)
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(".tmp-" + path.name)  # same suffix: np.save appends .npy to any other
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -620,10 +633,16 @@ def read_ai8x(description: str | Path, checkpoint: str | Path, input_shape: tupl
     from .targets import load_target
 
     profile = load_target(target)
+    if profile.scheme != "max78000":
+        raise NpukitError(f"{profile.name} is not a MAX7800x target; a vendor description is read for max78000 or "
+                          "max78002 (or a profile with the max78000 scheme)")
     try:
         desc = yaml.safe_load(Path(description).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise NpukitError(f"{description} is not a readable network description ({e})") from None
+    except FileNotFoundError:
+        raise NpukitError(f"{description}: no such file") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+        raise NpukitError(f"{description} is not a readable network description "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     state = _load_state(checkpoint)
     layers = desc.get("layers") if isinstance(desc, dict) else None
     if not layers:

@@ -162,15 +162,9 @@ def export_onnx(graph: Graph, path: str | Path) -> Path:
     """Write `graph` as standard ONNX (opset 17); checked with onnx.checker (full check) before saving."""
     model = _build_model(graph)
     onnx.checker.check_model(model, full_check=True)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        onnx.save(model, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    from .fileio import write_atomic
+
+    return write_atomic(path, lambda tmp: onnx.save(model, tmp))
 
 
 _FIX_EDITED = ("\n    fix: export the model again with npukit.export_onnx; npukit deploys the IR in the metadata, "

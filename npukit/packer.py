@@ -107,6 +107,10 @@ def pack(model: Graph | str | Path, out: str | Path, *, target=None, report_dir:
     if not problems:  # the bytes first: the report states their size, and a failure leaves no file behind
         data = modelbin.pack_bytes(graph, plan.offsets, plan.arena_bytes, plan.lower_bound_bytes)
         size = len(data)
+        if vendor_dir:  # the vendor's files too (a sample of the wrong shape fails here)
+            from .max7800x import ai8x_files
+
+            writers = ai8x_files(graph, profile, arch=_arch(out.parent), sample=sample)[2]
     if report_dir is not None:  # before model.bin: an unwritable report folder leaves no new model.bin
         try:
             files.update(report.write_report(graph, plan, profile, report_dir, model_bin_bytes=size))
@@ -115,11 +119,16 @@ def pack(model: Graph | str | Path, out: str | Path, *, target=None, report_dir:
     if problems:
         where = f"; the report in {report_dir} shows where" if report_dir is not None else ""
         raise ProblemsError(f"the model does not fit {profile.name}: it breaks its rules or memories{where}", problems)
-    modelbin.write_bytes(data, out)
-    if vendor_dir:
-        from .max7800x import write_ai8x
+    if not vendor_dir:
+        modelbin.write_bytes(data, out)
+    else:  # model.bin and the vendor's files, all or nothing
+        from .fileio import staged_directory
 
-        files.update(write_ai8x(graph, out.parent, profile, arch=_arch(out.parent), sample=sample).files)
+        with staged_directory(out.parent) as stage:
+            modelbin.write_bytes(data, stage / "model.bin")
+            for name, (_, write) in writers.items():
+                write(stage / name)
+        files.update({key: out.parent / name for name, (key, _) in writers.items()})
     return PackResult(out, graph, plan, size, files, [p for p in found if p.severity != "error"])
 
 

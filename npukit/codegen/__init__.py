@@ -106,16 +106,16 @@ def generate(model, out_dir: str | Path, *, kat_input: np.ndarray | None = None)
         body.append(f"    /* {node.name}: {node.op} */")
         body += [f"    {line}" for line in get_op(node.op).to_c(node, b)]
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for src in sorted(RUNTIME.glob("*.[ch]")):
-        shutil.copyfile(src, out_dir / src.name)
     n_in, n_out = math.prod(inp.shape), math.prod(out.shape)
     out_t = _ctype(out.bits)
     if kat_input is None:
         kat_input = np.zeros((1, *inp.shape), inp.dtype)
-    kat_input = np.asarray(kat_input).reshape(-1, *inp.shape)[:1]
-    expected = engine.run(g, kat_input)[0]
+    kat_input = np.asarray(kat_input)
+    if kat_input.size == 0 or kat_input.size % n_in:
+        raise NpukitError(f"the known-answer input has shape {kat_input.shape}; the model takes samples of shape "
+                          f"{tuple(inp.shape)} (one sample, or a batch of them)")
+    kat_input = kat_input.reshape(-1, *inp.shape)[:1]
+    expected = engine.run(g, kat_input)[0]  # checks the integers' type and range too, before anything is written
     files = {
         "model.h": _model_h(g, n_in, n_out, out_t, packed.arena_bytes),
         "model.c": _model_c(g, b, body, n_in, n_out, out_t, packed.arena_bytes),
@@ -124,11 +124,16 @@ def generate(model, out_dir: str | Path, *, kat_input: np.ndarray | None = None)
         "Makefile": _MAKEFILE,
         "CMakeLists.txt": _CMAKE,
     }
-    for name, text in files.items():
-        (out_dir / name).write_text(text)
+    from ..fileio import staged_directory
     from .cortex_m import write_cortex_m
 
-    write_cortex_m(out_dir)  # cortex-m/: startup, linker script and Makefile for QEMU's mps2-an386
+    out_dir = Path(out_dir)
+    with staged_directory(out_dir) as stage:  # all or nothing: a failure or Ctrl-C leaves out_dir as it was
+        for src in sorted(RUNTIME.glob("*.[ch]")):
+            shutil.copyfile(src, stage / src.name)
+        for name, text in files.items():
+            (stage / name).write_text(text)
+        write_cortex_m(stage)  # cortex-m/: startup, linker script and Makefile for QEMU's mps2-an386
     return out_dir
 
 
