@@ -1,7 +1,8 @@
 """Standard ONNX export of the IR that onnxruntime runs bit for bit, and import back to the same IR.
 
 Integers travel as integer-valued double tensors (exact below 2**53); convolutions run in float32, exact
-while every partial sum stays below 2**24 (the layer is split along input channels otherwise). Each op
+while every partial sum stays below 2**24; past that (16-bit weights, wide fan-in) a one-hot depthwise
+Conv gathers each output's input window exactly and a double MatMul applies the weights. Each op
 writes its own nodes (`OpDef.to_onnx`) with the helpers of `OnnxBuilder`, which spell the arithmetic
 contract (`npukit.arith`) in standard operators. The IR itself (attributes, exponents, bit widths, the
 target) rides along in the model's metadata, so `load_onnx` restores it exactly; it also exports that IR

@@ -271,3 +271,31 @@ def test_difference_in_a_file_from_another_npukit_version_says_so(exported, tmp_
     msg = _refused(_edit(path, tmp_path, edit))
     assert "edited after export (or it was exported by npukit 0.0.1, whose export differs" in msg
     assert f"npukit {npukit.__version__}" in msg and onnx.load(path).producer_version == npukit.__version__
+
+
+@pytest.mark.parametrize(("bits", "target", "build", "shape"), [
+    (16, "venus", lambda: nn.Sequential(nn.Conv1d(1, 8, 5, padding=2), nn.ReLU(), nn.Conv1d(8, 4, 3, groups=4),
+                                        nn.Flatten(), nn.Linear(4 * 38, 3)), (1, 40)),
+    (16, "venus", lambda: nn.Sequential(nn.Conv2d(4, 6, 3, padding=1, stride=2), nn.ReLU(),
+                                        nn.Conv2d(6, 6, 3, groups=2, dilation=2, padding=2)), (4, 9, 9)),
+    (8, "venus", lambda: nn.Sequential(nn.Conv2d(128, 16, 3)), (128, 6, 6)),  # 128*9*128*127 > 2**24
+    (8, "max78000", lambda: nn.Sequential(nn.Conv2d(128, 16, 3, padding=1)), (128, 6, 6)),
+    (4, "max78000", lambda: nn.Sequential(nn.Conv1d(2, 4, 9, padding=4)), (2, 30)),
+    (2, "max78000", lambda: nn.Sequential(nn.Conv1d(2, 4, 3)), (2, 30)),
+])
+def test_onnx_past_float32_partial_sums(tmp_path, bits, target, build, shape):
+    """Every weight width the profiles allow exports and runs bit-exactly, with weights at the extremes of
+    their range (partial sums past 2**24 take the gather + double MatMul form)."""
+    torch.manual_seed(0)
+    model = build()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv1d | nn.Conv2d):
+                m.weight.copy_(torch.sign(torch.randn_like(m.weight)))  # every weight at +-max after quantization
+    x = torch.randn(8, *shape) * 3
+    g = npukit.to_ir(npukit.prepare(model, x, target=target, weight_bits=bits, rules="off"))
+    npukit.export_onnx(g, tmp_path / "m.onnx")
+    xi = g.quantize_input(x.numpy())
+    got = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {g.inputs[0]: xi})[0]
+    assert np.array_equal(got, npukit.run(g, xi)[0])
+    assert np.array_equal(npukit.run(npukit.load_onnx(tmp_path / "m.onnx"), xi)[0], got)

@@ -195,12 +195,38 @@ class Conv(OpDef):
 
         a, w = node.attrs, node.params["weight"]
         x_bits = b.graph.tensors[node.inputs[0]].bits
-        if arith.accumulator_bound(math.prod(w.shape[1:]), x_bits, int(np.abs(w.astype(np.int64)).max(initial=0))) >= arith.EXACT_FLOAT32:
-            raise NpukitError(f"{node.name}: partial sums may exceed 2**24, beyond an exact float32 ONNX Conv")
         x = b.op("Cast", [inputs[0]], to=TensorProto.FLOAT)
-        y = b.op("Conv", [x, b.param(node, "weight", TensorProto.FLOAT)], kernel_shape=list(w.shape[2:]),
-                 strides=a["stride"], pads=a["padding"] * 2, dilations=a["dilation"], group=a["groups"])
-        return _mac_tail_onnx(node, b.op("Cast", [y], to=TensorProto.DOUBLE), b)
+        geometry = {"strides": a["stride"], "pads": a["padding"] * 2, "dilations": a["dilation"]}
+        if arith.accumulator_bound(math.prod(w.shape[1:]), x_bits, int(np.abs(w.astype(np.int64)).max(initial=0))) < arith.EXACT_FLOAT32:
+            y = b.op("Conv", [x, b.param(node, "weight", TensorProto.FLOAT)], kernel_shape=list(w.shape[2:]),
+                     group=a["groups"], **geometry)
+            return _mac_tail_onnx(node, b.op("Cast", [y], to=TensorProto.DOUBLE), b)
+        # Partial sums may pass 2**24, beyond an exact float32 Conv (16-bit weights, wide fan-in): gather each
+        # output's input window with a one-hot depthwise Conv (each value times 1: exact in float32), then
+        # multiply by the weights in a double MatMul, exact below 2**53.
+        c, k = b.graph.tensors[node.inputs[0]].shape[0], math.prod(w.shape[2:])
+        o, cg = w.shape[:2]
+        onehot = np.zeros((c * k, 1, *w.shape[2:]), np.float32)
+        onehot.reshape(c, k, k)[:, np.arange(k), np.arange(k)] = 1.0  # channel ch, tap t -> output ch * k + t
+        patches = b.op("Conv", [x, b.const(onehot, np.float32, "onehot")], kernel_shape=list(w.shape[2:]), group=c,
+                       **geometry)
+        patches = b.op("Reshape", [b.op("Cast", [patches], to=TensorProto.DOUBLE),
+                                   b.const(np.array([0, c * k, -1], np.int64), np.int64, "shape")])
+        wmat = b.op("Reshape", [b.param(node, "weight"), b.const(np.array([o, cg * k], np.int64), np.int64, "shape")])
+        groups, per = a["groups"], o // a["groups"]
+
+        def part(t, axis: int, size: int, gi: int) -> str:  # group gi's slice of t along axis
+            if groups == 1:
+                return t
+            index = [b.const(np.array([v], np.int64), np.int64, "index") for v in (gi * size, (gi + 1) * size, axis)]
+            return b.op("Slice", [t, *index])
+
+        # each group's outputs read only its own channels' windows
+        parts = [b.op("MatMul", [part(wmat, 0, per, gi), part(patches, 1, cg * k, gi)]) for gi in range(groups)]
+        y = parts[0] if groups == 1 else b.op("Concat", parts, axis=1)  # (n, out, positions)
+        spatial = list(b.graph.tensors[node.outputs[0]].shape[1:])
+        y = b.op("Reshape", [y, b.const(np.array([0, o, *spatial], np.int64), np.int64, "shape")])
+        return _mac_tail_onnx(node, y, b)
 
 
 class Linear(OpDef):
