@@ -268,3 +268,19 @@ def test_exact_after_training_steps():
     assert any(not torch.equal(before[k], v) for k, v in qmodel.state_dict().items() if v.is_floating_point())
     graph = npukit.to_ir(qmodel)
     _check_exact(qmodel, graph, torch.randn(16, 2, 16))
+
+
+def test_same_padding_and_pass_through_between_fused_layers():
+    """padding='same'/'valid' become numbers; an nn.Identity or Dropout between a conv and its BatchNorm or
+    ReLU does not stop the fusion; the QAT model and the engine stay bit-exact."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding="same"), nn.Identity(), nn.BatchNorm2d(8), nn.Dropout(0.1),
+                          nn.ReLU(), nn.Conv2d(8, 4, (3, 5), padding="same", dilation=(2, 1)),
+                          nn.Conv2d(4, 4, 3, padding="valid"))
+    x = torch.randn(8, 3, 10, 10)
+    qmodel = npukit.prepare(model, x, rules="off")
+    graph = npukit.to_ir(qmodel)
+    assert [(n.op, n.attrs["padding"], n.attrs["relu"]) for n in graph.nodes] == [
+        ("conv", [1, 1], True), ("conv", [2, 2], False), ("conv", [0, 0], False)]
+    y = (qmodel.eval()(x).detach().double() * 2.0 ** graph.output_spec().exp).numpy()
+    assert np.array_equal(y, npukit.run(graph, graph.quantize_input(x.numpy()))[0])

@@ -75,10 +75,15 @@ class CaptureContext:
         return dict(norm.kwargs)
 
     def sole_user(self, node: fx.Node) -> fx.Node | None:
-        users = list(node.users)
-        if len(users) != 1 or node in self.output_nodes:
-            return None
-        return users[0]
+        """The one node that reads `node`, looking through pass-through nodes (Identity, Dropout) between
+        them, so that a BatchNorm or ReLU behind an nn.Identity still fuses."""
+        while True:
+            users = list(node.users)
+            if len(users) != 1 or node in self.output_nodes:
+                return None
+            if not _is_passthrough(users[0], self):
+                return users[0]
+            node = users[0]
 
     def is_relu(self, node: fx.Node | None) -> bool:
         if node is None:

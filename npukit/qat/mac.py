@@ -143,11 +143,18 @@ class ConvCapture(OpCapture):
         conv = ctx.module(node)
         if conv.padding_mode != "zeros":
             raise UnsupportedError(f"padding_mode={conv.padding_mode!r} is not supported", "use padding_mode='zeros'")
-        if isinstance(conv.padding, str):
-            raise UnsupportedError(f"padding={conv.padding!r} is not supported",
-                                   "give the padding as numbers, e.g. padding=k // 2 for an odd kernel k")
+        padding = conv.padding
+        if padding == "valid":
+            padding = (0,) * len(conv.kernel_size)
+        elif padding == "same":  # stride 1 (torch's rule): symmetric when every (k - 1) * dilation is even
+            spans = [(k - 1) * d for k, d in zip(conv.kernel_size, conv.dilation, strict=True)]
+            if any(s % 2 for s in spans):
+                raise UnsupportedError(f"padding='same' with kernel {tuple(conv.kernel_size)} pads unevenly "
+                                       "(more on one side), which the integer kernels do not do",
+                                       "use an odd kernel, or give the padding as numbers")
+            padding = tuple(s // 2 for s in spans)
         ndim = 1 if isinstance(conv, nn.Conv1d) else 2
-        args = {"ndim": ndim, "stride": tuple(conv.stride), "padding": tuple(conv.padding),
+        args = {"ndim": ndim, "stride": tuple(conv.stride), "padding": tuple(padding),
                 "dilation": tuple(conv.dilation), "groups": conv.groups}
         return _capture_mac(node, ctx, conv, args)
 
