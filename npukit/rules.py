@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from .arith import act_range
 from .errors import Problem
 from .schemes import get_scheme
 
@@ -257,6 +258,13 @@ def check_graph(graph: Graph, profile: TargetProfile, *, plan=None, sources: dic
             problems.append(_p(node, "activation.abs", f"an Abs activation; {profile.name} has "
                                f"{', '.join(rules.activations) or 'no activations'}",
                                "use a ReLU, or compute |x| outside the model"))
+        if "act_min" in node.attrs and not node.attrs.get("wide") and "clamp" not in rules.activations:
+            out = graph.tensors[node.outputs[0]]
+            if (node.attrs["act_min"], node.attrs["act_max"]) != act_range(out.bits, node.attrs["relu"]):
+                problems.append(_p(node, "activation.clamp", f"a clamp to [{node.attrs['act_min']}, "
+                                   f"{node.attrs['act_max']}] (ReLU6, Hardtanh or clamp); {profile.name} has "
+                                   f"{', '.join(rules.activations) or 'no activations'}",
+                                   "use a ReLU, or let a wider range through"))
         if "out_shift" in node.attrs:  # a MAC node: can the target's scheme compute its requantisation?
             problems += [_p(node, "requant", msg, f"prepare and train the model for {profile.name}")
                          for msg in get_scheme(profile.scheme).mac_problems(node.attrs)]

@@ -51,12 +51,22 @@ class Scheme:
 
     # --- node attributes -------------------------------------------------------------------------
     def mac_attrs(self, *, e_acc: int, b_exp: int, e_out: int, out_bits: int, relu: bool, wide: bool,
-                  acc_bits: int, rounding: str, absolute: bool = False) -> dict:
+                  acc_bits: int, rounding: str, absolute: bool = False,
+                  clamp: tuple[float, float] | None = None) -> dict:
         """The requantisation attributes of a conv/linear node (see the module doc). `absolute`: an Abs
-        activation, y = min(|y|, act_max) after the output saturation (MAX7800x's Abs)."""
+        activation, y = min(|y|, act_max) after the output saturation (MAX7800x's Abs). `clamp`: real
+        bounds (ReLU6, Hardtanh, clamp) fused into the output saturation, on the output grid: the largest
+        integer <= hi * 2**e_out and the smallest >= lo * 2**e_out (exact when the bounds are on it)."""
+        import math
+
         from . import arith  # lazy: profiles load without numpy
 
         act_lo, act_hi = arith.int_range(out_bits) if wide else arith.act_range(out_bits, relu)
+        if clamp is not None and not wide:
+            lo, hi = clamp
+            act_lo = max(act_lo, math.ceil(lo * 2.0**e_out)) if math.isfinite(lo) else act_lo
+            act_hi = min(act_hi, math.floor(hi * 2.0**e_out)) if math.isfinite(hi) else act_hi
+            act_hi = max(act_hi, act_lo)
         return {"bias_shift": e_acc - b_exp, "out_shift": 0 if wide else e_acc - e_out, "act_min": act_lo,
                 "act_max": act_hi, "abs": bool(absolute and not wide), "acc_bits": acc_bits, "rounding": rounding}
 

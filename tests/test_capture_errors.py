@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import zlib
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -284,3 +286,42 @@ def test_same_padding_and_pass_through_between_fused_layers():
         ("conv", [1, 1], True), ("conv", [2, 2], False), ("conv", [0, 0], False)]
     y = (qmodel.eval()(x).detach().double() * 2.0 ** graph.output_spec().exp).numpy()
     assert np.array_equal(y, npukit.run(graph, graph.quantize_input(x.numpy()))[0])
+
+
+class _Clamps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn, self.act = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6()
+        self.b, self.c, self.d = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        x = self.act(self.bn(self.a(x)))
+        x = torch.nn.functional.hardtanh(self.b(x), -0.5, 0.75)
+        x = torch.clamp(self.c(x), min=0.0, max=2.0)
+        return self.fc(torch.relu(self.d(x).clamp(max=1.5)).flatten(1))
+
+
+def test_relu6_hardtanh_clamp_fuse_as_saturation():
+    """ReLU6, Hardtanh and clamp after a conv become its output bounds on the output grid (exact when the
+    bounds are on it); trained a little, the QAT model and the engine stay bit-exact."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 6, 6) * 2
+    qmodel = npukit.prepare(_Clamps(), x, target="cortex-m4")
+    qmodel.train()
+    opt = torch.optim.SGD(qmodel.parameters(), lr=0.05)
+    for _ in range(3):
+        loss = qmodel(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    graph = npukit.to_ir(qmodel.eval())
+    convs = {n.name: n for n in graph.nodes if n.op == "conv"}
+    for name, (lo, hi) in {"a": (0.0, 6.0), "b": (-0.5, 0.75), "c": (0.0, 2.0)}.items():
+        e = graph.tensors[name].exp
+        assert convs[name].attrs["act_min"] == max(-128, math.ceil(lo * 2**e))
+        assert convs[name].attrs["act_max"] == min(127, math.floor(hi * 2**e))
+    y = (qmodel(x).detach().double() * 2.0 ** graph.output_spec().exp).numpy()
+    assert np.array_equal(y, npukit.run(graph, graph.quantize_input(x.numpy()))[0])
+    assert "activation.clamp" in {p.rule for p in npukit.check(_Clamps(), x, "venus").problems}  # ReLU only
+    assert "activation.clamp" not in {p.rule for p in npukit.check(_Clamps(), x, "cortex-m4").problems}

@@ -132,6 +132,12 @@ CASES: dict[str, Case] = {
                       frozenset({"activation.abs"})),
     "abs@max78000": Case(lambda: Body(nn.Conv2d(4, 8, 3, padding=1), _Abs(), fc=(8 * 8 * 8, 10)), (4, 8, 8),
                          "max78000"),
+    # conv -> ReLU6 at an output exponent where 6 is inside int8: venus's layers end in ReLU only ->
+    # activation.clamp; the MCU's C kernels clamp anywhere.
+    "relu6@venus": Case(lambda: Body(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU6(), fc=(8 * 8 * 8, 10)), (4, 8, 8),
+                        "venus", frozenset({"activation.clamp"})),
+    "relu6@cortex-m4": Case(lambda: Body(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU6(), fc=(8 * 8 * 8, 10)), (4, 8, 8),
+                            "cortex-m4"),
     # MaxPool2d(6): window 6 > venus's 1..5 -> pool.kernel (stride 6 is not 1/2/4 either -> pool.stride).
     "maxpool6@venus": Case(lambda: Body(conv_bn_relu(4, 8), nn.MaxPool2d(6), fc=(8 * 2 * 2, 10)), (4, 12, 12),
                            "venus", frozenset({"pool.kernel", "pool.stride"})),
@@ -325,6 +331,7 @@ RULE_CASES = {
     "requant": ("graph:max-shift@max78000", "graph:max@max78000"),
     "add.relu": ("zoo:residual@max78000", "zoo:residual@venus"),
     "activation.abs": ("case:abs@venus", "case:abs@max78000"),
+    "activation.clamp": ("case:relu6@venus", "case:relu6@cortex-m4"),
     "add.exponents": ("graph:max-add-exp@max78000", "graph:max-add@max78000"),
     "pool.stride": ("case:maxpool3@venus", "case:maxpool3@max78000"),
     "linear.features": ("zoo:no_pool@max78000", "zoo:cifar@max78000"),  # 8,192 vs exactly 1,024

@@ -109,6 +109,34 @@ class CaptureContext:
             return True, user, [user]
         return False, node, []
 
+    def fuse_clamp(self, node: fx.Node) -> tuple[tuple[float, float] | None, fx.Node, list[fx.Node]]:
+        """Absorb a ReLU6, Hardtanh or clamp with constant bounds that is `node`'s only user:
+        ((lo, hi) or None, last node, absorbed nodes)."""
+        user = self.sole_user(node)
+        bounds = self.clamp_bounds(user) if user is not None else None
+        return (bounds, user, [user]) if bounds is not None else (None, node, [])
+
+    def clamp_bounds(self, node: fx.Node) -> tuple[float, float] | None:
+        inf = float("inf")
+        mod = self.module(node)
+        if isinstance(mod, nn.ReLU6):
+            return 0.0, 6.0
+        if isinstance(mod, nn.Hardtanh):
+            return float(mod.min_val), float(mod.max_val)
+        if node.op == "call_function" and node.target in (F.relu6,):
+            return 0.0, 6.0
+        if (node.op == "call_function" and node.target in (F.hardtanh, torch.clamp, torch.clip)) or \
+                (node.op == "call_method" and node.target in ("clamp", "clip")):
+            args, kw = list(node.args[1:]), node.kwargs  # read as written: clamp's schemas are ambiguous to fx
+            names, default = (("min_val", "max_val"), (-1.0, 1.0)) if node.target is F.hardtanh else \
+                (("min", "max"), (None, None))
+            lo, hi = (kw.get(n, args[i] if len(args) > i else d)
+                      for i, (n, d) in enumerate(zip(names, default, strict=True)))
+            if not all(v is None or isinstance(v, int | float) for v in (lo, hi)):
+                return None  # tensor bounds: not a constant clamp
+            return (-inf if lo is None else float(lo)), (inf if hi is None else float(hi))
+        return None
+
     def is_graph_output(self, node: fx.Node) -> bool:
         return node in self.output_nodes
 

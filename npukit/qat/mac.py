@@ -22,7 +22,7 @@ class QMac(ObservedQModule):
     """QAT conv/linear: float parameters, exact integer forward."""
 
     def __init__(self, profile, weight, bias, *, w_bits, relu, wide, conv: dict | None, has_bias: bool = True,
-                 absolute: bool = False):
+                 absolute: bool = False, clamp: tuple[float, float] | None = None):
         super().__init__(profile)
         self.weight = nn.Parameter(weight.detach().clone().float())
         if has_bias:
@@ -30,6 +30,7 @@ class QMac(ObservedQModule):
         else:  # a layer without bias stays without: zeros that training leaves alone (chips may lack bias memory)
             self.register_buffer("bias", torch.zeros_like(bias, dtype=torch.float32))
         self.w_bits, self.relu, self.wide, self.conv, self.absolute = w_bits, relu, wide, conv, absolute
+        self.clamp = clamp  # real (lo, hi) of a fused ReLU6 / Hardtanh / clamp
         self.op = "conv" if conv else "linear"
 
     @property
@@ -59,7 +60,7 @@ class QMac(ObservedQModule):
     def _attrs(self, e_acc: int, b_exp: int, e_out: int) -> dict:
         return self.scheme.mac_attrs(e_acc=e_acc, b_exp=b_exp, e_out=e_out, out_bits=self.act_bits, relu=self.relu,
                                      wide=self.wide, acc_bits=self.acc_bits, rounding=self.rounding,
-                                     absolute=self.absolute)
+                                     absolute=self.absolute, clamp=self.clamp)
 
     def forward(self, xs, exps):
         x, e_x = xs[0], int(exps[0])
@@ -78,6 +79,9 @@ class QMac(ObservedQModule):
             return y.to(torch.float64) * 2.0**-w_exp  # float64: an int32 accumulator does not fit float32
         def observed():
             m = y.detach().max().clamp(min=0) if self.relu else y.detach().abs().max()
+            finite = [abs(v) for v in self.clamp or () if math.isfinite(v)]
+            if finite:  # the range the clamp leaves
+                return torch.clamp(m * 2.0**-w_exp, max=max(finite))
             return m * 2.0**-w_exp
 
         e_out = self.scheme.out_exp(e_acc, self.observe(observed, self.act_bits))
@@ -97,7 +101,7 @@ class QMac(ObservedQModule):
         attrs = {"w_bits": self.w_bits, "w_exp": w_exp, "b_exp": b_exp, "relu": self.relu, "wide": self.wide,
                  **self.scheme.mac_attrs(e_acc=e_acc, b_exp=b_exp, e_out=out.exp, out_bits=out.bits, relu=self.relu,
                                          wide=self.wide, acc_bits=self.acc_bits, rounding=self.rounding,
-                                         absolute=self.absolute)}
+                                         absolute=self.absolute, clamp=self.clamp)}
         if self.conv:
             attrs.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.conv.items()})
         params = {"weight": qw.numpy().astype(w_dtype), "bias": qb.numpy().astype(np.int64)}
@@ -122,14 +126,18 @@ def _capture_mac(node, ctx, layer, conv: dict | None):
         absorbed.append(last)
     relu, last, more = ctx.fuse_relu(last)
     absorbed += more
-    absolute = False
+    absolute, clamp = False, None
     if not relu:
         absolute, last, more = ctx.fuse_abs(last)
         absorbed += more
+    if not absolute:  # (after a ReLU too: relu(x).clamp(max=6))
+        clamp, last, more = ctx.fuse_clamp(last)
+        absorbed += more
     # Wide (accumulator) output only for a pure model output: a layer reading it would get 32-bit inputs.
-    wide = ctx.wide_output and not relu and not absolute and ctx.is_graph_output(last) and len(last.users) == 1
+    wide = (ctx.wide_output and not relu and not absolute and clamp is None and ctx.is_graph_output(last)
+            and len(last.users) == 1)
     module = QMac(ctx.profile, w, b, w_bits=ctx.weight_bits, relu=relu, wide=wide, conv=conv,
-                  has_bias=layer.bias is not None or isinstance(bn, _BN), absolute=absolute)
+                  has_bias=layer.bias is not None or isinstance(bn, _BN), absolute=absolute, clamp=clamp)
     return Captured(module, node_name(node), [node.args[0]], last, absorbed)
 
 

@@ -152,8 +152,9 @@ class Rules(_Rules):
         return v
 
     ops: list[str] | None = Field(None, description="IR ops the target runs (default: all)")
-    activations: list[Literal["relu", "abs"]] = Field(["relu", "abs"], description="activations a conv or "
-                                                      "linear layer may end in (fused into its output)")
+    activations: list[Literal["relu", "abs", "clamp"]] = Field(
+        ["relu", "abs", "clamp"], description="activations a conv or linear layer may end in, fused into its "
+        "output (clamp: ReLU6, Hardtanh, torch.clamp)")
     max_layers: int | None = None
     fused_before_mac: list[str] = Field(default_factory=list,
                                         description="ops that share a hardware layer with a conv/linear after them")
