@@ -258,7 +258,7 @@ def check_graph(graph: Graph, profile: TargetProfile, *, plan=None, sources: dic
             problems.append(_p(node, "activation.abs", f"an Abs activation; {profile.name} has "
                                f"{', '.join(rules.activations) or 'no activations'}",
                                "use a ReLU, or compute |x| outside the model"))
-        if "act_min" in node.attrs and not node.attrs.get("wide") and "clamp" not in rules.activations:
+        if node.attrs.get("clamp") and "clamp" not in rules.activations:
             out = graph.tensors[node.outputs[0]]
             if (node.attrs["act_min"], node.attrs["act_max"]) != act_range(out.bits, node.attrs["relu"]):
                 problems.append(_p(node, "activation.clamp", f"a clamp to [{node.attrs['act_min']}, "

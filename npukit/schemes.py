@@ -27,7 +27,7 @@ from .errors import NpukitError
 
 # The attributes a scheme stores in a MAC node (conv, linear); kernels read only these and the params.
 MAC_RQ_ATTRS = {"bias_shift": "int", "out_shift": "int", "act_min": "int", "act_max": "int", "abs": "bool",
-                "acc_bits": "int", "rounding": "str"}
+                "clamp": "bool", "acc_bits": "int", "rounding": "str"}
 
 
 class Scheme:
@@ -62,13 +62,15 @@ class Scheme:
         from . import arith  # lazy: profiles load without numpy
 
         act_lo, act_hi = arith.int_range(out_bits) if wide else arith.act_range(out_bits, relu)
+        natural = (act_lo, act_hi)
         if clamp is not None and not wide:
             lo, hi = clamp
             act_lo = max(act_lo, math.ceil(lo * 2.0**e_out)) if math.isfinite(lo) else act_lo
             act_hi = min(act_hi, math.floor(hi * 2.0**e_out)) if math.isfinite(hi) else act_hi
             act_hi = max(act_hi, act_lo)
         return {"bias_shift": e_acc - b_exp, "out_shift": 0 if wide else e_acc - e_out, "act_min": act_lo,
-                "act_max": act_hi, "abs": bool(absolute and not wide), "acc_bits": acc_bits, "rounding": rounding}
+                "act_max": act_hi, "abs": bool(absolute and not wide), "clamp": (act_lo, act_hi) != natural,
+                "acc_bits": acc_bits, "rounding": rounding}
 
     def mac_problems(self, attrs: dict) -> list[str]:
         """Why these attributes are outside what the chip can compute (empty when fine)."""

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
+import math
 import os
 import zlib
-
-import math
 
 import numpy as np
 import pytest

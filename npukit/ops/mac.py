@@ -77,9 +77,9 @@ def _mac_tensor_problems(node: Node, graph: Graph, scheme) -> list[str]:
                 f"(input {x.name!r} exponent {x.exp} + w_exp {a['w_exp']})"]
     want = scheme.mac_attrs(e_acc=e_acc, b_exp=a["b_exp"], e_out=out.exp, out_bits=out.bits, relu=a["relu"],
                             wide=a["wide"], acc_bits=a["acc_bits"], rounding=a["rounding"], absolute=a["abs"])
-    # a fused clamp (ReLU6, Hardtanh, clamp) may narrow the output range, never widen it
-    narrowed = want["act_min"] <= a["act_min"] <= a["act_max"] <= want["act_max"]
-    bad = [k for k in want if a.get(k) != want[k] and not (k in ("act_min", "act_max") and narrowed)]
+    # a fused clamp (ReLU6, Hardtanh, clamp; its real bounds are not stored) narrows the range, never widens it
+    narrowed = a["clamp"] and want["act_min"] <= a["act_min"] <= a["act_max"] <= want["act_max"]
+    bad = [k for k in want if a.get(k) != want[k] and not (k in ("act_min", "act_max", "clamp") and narrowed)]
     if not bad:
         return []
     have = ", ".join(f"{k} {a.get(k)!r}" for k in bad)
