@@ -25,12 +25,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def save_checkpoint(model: nn.Module, path: str | Path, **extra) -> Path:
     """State dict of the unwrapped model (observer ranges and exponents included), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": "npukit-checkpoint", "state_dict": unwrap(model).state_dict(), **extra}, tmp)
-    tmp.replace(path)
-    return path
+    from .fileio import write_atomic
+
+    blob = {"format": "npukit-checkpoint", "state_dict": unwrap(model).state_dict(), **extra}
+    return write_atomic(path, lambda tmp: torch.save(blob, tmp))
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
@@ -45,13 +43,19 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict:
     if not isinstance(state, dict):
         raise NpukitError(f"{path} holds no state dict")
     state = {_strip(k): v for k, v in state.items()}
-    try:
-        result = unwrap(model).load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        raise NpukitError(f"{path} does not match the model: {e}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise NpukitError(f"{path} does not match the model:\n  missing: {result.missing_keys}\n"
-                          f"  unexpected: {result.unexpected_keys}")
+    # Compare everything first: a mismatch must leave the model untouched, and name every difference.
+    own = unwrap(model).state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}" for k in own
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        lines = ([f"  missing from the checkpoint: {', '.join(missing)}"] if missing else []) + \
+                ([f"  not in the model: {', '.join(unexpected)}"] if unexpected else []) + \
+                [f"  shape differs: {s}" for s in shapes]
+        raise NpukitError(f"{path} does not match the model ({len(missing) + len(unexpected) + len(shapes)} "
+                          "difference(s)); nothing was loaded:\n" + "\n".join(lines))
+    unwrap(model).load_state_dict(state, strict=True)
     return {k: v for k, v in blob.items() if k != "state_dict"} if "state_dict" in blob else {}
 
 

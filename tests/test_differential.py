@@ -217,3 +217,19 @@ def test_conv_past_the_float32_limit_stays_exact(cin, k, bits):
     with torch.no_grad():
         qat_int = qmodel.eval()(x).to(torch.float64).numpy() * 2.0 ** graph.output_spec().exp
     np.testing.assert_array_equal(qat_int, npukit.run(graph, graph.quantize_input(x.numpy()))[0])
+
+
+def test_mismatched_checkpoint_loads_nothing_and_names_every_difference(tmp_path):
+    torch.manual_seed(0)
+    small = nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14, 3))
+    big = nn.Sequential(nn.Conv1d(1, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 14, 3), nn.Linear(3, 2))
+    x = torch.randn(4, 1, 16)
+    q_small = npukit.prepare(small, x, rules="off")
+    q_big = npukit.prepare(big, x, rules="off")
+    npukit.save_checkpoint(q_small, tmp_path / "small.pt")
+    before = {k: v.clone() for k, v in q_big.state_dict().items()}
+    with pytest.raises(npukit.NpukitError) as ei:
+        npukit.load_checkpoint(q_big, tmp_path / "small.pt")
+    msg = str(ei.value)
+    assert "nothing was loaded" in msg and msg.count("shape differs") >= 3 and "missing from the checkpoint" in msg
+    assert all(torch.equal(before[k], v) for k, v in q_big.state_dict().items())  # untouched
