@@ -785,7 +785,7 @@ class _Importer:
         k, s = e[f"{kind}_pool"], e.get("pool_stride", 1)
         k = [int(v) for v in (k if isinstance(k, list) else [k] * nd)]
         s = [int(v) for v in (s if isinstance(s, list) else [s] * nd)]
-        attrs = {"ndim": nd, "kernel": k, "stride": s}
+        attrs = {"ndim": nd, "kernel": k, "stride": s, "padding": [0] * nd}  # the chip never pads pooling
         node = Node(name, f"{kind}pool", [t], [name], attrs)
         return self._add(name, node.op, [t], get_op(node.op).infer_shapes(node, [shape])[0], attrs)
 

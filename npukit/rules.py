@@ -164,6 +164,9 @@ def pool_rules(node: Node, graph: Graph, profile: TargetProfile) -> list[Problem
     if r.kernel_at_least_stride and any(k < s for k, s in zip(a["kernel"], a["stride"], strict=True)):
         out.append(_p(node, "pool.stride", f"stride {_fmt(a['stride'])} exceeds kernel {_fmt(a['kernel'])}",
                       "use a stride no larger than the pooling window"))
+    if r.padding is not None and any(not r.padding.allows(v) for v in a["padding"]):
+        out.append(_p(node, "pool.padding", f"pooling padding {_fmt(a['padding'])}; {profile.name} allows "
+                      f"{r.padding}", "pad with the conv before it instead (its padding), and pool unpadded"))
     return out
 
 

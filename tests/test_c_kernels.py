@@ -80,7 +80,8 @@ ConvParams = _struct("ConvParams", [(f, "i32") for f in (
 LinearParams = _struct("LinearParams", [
     ("in_features", "i32"), ("out_features", "i32"), ("w_bits", "i32"), ("rq", RequantParams), ("out_bytes", "i32")])
 PoolParams = _struct("PoolParams", [(f, "i32") for f in (
-    "c", "in_h", "in_w", "out_h", "out_w", "k_h", "k_w", "stride_h", "stride_w")] + [("rounding", "enum")])
+    "c", "in_h", "in_w", "out_h", "out_w", "k_h", "k_w", "stride_h", "stride_w")] + [("rounding", "enum"),
+                                                                                  ("pad_h", "i32"), ("pad_w", "i32")])
 
 # Harness record kinds (one blob list per call; the last blob is the output buffer, sent with its
 # initial contents and read back after the call).
@@ -461,10 +462,11 @@ def _call(node: Node, graph: Graph, inputs: list[np.ndarray]) -> tuple[int, list
     x = inputs[0]
     empty = bytes(math.prod(out.shape))
     if node.op in ("maxpool", "avgpool"):
-        (ih, iw), (oh, ow), (kh, kw), (sh, sw) = (
-            (1, *v) if a["ndim"] == 1 else tuple(v) for v in (x.shape[1:], out.shape[1:], a["kernel"], a["stride"]))
+        (ih, iw), (oh, ow), (kh, kw), (sh, sw), (ph, pw) = (
+            ((0 if v is a["padding"] else 1), *v) if a["ndim"] == 1 else tuple(v)
+            for v in (x.shape[1:], out.shape[1:], a["kernel"], a["stride"], a["padding"]))
         p = PoolParams(c=x.shape[0], in_h=ih, in_w=iw, out_h=oh, out_w=ow, k_h=kh, k_w=kw, stride_h=sh, stride_w=sw,
-                       rounding=MODES[g.target["pool_rounding"]])
+                       rounding=MODES[g.target["pool_rounding"]], pad_h=ph, pad_w=pw)
         return MAXPOOL if node.op == "maxpool" else AVGPOOL, [bytes(p), x.tobytes(), empty], out.dtype, out.shape
     if node.op == "global_avgpool":
         meta = _i32(x.shape[0], math.prod(x.shape[1:]), MODES[g.target["pool_rounding"]])
@@ -568,8 +570,9 @@ def _pool_case(src: _Src, op: str):
     ndim = src.pick([1, 2])
     ks = [src.int(1, 4) for _ in range(ndim)]
     strides = [src.int(1, 4) for _ in range(ndim)]
+    pads = [src.pick([0, 0, k // 2]) for k in ks]  # at most half the window, as torch allows
     x = src.array((src.int(1, 4), *(src.int(k, k + 12) for k in ks)), -128, 127).astype(np.int8)
-    node = Node("p", op, ["x"], ["y"], {"ndim": ndim, "kernel": ks, "stride": strides})
+    node = Node("p", op, ["x"], ["y"], {"ndim": ndim, "kernel": ks, "stride": strides, "padding": pads})
     shape = get_op(op).infer_shapes(node, [x.shape])[0]
     e = src.int(-2, 6)
     return node, _graph(node, [TensorSpec("x", x.shape, 8, e), TensorSpec("y", shape, 8, e)], _target(src)), [x]

@@ -85,8 +85,8 @@ class CaptureFailures(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv1d(2, 4, 3, padding_mode="reflect", padding=1)
-        self.pool = nn.MaxPool1d(2, padding=1)
-        self.fc = nn.Linear(9, 3)
+        self.pool = nn.MaxPool1d(2, ceil_mode=True)
+        self.fc = nn.Linear(8, 3)
 
     def forward(self, x):
         x = self.conv(x)  # <pmode>
@@ -100,7 +100,7 @@ def test_capture_failures_reported_together():
     rules = {p.where: p for p in problems}
     assert set(rules) == {"conv", "pool", "exp", "fc"}, problems
     assert rules["conv"].rule == "conv-unsupported" and "padding_mode" in rules["conv"].message
-    assert rules["pool"].rule == "maxpool-unsupported" and "padding" in rules["pool"].message
+    assert rules["pool"].rule == "maxpool-unsupported" and "ceil_mode" in rules["pool"].message
     assert rules["exp"].rule == "unsupported-op"
     assert rules["fc"].rule == "linear-unsupported" and "flatten" in rules["fc"].fix
     for where, marker in (("conv", "pmode"), ("pool", "pool"), ("exp", "exp"), ("fc", "fc3d")):

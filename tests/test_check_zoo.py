@@ -175,10 +175,15 @@ CASES: dict[str, Case] = {
     "deep@venus-8-layers": Case(*_zoo("deep"), _venus_with(rules={"max_layers": 8}), frozenset({"layers"})),
     # A profile with no memory: nothing can be said to fit -> memory-unknown, a warning (ok stays True).
     "cifar@venus-no-memory": Case(*_zoo("cifar"), _venus_with(memory=[]), warnings=frozenset({"memory-unknown"})),
-    # Capture problems of a supported op in an unsupported configuration: padded max pooling (the ResNet
-    # stem's MaxPool2d(3, 2, padding=1)); the graph cannot be completed, so only that problem is reported.
+    # Capture problems of a supported op in an unsupported configuration: max pooling with ceil_mode; the
+    # graph cannot be completed, so only that problem is reported.
+    "ceil_maxpool@venus": Case(lambda: Body(conv_bn_relu(3, 8), nn.MaxPool2d(3, 2, ceil_mode=True),
+                                            fc=(8 * 4 * 4, 10)), (3, 8, 8), "venus", frozenset({"maxpool-unsupported"})),
+    # The ResNet stem's MaxPool2d(3, 2, padding=1): venus pools with padding 0..3; MAX7800x never pad.
     "padded_maxpool@venus": Case(lambda: Body(conv_bn_relu(3, 8), nn.MaxPool2d(3, 2, padding=1), fc=(8 * 4 * 4, 10)),
-                                 (3, 8, 8), "venus", frozenset({"maxpool-unsupported"})),
+                                 (3, 8, 8), "venus"),
+    "padded_maxpool@max78000": Case(lambda: Body(conv_bn_relu(3, 8), nn.MaxPool2d(3, 2, padding=1),
+                                                 fc=(8 * 4 * 4, 10)), (3, 8, 8), "max78000", frozenset({"pool.padding"})),
     # padding="same" spelled as a string.
     "conv_same@venus": Case(lambda: Body(nn.Conv2d(3, 8, 4, padding="same"), fc=(8 * 8 * 8, 10)), (3, 8, 8), "venus",
                             frozenset({"conv-unsupported"})),  # an even kernel: 'same' would pad unevenly
@@ -346,7 +351,8 @@ RULE_CASES = {
     "memory-limit": ("zoo:big_activations@max78000", "zoo:big_activations@max78002"),
     "memory-unknown": ("case:cifar@venus-no-memory", "zoo:cifar@venus"),
     "unsupported-op": ("zoo:gelu@venus", "zoo:cifar@venus"),
-    "maxpool-unsupported": ("case:padded_maxpool@venus", "zoo:cifar@venus"),
+    "maxpool-unsupported": ("case:ceil_maxpool@venus", "zoo:cifar@venus"),
+    "pool.padding": ("case:padded_maxpool@max78000", "case:padded_maxpool@venus"),
     "conv-unsupported": ("case:conv_same@venus", "zoo:cifar@venus"),
 }
 

@@ -41,7 +41,7 @@ class RandomNet(nn.Module):
             size = [(n + 2 * b["pad"] - b["dil"] * (b["k"] - 1) - 1) // b["stride"] + 1 for n in size]
             c = cout * (2 if b["side"] == "cat" else 1)
             if b["pool"]:
-                size = [(n - b["pool_k"]) // b["pool_k"] + 1 for n in size]
+                size = [(n + 2 * b["pool_pad"] - b["pool_k"]) // b["pool_k"] + 1 for n in size]
         feat = c if head == "gap" else c * int(np.prod(size))
         self.fc = nn.Linear(feat, classes)
 
@@ -58,7 +58,7 @@ class RandomNet(nn.Module):
             elif b["side"] == "cat":
                 x = torch.cat([x, side(x)], dim=1)
             if b["pool"]:
-                x = pool[(b["pool"], self.ndim)](x, b["pool_k"])
+                x = pool[(b["pool"], self.ndim)](x, b["pool_k"], b["pool_k"], b["pool_pad"])
         x = x.mean(dim=tuple(range(2, 2 + self.ndim))) if self.head == "gap" else torch.flatten(x, 1)
         return self.fc(x)
 
@@ -79,17 +79,19 @@ def nets(draw):
             "side": draw(st.sampled_from([None, None, "add", "cat"])), "pool": draw(st.sampled_from([None, "max", "avg"])),
             "pool_k": draw(st.integers(2, 3)), "wscale": draw(st.integers(-3, 3)),
         }
+        b["pool_pad"] = draw(st.integers(0, b["pool_k"] // 2))  # torch allows up to half the window
         out = [(n + 2 * b["pad"] - b["dil"] * (k - 1) - 1) // b["stride"] + 1 for n in cur]
         if min(out) < 1:
             break
-        if b["pool"] and min(out) < b["pool_k"]:
+        if b["pool"] and min(out) + 2 * b["pool_pad"] < b["pool_k"]:
             b["pool"] = None
-        cur = [(n - b["pool_k"]) // b["pool_k"] + 1 for n in out] if b["pool"] else out
+        cur = [(n + 2 * b["pool_pad"] - b["pool_k"]) // b["pool_k"] + 1 for n in out] if b["pool"] else out
         c = (c * b["mult"] if b["depthwise"] else b["cout"]) * (2 if b["side"] == "cat" else 1)
         blocks.append(b)
     if not blocks:
         blocks.append({"k": 1, "stride": 1, "pad": 0, "dil": 1, "bias": True, "depthwise": False, "mult": 1,
-                       "cout": 2, "bn": False, "relu": True, "side": None, "pool": None, "pool_k": 2, "wscale": 0})
+                       "cout": 2, "bn": False, "relu": True, "side": None, "pool": None, "pool_k": 2, "pool_pad": 0,
+                       "wscale": 0})
     head = draw(st.sampled_from(["gap", "flatten"]))
     return ndim, cin, size, blocks, head
 

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from .. import arith
+from ..errors import NpukitError
 from .base import OpDef
 
 
@@ -27,9 +28,21 @@ def _window_reduce(x: np.ndarray, kernel, stride, combine) -> np.ndarray:
     return result
 
 
-def _pool_shape(in_shape, kernel, stride):
+def _pool_shape(node, in_shape):
+    a = node.attrs
     c, *spatial = in_shape
-    return [(c, *((n - k) // s + 1 for n, k, s in zip(spatial, kernel, stride, strict=True)))]
+    if any(2 * p > k for p, k in zip(a["padding"], a["kernel"], strict=True)):
+        raise NpukitError(f"{node.name}: padding {a['padding']} exceeds half the window {a['kernel']}")
+    return [(c, *((n + 2 * p - k) // s + 1
+                  for n, k, s, p in zip(spatial, a["kernel"], a["stride"], a["padding"], strict=True)))]
+
+
+def _padded(x: np.ndarray, padding, value) -> np.ndarray:
+    """Pad the spatial axes (batch and channels first) with `value`: the smallest integer for max pooling
+    (it never wins: each window keeps an input), 0 for average pooling (torch's count_include_pad)."""
+    if not any(padding):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), *((p, p) for p in padding)), constant_values=value)
 
 
 def _pool_c(node, b, kernel: str) -> list[str]:
@@ -37,14 +50,15 @@ def _pool_c(node, b, kernel: str) -> list[str]:
     (c, *sp_in), (_, *sp_out) = g.tensors[node.inputs[0]].shape, g.tensors[node.outputs[0]].shape
     two = (lambda v: (1, *v)) if a["ndim"] == 1 else (lambda v: tuple(v))  # 1-d runs as height 1
     (ih, iw), (oh, ow), (kh, kw), (sh, sw) = two(sp_in), two(sp_out), two(a["kernel"]), two(a["stride"])
+    ph, pw = (0, *a["padding"]) if a["ndim"] == 1 else a["padding"]
     fields = {"c": c, "in_h": ih, "in_w": iw, "out_h": oh, "out_w": ow, "k_h": kh, "k_w": kw, "stride_h": sh,
-              "stride_w": sw, "rounding": b.rounding(g.target["pool_rounding"])}
+              "stride_w": sw, "rounding": b.rounding(g.target["pool_rounding"]), "pad_h": ph, "pad_w": pw}
     p = b.struct("nk_pool_params", f"{b.ident(node.name)}_p", fields)
     return [f"{kernel}({p}, {b.ptr(node.inputs[0])}, {b.ptr(node.outputs[0])});"]
 
 
-_WINDOW = {"ndim": "int", "kernel": "int list", "stride": "int list"}
-_WINDOW_MIN = {"ndim": 1, "kernel": 1, "stride": 1}
+_WINDOW = {"ndim": "int", "kernel": "int list", "stride": "int list", "padding": "int list"}
+_WINDOW_MIN = {"ndim": 1, "kernel": 1, "stride": 1, "padding": 0}
 
 
 class MaxPool(OpDef):
@@ -54,10 +68,11 @@ class MaxPool(OpDef):
     attr_min = _WINDOW_MIN
 
     def infer_shapes(self, node, in_shapes):
-        return _pool_shape(in_shapes[0], node.attrs["kernel"], node.attrs["stride"])
+        return _pool_shape(node, in_shapes[0])
 
     def run(self, node, inputs, graph):
-        return [_window_reduce(inputs[0], node.attrs["kernel"], node.attrs["stride"], np.maximum)]
+        x = _padded(inputs[0], node.attrs["padding"], np.iinfo(inputs[0].dtype).min)
+        return [_window_reduce(x, node.attrs["kernel"], node.attrs["stride"], np.maximum)]
 
     def rules(self, node, graph, profile):
         from ..rules import pool_rules
@@ -68,7 +83,8 @@ class MaxPool(OpDef):
         return _pool_c(node, b, "nk_maxpool")
 
     def to_onnx(self, node, inputs, b):
-        return b.op("MaxPool", inputs, kernel_shape=node.attrs["kernel"], strides=node.attrs["stride"])
+        return b.op("MaxPool", inputs, kernel_shape=node.attrs["kernel"], strides=node.attrs["stride"],
+                    pads=node.attrs["padding"] * 2)
 
 
 class AvgPool(OpDef):
@@ -78,11 +94,12 @@ class AvgPool(OpDef):
     attr_min = _WINDOW_MIN
 
     def infer_shapes(self, node, in_shapes):
-        return _pool_shape(in_shapes[0], node.attrs["kernel"], node.attrs["stride"])
+        return _pool_shape(node, in_shapes[0])
 
     def run(self, node, inputs, graph):
         k = node.attrs["kernel"]
-        total = _window_reduce(inputs[0].astype(np.int64), k, node.attrs["stride"], np.add)
+        x = _padded(inputs[0].astype(np.int64), node.attrs["padding"], 0)
+        total = _window_reduce(x, k, node.attrs["stride"], np.add)
         q = arith.round_div(total, math.prod(k), graph.target["pool_rounding"])
         return [q.astype(inputs[0].dtype)]
 
@@ -101,7 +118,7 @@ class AvgPool(OpDef):
         ones = np.ones((c, 1, *k), np.float32)  # a depthwise all-ones conv sums each window exactly
         x = b.op("Cast", inputs, to=TensorProto.FLOAT)
         total = b.op("Conv", [x, b.const(ones, np.float32, "ones")], kernel_shape=k, strides=node.attrs["stride"],
-                     group=c)
+                     pads=node.attrs["padding"] * 2, group=c)  # zero padding: torch's count_include_pad
         total = b.op("Cast", [total], to=TensorProto.DOUBLE)
         return b.round_div(total, math.prod(k), b.graph.target["pool_rounding"])
 

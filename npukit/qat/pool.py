@@ -34,18 +34,24 @@ def _window_args(node, ctx, kind: str) -> dict:
     if mod is not None:
         k, s, p = mod.kernel_size, mod.stride, mod.padding
         ceil, dil = mod.ceil_mode, getattr(mod, "dilation", 1)
+        include_pad = getattr(mod, "count_include_pad", True)
     else:
         kw = ctx.kwargs(node)
         k, s, p = kw["kernel_size"], kw.get("stride"), kw.get("padding", 0)
         ceil, dil = kw.get("ceil_mode", False), kw.get("dilation", 1)
+        include_pad = kw.get("count_include_pad", True)
         if kw.get("divisor_override"):
             raise UnsupportedError("avg pooling with divisor_override is not supported", "drop divisor_override")
     k = _tuple(k, ndim)
     s = _tuple(s, ndim) if s not in (None, [], ()) else k
-    if any(_tuple(p, ndim)) or ceil or any(d != 1 for d in _tuple(dil, ndim)):
-        raise UnsupportedError(f"{kind} pooling supports padding=0, dilation=1, ceil_mode=False only",
-                               "pad with the conv before it instead, and size the input so the windows fit")
-    return {"ndim": ndim, "kernel": list(k), "stride": list(s)}
+    p = _tuple(p, ndim)
+    if ceil or any(d != 1 for d in _tuple(dil, ndim)):
+        raise UnsupportedError(f"{kind} pooling supports dilation=1 and ceil_mode=False only",
+                               "size the input so the windows fit (pad with the conv before it)")
+    if kind == "average" and any(p) and not include_pad:
+        raise UnsupportedError("average pooling with padding and count_include_pad=False divides each window by "
+                               "a different count", "use count_include_pad=True (the default)")
+    return {"ndim": ndim, "kernel": list(k), "stride": list(s), "padding": list(p)}
 
 
 class _QPool(QModule):
@@ -64,7 +70,8 @@ class QMaxPool(_QPool):
 
     def forward(self, xs, exps):
         fn = F.max_pool1d if self.attrs["ndim"] == 1 else F.max_pool2d
-        return fn(xs[0], self.attrs["kernel"], self.attrs["stride"])  # max of exact values is exact
+        # max of exact values is exact; torch pads with -inf, which never wins (each window keeps an input)
+        return fn(xs[0], self.attrs["kernel"], self.attrs["stride"], self.attrs["padding"])
 
 
 class QAvgPool(_QPool):
@@ -72,12 +79,13 @@ class QAvgPool(_QPool):
 
     def forward(self, xs, exps):
         x, e = xs[0], int(exps[0])
-        k, s = self.attrs["kernel"], self.attrs["stride"]
+        k, s, p = self.attrs["kernel"], self.attrs["stride"], self.attrs["padding"]
         xi = x.to(torch.float64) * 2.0**e
+        # the window sum (divisor 1) with zero padding, divided below by the whole window: count_include_pad
         if self.attrs["ndim"] == 1:
-            total = F.avg_pool2d(xi.unsqueeze(2), (1, k[0]), (1, s[0]), divisor_override=1).squeeze(2)
+            total = F.avg_pool2d(xi.unsqueeze(2), (1, k[0]), (1, s[0]), (0, p[0]), divisor_override=1).squeeze(2)
         else:
-            total = F.avg_pool2d(xi, k, s, divisor_override=1)
+            total = F.avg_pool2d(xi, k, s, p, divisor_override=1)
         n = math.prod(k)
         q = ste(total / n, arith.round_div(total.detach(), n, self.pool_rounding))
         return (q * 2.0**-e).to(x.dtype)

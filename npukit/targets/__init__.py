@@ -114,6 +114,7 @@ class ConvRules(_Rules):
 class PoolRules(_Rules):
     kernel: Allowed | None = None
     stride: Allowed | None = None
+    padding: Allowed | None = None
     kernel_at_least_stride: bool = False
     global_kernel: Allowed | None = Field(None, description="feature-map sides a global average pool may take "
                                           "(chips that run it as one pooling window)")

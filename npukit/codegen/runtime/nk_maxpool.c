@@ -1,4 +1,5 @@
-/* npukit kernel library: max pooling, no padding, dilation 1 (npukit/ops/pool.py, MaxPool). Exact. */
+/* npukit kernel library: max pooling, dilation 1 (npukit/ops/pool.py, MaxPool). Exact. Padding is never
+ * read: each window holds at least one input (padding <= half the window), and only inputs compete. */
 #include <stddef.h>
 
 #include "npukit_kernels.h"
@@ -8,7 +9,7 @@ void nk_maxpool(const nk_pool_params *p, const int8_t *in, int8_t *out)
     const ptrdiff_t in_hw = (ptrdiff_t)p->in_h * p->in_w;
     int32_t c, oh, ow, kh, kw;
 
-    if (p->k_h == 1 && p->stride_h == 1 && p->k_w == 2 && p->stride_w == 2) {
+    if (p->k_h == 1 && p->stride_h == 1 && p->k_w == 2 && p->stride_w == 2 && p->pad_h == 0 && p->pad_w == 0) {
         /* The common MaxPool(2) over rows: a short fixed loop the compiler vectorises. */
         const ptrdiff_t rows = (ptrdiff_t)p->c * p->out_h;
         ptrdiff_t r;
@@ -24,13 +25,21 @@ void nk_maxpool(const nk_pool_params *p, const int8_t *in, int8_t *out)
     for (c = 0; c < p->c; c++) {
         const int8_t *x = in + c * in_hw;
         for (oh = 0; oh < p->out_h; oh++) {
+            const int32_t h0 = oh * p->stride_h - p->pad_h;
             for (ow = 0; ow < p->out_w; ow++) {
-                const int8_t *win = x + ((ptrdiff_t)oh * p->stride_h * p->in_w + (ptrdiff_t)ow * p->stride_w);
-                int8_t m = win[0];
+                const int32_t w0 = ow * p->stride_w - p->pad_w;
+                int8_t m = INT8_MIN;
                 for (kh = 0; kh < p->k_h; kh++) {
-                    const int8_t *r = win + (ptrdiff_t)kh * p->in_w;
+                    const int32_t h = h0 + kh;
+                    if (h < 0 || h >= p->in_h) {
+                        continue;
+                    }
                     for (kw = 0; kw < p->k_w; kw++) {
-                        m = r[kw] > m ? r[kw] : m;
+                        const int32_t w = w0 + kw;
+                        if (w >= 0 && w < p->in_w) {
+                            const int8_t v = x[(ptrdiff_t)h * p->in_w + w];
+                            m = v > m ? v : m;
+                        }
                     }
                 }
                 *out++ = m;

@@ -111,6 +111,8 @@ typedef struct {
     int32_t c, in_h, in_w, out_h, out_w;
     int32_t k_h, k_w, stride_h, stride_w;
     nk_rounding rounding;      /* average pooling only */
+    int32_t pad_h, pad_w;      /* padding on each side, at most half the window: max pooling skips it,
+                                  average pooling counts it as zeros (torch's count_include_pad) */
 } nk_pool_params;
 
 void nk_maxpool(const nk_pool_params *p, const int8_t *in, int8_t *out);
