@@ -64,3 +64,20 @@ def staged_directory(out: str | Path) -> Iterator[Path]:
             raise NpukitError(f"cannot write into {out}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def read_bytes(path: str | Path, kind: str, limit: int | None = None) -> bytes:
+    """The file's bytes (the first `limit` of them), or one NpukitError: missing, a folder, unreadable, empty."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read() if limit is None else f.read(limit)
+    except FileNotFoundError:
+        raise NpukitError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise NpukitError(f"{path} is a folder, not {kind}") from None
+    except OSError as e:
+        raise NpukitError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not data:
+        raise NpukitError(f"{path} is empty (0 bytes): not {kind}")
+    return data

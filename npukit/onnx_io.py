@@ -179,17 +179,10 @@ def load_onnx(path: str | Path) -> Graph:
     (node by node, initializer by initializer), so an ONNX file edited after export is refused, naming the
     first difference. A foreign ONNX model (no npukit metadata) is refused with what it holds.
     """
+    from .fileio import read_bytes
+
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise NpukitError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise NpukitError(f"{path} is a folder, not an ONNX file") from None
-    except OSError as e:
-        raise NpukitError(f"{path}: cannot read ({e.strerror or e})") from None
-    if not data:
-        raise NpukitError(f"{path} is empty (0 bytes): not an ONNX file")
+    data = read_bytes(path, "an ONNX file")
     try:
         model = onnx.load_from_string(data)
     except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends

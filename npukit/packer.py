@@ -29,18 +29,10 @@ class PackResult:
 def file_kind(path: str | Path) -> str:
     """'modelbin', 'npir' or 'onnx', by the file's first bytes (not its name): a model.bin renamed .dat is
     still one. A file that is none of them raises one NpukitError saying what it looks like."""
+    from .fileio import read_bytes
+
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except FileNotFoundError:
-        raise NpukitError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise NpukitError(f"{path} is a folder, not a model file") from None
-    except OSError as e:
-        raise NpukitError(f"{path}: cannot read ({e.strerror or e})") from None
-    if not head:
-        raise NpukitError(f"{path} is empty (0 bytes): not a model file")
+    head = read_bytes(path, "a model file", limit=4)
     if head == modelbin.MAGIC:
         return "modelbin"
     if head[:2] == b"PK":

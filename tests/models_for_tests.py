@@ -56,3 +56,17 @@ def npukit_error_of(call, what: str) -> str:
     except Exception as e:  # noqa: BLE001
         pytest.fail(f"{what} raised {type(e).__name__}: {e} (expected NpukitError)")
     pytest.fail(f"{what} accepted it")
+
+
+def train_a_little(qmodel, x, steps: int, lr: float = 0.05):
+    """A few SGD steps on a QAT model (weights and exponents move off their initial values); eval mode after."""
+    import torch
+
+    qmodel.train()
+    opt = torch.optim.SGD(qmodel.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = qmodel(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return qmodel.eval()

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from models_for_tests import train_a_little
 
 import npukit
 
@@ -306,15 +307,8 @@ def test_relu6_hardtanh_clamp_fuse_as_saturation():
     bounds are on it); trained a little, the QAT model and the engine stay bit-exact."""
     torch.manual_seed(0)
     x = torch.randn(16, 3, 6, 6) * 2
-    qmodel = npukit.prepare(_Clamps(), x, target="cortex-m4")
-    qmodel.train()
-    opt = torch.optim.SGD(qmodel.parameters(), lr=0.05)
-    for _ in range(3):
-        loss = qmodel(x).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    graph = npukit.to_ir(qmodel.eval())
+    qmodel = train_a_little(npukit.prepare(_Clamps(), x, target="cortex-m4"), x, 3)
+    graph = npukit.to_ir(qmodel)
     convs = {n.name: n for n in graph.nodes if n.op == "conv"}
     for name, (lo, hi) in {"a": (0.0, 6.0), "b": (-0.5, 0.75), "c": (0.0, 2.0)}.items():
         e = graph.tensors[name].exp

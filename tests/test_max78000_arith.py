@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from max78000_reference import hw_layer, pool_map, round_shift
+from models_for_tests import train_a_little
 
 import npukit
 from npukit.ir import Graph
@@ -186,15 +187,7 @@ def prepared(model, x, *, seed=0, train_steps=0, **kw) -> Graph:
     """prepare for max78000 (rules off), optionally a few SGD steps, then the IR."""
     torch.manual_seed(seed)
     qmodel = npukit.prepare(model, x, target="max78000", rules="off", **kw)
-    if train_steps:
-        qmodel.train()
-        opt = torch.optim.SGD(qmodel.parameters(), lr=0.05)
-        for _ in range(train_steps):
-            loss = qmodel(x).square().mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return npukit.to_ir(qmodel.eval())
+    return npukit.to_ir(train_a_little(qmodel, x, train_steps))
 
 
 def run_case(model, shape, *, seed, in_scale=1.0, in_offset=0.0, n=3, train_steps=0, **kw):

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 import yaml
+from models_for_tests import train_a_little
 from zoo import BY_NAME
 
 import npukit
@@ -66,15 +67,7 @@ def _graph(name: str):
     torch.manual_seed(0)
     x = torch.randn(32, *shape)
     q = npukit.prepare(build(), x, target="max78000", weight_bits=bits)
-    q.train()
-    opt = torch.optim.SGD(q.parameters(), lr=0.01)
-    for _ in range(2):  # move the weights and exponents off their initial values
-        loss = q(x).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    q.eval()
-    g = npukit.to_ir(q)
+    g = npukit.to_ir(train_a_little(q, x, 2, lr=0.01))  # weights and exponents off their initial values
     return g, g.quantize_input(x[:1].numpy())
 
 
