@@ -103,6 +103,8 @@ def codegen(
     model: Path = typer.Argument(..., help="a model.bin"),
     out: Path = typer.Option(Path("npukit-c"), "-o", "--output", "--out", help="folder for the C project"),
     input_path: Path | None = typer.Option(None, "--input", help=".npy integer sample for the known-answer test"),
+    prefix: str = typer.Option("npukit", help="the model's C names: <prefix>_run, <PREFIX>_INPUT_SIZE (two models "
+                               "link into one image when their prefixes differ)"),
 ) -> None:
     """Write a portable C99 project (model, kernels, known-answer test, Makefile, CMakeLists.txt)."""
 
@@ -118,7 +120,7 @@ def codegen(
             raise NpukitError(f"codegen reads a model.bin, and {model} is an IR or ONNX file\n"
                               f"    fix: npukit pack {model} -o model.bin, then npukit codegen model.bin")
         try:
-            generate(model, out, kat_input=x)
+            generate(model, out, kat_input=x, prefix=prefix)
         except OSError as e:
             raise NpukitError(f"cannot write the C project into {out}: {e.strerror or e}") from None
     except NpukitError as e:

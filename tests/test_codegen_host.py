@@ -110,3 +110,51 @@ def test_cmake_builds_and_ctest_passes(demo, tmp_path):
     assert bld.returncode == 0, bld.stdout + bld.stderr
     test = subprocess.run(["ctest", "--output-on-failure"], cwd=build, capture_output=True, text=True)
     assert test.returncode == 0 and "100% tests passed" in test.stdout, test.stdout + test.stderr
+
+
+TWO_MODELS_MAIN = r"""
+#include <stdio.h>
+#include "kws/model.h"
+#include "tiny/model.h"
+
+int main(void)
+{
+    int8_t a[KWS_INPUT_SIZE], b[TINY_INPUT_SIZE];
+    kws_output_t ya[KWS_OUTPUT_SIZE];
+    tiny_output_t yb[TINY_OUTPUT_SIZE];
+    int i;
+    if (fread(a, 1, sizeof a, stdin) != sizeof a || fread(b, 1, sizeof b, stdin) != sizeof b) {
+        return 2;
+    }
+    kws_run(a, ya);
+    tiny_run(b, yb);
+    for (i = 0; i < KWS_OUTPUT_SIZE; i++) printf("%ld\n", (long)ya[i]);
+    for (i = 0; i < TINY_OUTPUT_SIZE; i++) printf("%ld\n", (long)yb[i]);
+    return 0;
+}
+"""
+
+
+def test_two_prefixed_models_link_into_one_program(demo, tmp_path):
+    """--prefix gives each model its own names: both link into one image (one set of kernels) and each
+    computes its engine's integers."""
+    graph, q, _ = demo
+    torch.manual_seed(1)
+    x2 = torch.randn(16, 2, 6, 6)
+    g2 = npukit.to_ir(npukit.prepare(torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.ReLU(),
+                                                         torch.nn.Flatten(), torch.nn.Linear(3 * 16, 4)), x2))
+    q2 = g2.quantize_input(x2.numpy())
+    codegen.generate(_packed(graph), tmp_path / "kws", kat_input=q[:1], prefix="kws")
+    codegen.generate(_packed(g2), tmp_path / "tiny", kat_input=q2[:1], prefix="tiny")
+    (tmp_path / "main.c").write_text(TWO_MODELS_MAIN)
+    kernels = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "kws").glob("nk_*.c"))
+    cmd = [host.find_cc(), *host.STRICT, "-O2", "-Ikws", "-o", "both", "main.c", "kws/model.c", "tiny/model.c",
+           *kernels]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    out = subprocess.run([str(tmp_path / "both")], input=q[:1].tobytes() + q2[:1].tobytes(), capture_output=True)
+    got = [int(v) for v in out.stdout.split()]
+    want = [*npukit.run(graph, q[:1])[0].ravel(), *npukit.run(g2, q2[:1])[0].ravel()]
+    assert got == [int(v) for v in want]
+    with pytest.raises(npukit.NpukitError, match="prefix"):
+        codegen.generate(_packed(g2), tmp_path / "bad", prefix="Not-C")

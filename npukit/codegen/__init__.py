@@ -10,6 +10,7 @@ call (`OpDef.to_c`), with every parameter computed here, offline.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,8 +85,11 @@ def _ctype(bits: int) -> str:
     raise NpukitError(f"codegen supports 8-bit or 17..32-bit (wide) outputs, not {bits}-bit")
 
 
-def generate(model, out_dir: str | Path, *, kat_input: np.ndarray | None = None) -> Path:
+def generate(model, out_dir: str | Path, *, kat_input: np.ndarray | None = None, prefix: str = "npukit") -> Path:
     """Write the C project for `model` (a model.bin path or a `modelbin.PackedModel`) into `out_dir`.
+
+    `prefix` names the model's symbols and macros (`<prefix>_run`, `<PREFIX>_INPUT_SIZE`, ...), so that
+    several generated models link into one image (their kernel files are the same: compile one set).
 
     `kat_input` is one integer input sample (or a batch: its first sample is used); the expected output
     comes from the reference engine. Without it, the input is all zeros.
@@ -116,6 +120,8 @@ def generate(model, out_dir: str | Path, *, kat_input: np.ndarray | None = None)
                           f"{tuple(inp.shape)} (one sample, or a batch of them)")
     kat_input = kat_input.reshape(-1, *inp.shape)[:1]
     expected = engine.run(g, kat_input)[0]  # checks the integers' type and range too, before anything is written
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", prefix) or prefix.startswith("nk_"):
+        raise NpukitError(f"prefix {prefix!r}: use a lowercase C identifier (letters, digits, _), not starting with nk_")
     files = {
         "model.h": _model_h(g, n_in, n_out, out_t, packed.arena_bytes),
         "model.c": _model_c(g, b, body, n_in, n_out, out_t, packed.arena_bytes),
@@ -124,6 +130,9 @@ def generate(model, out_dir: str | Path, *, kat_input: np.ndarray | None = None)
         "Makefile": _MAKEFILE,
         "CMakeLists.txt": _CMAKE,
     }
+    if prefix != "npukit":  # the model's own names; the kernels' (nk_*, npukit_kernels.h) stay shared
+        for name in ("model.h", "model.c", "main.c", "run_file.c"):
+            files[name] = _with_prefix(files[name], prefix)
     from ..fileio import staged_directory
     from .cortex_m import write_cortex_m
 
@@ -135,6 +144,11 @@ def generate(model, out_dir: str | Path, *, kat_input: np.ndarray | None = None)
             (stage / name).write_text(text)
         write_cortex_m(stage)  # cortex-m/: startup, linker script and Makefile for QEMU's mps2-an386
     return out_dir
+
+
+def _with_prefix(text: str, prefix: str) -> str:
+    text = re.sub(r"\bnpukit_(run|output_t|arena)\b", rf"{prefix}_\1", text)
+    return re.sub(r"\bNPUKIT_(?!KERNELS_H)", f"{prefix.upper()}_", text)
 
 
 def _model_h(g: Graph, n_in: int, n_out: int, out_t: str, arena: int) -> str:
