@@ -158,3 +158,34 @@ def test_two_prefixed_models_link_into_one_program(demo, tmp_path):
     assert got == [int(v) for v in want]
     with pytest.raises(npukit.NpukitError, match="prefix"):
         codegen.generate(_packed(g2), tmp_path / "bad", prefix="Not-C")
+
+
+QUANTIZE_MAIN = r"""
+#include <stdio.h>
+#include "model.h"
+
+int main(void)
+{
+    double x;
+    while (scanf("%lf", &x) == 1) {
+        printf("%d\n", (int)npukit_quantize(x));
+    }
+    printf("%d\n", npukit_run(NULL, NULL));
+    return 0;
+}
+"""
+
+
+def test_quantize_helper_is_the_contracts(demo):
+    """model.h's npukit_quantize gives graph.quantize_input's integers (ties, saturation, negatives)."""
+    graph, _, project = demo
+    e = graph.input_spec().exp
+    xs = np.concatenate([np.arange(-300, 300) / 2.0 ** (e + 1),  # every half step: the ties
+                         np.random.default_rng(0).normal(0, 200 * 2.0**-e, 500), [1e9, -1e9]])
+    (project / "q.c").write_text(QUANTIZE_MAIN)
+    cmd = [host.find_cc(), *host.STRICT, "-O2", "-o", "q", "q.c", "model.c", *sorted(p.name for p in project.glob("nk_*.c"))]
+    assert subprocess.run(cmd, cwd=project, capture_output=True).returncode == 0
+    out = subprocess.run([str(project / "q")], input="\n".join(repr(float(v)) for v in xs), capture_output=True,
+                         text=True).stdout.split()
+    assert [int(v) for v in out[:-1]] == graph.quantize_input(xs.reshape(-1, 1)).ravel().tolist()
+    assert out[-1] == "-1"  # NULL pointers: an error code, not 0

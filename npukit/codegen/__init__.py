@@ -53,17 +53,18 @@ class CBuilder:
         if key == "bias":
             if np.abs(w).max(initial=0) >= 2**31:
                 raise NpukitError(f"{node.name}: bias does not fit int32")
-            self.consts.append(f"static const int32_t {name}[{w.size}] = {{{_list(w.ravel())}}};")
+            self.consts.append(f"static const int32_t {name}[{w.size}] NPUKIT_WEIGHTS_SECTION = {{{_list(w.ravel())}}};")
             return name
         bits = node.attrs["w_bits"]
         if bits in (8, 16):
             ctype = "int8_t" if bits == 8 else "int16_t"
-            self.consts.append(f"static const {ctype} {name}[{w.size}] = {{{_list(w.ravel())}}};")
+            self.consts.append(f"static const {ctype} {name}[{w.size}] NPUKIT_WEIGHTS_SECTION = {{{_list(w.ravel())}}};")
         else:
             from ..modelbin import encode_values  # the same bytes model.bin stores
 
             packed = np.frombuffer(encode_values(w, bits), np.uint8)
-            self.consts.append(f"static const uint8_t {name}[{packed.size}] = {{{_list(packed)}}};  /* {bits}-bit */")
+            self.consts.append(f"static const uint8_t {name}[{packed.size}] NPUKIT_WEIGHTS_SECTION = {{{_list(packed)}}};"
+                               f"  /* {bits}-bit */")
         return name
 
     def struct(self, ctype: str, name: str, fields: dict) -> str:
@@ -147,7 +148,7 @@ def generate(model, out_dir: str | Path, *, kat_input: np.ndarray | None = None,
 
 
 def _with_prefix(text: str, prefix: str) -> str:
-    text = re.sub(r"\bnpukit_(run|output_t|arena)\b", rf"{prefix}_\1", text)
+    text = re.sub(r"\bnpukit_(run|output_t|arena|quantize|dequantize)\b", rf"{prefix}_\1", text)
     return re.sub(r"\bNPUKIT_(?!KERNELS_H)", f"{prefix.upper()}_", text)
 
 
@@ -159,15 +160,51 @@ def _model_h(g: Graph, n_in: int, n_out: int, out_t: str, arena: int) -> str:
 
 #include <stdint.h>
 
-#define NPUKIT_INPUT_SIZE {n_in}     /* int8, shape {tuple(inp.shape)}, real = q * 2^-{inp.exp} */
-#define NPUKIT_OUTPUT_SIZE {n_out}   /* {out_t}, shape {tuple(out.shape)}, real = q * 2^-{out.exp} */
+/* Input: int8, shape {tuple(inp.shape)}, channel first and C-contiguous (C x H x W; 1-d data C x L),
+ * real = q * 2^-{inp.exp}. Output: {out_t}, shape {tuple(out.shape)}, the same layout, real = q * 2^-{out.exp}. */
+#define NPUKIT_INPUT_SIZE {n_in}
+#define NPUKIT_OUTPUT_SIZE {n_out}
 #define NPUKIT_INPUT_EXP {inp.exp}
 #define NPUKIT_OUTPUT_EXP {out.exp}
 #define NPUKIT_ARENA_BYTES {arena}
 typedef {out_t} npukit_output_t;
 
-/* Runs one sample. Uses one static arena of NPUKIT_ARENA_BYTES; not reentrant. Returns 0. */
+/* Placement: define these (e.g. to __attribute__((section(".sram2")))) before compiling model.c to put the
+ * arena or the weights in a memory section of your linker script. */
+#ifndef NPUKIT_ARENA_SECTION
+#define NPUKIT_ARENA_SECTION
+#endif
+#ifndef NPUKIT_WEIGHTS_SECTION
+#define NPUKIT_WEIGHTS_SECTION
+#endif
+
+/* Runs one sample. Uses one static arena of NPUKIT_ARENA_BYTES; not reentrant.
+ * Returns 0, or -1 when input or output is NULL. */
 int npukit_run(const int8_t *input, npukit_output_t *output);
+
+/* For float callers (the model itself computes no floating point): the input quantization of the arithmetic
+ * contract (x * 2^NPUKIT_INPUT_EXP rounded half up, saturated to int8), exact in double as npukit's own. */
+static inline int8_t npukit_quantize(double x)
+{{
+    const double v = x * {2.0 ** inp.exp!r};
+    double f;
+    if (!(v > -129.0)) {{
+        return -128; /* also NaN: the caller's data should not hold any */
+    }}
+    if (v > 128.0) {{
+        return 127;
+    }}
+    f = (double)(long)v; /* truncation, then floor: */
+    f -= (f > v);
+    f += (v - f >= 0.5); /* round half up, exactly */
+    return (int8_t)(f < -128.0 ? -128 : (f > 127.0 ? 127 : f));
+}}
+
+/* Output integers to real values: q * 2^-NPUKIT_OUTPUT_EXP. */
+static inline double npukit_dequantize(npukit_output_t q)
+{{
+    return (double)q * {2.0 ** -out.exp!r};
+}}
 
 #endif
 """
@@ -185,12 +222,15 @@ def _model_c(g: Graph, b: CBuilder, body: list[str], n_in: int, n_out: int, out_
 static union {{
     int64_t align;
     int8_t bytes[{max(arena, 1)}];
-}} npukit_arena;
+}} npukit_arena NPUKIT_ARENA_SECTION;
 
 {consts}
 
 int npukit_run(const int8_t *input, npukit_output_t *output)
 {{
+    if (input == NULL || output == NULL) {{
+        return -1;
+    }}
     memcpy({b.ptr(g.inputs[0])}, input, {n_in});
 {chr(10).join(body)}
     memcpy(output, {b.ptr(g.outputs[0], out_t)}, {n_out} * sizeof(npukit_output_t));
