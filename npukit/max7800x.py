@@ -36,6 +36,7 @@ import numpy as np
 
 from .errors import NpukitError, Problem, ProblemsError
 from .ir import Graph, Node
+from .schemes import Max78000
 from .targets import TargetProfile
 
 MAX_PER_PASS = 64
@@ -407,8 +408,9 @@ def _pool_entry(pool: Node, graph: Graph) -> dict:
 
 
 def vendor_shift(node: Node) -> int:
-    """The description's and checkpoint's `output_shift`: s - (8 - q), with s = 7 - out_shift."""
-    return (7 - node.attrs["out_shift"]) - (8 - node.attrs["w_bits"])
+    """The description's and checkpoint's `output_shift`: s - (8 - q), with s = 7 - out_shift (the scheme's
+    bias shift: the chip divides by 128)."""
+    return (Max78000.BIAS_SHIFT - node.attrs["out_shift"]) - (8 - node.attrs["w_bits"])
 
 
 def network_description(graph: Graph, layers: list[HwLayer], placements: list[Placement], *, arch: str,
@@ -760,8 +762,9 @@ class _Importer:
         w_exp = self.EXP - s  # e_y = e_x + e_w + s - 7 = 7
         e_acc = self.EXP + w_exp
         out_bits, e_out = (self.profile.accumulator_bits, e_acc) if wide else (self.profile.activation_bits, self.EXP)
-        attrs = {"w_bits": q, "w_exp": w_exp, "b_exp": e_acc - 7, "relu": relu, "wide": wide,
-                 **self.scheme.mac_attrs(e_acc=e_acc, b_exp=e_acc - 7, e_out=e_out, out_bits=out_bits, relu=relu,
+        b_exp = self.scheme.bias_exp(8, e_acc, 0.0)  # b * 128: the scheme's bias exponent
+        attrs = {"w_bits": q, "w_exp": w_exp, "b_exp": b_exp, "relu": relu, "wide": wide,
+                 **self.scheme.mac_attrs(e_acc=e_acc, b_exp=b_exp, e_out=e_out, out_bits=out_bits, relu=relu,
                                          wide=wide, acc_bits=self.profile.accumulator_bits,
                                          rounding=self.profile.rounding, absolute=absolute)}
         wi = w.astype(np.int8)

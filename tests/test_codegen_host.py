@@ -3,6 +3,7 @@ equal to the engine's on real and random models."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 
@@ -176,9 +177,13 @@ int main(void)
 """
 
 
-def test_quantize_helper_is_the_contracts(demo):
-    """model.h's npukit_quantize gives graph.quantize_input's integers (ties, saturation, negatives)."""
-    graph, _, project = demo
+@pytest.mark.parametrize("mode", ["half_up", "half_even", "floor", "trunc"])
+def test_quantize_helper_is_the_contracts(demo, tmp_path, mode):
+    """model.h's npukit_quantize gives graph.quantize_input's integers (ties, saturation, negatives), in the
+    target's rounding mode."""
+    graph, q, _ = demo
+    graph = dataclasses.replace(graph, target={**graph.target, "rounding": mode})
+    project = codegen.generate(_packed(graph), tmp_path / "c", kat_input=q[:1])
     e = graph.input_spec().exp
     xs = np.concatenate([np.arange(-300, 300) / 2.0 ** (e + 1),  # every half step: the ties
                          np.random.default_rng(0).normal(0, 200 * 2.0**-e, 500), [1e9, -1e9]])

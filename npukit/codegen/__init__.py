@@ -147,6 +147,15 @@ def generate(model, out_dir: str | Path, *, kat_input: np.ndarray | None = None,
     return out_dir
 
 
+# The contract's rounding modes (arith.round_real) on f = floor(v), exact in double: the helper's last step.
+_ROUND_C = {
+    "half_up": "    f += (v - f >= 0.5);",
+    "half_even": "    f += (v - f > 0.5 || (v - f == 0.5 && (long)f % 2 != 0));",
+    "floor": "    /* floor: f as it is */",
+    "trunc": "    f += (v < 0.0 && v != f);",
+}
+
+
 def _with_prefix(text: str, prefix: str) -> str:
     text = re.sub(r"\bnpukit_(run|output_t|arena|quantize|dequantize)\b", rf"{prefix}_\1", text)
     return re.sub(r"\bNPUKIT_(?!KERNELS_H)", f"{prefix.upper()}_", text)
@@ -183,7 +192,7 @@ typedef {out_t} npukit_output_t;
 int npukit_run(const int8_t *input, npukit_output_t *output);
 
 /* For float callers (the model itself computes no floating point): the input quantization of the arithmetic
- * contract (x * 2^NPUKIT_INPUT_EXP rounded half up, saturated to int8), exact in double as npukit's own. */
+ * contract (x * 2^NPUKIT_INPUT_EXP rounded {g.rounding.replace("_", " ")}, saturated to int8), exact in double. */
 static inline int8_t npukit_quantize(double x)
 {{
     const double v = x * {2.0 ** inp.exp!r};
@@ -196,7 +205,7 @@ static inline int8_t npukit_quantize(double x)
     }}
     f = (double)(long)v; /* truncation, then floor: */
     f -= (f > v);
-    f += (v - f >= 0.5); /* round half up, exactly */
+{_ROUND_C[g.rounding]}
     return (int8_t)(f < -128.0 ? -128 : (f > 127.0 ? 127 : f));
 }}
 
