@@ -319,7 +319,7 @@ def _layer_count(graph: Graph, profile: TargetProfile) -> list[Problem]:
     limit = profile.rules.max_layers
     if limit is None:
         return []
-    layers = hardware_layers(graph, profile)
+    layers = layer_nodes(graph, profile)
     if len(layers) <= limit:
         return []
     return [Problem(layers[limit].name, "layers", f"{len(layers)} hardware layers; {profile.name} runs at most "
@@ -327,7 +327,7 @@ def _layer_count(graph: Graph, profile: TargetProfile) -> list[Problem]:
                     "merge or remove layers (fewer, wider layers; pooling fused before a conv counts with it)")]
 
 
-def hardware_layers(graph: Graph, profile: TargetProfile) -> list[Node]:
+def layer_nodes(graph: Graph, profile: TargetProfile) -> list[Node]:
     """The nodes that take a hardware layer of their own: views never do, and an op listed in
     `fused_before_mac` shares the layer of the conv/linear that is its only reader."""
     from .ops import get_op
