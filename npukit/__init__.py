@@ -32,13 +32,17 @@ _EXPORTS = {
 }
 
 
+# submodules reachable as attributes (npukit.memplan, ...), as an eager package would have them; a set, so
+# that hasattr() probes of other names cost nothing
+_SUBMODULES = {"arith", "checker", "checkpoint", "cli", "codegen", "data", "demo", "engine", "errors", "fileio",
+               "ir", "max7800x", "memplan", "modelbin", "models", "onnx_io", "ops", "packer", "qat", "report",
+               "rounding", "rules", "schemes", "targets", "train"}
+
+
 def __getattr__(name: str):
     if name not in _EXPORTS:
-        try:  # a submodule (npukit.memplan, ...), as an eager package would have it after importing it
+        if name in _SUBMODULES:
             return importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
         raise AttributeError(f"module 'npukit' has no attribute {name!r}")
     module = _EXPORTS[name]
     if module is None:

@@ -114,7 +114,7 @@ def codegen(
         x = None
         if input_path is not None:
             x = _load_npy(input_path)
-        from .packer import file_kind
+        from .fileio import file_kind
 
         if file_kind(model) != "modelbin":
             raise NpukitError(f"codegen reads a model.bin, and {model} is an IR or ONNX file\n"
@@ -291,7 +291,7 @@ def inspect(model: Path = typer.Argument(..., help="a model.bin, an IR file (.np
 
     packed = None
     try:
-        from .packer import file_kind
+        from .fileio import file_kind
 
         if file_kind(model) == "modelbin":
             from .modelbin import read

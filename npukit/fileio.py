@@ -81,3 +81,18 @@ def read_bytes(path: str | Path, kind: str, limit: int | None = None) -> bytes:
     if not data:
         raise NpukitError(f"{path} is empty (0 bytes): not {kind}")
     return data
+
+
+def file_kind(path: str | Path) -> str:
+    """'modelbin', 'npir' or 'onnx', by the file's first bytes (not its name): a model.bin renamed .dat is
+    still one. A file that is none of them raises one NpukitError saying what it looks like."""
+    path = Path(path)
+    head = read_bytes(path, "a model file", limit=4)
+    if head == b"NPUK":  # modelbin.MAGIC (not imported: this stays a light module)
+        return "modelbin"
+    if head[:2] == b"PK":
+        return "npir"  # a zip: the IR file
+    if head[0] in (0x08, 0x0A, 0x12, 0x1A, 0x22, 0x3A, 0x42):  # a protobuf field tag: ONNX's ModelProto
+        return "onnx"
+    raise NpukitError(f"{path} is not a model file npukit reads (an IR file .npir, an npukit ONNX file or a "
+                      "model.bin)")

@@ -26,25 +26,10 @@ class PackResult:
                 f"arena_bytes={self.plan.arena_bytes}, warnings={len(self.warnings)})")
 
 
-def file_kind(path: str | Path) -> str:
-    """'modelbin', 'npir' or 'onnx', by the file's first bytes (not its name): a model.bin renamed .dat is
-    still one. A file that is none of them raises one NpukitError saying what it looks like."""
-    from .fileio import read_bytes
-
-    path = Path(path)
-    head = read_bytes(path, "a model file", limit=4)
-    if head == modelbin.MAGIC:
-        return "modelbin"
-    if head[:2] == b"PK":
-        return "npir"  # a zip: the IR file
-    if head[0] in (0x08, 0x0A, 0x12, 0x1A, 0x22, 0x3A, 0x42):  # a protobuf field tag: ONNX's ModelProto
-        return "onnx"
-    raise NpukitError(f"{path} is not a model file npukit reads (an IR file .npir, an npukit ONNX file or a "
-                      "model.bin)")
-
-
 def load_model(path: str | Path) -> Graph:
     """An IR file, an npukit ONNX file or a model.bin, as the IR; the kind is read from the file itself."""
+    from .fileio import file_kind
+
     kind = file_kind(path)
     if kind == "onnx":
         from .onnx_io import load_onnx

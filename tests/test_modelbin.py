@@ -390,3 +390,10 @@ def test_fuzzed_files_load_or_raise_model_bin_error(bases, data):
     assert isinstance(m, PackedModel)
     again = read(pack_bytes(m.graph, m.offsets, m.arena_bytes, m.lower_bound_bytes))
     assert_graphs_identical(m.graph, again.graph)
+
+
+def test_file_kind_knows_the_magic(small, tmp_path):
+    from npukit.fileio import file_kind  # reads the first bytes without importing modelbin
+
+    (tmp_path / "model.dat").write_bytes(small)
+    assert file_kind(tmp_path / "model.dat") == "modelbin"

@@ -123,3 +123,13 @@ def test_deploy_side_runs_with_torch_and_onnx_blocked(deploy_dir):
 def test_cli_start_up_imports_no_torch_onnx_or_matplotlib():
     res = _python(IMPORT_SCRIPT)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_every_submodule_is_reachable_as_an_attribute():
+    import pkgutil
+
+    import npukit
+
+    names = {m.name for m in pkgutil.iter_modules(npukit.__path__)} - {"__main__"}
+    assert names == npukit._SUBMODULES
+    assert not hasattr(npukit, "no_such_module")
