@@ -120,8 +120,10 @@ class Graph:
         for t in self.inputs:
             if t not in self.tensors:
                 problems.append(f"input {t!r} has no tensor spec")
-        # Exponents far outside what fit_exponent produces (sums of two at most) mean a damaged file.
-        limit = 2 * max(-arith.MIN_EXP, arith.MAX_EXP)
+        # Exponents far outside what fit_exponent produces mean a damaged file. A MAC's accumulator exponent is
+        # the sum of two, and a scheme may set its bias or output exponent a bounded shift from that sum
+        # (MAX7800x: bias at e_acc - 7, output up to e_acc - 22): allow one more MAX_EXP for that shift.
+        limit = 3 * max(-arith.MIN_EXP, arith.MAX_EXP)
         bad_specs = set()
         for spec in self.tensors.values():
             if not (2 <= spec.bits <= 64 and -limit <= spec.exp <= limit):
