@@ -98,6 +98,16 @@ class OpDef:
         raise NotImplementedError(f"op {self.name!r} has no C kernel")
 
 
+def pad_spatial(x: np.ndarray, padding, value=0) -> np.ndarray:
+    """`x` (batch, channels, *spatial) with `padding[i]` copies of `value` on both sides of spatial axis i.
+    One fill and one copy: np.pad's general machinery costs more than the copy on small tensors."""
+    if not any(padding):
+        return x
+    out = np.full((*x.shape[:2], *(n + 2 * p for n, p in zip(x.shape[2:], padding, strict=True))), value, x.dtype)
+    out[(slice(None), slice(None), *(slice(p, p + n) for n, p in zip(x.shape[2:], padding, strict=True)))] = x
+    return out
+
+
 def is_int(v) -> bool:
     return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
 

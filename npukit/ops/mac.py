@@ -16,7 +16,7 @@ from .. import arith
 from ..errors import NpukitError
 from ..ir import Graph, Node
 from ..schemes import MAC_RQ_ATTRS
-from .base import MAX_MAC_INPUT_BITS, OpDef
+from .base import MAX_MAC_INPUT_BITS, OpDef, pad_spatial
 
 _MAC_ATTRS = {"w_bits": "int", "w_exp": "int", "b_exp": "int", "relu": "bool", "wide": "bool", **MAC_RQ_ATTRS}
 
@@ -31,9 +31,7 @@ def _mac_requant(node: Node, acc: np.ndarray, graph: Graph) -> np.ndarray:
     """
     a, scheme = node.attrs, graph.scheme
     bias = scheme.bias_term(node.params["bias"], a, node.params)
-    w = node.params["weight"]
-    bound = arith.accumulator_bound(int(np.prod(w.shape[1:])), graph.tensors[node.inputs[0]].bits,
-                                    int(np.abs(w.astype(np.int64)).max(initial=0)), int(np.abs(bias).max(initial=0)))
+    bound = _product_bound(node, graph) + _abs_max(bias)
     exact32 = acc.dtype == np.float32 and bound < min(arith.EXACT_FLOAT32, 2 ** (22 + a["out_shift"]))
     # `acc` is this call's own temporary: update it in place (fresh large arrays cost page faults).
     acc = acc.astype(np.float32 if exact32 else np.float64, copy=False)
@@ -102,11 +100,21 @@ def _check_mac(node: Node, rank: int) -> str | None:
     return None
 
 
-def _carrier(w: np.ndarray, x_bits: int) -> np.dtype:
+def _abs_max(a: np.ndarray) -> int:
+    """max |a| from two reductions, without an absolute-valued (or widened) copy of `a`."""
+    return max(int(a.max(initial=0)), -int(a.min(initial=0)))
+
+
+def _product_bound(node: Node, graph: Graph) -> int:
+    """Largest |sum of input x weight products| of a conv or linear node, bias not included."""
+    w = node.params["weight"]  # (out, in/groups, *kernel) or (out, in)
+    return arith.accumulator_bound(math.prod(w.shape[1:]), graph.tensors[node.inputs[0]].bits, _abs_max(w))
+
+
+def _carrier(node: Node, graph: Graph) -> np.dtype:
     """The cheapest dtype whose BLAS matmul is exact for these integers: every partial sum of integer
     products is exact in float32 below 2**24 and in float64 below 2**53, in any summation order."""
-    fan_in = int(np.prod(w.shape[1:]))  # (out, in/groups, *kernel) or (out, in)
-    bound = arith.accumulator_bound(fan_in, x_bits, int(np.abs(w.astype(np.int64)).max(initial=0)))
+    bound = _product_bound(node, graph)
     if bound < arith.EXACT_FLOAT32:
         return np.dtype(np.float32)
     return np.dtype(np.float64 if bound < arith.EXACT_FLOAT64 else np.int64)
@@ -155,11 +163,15 @@ class Conv(OpDef):
         n, c, _, _ = x.shape
         o, cg, kh, kw = w.shape
         g = a["groups"]
-        carrier = _carrier(w, graph.tensors[node.inputs[0]].bits)
-        xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
-        win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1), axis=(2, 3))
-        win = win[:, :, :: stride[0], :: stride[1], :: dil[0], :: dil[1]]  # (n, c, ho, wo, kh, kw)
-        ho, wo = win.shape[2:4]
+        carrier = _carrier(node, graph)
+        xp = pad_spatial(x, pad)
+        # every window as a read-only strided view (n, c, ho, wo, kh, kw): built directly, as
+        # sliding_window_view then slicing costs more than the copy below on small tensors
+        ho, wo = ((size - d * (k - 1) - 1) // s + 1 for size, k, s, d in zip(xp.shape[2:], (kh, kw), stride, dil, strict=True))
+        sn, sc, sh, sw = xp.strides
+        win = np.lib.stride_tricks.as_strided(xp, (n, c, ho, wo, kh, kw),
+                                              (sn, sc, sh * stride[0], sw * stride[1], sh * dil[0], sw * dil[1]),
+                                              writeable=False)
         # im2col with the batch folded into the columns: one large GEMM per group, not n small ones.
         cols = win.reshape(n, g, cg, ho, wo, kh, kw).transpose(1, 2, 5, 6, 0, 3, 4).astype(carrier, order="C")
         acc = _exact_matmul(w.reshape(g, o // g, cg * kh * kw), cols.reshape(g, cg * kh * kw, n * ho * wo), carrier)
@@ -196,10 +208,9 @@ class Conv(OpDef):
         from onnx import TensorProto
 
         a, w = node.attrs, node.params["weight"]
-        x_bits = b.graph.tensors[node.inputs[0]].bits
         x = b.op("Cast", [inputs[0]], to=TensorProto.FLOAT)
         geometry = {"strides": a["stride"], "pads": a["padding"] * 2, "dilations": a["dilation"]}
-        if arith.accumulator_bound(math.prod(w.shape[1:]), x_bits, int(np.abs(w.astype(np.int64)).max(initial=0))) < arith.EXACT_FLOAT32:
+        if _product_bound(node, b.graph) < arith.EXACT_FLOAT32:
             y = b.op("Conv", [x, b.param(node, "weight", TensorProto.FLOAT)], kernel_shape=list(w.shape[2:]),
                      group=a["groups"], **geometry)
             return _mac_tail_onnx(node, b.op("Cast", [y], to=TensorProto.DOUBLE), b)
@@ -247,7 +258,7 @@ class Linear(OpDef):
 
     def run(self, node, inputs, graph):
         w = node.params["weight"]
-        acc = _exact_matmul(w, inputs[0].T, _carrier(w, graph.tensors[node.inputs[0]].bits))  # (out, n)
+        acc = _exact_matmul(w, inputs[0].T, _carrier(node, graph))  # (out, n)
         return [np.ascontiguousarray(_mac_requant(node, acc, graph).T)]
 
     def macs(self, node, graph):

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import arith
 from ..errors import NpukitError
-from .base import OpDef
+from .base import OpDef, pad_spatial
 
 
 def _window_reduce(x: np.ndarray, kernel, stride, combine) -> np.ndarray:
@@ -35,14 +35,6 @@ def _pool_shape(node, in_shape):
         raise NpukitError(f"{node.name}: padding {a['padding']} exceeds half the window {a['kernel']}")
     return [(c, *((n + 2 * p - k) // s + 1
                   for n, k, s, p in zip(spatial, a["kernel"], a["stride"], a["padding"], strict=True)))]
-
-
-def _padded(x: np.ndarray, padding, value) -> np.ndarray:
-    """Pad the spatial axes (batch and channels first) with `value`: the smallest integer for max pooling
-    (it never wins: each window keeps an input), 0 for average pooling (torch's count_include_pad)."""
-    if not any(padding):
-        return x
-    return np.pad(x, ((0, 0), (0, 0), *((p, p) for p in padding)), constant_values=value)
 
 
 def _pool_c(node, b, kernel: str) -> list[str]:
@@ -71,7 +63,8 @@ class MaxPool(OpDef):
         return _pool_shape(node, in_shapes[0])
 
     def run(self, node, inputs, graph):
-        x = _padded(inputs[0], node.attrs["padding"], np.iinfo(inputs[0].dtype).min)
+        # pad with the smallest integer: it never wins, as each window keeps an input
+        x = pad_spatial(inputs[0], node.attrs["padding"], np.iinfo(inputs[0].dtype).min)
         return [_window_reduce(x, node.attrs["kernel"], node.attrs["stride"], np.maximum)]
 
     def rules(self, node, graph, profile):
@@ -98,7 +91,7 @@ class AvgPool(OpDef):
 
     def run(self, node, inputs, graph):
         k = node.attrs["kernel"]
-        x = _padded(inputs[0].astype(np.int64), node.attrs["padding"], 0)
+        x = pad_spatial(inputs[0].astype(np.int64), node.attrs["padding"])  # zeros: torch's count_include_pad
         total = _window_reduce(x, k, node.attrs["stride"], np.add)
         q = arith.round_div(total, math.prod(k), graph.target["pool_rounding"])
         return [q.astype(inputs[0].dtype)]
