@@ -21,17 +21,18 @@ from .base import MAX_MAC_INPUT_BITS, OpDef, pad_spatial
 _MAC_ATTRS = {"w_bits": "int", "w_exp": "int", "b_exp": "int", "relu": "bool", "wide": "bool", **MAC_RQ_ATTRS}
 
 
-def _mac_requant(node: Node, acc: np.ndarray, graph: Graph) -> np.ndarray:
+def _mac_requant(node: Node, acc: np.ndarray, graph: Graph, product_bound: int) -> np.ndarray:
     """Shared tail of conv and linear: the bias, then the scheme's requantisation.
 
     `acc` has the output channels first, (out, ...), as the GEMM leaves it: the elementwise tail runs on
     contiguous data and only the narrow integer result is transposed afterwards.
-    It comes in its matmul carrier. The tail stays in float32 only where that is exact: sums below
-    2**24 and rounded values below 2**22 (so v + 0.5 is exact); float64 otherwise.
+    It comes in its matmul carrier, chosen from `product_bound` (`_product_bound`, computed once by the
+    caller). The tail stays in float32 only where that is exact: sums below 2**24 and rounded values
+    below 2**22 (so v + 0.5 is exact); float64 otherwise.
     """
     a, scheme = node.attrs, graph.scheme
     bias = scheme.bias_term(node.params["bias"], a, node.params)
-    bound = _product_bound(node, graph) + _abs_max(bias)
+    bound = product_bound + _abs_max(bias)
     exact32 = acc.dtype == np.float32 and bound < min(arith.EXACT_FLOAT32, 2 ** (22 + a["out_shift"]))
     # `acc` is this call's own temporary: update it in place (fresh large arrays cost page faults).
     acc = acc.astype(np.float32 if exact32 else np.float64, copy=False)
@@ -111,10 +112,9 @@ def _product_bound(node: Node, graph: Graph) -> int:
     return arith.accumulator_bound(math.prod(w.shape[1:]), graph.tensors[node.inputs[0]].bits, _abs_max(w))
 
 
-def _carrier(node: Node, graph: Graph) -> np.dtype:
-    """The cheapest dtype whose BLAS matmul is exact for these integers: every partial sum of integer
-    products is exact in float32 below 2**24 and in float64 below 2**53, in any summation order."""
-    bound = _product_bound(node, graph)
+def _carrier(bound: int) -> np.dtype:
+    """The cheapest dtype whose BLAS matmul is exact for integers whose products sum to at most `bound`:
+    every partial sum is exact in float32 below 2**24 and in float64 below 2**53, in any summation order."""
     if bound < arith.EXACT_FLOAT32:
         return np.dtype(np.float32)
     return np.dtype(np.float64 if bound < arith.EXACT_FLOAT64 else np.int64)
@@ -163,7 +163,8 @@ class Conv(OpDef):
         n, c, _, _ = x.shape
         o, cg, kh, kw = w.shape
         g = a["groups"]
-        carrier = _carrier(node, graph)
+        bound = _product_bound(node, graph)
+        carrier = _carrier(bound)
         xp = pad_spatial(x, pad)
         # every window as a read-only strided view (n, c, ho, wo, kh, kw): built directly, as
         # sliding_window_view then slicing costs more than the copy below on small tensors
@@ -175,7 +176,7 @@ class Conv(OpDef):
         # im2col with the batch folded into the columns: one large GEMM per group, not n small ones.
         cols = win.reshape(n, g, cg, ho, wo, kh, kw).transpose(1, 2, 5, 6, 0, 3, 4).astype(carrier, order="C")
         acc = _exact_matmul(w.reshape(g, o // g, cg * kh * kw), cols.reshape(g, cg * kh * kw, n * ho * wo), carrier)
-        q = _mac_requant(node, acc.reshape(o, n * ho * wo), graph).reshape(o, n, ho, wo).transpose(1, 0, 2, 3)
+        q = _mac_requant(node, acc.reshape(o, n * ho * wo), graph, bound).reshape(o, n, ho, wo).transpose(1, 0, 2, 3)
         return [np.ascontiguousarray(q[:, :, 0, :] if a["ndim"] == 1 else q)]
 
     def macs(self, node, graph):
@@ -258,8 +259,9 @@ class Linear(OpDef):
 
     def run(self, node, inputs, graph):
         w = node.params["weight"]
-        acc = _exact_matmul(w, inputs[0].T, _carrier(node, graph))  # (out, n)
-        return [np.ascontiguousarray(_mac_requant(node, acc, graph).T)]
+        bound = _product_bound(node, graph)
+        acc = _exact_matmul(w, inputs[0].T, _carrier(bound))  # (out, n)
+        return [np.ascontiguousarray(_mac_requant(node, acc, graph, bound).T)]
 
     def macs(self, node, graph):
         return int(node.params["weight"].size)
