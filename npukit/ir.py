@@ -122,7 +122,7 @@ class Graph:
                 problems.append(f"input {t!r} has no tensor spec")
         # Exponents far outside what fit_exponent produces mean a damaged file. A MAC's accumulator exponent is
         # the sum of two, and a scheme may set its bias or output exponent a bounded shift from that sum
-        # (MAX7800x: bias at e_acc - 7, output up to e_acc - 22): allow one more MAX_EXP for that shift.
+        # (its bias_exp / out_exp): allow one more MAX_EXP for that shift.
         limit = 3 * max(-arith.MIN_EXP, arith.MAX_EXP)
         bad_specs = set()
         for spec in self.tensors.values():
