@@ -29,14 +29,17 @@ _EXPORTS = {
     "TargetProfile": "targets", "builtin_targets": "targets", "load_target": "targets",
     "check": "checker", "CheckResult": "checker", "check_ai8x": "checker",
     "load_ai8x": "max7800x",
+    "Policy": "policy", "load_policy": "policy",
+    "TwoStage": "workflow", "constrain": "workflow",
+    "read_checkpoint": "checkpoint",
 }
 
 
 # submodules reachable as attributes (npukit.memplan, ...), as an eager package would have them; a set, so
 # that hasattr() probes of other names cost nothing
 _SUBMODULES = {"arith", "checker", "checkpoint", "cli", "codegen", "data", "demo", "engine", "errors", "fileio",
-               "ir", "max7800x", "memplan", "modelbin", "models", "onnx_io", "ops", "packer", "qat", "report",
-               "rounding", "rules", "schemes", "targets", "train"}
+               "ir", "max7800x", "memplan", "modelbin", "models", "onnx_io", "ops", "packer", "policy", "qat",
+               "report", "rounding", "rules", "schemes", "targets", "train", "workflow"}
 
 
 def __getattr__(name: str):

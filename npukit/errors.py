@@ -53,3 +53,9 @@ class ProblemsError(NpukitError):
         self.problems = list(problems)
         body = "\n".join(f"  - {str(p)}" for p in self.problems)
         super().__init__(f"{headline} ({len(self.problems)} problem{'s' * (len(self.problems) != 1)}):\n{body}")
+
+
+def invalid_file_error(what: str, where: str, error) -> NpukitError:
+    """A pydantic ValidationError of a YAML file or dict as one error naming every bad key."""
+    lines = [f"  {'.'.join(map(str, err['loc'])) or '<top level>'}: {err['msg']}" for err in error.errors()]
+    return NpukitError(f"{what} {where} is invalid:\n" + "\n".join(lines))

@@ -47,5 +47,23 @@ def predict(model: nn.Module, x, batch_size: int = 1000) -> torch.Tensor:
     return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
+@torch.no_grad()
+def evaluate(model: nn.Module, x, y, batch_size: int = 1000) -> float:
+    """Accuracy of `model` on (x, y). Under torch.distributed each rank scores samples rank, rank + world, ...
+    and the counts are summed over ranks, so every rank gets exactly the single-process accuracy (no
+    DistributedSampler padding counts a sample twice)."""
+    dist = torch.distributed
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    x, y = torch.as_tensor(x)[rank::world], torch.as_tensor(y)[rank::world]
+    device = next(model.parameters()).device
+    model.eval()
+    correct = sum(int((model(x[i : i + batch_size].to(device)).argmax(1).cpu() == y[i : i + batch_size]).sum())
+                  for i in range(0, len(x), batch_size))
+    counts = torch.tensor([correct, len(x)], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(counts)
+    return float(counts[0] / counts[1])
+
+
 def accuracy(logits, y) -> float:
     return float((np.asarray(logits).argmax(1) == np.asarray(y)).mean())

@@ -1,6 +1,7 @@
 """Quantization-aware training: capture a float model into QAT modules and convert it to the IR."""
 
-from .capture import calibrate, freeze_observers, prepare
+from .calibrate import calibrate, freeze_observers
+from .capture import prepare
 from .convert import dequantize_output, quantize_input, to_ir
 
 __all__ = ["calibrate", "dequantize_output", "freeze_observers", "prepare", "quantize_input", "to_ir"]

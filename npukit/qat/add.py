@@ -23,10 +23,9 @@ class QAdd(ObservedQModule):
     def forward(self, xs, exps):
         es = [int(e) for e in exps]
         def observed():
-            real = sum(x.detach().to(torch.float64) for x in xs)
-            return (real.clamp(min=0) if self.relu else real.abs()).max()
+            return sum(x.detach().to(torch.float64) for x in xs)
 
-        e_out = self.scheme.shared_exp(es, self.observe(observed, self.act_bits))
+        e_out = self.scheme.shared_exp(es, self.observe(observed, self.act_bits, positive=self.relu))
         self.out_exp.fill_(e_out)
         parts = []
         for x, e in zip(xs, es, strict=True):

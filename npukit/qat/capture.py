@@ -22,6 +22,7 @@ from ..schemes import get_scheme
 from ..targets import TargetProfile, load_target
 from .add import AddCapture
 from .base import OpCapture, node_name
+from .calibrate import calibrate
 from .concat import ConcatCapture
 from .fakequant import ExpGroup, ObservedQModule
 from .input import QInput
@@ -47,11 +48,14 @@ _RELU_METHODS = ("relu", "relu_")
 class CaptureContext:
     """What op capture functions may ask about the traced model."""
 
-    def __init__(self, gm: fx.GraphModule, profile: TargetProfile, weight_bits: int, wide_output: bool):
+    def __init__(self, gm: fx.GraphModule, profile: TargetProfile, weight_bits: int, wide_output: bool,
+                 layer_bits: dict[str, int] | None = None, weight_exp: str | float = "max"):
         self.gm = gm
         self.modules = dict(gm.named_modules())
         self.profile = profile
         self.weight_bits = weight_bits
+        self.layer_bits = layer_bits or {}  # layer name -> weight bits, where a policy sets them
+        self.weight_exp = weight_exp  # 'max', or the quantile of |w| the weight exponent fits
         self.wide_output = wide_output
         self.output_nodes = self._graph_outputs()
 
@@ -60,6 +64,9 @@ class CaptureContext:
         found: list[fx.Node] = []
         fx.node.map_arg(out.args, found.append)
         return set(found)
+
+    def weight_bits_for(self, name: str) -> int:
+        return self.layer_bits.get(name, self.weight_bits)
 
     def module(self, node: fx.Node) -> nn.Module | None:
         return self.modules.get(node.target) if node.op == "call_module" else None
@@ -193,7 +200,8 @@ def _is_passthrough(node: fx.Node, ctx: CaptureContext) -> bool:
 
 
 def prepare(model: nn.Module, example_input: torch.Tensor, target="venus", *, weight_bits: int | None = None,
-            wide_output: bool | None = None, rules: str = "error") -> fx.GraphModule:
+            wide_output: bool | None = None, rules: str = "error", layer_bits: dict[str, int] | None = None,
+            weight_exp: str | float = "max") -> fx.GraphModule:
     """Turn a float model into a QAT model that computes exactly the target's integer arithmetic.
 
     `example_input` is a batch (batch dimension first) used to trace shapes and to initialise the
@@ -205,7 +213,8 @@ def prepare(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
     if rules not in ("error", "warn", "off"):
         raise NpukitError(f"rules={rules!r}; use 'error', 'warn' or 'off'")
     qmodel, problems, profile = capture(model, example_input, target, weight_bits=weight_bits,
-                                        wide_output=wide_output, lenient=False)
+                                        wide_output=wide_output, lenient=False, layer_bits=layer_bits,
+                                        weight_exp=weight_exp)
     if rules != "off":
         problems = rule_problems(qmodel, profile)
         errors = [p for p in problems if p.severity == "error"]
@@ -228,7 +237,8 @@ def rule_problems(qmodel: fx.GraphModule, profile: TargetProfile) -> list[Proble
 
 
 def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, weight_bits: int | None = None,
-            wide_output: bool | None = None, lenient: bool = False):
+            wide_output: bool | None = None, lenient: bool = False, layer_bits: dict[str, int] | None = None,
+            weight_exp: str | float = "max"):
     """Trace and rebuild `model` from QAT modules: (qmodel, capture problems, profile).
 
     Strict (`lenient=False`): any problem raises `ProblemsError`. Lenient (for `npukit check`): an
@@ -263,7 +273,15 @@ def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
                           f"{type(cause).__name__}: {str(cause).splitlines()[0]}\n"
                           "    fix: give the input shape the model takes, batch first (e.g. 1,3,32,32)") from None
 
-    ctx = CaptureContext(traced, profile, weight_bits, wide_output)
+    if not (weight_exp == "max" or (isinstance(weight_exp, float) and 0.5 < weight_exp <= 1.0)):
+        raise NpukitError(f"weight_exp={weight_exp!r}; use 'max' or a quantile in (0.5, 1], e.g. 0.999")
+    if layer_bits:
+        from ..policy import resolve_layer_bits
+
+        mac_names = [n.target for n in traced.graph.nodes if n.op == "call_module"
+                     and isinstance(traced.get_submodule(n.target), nn.Conv1d | nn.Conv2d | nn.Linear)]
+        layer_bits = resolve_layer_bits(mac_names, weight_bits, dict(layer_bits), profile.weight_bits, profile.name)
+    ctx = CaptureContext(traced, profile, weight_bits, wide_output, layer_bits, weight_exp)
     qgraph = fx.Graph()
     root: dict[str, nn.Module] = {}
     env: dict[fx.Node, tuple[fx.Node, fx.Node]] = {}  # traced node -> (new value, its exponent getter)
@@ -332,7 +350,7 @@ def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
     qmodel.recompile()
     if get_scheme(profile.scheme).ties_eltwise_exponents:
         tie_eltwise_exponents(qmodel)
-    calibrate(qmodel, [example_input])
+    calibrate(qmodel, [example_input])  # minmax on one batch: the observers' first range
     return qmodel, problems, profile
 
 
@@ -375,23 +393,3 @@ def _exp_getter(graph: fx.Graph, root: dict, name: str) -> fx.Node:
     """A graph node reading module `name`'s output exponent buffer (GraphModule wants it named in root)."""
     root[f"{name}.out_exp"] = root[name].out_exp
     return graph.get_attr(f"{name}.out_exp")
-
-
-def calibrate(qmodel: fx.GraphModule, batches) -> fx.GraphModule:
-    """Run batches through the observers (no gradients) to set activation exponents; returns the model."""
-    was_training = qmodel.training
-    qmodel.train()
-    with torch.no_grad():
-        for batch in batches:
-            qmodel(batch)
-    qmodel.train(was_training)
-    return qmodel
-
-
-def freeze_observers(qmodel: nn.Module, frozen: bool = True) -> nn.Module:
-    """Stop (or restart) activation-range updates: the exponents stay as they are while training goes on."""
-    for m in qmodel.modules():
-        if hasattr(m, "frozen"):
-            m.frozen.fill_(frozen)
-    return qmodel
-

@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 OBSERVER_MOMENTUM = 0.9
 
 
+def _distributed() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def ste(surrogate: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
     """Forward: `exact`. Backward: the gradient of `surrogate`."""
     return surrogate + (exact - surrogate).detach()
@@ -169,13 +174,22 @@ class ObservedQModule(QModule):
     def observing(self) -> bool:
         return self.training and not bool(self.frozen)
 
-    def observe(self, real_max_abs, bits: int) -> int:
+    def observe(self, values, bits: int, *, scale: float = 1.0, positive: bool = False) -> int:
         """Update the range (training, not frozen) and return the output exponent to use now.
 
-        `real_max_abs` is a tensor, or a callable giving one, so eval mode skips the reduction.
+        `values()` gives the tensor whose real values (times `scale`) the output holds; a callable, so eval
+        mode skips the reduction. `positive`: only the non-negative end counts (a fused ReLU). A calibration
+        collector (npukit/qat/calibrate.py), when set, also sees the values.
         """
         if self.observing:
-            m = (real_max_abs() if callable(real_max_abs) else real_max_abs).detach().to(torch.float64)
+            v = values().detach()
+            lo, hi = torch.aminmax(v)
+            m = (hi.clamp(min=0) if positive else torch.maximum(hi, -lo)).to(torch.float64) * scale
+            if _distributed():  # every rank sees its own batch: the range is the largest over all of them
+                torch.distributed.all_reduce(m, op=torch.distributed.ReduceOp.MAX)
+            collector = self.__dict__.get("_collector")
+            if collector is not None:
+                collector(self, v, scale, positive)
             if bool(self.range_seen):
                 self.range_ema.mul_(OBSERVER_MOMENTUM).add_((1 - OBSERVER_MOMENTUM) * m)
             else:

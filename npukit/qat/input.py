@@ -18,5 +18,5 @@ class QInput(ObservedQModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float64)  # float64, as Graph.quantize_input computes, so the bits agree
-        e = self.observe(lambda: x.abs().max(), self.act_bits)
+        e = self.observe(lambda: x, self.act_bits)
         return (quant_ste(x, e, self.act_bits, self.rounding) * 2.0**-e).float()

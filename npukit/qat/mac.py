@@ -22,7 +22,7 @@ class QMac(ObservedQModule):
     """QAT conv/linear: float parameters, exact integer forward."""
 
     def __init__(self, profile, weight, bias, *, w_bits, relu, wide, conv: dict | None, has_bias: bool = True,
-                 absolute: bool = False, clamp: tuple[float, float] | None = None):
+                 absolute: bool = False, clamp: tuple[float, float] | None = None, weight_exp: str | float = "max"):
         super().__init__(profile)
         self.weight = nn.Parameter(weight.detach().clone().float())
         if has_bias:
@@ -31,6 +31,8 @@ class QMac(ObservedQModule):
             self.register_buffer("bias", torch.zeros_like(bias, dtype=torch.float32))
         self.w_bits, self.relu, self.wide, self.conv, self.absolute = w_bits, relu, wide, conv, absolute
         self.clamp = clamp  # real (lo, hi) of a fused ReLU6 / Hardtanh / clamp
+        self.weight_exp = weight_exp  # 'max' or the quantile of |w| the exponent fits (npukit/policy.py)
+        self.w_exp_offset = 0  # exponents finer than that, chosen by calibrate(weights="mse")
         self.op = "conv" if conv else "linear"
 
     @property
@@ -40,15 +42,22 @@ class QMac(ObservedQModule):
     def int_params(self, e_x: int):
         """Integer weight and bias (integer-valued tensors, straight-through), their exponents, and the
         largest |integer| of each (computed from the float maxima, sparing two reductions)."""
-        w_max = float(self.weight.detach().abs().max())
-        w_exp = arith.fit_exponent(w_max, self.w_bits)
+        w_abs = self.weight.detach().abs()
+        w_max = float(w_abs.max())
+        if self.weight_exp == "max":
+            w_exp = arith.fit_exponent(w_max, self.w_bits)
+        else:  # the larger weights saturate at the grid's end, the rest are finer
+            k = max(1, math.ceil(self.weight_exp * w_abs.numel()))
+            w_exp = arith.fit_exponent(float(w_abs.flatten().kthvalue(k).values), self.w_bits)
+        w_exp = min(w_exp + self.w_exp_offset, arith.MAX_EXP)
         qw = quant_ste(self.weight, w_exp, self.w_bits, self.rounding)
         b = self.bias.to(torch.float64)
         b_max = float(b.detach().abs().max())
         b_exp = self.scheme.bias_exp(self.bias_bits, e_x + w_exp, b_max)
         qb = quant_ste(b, b_exp, self.bias_bits, self.rounding)
         # max |round(v)| <= round(max |v|) + 1 under every mode: a safe bound for the carrier choice
-        return qw, w_exp, qb, b_exp, int(w_max * 2.0**w_exp) + 1, int(b_max * 2.0**b_exp) + 1
+        qw_max = min(int(w_max * 2.0**w_exp) + 1, 1 << (self.w_bits - 1))  # saturated weights end at the grid
+        return qw, w_exp, qb, b_exp, qw_max, int(b_max * 2.0**b_exp) + 1
 
     def _mac(self, x, w, b):
         if self.conv is None:
@@ -78,13 +87,18 @@ class QMac(ObservedQModule):
                 y = arith.saturate(y.to(torch.float64) * 2.0**e_x, acc_lo, acc_hi) * 2.0**-e_x
             return y.to(torch.float64) * 2.0**-w_exp  # float64: an int32 accumulator does not fit float32
         def observed():
-            m = y.detach().max().clamp(min=0) if self.relu else y.detach().abs().max()
-            finite = [abs(v) for v in self.clamp or () if math.isfinite(v)]
-            if finite:  # the range the clamp leaves
-                return torch.clamp(m * 2.0**-w_exp, max=max(finite))
-            return m * 2.0**-w_exp
+            if self.clamp is None:
+                return y
+            # The range the clamp leaves, each end on its own: the negative end holds one step more
+            # (-2**(b-1)), so a clamp to [-1, 127/128] fits at exponent b - 1.
+            lo, hi = (v * 2.0**w_exp for v in self.clamp)
+            v = y.detach().clamp(max=hi)
+            if self.relu or lo >= 0:
+                return v.clamp(min=0)
+            return torch.where(v < 0, v.clamp(min=lo) * (1 - 2.0 ** (1 - self.act_bits)), v)
 
-        e_out = self.scheme.out_exp(e_acc, self.observe(observed, self.act_bits))
+        e_out = self.scheme.out_exp(e_acc, self.observe(observed, self.act_bits, scale=2.0**-w_exp,
+                                                         positive=self.relu))
         self.out_exp.fill_(e_out)
         return requant_ste(y, e_x, e_out, self.scheme, self._attrs(e_acc, b_exp, e_out), bound)
 
@@ -136,8 +150,8 @@ def _capture_mac(node, ctx, layer, conv: dict | None):
     # Wide (accumulator) output only for a pure model output: a layer reading it would get 32-bit inputs.
     wide = (ctx.wide_output and not relu and not absolute and clamp is None and ctx.is_graph_output(last)
             and len(last.users) == 1)
-    module = QMac(ctx.profile, w, b, w_bits=ctx.weight_bits, relu=relu, wide=wide, conv=conv,
-                  has_bias=layer.bias is not None or isinstance(bn, _BN), absolute=absolute, clamp=clamp)
+    module = QMac(ctx.profile, w, b, w_bits=ctx.weight_bits_for(node_name(node)), relu=relu, wide=wide, conv=conv,
+                  has_bias=layer.bias is not None or isinstance(bn, _BN), absolute=absolute, clamp=clamp, weight_exp=ctx.weight_exp)
     return Captured(module, node_name(node), [node.args[0]], last, absorbed)
 
 

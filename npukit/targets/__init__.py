@@ -8,7 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import NpukitError
+from ..errors import NpukitError, invalid_file_error
 from ..rounding import RoundingMode
 
 _BUILTIN_DIR = Path(__file__).parent
@@ -167,6 +167,25 @@ class Rules(_Rules):
     concat: ConcatRules = ConcatRules()
 
 
+class FloatTraining(BaseModel):
+    """What stage 1 of two-stage training (npukit/workflow.py) constrains the float model to: the ranges the
+    chip represents without a free per-layer scale. None: nothing to constrain."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # lists, not tuples: the profile is stored in models as JSON and must read back equal
+    activation_range: list[float] | None = Field(
+        None, description="real range every conv/linear output is clamped to (not the model's outputs)")
+    weight_range: list[float] | None = Field(None, description="real range conv/linear weights are clipped to")
+
+    @field_validator("activation_range", "weight_range")
+    @classmethod
+    def _ordered(cls, v):
+        if v is not None and (len(v) != 2 or not v[0] < 0 < v[1]):
+            raise ValueError(f"{list(v)} must be [lo, hi] with lo < 0 < hi")
+        return v
+
+
 class TargetProfile(BaseModel):
     """A chip: its arithmetic (scheme, bit widths, rounding), its memories and its rules (docs/targets.md)."""
 
@@ -187,6 +206,7 @@ class TargetProfile(BaseModel):
     memory: list[Memory] = Field(default_factory=list,
                                  description="memory kinds; without them nothing can be said to fit (a warning)")
     rules: Rules = Rules()
+    float_training: FloatTraining = FloatTraining()
 
     # Field validators, so that an error names its key.
     @field_validator("weight_bits")
@@ -281,5 +301,4 @@ def _validate(data, where: str) -> TargetProfile:
     try:
         return TargetProfile.model_validate(data)
     except ValidationError as e:
-        lines = [f"  {'.'.join(map(str, err['loc'])) or '<profile>'}: {err['msg']}" for err in e.errors()]
-        raise NpukitError(f"target profile {where} is invalid:\n" + "\n".join(lines)) from None
+        raise invalid_file_error("target profile", where, e) from None
