@@ -321,3 +321,19 @@ def test_calibrate_rejects_unknown_options(kwargs, message):
         npukit.calibrate(q, [X], **kwargs)
     with pytest.raises(NpukitError, match="no batches"):
         npukit.calibrate(q, [])
+
+
+def test_straight_through_gradient_is_zero_only_where_values_saturate():
+    from npukit.qat.fakequant import quant_ste
+
+    x = torch.tensor([-3.0, -0.2, 0.1, 0.9, 2.5], dtype=torch.float64, requires_grad=True)
+    quant_ste(x, 6, 8, "half_up").sum().backward()  # grid [-2, 127/64]: -3 and 2.5 saturate
+    assert x.grad.tolist() == [0.0, 64.0, 64.0, 64.0, 0.0]
+    fits = torch.tensor([-1.5, 0.2, 1.9], dtype=torch.float64, requires_grad=True)
+    with_mask = quant_ste(fits, 6, 8, "half_up")
+    with_mask.sum().backward()
+    g = fits.grad.clone()
+    fits.grad = None
+    without = quant_ste(fits, 6, 8, "half_up", clips=False)  # the promise holds: nothing saturates
+    without.sum().backward()
+    assert torch.equal(with_mask, without) and torch.equal(g, fits.grad) and g.tolist() == [64.0] * 3

@@ -38,23 +38,33 @@ class _Quant(torch.autograd.Function):
     """Real x -> integer-valued `arith.quantize(x, exp, ...)`; gradient 2**exp where x was inside the range."""
 
     @staticmethod
-    def forward(ctx, x, exp: int, bits: int, mode: str, relu: bool):
+    def forward(ctx, x, exp: int, bits: int, mode: str, relu: bool, clips: bool):
         lo, hi = arith.act_range(bits, relu)
         r = arith.round_real(x * 2.0**exp, mode)
         q = arith.saturate(r, lo, hi)
-        ctx.save_for_backward(q == r)  # inside the range
+        ctx.clips = clips
+        if clips:
+            ctx.save_for_backward(q == r)  # inside the range
         ctx.scale = 2.0**exp
         return q
 
     @staticmethod
     def backward(ctx, grad):
+        if not ctx.clips:
+            return grad * ctx.scale, None, None, None, None, None
         (inside,) = ctx.saved_tensors
-        return torch.where(inside, grad * ctx.scale, 0.0), None, None, None, None
+        return torch.where(inside, grad * ctx.scale, 0.0), None, None, None, None, None
 
 
-def quant_ste(x: torch.Tensor, exp: int, bits: int, mode: str, relu: bool = False) -> torch.Tensor:
-    """Integer-valued tensor of x quantized at `exp` (same dtype), with a clipped straight-through gradient."""
-    return _Quant.apply(x, exp, bits, mode, relu)
+def quant_ste(x: torch.Tensor, exp: int, bits: int, mode: str, relu: bool = False, clips: bool = True) -> torch.Tensor:
+    """Integer-valued tensor of x quantized at `exp` (same dtype), with a clipped straight-through gradient.
+
+    `clips=False` promises that nothing saturates (the exponent fits x's largest |value|): the gradient is
+    then 2**exp everywhere, with no mask to compute, keep and apply.
+    """
+    # no backward will come (the model input, eval mode): no mask either
+    clips = clips and torch.is_grad_enabled() and x.requires_grad
+    return _Quant.apply(x, exp, bits, mode, relu, clips)
 
 
 class _Requant(torch.autograd.Function):
@@ -66,7 +76,7 @@ class _Requant(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, y, e_x: int, e_out: int, scheme, attrs: dict, bound: int, exact_f32: bool):
+    def forward(ctx, y, e_x: int, e_out: int, scheme, attrs: dict, bound: int, exact_f32: bool, track: bool):
         acc = (y if exact_f32 else y.to(torch.float64)) * 2.0**e_x  # integer-valued
         # The scheme's pipeline without the final clip (and Abs), then them: their masks are the gradient's.
         unclipped = {**attrs, "act_min": -(1 << 62), "act_max": 1 << 62, "abs": False}
@@ -75,9 +85,10 @@ class _Requant(torch.autograd.Function):
         ctx.scale = 2.0 ** (e_x - attrs["out_shift"] - e_out)
         ctx.signed = bool(attrs.get("abs"))
         if ctx.signed:  # d|q|/dq = sign(q), and |q| saturates at act_max as well
-            ctx.save_for_backward(((q == r) & (q.abs() <= attrs["act_max"])) * torch.where(q < 0, -1.0, 1.0))
+            if track:
+                ctx.save_for_backward(((q == r) & (q.abs() <= attrs["act_max"])) * torch.where(q < 0, -1.0, 1.0))
             q = arith.saturate(q.abs(), 0, attrs["act_max"])
-        else:
+        elif track:
             ctx.save_for_backward(q == r)  # inside the range
         return (q * 2.0**-e_out).float()
 
@@ -85,8 +96,8 @@ class _Requant(torch.autograd.Function):
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
         if ctx.signed:
-            return grad * ctx.scale * mask, *([None] * 6)
-        return torch.where(mask, grad * ctx.scale, 0.0), *([None] * 6)
+            return grad * ctx.scale * mask, *([None] * 7)
+        return torch.where(mask, grad * ctx.scale, 0.0), *([None] * 7)
 
 
 def requant_ste(y: torch.Tensor, e_x: int, e_out: int, scheme, attrs: dict, bound: int) -> torch.Tensor:
@@ -96,7 +107,8 @@ def requant_ste(y: torch.Tensor, e_x: int, e_out: int, scheme, attrs: dict, boun
     float32 suffices when every rounded value stays below 2**22 (then `v + 0.5` is exact); else float64.
     """
     exact_f32 = y.dtype == torch.float32 and bound < 2 ** (22 + attrs["out_shift"])
-    return _Requant.apply(y, e_x, e_out, scheme, attrs, bound, exact_f32)
+    track = torch.is_grad_enabled() and y.requires_grad  # a backward may come: keep the mask
+    return _Requant.apply(y, e_x, e_out, scheme, attrs, bound, exact_f32, track)
 
 
 def exact_carrier(bound: int, device: torch.device) -> torch.dtype:

@@ -44,17 +44,19 @@ class QMac(ObservedQModule):
         largest |integer| of each (computed from the float maxima, sparing two reductions)."""
         w_abs = self.weight.detach().abs()
         w_max = float(w_abs.max())
+        w_fit = arith.fit_exponent(w_max, self.w_bits)
         if self.weight_exp == "max":
-            w_exp = arith.fit_exponent(w_max, self.w_bits)
+            w_exp = w_fit
         else:  # the larger weights saturate at the grid's end, the rest are finer
             k = max(1, math.ceil(self.weight_exp * w_abs.numel()))
             w_exp = arith.fit_exponent(float(w_abs.flatten().kthvalue(k).values), self.w_bits)
         w_exp = min(w_exp + self.w_exp_offset, arith.MAX_EXP)
-        qw = quant_ste(self.weight, w_exp, self.w_bits, self.rounding)
+        # an exponent at or below the fitting one saturates nothing: the gradient needs no mask
+        qw = quant_ste(self.weight, w_exp, self.w_bits, self.rounding, clips=w_exp > w_fit)
         b = self.bias.to(torch.float64)
         b_max = float(b.detach().abs().max())
         b_exp = self.scheme.bias_exp(self.bias_bits, e_x + w_exp, b_max)
-        qb = quant_ste(b, b_exp, self.bias_bits, self.rounding)
+        qb = quant_ste(b, b_exp, self.bias_bits, self.rounding, clips=b_exp > arith.fit_exponent(b_max, self.bias_bits))
         # max |round(v)| <= round(max |v|) + 1 under every mode: a safe bound for the carrier choice
         qw_max = min(int(w_max * 2.0**w_exp) + 1, 1 << (self.w_bits - 1))  # saturated weights end at the grid
         return qw, w_exp, qb, b_exp, qw_max, int(b_max * 2.0**b_exp) + 1
