@@ -32,13 +32,14 @@ _EXPORTS = {
     "Policy": "policy", "load_policy": "policy",
     "TwoStage": "workflow", "constrain": "workflow",
     "read_checkpoint": "checkpoint",
+    "Dump": "dump", "compare_dumps": "dump", "load_dump": "dump", "dump_qat": "qat.dump",
 }
 
 
 # submodules reachable as attributes (npukit.memplan, ...), as an eager package would have them; a set, so
 # that hasattr() probes of other names cost nothing
 _SUBMODULES = {"arith", "checker", "checkpoint", "cli", "codegen", "data", "demo", "engine", "errors", "fileio",
-               "ir", "max7800x", "memplan", "modelbin", "models", "onnx_io", "ops", "packer", "policy", "qat",
+               "dump", "ir", "max7800x", "memplan", "modelbin", "models", "onnx_io", "ops", "packer", "policy", "qat",
                "report", "rounding", "rules", "schemes", "targets", "train", "workflow"}
 
 

@@ -349,6 +349,73 @@ def run(
         console.print(f"the model has {len(ys)} outputs; only the first was written")
 
 
+def _dump_or_backend(which: str, model: Path | None, input_path: Path | None, workdir: Path):
+    from . import dump as dumps
+
+    if which not in dumps.BACKENDS:  # a backend's name wins over a file of that name ("model.bin")
+        if not Path(which).is_file():
+            raise NpukitError(f"{which} is neither a dump file nor a backend ({', '.join(dumps.BACKENDS)})")
+        return dumps.load_dump(which, _load_model(model) if model else None)
+    if model is None or input_path is None:
+        raise NpukitError(f"backend {which!r} needs --model and --input")
+    return dumps.dump_backend(which, model, _load_npy(input_path), workdir / which.replace(".", "_"))
+
+
+@app.command()
+def dump(
+    backend: str = typer.Argument(..., help="engine, onnx, model.bin or c (the generated C, built with dumps)"),
+    model: Path = typer.Argument(..., help="a model.bin, an IR file (.npir) or an npukit ONNX file"),
+    input_path: Path = typer.Option(..., "--input", help=".npy batch: integers, or floats (quantized at the input exponent)"),
+    output: Path = typer.Option(..., "-o", "--output", help="the dump file to write (.npz)"),
+    crc_only: bool = typer.Option(False, "--crc-only", help="keep only each tensor's CRC32 per sample"),
+) -> None:
+    """Write every layer's output of one backend's run (a per-layer dump for `npukit compare`)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="npukit-dump-") as tmp:
+            d = _dump_or_backend(backend, model, input_path, Path(tmp))
+        if crc_only:
+            d = d.crc_only()
+        d.save(output)
+    except NpukitError as e:
+        _fail(e)
+    console.print(f"wrote {output}: {d.backend}, {len(d.order)} tensors, {d.samples} samples"
+                  + (" (CRC32 only)" if not d.tensors else ""))
+
+
+@app.command()
+def compare(
+    a: str = typer.Argument(..., help="a dump file (.npz, or CRC lines from firmware) or a backend name"),
+    b: str = typer.Argument(..., help="the same, for the other run"),
+    model: Path | None = typer.Option(None, help="the model backends run (and the graph that reads CRC lines)"),
+    input_path: Path | None = typer.Option(None, "--input", help=".npy batch for backends named directly"),
+    json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Find the first layer where two runs part. Exit code 1 when they differ, 0 when every layer is equal."""
+    import json
+    import tempfile
+
+    from .dump import compare as compare_dumps
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="npukit-compare-") as tmp:
+            da = _dump_or_backend(a, model, input_path, Path(tmp) / "a")
+            db = _dump_or_backend(b, model, input_path, Path(tmp) / "b")
+        diff = compare_dumps(da, db)
+    except NpukitError as e:
+        _fail(e)
+    if json_out:
+        print(json.dumps({"equal": diff is None, "difference": diff.to_dict() if diff else None}, indent=1))
+    elif diff is None:
+        console.print(f"equal: {da.backend} and {db.backend} agree on every layer "
+                      f"({len([t for t in da.order if t in db.crcs])} tensors, {da.samples} samples)")
+    else:
+        console.print(escape(diff.describe()), highlight=False)
+    if diff is not None:
+        raise typer.Exit(1)
+
+
 def _load_npy(path: Path):
     import numpy as np
 

@@ -15,15 +15,22 @@ from .ir import Graph
 from .ops import get_op
 
 
-def run(graph: Graph, *inputs: np.ndarray) -> list[np.ndarray]:
-    """Run the graph on integer inputs (batch first); returns the integer outputs in graph order."""
+def run(graph: Graph, *inputs: np.ndarray, trace: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """Run the graph on integer inputs (batch first); returns the integer outputs in graph order.
+
+    `trace`, a dict, receives every tensor of the run (inputs included), for per-layer dumps.
+    """
     if len(inputs) != len(graph.inputs):
         raise NpukitError(f"the graph takes {len(graph.inputs)} input(s), got {len(inputs)}")
     env = {name: run_checked_input(graph, name, x) for name, x in zip(graph.inputs, inputs, strict=True)}
+    if trace is not None:
+        trace.update(env)
     last_use = _last_uses(graph)
     for i, node in enumerate(graph.nodes):
         outs = get_op(node.op).run(node, [env[t] for t in node.inputs], graph)
         env.update(zip(node.outputs, outs, strict=True))
+        if trace is not None:
+            trace.update(zip(node.outputs, outs, strict=True))
         for t in last_use.get(i, ()):
             env.pop(t, None)
     return [env[t] for t in graph.outputs]

@@ -22,16 +22,17 @@ def find_cc(preferred: str | None = None) -> str | None:
 
 
 def build(project: str | Path, program: str = "kat", *, cc: str | None = None, opt: str = "-O2",
-          sanitize: bool = False, out_name: str | None = None) -> Path:
-    """Compile `program`.c (kat: main.c, or run_file) with the model and kernels; returns the executable."""
+          sanitize: bool = False, out_name: str | None = None, defines: list[str] = (),
+          extra_sources: list[str] = ()) -> Path:
+    """Compile `program`.c (kat: main.c, run_file, dump_run) with the model and kernels; returns the executable."""
     project = Path(project)
     compiler = find_cc(cc)
     if compiler is None:
         raise NpukitError("no C compiler found (looked for cc, gcc, clang)")
     main = "main.c" if program == "kat" else f"{program}.c"
-    sources = [main, "model.c", *sorted(p.name for p in project.glob("nk_*.c"))]
+    sources = [main, "model.c", *extra_sources, *sorted(p.name for p in project.glob("nk_*.c"))]
     exe = project / (out_name or program + ("-asan" if sanitize else ""))
-    cmd = [compiler, *STRICT, opt, *(SANITIZE if sanitize else []), "-o", str(exe.name), *sources]
+    cmd = [compiler, *STRICT, opt, *(SANITIZE if sanitize else []), *defines, "-o", str(exe.name), *sources]
     res = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
     if res.returncode != 0:
         raise NpukitError(f"C build failed ({' '.join(cmd)}):\n{res.stdout}{res.stderr}")

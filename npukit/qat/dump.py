@@ -1,0 +1,38 @@
+"""QAT eval as a per-layer dump (npukit/dump.py), with the source line of each layer in the user's code."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from ..dump import Dump, from_graph_values
+from .capture import INPUT_MODULE
+from .convert import to_ir
+from .fakequant import QModule
+
+
+def dump_qat(qmodel: fx.GraphModule, x) -> Dump:
+    """Every layer's output of the QAT model in eval mode on the float batch `x`, as integers
+    (q = value * 2**exp is exact: every QAT output lies on its grid)."""
+    graph = to_ir(qmodel)
+    modules = {name: m for name, m in qmodel.named_modules() if isinstance(m, QModule)}
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out, n=name: seen.__setitem__(n, out.detach()))
+             for name, m in modules.items()]
+    was_training = qmodel.training
+    qmodel.eval()
+    try:
+        with torch.no_grad():
+            qmodel(torch.as_tensor(np.asarray(x), dtype=torch.float32))
+    finally:
+        for h in hooks:
+            h.remove()
+        qmodel.train(was_training)
+    values, sources = {}, {}
+    for name, out in seen.items():
+        tensor = "input" if name == INPUT_MODULE else name
+        values[tensor] = np.rint(out.cpu().double().numpy() * 2.0 ** graph.tensors[tensor].exp)
+        if getattr(modules[name], "source", ""):
+            sources[tensor] = modules[name].source
+    return from_graph_values(graph, values, "qat", sources)
