@@ -38,8 +38,8 @@ _EXPORTS = {
 
 # submodules reachable as attributes (npukit.memplan, ...), as an eager package would have them; a set, so
 # that hasattr() probes of other names cost nothing
-_SUBMODULES = {"arith", "checker", "checkpoint", "cli", "codegen", "data", "demo", "engine", "errors", "fileio",
-               "dump", "ir", "max7800x", "memplan", "modelbin", "models", "onnx_io", "ops", "packer", "policy", "qat",
+_SUBMODULES = {"analysis_report", "arith", "checker", "checkpoint", "cli", "codegen", "data", "demo", "engine", "errors", "fileio",
+               "dump", "evaluate", "ir", "max7800x", "memplan", "modelbin", "models", "onnx_io", "ops", "packer", "policy", "qat",
                "report", "rounding", "rules", "schemes", "targets", "train", "workflow"}
 
 

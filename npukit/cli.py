@@ -416,6 +416,78 @@ def compare(
         raise typer.Exit(1)
 
 
+@app.command("eval")
+def eval_(
+    model: Path = typer.Argument(..., help="a model.bin, an IR file (.npir) or an npukit ONNX file"),
+    data: str = typer.Option(..., help=".npz with inputs x and labels y, or file.py:function returning (x, y)"),
+    backend: str = typer.Option("all", help="comma-separated: engine, onnx, model.bin, c; or all"),
+    json_out: bool = typer.Option(False, "--json", help="print the results as JSON"),
+) -> None:
+    """Accuracy of each backend over a whole data set, and its agreement with the engine, sample by sample."""
+    import json
+
+    from .evaluate import BACKENDS, evaluate, load_data
+
+    names = list(BACKENDS) if backend == "all" else [b.strip() for b in backend.split(",") if b.strip()]
+    try:
+        x, y = load_data(data)
+        results = evaluate(model, x, y, names, progress=not json_out)
+    except NpukitError as e:
+        _fail(e)
+    if json_out:
+        print(json.dumps([r.__dict__ for r in results], indent=1))
+        return
+    table = Table("backend", "accuracy", "same output as the engine", title=f"{model.name} on {len(x):,} samples")
+    for r in results:
+        acc = "no labels" if r.accuracy is None else f"{r.accuracy:.2%}"
+        table.add_row(r.backend, acc, f"{r.agreement:.2%}")
+    console.print(table)
+
+
+@app.command()
+def analyze(
+    model: str = typer.Argument(..., help="the float model: file.py:ClassName or a saved torch model (.pt)"),
+    data: str = typer.Option(..., help=".npz with float inputs x (and labels y), or file.py:function"),
+    target: str = typer.Option("venus", help="built-in target name or profile YAML"),
+    weights: Path | None = typer.Option(None, help="float weights to load first (a checkpoint or state dict)"),
+    qat: Path | None = typer.Option(None, help="a QAT checkpoint of the prepared model; without it, PTQ"),
+    calibrate: str = typer.Option("minmax", help="PTQ method when no --qat: minmax, percentile or mse"),
+    weight_bits: int | None = typer.Option(None, help="weight bits (default: the target's)"),
+    kwargs: str | None = typer.Option(None, help="JSON arguments of the model's constructor"),
+    samples: int = typer.Option(2000, min=1, help="samples to analyze (the first ones)"),
+    sensitivity: bool = typer.Option(True, help="rank layers by the accuracy each gives back in float"),
+    out: Path | None = typer.Option(None, "-o", "--output", help="folder for report.html, its plots and analysis.json"),
+    json_out: bool = typer.Option(False, "--json", help="print the analysis as JSON"),
+) -> None:
+    """Per layer: error against float, saturation, rounding to zero, weight ranges, sensitivity; with advice."""
+    import json
+
+    try:
+        from . import analysis_report
+        from .evaluate import load_data
+        from .qat.analyze import analyze as analyze_model
+        from .qat.analyze import prepare_for_analysis
+
+        x, y = load_data(data)
+        x, y = x[:samples], (None if y is None else y[:samples])
+        qmodel = prepare_for_analysis(model, x, target, weights=weights, qat=qat, method=calibrate,
+                                      weight_bits=weight_bits, kwargs=json.loads(kwargs) if kwargs else None)
+        a = analyze_model(qmodel, x, y, sensitivity=sensitivity, progress=not json_out)
+        paths = analysis_report.write(a, out) if out else {}
+    except json.JSONDecodeError as e:
+        _fail(NpukitError(f"--kwargs is not JSON: {e}"))
+    except NpukitError as e:
+        _fail(e)
+    if json_out:
+        print(json.dumps(a.to_dict(), indent=1))
+        return
+    console.print(analysis_report.table(a))
+    for tip in a.suggestions:
+        console.print(f"- {escape(tip)}", highlight=False)
+    if paths:
+        console.print(f"wrote {paths['html']} (plots beside it) and {paths['json']}")
+
+
 def _load_npy(path: Path):
     import numpy as np
 

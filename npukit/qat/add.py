@@ -35,6 +35,10 @@ class QAdd(ObservedQModule):
         q = sum(parts).clamp(lo, hi)
         return (q * 2.0**-e_out).float()
 
+    def float_forward(self, xs):
+        y = sum(xs)
+        return y.clamp(min=0) if self.relu else y
+
     def to_ir(self, name, inputs, out_shape):
         node = Node(name, self.op, [t.name for t in inputs], [name], {"relu": self.relu})
         return node, self._out_spec(name, inputs, out_shape)

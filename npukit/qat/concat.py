@@ -28,6 +28,9 @@ class QConcat(QModule):
             parts.append(ste(xi * 2.0 ** (e_out - e), arith.round_shift(xi.detach(), e - e_out, self.rounding)))
         return (torch.cat(parts, dim=self.axis + 1) * 2.0**-e_out).float()
 
+    def float_forward(self, xs):
+        return torch.cat(xs, dim=self.axis + 1)
+
     def to_ir(self, name, inputs, out_shape):
         node = Node(name, self.op, [t.name for t in inputs], [name], {"axis": self.axis})
         return node, self._out_spec(name, inputs, out_shape)

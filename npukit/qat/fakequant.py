@@ -149,6 +149,11 @@ class QModule(nn.Module):
         """This module as an IR node (integer parameters) and the spec of its output tensor."""
         raise NotImplementedError
 
+    def float_forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        """What the layer computes without quantization (folded float weights, real division, no rounding or
+        saturation): the reference `npukit analyze` measures the quantized layer against."""
+        raise NotImplementedError
+
     def _out_spec(self, name: str, inputs: list[TensorSpec], out_shape) -> TensorSpec:
         from ..ir import TensorSpec
 

@@ -16,6 +16,9 @@ class QInput(ObservedQModule):
         self.shape = tuple(shape)  # per sample; recorded so conversion needs no example input
         self.profile_dict = profile.model_dump()
 
+    def float_forward(self, xs):
+        return xs[0].float()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float64)  # float64, as Graph.quantize_input computes, so the bits agree
         e = self.observe(lambda: x, self.act_bits)

@@ -104,6 +104,16 @@ class QMac(ObservedQModule):
         self.out_exp.fill_(e_out)
         return requant_ste(y, e_x, e_out, self.scheme, self._attrs(e_acc, b_exp, e_out), bound)
 
+    def float_forward(self, xs):
+        y = self._mac(xs[0], self.weight.to(xs[0].dtype), self.bias.to(xs[0].dtype))
+        if self.relu:
+            y = y.clamp(min=0)
+        if self.absolute:
+            y = y.abs()
+        if self.clamp is not None:
+            y = y.clamp(*self.clamp)
+        return y
+
     def to_ir(self, name, inputs, out_shape):
         e_x = inputs[0].exp
         with torch.no_grad():

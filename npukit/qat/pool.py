@@ -68,6 +68,9 @@ class _QPool(QModule):
 class QMaxPool(_QPool):
     op = "maxpool"
 
+    def float_forward(self, xs):
+        return type(self).forward(self, xs, None)  # the max of real values: the same computation
+
     def forward(self, xs, exps):
         fn = F.max_pool1d if self.attrs["ndim"] == 1 else F.max_pool2d
         # max of exact values is exact; torch pads with -inf, which never wins (each window keeps an input)
@@ -76,6 +79,11 @@ class QMaxPool(_QPool):
 
 class QAvgPool(_QPool):
     op = "avgpool"
+
+    def float_forward(self, xs):
+        k, s, p = self.attrs["kernel"], self.attrs["stride"], self.attrs["padding"]
+        fn = F.avg_pool1d if self.attrs["ndim"] == 1 else F.avg_pool2d
+        return fn(xs[0], k, s, p, count_include_pad=True)
 
     def forward(self, xs, exps):
         x, e = xs[0], int(exps[0])
@@ -93,6 +101,9 @@ class QAvgPool(_QPool):
 
 class QGlobalAvgPool(_QPool):
     op = "global_avgpool"
+
+    def float_forward(self, xs):
+        return xs[0].mean(dim=tuple(range(2, xs[0].dim())), keepdim=self.attrs["keepdim"])
 
     def forward(self, xs, exps):
         x, e = xs[0], int(exps[0])
