@@ -6,7 +6,7 @@
       - {match: "features.0", weight_bits: 8}
       - {match: "classifier.*", weight_bits: 4}
     freeze_observers_epoch: 14   # activation exponents stop moving here (optional)
-    weight_exponent: max         # or quantile: clip the largest weights (weight_quantile)
+    weight_exponent: auto        # max for 8/16-bit weights, mse below; or max, mse, quantile
     weight_quantile: 0.999
 
 The policy is plain data held by the objects that use it (no global state): two models with different
@@ -42,8 +42,10 @@ class Policy(BaseModel):
     weight_bits: int | None = Field(None, description="default weight bits (default: the target's first)")
     layers: list[LayerBits] = Field(default_factory=list, description="per-layer weight bits, first match wins")
     freeze_observers_epoch: int | None = Field(None, ge=0, description="epoch from which exponents stay fixed")
-    weight_exponent: Literal["max", "quantile"] = Field(
-        "max", description="weight exponent from the largest |w| (no clipping) or a quantile of |w| (clips outliers)")
+    weight_exponent: Literal["auto", "max", "mse", "quantile"] = Field(
+        "auto", description="weight exponent from the largest |w| (max: no clipping), the smallest squared error "
+        "(mse: clips where that costs less than rounding) or a quantile of |w| (clips outliers); auto: max for 8- "
+        "and 16-bit weights, mse below")
     weight_quantile: float = Field(0.999, gt=0.5, le=1.0, description="the quantile for weight_exponent: quantile")
 
     @model_validator(mode="after")
@@ -54,8 +56,8 @@ class Policy(BaseModel):
         return self
 
     def weight_exp_method(self) -> str | float:
-        """What `prepare(weight_exp=...)` takes: 'max' or the quantile."""
-        return "max" if self.weight_exponent == "max" else self.weight_quantile
+        """What `prepare(weight_exp=...)` takes: 'max', 'mse' or the quantile."""
+        return self.weight_quantile if self.weight_exponent == "quantile" else self.weight_exponent
 
     def layer_bits(self) -> dict[str, int]:
         """The overrides as `prepare(layer_bits=...)` takes them (ordered: first match wins)."""

@@ -295,8 +295,9 @@ def test_weight_mse_search_lowers_the_layer_error_and_stays_exact():
     m = _trained_float()
     with torch.no_grad():
         m.conv2.weight[0, 0, 0] = 3 * m.conv2.weight.abs().max()  # one outlier weight
-    plain = npukit.calibrate(npukit.prepare(m, X, "max78000", weight_bits=4), [X], "minmax")
-    q = npukit.calibrate(npukit.prepare(m, X, "max78000", weight_bits=4), [X], "minmax", weights="mse")
+    plain = npukit.calibrate(npukit.prepare(m, X, "max78000", weight_bits=4, weight_exp="max"), [X], "minmax")
+    q = npukit.calibrate(npukit.prepare(m, X, "max78000", weight_bits=4, weight_exp="max"), [X], "minmax",
+                         weights="mse")
     assert plain.conv2.w_exp_offset == 0 and q.conv2.w_exp_offset > 0
     seen = []
     hook = q.conv2.register_forward_pre_hook(lambda mod, args: seen.append(args[0][0].double()))
@@ -337,3 +338,21 @@ def test_straight_through_gradient_is_zero_only_where_values_saturate():
     without = quant_ste(fits, 6, 8, "half_up", clips=False)  # the promise holds: nothing saturates
     without.sum().backward()
     assert torch.equal(with_mask, without) and torch.equal(g, fits.grad) and g.tolist() == [64.0] * 3
+
+
+def test_auto_weight_exponent_is_mse_below_8_bits_and_fits_the_weights_better():
+    m = _trained_float()
+    with torch.no_grad():  # bell-shaped, as trained weights are (the uniform init is the one case max is best)
+        for conv in (m.conv2, m.conv3):
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+    q = npukit.prepare(m, X, "max78000", layer_bits={"conv2": 2, "conv3": 4})
+    assert (q.conv1.weight_exp, q.conv2.weight_exp, q.conv3.weight_exp) == ("max", "mse", "mse")
+    plain = npukit.prepare(m, X, "max78000", layer_bits={"conv2": 2, "conv3": 4}, weight_exp="max")
+    for name in ("conv2", "conv3"):
+        w = getattr(q, name).weight.detach().double()
+        errs = {}
+        for label, model in (("mse", q), ("max", plain)):
+            qw, e, *_ = getattr(model, name).int_params(0)
+            errs[label] = float(((qw.double() * 2.0**-e - w) ** 2).mean())
+        assert errs["mse"] < errs["max"], name  # 2- and 4-bit grids: clipping a few weights beats rounding the rest
+    _assert_exact(q, npukit.to_ir(q))

@@ -5,8 +5,8 @@ Methods, per observed tensor (layer outputs and the model input):
 - `percentile`: the exponent at which the given percentile of |value| fits (the rarest values clip);
 - `mse`: of the exponents from the `minmax` one to 4 finer ones, the one whose quantized values are closest
   to the float values (mean squared error over a sample of the values: clipping error against rounding error).
-`weights="mse"` also searches each conv/linear layer's weight exponent (0 to 3 finer than the max) for the
-smallest error of the layer's output on the calibration inputs.
+`weights="mse"` also searches each conv/linear layer's weight exponent (0 to 3 finer than the layer's own
+choice: max, mse or quantile) for the smallest error of the layer's output on the calibration inputs.
 
 Each exponent is set through the observer's range (`range_ema`), so a QAT run after calibration starts
 from it, and the exponents stay power-of-two: the result is as exact in every backend as any other model.
@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .. import arith
 from ..errors import NpukitError
-from .fakequant import ObservedQModule
+from .fakequant import ObservedQModule, mse_exponent
 
 METHODS = ("minmax", "percentile", "mse")
 _SAMPLE = 1 << 15  # values kept per observer per batch (a uniform random subsample)
@@ -87,6 +87,8 @@ def calibrate(qmodel: nn.Module, batches: Iterable, method: str = "minmax", *, p
         with torch.no_grad():
             for batch in _track(batches, progress):
                 x = batch[0] if isinstance(batch, list | tuple) else batch
+                if len(x) == 0:  # an empty last slice: nothing to observe
+                    continue
                 qmodel(x)
                 n += 1
     finally:
@@ -126,14 +128,7 @@ def _choose(m: ObservedQModule, c: _Collector, method: str, percentile: float) -
     values = torch.cat(c.samples[m])
     if method == "percentile":
         return arith.fit_exponent(float(torch.quantile(values.abs()[: 1 << 24], percentile / 100)), bits)
-    lo, hi = arith.act_range(bits, c.positive[m])
-    best, best_err = e_max, math.inf
-    for e in range(e_max, min(e_max + _FINER, arith.MAX_EXP) + 1):
-        q = arith.saturate(arith.round_real(values * 2.0**e, m.rounding), lo, hi) * 2.0**-e
-        err = float(((values - q) ** 2).mean())
-        if err < best_err:
-            best, best_err = e, err
-    return best
+    return mse_exponent(values, e_max, _FINER, bits, m.rounding, c.positive[m])
 
 
 def _set_range(m: ObservedQModule, real_range: float, e: int) -> None:
@@ -146,7 +141,8 @@ def _set_range(m: ObservedQModule, real_range: float, e: int) -> None:
 def _weight_offset(m, x: torch.Tensor) -> int:
     """How many exponents finer than the max-fitting one the layer's weights do best on its own inputs."""
     w = m.weight.detach().to(torch.float64)
-    base = arith.fit_exponent(float(w.abs().max()), m.w_bits)
+    m.w_exp_offset = 0
+    base = m.int_params(0)[1]  # the layer's own choice (max, mse or quantile), which the offset refines
     lo, hi = arith.int_range(m.w_bits)
     x = x.to(torch.float64)
     ref = m._mac(x, w, None)

@@ -49,7 +49,7 @@ class CaptureContext:
     """What op capture functions may ask about the traced model."""
 
     def __init__(self, gm: fx.GraphModule, profile: TargetProfile, weight_bits: int, wide_output: bool,
-                 layer_bits: dict[str, int] | None = None, weight_exp: str | float = "max"):
+                 layer_bits: dict[str, int] | None = None, weight_exp: str | float = "auto"):
         self.gm = gm
         self.modules = dict(gm.named_modules())
         self.profile = profile
@@ -201,7 +201,7 @@ def _is_passthrough(node: fx.Node, ctx: CaptureContext) -> bool:
 
 def prepare(model: nn.Module, example_input: torch.Tensor, target="venus", *, weight_bits: int | None = None,
             wide_output: bool | None = None, rules: str = "error", layer_bits: dict[str, int] | None = None,
-            weight_exp: str | float = "max") -> fx.GraphModule:
+            weight_exp: str | float = "auto") -> fx.GraphModule:
     """Turn a float model into a QAT model that computes exactly the target's integer arithmetic.
 
     `example_input` is a batch (batch dimension first) used to trace shapes and to initialise the
@@ -238,7 +238,7 @@ def rule_problems(qmodel: fx.GraphModule, profile: TargetProfile) -> list[Proble
 
 def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, weight_bits: int | None = None,
             wide_output: bool | None = None, lenient: bool = False, layer_bits: dict[str, int] | None = None,
-            weight_exp: str | float = "max"):
+            weight_exp: str | float = "auto"):
     """Trace and rebuild `model` from QAT modules: (qmodel, capture problems, profile).
 
     Strict (`lenient=False`): any problem raises `ProblemsError`. Lenient (for `npukit check`): an
@@ -273,8 +273,8 @@ def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
                           f"{type(cause).__name__}: {str(cause).splitlines()[0]}\n"
                           "    fix: give the input shape the model takes, batch first (e.g. 1,3,32,32)") from None
 
-    if not (weight_exp == "max" or (isinstance(weight_exp, float) and 0.5 < weight_exp <= 1.0)):
-        raise NpukitError(f"weight_exp={weight_exp!r}; use 'max' or a quantile in (0.5, 1], e.g. 0.999")
+    if not (weight_exp in ("auto", "max", "mse") or (isinstance(weight_exp, float) and 0.5 < weight_exp <= 1.0)):
+        raise NpukitError(f"weight_exp={weight_exp!r}; use 'auto', 'max', 'mse' or a quantile in (0.5, 1], e.g. 0.999")
     if layer_bits:
         from ..policy import resolve_layer_bits
 

@@ -8,6 +8,7 @@ estimator); the forward value is always the exact integer result.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -109,6 +110,19 @@ def requant_ste(y: torch.Tensor, e_x: int, e_out: int, scheme, attrs: dict, boun
     exact_f32 = y.dtype == torch.float32 and bound < 2 ** (22 + attrs["out_shift"])
     track = torch.is_grad_enabled() and y.requires_grad  # a backward may come: keep the mask
     return _Requant.apply(y, e_x, e_out, scheme, attrs, bound, exact_f32, track)
+
+
+def mse_exponent(values: torch.Tensor, first: int, tries: int, bits: int, mode: str, relu: bool = False) -> int:
+    """Of the exponents first .. first + tries, the one whose quantized values are closest to `values` (mean
+    squared error: the clipping error of a finer grid against the rounding error of a coarser one)."""
+    lo, hi = arith.act_range(bits, relu)
+    v = values.detach().to(torch.float64)
+    best, best_err = first, math.inf
+    for e in range(first, min(first + tries, arith.MAX_EXP) + 1):
+        err = float(((arith.saturate(arith.round_real(v * 2.0**e, mode), lo, hi) * 2.0**-e - v) ** 2).mean())
+        if err < best_err:
+            best, best_err = e, err
+    return best
 
 
 def exact_carrier(bound: int, device: torch.device) -> torch.dtype:

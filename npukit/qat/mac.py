@@ -13,7 +13,9 @@ from .. import arith
 from ..errors import UnsupportedError
 from ..ir import Node, TensorSpec
 from .base import Captured, OpCapture, node_name
-from .fakequant import ObservedQModule, exact_carrier, quant_ste, requant_ste
+from .fakequant import ObservedQModule, exact_carrier, mse_exponent, quant_ste, requant_ste
+
+MSE_FINER_WEIGHTS = 3  # weight exponents above the max-fitting one that weight_exp="mse" tries
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -22,7 +24,7 @@ class QMac(ObservedQModule):
     """QAT conv/linear: float parameters, exact integer forward."""
 
     def __init__(self, profile, weight, bias, *, w_bits, relu, wide, conv: dict | None, has_bias: bool = True,
-                 absolute: bool = False, clamp: tuple[float, float] | None = None, weight_exp: str | float = "max"):
+                 absolute: bool = False, clamp: tuple[float, float] | None = None, weight_exp: str | float = "auto"):
         super().__init__(profile)
         self.weight = nn.Parameter(weight.detach().clone().float())
         if has_bias:
@@ -31,7 +33,9 @@ class QMac(ObservedQModule):
             self.register_buffer("bias", torch.zeros_like(bias, dtype=torch.float32))
         self.w_bits, self.relu, self.wide, self.conv, self.absolute = w_bits, relu, wide, conv, absolute
         self.clamp = clamp  # real (lo, hi) of a fused ReLU6 / Hardtanh / clamp
-        self.weight_exp = weight_exp  # 'max' or the quantile of |w| the exponent fits (npukit/policy.py)
+        if weight_exp == "auto":  # measured (benchmarks/accuracy.py): mse saves 4- and 2-bit weights, 8-bit needs none
+            weight_exp = "max" if w_bits >= 8 else "mse"
+        self.weight_exp = weight_exp  # 'max', 'mse' or the quantile of |w| the exponent fits (npukit/policy.py)
         self.w_exp_offset = 0  # exponents finer than that, chosen by calibrate(weights="mse")
         self.op = "conv" if conv else "linear"
 
@@ -47,6 +51,8 @@ class QMac(ObservedQModule):
         w_fit = arith.fit_exponent(w_max, self.w_bits)
         if self.weight_exp == "max":
             w_exp = w_fit
+        elif self.weight_exp == "mse":  # low-bit weights: clip the largest where that costs less than rounding
+            w_exp = mse_exponent(self.weight, w_fit, MSE_FINER_WEIGHTS, self.w_bits, self.rounding)
         else:  # the larger weights saturate at the grid's end, the rest are finer
             k = max(1, math.ceil(self.weight_exp * w_abs.numel()))
             w_exp = arith.fit_exponent(float(w_abs.flatten().kthvalue(k).values), self.w_bits)
