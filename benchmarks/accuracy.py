@@ -11,8 +11,9 @@ all seeds) and target max78000, the test accuracy of:
 - float: the plain float model (no constraint) trained F epochs;
 - PTQ int8, minmax / percentile 99.99 / mse (activation and weight exponents): that float model prepared for
   the target and calibrated on up to 8 training batches of 256, no training;
-- QAT int8 two-stage: npukit.TwoStage over F + Q epochs, F of constrained float then Q of QAT, observers
-  frozen for the last third of the QAT epochs (what the examples do);
+- QAT int8 two-stage: npukit.TwoStage over F + Q epochs, F of float then Q of QAT, observers frozen for
+  the last third of the QAT epochs (what the examples do); and the same with a constrained stage 1
+  (policy constrain: true, the target's fixed float ranges) at 8 and 4 bits;
 - QAT int8 one-stage: the same F + Q epochs all QAT (policy qat_start_epoch 0, same freeze epoch);
 - QAT 4-bit and 2-bit weights (8-bit activations): two-stage with policy weight_bits 4 or 2 (weight exponent
   `auto`, i.e. mse below 8 bits), and 4-bit with weight_exponent max for comparison;
@@ -85,9 +86,11 @@ ROWS = {  # key: label
     "ptq_percentile": "PTQ int8 percentile 99.99",
     "ptq_mse": "PTQ int8 mse (acts + weights)",
     "qat8": "QAT int8 two-stage",
+    "qat8_constrained": "QAT int8, constrained stage 1",
     "qat8_one_stage": "QAT int8 one-stage",
     "qat4": "QAT 4-bit weights (two-stage)",
     "qat4_max": "QAT 4-bit, weight exponent max",
+    "qat4_constrained": "QAT 4-bit, constrained stage 1",
     "qat2": "QAT 2-bit weights (two-stage)",
     "torch_ao": "torch.ao int8 QAT (FX, x86)",
 }
@@ -141,12 +144,12 @@ def ptq(model: nn.Module, data, seed: int, method: str, weights: str = "max") ->
 
 
 def npukit_qat(ex: Example, mod, data, seed: int, *, qat_start: int, weight_bits: int,
-               weight_exponent: str = "max") -> nn.Module:
+               weight_exponent: str = "auto", constrain: bool = False) -> nn.Module:
     x, y = data[:2]
     torch.manual_seed(seed)
     model = mod.make_model()
     policy = {"qat_start_epoch": qat_start, "weight_bits": weight_bits, "freeze_observers_epoch": ex.freeze_epoch,
-              "weight_exponent": weight_exponent}
+              "weight_exponent": weight_exponent, "constrain": constrain}
     flow = npukit.TwoStage(model, x[:512], target=TARGET, policy=policy)
     train(flow.model, model.parameters(), x, y, ex.batch, ex.float_epochs + ex.qat_epochs)
     return flow.qmodel
@@ -205,10 +208,14 @@ def run_seed(ex: Example, mod, data, seed: int, rows: dict) -> None:
     measure("ptq_percentile", lambda: ptq(float_model, data, seed, "percentile"))
     measure("ptq_mse", lambda: ptq(float_model, data, seed, "mse", weights="mse"))
     measure("qat8", lambda: npukit_qat(ex, mod, data, seed, qat_start=ex.float_epochs, weight_bits=8))
+    measure("qat8_constrained", lambda: npukit_qat(ex, mod, data, seed, qat_start=ex.float_epochs, weight_bits=8,
+                                                   constrain=True))
     measure("qat8_one_stage", lambda: npukit_qat(ex, mod, data, seed, qat_start=0, weight_bits=8))
     measure("qat4", lambda: npukit_qat(ex, mod, data, seed, qat_start=ex.float_epochs, weight_bits=4))
     measure("qat4_max", lambda: npukit_qat(ex, mod, data, seed, qat_start=ex.float_epochs, weight_bits=4,
                                            weight_exponent="max"))
+    measure("qat4_constrained", lambda: npukit_qat(ex, mod, data, seed, qat_start=ex.float_epochs, weight_bits=4,
+                                                   constrain=True))
     measure("qat2", lambda: npukit_qat(ex, mod, data, seed, qat_start=ex.float_epochs, weight_bits=2))
     measure("torch_ao", lambda: torch_ao_qat(ex, float_model, data, seed), may_fail=True)
 

@@ -4,9 +4,10 @@
     python examples/digits_cnn.py --target venus --float-epochs 3 --qat-epochs 2 --out /tmp/digits
 
 The stages are spelled out with npukit's building blocks instead of a policy file (compare
-examples/kws_mnist1d.py): train the float model constrained to what the chip represents
-(`npukit.constrain`), then `npukit.prepare` folds BatchNorm and fine-tunes with QAT, observers frozen for
-the last epochs; then convert, check bit-exactness against the engine, export ONNX and pack.
+examples/kws_mnist1d.py): train the float model (with `--constrain`, clamped to the vendor training
+library's fixed ranges by `npukit.constrain`; it costs accuracy, see docs/training.md), then
+`npukit.prepare` folds BatchNorm and fine-tunes with QAT, observers frozen for the last epochs; then
+convert, check bit-exactness against the engine, export ONNX and pack.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def main() -> None:
     ap.add_argument("--float-epochs", type=int, default=30)
     ap.add_argument("--qat-epochs", type=int, default=15)
     ap.add_argument("--weight-bits", type=int, default=None, help="default: the target's")
+    ap.add_argument("--constrain", action="store_true", help="stage 1 in the target's fixed float ranges")
     ap.add_argument("--out", type=Path, default=Path("out/digits_cnn"))
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -81,15 +83,15 @@ def main() -> None:
     if not found.ok:
         raise SystemExit("\n".join(str(p) for p in found.errors))
 
-    # Stage 1: float, BatchNorm kept, activations and weights in the chip's range.
-    constrained = npukit.constrain(model, a.target)
-    run_epochs(constrained, x, y, a.float_epochs, lr=0.01,
-               log=lambda e, loss: print(f"float {e:2d}  loss {loss:.3f}  test {evaluate(constrained, x_test, y_test):.3f}"))
-    float_acc = evaluate(constrained, x_test, y_test)
-    npukit.save_checkpoint(model, a.out / "float.pt", stage="constrained")
+    # Stage 1: float, BatchNorm kept (constrained: activations and weights in the target's fixed ranges).
+    net = npukit.constrain(model, a.target) if a.constrain else model
+    run_epochs(net, x, y, a.float_epochs, lr=0.01,
+               log=lambda e, loss: print(f"float {e:2d}  loss {loss:.3f}  test {evaluate(net, x_test, y_test):.3f}"))
+    float_acc = evaluate(net, x_test, y_test)
+    npukit.save_checkpoint(model, a.out / "float.pt", stage="constrained" if a.constrain else "float")
 
-    # Stage 2: QAT from the stage-1 weights (the clamps become the layers' output saturation).
-    qmodel = npukit.prepare(constrained, x[:256], target=a.target, weight_bits=a.weight_bits)
+    # Stage 2: QAT from the stage-1 weights (a constrained model's clamps become the layers' output saturation).
+    qmodel = npukit.prepare(net, x[:256], target=a.target, weight_bits=a.weight_bits)
     freeze_at = max(1, a.qat_epochs * 2 // 3)
     run_epochs(qmodel, x, y, a.qat_epochs, lr=0.002,
                on_epoch=lambda e: npukit.freeze_observers(qmodel, e >= freeze_at),

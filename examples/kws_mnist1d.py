@@ -1,6 +1,6 @@
 """Keyword-spotting style Conv1d network on MNIST-1D for the MAX78000, trained in two stages from a policy file.
 
-    python examples/kws_mnist1d.py                       # 20 float + 10 QAT epochs, about a minute on a CPU
+    python examples/kws_mnist1d.py                       # 20 float + 10 QAT epochs, about half a minute on a CPU
     python examples/kws_mnist1d.py --epochs 4 --qat-start 2 --out /tmp/kws
 
 A plain PyTorch training loop; the lines marked `# npukit` are all it takes: the policy
@@ -57,7 +57,7 @@ def train(epochs: int, policy, target: str = "max78000", seed: int = 0, lr: floa
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
     for epoch in range(epochs):
-        net = flow.model(epoch, optimizer)  # npukit: constrained float, then QAT from the policy's epoch
+        net = flow.model(epoch, optimizer)  # npukit: float, then QAT from the policy's epoch
         net.train()
         perm = torch.randperm(len(x))
         for i in range(0, len(x), 64):
@@ -67,7 +67,7 @@ def train(epochs: int, policy, target: str = "max78000", seed: int = 0, lr: floa
             loss.backward()
             optimizer.step()
         scheduler.step()
-        log(f"epoch {epoch:2d}  {flow.stage:11s}  loss {loss.item():.3f}  test {evaluate(net, x_test, y_test):.3f}")
+        log(f"epoch {epoch:2d}  {flow.stage:5s}  loss {loss.item():.3f}  test {evaluate(net, x_test, y_test):.3f}")
     return flow, (x, y, x_test, y_test)
 
 

@@ -1,4 +1,4 @@
-"""Two-stage training inside the user's own loop: a constrained float model first, then QAT from its weights.
+"""Two-stage training inside the user's own loop: a float model first (optionally constrained), then QAT.
 
     flow = npukit.TwoStage(model, example, target="max78000", policy="policy.yaml")
     for epoch in range(epochs):
@@ -6,9 +6,10 @@
         ...the user's epoch, training `net` with `optimizer`...
     graph = npukit.to_ir(flow.qmodel)
 
-Stage 1 trains the user's own modules (BatchNorm kept) through a traced copy that clamps every conv/linear
-output to the target's `float_training.activation_range` and clips their weights to `weight_range`; stage 2
-is `prepare()` of the user's model with those weights (BatchNorm folded) and the policy's bits. Switching
+Stage 1 trains the user's own modules (BatchNorm kept); with the policy's `constrain: true`, through a traced
+copy that clamps every conv/linear output to the target's `float_training.activation_range` and clips their
+weights to `weight_range`. Stage 2 is `prepare()` of that model with those weights (BatchNorm folded) and
+the policy's bits. Switching
 stage rebinds the optimizer to the QAT parameters (fresh optimizer state; learning rate and scheduler go
 on). All state lives in the TwoStage object: two of them with different policies can share a process.
 """

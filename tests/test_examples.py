@@ -1,4 +1,4 @@
-"""The examples run end to end, as a user copies them: float -> constrained -> QAT -> export -> pack."""
+"""The examples run end to end, as a user copies them: float (optionally constrained) -> QAT -> export -> pack."""
 
 from __future__ import annotations
 
@@ -35,11 +35,11 @@ def _check_outputs(out: Path, stdout: str, bits: dict[str, int] | None = None) -
 
 def test_policy_driven_kws_example(tmp_path):
     stdout = _run("kws_mnist1d.py", "--epochs", 3, "--qat-start", 2, "--out", tmp_path)
-    assert "constrained" in stdout and "qat" in stdout  # both stages ran, switched by the policy
+    assert " float " in stdout and " qat " in stdout  # both stages ran, switched by the policy
     _check_outputs(tmp_path, stdout, {"conv1": 8, "conv2": 4, "conv3": 4, "conv4": 2, "fc": 8})
 
 
 def test_stepwise_digits_example(tmp_path):
-    stdout = _run("digits_cnn.py", "--float-epochs", 2, "--qat-epochs", 1, "--out", tmp_path)
+    stdout = _run("digits_cnn.py", "--constrain", "--float-epochs", 2, "--qat-epochs", 1, "--out", tmp_path)
     _check_outputs(tmp_path, stdout)
     assert (tmp_path / "float.pt").is_file() and (tmp_path / "qat.pt").is_file()

@@ -124,7 +124,7 @@ def test_constrain_clamps_layers_clips_weights_and_shares_parameters():
 
 def test_two_stage_switches_rebinds_the_optimizer_and_freezes_observers():
     m = _trained_float()
-    flow = npukit.TwoStage(m, X, "max78000", {"qat_start_epoch": 2, "freeze_observers_epoch": 3,
+    flow = npukit.TwoStage(m, X, "max78000", {"qat_start_epoch": 2, "freeze_observers_epoch": 3, "constrain": True,
                                               "layers": [{"match": "fc", "weight_bits": 4}]})
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
     sched = torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)

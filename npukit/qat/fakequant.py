@@ -54,7 +54,8 @@ class _Quant(torch.autograd.Function):
         if not ctx.clips:
             return grad * ctx.scale, None, None, None, None, None
         (inside,) = ctx.saved_tensors
-        return torch.where(inside, grad * ctx.scale, 0.0), None, None, None, None, None
+        # times the mask's bytes: several times faster than torch.where on a bool mask on CPU
+        return grad * ctx.scale * inside.view(torch.uint8), None, None, None, None, None
 
 
 def quant_ste(x: torch.Tensor, exp: int, bits: int, mode: str, relu: bool = False, clips: bool = True) -> torch.Tensor:
@@ -98,7 +99,7 @@ class _Requant(torch.autograd.Function):
         (mask,) = ctx.saved_tensors
         if ctx.signed:
             return grad * ctx.scale * mask, *([None] * 7)
-        return torch.where(mask, grad * ctx.scale, 0.0), *([None] * 7)
+        return grad * ctx.scale * mask.view(torch.uint8), *([None] * 7)
 
 
 def requant_ste(y: torch.Tensor, e_x: int, e_out: int, scheme, attrs: dict, bound: int) -> torch.Tensor:
