@@ -363,7 +363,7 @@ def _dump_or_backend(which: str, model: Path | None, input_path: Path | None, wo
 
 @app.command()
 def dump(
-    backend: str = typer.Argument(..., help="engine, onnx, model.bin or c (the generated C, built with dumps)"),
+    backend: str = typer.Argument(..., help="engine, onnx, model.bin, c (the generated C) or runtime (npukit-run)"),
     model: Path = typer.Argument(..., help="a model.bin, an IR file (.npir) or an npukit ONNX file"),
     input_path: Path = typer.Option(..., "--input", help=".npy batch: integers, or floats (quantized at the input exponent)"),
     output: Path = typer.Option(..., "-o", "--output", help="the dump file to write (.npz)"),
@@ -420,7 +420,7 @@ def compare(
 def eval_(
     model: Path = typer.Argument(..., help="a model.bin, an IR file (.npir) or an npukit ONNX file"),
     data: str = typer.Option(..., help=".npz with inputs x and labels y, or file.py:function returning (x, y)"),
-    backend: str = typer.Option("all", help="comma-separated: engine, onnx, model.bin, c; or all"),
+    backend: str = typer.Option("all", help="comma-separated: engine, onnx, model.bin, c, runtime; or all"),
     json_out: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ) -> None:
     """Accuracy of each backend over a whole data set, and its agreement with the engine, sample by sample."""
@@ -431,7 +431,7 @@ def eval_(
     names = list(BACKENDS) if backend == "all" else [b.strip() for b in backend.split(",") if b.strip()]
     try:
         x, y = load_data(data)
-        results = evaluate(model, x, y, names, progress=not json_out)
+        results = evaluate(model, x, y, names, progress=not json_out and err.is_terminal)
     except NpukitError as e:
         _fail(e)
     if json_out:
@@ -472,7 +472,7 @@ def analyze(
         x, y = x[:samples], (None if y is None else y[:samples])
         qmodel = prepare_for_analysis(model, x, target, weights=weights, qat=qat, method=calibrate,
                                       weight_bits=weight_bits, kwargs=json.loads(kwargs) if kwargs else None)
-        a = analyze_model(qmodel, x, y, sensitivity=sensitivity, progress=not json_out)
+        a = analyze_model(qmodel, x, y, sensitivity=sensitivity, progress=not json_out and err.is_terminal)
         paths = analysis_report.write(a, out) if out else {}
     except json.JSONDecodeError as e:
         _fail(NpukitError(f"--kwargs is not JSON: {e}"))

@@ -7,7 +7,8 @@ print over a serial line). It is written as .npz (`Dump.save`); firmware CRC lin
 
 Producers: `dump_engine` (the reference engine), `dump_modelbin` (the engine on the graph read back from a
 model.bin), `dump_onnx` (onnxruntime, every intermediate value), `dump_c` (the generated C, built with
-NPUKIT_DUMP), and `npukit.qat.dump_qat` (QAT eval, with the user's source lines). `compare` names the first
+NPUKIT_DUMP), `dump_runtime` (the C runtime that loads model.bin, `npukit-run --dump`) and
+`npukit.qat.dump_qat` (QAT eval, with the user's source lines). `compare` names the first
 tensor that differs.
 """
 
@@ -292,7 +293,20 @@ def _input_state(a: Dump, b: Dump, t: str, samples: list[int]) -> str:
     return "differs too (an earlier tensor should have been reported)"
 
 
-BACKENDS = ("engine", "onnx", "model.bin", "c")
+BACKENDS = ("engine", "onnx", "model.bin", "c", "runtime")
+
+
+def dump_runtime(model_bin: str | Path, x: np.ndarray, workdir: str | Path) -> Dump:
+    """The C runtime (runtime/, the `npukit-run` runner) on a model.bin, every tensor of every sample traced."""
+    from . import modelbin
+    from .codegen import host
+
+    graph = modelbin.read(model_bin).graph
+    exe = host.build_runtime(workdir)
+    _, lines = host.run_runtime(exe, model_bin, np.asarray(x, graph.input_spec().dtype), workdir, dump=True)
+    d = parse_crc_lines(lines, "the C runtime", graph)
+    d.backend = "runtime"
+    return d
 
 
 def dump_backend(backend: str, model: str | Path, x, workdir: str | Path) -> Dump:
@@ -315,6 +329,8 @@ def dump_backend(backend: str, model: str | Path, x, workdir: str | Path) -> Dum
     model_bin = Path(model)
     if file_kind(model_bin) != "modelbin":  # the model.bin this model packs into
         model_bin = pack(graph, Path(workdir) / "model.bin").path
+    if backend == "runtime":
+        return dump_runtime(model_bin, x, workdir)
     return dump_modelbin(model_bin, x) if backend == "model.bin" else dump_c(model_bin, x, workdir)
 
 

@@ -1,7 +1,8 @@
 """`npukit eval`: accuracy of every backend over a whole data set, and how often each agrees with the engine.
 
 Backends: `engine` (the integer reference), `onnx` (onnxruntime on the exported model), `model.bin` (the
-engine on the graph read back from the packed file) and `c` (the generated C project, built on the host).
+engine on the graph read back from the packed file), `c` (the generated C project, built on the host) and
+`runtime` (the C runtime loading the model.bin, `npukit-run`).
 Data: an .npz with inputs `x` and labels `y` (or `inputs` / `labels`), or `file.py:function` returning
 (x, y). Float inputs are quantized at the model's input exponent; integer inputs are used as they are.
 """
@@ -18,7 +19,7 @@ import numpy as np
 from .errors import NpukitError
 from .ir import Graph
 
-BACKENDS = ("engine", "onnx", "model.bin", "c")
+BACKENDS = ("engine", "onnx", "model.bin", "c", "runtime")
 
 
 def load_data(spec: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -125,6 +126,10 @@ def _runner(name: str, model, graph: Graph, tmp: Path):
     from . import codegen
     from .codegen import host
 
+    if name == "runtime":
+        runner = host.build_runtime(tmp)
+        dtype = graph.output_spec().dtype.newbyteorder("<")
+        return lambda b: np.frombuffer(host.run_runtime(runner, model_bin, b, tmp)[0], dtype)
     project = codegen.generate(model_bin, tmp / "c")
     exe = host.build(project, "run_file")
     out = graph.output_spec()

@@ -82,10 +82,10 @@ def test_cli_eval_and_analyze(trained, tmp_path, monkeypatch):
     npukit.pack(npukit.to_ir(q), "model.bin")
     np.savez("test.npz", x=x, y=y)
     runner = CliRunner()
-    r = runner.invoke(app, ["eval", "model.bin", "--data", "test.npz", "--backend", "engine,onnx,model.bin,c", "--json"])
+    r = runner.invoke(app, ["eval", "model.bin", "--data", "test.npz", "--json"])
     assert r.exit_code == 0, r.output
     results = json.loads(r.output)
-    assert [b["backend"] for b in results] == ["engine", "onnx", "model.bin", "c"]
+    assert [b["backend"] for b in results] == ["engine", "onnx", "model.bin", "c", "runtime"]
     assert all(b["agreement"] == 1.0 and b["accuracy"] == results[0]["accuracy"] for b in results)
     with torch.no_grad():
         assert results[0]["accuracy"] == pytest.approx(float((q.eval()(torch.from_numpy(x)).argmax(1).numpy() == y).mean()))

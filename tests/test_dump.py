@@ -44,8 +44,8 @@ def _plant(tensor: str):
 def test_every_backend_agrees_on_every_layer(model, tmp_path):
     q, g, path, x, xi = model
     ref = D.dump_engine(g, xi)
-    dumps = [dump_qat(q, x), D.dump_onnx(g, xi), D.dump_modelbin(path, xi), D.dump_c(path, xi, tmp_path / "full"),
-             D.dump_c(path, xi, tmp_path / "crc", crc_only=True)]
+    dumps = [dump_qat(q, x), D.dump_onnx(g, xi), D.dump_modelbin(path, xi), D.dump_runtime(path, xi, tmp_path),
+             D.dump_c(path, xi, tmp_path / "full"), D.dump_c(path, xi, tmp_path / "crc", crc_only=True)]
     assert ref.order == ["input", "conv1", "conv2", "pool2", "conv3", "pool3", "flatten", "fc"]
     for d in dumps:
         assert d.order == ref.order and D.compare(ref, d) is None, d.backend
@@ -73,8 +73,10 @@ def test_one_changed_weight_in_a_model_bin_is_found_in_its_layer(model, tmp_path
     w = edited.node("conv3").params["weight"]
     w.flat[0] = w.flat[0] + 1 if w.flat[0] < 127 else w.flat[0] - 1
     npukit.pack(edited, tmp_path / "edited.bin")
-    d = D.compare(D.dump_engine(g, xi), D.dump_modelbin(tmp_path / "edited.bin", xi))
-    assert d is not None and d.tensor == "conv3" and d.inputs == {"pool2": d.inputs["pool2"]}
+    for run in (D.dump_modelbin(tmp_path / "edited.bin", xi), D.dump_runtime(tmp_path / "edited.bin", xi, tmp_path)):
+        d = D.compare(D.dump_engine(g, xi), run)
+        assert d is not None and d.tensor == "conv3" and list(d.inputs) == ["pool2"], run.backend
+        assert d.inputs["pool2"].startswith("equal") and d.count and d.max_abs_diff >= 1
 
 
 def test_firmware_crc_lines_load_as_a_dump(model, tmp_path):

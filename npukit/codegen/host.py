@@ -11,6 +11,8 @@ import numpy as np
 from ..errors import NpukitError
 
 STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+KERNELS = Path(__file__).parent / "runtime"
+RUNTIME = Path(__file__).resolve().parents[2] / "runtime"  # the model.bin runtime, in an npukit checkout
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
 
 
@@ -54,3 +56,36 @@ def run_file(exe: str | Path, x: np.ndarray, out_dtype: np.dtype, out_size: int,
     if res.returncode != 0:
         raise NpukitError(f"run_file failed: {res.stdout}{res.stderr}")
     return np.fromfile(dst, dtype=out_dtype).reshape(len(x), out_size)
+
+
+def build_runtime(out_dir: str | Path, program: str = "npukit_run", *, cc: str | None = None,
+                  flags: list[str] = ("-O2",), suffix: str = "") -> Path:
+    """Compile runtime/<program>.c (npukit_run: the `npukit-run` runner; fuzz_harness) with the model.bin
+    runtime and the kernel library, with `flags` after the strict ones; returns the executable."""
+    compiler = find_cc(cc)
+    if compiler is None:
+        raise NpukitError("no C compiler found (looked for cc, gcc, clang)")
+    if not (RUNTIME / "npukit_runtime.c").is_file():
+        raise NpukitError(f"the C runtime's sources are not at {RUNTIME}: run from an npukit checkout")
+    exe = Path(out_dir) / (program + suffix)
+    sources = [RUNTIME / f"{program}.c", RUNTIME / "npukit_runtime.c", RUNTIME / "npukit_target.c",
+               *sorted(KERNELS.glob("nk_*.c"))]
+    cmd = [compiler, *STRICT, *flags, f"-I{KERNELS}", f"-I{RUNTIME}", "-o", str(exe), *map(str, sources)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise NpukitError(f"C build failed ({' '.join(cmd)}):\n{res.stdout}{res.stderr}")
+    return exe
+
+
+def run_runtime(exe: str | Path, model_bin: str | Path, x: np.ndarray, workdir: str | Path, *,
+                dump: bool = False) -> tuple[bytes, str]:
+    """`npukit-run [--dump] model.bin` on a batch of integer inputs (at the input's dtype): the output
+    file's bytes and stdout (the dump lines)."""
+    workdir = Path(workdir)
+    src, dst = workdir / "runtime_in.bin", workdir / "runtime_out.bin"
+    np.ascontiguousarray(x).astype(x.dtype.newbyteorder("<")).tofile(src)
+    cmd = [str(exe), *(["--dump"] if dump else []), str(model_bin), str(src), str(dst)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if res.returncode != 0:
+        raise NpukitError(f"npukit-run failed (exit {res.returncode}): {res.stderr.strip()}")
+    return dst.read_bytes(), res.stdout

@@ -1,0 +1,202 @@
+/* Fuzz harness (built with -fsanitize=address,undefined by `make fuzz-harness` and the tests): reads cases
+ * from stdin, each a u32 little-endian length and that many bytes of a (mutated) model.bin, and for each
+ * prints one line "LOAD INVOKE CRC": npukit_load's status, npukit_invoke's on an all-zero input ("-" when
+ * the load failed, "s" when the model is too large to run here), and the CRC-32 of the output for a
+ * pattern input, ((i * 73 + 11) mod 256) - 128 clipped to the input's range, which the tests compare
+ * with the reference engine's ("-" when not run).
+ *
+ * Each case is copied into a heap block of exactly its size, and the arena, input and output blocks are
+ * exactly the sizes the model declares, so AddressSanitizer reports any read or write past them. The
+ * harness also holds the API contract on every model that loads: a short arena, a misaligned arena, NULL
+ * buffers and an unloaded model are refused, and the output does not depend on what the arena held
+ * before (it is run on a zeroed and on a garbage-filled arena). A broken contract exits with status 3.
+ *
+ * `fuzz_harness --inflate` takes zlib streams instead and prints "STATUS LENGTH CRC" of npukit_inflate
+ * and of what it produced, for comparison with Python's zlib.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "npukit_runtime.h"
+#include "npukit_target.h"
+
+#define MAX_CASE (64UL << 20)
+#define MAX_ARENA (16UL << 20)
+#define MAX_WORK 2e7 /* multiply-accumulates and copies per run: keep a case below a second under ASan */
+
+static int contract(const char *what)
+{
+    fprintf(stderr, "fuzz_harness: API contract broken: %s\n", what);
+    exit(3);
+}
+
+/* Rough work of one run, from the prepared ops (double: only compared with MAX_WORK). */
+static double work(const npukit_model_t *m)
+{
+    double total = 0;
+    uint32_t i;
+    for (i = 0; i < m->n_ops; i++) {
+        const npukit_op_t *op = &m->ops[i];
+        const double out = m->tensors[op->out].elems, in = m->tensors[op->in[0]].elems;
+        switch (op->kind) {
+        case NPUKIT_OP_CONV:
+            total += out * (op->p.conv.in_c / op->p.conv.groups) * (double)op->p.conv.k_h * op->p.conv.k_w;
+            break;
+        case NPUKIT_OP_LINEAR:
+            total += out * in;
+            break;
+        case NPUKIT_OP_MAXPOOL:
+        case NPUKIT_OP_AVGPOOL:
+            total += out * (double)op->p.pool.k_h * op->p.pool.k_w;
+            break;
+        default:
+            total += out + in;
+            break;
+        }
+    }
+    return total;
+}
+
+static uint32_t crc32(const unsigned char *p, size_t n)
+{
+    uint32_t crc = 0xFFFFFFFFUL;
+    int k;
+    while (n-- > 0) {
+        crc ^= *p++;
+        for (k = 0; k < 8; k++) {
+            crc = (crc >> 1) ^ (0xEDB88320UL & (0u - (crc & 1u)));
+        }
+    }
+    return crc ^ 0xFFFFFFFFUL;
+}
+
+/* The pattern input, at the input's element width (host order: the runtime runs on little-endian hosts). */
+static void pattern(const npukit_model_t *m, unsigned char *in)
+{
+    const npukit_tensor_t *t = &m->tensors[m->input];
+    const int64_t hi = t->bits >= 8 ? 127 : ((int64_t)1 << (t->bits - 1)) - 1, lo = -hi - 1;
+    uint32_t i;
+    for (i = 0; i < t->elems; i++) {
+        int64_t v = (int64_t)((i * 73u + 11u) % 256u) - 128;
+        v = v < lo ? lo : (v > hi ? hi : v);
+        switch (t->elem_bytes) {
+        case 1: { const int8_t e = (int8_t)v; memcpy(in + i, &e, 1); break; }
+        case 2: { const int16_t e = (int16_t)v; memcpy(in + 2 * (size_t)i, &e, 2); break; }
+        case 4: { const int32_t e = (int32_t)v; memcpy(in + 4 * (size_t)i, &e, 4); break; }
+        default: memcpy(in + 8 * (size_t)i, &v, 8); break;
+        }
+    }
+}
+
+/* Runs the model: 1 when it is too large to run here, else npukit_invoke's status; *crc: see above. */
+static int run(const npukit_model_t *m, uint32_t *crc)
+{
+    const size_t arena_len = npukit_arena_bytes(m), in_len = npukit_input_bytes(m), out_len = npukit_output_bytes(m);
+    unsigned char *arena, *in, *out, *again, *shifted;
+    int rc;
+    if (arena_len > MAX_ARENA || work(m) > MAX_WORK) {
+        return 1;
+    }
+    arena = (unsigned char *)malloc(arena_len ? arena_len : 1);
+    shifted = (unsigned char *)malloc(arena_len + 4);
+    in = (unsigned char *)calloc(in_len, 1);
+    out = (unsigned char *)malloc(out_len);
+    again = (unsigned char *)malloc(out_len);
+    if (!arena || !shifted || !in || !out || !again) {
+        contract("out of memory");
+    }
+    memset(arena, 0, arena_len);
+    rc = npukit_invoke(m, arena, arena_len, in, out);
+    if (rc == NPUKIT_OK) {
+        memset(arena, 0xA5, arena_len); /* garbage: a result must not depend on it */
+        if (npukit_invoke(m, arena, arena_len, in, again) != NPUKIT_OK || memcmp(out, again, out_len) != 0) {
+            contract("the output depends on the arena's previous contents");
+        }
+        pattern(m, in);
+        if (npukit_invoke(m, arena, arena_len, in, out) != NPUKIT_OK) {
+            contract("an input inside the input's range was refused");
+        }
+        *crc = crc32(out, out_len);
+    }
+    if (npukit_invoke(m, arena, arena_len - 1, in, out) != NPUKIT_E_ARENA
+        || npukit_invoke(m, shifted + 1, arena_len + 3, in, out) != NPUKIT_E_ARENA
+        || npukit_invoke(m, arena, arena_len, NULL, out) != NPUKIT_E_ARG
+        || npukit_invoke(m, arena, arena_len, in, NULL) != NPUKIT_E_ARG
+        || npukit_invoke(NULL, arena, arena_len, in, out) != NPUKIT_E_ARG) {
+        contract("a bad argument to npukit_invoke was not refused");
+    }
+    free(arena);
+    free(shifted);
+    free(in);
+    free(out);
+    free(again);
+    return rc;
+}
+
+typedef struct {
+    uint32_t crc;   /* running CRC-32, not yet inverted */
+    uint32_t len;
+} sink_t;
+
+static int sink(void *ctx, uint8_t c)
+{
+    sink_t *s = (sink_t *)ctx;
+    int k;
+    s->crc ^= c;
+    for (k = 0; k < 8; k++) {
+        s->crc = (s->crc >> 1) ^ (0xEDB88320UL & (0u - (s->crc & 1u)));
+    }
+    s->len++;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static npukit_model_t model;
+    const int inflate = argc > 1 && strcmp(argv[1], "--inflate") == 0;
+    unsigned char head[4];
+    unsigned long cases = 0, loaded = 0;
+    while (fread(head, 1, 4, stdin) == 4) {
+        const size_t len = (size_t)head[0] | (size_t)head[1] << 8 | (size_t)head[2] << 16 | (size_t)head[3] << 24;
+        unsigned char *bin;
+        int rc;
+        if (len > MAX_CASE) {
+            contract("case too large");
+        }
+        bin = (unsigned char *)malloc(len ? len : 1);
+        if (bin == NULL || fread(bin, 1, len, stdin) != len) {
+            contract("truncated case stream");
+        }
+        if (inflate) {
+            sink_t out = {0xFFFFFFFFUL, 0};
+            rc = npukit_inflate(bin, len, sink, &out);
+            printf("%d %lu %08lx\n", rc, (unsigned long)out.len, (unsigned long)(out.crc ^ 0xFFFFFFFFUL));
+            free(bin);
+            cases++;
+            continue;
+        }
+        rc = npukit_load(bin, len, &model);
+        if (rc == NPUKIT_OK) {
+            uint32_t crc = 0;
+            const int inv = run(&model, &crc);
+            loaded++;
+            if (inv == 1) {
+                printf("0 s -\n");
+            } else if (inv == NPUKIT_OK) {
+                printf("0 0 %08lx\n", (unsigned long)crc);
+            } else {
+                printf("0 %d -\n", inv);
+            }
+        } else {
+            if (rc >= 0 || npukit_invoke(&model, bin, len, bin, bin) != NPUKIT_E_ARG) {
+                contract("a failed load left a usable model, or returned a non-negative error");
+            }
+            printf("%d - -\n", rc);
+        }
+        free(bin);
+        cases++;
+    }
+    fprintf(stderr, "fuzz_harness: %lu cases, %lu loaded\n", cases, loaded);
+    return 0;
+}

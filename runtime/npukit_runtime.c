@@ -1,0 +1,1714 @@
+/* npukit runtime: model.bin (docs/model-format.md) -> the kernel library (npukit/codegen/runtime).
+ *
+ * npukit_load reads the file in the order of the Python reader (npukit/modelbin.py, _Parser.parse):
+ * header, section table, strings, target, plan, tensors, io, ops, then the graph checks of
+ * modelbin._check_graph (each op's schema, OpDef.check_node) and Graph.validate (order of definition,
+ * arity, shape inference, OpDef.tensor_problems). A file it accepts is one the Python reader accepts,
+ * with the exceptions named in the format document. Only then does it look at what the kernels can run
+ * and compute each kernel call's parameters (what OpDef.to_c computes offline for generated code).
+ *
+ * Every read goes through a cursor over one section and is checked against the section's end first;
+ * lengths and offsets are compared as differences (end - pos) or in 64-bit arithmetic, so no sum can
+ * wrap. Counts are refused before the loop when their smallest records cannot fit. Nothing is allocated:
+ * the model is caller memory, the load state is on the stack (about 1 KiB, plus the inflater's window
+ * while the target section is read: npukit_target.c).
+ */
+#include <string.h>
+
+#include "npukit_runtime.h"
+#include "npukit_target.h"
+
+#define LOADED 0x4B55504EUL    /* "NPUK": set last by a successful npukit_load */
+#define VERSION 2
+#define HEADER 20
+#define SECTION 12
+#define N_KINDS 7              /* strings, target, tensors, ops, plan, io, weights: kinds 1..7 */
+#define MAX_SECTIONS 64
+#define TENSOR_REC 16
+#define OP_REC 10
+#define PARAM_REC 9
+#define IO_REC 6
+#define MAX_RANK 8
+#define NO_OFFSET 0xFFFFFFFFUL
+#define NO_MEMORY 0xFF
+#define U32_MAX 0xFFFFFFFFULL
+#define EXP_LIMIT 96           /* Graph.validate: 3 * max(-arith.MIN_EXP, arith.MAX_EXP) */
+#define MARKS 64               /* string table checkpoints: a lookup walks at most count / MARKS strings */
+
+#if NPUKIT_MAX_EXTENT > (1L << 28)
+#error "NPUKIT_MAX_EXTENT above 2^28: the kernels' int32 positions (extent + 2 * padding + stride) could overflow"
+#endif
+
+enum { S_STRINGS = 1, S_TARGET, S_TENSORS, S_OPS, S_PLAN, S_IO, S_WEIGHTS };
+enum { A_BOOL, A_INT, A_LIST, A_STR };  /* attribute kinds (OpDef.attrs) */
+
+/* Fuzz builds (-DNPUKIT_CHECK_INVARIANTS) stop at a read the loader's own checks should have excluded, such
+ * as a dimension past a tensor's rank, even where it stays inside the file and a sanitizer sees nothing. */
+#ifdef NPUKIT_CHECK_INVARIANTS
+#include <stdlib.h>
+#define INVARIANT(cond)   \
+    do {                  \
+        if (!(cond)) {    \
+            abort();      \
+        }                 \
+    } while (0)
+#else
+#define INVARIANT(cond) ((void)0)
+#endif
+
+#define TRY(expr)                   \
+    do {                            \
+        const int rc_ = (expr);     \
+        if (rc_ != NPUKIT_OK) {     \
+            return rc_;             \
+        }                           \
+    } while (0)
+
+typedef struct {
+    const uint8_t *d;
+    size_t pos, end;
+} cur_t;
+
+typedef struct {
+    const uint8_t *d;
+    size_t len;
+    size_t off[N_KINDS + 1], size[N_KINDS + 1]; /* by section kind */
+    uint32_t n_strings, stride;
+    size_t mark[MARKS];                          /* where string k * stride starts */
+    npukit_target_info target;
+    unsigned n_in, n_out;                        /* io section */
+    uint8_t role[NPUKIT_MAX_TENSORS];            /* roles the io lists give */
+    uint8_t defined[NPUKIT_MAX_TENSORS];
+    npukit_model_t *m;
+} ctx_t;
+
+static uint32_t rd16(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8;
+}
+
+static uint32_t rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* A little-endian two's complement integer of 1..8 bytes, without implementation-defined conversions. */
+static int64_t le_int(const uint8_t *p, unsigned width)
+{
+    uint64_t u = 0;
+    unsigned k;
+    for (k = 0; k < width; k++) {
+        u |= (uint64_t)p[k] << (8 * k);
+    }
+    if (width < 8) {
+        const uint64_t half = (uint64_t)1 << (8 * width - 1);
+        u = (u ^ half) - half; /* sign-extend, modulo 2^64 */
+    }
+    return u > (uint64_t)INT64_MAX ? -(int64_t)(~u) - 1 : (int64_t)u;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Cursor */
+
+static cur_t cursor(const ctx_t *x, int kind)
+{
+    cur_t c;
+    c.d = x->d;
+    c.pos = x->off[kind];
+    c.end = x->off[kind] + x->size[kind]; /* inside the file: checked with the section table */
+    return c;
+}
+
+static int take(cur_t *c, size_t n, size_t *at)
+{
+    if (n > c->end - c->pos) {
+        return NPUKIT_E_RECORD;
+    }
+    *at = c->pos;
+    c->pos += n;
+    return NPUKIT_OK;
+}
+
+static int u8(cur_t *c, uint32_t *v)
+{
+    size_t at;
+    TRY(take(c, 1, &at));
+    *v = c->d[at];
+    return NPUKIT_OK;
+}
+
+static int u16(cur_t *c, uint32_t *v)
+{
+    size_t at;
+    TRY(take(c, 2, &at));
+    *v = rd16(c->d + at);
+    return NPUKIT_OK;
+}
+
+/* A u16 record count, refused at once if that many of the smallest records cannot fit. */
+static int count(cur_t *c, size_t min_record, uint32_t *n)
+{
+    TRY(u16(c, n));
+    return (size_t)*n * min_record > c->end - c->pos ? NPUKIT_E_RECORD : NPUKIT_OK;
+}
+
+static int done(const cur_t *c)
+{
+    return c->pos == c->end ? NPUKIT_OK : NPUKIT_E_RECORD;
+}
+
+/* `rank` u32 dimensions: rank <= 8, each at least 1, their product at most max_elems (exact: the
+ * product is compared by division before it is formed). */
+static int dims(cur_t *c, uint32_t rank, uint64_t max_elems, uint64_t *elems, size_t *at)
+{
+    uint32_t k;
+    uint64_t e = 1;
+    if (rank > MAX_RANK) {
+        return NPUKIT_E_VALUE;
+    }
+    TRY(take(c, 4 * (size_t)rank, at));
+    for (k = 0; k < rank; k++) {
+        if (rd32(c->d + *at + 4 * k) == 0) {
+            return NPUKIT_E_VALUE;
+        }
+    }
+    for (k = 0; k < rank; k++) {
+        const uint64_t d = rd32(c->d + *at + 4 * k);
+        if (d > max_elems / e) {
+            return NPUKIT_E_VALUE;
+        }
+        e *= d;
+    }
+    if (e > max_elems) {
+        return NPUKIT_E_VALUE; /* rank 0: one element */
+    }
+    *elems = e;
+    return NPUKIT_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Strings */
+
+/* Strict UTF-8, as Python's decoder: no overlongs, no surrogates, nothing above U+10FFFF. */
+static int utf8_ok(const uint8_t *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        const uint8_t b = s[i];
+        uint8_t lo = 0x80, hi = 0xBF;
+        size_t k, j;
+        if (b < 0x80) {
+            i++;
+            continue;
+        }
+        if (b >= 0xC2 && b <= 0xDF) {
+            k = 1;
+        } else if (b >= 0xE0 && b <= 0xEF) {
+            k = 2;
+            lo = b == 0xE0 ? 0xA0 : 0x80;
+            hi = b == 0xED ? 0x9F : 0xBF;
+        } else if (b >= 0xF0 && b <= 0xF4) {
+            k = 3;
+            lo = b == 0xF0 ? 0x90 : 0x80;
+            hi = b == 0xF4 ? 0x8F : 0xBF;
+        } else {
+            return 0;
+        }
+        if (n - i - 1 < k || s[i + 1] < lo || s[i + 1] > hi) {
+            return 0;
+        }
+        for (j = 2; j <= k; j++) {
+            if ((s[i + j] & 0xC0) != 0x80) {
+                return 0;
+            }
+        }
+        i += k + 1;
+    }
+    return 1;
+}
+
+static int read_strings(ctx_t *x)
+{
+    cur_t c = cursor(x, S_STRINGS);
+    uint32_t n, i;
+    TRY(count(&c, 2, &n));
+    x->n_strings = n;
+    x->stride = n / MARKS + 1;
+    for (i = 0; i < n; i++) {
+        uint32_t len;
+        size_t at;
+        if (i % x->stride == 0) {
+            x->mark[i / x->stride] = c.pos;
+        }
+        TRY(u16(&c, &len));
+        TRY(take(&c, len, &at));
+        if (!utf8_ok(x->d + at, len)) {
+            return NPUKIT_E_VALUE;
+        }
+    }
+    return done(&c);
+}
+
+/* String i (< n_strings, checked by the caller): its bytes and length. */
+static const uint8_t *str(const ctx_t *x, uint32_t i, size_t *len)
+{
+    size_t pos;
+    uint32_t k;
+    INVARIANT(i < x->n_strings);
+    pos = x->mark[i / x->stride];
+    for (k = i % x->stride; k > 0; k--) {
+        pos += 2 + rd16(x->d + pos);
+    }
+    *len = rd16(x->d + pos);
+    return x->d + pos + 2;
+}
+
+static int str_is(const ctx_t *x, uint32_t i, const char *s)
+{
+    size_t n;
+    const uint8_t *p = str(x, i, &n);
+    return n == strlen(s) && memcmp(p, s, n) == 0;
+}
+
+/* Equal contents (the writer stores each string once, but the reader does not require it). */
+static int str_same(const ctx_t *x, uint32_t a, uint32_t b)
+{
+    size_t na, nb;
+    const uint8_t *pa, *pb;
+    if (a == b) {
+        return 1;
+    }
+    pa = str(x, a, &na);
+    pb = str(x, b, &nb);
+    return na == nb && memcmp(pa, pb, na) == 0;
+}
+
+/* A u16 string index, checked against the table. */
+static int str_index(const ctx_t *x, cur_t *c, uint32_t *i)
+{
+    TRY(u16(c, i));
+    return *i < x->n_strings ? NPUKIT_OK : NPUKIT_E_INDEX;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Header and section table */
+
+/* CRC-32 (zlib's), four bits at a time: a 64-byte table instead of 1 KiB. */
+static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n)
+{
+    static const uint32_t T[16] = {0x00000000UL, 0x1DB71064UL, 0x3B6E20C8UL, 0x26D930ACUL, 0x76DC4190UL,
+                                   0x6B6B51F4UL, 0x4DB26158UL, 0x5005713CUL, 0xEDB88320UL, 0xF00F9344UL,
+                                   0xD6D6A3E8UL, 0xCB61B38CUL, 0x9B64C2B0UL, 0x86D3D2D4UL, 0xA00AE278UL,
+                                   0xBDBDF21CUL};
+    while (n-- > 0) {
+        crc ^= *p++;
+        crc = (crc >> 4) ^ T[crc & 15u];
+        crc = (crc >> 4) ^ T[crc & 15u];
+    }
+    return crc;
+}
+
+static int read_header(ctx_t *x, uint32_t *n_sections)
+{
+    static const uint8_t zeros[4] = {0, 0, 0, 0};
+    const uint8_t *d = x->d;
+    uint32_t crc, n;
+    if (x->len < 4 || memcmp(d, "NPUK", 4) != 0) {
+        return NPUKIT_E_MAGIC;
+    }
+    if (x->len < HEADER) {
+        return NPUKIT_E_SIZE;
+    }
+    if (rd16(d + 4) != VERSION) {
+        return NPUKIT_E_VERSION;
+    }
+    if (rd32(d + 12) != x->len) {
+        return NPUKIT_E_SIZE;
+    }
+    /* the CRC covers the whole file with its own four bytes read as zero */
+    crc = crc32_update(0xFFFFFFFFUL, d, 16);
+    crc = crc32_update(crc, zeros, 4);
+    crc = crc32_update(crc, d + HEADER, x->len - HEADER) ^ 0xFFFFFFFFUL;
+    if (crc != rd32(d + 16)) {
+        return NPUKIT_E_CRC;
+    }
+    if (rd16(d + 8) != 0) {
+        return NPUKIT_E_HEADER; /* version 2 defines no flags */
+    }
+    n = rd16(d + 10);
+    if (n < 1 || n > MAX_SECTIONS || HEADER + (size_t)n * SECTION > x->len) {
+        return NPUKIT_E_HEADER;
+    }
+    x->m->target_id = (uint16_t)rd16(d + 6);
+    *n_sections = n;
+    return NPUKIT_OK;
+}
+
+static int read_sections(ctx_t *x, uint32_t n)
+{
+    const size_t table_end = HEADER + (size_t)n * SECTION;
+    size_t start[N_KINDS], end[N_KINDS];
+    uint32_t i, seen = 0, k;
+    for (i = 0; i < n; i++) {
+        const uint8_t *e = x->d + HEADER + (size_t)i * SECTION;
+        const uint32_t kind = rd16(e), off = rd32(e + 4), size = rd32(e + 8);
+        if (kind < 1 || kind > N_KINDS || (seen >> kind & 1u) || rd16(e + 2) != 0 || off % 4 != 0 || off < table_end
+            || off > x->len || size > x->len - off) {
+            return NPUKIT_E_SECTION;
+        }
+        seen |= 1u << kind;
+        x->off[kind] = off;
+        x->size[kind] = size;
+    }
+    if (seen != 0xFEu) {
+        return NPUKIT_E_SECTION; /* a kind is missing */
+    }
+    /* no two sections share a byte: sorted by (start, end), each starts at or after the previous end */
+    for (k = 0; k < N_KINDS; k++) {
+        size_t j = k;
+        const size_t s = x->off[k + 1], t = s + x->size[k + 1];
+        while (j > 0 && (start[j - 1] > s || (start[j - 1] == s && end[j - 1] > t))) {
+            start[j] = start[j - 1];
+            end[j] = end[j - 1];
+            j--;
+        }
+        start[j] = s;
+        end[j] = t;
+    }
+    for (k = 1; k < N_KINDS; k++) {
+        if (start[k] < end[k - 1]) {
+            return NPUKIT_E_SECTION;
+        }
+    }
+    return NPUKIT_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Plan, tensors, io */
+
+static int read_plan(ctx_t *x)
+{
+    cur_t c = cursor(x, S_PLAN);
+    size_t at;
+    TRY(take(&c, 8, &at));
+    TRY(done(&c));
+    x->m->arena_bytes = rd32(x->d + at);
+    x->m->lower_bound_bytes = rd32(x->d + at + 4);
+    return x->m->lower_bound_bytes > x->m->arena_bytes ? NPUKIT_E_VALUE : NPUKIT_OK;
+}
+
+static uint8_t elem_bytes(uint32_t bits)
+{
+    return (uint8_t)(bits <= 8 ? 1 : (bits <= 16 ? 2 : (bits <= 32 ? 4 : 8))); /* TensorSpec.dtype */
+}
+
+static int read_tensors(ctx_t *x)
+{
+    cur_t c = cursor(x, S_TENSORS);
+    npukit_model_t *m = x->m;
+    uint32_t n, i, j;
+    TRY(count(&c, TENSOR_REC, &n));
+    if (n > NPUKIT_MAX_TENSORS) {
+        return NPUKIT_E_LIMIT;
+    }
+    for (i = 0; i < n; i++) {
+        npukit_tensor_t *t = &m->tensors[i];
+        size_t at, dims_at;
+        uint64_t elems;
+        uint32_t name, bits, role, memory, offset, nbytes;
+        TRY(take(&c, TENSOR_REC, &at));
+        name = rd16(x->d + at);
+        bits = x->d[at + 2];
+        role = x->d[at + 3];
+        memory = x->d[at + 7];
+        offset = rd32(x->d + at + 8);
+        nbytes = rd32(x->d + at + 12);
+        if (name >= x->n_strings) {
+            return NPUKIT_E_INDEX;
+        }
+        for (j = 0; j < i; j++) {
+            if (str_same(x, name, rd16(x->d + m->tensors[j].record))) {
+                return NPUKIT_E_VALUE; /* tensor names are unique */
+            }
+        }
+        if (bits < 1 || bits > 64 || role > 3) {
+            return NPUKIT_E_VALUE;
+        }
+        TRY(dims(&c, x->d[at + 6], U32_MAX, &elems, &dims_at));
+        if (elems * elem_bytes(bits) != nbytes) { /* elems < 2^32: no wrap */
+            return NPUKIT_E_VALUE;
+        }
+        if (memory != NO_MEMORY && memory >= x->target.n_memory) {
+            return NPUKIT_E_INDEX;
+        }
+        if (offset != NO_OFFSET && (uint64_t)offset + nbytes > m->arena_bytes) {
+            return NPUKIT_E_VALUE;
+        }
+        t->record = (uint32_t)at;
+        {
+            size_t len;
+            const uint8_t *p = str(x, name, &len);
+            t->name_at = (uint32_t)(p - x->d);
+            t->name_len = (uint16_t)len;
+        }
+        t->offset = offset;
+        t->nbytes = nbytes;
+        t->elems = (uint32_t)elems;
+        t->exp = (int16_t)le_int(x->d + at + 4, 2);
+        t->bits = (uint8_t)bits;
+        t->elem_bytes = elem_bytes(bits);
+    }
+    m->n_tensors = (uint16_t)n;
+    return done(&c);
+}
+
+static uint32_t t_rank(const ctx_t *x, uint32_t t)
+{
+    return x->d[x->m->tensors[t].record + 6];
+}
+
+/* File offset of tensor t's dimensions. */
+static size_t t_dims(const ctx_t *x, uint32_t t)
+{
+    return x->m->tensors[t].record + TENSOR_REC;
+}
+
+static uint32_t t_dim(const ctx_t *x, uint32_t t, uint32_t k)
+{
+    INVARIANT(k < t_rank(x, t));
+    return rd32(x->d + x->m->tensors[t].record + TENSOR_REC + 4 * (size_t)k);
+}
+
+static int same_shape(const ctx_t *x, uint32_t a, uint32_t b)
+{
+    const uint32_t rank = t_rank(x, a);
+    return rank == t_rank(x, b) && memcmp(x->d + t_dims(x, a), x->d + t_dims(x, b), 4 * (size_t)rank) == 0;
+}
+
+static int read_io(ctx_t *x)
+{
+    cur_t c = cursor(x, S_IO);
+    npukit_model_t *m = x->m;
+    size_t at;
+    uint32_t n_in, n_out, k, t;
+    TRY(take(&c, 4, &at));
+    n_in = rd16(x->d + at);
+    n_out = rd16(x->d + at + 2);
+    if ((size_t)(n_in + n_out) * IO_REC > c.end - c.pos) {
+        return NPUKIT_E_RECORD;
+    }
+    memset(x->role, 0, sizeof x->role);
+    for (k = 0; k < n_in + n_out; k++) {
+        const npukit_tensor_t *spec;
+        size_t dims_at;
+        uint64_t elems;
+        uint32_t rank;
+        TRY(take(&c, IO_REC, &at));
+        t = rd16(x->d + at);
+        rank = x->d[at + 3];
+        if (t >= m->n_tensors) {
+            return NPUKIT_E_INDEX;
+        }
+        TRY(dims(&c, rank, U32_MAX, &elems, &dims_at));
+        spec = &m->tensors[t];
+        /* the descriptor repeats its tensor: bits, exponent and shape */
+        if (x->d[at + 2] != spec->bits || le_int(x->d + at + 4, 2) != spec->exp || rank != t_rank(x, t)
+            || memcmp(x->d + dims_at, x->d + t_dims(x, t), 4 * (size_t)rank) != 0) {
+            return NPUKIT_E_VALUE;
+        }
+        x->role[t] |= (uint8_t)(k < n_in ? 1 : 2);
+        if (k == 0) {
+            m->input = (uint16_t)t;
+        }
+        if (k == n_in) {
+            m->output = (uint16_t)t;
+        }
+    }
+    TRY(done(&c));
+    for (t = 0; t < m->n_tensors; t++) {
+        if (x->d[m->tensors[t].record + 3] != x->role[t]) {
+            return NPUKIT_E_VALUE; /* role bits agree with the lists */
+        }
+    }
+    x->n_in = n_in;
+    x->n_out = n_out;
+    return NPUKIT_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Ops: records */
+
+typedef struct {
+    uint32_t op;                /* op name (string index) */
+    uint32_t n_in, n_out, n_attr, n_param;
+    size_t io;                  /* the tensor list */
+    size_t attrs, params;       /* the first attribute and parameter records */
+} view_t;
+
+typedef struct {
+    int found;
+    uint32_t kind;              /* A_* */
+    uint32_t count, width;      /* int: 1 value; list: count values; width bytes each */
+    size_t val;                 /* file offset of the first value (bool: the byte; str: the index) */
+} attr_t;
+
+typedef struct {
+    int found;
+    uint32_t bits, rank;
+    uint64_t count;             /* at most 8 * weights bytes / bits (the reader checks it) */
+    size_t data, dims;          /* file offsets */
+} param_t;
+
+/* Bytes of an attribute record at p, given that it was validated. */
+static size_t attr_size(const uint8_t *p)
+{
+    const uint32_t t = p[2];
+    if (t == 0x01) {
+        return 4;
+    }
+    if (t == 0x30) {
+        return 5;
+    }
+    if ((t & 0xF0) == 0x10) {
+        return 3 + ((size_t)1 << (t & 3u));
+    }
+    return 4 + ((size_t)p[3] << (t & 3u));
+}
+
+static size_t param_size(const uint8_t *p)
+{
+    return PARAM_REC + 4 * (size_t)p[4];
+}
+
+static void view(const ctx_t *x, size_t io, view_t *v)
+{
+    uint32_t k;
+    v->op = rd16(x->d + io - 8);
+    v->n_in = x->d[io - 4];
+    v->n_out = x->d[io - 3];
+    v->n_attr = x->d[io - 2];
+    v->n_param = x->d[io - 1];
+    v->io = io;
+    v->attrs = io + 2 * (size_t)(v->n_in + v->n_out);
+    v->params = v->attrs;
+    for (k = 0; k < v->n_attr; k++) {
+        v->params += attr_size(x->d + v->params);
+    }
+}
+
+static uint32_t v_tensor(const ctx_t *x, const view_t *v, uint32_t k)
+{
+    INVARIANT(k < v->n_in + v->n_out);
+    return rd16(x->d + v->io + 2 * (size_t)k);
+}
+
+static int find_attr(const ctx_t *x, const view_t *v, const char *key, attr_t *a)
+{
+    size_t pos = v->attrs;
+    uint32_t k;
+    a->found = 0;
+    for (k = 0; k < v->n_attr; k++, pos += attr_size(x->d + pos)) {
+        const uint32_t t = x->d[pos + 2];
+        if (!str_is(x, rd16(x->d + pos), key)) {
+            continue;
+        }
+        a->found = 1;
+        a->width = 1u << (t & 3u);
+        a->count = 1;
+        a->val = pos + 3;
+        if (t == 0x01) {
+            a->kind = A_BOOL;
+        } else if (t == 0x30) {
+            a->kind = A_STR;
+        } else if ((t & 0xF0) == 0x10) {
+            a->kind = A_INT;
+        } else {
+            a->kind = A_LIST;
+            a->count = x->d[pos + 3];
+            a->val = pos + 4;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* Value k of an attribute the schema checks guarantee (a bool reads as 0 or 1). */
+static int64_t attr_int(const ctx_t *x, const attr_t *a, uint32_t k)
+{
+    INVARIANT(a->found && a->kind != A_STR && k < a->count);
+    if (a->kind == A_BOOL) {
+        return x->d[a->val];
+    }
+    return le_int(x->d + a->val + (size_t)k * a->width, a->width);
+}
+
+/* A string attribute's bytes. */
+static const uint8_t *attr_str(const ctx_t *x, const attr_t *a, size_t *len)
+{
+    INVARIANT(a->found && a->kind == A_STR);
+    return str(x, rd16(x->d + a->val), len);
+}
+
+static int find_param(const ctx_t *x, const view_t *v, const char *name, param_t *p)
+{
+    size_t pos = v->params;
+    uint32_t k;
+    p->found = 0;
+    for (k = 0; k < v->n_param; k++, pos += param_size(x->d + pos)) {
+        if (str_is(x, rd16(x->d + pos), name)) {
+            uint32_t j;
+            p->found = 1;
+            p->bits = x->d[pos + 2];
+            p->rank = x->d[pos + 4];
+            p->data = x->off[S_WEIGHTS] + rd32(x->d + pos + 5);
+            p->dims = pos + PARAM_REC;
+            p->count = 1;
+            for (j = 0; j < p->rank; j++) {
+                p->count *= rd32(x->d + p->dims + 4 * (size_t)j);
+            }
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static uint32_t p_dim(const ctx_t *x, const param_t *p, uint32_t k)
+{
+    INVARIANT(k < p->rank);
+    return rd32(x->d + p->dims + 4 * (size_t)k);
+}
+
+static int read_attr(const ctx_t *x, cur_t *c)
+{
+    uint32_t key, t, v, n = 1;
+    size_t at;
+    TRY(str_index(x, c, &key));
+    TRY(u8(c, &t));
+    if (t == 0x01) {
+        TRY(u8(c, &v));
+        return v > 1 ? NPUKIT_E_VALUE : NPUKIT_OK;
+    }
+    if (t == 0x30) {
+        return str_index(x, c, &v);
+    }
+    if (((t & 0xF0) != 0x10 && (t & 0xF0) != 0x20) || (t & 0x0F) > 3) {
+        return NPUKIT_E_VALUE;
+    }
+    if ((t & 0xF0) == 0x20) {
+        TRY(u8(c, &n));
+    }
+    return take(c, (size_t)n << (t & 3u), &at);
+}
+
+static int read_param(const ctx_t *x, cur_t *c, const view_t *v)
+{
+    static const uint8_t STORED[6] = {2, 4, 8, 16, 32, 64};
+    const uint64_t w_size = x->size[S_WEIGHTS];
+    uint32_t name, bits, dtype_bits, offset, k;
+    size_t at, dims_at;
+    uint64_t elems, nbytes;
+    attr_t wb;
+    int ok = 0;
+    TRY(take(c, PARAM_REC, &at));
+    name = rd16(x->d + at);
+    bits = x->d[at + 2];
+    dtype_bits = x->d[at + 3];
+    offset = rd32(x->d + at + 5);
+    if (name >= x->n_strings) {
+        return NPUKIT_E_INDEX;
+    }
+    for (k = 0; k < 6; k++) {
+        ok |= bits == STORED[k];
+    }
+    if (!ok || (dtype_bits != 8 && dtype_bits != 16 && dtype_bits != 32 && dtype_bits != 64) || bits > dtype_bits) {
+        return NPUKIT_E_VALUE;
+    }
+    /* a weight is stored at its op's w_bits (any other type of w_bits differs from every width) */
+    if (str_is(x, name, "weight") && find_attr(x, v, "w_bits", &wb)
+        && (wb.kind != A_INT || attr_int(x, &wb, 0) != (int64_t)bits)) {
+        return NPUKIT_E_VALUE;
+    }
+    TRY(dims(c, x->d[at + 4], 8 * w_size / bits, &elems, &dims_at));
+    nbytes = (elems * bits + 7) / 8; /* elems * bits <= 8 * w_size < 2^35 */
+    if (offset % 4 != 0 || offset + nbytes > w_size) {
+        return NPUKIT_E_VALUE;
+    }
+    if (bits < 8 && elems % (8 / bits) != 0) { /* the unused high fields of the last byte are zero */
+        const uint32_t last = x->d[x->off[S_WEIGHTS] + offset + nbytes - 1];
+        if (last >> ((elems % (8 / bits)) * bits) != 0) {
+            return NPUKIT_E_VALUE;
+        }
+    }
+    return NPUKIT_OK;
+}
+
+static int read_op(ctx_t *x, cur_t *c, uint32_t i)
+{
+    view_t v;
+    uint32_t op, name, counts[4], k, j, t;
+    size_t at, pos, prev;
+    TRY(str_index(x, c, &op));
+    TRY(str_index(x, c, &name));
+    for (k = 0; k < 4; k++) {
+        TRY(u8(c, &counts[k]));
+    }
+    x->m->ops[i].inputs = (uint32_t)c->pos;
+    for (k = 0; k < counts[0] + counts[1]; k++) {
+        TRY(u16(c, &t));
+        if (t >= x->m->n_tensors) {
+            return NPUKIT_E_INDEX;
+        }
+    }
+    v.op = op;
+    v.n_in = counts[0];
+    v.n_out = counts[1];
+    v.n_attr = 0;
+    v.n_param = 0;
+    v.io = x->m->ops[i].inputs;
+    v.attrs = c->pos;
+    for (k = 0; k < counts[2]; k++) {
+        at = c->pos;
+        TRY(read_attr(x, c));
+        for (j = 0, pos = v.attrs; j < k; j++, pos += attr_size(x->d + pos)) {
+            if (str_same(x, rd16(x->d + pos), rd16(x->d + at))) {
+                return NPUKIT_E_VALUE; /* a repeated attribute key */
+            }
+        }
+    }
+    v.n_attr = counts[2];
+    v.params = c->pos;
+    for (k = 0; k < counts[3]; k++) {
+        at = c->pos;
+        TRY(read_param(x, c, &v));
+        for (j = 0, prev = v.params; j < k; j++, prev += param_size(x->d + prev)) {
+            if (str_same(x, rd16(x->d + prev), rd16(x->d + at))) {
+                return NPUKIT_E_VALUE; /* a repeated parameter name */
+            }
+        }
+    }
+    return NPUKIT_OK;
+}
+
+static int read_ops(ctx_t *x)
+{
+    cur_t c = cursor(x, S_OPS);
+    uint32_t n, i;
+    TRY(count(&c, OP_REC, &n));
+    if (n > NPUKIT_MAX_OPS) {
+        return NPUKIT_E_LIMIT;
+    }
+    for (i = 0; i < n; i++) {
+        const size_t start = c.pos;
+        uint32_t size;
+        cur_t rec;
+        TRY(u16(&c, &size));
+        if (size < OP_REC || size > c.end - start) {
+            return NPUKIT_E_RECORD;
+        }
+        rec.d = x->d;
+        rec.pos = c.pos;
+        rec.end = start + size;
+        TRY(read_op(x, &rec, i));
+        TRY(done(&rec)); /* the fields use exactly `size` bytes */
+        c.pos = start + size;
+    }
+    x->m->n_ops = (uint16_t)n;
+    return done(&c);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Ops: the schema of each op (npukit/ops: OpDef.attrs, attr_min, params, arity, passes_through) */
+
+#define NO_MIN (-1)
+typedef struct {
+    const char *key;
+    uint8_t kind;
+    int8_t min;                 /* smallest value of an int or of each list element, or NO_MIN */
+} aspec_t;
+
+static const aspec_t MAC_ATTRS[] = {
+    {"w_bits", A_INT, NO_MIN},     {"w_exp", A_INT, NO_MIN},     {"b_exp", A_INT, NO_MIN},
+    {"relu", A_BOOL, NO_MIN},      {"wide", A_BOOL, NO_MIN},     {"bias_shift", A_INT, NO_MIN},
+    {"out_shift", A_INT, NO_MIN},  {"act_min", A_INT, NO_MIN},   {"act_max", A_INT, NO_MIN},
+    {"abs", A_BOOL, NO_MIN},       {"clamp", A_BOOL, NO_MIN},    {"acc_bits", A_INT, NO_MIN},
+    {"rounding", A_STR, NO_MIN}};
+static const aspec_t CONV_ATTRS[] = {
+    {"ndim", A_INT, 1}, {"stride", A_LIST, 1}, {"padding", A_LIST, 0}, {"dilation", A_LIST, 1}, {"groups", A_INT, 1}};
+static const aspec_t WINDOW_ATTRS[] = {{"ndim", A_INT, 1}, {"kernel", A_LIST, 1}, {"stride", A_LIST, 1}, {"padding", A_LIST, 0}};
+static const aspec_t GAP_ATTRS[] = {{"keepdim", A_BOOL, NO_MIN}};
+static const aspec_t ADD_ATTRS[] = {{"relu", A_BOOL, NO_MIN}};
+static const aspec_t CONCAT_ATTRS[] = {{"axis", A_INT, 0}};
+static const aspec_t RESHAPE_ATTRS[] = {{"shape", A_LIST, 1}};
+
+#define N_OF(a) ((uint8_t)(sizeof(a) / sizeof((a)[0])))
+
+typedef struct {
+    const char *name;
+    uint8_t kind, min_in, max_in; /* max_in 0: any number of inputs */
+    const aspec_t *attrs, *more;
+    uint8_t n_attrs, n_more;
+    uint8_t mac, passes_through;
+} opdef_t;
+
+static const opdef_t OPS[] = {
+    {"conv", NPUKIT_OP_CONV, 1, 1, MAC_ATTRS, CONV_ATTRS, N_OF(MAC_ATTRS), N_OF(CONV_ATTRS), 1, 0},
+    {"linear", NPUKIT_OP_LINEAR, 1, 1, MAC_ATTRS, NULL, N_OF(MAC_ATTRS), 0, 1, 0},
+    {"maxpool", NPUKIT_OP_MAXPOOL, 1, 1, WINDOW_ATTRS, NULL, N_OF(WINDOW_ATTRS), 0, 0, 1},
+    {"avgpool", NPUKIT_OP_AVGPOOL, 1, 1, WINDOW_ATTRS, NULL, N_OF(WINDOW_ATTRS), 0, 0, 1},
+    {"global_avgpool", NPUKIT_OP_GLOBAL_AVGPOOL, 1, 1, GAP_ATTRS, NULL, N_OF(GAP_ATTRS), 0, 0, 1},
+    {"add", NPUKIT_OP_ADD, 2, 0, ADD_ATTRS, NULL, N_OF(ADD_ATTRS), 0, 0, 0},
+    {"concat", NPUKIT_OP_CONCAT, 1, 0, CONCAT_ATTRS, NULL, N_OF(CONCAT_ATTRS), 0, 0, 0},
+    {"relu", NPUKIT_OP_RELU, 1, 1, NULL, NULL, 0, 0, 0, 1},
+    {"reshape", NPUKIT_OP_RESHAPE, 1, 1, RESHAPE_ATTRS, NULL, N_OF(RESHAPE_ATTRS), 0, 0, 1},
+};
+
+static const opdef_t *op_def(const ctx_t *x, uint32_t name)
+{
+    size_t k;
+    for (k = 0; k < sizeof OPS / sizeof OPS[0]; k++) {
+        if (str_is(x, name, OPS[k].name)) {
+            return &OPS[k];
+        }
+    }
+    return NULL;
+}
+
+/* The attributes and params an op's kernel reads, with their kinds and minimums (OpDef.check_node). */
+static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
+{
+    uint32_t s, k;
+    for (s = 0; s < (uint32_t)def->n_attrs + def->n_more; s++) {
+        const aspec_t *spec = s < def->n_attrs ? &def->attrs[s] : &def->more[s - def->n_attrs];
+        attr_t a;
+        if (!find_attr(x, v, spec->key, &a) || a.kind != spec->kind) {
+            return NPUKIT_E_GRAPH;
+        }
+        for (k = 0; spec->min != NO_MIN && k < a.count; k++) {
+            if (attr_int(x, &a, k) < spec->min) {
+                return NPUKIT_E_GRAPH;
+            }
+        }
+    }
+    if (def->mac) {
+        param_t w, b;
+        attr_t a;
+        int64_t rank = 2, v64;
+        if (!find_param(x, v, "bias", &b) || !find_param(x, v, "weight", &w)) {
+            return NPUKIT_E_GRAPH;
+        }
+        /* _check_mac: w_bits, rounding, acc_bits, weight rank, bias shape (out,) */
+        find_attr(x, v, "w_bits", &a);
+        v64 = attr_int(x, &a, 0);
+        if (v64 != 2 && v64 != 4 && v64 != 8 && v64 != 16) {
+            return NPUKIT_E_GRAPH;
+        }
+        find_attr(x, v, "rounding", &a);
+        {
+            size_t n;
+            const uint8_t *p = attr_str(x, &a, &n);
+            if (npukit_rounding_mode(p, n) < 0) {
+                return NPUKIT_E_GRAPH;
+            }
+        }
+        find_attr(x, v, "acc_bits", &a);
+        v64 = attr_int(x, &a, 0);
+        if (v64 < 2 || v64 > 62) {
+            return NPUKIT_E_GRAPH;
+        }
+        if (def->kind == NPUKIT_OP_CONV) {
+            find_attr(x, v, "ndim", &a);
+            rank = attr_int(x, &a, 0); /* the weight is (out, in / groups, *kernel): rank ndim + 2 */
+            if ((int64_t)w.rank - 2 != rank || b.rank != 1 || p_dim(x, &b, 0) != p_dim(x, &w, 0)) {
+                return NPUKIT_E_GRAPH;
+            }
+            return rank == 1 || rank == 2 ? NPUKIT_OK : NPUKIT_E_GRAPH;
+        }
+        if (w.rank != rank || b.rank != 1 || p_dim(x, &b, 0) != p_dim(x, &w, 0)) {
+            return NPUKIT_E_GRAPH;
+        }
+    }
+    return NPUKIT_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Ops: shapes and tensor widths (infer_shapes, tensor_problems) */
+
+static int64_t floor_div(int64_t a, int64_t b) /* b > 0 */
+{
+    const int64_t q = a / b;
+    return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+static int64_t int_max(uint32_t bits) /* largest value of a signed `bits`-bit integer, 1 <= bits <= 64 */
+{
+    return bits == 64 ? INT64_MAX : ((int64_t)1 << (bits - 1)) - 1;
+}
+
+/* Output size along one axis of a conv or pooling window; the caller bounds every argument so that the
+ * arithmetic is exact in int64. */
+static int64_t window_out(uint32_t n, int64_t k, int64_t s, int64_t p, int64_t d)
+{
+    return floor_div((int64_t)n + 2 * p - d * (k - 1) - 1, s) + 1;
+}
+
+/* conv, maxpool, avgpool: geometry lists of `nsp` entries, each value within NPUKIT_MAX_EXTENT (beyond, the
+ * arithmetic below would need more than int64, and the kernels cannot run it anyway: NPUKIT_E_UNSUPPORTED). */
+static int geometry(const ctx_t *x, const view_t *v, const char *const keys[3], uint32_t nsp, attr_t a[3])
+{
+    uint32_t i, k;
+    for (i = 0; i < 3; i++) {
+        find_attr(x, v, keys[i], &a[i]);
+        if (a[i].count != nsp) {
+            return NPUKIT_E_GRAPH; /* zip(..., strict=True) */
+        }
+    }
+    for (i = 0; i < 3; i++) {
+        for (k = 0; k < nsp; k++) {
+            if (attr_int(x, &a[i], k) > NPUKIT_MAX_EXTENT) {
+                return NPUKIT_E_UNSUPPORTED;
+            }
+        }
+    }
+    return NPUKIT_OK;
+}
+
+static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
+{
+    static const char *const KEYS[3] = {"stride", "padding", "dilation"};
+    attr_t a[3], g;
+    param_t w;
+    uint32_t nsp, k;
+    int64_t groups;
+    find_attr(x, v, "ndim", &g);
+    nsp = (uint32_t)attr_int(x, &g, 0); /* 1 or 2 (check_schema) */
+    find_param(x, v, "weight", &w);
+    if (t_rank(x, in) != nsp + 1) {
+        return NPUKIT_E_GRAPH;
+    }
+    TRY(geometry(x, v, KEYS, nsp, a));
+    find_attr(x, v, "groups", &g);
+    groups = attr_int(x, &g, 0);
+    if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, &w, 1) * (uint64_t)groups != t_dim(x, in, 0)) {
+        return NPUKIT_E_GRAPH; /* the input's channels are in / groups per group */
+    }
+    if (groups > NPUKIT_MAX_EXTENT) {
+        return NPUKIT_E_UNSUPPORTED;
+    }
+    if (t_rank(x, out) != nsp + 1 || t_dim(x, out, 0) != p_dim(x, &w, 0)) {
+        return NPUKIT_E_GRAPH;
+    }
+    for (k = 0; k < nsp; k++) {
+        const int64_t o = window_out(t_dim(x, in, k + 1), p_dim(x, &w, k + 2), attr_int(x, &a[0], k),
+                                     attr_int(x, &a[1], k), attr_int(x, &a[2], k));
+        if (o != t_dim(x, out, k + 1)) {
+            return NPUKIT_E_GRAPH;
+        }
+    }
+    return NPUKIT_OK;
+}
+
+static int shape_pool(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
+{
+    static const char *const KEYS[3] = {"kernel", "stride", "padding"};
+    attr_t a[3];
+    const uint32_t rank = t_rank(x, in);
+    uint32_t k;
+    find_attr(x, v, "kernel", &a[0]);
+    find_attr(x, v, "padding", &a[2]);
+    if (rank < 1 || a[2].count != a[0].count) {
+        return NPUKIT_E_GRAPH;
+    }
+    for (k = 0; k < a[0].count; k++) {
+        if (attr_int(x, &a[2], k) > attr_int(x, &a[0], k) / 2) {
+            return NPUKIT_E_GRAPH; /* padding at most half the window (2p > k, exactly) */
+        }
+    }
+    TRY(geometry(x, v, KEYS, rank - 1, a));
+    if (t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
+        return NPUKIT_E_GRAPH;
+    }
+    for (k = 0; k + 1 < rank; k++) {
+        const int64_t o = window_out(t_dim(x, in, k + 1), attr_int(x, &a[0], k), attr_int(x, &a[1], k),
+                                     attr_int(x, &a[2], k), 1);
+        if (o != t_dim(x, out, k + 1)) {
+            return NPUKIT_E_GRAPH;
+        }
+    }
+    return NPUKIT_OK;
+}
+
+static int shape_concat(const ctx_t *x, const view_t *v, uint32_t out)
+{
+    attr_t a;
+    const uint32_t first = v_tensor(x, v, 0), rank = t_rank(x, first);
+    uint64_t sum = 0;
+    uint32_t i, k;
+    int64_t axis;
+    find_attr(x, v, "axis", &a);
+    axis = attr_int(x, &a, 0);
+    if (axis >= (int64_t)rank || t_rank(x, out) != rank) {
+        return NPUKIT_E_GRAPH;
+    }
+    for (i = 0; i < v->n_in; i++) {
+        const uint32_t t = v_tensor(x, v, i);
+        if (t_rank(x, t) != rank) {
+            return NPUKIT_E_GRAPH;
+        }
+        for (k = 0; k < rank; k++) {
+            if ((int64_t)k != axis && (t_dim(x, t, k) != t_dim(x, first, k) || t_dim(x, out, k) != t_dim(x, t, k))) {
+                return NPUKIT_E_GRAPH; /* shapes agree off the axis */
+            }
+        }
+        sum += t_dim(x, t, (uint32_t)axis);
+    }
+    return sum == t_dim(x, out, (uint32_t)axis) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+}
+
+static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
+{
+    const npukit_model_t *m = x->m;
+    const uint32_t in = v_tensor(x, v, 0), out = v_tensor(x, v, v->n_in);
+    uint32_t k;
+    attr_t a;
+    param_t w;
+    switch (def->kind) {
+    case NPUKIT_OP_CONV:
+        return shape_conv(x, v, in, out);
+    case NPUKIT_OP_LINEAR:
+        find_param(x, v, "weight", &w);
+        return t_rank(x, in) == 1 && t_dim(x, in, 0) == p_dim(x, &w, 1) && t_rank(x, out) == 1
+               && t_dim(x, out, 0) == p_dim(x, &w, 0) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+    case NPUKIT_OP_MAXPOOL:
+    case NPUKIT_OP_AVGPOOL:
+        return shape_pool(x, v, in, out);
+    case NPUKIT_OP_GLOBAL_AVGPOOL: {
+        const uint32_t rank = t_rank(x, in);
+        find_attr(x, v, "keepdim", &a);
+        if (rank < 1 || t_rank(x, out) != (attr_int(x, &a, 0) ? rank : 1) || t_dim(x, out, 0) != t_dim(x, in, 0)) {
+            return NPUKIT_E_GRAPH;
+        }
+        for (k = 1; k < t_rank(x, out); k++) {
+            if (t_dim(x, out, k) != 1) {
+                return NPUKIT_E_GRAPH;
+            }
+        }
+        return NPUKIT_OK;
+    }
+    case NPUKIT_OP_ADD:
+        for (k = 0; k < v->n_in; k++) {
+            if (!same_shape(x, v_tensor(x, v, k), in)) {
+                return NPUKIT_E_GRAPH;
+            }
+        }
+        return same_shape(x, in, out) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+    case NPUKIT_OP_CONCAT:
+        return shape_concat(x, v, out);
+    case NPUKIT_OP_RELU:
+        return same_shape(x, in, out) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+    default: { /* reshape: the target shape is the output's, with the input's element count */
+        const uint32_t rank = t_rank(x, out);
+        find_attr(x, v, "shape", &a);
+        if (a.count != rank || m->tensors[in].elems != m->tensors[out].elems) {
+            return NPUKIT_E_GRAPH;
+        }
+        for (k = 0; k < rank; k++) {
+            if (attr_int(x, &a, k) != (int64_t)t_dim(x, out, k)) {
+                return NPUKIT_E_GRAPH;
+            }
+        }
+        return NPUKIT_OK;
+    }
+    }
+}
+
+/* What each kernel assumes of its tensors' widths and exponents (OpDef.tensor_problems). */
+static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
+{
+    const npukit_tensor_t *T = x->m->tensors;
+    const npukit_tensor_t *in = &T[v_tensor(x, v, 0)], *out = &T[v_tensor(x, v, v->n_in)];
+    uint32_t k;
+    if (def->passes_through && (in->bits != out->bits || in->exp != out->exp)) {
+        return NPUKIT_E_GRAPH;
+    }
+    if ((def->kind == NPUKIT_OP_ADD || def->kind == NPUKIT_OP_CONCAT) && out->bits > 16) {
+        return NPUKIT_E_GRAPH; /* element-wise ops write activations, never accumulators */
+    }
+    if (def->kind == NPUKIT_OP_CONCAT) {
+        for (k = 0; k < v->n_in; k++) {
+            const npukit_tensor_t *t = &T[v_tensor(x, v, k)];
+            if (t->bits != out->bits || t->exp < out->exp) {
+                return NPUKIT_E_GRAPH; /* same width; operands only shift right */
+            }
+        }
+    }
+    if (def->mac) {
+        /* The stored requantisation must be the one the scheme computes from the tensors (Scheme.mac_attrs;
+         * pow2 and max78000 compute it alike); a fused clamp may narrow the output range. */
+        attr_t a;
+        int64_t e_acc, lo, hi, act_min, act_max;
+        int wide, relu, absolute, clamp, narrowed;
+        if (in->bits > 16) {
+            return NPUKIT_E_GRAPH;
+        }
+        find_attr(x, v, "w_exp", &a);
+        e_acc = in->exp + attr_int(x, &a, 0); /* |w_exp| <= EXP_LIMIT (validate_tensors) */
+        find_attr(x, v, "wide", &a);
+        wide = (int)attr_int(x, &a, 0);
+        find_attr(x, v, "relu", &a);
+        relu = (int)attr_int(x, &a, 0);
+        find_attr(x, v, "abs", &a);
+        absolute = (int)attr_int(x, &a, 0);
+        find_attr(x, v, "clamp", &a);
+        clamp = (int)attr_int(x, &a, 0);
+        if (wide && out->exp != e_acc) {
+            return NPUKIT_E_GRAPH;
+        }
+        hi = int_max(out->bits);
+        lo = wide || !relu ? -hi - 1 : 0;
+        find_attr(x, v, "act_min", &a);
+        act_min = attr_int(x, &a, 0);
+        find_attr(x, v, "act_max", &a);
+        act_max = attr_int(x, &a, 0);
+        narrowed = clamp && lo <= act_min && act_min <= act_max && act_max <= hi;
+        if (!narrowed && (act_min != lo || act_max != hi || clamp)) {
+            return NPUKIT_E_GRAPH;
+        }
+        if (absolute && wide) {
+            return NPUKIT_E_GRAPH;
+        }
+        find_attr(x, v, "b_exp", &a);
+        {
+            const int64_t want = e_acc - attr_int(x, &a, 0);
+            find_attr(x, v, "bias_shift", &a);
+            if (attr_int(x, &a, 0) != want) {
+                return NPUKIT_E_GRAPH;
+            }
+        }
+        find_attr(x, v, "out_shift", &a);
+        if (attr_int(x, &a, 0) != (wide ? 0 : e_acc - out->exp)) {
+            return NPUKIT_E_GRAPH;
+        }
+    }
+    return NPUKIT_OK;
+}
+
+/* Graph.validate's range checks: every tensor's bits and exponent, every w_exp / b_exp attribute. */
+static int validate_ranges(const ctx_t *x)
+{
+    static const char *const KEYS[2] = {"w_exp", "b_exp"};
+    const npukit_model_t *m = x->m;
+    uint32_t i, k;
+    for (i = 0; i < m->n_tensors; i++) {
+        const npukit_tensor_t *t = &m->tensors[i];
+        if (t->bits < 2 || t->exp < -EXP_LIMIT || t->exp > EXP_LIMIT) {
+            return NPUKIT_E_GRAPH;
+        }
+    }
+    for (i = 0; i < m->n_ops; i++) {
+        view_t v;
+        view(x, m->ops[i].inputs, &v);
+        for (k = 0; k < 2; k++) {
+            attr_t a;
+            int64_t e;
+            if (!find_attr(x, &v, KEYS[k], &a)) {
+                continue;
+            }
+            if (a.kind != A_INT && a.kind != A_BOOL) {
+                return NPUKIT_E_GRAPH; /* isinstance(v, int): a bool passes, as in Python */
+            }
+            e = attr_int(x, &a, 0);
+            if (e < -EXP_LIMIT || e > EXP_LIMIT) {
+                return NPUKIT_E_GRAPH;
+            }
+        }
+    }
+    return NPUKIT_OK;
+}
+
+static int check_graph(ctx_t *x)
+{
+    npukit_model_t *m = x->m;
+    uint32_t i, k;
+    /* modelbin._check_graph: every known op's schema first, in op order */
+    for (i = 0; i < m->n_ops; i++) {
+        view_t v;
+        const opdef_t *def;
+        view(x, m->ops[i].inputs, &v);
+        def = op_def(x, v.op);
+        if (def) {
+            TRY(check_schema(x, &v, def));
+        }
+    }
+    /* then Graph.validate */
+    TRY(validate_ranges(x));
+    for (i = 0; i < m->n_tensors; i++) {
+        x->defined[i] = x->role[i] & 1u;
+    }
+    for (i = 0; i < m->n_ops; i++) {
+        view_t v;
+        const opdef_t *def;
+        view(x, m->ops[i].inputs, &v);
+        def = op_def(x, v.op);
+        if (!def) {
+            return NPUKIT_E_GRAPH; /* an unknown op */
+        }
+        for (k = 0; k < v.n_in; k++) {
+            if (!x->defined[v_tensor(x, &v, k)]) {
+                return NPUKIT_E_GRAPH; /* read before it is written */
+            }
+        }
+        for (k = 0; k < v.n_out; k++) {
+            const uint32_t t = v_tensor(x, &v, v.n_in + k);
+            if (x->defined[t]) {
+                return NPUKIT_E_GRAPH; /* written twice */
+            }
+            x->defined[t] = 1;
+        }
+        if (v.n_out != 1 || v.n_in < def->min_in || (def->max_in && v.n_in > def->max_in)) {
+            return NPUKIT_E_GRAPH;
+        }
+        TRY(shape_of(x, &v, def));
+        TRY(tensor_problems(x, &v, def));
+    }
+    for (i = 0; i < m->n_tensors; i++) {
+        if ((x->role[i] & 2u) && !x->defined[i]) {
+            return NPUKIT_E_GRAPH; /* an output nothing produces */
+        }
+    }
+    return NPUKIT_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* Kernel calls: what the kernels can run, and their parameters (OpDef.to_c) */
+
+/* A tensor a kernel reads or writes: placed by the plan, at an offset aligned for its element type
+ * (the planner aligns to 4), and with an element count that fits the kernels' int32 counts. */
+static int usable(const npukit_tensor_t *t)
+{
+    const uint32_t align = t->elem_bytes < 4 ? t->elem_bytes : 4;
+    return t->offset != NO_OFFSET && t->offset % align == 0 && t->elems <= (uint32_t)INT32_MAX;
+}
+
+static int extent_ok(uint64_t v)
+{
+    return v <= (uint64_t)NPUKIT_MAX_EXTENT;
+}
+
+/* nk_conv_params / nk_linear_params fields shared by both: weight bits, requantisation, output width. */
+static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t *w_bits, nk_requant_params *rq,
+                      int32_t *out_bytes)
+{
+    const npukit_tensor_t *in = &x->m->tensors[op->in[0]], *out = &x->m->tensors[op->out];
+    param_t w, b;
+    attr_t a;
+    size_t n;
+    const uint8_t *s;
+    int64_t acc_bits;
+    find_param(x, v, "weight", &w);
+    find_param(x, v, "bias", &b);
+    if (in->bits > 8 || !(out->bits <= 8 || (out->bits > 16 && out->bits <= 32)) || b.bits != 32
+        || w.count > (uint32_t)INT32_MAX) {
+        return NPUKIT_E_UNSUPPORTED; /* int8 inputs, int8 or int32 outputs, int32 biases */
+    }
+    op->weight = x->d + w.data;
+    op->bias = (const int32_t *)(const void *)(x->d + b.data); /* 4-aligned: bin, the section, the param */
+    *w_bits = (int32_t)w.bits;
+    *out_bytes = out->bits <= 8 ? 1 : 4;
+    find_attr(x, v, "bias_shift", &a);
+    rq->bias_shift = (int32_t)attr_int(x, &a, 0); /* tensor_problems bounds both shifts by 3 * EXP_LIMIT */
+    find_attr(x, v, "out_shift", &a);
+    rq->out_shift = (int32_t)attr_int(x, &a, 0);
+    find_attr(x, v, "acc_bits", &a);
+    acc_bits = attr_int(x, &a, 0);
+    rq->acc_max = int_max((uint32_t)acc_bits);
+    rq->acc_min = -rq->acc_max - 1;
+    find_attr(x, v, "act_min", &a);
+    rq->act_min = (int32_t)attr_int(x, &a, 0); /* inside the output type: tensor_problems */
+    find_attr(x, v, "act_max", &a);
+    rq->act_max = (int32_t)attr_int(x, &a, 0);
+    find_attr(x, v, "abs", &a);
+    rq->abs = (int32_t)attr_int(x, &a, 0);
+    find_attr(x, v, "rounding", &a);
+    s = attr_str(x, &a, &n);
+    rq->rounding = (nk_rounding)npukit_rounding_mode(s, n);
+    return NPUKIT_OK;
+}
+
+/* Spatial extents as the kernels see them: a 1-d tensor (C, L) is (C, 1, L). */
+static int spatial(const ctx_t *x, uint32_t t, int32_t *c, int32_t *h, int32_t *w)
+{
+    const uint32_t rank = t_rank(x, t);
+    uint32_t k;
+    if (rank != 2 && rank != 3) {
+        return NPUKIT_E_UNSUPPORTED;
+    }
+    for (k = 0; k < rank; k++) {
+        if (!extent_ok(t_dim(x, t, k))) {
+            return NPUKIT_E_UNSUPPORTED;
+        }
+    }
+    *c = (int32_t)t_dim(x, t, 0);
+    *h = rank == 3 ? (int32_t)t_dim(x, t, 1) : 1;
+    *w = (int32_t)t_dim(x, t, rank - 1);
+    return NPUKIT_OK;
+}
+
+/* The value of a geometry list along the kernels' h or w axis: a 1-d window has h = `one_d`. */
+static int32_t axis_value(const ctx_t *x, const attr_t *a, int h, int32_t one_d)
+{
+    if (a->count == 1) {
+        return h ? one_d : (int32_t)attr_int(x, a, 0);
+    }
+    return (int32_t)attr_int(x, a, h ? 0 : 1);
+}
+
+static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op)
+{
+    nk_conv_params *p = &op->p.conv;
+    attr_t st, pad, dil, g;
+    param_t w;
+    int h;
+    find_attr(x, v, "stride", &st);
+    find_attr(x, v, "padding", &pad);
+    find_attr(x, v, "dilation", &dil);
+    find_attr(x, v, "groups", &g);
+    find_param(x, v, "weight", &w);
+    TRY(spatial(x, op->in[0], &p->in_c, &p->in_h, &p->in_w));
+    TRY(spatial(x, op->out, &p->out_c, &p->out_h, &p->out_w));
+    p->groups = (int32_t)attr_int(x, &g, 0);
+    if (p->out_c % p->groups != 0 || !extent_ok(p_dim(x, &w, 2)) || !extent_ok(p_dim(x, &w, w.rank - 1))) {
+        return NPUKIT_E_UNSUPPORTED; /* the engine cannot run out channels that groups do not divide either */
+    }
+    p->k_h = w.rank == 4 ? (int32_t)p_dim(x, &w, 2) : 1;
+    p->k_w = (int32_t)p_dim(x, &w, w.rank - 1);
+    for (h = 1; h >= 0; h--) {
+        *(h ? &p->stride_h : &p->stride_w) = axis_value(x, &st, h, 1);
+        *(h ? &p->pad_h : &p->pad_w) = axis_value(x, &pad, h, 0);
+        *(h ? &p->dil_h : &p->dil_w) = axis_value(x, &dil, h, 1);
+    }
+    return mac_params(x, v, op, &p->w_bits, &p->rq, &p->out_bytes);
+}
+
+static int prepare_linear(const ctx_t *x, const view_t *v, npukit_op_t *op)
+{
+    nk_linear_params *p = &op->p.linear;
+    param_t w;
+    find_param(x, v, "weight", &w);
+    p->out_features = (int32_t)x->m->tensors[op->out].elems;
+    p->in_features = (int32_t)x->m->tensors[op->in[0]].elems;
+    return mac_params(x, v, op, &p->w_bits, &p->rq, &p->out_bytes);
+}
+
+static int prepare_pool(const ctx_t *x, const view_t *v, npukit_op_t *op)
+{
+    nk_pool_params *p = &op->p.pool;
+    attr_t k, st, pad;
+    int32_t c;
+    find_attr(x, v, "kernel", &k);
+    find_attr(x, v, "stride", &st);
+    find_attr(x, v, "padding", &pad);
+    TRY(spatial(x, op->in[0], &p->c, &p->in_h, &p->in_w));
+    TRY(spatial(x, op->out, &c, &p->out_h, &p->out_w));
+    p->k_h = axis_value(x, &k, 1, 1);
+    p->k_w = axis_value(x, &k, 0, 1);
+    p->stride_h = axis_value(x, &st, 1, 1);
+    p->stride_w = axis_value(x, &st, 0, 1);
+    p->pad_h = axis_value(x, &pad, 1, 0);
+    p->pad_w = axis_value(x, &pad, 0, 0);
+    p->rounding = x->target.pool_rounding;
+    return NPUKIT_OK;
+}
+
+static int prepare_op(const ctx_t *x, uint32_t i)
+{
+    npukit_op_t *op = &x->m->ops[i];
+    const npukit_tensor_t *T = x->m->tensors;
+    const opdef_t *def;
+    view_t v;
+    uint32_t k;
+    attr_t a;
+    view(x, op->inputs, &v);
+    def = op_def(x, v.op);
+    op->kind = def->kind;
+    op->n_in = (uint8_t)v.n_in;
+    op->in[0] = (uint16_t)v_tensor(x, &v, 0);
+    op->in[1] = (uint16_t)v_tensor(x, &v, v.n_in > 1 ? 1 : 0);
+    op->out = (uint16_t)v_tensor(x, &v, v.n_in);
+    op->weight = NULL;
+    op->bias = NULL;
+    for (k = 0; k <= v.n_in; k++) {
+        const npukit_tensor_t *t = &T[v_tensor(x, &v, k)];
+        if (!usable(t) || (def->kind != NPUKIT_OP_RESHAPE && k < v.n_in && t->bits > 8)) {
+            return NPUKIT_E_UNSUPPORTED; /* the kernels read int8 activations (a reshape copies bytes) */
+        }
+    }
+    if (!def->mac && def->kind != NPUKIT_OP_RESHAPE && T[op->out].bits > 8) {
+        return NPUKIT_E_UNSUPPORTED;
+    }
+    switch (def->kind) {
+    case NPUKIT_OP_CONV:
+        return prepare_conv(x, &v, op);
+    case NPUKIT_OP_LINEAR:
+        return prepare_linear(x, &v, op);
+    case NPUKIT_OP_MAXPOOL:
+    case NPUKIT_OP_AVGPOOL:
+        return prepare_pool(x, &v, op);
+    case NPUKIT_OP_GLOBAL_AVGPOOL:
+        op->p.gap.c = (int32_t)t_dim(x, op->in[0], 0);
+        op->p.gap.hw = (int32_t)(T[op->in[0]].elems / (uint32_t)op->p.gap.c);
+        op->p.gap.rounding = x->target.pool_rounding;
+        return NPUKIT_OK;
+    case NPUKIT_OP_ADD: {
+        const npukit_tensor_t *out = &T[op->out];
+        if (v.n_in != 2) {
+            return NPUKIT_E_UNSUPPORTED; /* nk_add adds two operands; more would saturate only once */
+        }
+        find_attr(x, &v, "relu", &a);
+        op->p.add.n = (int32_t)out->elems;
+        op->p.add.a_shift = T[op->in[0]].exp - out->exp;
+        op->p.add.b_shift = T[op->in[1]].exp - out->exp;
+        op->p.add.act_max = (int32_t)int_max(out->bits);
+        op->p.add.act_min = attr_int(x, &a, 0) ? 0 : -op->p.add.act_max - 1;
+        op->p.add.rounding = x->target.rounding;
+        return NPUKIT_OK;
+    }
+    case NPUKIT_OP_CONCAT: {
+        uint64_t outer = 1;
+        find_attr(x, &v, "axis", &a);
+        for (k = 0; k < (uint32_t)attr_int(x, &a, 0); k++) {
+            outer *= t_dim(x, op->out, k); /* a product of leading dims of a tensor: at most its elems */
+        }
+        op->p.concat.outer = (int32_t)outer;
+        op->p.concat.out_inner = (int32_t)(T[op->out].elems / outer);
+        op->p.concat.rounding = x->target.rounding;
+        return NPUKIT_OK;
+    }
+    case NPUKIT_OP_RELU:
+        op->p.relu.n = (int32_t)T[op->out].elems;
+        return NPUKIT_OK;
+    default: /* reshape: a view, or a copy of nbytes */
+        return NPUKIT_OK;
+    }
+}
+
+static int prepare(ctx_t *x)
+{
+    npukit_model_t *m = x->m;
+    const uint16_t one = 1;
+    uint32_t i;
+    if (*(const uint8_t *)&one != 1) {
+        return NPUKIT_E_UNSUPPORTED; /* biases are read in place as little-endian int32 */
+    }
+    if (x->n_in != 1 || x->n_out != 1 || !usable(&m->tensors[m->input]) || !usable(&m->tensors[m->output])) {
+        return NPUKIT_E_UNSUPPORTED;
+    }
+    for (i = 0; i < m->n_ops; i++) {
+        TRY(prepare_op(x, i));
+    }
+    return NPUKIT_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* API */
+
+int npukit_load(const uint8_t *bin, size_t len, npukit_model_t *m)
+{
+    ctx_t x;
+    uint32_t n_sections;
+    if (m == NULL) {
+        return NPUKIT_E_ARG;
+    }
+    m->loaded = 0;
+    if ((bin == NULL && len > 0) || ((uintptr_t)(const void *)bin & 3u) != 0) {
+        return NPUKIT_E_ARG;
+    }
+    memset(&x, 0, sizeof x);
+    x.d = bin;
+    x.len = len;
+    x.m = m;
+    m->bin = bin;
+    m->len = len;
+    m->n_tensors = 0;
+    m->n_ops = 0;
+    TRY(read_header(&x, &n_sections));
+    TRY(read_sections(&x, n_sections));
+    TRY(read_strings(&x));
+    TRY(npukit_read_target(x.d + x.off[S_TARGET], x.size[S_TARGET], &x.target));
+    if (x.target.target_id != m->target_id) {
+        return NPUKIT_E_TARGET;
+    }
+    m->rounding = x.target.rounding;
+    m->pool_rounding = x.target.pool_rounding;
+    TRY(read_plan(&x));
+    TRY(read_tensors(&x));
+    TRY(read_io(&x));
+    TRY(read_ops(&x));
+    TRY(check_graph(&x));
+    TRY(prepare(&x));
+    m->loaded = LOADED;
+    return NPUKIT_OK;
+}
+
+const char *npukit_strerror(int status)
+{
+    switch (status) {
+    case NPUKIT_OK: return "ok";
+    case NPUKIT_E_ARG: return "invalid argument (NULL pointer, model not loaded, or model bytes not 4-byte aligned)";
+    case NPUKIT_E_MAGIC: return "not an npukit model.bin (it does not start with NPUK)";
+    case NPUKIT_E_SIZE: return "the file is not the size its header says (truncated, or trailing bytes)";
+    case NPUKIT_E_VERSION: return "a model.bin format version this runtime does not read (it reads version 2)";
+    case NPUKIT_E_CRC: return "CRC mismatch: the file is damaged";
+    case NPUKIT_E_HEADER: return "invalid header (flags set, or a section count that does not fit)";
+    case NPUKIT_E_SECTION: return "invalid section table (unknown, repeated, missing, misplaced or overlapping section)";
+    case NPUKIT_E_RECORD: return "a count or record runs past the end of its section, or bytes are left over";
+    case NPUKIT_E_INDEX: return "a string, tensor or memory index outside its table";
+    case NPUKIT_E_VALUE: return "a field out of range (rank, dimension, bits, role, size, arena, attribute or parameter)";
+    case NPUKIT_E_TARGET: return "invalid target section (not one zlib stream of a JSON profile matching the header)";
+    case NPUKIT_E_GRAPH: return "invalid graph (op attributes, parameters, shapes, order or tensor widths)";
+    case NPUKIT_E_UNSUPPORTED: return "a valid model this runtime cannot run (see docs/model-format.md)";
+    case NPUKIT_E_LIMIT: return "more tensors or ops than this build's tables hold (NPUKIT_MAX_TENSORS, NPUKIT_MAX_OPS)";
+    case NPUKIT_E_ARENA: return "the arena is smaller than the model needs, or not 4-byte aligned";
+    case NPUKIT_E_INPUT: return "an input value lies outside the input tensor's bit range";
+    default: return "unknown npukit status";
+    }
+}
+
+size_t npukit_arena_bytes(const npukit_model_t *m)
+{
+    return m->arena_bytes;
+}
+
+size_t npukit_input_bytes(const npukit_model_t *m)
+{
+    return m->tensors[m->input].nbytes;
+}
+
+size_t npukit_output_bytes(const npukit_model_t *m)
+{
+    return m->tensors[m->output].nbytes;
+}
+
+npukit_dtype npukit_input_dtype(const npukit_model_t *m)
+{
+    return (npukit_dtype)m->tensors[m->input].elem_bytes;
+}
+
+npukit_dtype npukit_output_dtype(const npukit_model_t *m)
+{
+    return (npukit_dtype)m->tensors[m->output].elem_bytes;
+}
+
+int npukit_input_exp(const npukit_model_t *m)
+{
+    return m->tensors[m->input].exp;
+}
+
+int npukit_output_exp(const npukit_model_t *m)
+{
+    return m->tensors[m->output].exp;
+}
+
+/* The engine refuses inputs outside the input's bit range (engine.run_checked_input); so does this. */
+static int input_in_range(const npukit_tensor_t *t, const uint8_t *in)
+{
+    const int64_t hi = int_max(t->bits), lo = -hi - 1;
+    uint32_t i;
+    if (t->bits == 8u * t->elem_bytes) {
+        return 1; /* every value of the type is in range */
+    }
+    for (i = 0; i < t->elems; i++) {
+        int64_t v;
+        switch (t->elem_bytes) {
+        case 1: { int8_t e; memcpy(&e, in + i, 1); v = e; break; }
+        case 2: { int16_t e; memcpy(&e, in + 2 * (size_t)i, 2); v = e; break; }
+        case 4: { int32_t e; memcpy(&e, in + 4 * (size_t)i, 4); v = e; break; }
+        default: { int64_t e; memcpy(&e, in + 8 * (size_t)i, 8); v = e; break; }
+        }
+        if (v < lo || v > hi) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void trace_tensor(const npukit_model_t *m, const uint8_t *a, uint32_t t, npukit_trace_fn trace, void *user)
+{
+    const npukit_tensor_t *v = &m->tensors[t];
+    if (trace != NULL) {
+        trace(user, (const char *)(m->bin + v->name_at), v->name_len, a + v->offset, v->nbytes);
+    }
+}
+
+int npukit_invoke(const npukit_model_t *m, void *arena, size_t arena_len, const void *in, void *out)
+{
+    return npukit_invoke_traced(m, arena, arena_len, in, out, NULL, NULL);
+}
+
+int npukit_invoke_traced(const npukit_model_t *m, void *arena, size_t arena_len, const void *in, void *out,
+                         npukit_trace_fn trace, void *user)
+{
+    uint8_t *a = (uint8_t *)arena;
+    uint32_t i;
+    if (m == NULL || m->loaded != LOADED || arena == NULL || in == NULL || out == NULL) {
+        return NPUKIT_E_ARG;
+    }
+    if (arena_len < m->arena_bytes || ((uintptr_t)arena & 3u) != 0) {
+        return NPUKIT_E_ARENA;
+    }
+    if (!input_in_range(&m->tensors[m->input], (const uint8_t *)in)) {
+        return NPUKIT_E_INPUT;
+    }
+    memcpy(a + m->tensors[m->input].offset, in, m->tensors[m->input].nbytes);
+    trace_tensor(m, a, m->input, trace, user);
+    for (i = 0; i < m->n_ops; i++) {
+        const npukit_op_t *op = &m->ops[i];
+        const npukit_tensor_t *y = &m->tensors[op->out];
+        const int8_t *x0 = (const int8_t *)(a + m->tensors[op->in[0]].offset);
+        int8_t *y8 = (int8_t *)(a + y->offset);
+        switch (op->kind) {
+        case NPUKIT_OP_CONV:
+            nk_conv(&op->p.conv, x0, op->weight, op->bias, y8);
+            break;
+        case NPUKIT_OP_LINEAR:
+            nk_linear(&op->p.linear, x0, op->weight, op->bias, y8);
+            break;
+        case NPUKIT_OP_MAXPOOL:
+            nk_maxpool(&op->p.pool, x0, y8);
+            break;
+        case NPUKIT_OP_AVGPOOL:
+            nk_avgpool(&op->p.pool, x0, y8);
+            break;
+        case NPUKIT_OP_GLOBAL_AVGPOOL:
+            nk_global_avgpool(op->p.gap.c, op->p.gap.hw, op->p.gap.rounding, x0, y8);
+            break;
+        case NPUKIT_OP_ADD:
+            nk_add(op->p.add.n, x0, op->p.add.a_shift, (const int8_t *)(a + m->tensors[op->in[1]].offset),
+                   op->p.add.b_shift, op->p.add.act_min, op->p.add.act_max, op->p.add.rounding, y8);
+            break;
+        case NPUKIT_OP_CONCAT: {
+            /* each operand in turn into its slice of every outer block (OpDef.to_c of concat) */
+            int32_t offset = 0;
+            uint32_t k;
+            for (k = 0; k < op->n_in; k++) {
+                const npukit_tensor_t *t = &m->tensors[rd16(m->bin + op->inputs + 2 * (size_t)k)];
+                const int32_t inner = (int32_t)(t->elems / (uint32_t)op->p.concat.outer);
+                nk_concat_part(op->p.concat.outer, inner, op->p.concat.out_inner, offset, t->exp - y->exp,
+                               op->p.concat.rounding, (const int8_t *)(a + t->offset), y8);
+                offset += inner;
+            }
+            break;
+        }
+        case NPUKIT_OP_RELU:
+            nk_relu(op->p.relu.n, x0, y8);
+            break;
+        default: /* reshape: the planner usually aliases it; otherwise the bytes move */
+            if (m->tensors[op->in[0]].offset != y->offset) {
+                memmove(y8, x0, y->nbytes);
+            }
+            break;
+        }
+        trace_tensor(m, a, op->out, trace, user);
+    }
+    memcpy(out, a + m->tensors[m->output].offset, m->tensors[m->output].nbytes);
+    return NPUKIT_OK;
+}

@@ -1,0 +1,445 @@
+"""The C runtime (runtime/: npukit_load, npukit_invoke, the npukit-run tool) against the Python reader and the
+reference engine: every output byte on real, MAX78000 and random models; the documented errors on damaged
+files; and, under AddressSanitizer and UBSan, mutated files (sizes and CRCs recomputed, so the mutations
+reach the checks behind them) and mutated zlib streams, each cross-checked with the Python side.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+
+import c_runtime_tools as T
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from models_for_tests import LOWBIT, Branchy
+from test_differential import TARGETS, nets, random_graph_and_inputs
+
+import npukit
+from npukit.models import mnist1d_cnn
+
+torch.set_num_threads(1)
+CC = T.find_cc()
+pytestmark = pytest.mark.skipif(CC is None, reason="no C compiler found")
+
+
+@pytest.fixture(scope="module")
+def build_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("c_runtime")
+
+
+@pytest.fixture(scope="module")
+def runner(build_dir):
+    return T.build("npukit_run", build_dir)
+
+
+@pytest.fixture(scope="module")
+def harness(build_dir):
+    if not T.sanitizers_work(CC, build_dir):
+        pytest.skip(f"{CC} cannot build and run programs with AddressSanitizer and UBSan here")
+    return T.build("fuzz_harness", build_dir, sanitize=True)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """The demo network prepared on MNIST-1D, and 300 test samples."""
+    data = npukit.data.mnist1d()
+    torch.manual_seed(0)
+    graph = npukit.to_ir(npukit.prepare(mnist1d_cnn(), torch.from_numpy(data.x_train[:256])))
+    return graph, graph.quantize_input(data.x_test[:300])
+
+
+def _run(runner, model: bytes, x: np.ndarray, tmp_path):
+    res = T.run_file(runner, model, x, tmp_path)
+    return res, tmp_path / "output.bin"
+
+
+def _assert_matches_engine(runner, graph, x, tmp_path, model: bytes | None = None):
+    res, out = _run(runner, model or T.pack(graph), x, tmp_path)
+    assert res.returncode == 0, res.stderr
+    want = npukit.run(graph, x)[0]
+    assert out.read_bytes() == np.ascontiguousarray(want).astype(want.dtype.newbyteorder("<")).tobytes()
+
+
+def test_demo_model_matches_the_engine(runner, demo, tmp_path):
+    graph, q = demo
+    _assert_matches_engine(runner, graph, q, tmp_path)
+
+
+def test_max78000_model_matches_the_engine(runner, tmp_path):
+    """Every 2-d op on MAX78000: 8-bit bias b * 128, shifted outputs, average pooling truncated toward zero
+    (the profile's pool_rounding, which only the deflated target section holds)."""
+    torch.manual_seed(1)
+    x = torch.randn(32, 3, 8, 8) * 2
+    graph = npukit.to_ir(npukit.prepare(Branchy(), x, target="max78000", rules="off"))
+    assert graph.target["pool_rounding"] == "trunc" and {"avgpool", "concat", "add"} <= {n.op for n in graph.nodes}
+    _assert_matches_engine(runner, graph, graph.quantize_input(x.numpy()), tmp_path)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.function_scoped_fixture])
+@given(spec=nets(), target=st.sampled_from(sorted(TARGETS)), seed=st.integers(0, 2**16))
+def test_random_models_match_the_engine(runner, spec, target, seed, tmp_path):
+    graph, q = random_graph_and_inputs(spec, target, seed)
+    _assert_matches_engine(runner, graph, q, tmp_path)
+
+
+def test_the_target_profile_is_read_as_python_reads_it(runner, tmp_path):
+    """The rounding modes come from the deflated JSON: escaped keys, repeated keys (the last counts), white
+    space, other compressions and another section order all read as the Python reader reads them."""
+    torch.manual_seed(2)
+    x = torch.randn(16, 3, 8, 8)
+    graph = npukit.to_ir(npukit.prepare(Branchy(), x, target=LOWBIT, rules="off"))
+    q = graph.quantize_input(x.numpy())
+    data = T.pack(graph)
+    body = T.sections_of(data)
+    text = zlib.decompress(body["target"]).decode()
+    variants = [
+        text.replace('"rounding":"half_up"', '"round\\u0069ng" : "floor"'),
+        text[:-1] + ',"pool_rounding":"half_up","pool_rounding":"trunc"}',
+        text.replace(",", ",\n  ").replace('"rounding":"half_up"', '"rounding":"half_even"'),
+    ]
+    read = []
+    for i, v in enumerate(variants):
+        for level in (0, 9):
+            body["target"] = zlib.compress(v.encode(), level)
+            order = list(reversed(body)) if i == 1 else None
+            model = T.assemble(body, graph.target["target_id"], order)
+            read.append(npukit.modelbin.read(model).graph)
+            _assert_matches_engine(runner, read[-1], q, tmp_path, model)
+    assert [(g.rounding, g.target["pool_rounding"]) for g in read[::2]] == [
+        ("floor", "half_up"), ("half_up", "trunc"), ("half_even", "half_up")]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Errors
+
+
+def _flip(data: bytes, i: int) -> bytes:
+    return data[:i] + bytes([data[i] ^ 0x10]) + data[i + 1:]
+
+
+DAMAGE = {
+    "empty": (lambda d: b"", "MAGIC"),
+    "wrong magic": (lambda d: b"PK\x03\x04" + d[4:], "MAGIC"),
+    "header only": (lambda d: d[:12], "SIZE"),
+    "truncated": (lambda d: d[:len(d) // 2], "SIZE"),
+    "trailing bytes": (lambda d: d + b"\0", "SIZE"),
+    "bit flip": (lambda d: _flip(d, len(d) // 3), "CRC"),
+    "bit flip in the CRC": (lambda d: _flip(d, 17), "CRC"),
+    "newer version": (lambda d: T.fix(d[:4] + struct.pack("<H", 3) + d[6:]), "VERSION"),
+    "header flag": (lambda d: T.fix(d[:8] + b"\x01\x00" + d[10:]), "HEADER"),
+    "truncated, size fixed": (lambda d: T.fix(d[:len(d) - 7]), "SECTION"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_files_give_the_documented_error(runner, demo, tmp_path, damage):
+    graph, q = demo
+    make, status = DAMAGE[damage]
+    res, out = _run(runner, make(T.pack(graph)), q[:2], tmp_path)
+    assert res.returncode == T.EXIT_MODEL and not out.exists()
+    assert len(res.stderr.splitlines()) == 1 and f"(NPUKIT_E_{status})" in res.stderr, res.stderr
+    with pytest.raises(npukit.modelbin.ModelBinError):
+        npukit.modelbin.read(make(T.pack(graph)))
+
+
+def test_input_files_of_the_wrong_size_or_range(runner, tmp_path):
+    torch.manual_seed(3)
+    x = torch.randn(16, 2, 10)
+    four_bit = {"name": "a4", "activation_bits": 4, "weight_bits": [8], "rounding": "half_up"}
+    graph = npukit.to_ir(npukit.prepare(nn.Sequential(nn.Conv1d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(24, 2)),
+                                        x, target=four_bit, rules="off"))
+    assert graph.input_spec().bits == 4
+    model, q = T.pack(graph), graph.quantize_input(x.numpy())
+    _assert_matches_engine(runner, graph, q, tmp_path)
+    res, _ = _run(runner, model, q.reshape(-1)[:-1], tmp_path)  # not a whole number of samples
+    assert res.returncode == T.EXIT_INPUT_SIZE and "not a whole number" in res.stderr
+    res, out = _run(runner, model, q[:0], tmp_path)  # no samples: no outputs
+    assert res.returncode == 0 and out.read_bytes() == b""
+    bad = q.copy()
+    bad[1, 0, 0] = 9  # outside the 4-bit range, as the engine also refuses
+    res, out = _run(runner, model, bad, tmp_path)
+    assert res.returncode == 5 and "sample 1" in res.stderr and "(NPUKIT_E_INPUT)" in res.stderr
+    with pytest.raises(npukit.NpukitError, match="outside the 4-bit range"):
+        npukit.run(graph, bad)
+
+
+def test_valid_models_the_kernels_cannot_run_are_refused(runner, tmp_path):
+    """16-bit activations: the Python reader and engine take them, the C kernels read int8."""
+    torch.manual_seed(4)
+    x = torch.randn(8, 4)
+    graph = npukit.to_ir(npukit.prepare(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), x,
+                                        target={"name": "a16", "activation_bits": 16, "weight_bits": [8]}, rules="off"))
+    model = T.pack(graph)
+    npukit.modelbin.read(model)
+    res, _ = _run(runner, model, graph.quantize_input(x.numpy()), tmp_path)
+    assert res.returncode == T.EXIT_MODEL and "(NPUKIT_E_UNSUPPORTED)" in res.stderr
+
+
+@pytest.mark.parametrize("define, status", [("NPUKIT_MAX_OPS=4", "LIMIT"), ("NPUKIT_INFLATE_WINDOW=256", "LIMIT"),
+                                            ("NPUKIT_INFLATE_WINDOW=4096", None)])
+def test_build_time_sizes(demo, tmp_path, define, status):
+    """Tables smaller than the model, or an inflater window shorter than the profile's back-references,
+    refuse the model (NPUKIT_E_LIMIT); a 4 KiB window (the stack a small MCU can spare) reads the
+    built-in profiles."""
+    exe = tmp_path / "small"
+    cmd = [CC, *T.STRICT, "-O0", f"-D{define}", f"-I{T.KERNELS}", "-o", str(exe),
+           str(T.RUNTIME / "npukit_run.c"), str(T.RUNTIME / "npukit_runtime.c"), str(T.RUNTIME / "npukit_target.c"),
+           *map(str, sorted(T.KERNELS.glob("nk_*.c")))]
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    graph, q = demo
+    if status is None:
+        _assert_matches_engine(exe, graph, q[:10], tmp_path)
+        return
+    res, _ = _run(exe, T.pack(graph), q[:1], tmp_path)
+    assert res.returncode == T.EXIT_MODEL and f"(NPUKIT_E_{status})" in res.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fuzzing under AddressSanitizer and UBSan
+
+
+class PoolReLU(nn.Module):
+    """A ReLU that cannot be fused (after a pooling): the standalone relu op."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.fc = nn.Conv1d(2, 4, 3), nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(nn.functional.max_pool1d(self.c(x), 2)).flatten(1))
+
+
+def fuzz_bases() -> list[bytes]:
+    """Small valid files that together hold every op, attribute type, weight width, rounding mode and scheme."""
+    torch.manual_seed(0)
+    block = {"k": 3, "stride": 2, "pad": 1, "dil": 2, "bias": False, "depthwise": True, "mult": 2, "cout": 4, "bn": False,
+             "relu": True, "side": "cat", "pool": "max", "pool_k": 3, "pool_pad": 1, "wscale": 1}
+    residual = dict(block, stride=1, dil=1, depthwise=False, bias=True, bn=True, side="add", pool="avg", pool_k=2)
+    graphs = [
+        npukit.to_ir(npukit.prepare(mnist1d_cnn(channels=8), torch.randn(32, 1, 40))),
+        npukit.to_ir(npukit.prepare(Branchy(), torch.randn(16, 3, 8, 8), target=LOWBIT, rules="off")),
+        random_graph_and_inputs((2, 2, [8, 8], [residual], "flatten"), "max78000", 1)[0],
+        random_graph_and_inputs((1, 2, [12], [block], "gap"), "variant", 2)[0],
+        npukit.to_ir(npukit.prepare(PoolReLU(), torch.randn(16, 2, 8), rules="off")),
+        # 38 ops and 64 strings: string lookups past the loader's first checkpoint
+        npukit.to_ir(npukit.prepare(nn.Sequential(*[m for _ in range(36) for m in (nn.Conv1d(2, 2, 1), nn.ReLU())],
+                                                  nn.Flatten(), nn.Linear(8, 2)), torch.randn(8, 2, 4), rules="off")),
+    ]
+    return [T.pack(g) for g in graphs]
+
+
+@pytest.fixture(scope="module")
+def bases():
+    return fuzz_bases()
+
+
+def _assert_clean(proc, n_cases: int, results) -> None:
+    err = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 0 and "runtime error" not in err and "Sanitizer" not in err, err[-4000:]
+    assert len(results) == n_cases, err[-4000:]
+
+
+def test_fuzz_mutated_files_under_sanitizers(harness, bases):
+    """A few hundred mutated files: no sanitizer report, every API contract held, and each verdict the
+    Python reader's; where both load a file and the C runtime runs it, the engine's output bytes."""
+    cases = T.corpus(bases, 400, seed=12)
+    results, proc = T.feed(harness, cases)
+    _assert_clean(proc, len(cases), results)
+    stats, bad = T.cross_check(cases, results)
+    assert not bad, bad[:5]
+    assert stats["c_ok"] >= 40 and stats["engine_compared"] >= 30 and len({r.load for r in results}) >= 10, stats
+
+
+def zlib_corpus(texts: list[bytes], n: int, seed: int) -> list[bytes]:
+    """Streams of every block type (stored, fixed, dynamic; levels and strategies; a text past the 32 KiB
+    window; 1 MiB of text, the most the reader inflates, and a byte more), then bit flips, overwrites,
+    truncations and extra bytes, the Adler-32 often recomputed."""
+    import random
+
+    rng = random.Random(seed)
+    limit = [zlib.compress(b"{" * ((1 << 20) + k), 9) for k in (0, 1)]
+    long_text = b"".join(bytes(random.Random(k % 97).randbytes(300)) for k in range(400))  # repeats ~29 KB back
+    streams = []
+    for t in [*texts, b"", b"x", long_text, rng.randbytes(3000)]:
+        for level, strategy in ((0, 0), (1, zlib.Z_HUFFMAN_ONLY), (6, zlib.Z_FIXED), (9, zlib.Z_RLE), (9, 0)):
+            z = zlib.compressobj(level, zlib.DEFLATED, 15, 9, strategy)
+            streams.append(z.compress(t) + z.flush())
+    out = list(streams)
+    while len(out) < n:
+        z = bytearray(rng.choice(streams))
+        pick = rng.randrange(5)
+        if pick == 0:
+            for _ in range(rng.randrange(1, 4)):
+                i = rng.randrange(min(len(z), 48)) if rng.random() < 0.6 else rng.randrange(len(z))
+                z[i] ^= 1 << rng.randrange(8)
+        elif pick == 1:
+            z[rng.randrange(len(z))] = rng.randrange(256)
+        elif pick == 2:
+            del z[rng.randrange(len(z)):]
+        elif pick == 3:
+            z += rng.randbytes(rng.randrange(1, 5))
+        else:
+            z[rng.randrange(2, len(z))] = rng.randrange(256)
+        if rng.random() < 0.5 and len(z) > 6:
+            try:
+                d = zlib.decompressobj()
+                text = d.decompress(bytes(z[:-4]))
+                if d.eof:
+                    z[-4:] = struct.pack(">I", zlib.adler32(text))
+            except zlib.error:
+                pass
+        out.append(bytes(z))
+    return out[:n - 2] + limit
+
+
+def zlib_verdict(z: bytes) -> tuple[int, int] | None:
+    """(length, CRC-32) of what Python's zlib inflates, when z is exactly one stream of at most 1 MiB."""
+    d = zlib.decompressobj()
+    try:
+        text = d.decompress(z, 1 << 20)
+    except zlib.error:
+        return None
+    if not d.eof or d.unconsumed_tail or d.unused_data:
+        return None
+    return len(text), zlib.crc32(text)
+
+
+def check_inflate(harness, streams: list[bytes]) -> dict:
+    stream = b"".join(struct.pack("<I", len(c)) + c for c in streams)
+    proc = subprocess.run([str(harness), "--inflate"], input=stream, capture_output=True, env=T.SAN_ENV, timeout=600)
+    lines = proc.stdout.decode().split("\n")[:-1]
+    _assert_clean(proc, len(streams), lines)
+    ok = 0
+    for z, line in zip(streams, lines, strict=True):
+        rc, length, crc = line.split()
+        want = zlib_verdict(z)
+        assert (rc == "0") == (want is not None), (rc, z[:64].hex())
+        if want is not None:
+            ok += 1
+            assert (int(length), int(crc, 16)) == want
+    return {"streams": len(streams), "inflated": ok}
+
+
+def test_inflate_matches_zlib_under_sanitizers(harness, bases):
+    texts = [zlib.decompress(T.sections_of(b)["target"]) for b in bases[:2]]
+    stats = check_inflate(harness, zlib_corpus(texts, 600, seed=5))
+    assert stats["inflated"] > 5 * (len(texts) + 4), stats  # some mutated streams still inflate
+
+
+@pytest.mark.slow
+def test_fuzz_100k_cases(harness, bases):
+    """The long run: 100,000 mutated files and 20,000 zlib streams (prints the counts; about 4 minutes)."""
+    cases = T.corpus(bases + [T.pack(random_graph_and_inputs(
+        (2, 1, [7, 9], [{"k": 2, "stride": 1, "pad": 0, "dil": 1, "bias": True, "depthwise": False, "mult": 1,
+                         "cout": 3, "bn": True, "relu": False, "side": None, "pool": None, "pool_k": 2, "pool_pad": 0,
+                         "wscale": -1}], "flatten"), "floor", 3)[0])], 100_000, seed=2024)
+    results, proc = T.feed(harness, cases, timeout=1800)
+    _assert_clean(proc, len(cases), results)
+    stats, bad = T.cross_check(cases, results)
+    texts = [zlib.decompress(T.sections_of(b)["target"]) for b in bases]
+    stats.update(check_inflate(harness, zlib_corpus(texts, 20_000, seed=7)))
+    print(f"\nfuzz: {stats}\nstatuses: {sorted((T.STATUS[r], n) for r, n in _counts(r.load for r in results))}")
+    assert not bad, bad[:5]
+
+
+def _counts(values) -> list[tuple]:
+    from collections import Counter
+
+    return list(Counter(values).items())
+
+
+def test_libfuzzer_target_when_clang_is_present(tmp_path, bases):
+    if shutil.which("clang") is None:
+        pytest.skip("clang not installed: the libFuzzer target (runtime/fuzz_load.c) is optional")
+    exe = tmp_path / "fuzz_load"
+    cmd = ["clang", *T.STRICT, *T.SANITIZE, "-fsanitize=fuzzer", f"-I{T.KERNELS}", f"-I{T.RUNTIME}", "-o", str(exe),
+           str(T.RUNTIME / "fuzz_load.c"), str(T.RUNTIME / "npukit_runtime.c"), str(T.RUNTIME / "npukit_target.c"),
+           *map(str, sorted(T.KERNELS.glob("nk_*.c")))]
+    built = subprocess.run(cmd, capture_output=True, text=True)
+    if built.returncode != 0 and "fuzzer" in built.stderr:
+        pytest.skip("this clang has no libFuzzer")
+    assert built.returncode == 0, built.stderr
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    for i, b in enumerate(bases):
+        (seeds / f"{i}.bin").write_bytes(b)
+    res = subprocess.run([str(exe), "-runs=3000", "-seed=1", str(seeds)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Builds
+
+
+def _copy_tree(tmp_path):
+    """runtime/ and the kernels, at the same relative places, so the Makefile's ../npukit path holds."""
+    shutil.copytree(T.RUNTIME, tmp_path / "runtime", ignore=shutil.ignore_patterns("npukit-run", "fuzz-harness",
+                                                                                   "fuzz_load", "build"))
+    shutil.copytree(T.KERNELS, tmp_path / "npukit" / "codegen" / "runtime")
+    return tmp_path / "runtime"
+
+
+def test_make_builds_warning_free(demo, tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("make not installed")
+    src = _copy_tree(tmp_path)
+    res = subprocess.run(["make", "-C", str(src), f"CC={CC}"], capture_output=True, text=True)
+    assert res.returncode == 0 and "warning" not in res.stderr, res.stdout + res.stderr
+    graph, q = demo
+    _assert_matches_engine(src / "npukit-run", graph, q[:20], tmp_path)
+
+
+def test_cmake_builds(demo, tmp_path):
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake not installed")
+    build = tmp_path / "build"
+    cfg = subprocess.run(["cmake", "-S", str(T.RUNTIME), "-B", str(build)], capture_output=True, text=True)
+    assert cfg.returncode == 0, cfg.stdout + cfg.stderr
+    res = subprocess.run(["cmake", "--build", str(build)], capture_output=True, text=True)
+    assert res.returncode == 0 and "warning" not in res.stdout + res.stderr, res.stdout + res.stderr
+    graph, q = demo
+    _assert_matches_engine(build / "npukit-run", graph, q[:20], tmp_path)
+
+
+@pytest.mark.parametrize("cc, flags", [
+    ("gcc", ["-O2", "-Wshadow", "-Wconversion", "-Wsign-conversion", "-Wcast-qual", "-Wstrict-prototypes"]),
+    ("clang", ["-O2", "-Wshadow", "-Wconversion", "-Wsign-conversion"]),
+    ("arm-none-eabi-gcc", ["-O2", "-mcpu=cortex-m4", "-mthumb", "-Wconversion", "-Wsign-conversion"]),
+    ("arm-none-eabi-gcc", ["-Os", "-mcpu=cortex-m0", "-mthumb"]),
+])
+def test_compiles_warning_free(cc, flags, tmp_path):
+    """Compile-only with stricter warnings and for 32-bit Cortex-M (where ptrdiff_t and long are 32 bits)."""
+    if shutil.which(cc) is None:
+        pytest.skip(f"{cc} not installed")
+    for name in ("npukit_runtime.c", "npukit_target.c"):
+        res = subprocess.run([cc, *T.STRICT, *flags, f"-I{T.KERNELS}", "-c", str(T.RUNTIME / name), "-o",
+                              str(tmp_path / (name + ".o"))], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+
+
+def test_no_heap_no_float_no_global_state(tmp_path):
+    """The runtime (not the host tools) allocates nothing, computes no floating point and has no writable
+    globals: only memcpy/memmove/memset/memcmp/strlen and the kernels are linked against."""
+    for name in ("npukit_runtime.c", "npukit_target.c"):
+        src = T.RUNTIME / name
+        code = re.sub(r"/\*.*?\*/", "", src.read_text(), flags=re.S)
+        assert not re.search(r"\b(float|double|malloc|calloc|realloc|free|alloca|math\.h|stdio\.h)\b", code), name
+        if shutil.which("nm") is None:
+            continue
+        obj = tmp_path / (src.stem + ".o")
+        subprocess.run([CC, *T.STRICT, "-O2", "-fno-pic", f"-I{T.KERNELS}", "-c", str(src), "-o", str(obj)], check=True)
+        syms = [ln.split()[-2:] for ln in subprocess.run(["nm", str(obj)], capture_output=True, text=True,
+                                                          check=True).stdout.splitlines()]
+        assert not [n for kind, n in syms if kind in "BbDdCGgSsVv"], name
+        extern = {n for kind, n in syms if kind == "U"}
+        assert all(n.startswith(("nk_", "npukit_", "_")) or n in ("memcpy", "memmove", "memset", "memcmp", "strlen")
+                   for n in extern), extern
