@@ -590,7 +590,8 @@ class _Parser:
         if profile.target_id != header_id:
             raise self.error(f"the header says target id {header_id} but the target profile says "
                              f"{profile.target_id}")
-        return target, profile
+        # the validated profile, defaults filled in: a profile written without `rounding` still runs
+        return profile.model_dump(), profile
 
     def read_plan(self) -> tuple[int, int]:
         c = self.cursor("plan")

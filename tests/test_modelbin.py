@@ -397,3 +397,16 @@ def test_file_kind_knows_the_magic(small, tmp_path):
 
     (tmp_path / "model.dat").write_bytes(small)
     assert file_kind(tmp_path / "model.dat") == "modelbin"
+
+
+def test_a_profile_written_without_defaulted_fields_reads_back_complete(graphs):
+    """A profile stored without `rounding`/`pool_rounding` (fields with defaults) loads with the defaults
+    filled in, so the engine runs it (it used to raise KeyError)."""
+    g = copy.deepcopy(graphs["demo"])
+    g.target = {k: v for k, v in g.target.items() if k not in ("rounding", "pool_rounding")}
+    m = read(pack_bytes(g, *trivial_plan(g)))
+    defaults = npukit.TargetProfile.model_fields
+    assert m.graph.target["rounding"] == defaults["rounding"].default
+    assert m.graph.target["pool_rounding"] == defaults["pool_rounding"].default
+    x = np.zeros((2, *g.input_spec().shape), np.int8)
+    assert npukit.run(m.graph, x)[0].shape == (2, *g.output_spec().shape)
