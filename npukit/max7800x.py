@@ -77,6 +77,9 @@ def _ident(name: str) -> str:
     return out if out and not out[0].isdigit() else f"l_{out}"
 
 
+_HW_OPS = ("conv", "linear", "maxpool", "avgpool", "global_avgpool", "add", "reshape")  # ops with a hardware layer
+
+
 def hardware_layers(graph: Graph, profile: TargetProfile) -> tuple[list[HwLayer], list[Problem], bool]:
     """Group the IR into the chip's layers, in order; every node that cannot be grouped is a problem.
     The flag says whether every node found a layer (else nothing can be placed)."""
@@ -115,20 +118,20 @@ def hardware_layers(graph: Graph, profile: TargetProfile) -> tuple[list[HwLayer]
                 complete = False
                 problems.append(Problem(n.name, "max7800x.layers", "a reshape that is not a flatten into a linear "
                                         "layer has no hardware layer", "flatten only right before a Linear"))
-        elif n.op in ("concat", "relu"):
+        elif n.op not in _HW_OPS:
             complete = False
             if profile.rules.ops is not None and n.op not in profile.rules.ops:
                 continue  # the profile's rules refuse it already: reported there, once
-            what = {"concat": "concatenation", "relu": "standalone ReLU"}[n.op]
-            fix = ("put the ReLU right after a conv or linear layer, where it becomes the layer's activation"
-                   if n.op == "relu" else "npukit does not write concatenations (in_sequences of several layers) "
-                   "yet: add the branches instead, or keep them in one conv")
+            what = {"concat": "concatenation", "relu": "standalone ReLU"}.get(n.op, n.op)
+            fix = {"relu": "put the ReLU right after a conv or linear layer, where it becomes the layer's activation",
+                   "concat": "npukit does not write concatenations (in_sequences of several layers) yet: add the "
+                   "branches instead, or keep them in one conv"}.get(n.op, "the chip has no layer that computes it")
             problems.append(Problem(n.name, "max7800x.layers", f"the {what} is not written to the network "
                                     "description", fix))
 
     layers: list[HwLayer] = []
     for n in graph.nodes:
-        if n.name in skip or n.op in ("concat", "relu", "reshape"):
+        if n.name in skip or n.op == "reshape" or n.op not in _HW_OPS:
             continue
         if n.op in ("conv", "linear"):
             pool, add = fused_pool.get(n.name), fused_add.get(n.name)

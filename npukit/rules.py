@@ -240,6 +240,16 @@ def concat_rules(node: Node, graph: Graph, profile: TargetProfile) -> list[Probl
 # the whole graph
 
 
+def lut_rules(node: Node, graph: Graph, profile: TargetProfile) -> list[Problem]:
+    allowed = profile.rules.lut
+    fn = node.attrs["fn"].partition(":")[0]
+    if allowed is not None and fn not in allowed:
+        return [_p(node, "lut.function", f"{fn} by lookup table; {profile.name} computes "
+                   f"{', '.join(allowed) or 'none'}", f"use {' or '.join(allowed)} or a ReLU instead"
+                   if allowed else "use a ReLU instead, or apply it on the host")]
+    return []
+
+
 def check_graph(graph: Graph, profile: TargetProfile, *, plan=None, sources: dict[str, str] | None = None,
                 memory: bool = True) -> list[Problem]:
     """Every rule of `profile` that `graph` breaks, in graph order, then the graph-wide ones.
@@ -253,7 +263,8 @@ def check_graph(graph: Graph, profile: TargetProfile, *, plan=None, sources: dic
     problems: list[Problem] = []
     for node in graph.nodes:
         if rules.ops is not None and node.op not in rules.ops:
-            problems.append(_p(node, "unsupported-op", f"{node.op} is not supported on {profile.name}",
+            what = f"{node.op} ({node.attrs.get('fn')})" if node.op == "lut" else node.op
+            problems.append(_p(node, "unsupported-op", f"{what} is not supported on {profile.name}",
                                _unsupported_fix(node.op, rules.ops)))
             continue
         problems += get_op(node.op).rules(node, graph, profile)
@@ -295,6 +306,8 @@ def check_graph(graph: Graph, profile: TargetProfile, *, plan=None, sources: dic
 def _unsupported_fix(op: str, ops: list[str]) -> str:
     if op == "relu":
         return "put the ReLU directly after a conv or linear layer, where it is fused into the layer's output"
+    if op == "lut":
+        return "the chip computes no functions by table: use a ReLU (or ReLU6) instead, or apply it on the host"
     return f"replace it; {', '.join(ops)} are supported"
 
 

@@ -98,6 +98,12 @@ def _zoo(name):
 
 
 CASES: dict[str, Case] = {
+    # a gate by lookup table: venus computes sigmoid and tanh (lut.function for the rest); MAX7800x no lut at all.
+    "hardswish@venus": Case(lambda: Body(nn.Conv1d(1, 4, 3, padding=1), nn.Hardswish(), fc=(4 * 16, 3)), (1, 16),
+                            "venus", frozenset({"lut.function"})),
+    "tanh@venus": Case(lambda: Body(nn.Conv1d(1, 4, 3, padding=1), nn.Tanh(), fc=(4 * 16, 3)), (1, 16), "venus"),
+    "tanh@max78000": Case(lambda: Body(nn.Conv1d(1, 4, 3, padding=1), nn.Tanh(), fc=(4 * 16, 3)), (1, 16),
+                          "max78000", frozenset({"unsupported-op"})),
     # 1x1 conv with stride 2 (a ResNet shortcut): venus needs kernel >= stride -> conv.stride.
     "shortcut_1x1_s2@venus": Case(lambda: Body(nn.Conv2d(8, 16, 1, stride=2, bias=False), nn.BatchNorm2d(16),
                                                fc=(16 * 8 * 8, 10)), (8, 16, 16), "venus", frozenset({"conv.stride"})),
@@ -350,7 +356,8 @@ RULE_CASES = {
     "layers": ("zoo:deep@max78000", "zoo:deep@max78002"),
     "memory-limit": ("zoo:big_activations@max78000", "zoo:big_activations@max78002"),
     "memory-unknown": ("case:cifar@venus-no-memory", "zoo:cifar@venus"),
-    "unsupported-op": ("zoo:gelu@venus", "zoo:cifar@venus"),
+    "unsupported-op": ("zoo:softplus@venus", "zoo:cifar@venus"),
+    "lut.function": ("case:hardswish@venus", "case:tanh@venus"),
     "maxpool-unsupported": ("case:ceil_maxpool@venus", "zoo:cifar@venus"),
     "pool.padding": ("case:padded_maxpool@max78000", "case:padded_maxpool@venus"),
     "conv-unsupported": ("case:conv_same@venus", "zoo:cifar@venus"),
@@ -368,7 +375,7 @@ def _result(ref: str) -> npukit.CheckResult:
 def _declared_rule_ids() -> set[str]:
     """Rule ids written literally in rules.py and report.py, plus those rules.py builds from a key."""
     text = (ROOT / "npukit/rules.py").read_text() + (ROOT / "npukit/report.py").read_text()
-    ids = set(re.findall(r'"((?:conv|pool|linear|flatten|concat|add|activation|op|bits|memory)[.-][a-z-]+|layers|unsupported-op|requant)"',
+    ids = set(re.findall(r'"((?:conv|pool|linear|flatten|concat|add|activation|op|bits|memory|lut)[.-][a-z-]+|layers|unsupported-op|requant)"',
                          text))
     ids |= {f"conv.{k}" for k in ("stride", "padding", "dilation")} | {f"pool.{k}" for k in ("kernel", "stride")}
     return ids

@@ -67,6 +67,13 @@ class CBuilder:
                                f"  /* {bits}-bit */")
         return name
 
+    def array(self, node, key: str, ctype: str) -> str:
+        """A const array of a parameter stored at its own dtype (a lookup table)."""
+        values = node.params[key]
+        name = f"{self.ident(node.name)}_{key}"
+        self.consts.append(f"static const {ctype} {name}[{values.size}] NPUKIT_WEIGHTS_SECTION = {{{_list(values.ravel())}}};")
+        return name
+
     def struct(self, ctype: str, name: str, fields: dict) -> str:
         body = ", ".join(f".{k} = {v}" for k, v in fields.items())
         self.consts.append(f"static const {ctype} {name} = {{{body}}};")

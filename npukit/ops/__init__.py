@@ -10,12 +10,14 @@ from ..errors import NpukitError
 from .add import Add
 from .base import OpDef
 from .concat import Concat
+from .lut import Lut
 from .mac import Conv, Linear
 from .pool import AvgPool, GlobalAvgPool, MaxPool
 from .relu import ReLU
 from .reshape import Reshape
 
-OPS: tuple[OpDef, ...] = (Conv(), Linear(), MaxPool(), AvgPool(), GlobalAvgPool(), Add(), Concat(), ReLU(), Reshape())
+OPS: tuple[OpDef, ...] = (Conv(), Linear(), MaxPool(), AvgPool(), GlobalAvgPool(), Add(), Concat(), ReLU(), Reshape(),
+                          Lut())
 _BY_NAME = {op.name: op for op in OPS}
 
 

@@ -26,6 +26,7 @@ from .calibrate import calibrate
 from .concat import ConcatCapture
 from .fakequant import ExpGroup, ObservedQModule
 from .input import QInput
+from .lut import LutCapture
 from .mac import ConvCapture, LinearCapture
 from .pool import AvgPoolCapture, GlobalAvgPoolCapture, MaxPoolCapture
 from .relu import ReLUCapture
@@ -36,7 +37,7 @@ INPUT_MODULE = "npukit_input"
 # Tried in this order on every traced node; the first whose `matches` says yes captures it.
 CAPTURES: tuple[OpCapture, ...] = (ConvCapture(), LinearCapture(), MaxPoolCapture(), AvgPoolCapture(),
                                    GlobalAvgPoolCapture(), AddCapture(), ConcatCapture(), ReLUCapture(),
-                                   ReshapeCapture())
+                                   ReshapeCapture(), LutCapture())
 
 _PASSTHROUGH_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 _PASSTHROUGH_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, torch.Tensor.contiguous)

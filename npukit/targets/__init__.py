@@ -14,7 +14,7 @@ from ..rounding import RoundingMode
 _BUILTIN_DIR = Path(__file__).parent
 # The IR ops a profile's `rules.ops` may name: `npukit.ops.OPS` (a test holds them equal; listed here so that
 # profiles validate without loading the op set and numpy).
-OP_NAMES = ("conv", "linear", "maxpool", "avgpool", "global_avgpool", "add", "concat", "relu", "reshape")
+OP_NAMES = ("conv", "linear", "maxpool", "avgpool", "global_avgpool", "add", "concat", "relu", "reshape", "lut")
 
 
 class Memory(BaseModel):
@@ -156,6 +156,8 @@ class Rules(_Rules):
     activations: list[Literal["relu", "abs", "clamp"]] = Field(
         ["relu", "abs", "clamp"], description="activations a conv or linear layer may end in, fused into its "
         "output (clamp: ReLU6, Hardtanh, torch.clamp)")
+    lut: list[str] | None = Field(None, description="element-wise functions the chip computes by lookup table "
+                                  "(sigmoid, tanh, ...; npukit/ops/lut.py); default: any")
     max_layers: int | None = None
     fused_before_mac: list[str] = Field(default_factory=list,
                                         description="ops that share a hardware layer with a conv/linear after them")

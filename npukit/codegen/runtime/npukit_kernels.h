@@ -136,4 +136,8 @@ void nk_concat_part(int32_t outer, int32_t part_inner, int32_t out_inner, int32_
 /* max(x, 0); `out` may alias `in`. */
 void nk_relu(int32_t n, const int8_t *in, int8_t *out);
 
+/* out = table[x + offset] (an element-wise function by lookup table, npukit/ops/lut.py; offset = 2^(B-1)
+ * for B-bit inputs); `out` may alias `in`. */
+void nk_lut(int32_t n, const int8_t *in, const int8_t *table, int32_t offset, int8_t *out);
+
 #endif
