@@ -839,6 +839,7 @@ static const aspec_t GAP_ATTRS[] = {{"keepdim", A_BOOL, NO_MIN}};
 static const aspec_t ADD_ATTRS[] = {{"relu", A_BOOL, NO_MIN}};
 static const aspec_t CONCAT_ATTRS[] = {{"axis", A_INT, 0}};
 static const aspec_t RESHAPE_ATTRS[] = {{"shape", A_LIST, 1}};
+static const aspec_t LUT_ATTRS[] = {{"fn", A_STR, NO_MIN}};
 
 #define N_OF(a) ((uint8_t)(sizeof(a) / sizeof((a)[0])))
 
@@ -860,6 +861,7 @@ static const opdef_t OPS[] = {
     {"concat", NPUKIT_OP_CONCAT, 1, 0, CONCAT_ATTRS, NULL, N_OF(CONCAT_ATTRS), 0, 0, 0},
     {"relu", NPUKIT_OP_RELU, 1, 1, NULL, NULL, 0, 0, 0, 1},
     {"reshape", NPUKIT_OP_RESHAPE, 1, 1, RESHAPE_ATTRS, NULL, N_OF(RESHAPE_ATTRS), 0, 0, 1},
+    {"lut", NPUKIT_OP_LUT, 1, 1, LUT_ATTRS, NULL, N_OF(LUT_ATTRS), 0, 0, 0},
 };
 
 static const opdef_t *op_def(const ctx_t *x, uint32_t name)
@@ -888,6 +890,10 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
                 return NPUKIT_E_GRAPH;
             }
         }
+    }
+    if (def->kind == NPUKIT_OP_LUT) {
+        param_t t;
+        return find_param(x, v, "table", &t) && t.rank == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
     }
     if (def->mac) {
         param_t w, b;
@@ -1104,6 +1110,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     case NPUKIT_OP_CONCAT:
         return shape_concat(x, v, out);
     case NPUKIT_OP_RELU:
+    case NPUKIT_OP_LUT:
         return same_shape(x, in, out) ? NPUKIT_OK : NPUKIT_E_GRAPH;
     default: { /* reshape: the target shape is the output's, with the input's element count */
         const uint32_t rank = t_rank(x, out);
@@ -1132,6 +1139,20 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     if ((def->kind == NPUKIT_OP_ADD || def->kind == NPUKIT_OP_CONCAT) && out->bits > 16) {
         return NPUKIT_E_GRAPH; /* element-wise ops write activations, never accumulators */
+    }
+    if (def->kind == NPUKIT_OP_LUT) { /* Lut.tensor_problems: one entry per input integer, in the output's range */
+        param_t t;
+        uint64_t i;
+        find_param(x, v, "table", &t);
+        if (in->bits > 8 || p_dim(x, &t, 0) != (1u << in->bits)) {
+            return NPUKIT_E_GRAPH;
+        }
+        for (i = 0; t.bits == 8 && i < t.count; i++) {
+            const int64_t e = (int8_t)x->d[t.data + i];
+            if (e > int_max(out->bits) || e < -int_max(out->bits) - 1) {
+                return NPUKIT_E_GRAPH;
+            }
+        }
     }
     if (def->kind == NPUKIT_OP_CONCAT) {
         for (k = 0; k < v->n_in; k++) {
@@ -1486,6 +1507,17 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     case NPUKIT_OP_RELU:
         op->p.relu.n = (int32_t)T[op->out].elems;
         return NPUKIT_OK;
+    case NPUKIT_OP_LUT: {
+        param_t t;
+        find_param(x, &v, "table", &t);
+        if (t.bits != 8) {
+            return NPUKIT_E_UNSUPPORTED; /* nk_lut reads an int8 table (a 16-bit output's is int16) */
+        }
+        op->weight = x->d + t.data;
+        op->p.lut.n = (int32_t)T[op->out].elems;
+        op->p.lut.offset = (int32_t)1 << (T[op->in[0]].bits - 1);
+        return NPUKIT_OK;
+    }
     default: /* reshape: a view, or a copy of nbytes */
         return NPUKIT_OK;
     }
@@ -1700,6 +1732,9 @@ int npukit_invoke_traced(const npukit_model_t *m, void *arena, size_t arena_len,
         }
         case NPUKIT_OP_RELU:
             nk_relu(op->p.relu.n, x0, y8);
+            break;
+        case NPUKIT_OP_LUT:
+            nk_lut(op->p.lut.n, x0, (const int8_t *)op->weight, op->p.lut.offset, y8);
             break;
         default: /* reshape: the planner usually aliases it; otherwise the bytes move */
             if (m->tensors[op->in[0]].offset != y->offset) {

@@ -85,7 +85,7 @@ typedef struct {
 
 enum {
     NPUKIT_OP_CONV = 1, NPUKIT_OP_LINEAR, NPUKIT_OP_MAXPOOL, NPUKIT_OP_AVGPOOL, NPUKIT_OP_GLOBAL_AVGPOOL,
-    NPUKIT_OP_ADD, NPUKIT_OP_CONCAT, NPUKIT_OP_RELU, NPUKIT_OP_RESHAPE
+    NPUKIT_OP_ADD, NPUKIT_OP_CONCAT, NPUKIT_OP_RELU, NPUKIT_OP_RESHAPE, NPUKIT_OP_LUT
 };
 
 typedef struct {
@@ -94,7 +94,7 @@ typedef struct {
     uint16_t out;            /* output tensor */
     uint16_t in[2];          /* the first (add: both) input tensors */
     uint32_t inputs;         /* file offset of the op record's input list (u16 each): a concat's operands */
-    const void *weight;      /* conv, linear: packed at w_bits, in the file */
+    const void *weight;      /* conv, linear: packed at w_bits, in the file; lut: the int8 table, in the file */
     const int32_t *bias;     /* conv, linear: out channels int32, in the file */
     union {
         nk_conv_params conv;
@@ -104,6 +104,7 @@ typedef struct {
         struct { int32_t outer, out_inner; nk_rounding rounding; } concat;
         struct { int32_t c, hw; nk_rounding rounding; } gap;
         struct { int32_t n; } relu;
+        struct { int32_t n, offset; } lut;  /* offset: 2^(B-1) for B-bit inputs */
     } p;
 } npukit_op_t;
 

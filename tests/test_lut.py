@@ -47,7 +47,7 @@ def test_every_backend_computes_the_same_table(act, tmp_path):
     xi = g.quantize_input(X.numpy())
     ref = D.dump_engine(g, xi)
     for d in (dump_qat(q, X), D.dump_onnx(g, xi), D.dump_modelbin(tmp_path / "model.bin", xi),
-              D.dump_c(tmp_path / "model.bin", xi, tmp_path)):
+              D.dump_c(tmp_path / "model.bin", xi, tmp_path), D.dump_runtime(tmp_path / "model.bin", xi, tmp_path)):
         assert D.compare(ref, d) is None, d.backend
     lut = next(n for n in g.nodes if n.op == "lut")
     assert lut.params["table"].shape == (256,) and len(np.unique(lut.params["table"])) > 16  # not degenerate
