@@ -217,6 +217,33 @@ def _cortex_m(run: DemoRun, project: Path) -> str:
             f"RAM {sizes['ram_bytes']:,} B (arena {sizes['arena_bytes']:,} B)")
 
 
+def stage_runtime(run: DemoRun) -> str:
+    """The C runtime (runtime/) on model.bin: the whole test set on the host, its KAT on the Cortex-M4."""
+    from .codegen import host
+
+    g = run.graph
+    if host.find_cc() is None or not (host.RUNTIME / "npukit_runtime.c").is_file():
+        run.metrics.update(c_runtime_bitexact_fraction=None, kat_runtime_cortex_m="skipped")
+        return "skipped (no C compiler, or not an npukit checkout with runtime/)"
+    q_in = g.quantize_input(run.data.x_test)
+    work = run.out / "runtime"
+    work.mkdir(exist_ok=True)
+    raw, _ = host.run_runtime(host.build_runtime(work), run.out / "model.bin", q_in, work)
+    got = np.frombuffer(raw, g.output_spec().dtype.newbyteorder("<")).reshape(len(q_in), -1)
+    want = np.concatenate(list(engine.run_batches(g, q_in))).reshape(len(q_in), -1)
+    same = np.all(got == want, axis=1)
+    run.metrics["c_runtime_bitexact_fraction"] = float(same.mean())
+    text = f"npukit-run on model.bin = engine on {int(same.sum())}/{len(same)} samples ({same.mean():.1%})"
+    from .codegen import cortex_m
+
+    if cortex_m.arm_tools_available():
+        run.metrics["kat_runtime_cortex_m"] = "skipped"
+        return text + "; Cortex-M skipped (toolchain or QEMU missing)  -> runtime/"
+    ok, _ = cortex_m.run_qemu(cortex_m.build_runtime_kat(run.out / "model.bin", work, q_in[:1]))
+    run.metrics["kat_runtime_cortex_m"] = "pass" if ok else "fail"
+    return text + f"; runtime KAT on the Cortex-M4 (QEMU) {'PASS' if ok else 'FAIL'}  -> runtime/"
+
+
 STAGES: list[tuple[str, Callable[[DemoRun], str]]] = [
     ("data", stage_data),
     ("float", stage_float),
@@ -226,10 +253,11 @@ STAGES: list[tuple[str, Callable[[DemoRun], str]]] = [
     ("export", stage_export),
     ("pack", stage_pack),
     ("codegen", stage_codegen),
+    ("runtime", stage_runtime),
 ]
 STAGE_TITLES = {"data": "data", "float": "float training", "qat": "quantization-aware training",
                 "convert": "IR conversion", "engine": "integer engine", "export": "ONNX export",
-                "pack": "pack (model.bin)", "codegen": "C code generation"}
+                "pack": "pack (model.bin)", "codegen": "C code generation", "runtime": "C runtime (model.bin)"}
 
 
 def run_demo(cfg: DemoConfig | None = None, console: Console | None = None, json_path: Path | None = None) -> dict:
@@ -306,7 +334,9 @@ def _print_table(run: DemoRun, console: Console) -> None:
         ("test-set accuracy", {"float": pct("float_acc"), "QAT": pct("qat_acc"), "int8 engine": pct("engine_acc")}),
         ("bit-exact with the engine", {"QAT eval": pct("bitexact_fraction"), "onnxruntime": pct("onnx_bitexact_fraction"),
                                        "model.bin": pct("bin_bitexact_fraction"), "host C": pct("c_host_bitexact_fraction"),
-                                       "Cortex-M4 KAT": str(m.get("kat_cortex_m", "-"))}),
+                                       "C runtime": pct("c_runtime_bitexact_fraction"),
+                                       "Cortex-M4 KAT": str(m.get("kat_cortex_m", "-")),
+                                       "runtime KAT": str(m.get("kat_runtime_cortex_m", "-"))}),
     ):
         summary = Table(show_header=True, box=None, title=title)
         for col in cols:

@@ -100,3 +100,72 @@ def test_build_reports_compiler_errors(projects, tmp_path):
     with pytest.raises(npukit.NpukitError, match="undeclared"):
         cortex_m.build(bad)
 
+
+
+@pytest.mark.parametrize("case", ["demo-w8", "lowbit-w4"])
+def test_runtime_kat_passes_on_cortex_m4(projects, case, tmp_path):
+    """The C runtime (runtime/) loads the model.bin from flash and runs it: the engine's integers."""
+    out, packed = projects(case)
+    graph = modelbin.read(packed.path).graph
+    x = graph.quantize_input(torch.randn(1, *graph.input_spec().shape, generator=torch.Generator().manual_seed(3)))
+    ok, text = cortex_m.run_qemu(cortex_m.build_runtime_kat(packed.path, tmp_path, x), timeout=60)
+    assert ok, text
+    wrong = npukit.run(graph, x)[0] + 1  # the same KAT against a wrong answer must fail
+    ok, text = cortex_m.run_qemu(cortex_m.build_runtime_kat(packed.path, tmp_path, x, expected=wrong), timeout=60)
+    assert not ok and "KAT FAIL" in text and "[qemu exit status 1]" in text
+
+
+TWO_MODELS_KAT = r"""
+#include <stdio.h>
+#include "kws/model.h"
+#include "tiny/model.h"
+
+static const int8_t xa[KWS_INPUT_SIZE] = {XA};
+static const int8_t xb[TINY_INPUT_SIZE] = {XB};
+static const kws_output_t wa[KWS_OUTPUT_SIZE] = {WA};
+static const tiny_output_t wb[TINY_OUTPUT_SIZE] = {WB};
+
+int main(void)
+{
+    kws_output_t ya[KWS_OUTPUT_SIZE];
+    tiny_output_t yb[TINY_OUTPUT_SIZE];
+    int i, bad = 0;
+    if (kws_run(xa, ya) != 0 || tiny_run(xb, yb) != 0) {
+        return 1;
+    }
+    for (i = 0; i < KWS_OUTPUT_SIZE; i++) bad += ya[i] != wa[i];
+    for (i = 0; i < TINY_OUTPUT_SIZE; i++) bad += yb[i] != wb[i];
+    printf(bad ? "KAT FAIL: %d outputs differ\n" : "KAT PASS: both models (%d differ)\n", bad);
+    return bad != 0;
+}
+"""
+
+
+def test_two_prefixed_models_in_one_cortex_m_image(tmp_path):
+    """--prefix: two generated models link into one Cortex-M4 image (one set of kernels) and both KATs pass."""
+    import subprocess
+
+    torch.manual_seed(0)
+    graphs, xs = {}, {}
+    for name, model, shape in (("kws", mnist1d_cnn(), (8, 1, 40)),
+                               ("tiny", nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(),
+                                                      nn.Linear(3 * 16, 4)), (8, 2, 6, 6))):
+        x = torch.randn(*shape)
+        graphs[name] = npukit.to_ir(npukit.prepare(model, x))
+        xs[name] = graphs[name].quantize_input(x[:1].numpy())
+        npukit.pack(graphs[name], tmp_path / f"{name}.bin")
+        codegen.generate(tmp_path / f"{name}.bin", tmp_path / name, prefix=name)
+    lists = [", ".join(map(str, a.ravel())) for a in
+             (xs["kws"], xs["tiny"], npukit.run(graphs["kws"], xs["kws"])[0], npukit.run(graphs["tiny"], xs["tiny"])[0])]
+    main = TWO_MODELS_KAT
+    for key, values in zip(("XA", "XB", "WA", "WB"), lists, strict=True):
+        main = main.replace("{" + key + "}", "{" + values + "}")
+    (tmp_path / "main.c").write_text(main)
+    folder = cortex_m.write_cortex_m(tmp_path)
+    kernels = sorted(f"../kws/{p.name}" for p in (tmp_path / "kws").glob("nk_*.c"))
+    cmd = [cortex_m.CC, *cortex_m.CFLAGS, "-I../kws", "-o", "both.elf", cortex_m.STARTUP, "../main.c",
+           "../kws/model.c", "../tiny/model.c", *kernels, *cortex_m.LDFLAGS]
+    built = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    ok, text = cortex_m.run_qemu(folder / "both.elf", timeout=60)
+    assert ok and "KAT PASS: both models" in text, text
