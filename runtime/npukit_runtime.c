@@ -862,6 +862,7 @@ static const opdef_t OPS[] = {
     {"relu", NPUKIT_OP_RELU, 1, 1, NULL, NULL, 0, 0, 0, 1},
     {"reshape", NPUKIT_OP_RESHAPE, 1, 1, RESHAPE_ATTRS, NULL, N_OF(RESHAPE_ATTRS), 0, 0, 1},
     {"lut", NPUKIT_OP_LUT, 1, 1, LUT_ATTRS, NULL, N_OF(LUT_ATTRS), 0, 0, 0},
+    {"mul", NPUKIT_OP_MUL, 2, 2, ADD_ATTRS, NULL, N_OF(ADD_ATTRS), 0, 0, 0},
 };
 
 static const opdef_t *op_def(const ctx_t *x, uint32_t name)
@@ -1112,6 +1113,22 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     case NPUKIT_OP_RELU:
     case NPUKIT_OP_LUT:
         return same_shape(x, in, out) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+    case NPUKIT_OP_MUL: { /* Mul.infer_shapes: b is a's shape with size 1 in trailing dimensions */
+        const uint32_t b = v_tensor(x, v, 1), rank = t_rank(x, in);
+        uint32_t split = rank;
+        if (t_rank(x, b) != rank || !same_shape(x, in, out)) {
+            return NPUKIT_E_GRAPH;
+        }
+        for (k = 0; k < rank; k++) {
+            if (split == rank && t_dim(x, b, k) != t_dim(x, in, k)) {
+                split = k;
+            }
+            if (k >= split && t_dim(x, b, k) != 1) {
+                return NPUKIT_E_GRAPH;
+            }
+        }
+        return NPUKIT_OK;
+    }
     default: { /* reshape: the target shape is the output's, with the input's element count */
         const uint32_t rank = t_rank(x, out);
         find_attr(x, v, "shape", &a);
@@ -1137,7 +1154,7 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
     if (def->passes_through && (in->bits != out->bits || in->exp != out->exp)) {
         return NPUKIT_E_GRAPH;
     }
-    if ((def->kind == NPUKIT_OP_ADD || def->kind == NPUKIT_OP_CONCAT) && out->bits > 16) {
+    if ((def->kind == NPUKIT_OP_ADD || def->kind == NPUKIT_OP_CONCAT || def->kind == NPUKIT_OP_MUL) && out->bits > 16) {
         return NPUKIT_E_GRAPH; /* element-wise ops write activations, never accumulators */
     }
     if (def->kind == NPUKIT_OP_LUT) { /* Lut.tensor_problems: one entry per input integer, in the output's range */
@@ -1507,6 +1524,22 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     case NPUKIT_OP_RELU:
         op->p.relu.n = (int32_t)T[op->out].elems;
         return NPUKIT_OK;
+    case NPUKIT_OP_MUL: {
+        const npukit_tensor_t *out = &T[op->out];
+        const uint32_t rank = t_rank(x, op->in[0]);
+        uint64_t outer = 1;
+        for (k = 0; k < rank && t_dim(x, op->in[1], k) == t_dim(x, op->in[0], k); k++) {
+            outer *= t_dim(x, op->in[0], k); /* the leading dimensions b shares with a (shape_of checked the rest) */
+        }
+        find_attr(x, &v, "relu", &a);
+        op->p.mul.outer = (int32_t)outer;
+        op->p.mul.inner = (int32_t)(T[op->in[0]].elems / outer);
+        op->p.mul.shift = T[op->in[0]].exp + T[op->in[1]].exp - out->exp;
+        op->p.mul.act_max = (int32_t)int_max(out->bits);
+        op->p.mul.act_min = attr_int(x, &a, 0) ? 0 : -op->p.mul.act_max - 1;
+        op->p.mul.rounding = x->target.rounding;
+        return NPUKIT_OK;
+    }
     case NPUKIT_OP_LUT: {
         param_t t;
         find_param(x, &v, "table", &t);
@@ -1735,6 +1768,10 @@ int npukit_invoke_traced(const npukit_model_t *m, void *arena, size_t arena_len,
             break;
         case NPUKIT_OP_LUT:
             nk_lut(op->p.lut.n, x0, (const int8_t *)op->weight, op->p.lut.offset, y8);
+            break;
+        case NPUKIT_OP_MUL:
+            nk_mul(op->p.mul.outer, op->p.mul.inner, x0, (const int8_t *)(a + m->tensors[op->in[1]].offset),
+                   op->p.mul.shift, op->p.mul.act_min, op->p.mul.act_max, op->p.mul.rounding, y8);
             break;
         default: /* reshape: the planner usually aliases it; otherwise the bytes move */
             if (m->tensors[op->in[0]].offset != y->offset) {

@@ -85,7 +85,8 @@ typedef struct {
 
 enum {
     NPUKIT_OP_CONV = 1, NPUKIT_OP_LINEAR, NPUKIT_OP_MAXPOOL, NPUKIT_OP_AVGPOOL, NPUKIT_OP_GLOBAL_AVGPOOL,
-    NPUKIT_OP_ADD, NPUKIT_OP_CONCAT, NPUKIT_OP_RELU, NPUKIT_OP_RESHAPE, NPUKIT_OP_LUT
+    NPUKIT_OP_ADD, NPUKIT_OP_CONCAT, NPUKIT_OP_RELU, NPUKIT_OP_RESHAPE, NPUKIT_OP_LUT,
+    NPUKIT_OP_MUL
 };
 
 typedef struct {
@@ -105,6 +106,7 @@ typedef struct {
         struct { int32_t c, hw; nk_rounding rounding; } gap;
         struct { int32_t n; } relu;
         struct { int32_t n, offset; } lut;  /* offset: 2^(B-1) for B-bit inputs */
+        struct { int32_t outer, inner, shift, act_min, act_max; nk_rounding rounding; } mul;
     } p;
 } npukit_op_t;
 

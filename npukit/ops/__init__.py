@@ -12,12 +12,13 @@ from .base import OpDef
 from .concat import Concat
 from .lut import Lut
 from .mac import Conv, Linear
+from .mul import Mul
 from .pool import AvgPool, GlobalAvgPool, MaxPool
 from .relu import ReLU
 from .reshape import Reshape
 
 OPS: tuple[OpDef, ...] = (Conv(), Linear(), MaxPool(), AvgPool(), GlobalAvgPool(), Add(), Concat(), ReLU(), Reshape(),
-                          Lut())
+                          Lut(), Mul())
 _BY_NAME = {op.name: op for op in OPS}
 
 

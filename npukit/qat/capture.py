@@ -28,6 +28,7 @@ from .fakequant import ExpGroup, ObservedQModule
 from .input import QInput
 from .lut import LutCapture
 from .mac import ConvCapture, LinearCapture
+from .mul import MulCapture
 from .pool import AvgPoolCapture, GlobalAvgPoolCapture, MaxPoolCapture
 from .relu import ReLUCapture
 from .reshape import ReshapeCapture
@@ -37,7 +38,7 @@ INPUT_MODULE = "npukit_input"
 # Tried in this order on every traced node; the first whose `matches` says yes captures it.
 CAPTURES: tuple[OpCapture, ...] = (ConvCapture(), LinearCapture(), MaxPoolCapture(), AvgPoolCapture(),
                                    GlobalAvgPoolCapture(), AddCapture(), ConcatCapture(), ReLUCapture(),
-                                   ReshapeCapture(), LutCapture())
+                                   ReshapeCapture(), LutCapture(), MulCapture())
 
 _PASSTHROUGH_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 _PASSTHROUGH_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, torch.Tensor.contiguous)

@@ -136,6 +136,11 @@ void nk_concat_part(int32_t outer, int32_t part_inner, int32_t out_inner, int32_
 /* max(x, 0); `out` may alias `in`. */
 void nk_relu(int32_t n, const int8_t *in, int8_t *out);
 
+/* Element-wise multiply (npukit/ops/mul.py): `outer` blocks of `inner` values,
+ * out[i * inner + j] = saturate(round_shift(a[i * inner + j] * b[i], shift)); b of a's shape is inner = 1. */
+void nk_mul(int32_t outer, int32_t inner, const int8_t *a, const int8_t *b, int32_t shift, int32_t act_min,
+            int32_t act_max, nk_rounding rounding, int8_t *out);
+
 /* out = table[x + offset] (an element-wise function by lookup table, npukit/ops/lut.py; offset = 2^(B-1)
  * for B-bit inputs); `out` may alias `in`. */
 void nk_lut(int32_t n, const int8_t *in, const int8_t *table, int32_t offset, int8_t *out);
