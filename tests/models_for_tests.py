@@ -70,3 +70,20 @@ def train_a_little(qmodel, x, steps: int, lr: float = 0.05):
         loss.backward()
         opt.step()
     return qmodel.eval()
+
+
+def assert_backends_agree(qmodel, x, workdir) -> None:
+    """QAT eval, onnxruntime, model.bin, the generated C and the C runtime give the engine's integers for
+    every tensor of `qmodel` (prepared) on the float batch `x`."""
+    import npukit
+    from npukit import dump as D
+    from npukit.qat.dump import dump_qat
+
+    graph = npukit.to_ir(qmodel)
+    path = npukit.pack(graph, workdir / "model.bin").path
+    xi = graph.quantize_input(x.numpy())
+    ref = D.dump_engine(graph, xi)
+    for d in (dump_qat(qmodel, x), D.dump_onnx(graph, xi), D.dump_modelbin(path, xi), D.dump_c(path, xi, workdir),
+              D.dump_runtime(path, xi, workdir)):
+        diff = D.compare(ref, d)
+        assert diff is None, diff.describe()

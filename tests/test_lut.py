@@ -8,13 +8,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from models_for_tests import assert_backends_agree
 
 import npukit
 from npukit import arith
-from npukit import dump as D
 from npukit.errors import NpukitError
 from npukit.ops.lut import lut_table
-from npukit.qat.dump import dump_qat
 
 torch.set_num_threads(1)
 
@@ -42,14 +41,8 @@ X = torch.randn(24, 1, 20, generator=torch.Generator().manual_seed(0))
 def test_every_backend_computes_the_same_table(act, tmp_path):
     torch.manual_seed(0)
     q = npukit.prepare(Gate(act), X, "cortex-m4")
-    g = npukit.to_ir(q)
-    npukit.pack(g, tmp_path / "model.bin")
-    xi = g.quantize_input(X.numpy())
-    ref = D.dump_engine(g, xi)
-    for d in (dump_qat(q, X), D.dump_onnx(g, xi), D.dump_modelbin(tmp_path / "model.bin", xi),
-              D.dump_c(tmp_path / "model.bin", xi, tmp_path), D.dump_runtime(tmp_path / "model.bin", xi, tmp_path)):
-        assert D.compare(ref, d) is None, d.backend
-    lut = next(n for n in g.nodes if n.op == "lut")
+    assert_backends_agree(q, X, tmp_path)
+    lut = next(n for n in npukit.to_ir(q).nodes if n.op == "lut")
     assert lut.params["table"].shape == (256,) and len(np.unique(lut.params["table"])) > 16  # not degenerate
 
 

@@ -9,16 +9,24 @@ import torch
 from .. import arith
 from ..errors import UnsupportedError
 from ..ir import Node
-from .base import Captured, OpCapture, node_name
+from .base import Captured, OpCapture, is_call, node_name, tensor_operands
 from .fakequant import ObservedQModule, ste
 
 
-class QAdd(ObservedQModule):
-    op = "add"
+class QEltwise(ObservedQModule):
+    """An element-wise op of several activations with an optional fused ReLU (add, mul)."""
 
     def __init__(self, profile, relu: bool):
         super().__init__(profile)
         self.relu = relu
+
+    def to_ir(self, name, inputs, out_shape):
+        node = Node(name, self.op, [t.name for t in inputs], [name], {"relu": self.relu})
+        return node, self._out_spec(name, inputs, out_shape)
+
+
+class QAdd(QEltwise):
+    op = "add"
 
     def forward(self, xs, exps):
         es = [int(e) for e in exps]
@@ -39,27 +47,16 @@ class QAdd(ObservedQModule):
         y = sum(xs)
         return y.clamp(min=0) if self.relu else y
 
-    def to_ir(self, name, inputs, out_shape):
-        node = Node(name, self.op, [t.name for t in inputs], [name], {"relu": self.relu})
-        return node, self._out_spec(name, inputs, out_shape)
-
-
-def _is_add(node) -> bool:
-    if node.op == "call_function":
-        return node.target in (operator.add, operator.iadd, torch.add)
-    return node.op == "call_method" and node.target in ("add", "add_")
-
 
 class AddCapture(OpCapture):
     op = "add"
 
     def matches(self, node, ctx):
-        return _is_add(node) and len(node.args) == 2
+        return is_call(node, (operator.add, operator.iadd, torch.add), ("add", "add_")) and len(node.args) == 2
 
     def capture(self, node, ctx):
-        a, b = node.args
-        if not all(hasattr(v, "meta") and "tensor_meta" in v.meta for v in (a, b)):
-            raise UnsupportedError("adding a constant is not supported", "fold the constant into the previous layer's bias")
+        a, b = tensor_operands(node, "adding a constant is not supported",
+                               "fold the constant into the previous layer's bias")
         if node.kwargs.get("alpha", 1) != 1:
             raise UnsupportedError("torch.add with alpha != 1 is not supported", "scale an operand's layer instead")
         if ctx.shape(a) != ctx.shape(b):

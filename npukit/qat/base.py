@@ -38,3 +38,21 @@ class OpCapture:
 
     def capture(self, node: fx.Node, ctx: CaptureContext) -> Captured:
         raise NotImplementedError
+
+
+def is_call(node: fx.Node, functions: tuple, methods: tuple[str, ...]) -> bool:
+    """Whether the traced node calls one of `functions` or one of the tensor `methods`."""
+    if node.op == "call_function":
+        return node.target in functions
+    return node.op == "call_method" and node.target in methods
+
+
+def tensor_operands(node: fx.Node, constant: str, fix: str) -> tuple[fx.Node, fx.Node]:
+    """The two operands of a binary element-wise call; `constant` (the message) and `fix` when one is not a
+    tensor the model computes."""
+    from ..errors import UnsupportedError
+
+    a, b = node.args
+    if not all(hasattr(v, "meta") and "tensor_meta" in v.meta for v in (a, b)):
+        raise UnsupportedError(constant, fix)
+    return a, b

@@ -9,18 +9,14 @@ import torch
 
 from .. import arith
 from ..errors import UnsupportedError
-from ..ir import Node
 from ..ops.mul import broadcast_split
-from .base import Captured, OpCapture, node_name
-from .fakequant import ObservedQModule, ste
+from .add import QEltwise
+from .base import Captured, OpCapture, is_call, node_name, tensor_operands
+from .fakequant import ste
 
 
-class QMul(ObservedQModule):
+class QMul(QEltwise):
     op = "mul"
-
-    def __init__(self, profile, relu: bool):
-        super().__init__(profile)
-        self.relu = relu
 
     def float_forward(self, xs):
         y = xs[0] * xs[1]
@@ -36,28 +32,17 @@ class QMul(ObservedQModule):
         q = arith.saturate(arith.round_shift(prod, ea + eb - e_out, self.rounding), lo, hi)
         return ste(real, q * 2.0**-e_out).float()
 
-    def to_ir(self, name, inputs, out_shape):
-        node = Node(name, self.op, [t.name for t in inputs], [name], {"relu": self.relu})
-        return node, self._out_spec(name, inputs, out_shape)
-
-
-def _is_mul(node) -> bool:
-    if node.op == "call_function":
-        return node.target in (operator.mul, operator.imul, torch.mul)
-    return node.op == "call_method" and node.target in ("mul", "mul_")
 
 
 class MulCapture(OpCapture):
     op = "mul"
 
     def matches(self, node, ctx):
-        return _is_mul(node) and len(node.args) == 2
+        return is_call(node, (operator.mul, operator.imul, torch.mul), ("mul", "mul_")) and len(node.args) == 2
 
     def capture(self, node, ctx):
-        a, b = node.args
-        if not all(hasattr(v, "meta") and "tensor_meta" in v.meta for v in (a, b)):
-            raise UnsupportedError("multiplying by a constant is not supported",
-                                   "fold the constant into the previous layer's weights")
+        a, b = tensor_operands(node, "multiplying by a constant is not supported",
+                               "fold the constant into the previous layer's weights")
         sa, sb = ctx.shape(a)[1:], ctx.shape(b)[1:]
         if broadcast_split(sb, sa) is not None and broadcast_split(sa, sb) is None:
             a, b, sa, sb = b, a, sb, sa  # the full-size operand first
