@@ -27,7 +27,7 @@ from .concat import ConcatCapture
 from .fakequant import ExpGroup, ObservedQModule
 from .input import QInput
 from .lut import LutCapture
-from .mac import ConvCapture, LinearCapture
+from .mac import BatchNormCapture, ConvCapture, LinearCapture
 from .mul import MulCapture
 from .pool import AvgPoolCapture, GlobalAvgPoolCapture, MaxPoolCapture
 from .relu import ReLUCapture
@@ -36,7 +36,7 @@ from .reshape import ReshapeCapture
 INPUT_MODULE = "npukit_input"
 
 # Tried in this order on every traced node; the first whose `matches` says yes captures it.
-CAPTURES: tuple[OpCapture, ...] = (ConvCapture(), LinearCapture(), MaxPoolCapture(), AvgPoolCapture(),
+CAPTURES: tuple[OpCapture, ...] = (ConvCapture(), LinearCapture(), BatchNormCapture(), MaxPoolCapture(), AvgPoolCapture(),
                                    GlobalAvgPoolCapture(), AddCapture(), ConcatCapture(), ReLUCapture(),
                                    ReshapeCapture(), LutCapture(), MulCapture())
 
@@ -181,8 +181,6 @@ def _fix_for(node: fx.Node, ctx: CaptureContext) -> str:
         return "use an nn.Conv1d / nn.Conv2d module instead of the functional call, so its weights can be quantized"
     if "linear" in text.lower() and node.op != "call_module":
         return "use an nn.Linear module instead of the functional call"
-    if isinstance(ctx.module(node), nn.BatchNorm1d | nn.BatchNorm2d):
-        return "put BatchNorm directly after a Conv (it is folded into the conv's weights)"
     if node.op == "get_attr":
         return "keep weights inside supported modules (nn.Conv*, nn.Linear)"
     return "replace it with a supported op (see docs/architecture.md), or compute it outside the model"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -140,20 +141,26 @@ class QMac(ObservedQModule):
         return Node(name, self.op, [inputs[0].name], [name], attrs, params), out
 
 
+def _bn_affine(bn) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchNorm in eval as y = k * x + c per channel (its running statistics)."""
+    if not bn.track_running_stats or bn.running_var is None:
+        raise UnsupportedError("the BatchNorm keeps no running statistics, so it cannot be folded",
+                               "use BatchNorm with track_running_stats=True and train the float model first")
+    scale = bn.weight.detach() if bn.affine else torch.ones_like(bn.running_var)
+    shift = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_mean)
+    k = scale / torch.sqrt(bn.running_var + bn.eps)
+    return k, shift - bn.running_mean * k
+
+
 def _capture_mac(node, ctx, layer, conv: dict | None):
     w = layer.weight.detach().float()
     b = layer.bias.detach().float() if layer.bias is not None else torch.zeros(w.shape[0])
     last, absorbed = node, []
     bn = ctx.module(ctx.sole_user(node)) if ctx.sole_user(node) is not None else None
     if isinstance(bn, _BN):
-        if not bn.track_running_stats or bn.running_var is None:
-            raise UnsupportedError("the BatchNorm after it keeps no running statistics, so it cannot be folded",
-                                   "use BatchNorm with track_running_stats=True and train the float model first")
-        scale = bn.weight.detach() if bn.affine else torch.ones_like(bn.running_var)
-        shift = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_mean)
-        k = scale / torch.sqrt(bn.running_var + bn.eps)
+        k, c = _bn_affine(bn)
         w = w * k.view(-1, *([1] * (w.dim() - 1)))
-        b = (b - bn.running_mean) * k + shift
+        b = b * k + c
         last = ctx.sole_user(node)
         absorbed.append(last)
     relu, last, more = ctx.fuse_relu(last)
@@ -210,3 +217,25 @@ class LinearCapture(OpCapture):
             raise UnsupportedError(f"Linear receives a {len(ctx.shape(node.args[0]))}-d tensor",
                                    "flatten it to (batch, features) first, e.g. torch.flatten(x, 1)")
         return _capture_mac(node, ctx, ctx.module(node), None)
+
+
+class BatchNormCapture(OpCapture):
+    """A BatchNorm with no conv or linear before it to fold into: a per-channel integer affine, computed as
+    a depthwise 1x1 conv (the conv op, so every backend and rule already knows it)."""
+
+    op = "conv"
+
+    def matches(self, node, ctx):
+        return isinstance(ctx.module(node), _BN)
+
+    def capture(self, node, ctx):
+        shape = ctx.shape(node.args[0])
+        if len(shape) < 3:
+            raise UnsupportedError("a BatchNorm over (batch, features) with no layer before it",
+                                   "put it right after the Linear that feeds it (it is folded there)")
+        k, c = _bn_affine(ctx.module(node))
+        ndim = len(shape) - 2
+        layer = SimpleNamespace(weight=k.view(-1, 1, *([1] * ndim)), bias=c)
+        args = {"ndim": ndim, "stride": (1,) * ndim, "padding": (0,) * ndim, "dilation": (1,) * ndim,
+                "groups": shape[1]}
+        return _capture_mac(node, ctx, layer, args)
