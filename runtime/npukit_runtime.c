@@ -840,6 +840,7 @@ static const aspec_t ADD_ATTRS[] = {{"relu", A_BOOL, NO_MIN}};
 static const aspec_t CONCAT_ATTRS[] = {{"axis", A_INT, 0}};
 static const aspec_t RESHAPE_ATTRS[] = {{"shape", A_LIST, 1}};
 static const aspec_t LUT_ATTRS[] = {{"fn", A_STR, NO_MIN}};
+static const aspec_t UPSAMPLE_ATTRS[] = {{"scale", A_LIST, 1}};
 
 #define N_OF(a) ((uint8_t)(sizeof(a) / sizeof((a)[0])))
 
@@ -863,6 +864,7 @@ static const opdef_t OPS[] = {
     {"reshape", NPUKIT_OP_RESHAPE, 1, 1, RESHAPE_ATTRS, NULL, N_OF(RESHAPE_ATTRS), 0, 0, 1},
     {"lut", NPUKIT_OP_LUT, 1, 1, LUT_ATTRS, NULL, N_OF(LUT_ATTRS), 0, 0, 0},
     {"mul", NPUKIT_OP_MUL, 2, 2, ADD_ATTRS, NULL, N_OF(ADD_ATTRS), 0, 0, 0},
+    {"upsample", NPUKIT_OP_UPSAMPLE, 1, 1, UPSAMPLE_ATTRS, NULL, N_OF(UPSAMPLE_ATTRS), 0, 0, 1},
 };
 
 static const opdef_t *op_def(const ctx_t *x, uint32_t name)
@@ -1113,6 +1115,20 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     case NPUKIT_OP_RELU:
     case NPUKIT_OP_LUT:
         return same_shape(x, in, out) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+    case NPUKIT_OP_UPSAMPLE: { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
+        const uint32_t rank = t_rank(x, in);
+        find_attr(x, v, "scale", &a);
+        if ((rank != 2 && rank != 3) || a.count != rank - 1 || t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
+            return NPUKIT_E_GRAPH;
+        }
+        for (k = 1; k < rank; k++) {
+            const int64_t f = attr_int(x, &a, k - 1); /* >= 1 (the schema); bounded before the product */
+            if (f > (int64_t)t_dim(x, out, k) || (uint64_t)t_dim(x, in, k) * (uint64_t)f != t_dim(x, out, k)) {
+                return NPUKIT_E_GRAPH;
+            }
+        }
+        return NPUKIT_OK;
+    }
     case NPUKIT_OP_MUL: { /* Mul.infer_shapes: b is a's shape with size 1 in trailing dimensions */
         const uint32_t b = v_tensor(x, v, 1), rank = t_rank(x, in);
         uint32_t split = rank;
@@ -1524,6 +1540,16 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     case NPUKIT_OP_RELU:
         op->p.relu.n = (int32_t)T[op->out].elems;
         return NPUKIT_OK;
+    case NPUKIT_OP_UPSAMPLE: {
+        const uint32_t rank = t_rank(x, op->in[0]);
+        find_attr(x, &v, "scale", &a);
+        op->p.upsample.c = (int32_t)t_dim(x, op->in[0], 0);
+        op->p.upsample.h = rank == 3 ? (int32_t)t_dim(x, op->in[0], 1) : 1;
+        op->p.upsample.sh = rank == 3 ? (int32_t)attr_int(x, &a, 0) : 1;
+        op->p.upsample.w = (int32_t)t_dim(x, op->in[0], rank - 1);
+        op->p.upsample.sw = (int32_t)attr_int(x, &a, rank - 2);
+        return NPUKIT_OK;
+    }
     case NPUKIT_OP_MUL: {
         const npukit_tensor_t *out = &T[op->out];
         const uint32_t rank = t_rank(x, op->in[0]);
@@ -1768,6 +1794,10 @@ int npukit_invoke_traced(const npukit_model_t *m, void *arena, size_t arena_len,
             break;
         case NPUKIT_OP_LUT:
             nk_lut(op->p.lut.n, x0, (const int8_t *)op->weight, op->p.lut.offset, y8);
+            break;
+        case NPUKIT_OP_UPSAMPLE:
+            nk_upsample(op->p.upsample.c, op->p.upsample.h, op->p.upsample.w, op->p.upsample.sh, op->p.upsample.sw,
+                        x0, y8);
             break;
         case NPUKIT_OP_MUL:
             nk_mul(op->p.mul.outer, op->p.mul.inner, x0, (const int8_t *)(a + m->tensors[op->in[1]].offset),

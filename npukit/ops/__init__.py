@@ -16,9 +16,10 @@ from .mul import Mul
 from .pool import AvgPool, GlobalAvgPool, MaxPool
 from .relu import ReLU
 from .reshape import Reshape
+from .upsample import Upsample
 
 OPS: tuple[OpDef, ...] = (Conv(), Linear(), MaxPool(), AvgPool(), GlobalAvgPool(), Add(), Concat(), ReLU(), Reshape(),
-                          Lut(), Mul())
+                          Lut(), Mul(), Upsample())
 _BY_NAME = {op.name: op for op in OPS}
 
 

@@ -32,13 +32,15 @@ from .mul import MulCapture
 from .pool import AvgPoolCapture, GlobalAvgPoolCapture, MaxPoolCapture
 from .relu import ReLUCapture
 from .reshape import ReshapeCapture
+from .upsample import UpsampleCapture
 
 INPUT_MODULE = "npukit_input"
 
 # Tried in this order on every traced node; the first whose `matches` says yes captures it.
 CAPTURES: tuple[OpCapture, ...] = (ConvCapture(), LinearCapture(), BatchNormCapture(), MaxPoolCapture(), AvgPoolCapture(),
                                    GlobalAvgPoolCapture(), AddCapture(), ConcatCapture(), ReLUCapture(),
-                                   ReshapeCapture(), LutCapture(), MulCapture())
+                                   ReshapeCapture(), LutCapture(), MulCapture(),
+                                   UpsampleCapture())
 
 _PASSTHROUGH_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 _PASSTHROUGH_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, torch.Tensor.contiguous)

@@ -141,6 +141,9 @@ void nk_relu(int32_t n, const int8_t *in, int8_t *out);
 void nk_mul(int32_t outer, int32_t inner, const int8_t *a, const int8_t *b, int32_t shift, int32_t act_min,
             int32_t act_max, nk_rounding rounding, int8_t *out);
 
+/* Nearest upsampling of `c` channels of h x w by integer factors sh x sw (1-d data: h = sh = 1). */
+void nk_upsample(int32_t c, int32_t h, int32_t w, int32_t sh, int32_t sw, const int8_t *in, int8_t *out);
+
 /* out = table[x + offset] (an element-wise function by lookup table, npukit/ops/lut.py; offset = 2^(B-1)
  * for B-bit inputs); `out` may alias `in`. */
 void nk_lut(int32_t n, const int8_t *in, const int8_t *table, int32_t offset, int8_t *out);
