@@ -841,6 +841,7 @@ static const aspec_t CONCAT_ATTRS[] = {{"axis", A_INT, 0}};
 static const aspec_t RESHAPE_ATTRS[] = {{"shape", A_LIST, 1}};
 static const aspec_t LUT_ATTRS[] = {{"fn", A_STR, NO_MIN}};
 static const aspec_t UPSAMPLE_ATTRS[] = {{"scale", A_LIST, 1}};
+static const aspec_t SLICE_ATTRS[] = {{"axis", A_INT, 0}, {"start", A_INT, 0}, {"stop", A_INT, 1}};
 
 #define N_OF(a) ((uint8_t)(sizeof(a) / sizeof((a)[0])))
 
@@ -865,6 +866,7 @@ static const opdef_t OPS[] = {
     {"lut", NPUKIT_OP_LUT, 1, 1, LUT_ATTRS, NULL, N_OF(LUT_ATTRS), 0, 0, 0},
     {"mul", NPUKIT_OP_MUL, 2, 2, ADD_ATTRS, NULL, N_OF(ADD_ATTRS), 0, 0, 0},
     {"upsample", NPUKIT_OP_UPSAMPLE, 1, 1, UPSAMPLE_ATTRS, NULL, N_OF(UPSAMPLE_ATTRS), 0, 0, 1},
+    {"slice", NPUKIT_OP_SLICE, 1, 1, SLICE_ATTRS, NULL, N_OF(SLICE_ATTRS), 0, 0, 1},
 };
 
 static const opdef_t *op_def(const ctx_t *x, uint32_t name)
@@ -1115,6 +1117,25 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     case NPUKIT_OP_RELU:
     case NPUKIT_OP_LUT:
         return same_shape(x, in, out) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+    case NPUKIT_OP_SLICE: { /* Slice.infer_shapes: [start, stop) of one axis, the others as they are */
+        const uint32_t rank = t_rank(x, in);
+        int64_t axis, start, stop;
+        find_attr(x, v, "axis", &a);
+        axis = attr_int(x, &a, 0);
+        find_attr(x, v, "start", &a);
+        start = attr_int(x, &a, 0);
+        find_attr(x, v, "stop", &a);
+        stop = attr_int(x, &a, 0);
+        if (axis >= (int64_t)rank || t_rank(x, out) != rank || start >= stop || stop > (int64_t)t_dim(x, in, (uint32_t)axis)) {
+            return NPUKIT_E_GRAPH;
+        }
+        for (k = 0; k < rank; k++) {
+            if (t_dim(x, out, k) != (k == (uint32_t)axis ? (uint32_t)(stop - start) : t_dim(x, in, k))) {
+                return NPUKIT_E_GRAPH;
+            }
+        }
+        return NPUKIT_OK;
+    }
     case NPUKIT_OP_UPSAMPLE: { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
         const uint32_t rank = t_rank(x, in);
         find_attr(x, v, "scale", &a);
@@ -1540,6 +1561,26 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     case NPUKIT_OP_RELU:
         op->p.relu.n = (int32_t)T[op->out].elems;
         return NPUKIT_OK;
+    case NPUKIT_OP_SLICE: {
+        uint64_t outer = 1, inner = 1;
+        uint32_t axis, rank = t_rank(x, op->in[0]);
+        int64_t start;
+        find_attr(x, &v, "axis", &a);
+        axis = (uint32_t)attr_int(x, &a, 0);
+        find_attr(x, &v, "start", &a);
+        start = attr_int(x, &a, 0);
+        for (k = 0; k < axis; k++) {
+            outer *= t_dim(x, op->in[0], k);
+        }
+        for (k = axis + 1; k < rank; k++) {
+            inner *= t_dim(x, op->in[0], k);
+        }
+        op->p.slice.outer = (int32_t)outer;
+        op->p.slice.in_inner = (int32_t)(inner * t_dim(x, op->in[0], axis));
+        op->p.slice.offset = (int32_t)((uint64_t)start * inner);
+        op->p.slice.part_inner = (int32_t)(T[op->out].elems / outer);
+        return NPUKIT_OK;
+    }
     case NPUKIT_OP_UPSAMPLE: {
         const uint32_t rank = t_rank(x, op->in[0]);
         find_attr(x, &v, "scale", &a);
@@ -1794,6 +1835,9 @@ int npukit_invoke_traced(const npukit_model_t *m, void *arena, size_t arena_len,
             break;
         case NPUKIT_OP_LUT:
             nk_lut(op->p.lut.n, x0, (const int8_t *)op->weight, op->p.lut.offset, y8);
+            break;
+        case NPUKIT_OP_SLICE:
+            nk_slice(op->p.slice.outer, op->p.slice.in_inner, op->p.slice.offset, op->p.slice.part_inner, x0, y8);
             break;
         case NPUKIT_OP_UPSAMPLE:
             nk_upsample(op->p.upsample.c, op->p.upsample.h, op->p.upsample.w, op->p.upsample.sh, op->p.upsample.sw,

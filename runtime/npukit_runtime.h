@@ -86,7 +86,7 @@ typedef struct {
 enum {
     NPUKIT_OP_CONV = 1, NPUKIT_OP_LINEAR, NPUKIT_OP_MAXPOOL, NPUKIT_OP_AVGPOOL, NPUKIT_OP_GLOBAL_AVGPOOL,
     NPUKIT_OP_ADD, NPUKIT_OP_CONCAT, NPUKIT_OP_RELU, NPUKIT_OP_RESHAPE, NPUKIT_OP_LUT,
-    NPUKIT_OP_MUL, NPUKIT_OP_UPSAMPLE
+    NPUKIT_OP_MUL, NPUKIT_OP_UPSAMPLE, NPUKIT_OP_SLICE
 };
 
 typedef struct {
@@ -108,6 +108,7 @@ typedef struct {
         struct { int32_t n, offset; } lut;  /* offset: 2^(B-1) for B-bit inputs */
         struct { int32_t outer, inner, shift, act_min, act_max; nk_rounding rounding; } mul;
         struct { int32_t c, h, w, sh, sw; } upsample;
+        struct { int32_t outer, in_inner, offset, part_inner; } slice;
     } p;
 } npukit_op_t;
 

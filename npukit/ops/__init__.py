@@ -16,10 +16,11 @@ from .mul import Mul
 from .pool import AvgPool, GlobalAvgPool, MaxPool
 from .relu import ReLU
 from .reshape import Reshape
+from .slice import Slice
 from .upsample import Upsample
 
 OPS: tuple[OpDef, ...] = (Conv(), Linear(), MaxPool(), AvgPool(), GlobalAvgPool(), Add(), Concat(), ReLU(), Reshape(),
-                          Lut(), Mul(), Upsample())
+                          Lut(), Mul(), Upsample(), Slice())
 _BY_NAME = {op.name: op for op in OPS}
 
 

@@ -32,15 +32,17 @@ from .mul import MulCapture
 from .pool import AvgPoolCapture, GlobalAvgPoolCapture, MaxPoolCapture
 from .relu import ReLUCapture
 from .reshape import ReshapeCapture
+from .slice import SliceCapture, is_split
 from .upsample import UpsampleCapture
 
 INPUT_MODULE = "npukit_input"
+SLICE_CAPTURE = SliceCapture()
 
 # Tried in this order on every traced node; the first whose `matches` says yes captures it.
 CAPTURES: tuple[OpCapture, ...] = (ConvCapture(), LinearCapture(), BatchNormCapture(), MaxPoolCapture(), AvgPoolCapture(),
                                    GlobalAvgPoolCapture(), AddCapture(), ConcatCapture(), ReLUCapture(),
                                    ReshapeCapture(), LutCapture(), MulCapture(),
-                                   UpsampleCapture())
+                                   UpsampleCapture(), SLICE_CAPTURE)
 
 _PASSTHROUGH_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 _PASSTHROUGH_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, torch.Tensor.contiguous)
@@ -308,6 +310,8 @@ def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
             qgraph.output(fx.node.map_arg(node.args[0], lambda n: env[n][0]))
         elif _is_shape_node(node):
             continue
+        elif is_split(node) and all(SLICE_CAPTURE.matches(u, ctx) for u in node.users):
+            continue  # each part is captured where it is taken (parts[i]: a slice node)
         elif _is_passthrough(node, ctx):
             if node.args and node.args[0] in env:
                 env[node] = env[node.args[0]]

@@ -141,6 +141,10 @@ void nk_relu(int32_t n, const int8_t *in, int8_t *out);
 void nk_mul(int32_t outer, int32_t inner, const int8_t *a, const int8_t *b, int32_t shift, int32_t act_min,
             int32_t act_max, nk_rounding rounding, int8_t *out);
 
+/* One part of a split: from each of `outer` blocks of `in_inner` values, the `part_inner` values at
+ * `offset` (npukit/ops/slice.py). */
+void nk_slice(int32_t outer, int32_t in_inner, int32_t offset, int32_t part_inner, const int8_t *in, int8_t *out);
+
 /* Nearest upsampling of `c` channels of h x w by integer factors sh x sw (1-d data: h = sh = 1). */
 void nk_upsample(int32_t c, int32_t h, int32_t w, int32_t sh, int32_t sw, const int8_t *in, int8_t *out);
 
