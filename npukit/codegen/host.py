@@ -67,6 +67,7 @@ def build_runtime(out_dir: str | Path, program: str = "npukit_run", *, cc: str |
         raise NpukitError("no C compiler found (looked for cc, gcc, clang)")
     if not (RUNTIME / "npukit_runtime.c").is_file():
         raise NpukitError(f"the C runtime's sources are not at {RUNTIME}: run from an npukit checkout")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     exe = Path(out_dir) / (program + suffix)
     sources = [RUNTIME / f"{program}.c", RUNTIME / "npukit_runtime.c", RUNTIME / "npukit_target.c",
                *sorted(KERNELS.glob("nk_*.c"))]
@@ -82,6 +83,7 @@ def run_runtime(exe: str | Path, model_bin: str | Path, x: np.ndarray, workdir: 
     """`npukit-run [--dump] model.bin` on a batch of integer inputs (at the input's dtype): the output
     file's bytes and stdout (the dump lines)."""
     workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     src, dst = workdir / "runtime_in.bin", workdir / "runtime_out.bin"
     np.ascontiguousarray(x).astype(x.dtype.newbyteorder("<")).tofile(src)
     cmd = [str(exe), *(["--dump"] if dump else []), str(model_bin), str(src), str(dst)]
