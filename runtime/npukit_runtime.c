@@ -834,6 +834,8 @@ static const aspec_t MAC_ATTRS[] = {
     {"rounding", A_STR, NO_MIN}};
 static const aspec_t CONV_ATTRS[] = {
     {"ndim", A_INT, 1}, {"stride", A_LIST, 1}, {"padding", A_LIST, 0}, {"dilation", A_LIST, 1}, {"groups", A_INT, 1}};
+static const aspec_t CONVT_ATTRS[] = {{"ndim", A_INT, 1}, {"stride", A_LIST, 1}, {"padding", A_LIST, 0},
+                                      {"dilation", A_LIST, 1}, {"groups", A_INT, 1}, {"output_padding", A_LIST, 0}};
 static const aspec_t WINDOW_ATTRS[] = {{"ndim", A_INT, 1}, {"kernel", A_LIST, 1}, {"stride", A_LIST, 1}, {"padding", A_LIST, 0}};
 static const aspec_t GAP_ATTRS[] = {{"keepdim", A_BOOL, NO_MIN}};
 static const aspec_t ADD_ATTRS[] = {{"relu", A_BOOL, NO_MIN}};
@@ -856,6 +858,7 @@ typedef struct {
 static const opdef_t OPS[] = {
     {"conv", NPUKIT_OP_CONV, 1, 1, MAC_ATTRS, CONV_ATTRS, N_OF(MAC_ATTRS), N_OF(CONV_ATTRS), 1, 0},
     {"linear", NPUKIT_OP_LINEAR, 1, 1, MAC_ATTRS, NULL, N_OF(MAC_ATTRS), 0, 1, 0},
+    {"conv_transpose", NPUKIT_OP_CONV_TRANSPOSE, 1, 1, MAC_ATTRS, CONVT_ATTRS, N_OF(MAC_ATTRS), N_OF(CONVT_ATTRS), 1, 0},
     {"maxpool", NPUKIT_OP_MAXPOOL, 1, 1, WINDOW_ATTRS, NULL, N_OF(WINDOW_ATTRS), 0, 0, 1},
     {"avgpool", NPUKIT_OP_AVGPOOL, 1, 1, WINDOW_ATTRS, NULL, N_OF(WINDOW_ATTRS), 0, 0, 1},
     {"global_avgpool", NPUKIT_OP_GLOBAL_AVGPOOL, 1, 1, GAP_ATTRS, NULL, N_OF(GAP_ATTRS), 0, 0, 1},
@@ -925,6 +928,15 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
         v64 = attr_int(x, &a, 0);
         if (v64 < 2 || v64 > 62) {
             return NPUKIT_E_GRAPH;
+        }
+        if (def->kind == NPUKIT_OP_CONV_TRANSPOSE) { /* weight (in, out, *kernel), bias (out,), groups 1 */
+            find_attr(x, v, "ndim", &a);
+            rank = attr_int(x, &a, 0);
+            if ((int64_t)w.rank - 2 != rank || b.rank != 1 || p_dim(x, &b, 0) != p_dim(x, &w, 1)) {
+                return NPUKIT_E_GRAPH;
+            }
+            find_attr(x, v, "groups", &a);
+            return (rank == 1 || rank == 2) && attr_int(x, &a, 0) == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
         }
         if (def->kind == NPUKIT_OP_CONV) {
             find_attr(x, v, "ndim", &a);
@@ -1018,6 +1030,38 @@ static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out
     return NPUKIT_OK;
 }
 
+/* ConvTranspose.infer_shapes: out = (n - 1) * s - 2 * p + d * (k - 1) + output_padding + 1 per axis. */
+static int shape_conv_transpose(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
+{
+    static const char *const KEYS[3] = {"stride", "padding", "dilation"};
+    attr_t a[3], g, op;
+    param_t w;
+    uint32_t nsp, k;
+    find_attr(x, v, "ndim", &g);
+    nsp = (uint32_t)attr_int(x, &g, 0);
+    find_param(x, v, "weight", &w);
+    find_attr(x, v, "output_padding", &op);
+    if (t_rank(x, in) != nsp + 1 || t_rank(x, out) != nsp + 1 || op.count != nsp) {
+        return NPUKIT_E_GRAPH;
+    }
+    TRY(geometry(x, v, KEYS, nsp, a));
+    if (t_dim(x, in, 0) != p_dim(x, &w, 0) || t_dim(x, out, 0) != p_dim(x, &w, 1)) {
+        return NPUKIT_E_GRAPH;
+    }
+    for (k = 0; k < nsp; k++) {
+        const int64_t s = attr_int(x, &a[0], k), p = attr_int(x, &a[1], k), d = attr_int(x, &a[2], k);
+        const int64_t o_pad = attr_int(x, &op, k), kk = p_dim(x, &w, k + 2);
+        if (o_pad > NPUKIT_MAX_EXTENT || (uint64_t)kk > NPUKIT_MAX_EXTENT) {
+            return NPUKIT_E_UNSUPPORTED;
+        }
+        if (o_pad >= (s > d ? s : d)
+            || ((int64_t)t_dim(x, in, k + 1) - 1) * s - 2 * p + d * (kk - 1) + o_pad + 1 != (int64_t)t_dim(x, out, k + 1)) {
+            return NPUKIT_E_GRAPH;
+        }
+    }
+    return NPUKIT_OK;
+}
+
 static int shape_pool(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
 {
     static const char *const KEYS[3] = {"kernel", "stride", "padding"};
@@ -1085,6 +1129,8 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     switch (def->kind) {
     case NPUKIT_OP_CONV:
         return shape_conv(x, v, in, out);
+    case NPUKIT_OP_CONV_TRANSPOSE:
+        return shape_conv_transpose(x, v, in, out);
     case NPUKIT_OP_LINEAR:
         find_param(x, v, "weight", &w);
         return t_rank(x, in) == 1 && t_dim(x, in, 0) == p_dim(x, &w, 1) && t_rank(x, out) == 1
@@ -1522,6 +1568,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     }
     switch (def->kind) {
     case NPUKIT_OP_CONV:
+    case NPUKIT_OP_CONV_TRANSPOSE: /* the same parameters, read by nk_conv_transpose as its geometry */
         return prepare_conv(x, &v, op);
     case NPUKIT_OP_LINEAR:
         return prepare_linear(x, &v, op);
@@ -1800,6 +1847,9 @@ int npukit_invoke_traced(const npukit_model_t *m, void *arena, size_t arena_len,
         switch (op->kind) {
         case NPUKIT_OP_CONV:
             nk_conv(&op->p.conv, x0, op->weight, op->bias, y8);
+            break;
+        case NPUKIT_OP_CONV_TRANSPOSE:
+            nk_conv_transpose(&op->p.conv, x0, op->weight, op->bias, y8);
             break;
         case NPUKIT_OP_LINEAR:
             nk_linear(&op->p.linear, x0, op->weight, op->bias, y8);

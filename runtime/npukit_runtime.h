@@ -86,7 +86,7 @@ typedef struct {
 enum {
     NPUKIT_OP_CONV = 1, NPUKIT_OP_LINEAR, NPUKIT_OP_MAXPOOL, NPUKIT_OP_AVGPOOL, NPUKIT_OP_GLOBAL_AVGPOOL,
     NPUKIT_OP_ADD, NPUKIT_OP_CONCAT, NPUKIT_OP_RELU, NPUKIT_OP_RESHAPE, NPUKIT_OP_LUT,
-    NPUKIT_OP_MUL, NPUKIT_OP_UPSAMPLE, NPUKIT_OP_SLICE
+    NPUKIT_OP_MUL, NPUKIT_OP_UPSAMPLE, NPUKIT_OP_SLICE, NPUKIT_OP_CONV_TRANSPOSE
 };
 
 typedef struct {
@@ -95,7 +95,7 @@ typedef struct {
     uint16_t out;            /* output tensor */
     uint16_t in[2];          /* the first (add: both) input tensors */
     uint32_t inputs;         /* file offset of the op record's input list (u16 each): a concat's operands */
-    const void *weight;      /* conv, linear: packed at w_bits, in the file; lut: the int8 table, in the file */
+    const void *weight;      /* conv, conv_transpose, linear: packed at w_bits, in the file; lut: the int8 table, in the file */
     const int32_t *bias;     /* conv, linear: out channels int32, in the file */
     union {
         nk_conv_params conv;

@@ -10,6 +10,7 @@ from ..errors import NpukitError
 from .add import Add
 from .base import OpDef
 from .concat import Concat
+from .conv_transpose import ConvTranspose
 from .lut import Lut
 from .mac import Conv, Linear
 from .mul import Mul
@@ -20,7 +21,7 @@ from .slice import Slice
 from .upsample import Upsample
 
 OPS: tuple[OpDef, ...] = (Conv(), Linear(), MaxPool(), AvgPool(), GlobalAvgPool(), Add(), Concat(), ReLU(), Reshape(),
-                          Lut(), Mul(), Upsample(), Slice())
+                          Lut(), Mul(), Upsample(), Slice(), ConvTranspose())
 _BY_NAME = {op.name: op for op in OPS}
 
 

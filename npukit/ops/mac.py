@@ -128,6 +128,7 @@ def _exact_matmul(w: np.ndarray, cols: np.ndarray, carrier: np.dtype) -> np.ndar
 
 class Conv(OpDef):
     name = "conv"
+    c_kernel = "nk_conv"  # the C function reading its nk_conv_params
     attrs = {**_MAC_ATTRS, "ndim": "int", "stride": "int list", "padding": "int list", "dilation": "int list",
              "groups": "int"}
     attr_min = {"stride": 1, "dilation": 1, "groups": 1, "padding": 0, "ndim": 1}
@@ -202,7 +203,7 @@ class Conv(OpDef):
                                   "dil_w": dw, "groups": a["groups"]})
         p = b.struct("nk_conv_params", f"{b.ident(node.name)}_p", fields)
         out_t = "int8_t" if fields["out_bytes"] == 1 else "int32_t"
-        return [f"nk_conv({p}, {b.ptr(node.inputs[0])}, {b.weights(node)}, {b.weights(node, 'bias')}, "
+        return [f"{self.c_kernel}({p}, {b.ptr(node.inputs[0])}, {b.weights(node)}, {b.weights(node, 'bias')}, "
                 f"{b.ptr(node.outputs[0], out_t)});"]
 
     def to_onnx(self, node, inputs, b):

@@ -23,6 +23,15 @@ class Captured:
     absorbed: list[fx.Node] = field(default_factory=list)  # fused nodes (BN, ReLU) after the first
 
 
+class ModuleCapture:
+    """Mixin of an OpCapture that starts at instances of `modules` (nn.Conv1d, ...)."""
+
+    modules: ClassVar[tuple[type, ...]] = ()
+
+    def matches(self, node: fx.Node, ctx: CaptureContext) -> bool:
+        return isinstance(ctx.module(node), self.modules)
+
+
 def node_name(node: fx.Node) -> str:
     """A traced node's stable name: the module path for modules, the fx node name for functions."""
     return str(node.target) if node.op == "call_module" else node.name

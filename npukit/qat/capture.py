@@ -27,7 +27,7 @@ from .concat import ConcatCapture
 from .fakequant import ExpGroup, ObservedQModule
 from .input import QInput
 from .lut import LutCapture
-from .mac import BatchNormCapture, ConvCapture, LinearCapture
+from .mac import BatchNormCapture, ConvCapture, ConvTransposeCapture, LinearCapture
 from .mul import MulCapture
 from .pool import AvgPoolCapture, GlobalAvgPoolCapture, MaxPoolCapture
 from .relu import ReLUCapture
@@ -39,7 +39,7 @@ INPUT_MODULE = "npukit_input"
 SLICE_CAPTURE = SliceCapture()
 
 # Tried in this order on every traced node; the first whose `matches` says yes captures it.
-CAPTURES: tuple[OpCapture, ...] = (ConvCapture(), LinearCapture(), BatchNormCapture(), MaxPoolCapture(), AvgPoolCapture(),
+CAPTURES: tuple[OpCapture, ...] = (ConvCapture(), ConvTransposeCapture(), LinearCapture(), BatchNormCapture(), MaxPoolCapture(), AvgPoolCapture(),
                                    GlobalAvgPoolCapture(), AddCapture(), ConcatCapture(), ReLUCapture(),
                                    ReshapeCapture(), LutCapture(), MulCapture(),
                                    UpsampleCapture(), SLICE_CAPTURE)

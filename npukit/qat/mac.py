@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .. import arith
 from ..errors import UnsupportedError
 from ..ir import Node, TensorSpec
-from .base import Captured, OpCapture, node_name
+from .base import Captured, ModuleCapture, OpCapture, node_name
 from .fakequant import ObservedQModule, exact_carrier, mse_exponent, quant_ste, requant_ste
 
 MSE_FINER_WEIGHTS = 3  # weight exponents above the max-fitting one that weight_exp="mse" tries
@@ -38,10 +38,13 @@ class QMac(ObservedQModule):
             weight_exp = "max" if w_bits >= 8 else "mse"
         self.weight_exp = weight_exp  # 'max', 'mse' or the quantile of |w| the exponent fits (npukit/policy.py)
         self.w_exp_offset = 0  # exponents finer than that, chosen by calibrate(weights="mse")
-        self.op = "conv" if conv else "linear"
+        self.op = ("conv_transpose" if conv.get("transpose") else "conv") if conv else "linear"
 
     @property
     def fan_in(self) -> int:
+        """Products per output at most (a transposed conv's weight is (in, out, *kernel))."""
+        if self.op == "conv_transpose":
+            return self.weight.shape[0] * math.prod(self.weight.shape[2:])
         return math.prod(self.weight.shape[1:])
 
     def int_params(self, e_x: int):
@@ -72,6 +75,9 @@ class QMac(ObservedQModule):
         if self.conv is None:
             return F.linear(x, w, b)
         c = self.conv
+        if c.get("transpose"):
+            fn = F.conv_transpose1d if c["ndim"] == 1 else F.conv_transpose2d
+            return fn(x, w, b, c["stride"], c["padding"], c["output_padding"], c["groups"], c["dilation"])
         fn = F.conv1d if c["ndim"] == 1 else F.conv2d
         return fn(x, w, b, c["stride"], c["padding"], c["dilation"], c["groups"])
 
@@ -136,7 +142,7 @@ class QMac(ObservedQModule):
                                          wide=self.wide, acc_bits=self.acc_bits, rounding=self.rounding,
                                          absolute=self.absolute, clamp=self.clamp)}
         if self.conv:
-            attrs.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.conv.items()})
+            attrs.update({k: list(v) if isinstance(v, tuple) else v for k, v in self.conv.items() if k != "transpose"})
         params = {"weight": qw.numpy().astype(w_dtype), "bias": qb.numpy().astype(np.int64)}
         return Node(name, self.op, [inputs[0].name], [name], attrs, params), out
 
@@ -154,12 +160,14 @@ def _bn_affine(bn) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _capture_mac(node, ctx, layer, conv: dict | None):
     w = layer.weight.detach().float()
-    b = layer.bias.detach().float() if layer.bias is not None else torch.zeros(w.shape[0])
+    out_channels = w.shape[1] if conv and conv.get("transpose") else w.shape[0]
+    b = layer.bias.detach().float() if layer.bias is not None else torch.zeros(out_channels)
     last, absorbed = node, []
     bn = ctx.module(ctx.sole_user(node)) if ctx.sole_user(node) is not None else None
     if isinstance(bn, _BN):
         k, c = _bn_affine(bn)
-        w = w * k.view(-1, *([1] * (w.dim() - 1)))
+        out_axis = 1 if conv and conv.get("transpose") else 0  # a transposed conv's weight is (in, out, ...)
+        w = w * k.view(*([1] * out_axis), -1, *([1] * (w.dim() - 1 - out_axis)))
         b = b * k + c
         last = ctx.sole_user(node)
         absorbed.append(last)
@@ -180,11 +188,15 @@ def _capture_mac(node, ctx, layer, conv: dict | None):
     return Captured(module, node_name(node), [node.args[0]], last, absorbed)
 
 
-class ConvCapture(OpCapture):
-    op = "conv"
+def _geometry(conv, padding) -> dict:
+    """A torch conv module's geometry as the IR's attributes (ndim from its kernel)."""
+    return {"ndim": len(conv.kernel_size), "stride": tuple(conv.stride), "padding": tuple(padding),
+            "dilation": tuple(conv.dilation), "groups": conv.groups}
 
-    def matches(self, node, ctx):
-        return isinstance(ctx.module(node), nn.Conv1d | nn.Conv2d)
+
+class ConvCapture(ModuleCapture, OpCapture):
+    op = "conv"
+    modules = (nn.Conv1d, nn.Conv2d)
 
     def capture(self, node, ctx):
         conv = ctx.module(node)
@@ -200,10 +212,7 @@ class ConvCapture(OpCapture):
                                        "(more on one side), which the integer kernels do not do",
                                        "use an odd kernel, or give the padding as numbers")
             padding = tuple(s // 2 for s in spans)
-        ndim = 1 if isinstance(conv, nn.Conv1d) else 2
-        args = {"ndim": ndim, "stride": tuple(conv.stride), "padding": tuple(padding),
-                "dilation": tuple(conv.dilation), "groups": conv.groups}
-        return _capture_mac(node, ctx, conv, args)
+        return _capture_mac(node, ctx, conv, _geometry(conv, padding))
 
 
 class LinearCapture(OpCapture):
@@ -219,14 +228,12 @@ class LinearCapture(OpCapture):
         return _capture_mac(node, ctx, ctx.module(node), None)
 
 
-class BatchNormCapture(OpCapture):
+class BatchNormCapture(ModuleCapture, OpCapture):
     """A BatchNorm with no conv or linear before it to fold into: a per-channel integer affine, computed as
     a depthwise 1x1 conv (the conv op, so every backend and rule already knows it)."""
 
     op = "conv"
-
-    def matches(self, node, ctx):
-        return isinstance(ctx.module(node), _BN)
+    modules = _BN
 
     def capture(self, node, ctx):
         shape = ctx.shape(node.args[0])
@@ -239,3 +246,16 @@ class BatchNormCapture(OpCapture):
         args = {"ndim": ndim, "stride": (1,) * ndim, "padding": (0,) * ndim, "dilation": (1,) * ndim,
                 "groups": shape[1]}
         return _capture_mac(node, ctx, layer, args)
+
+
+class ConvTransposeCapture(ModuleCapture, OpCapture):
+    op = "conv_transpose"
+    modules = (nn.ConvTranspose1d, nn.ConvTranspose2d)
+
+    def capture(self, node, ctx):
+        conv = ctx.module(node)
+        if conv.groups != 1 or conv.padding_mode != "zeros":
+            raise UnsupportedError(f"a transposed conv with groups={conv.groups}, padding_mode={conv.padding_mode!r}",
+                                   "use groups=1 and padding_mode='zeros'")
+        args = {**_geometry(conv, conv.padding), "output_padding": tuple(conv.output_padding), "transpose": True}
+        return _capture_mac(node, ctx, conv, args)
