@@ -307,7 +307,8 @@ def test_weight_mse_search_lowers_the_layer_error_and_stays_exact():
     def layer_error(offset):  # conv2's output error on its own inputs, with its weights at that offset
         q.conv2.w_exp_offset = offset
         qw, w_exp, *_ = q.conv2.int_params(0)
-        return float((q.conv2._mac(seen[0], qw.double() * 2.0**-w_exp - q.conv2.weight.double(), None) ** 2).mean())
+        with torch.no_grad():
+            return float((q.conv2._mac(seen[0], qw.double() * 2.0**-w_exp - q.conv2.weight.double(), None) ** 2).mean())
 
     chosen = q.conv2.w_exp_offset
     assert layer_error(chosen) < layer_error(0)
