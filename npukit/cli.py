@@ -105,6 +105,7 @@ def codegen(
     input_path: Path | None = typer.Option(None, "--input", help=".npy integer sample for the known-answer test"),
     prefix: str = typer.Option("npukit", help="the model's C names: <prefix>_run, <PREFIX>_INPUT_SIZE (two models "
                                "link into one image when their prefixes differ)"),
+    force: bool = typer.Option(False, "--force", help="overwrite files of the same names that npukit did not write"),
 ) -> None:
     """Write a portable C99 project (model, kernels, known-answer test, Makefile, CMakeLists.txt)."""
 
@@ -120,7 +121,7 @@ def codegen(
             raise NpukitError(f"codegen reads a model.bin, and {model} is an IR or ONNX file\n"
                               f"    fix: npukit pack {model} -o model.bin, then npukit codegen model.bin")
         try:
-            generate(model, out, kat_input=x, prefix=prefix)
+            generate(model, out, kat_input=x, prefix=prefix, force=force)
         except OSError as e:
             raise NpukitError(f"cannot write the C project into {out}: {e.strerror or e}") from None
     except NpukitError as e:

@@ -78,7 +78,7 @@ def test_makefile_builds_with_only_the_compiler(demo, tmp_path):
     res = subprocess.run(["make"], cwd=copy, capture_output=True, text=True)
     assert res.returncode == 0 and "KAT PASS" in res.stdout, res.stdout + res.stderr
     recipes = [line.strip() for line in (copy / "Makefile").read_text().splitlines() if line.startswith("\t")]
-    assert all(r.split()[0] in ("$(CC)", "./kat") for r in recipes), recipes  # no shell tools
+    assert all(r.split()[0] in ("$(CC)", "./kat", "$(RM)") for r in recipes), recipes  # no shell tools but make's $(RM)
 
 
 def test_no_malloc_and_the_arena_is_the_planned_size(demo):
@@ -194,3 +194,39 @@ def test_quantize_helper_is_the_contracts(demo, tmp_path, mode):
                          text=True).stdout.split()
     assert [int(v) for v in out[:-1]] == graph.quantize_input(xs.reshape(-1, 1)).ravel().tolist()
     assert out[-1] == "-1"  # NULL pointers: an error code, not 0
+
+
+def test_regenerating_replaces_its_own_files_and_no_others(demo, tmp_path):
+    """A second generation replaces what the first wrote and removes what it no longer writes; a file of the
+    same name that npukit did not write stops it (nothing written) unless force; other files stay."""
+    graph, _, _ = demo
+    out = tmp_path / "c"
+    codegen.generate(_packed(graph), out)
+    manifest = (out / codegen.MANIFEST).read_text().split()
+    assert "model.c" in manifest and "cortex-m/Makefile" in manifest and "nk_conv.c" in manifest
+    (out / "notes.txt").write_text("mine")
+    (out / "nk_old_kernel.c").write_text("/* an earlier model's */")
+    (out / codegen.MANIFEST).write_text("\n".join([*manifest, "nk_old_kernel.c"]) + "\n")
+    codegen.generate(_packed(graph), out, prefix="kws")
+    assert not (out / "nk_old_kernel.c").exists() and (out / "notes.txt").read_text() == "mine"
+    assert "kws_run" in (out / "model.h").read_text()
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "main.c").write_text("int main(void) { return 0; }\n")
+    with pytest.raises(npukit.NpukitError, match="did not write: main.c"):
+        codegen.generate(_packed(graph), mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["main.c"]  # nothing written
+    codegen.generate(_packed(graph), mine, force=True)
+    assert "KAT" in (mine / "main.c").read_text()
+
+
+def test_make_clean_removes_the_builds(demo, tmp_path):
+    if shutil.which("make") is None or host.find_cc() is None:
+        pytest.skip("make or a C compiler missing")
+    graph, _, _ = demo
+    out = codegen.generate(_packed(graph), tmp_path / "c")
+    assert subprocess.run(["make", "-s", "kat"], cwd=out, capture_output=True).returncode == 0
+    assert (out / "kat").exists()
+    assert subprocess.run(["make", "-s", "clean"], cwd=out, capture_output=True).returncode == 0
+    assert not (out / "kat").exists() and (out / "model.c").exists()

@@ -224,7 +224,10 @@ qemu: {ELF}
 size: {ELF}
 \t$(SIZE) -A {ELF}
 
-.PHONY: all qemu size
+clean:
+\t$(RM) {ELF}
+
+.PHONY: all qemu size clean
 """
 
 
