@@ -230,3 +230,42 @@ def test_make_clean_removes_the_builds(demo, tmp_path):
     assert (out / "kat").exists()
     assert subprocess.run(["make", "-s", "clean"], cwd=out, capture_output=True).returncode == 0
     assert not (out / "kat").exists() and (out / "model.c").exists()
+
+
+EXTERNAL_ARENA_MAIN = r"""
+#include <stdio.h>
+#include "model.h"
+
+static int64_t arena[(NPUKIT_ARENA_BYTES + 7) / 8 + 1];
+
+int main(void)
+{
+    int8_t x[NPUKIT_INPUT_SIZE];
+    npukit_output_t y[NPUKIT_OUTPUT_SIZE];
+    int i, rc;
+    if (fread(x, 1, sizeof x, stdin) != sizeof x) {
+        return 2;
+    }
+    rc = npukit_run_in(arena, x, y);
+    for (i = 0; i < NPUKIT_OUTPUT_SIZE; i++) printf("%ld\n", (long)y[i]);
+    printf("%d %d %d\n", rc, npukit_run_in((char *)arena + 1, x, y), npukit_run_in(NULL, x, y));
+    return 0;
+}
+"""
+
+
+def test_caller_provided_arena(demo, tmp_path):
+    """-DNPUKIT_ARENA_EXTERNAL: no static arena; npukit_run_in runs in the caller's memory (8-byte aligned)."""
+    graph, q, built = demo
+    project = tmp_path / "p"
+    shutil.copytree(built, project)
+    (project / "ext_main.c").write_text(EXTERNAL_ARENA_MAIN)
+    kernels = sorted(p.name for p in project.glob("nk_*.c"))
+    cmd = [host.find_cc(), *host.STRICT, "-O2", "-DNPUKIT_ARENA_EXTERNAL", "-o", "ext", "ext_main.c", "model.c", *kernels]
+    res = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    nm = subprocess.run(["nm", str(project / "ext")], capture_output=True, text=True).stdout
+    assert "npukit_arena" not in nm and "npukit_run_in" in nm
+    out = subprocess.run([str(project / "ext")], input=q[:1].tobytes(), capture_output=True).stdout.split()
+    assert [int(v) for v in out[:-3]] == [int(v) for v in npukit.run(graph, q[:1])[0].ravel()]
+    assert [int(v) for v in out[-3:]] == [0, -2, -1]

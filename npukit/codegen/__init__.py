@@ -41,7 +41,7 @@ class CBuilder:
         return self._ids[name]
 
     def ptr(self, tensor: str, ctype: str = "int8_t") -> str:
-        return f"(({ctype} *)(npukit_arena.bytes + {self.offsets[tensor]}))"
+        return f"(({ctype} *)(arena + {self.offsets[tensor]}))"  # `arena`: npukit_run_in's int8_t pointer
 
     def rounding(self, mode: str) -> str:
         return ROUNDING_C[mode]
@@ -196,7 +196,7 @@ _ROUND_C = {
 
 
 def _with_prefix(text: str, prefix: str) -> str:
-    text = re.sub(r"\bnpukit_(run|output_t|arena|quantize|dequantize)\b", rf"{prefix}_\1", text)
+    text = re.sub(r"\bnpukit_(run_in|run|output_t|arena|quantize|dequantize)\b", rf"{prefix}_\1", text)
     return re.sub(r"\bNPUKIT_(?!KERNELS_H)", f"{prefix.upper()}_", text)
 
 
@@ -226,9 +226,14 @@ typedef {out_t} npukit_output_t;
 #define NPUKIT_WEIGHTS_SECTION
 #endif
 
-/* Runs one sample. Uses one static arena of NPUKIT_ARENA_BYTES; not reentrant.
- * Returns 0, or -1 when input or output is NULL. */
+/* Runs one sample in the one static arena of NPUKIT_ARENA_BYTES (not reentrant). Compiled out with
+ * -DNPUKIT_ARENA_EXTERNAL, when the caller provides the arena to npukit_run_in (shared with other code,
+ * placed where the firmware wants it). Return 0, -1 when a pointer is NULL, -2 when the arena is not
+ * 8-byte aligned. */
+#ifndef NPUKIT_ARENA_EXTERNAL
 int npukit_run(const int8_t *input, npukit_output_t *output);
+#endif
+int npukit_run_in(void *arena_bytes, const int8_t *input, npukit_output_t *output);
 
 /* For float callers (the model itself computes no floating point): the input quantization of the arithmetic
  * contract (x * 2^NPUKIT_INPUT_EXP rounded {g.rounding.replace("_", " ")}, saturated to int8), exact in double. */
@@ -282,24 +287,35 @@ void npukit_dump(const char *name, const void *data, unsigned long nbytes);
 #define NPUKIT_DUMP_TENSOR(name, data, nbytes) ((void)0)
 #endif
 
-/* The one arena, exactly the planned size; the union aligns it for every tensor type. */
-static union {{
-    int64_t align;
-    int8_t bytes[{max(arena, 1)}];
-}} npukit_arena NPUKIT_ARENA_SECTION;
-
 {consts}
 
-int npukit_run(const int8_t *input, npukit_output_t *output)
+int npukit_run_in(void *arena_bytes, const int8_t *input, npukit_output_t *output)
 {{
-    if (input == NULL || output == NULL) {{
+    int8_t *const arena = (int8_t *)arena_bytes;
+    if (arena == NULL || input == NULL || output == NULL) {{
         return -1;
+    }}
+    if (((uintptr_t)arena_bytes & 7u) != 0) {{
+        return -2;
     }}
     memcpy({b.ptr(g.inputs[0])}, input, {n_in});
 {chr(10).join(body)}
     memcpy(output, {b.ptr(g.outputs[0], out_t)}, {n_out} * sizeof(npukit_output_t));
     return 0;
 }}
+
+#ifndef NPUKIT_ARENA_EXTERNAL
+/* The one arena, exactly the planned size; the union aligns it for every tensor type. */
+static union {{
+    int64_t align;
+    int8_t bytes[{max(arena, 1)}];
+}} npukit_arena NPUKIT_ARENA_SECTION;
+
+int npukit_run(const int8_t *input, npukit_output_t *output)
+{{
+    return npukit_run_in(npukit_arena.bytes, input, output);
+}}
+#endif
 """
 
 
