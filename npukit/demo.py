@@ -228,8 +228,7 @@ def stage_runtime(run: DemoRun) -> str:
     q_in = g.quantize_input(run.data.x_test)
     work = run.out / "runtime"
     work.mkdir(exist_ok=True)
-    raw, _ = host.run_runtime(host.build_runtime(work), run.out / "model.bin", q_in, work)
-    got = np.frombuffer(raw, g.output_spec().dtype.newbyteorder("<")).reshape(len(q_in), -1)
+    got, _ = host.run_runtime(host.build_runtime(work), run.out / "model.bin", q_in, work, g.output_spec().dtype)
     want = np.concatenate(list(engine.run_batches(g, q_in))).reshape(len(q_in), -1)
     same = np.all(got == want, axis=1)
     run.metrics["c_runtime_bitexact_fraction"] = float(same.mean())

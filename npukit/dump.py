@@ -303,7 +303,8 @@ def dump_runtime(model_bin: str | Path, x: np.ndarray, workdir: str | Path) -> D
 
     graph = modelbin.read(model_bin).graph
     exe = host.build_runtime(workdir)
-    _, lines = host.run_runtime(exe, model_bin, np.asarray(x, graph.input_spec().dtype), workdir, dump=True)
+    _, lines = host.run_runtime(exe, model_bin, np.asarray(x, graph.input_spec().dtype), workdir,
+                                graph.output_spec().dtype, dump=True)
     d = parse_crc_lines(lines, "the C runtime", graph)
     d.backend = "runtime"
     return d
@@ -312,7 +313,7 @@ def dump_runtime(model_bin: str | Path, x: np.ndarray, workdir: str | Path) -> D
 def dump_backend(backend: str, model: str | Path, x, workdir: str | Path) -> Dump:
     """A named backend's dump of `model` (a model.bin, .npir or npukit .onnx file) on `x` (integers, or floats
     that are quantized at the model's input exponent)."""
-    from .packer import load_model, pack
+    from .packer import as_model_bin, load_model
 
     if backend not in BACKENDS:
         raise NpukitError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}, or give a dump file")
@@ -324,11 +325,7 @@ def dump_backend(backend: str, model: str | Path, x, workdir: str | Path) -> Dum
         return dump_engine(graph, x)
     if backend == "onnx":
         return dump_onnx(graph, x)
-    from .fileio import file_kind
-
-    model_bin = Path(model)
-    if file_kind(model_bin) != "modelbin":  # the model.bin this model packs into
-        model_bin = pack(graph, Path(workdir) / "model.bin").path
+    model_bin = as_model_bin(model, graph, workdir)
     if backend == "runtime":
         return dump_runtime(model_bin, x, workdir)
     return dump_modelbin(model_bin, x) if backend == "model.bin" else dump_c(model_bin, x, workdir)

@@ -107,8 +107,7 @@ def _track(items, what: str, progress: bool):
 
 def _runner(name: str, model, graph: Graph, tmp: Path):
     from . import engine
-    from .fileio import file_kind
-    from .packer import pack
+    from .packer import as_model_bin
 
     if name == "onnx":
         import onnxruntime as ort
@@ -117,7 +116,7 @@ def _runner(name: str, model, graph: Graph, tmp: Path):
 
         sess = ort.InferenceSession(_build_model(graph).SerializeToString(), providers=["CPUExecutionProvider"])
         return lambda b: sess.run(None, {graph.inputs[0]: b})[0]
-    model_bin = Path(model) if file_kind(model) == "modelbin" else pack(graph, tmp / "model.bin").path
+    model_bin = as_model_bin(model, graph, tmp)
     if name == "model.bin":
         from . import modelbin
 
@@ -128,8 +127,7 @@ def _runner(name: str, model, graph: Graph, tmp: Path):
 
     if name == "runtime":
         runner = host.build_runtime(tmp)
-        dtype = graph.output_spec().dtype.newbyteorder("<")
-        return lambda b: np.frombuffer(host.run_runtime(runner, model_bin, b, tmp)[0], dtype)
+        return lambda b: host.run_runtime(runner, model_bin, b, tmp, graph.output_spec().dtype)[0]
     project = codegen.generate(model_bin, tmp / "c")
     exe = host.build(project, "run_file")
     out = graph.output_spec()

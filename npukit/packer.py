@@ -113,3 +113,12 @@ def _arch(directory: Path) -> str:
     """The description's and checkpoint's `arch`: the output folder's name, as an identifier."""
     name = "".join(c if c.isalnum() else "_" for c in directory.resolve().name).strip("_")
     return name or "npukit"
+
+
+def as_model_bin(model: str | Path, graph: Graph, workdir: str | Path) -> Path:
+    """`model` itself when it is a model.bin, else its `graph` packed into `workdir`/model.bin."""
+    from .fileio import file_kind
+
+    if file_kind(model) == "modelbin":
+        return Path(model)
+    return pack(graph, Path(workdir) / "model.bin").path

@@ -55,8 +55,8 @@ def constrain(model: nn.Module, target="venus") -> nn.Module:
             if not isinstance(ctx.module(node), _MAC):
                 continue
             last = node
-            for fuse in (_fuse_bn, ctx.fuse_relu, ctx.fuse_abs, ctx.fuse_clamp):
-                last = fuse(last, ctx)[1] if fuse is _fuse_bn else fuse(last)[1]
+            for fuse in (ctx.fuse_bn, ctx.fuse_relu, ctx.fuse_abs, ctx.fuse_clamp):
+                last = fuse(last)[1]
             if ctx.is_graph_output(last):
                 continue
             with gm.graph.inserting_after(last):
@@ -74,13 +74,6 @@ def constrain(model: nn.Module, target="venus") -> nn.Module:
 
         gm.register_forward_pre_hook(clip)
     return gm
-
-
-def _fuse_bn(node: fx.Node, ctx) -> tuple[bool, fx.Node]:
-    user = ctx.sole_user(node)
-    if user is not None and isinstance(ctx.module(user), nn.BatchNorm1d | nn.BatchNorm2d):
-        return True, user
-    return False, node
 
 
 class TwoStage:

@@ -78,10 +78,10 @@ def build_runtime(out_dir: str | Path, program: str = "npukit_run", *, cc: str |
     return exe
 
 
-def run_runtime(exe: str | Path, model_bin: str | Path, x: np.ndarray, workdir: str | Path, *,
-                dump: bool = False) -> tuple[bytes, str]:
-    """`npukit-run [--dump] model.bin` on a batch of integer inputs (at the input's dtype): the output
-    file's bytes and stdout (the dump lines)."""
+def run_runtime(exe: str | Path, model_bin: str | Path, x: np.ndarray, workdir: str | Path, out_dtype, *,
+                dump: bool = False) -> tuple[np.ndarray, str]:
+    """`npukit-run [--dump] model.bin` on a batch of integer inputs (at the input's dtype): the outputs,
+    (samples, output size) at `out_dtype`, and stdout (the dump lines)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     src, dst = workdir / "runtime_in.bin", workdir / "runtime_out.bin"
@@ -90,4 +90,4 @@ def run_runtime(exe: str | Path, model_bin: str | Path, x: np.ndarray, workdir: 
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
         raise NpukitError(f"npukit-run failed (exit {res.returncode}): {res.stderr.strip()}")
-    return dst.read_bytes(), res.stdout
+    return np.frombuffer(dst.read_bytes(), np.dtype(out_dtype).newbyteorder("<")).reshape(len(x), -1), res.stdout

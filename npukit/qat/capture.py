@@ -107,6 +107,14 @@ class CaptureContext:
             return node.target in _RELU_FUNCTIONS
         return node.op == "call_method" and node.target in _RELU_METHODS
 
+    def fuse_bn(self, node: fx.Node) -> tuple[nn.Module | None, fx.Node, list[fx.Node]]:
+        """Absorb a BatchNorm that is `node`'s only user: (the BatchNorm or None, last node, absorbed nodes)."""
+        user = self.sole_user(node)
+        bn = self.module(user) if user is not None else None
+        if isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d):
+            return bn, user, [user]
+        return None, node, []
+
     def fuse_relu(self, node: fx.Node) -> tuple[bool, fx.Node, list[fx.Node]]:
         """Absorb a ReLU that is `node`'s only user: (relu?, last node, absorbed nodes)."""
         user = self.sole_user(node)

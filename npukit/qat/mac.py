@@ -162,15 +162,12 @@ def _capture_mac(node, ctx, layer, conv: dict | None):
     w = layer.weight.detach().float()
     out_channels = w.shape[1] if conv and conv.get("transpose") else w.shape[0]
     b = layer.bias.detach().float() if layer.bias is not None else torch.zeros(out_channels)
-    last, absorbed = node, []
-    bn = ctx.module(ctx.sole_user(node)) if ctx.sole_user(node) is not None else None
-    if isinstance(bn, _BN):
+    bn, last, absorbed = ctx.fuse_bn(node)
+    if bn is not None:
         k, c = _bn_affine(bn)
         out_axis = 1 if conv and conv.get("transpose") else 0  # a transposed conv's weight is (in, out, ...)
         w = w * k.view(*([1] * out_axis), -1, *([1] * (w.dim() - 1 - out_axis)))
         b = b * k + c
-        last = ctx.sole_user(node)
-        absorbed.append(last)
     relu, last, more = ctx.fuse_relu(last)
     absorbed += more
     absolute, clamp = False, None
@@ -184,7 +181,8 @@ def _capture_mac(node, ctx, layer, conv: dict | None):
     wide = (ctx.wide_output and not relu and not absolute and clamp is None and ctx.is_graph_output(last)
             and len(last.users) == 1)
     module = QMac(ctx.profile, w, b, w_bits=ctx.weight_bits_for(node_name(node)), relu=relu, wide=wide, conv=conv,
-                  has_bias=layer.bias is not None or isinstance(bn, _BN), absolute=absolute, clamp=clamp, weight_exp=ctx.weight_exp)
+                  has_bias=layer.bias is not None or bn is not None, absolute=absolute, clamp=clamp,
+                  weight_exp=ctx.weight_exp)
     return Captured(module, node_name(node), [node.args[0]], last, absorbed)
 
 
