@@ -58,6 +58,11 @@ def run_file(exe: str | Path, x: np.ndarray, out_dtype: np.dtype, out_size: int,
     return np.fromfile(dst, dtype=out_dtype).reshape(len(x), out_size)
 
 
+# Hosts have memory to spare: the runner's tables hold an unrolled recurrent model (thousands of ops); the
+# header's small defaults are for devices.
+HOST_TABLES = ("-DNPUKIT_MAX_TENSORS=4096", "-DNPUKIT_MAX_OPS=4096")
+
+
 def build_runtime(out_dir: str | Path, program: str = "npukit_run", *, cc: str | None = None,
                   flags: list[str] = ("-O2",), suffix: str = "") -> Path:
     """Compile runtime/<program>.c (npukit_run: the `npukit-run` runner; fuzz_harness) with the model.bin
@@ -71,7 +76,8 @@ def build_runtime(out_dir: str | Path, program: str = "npukit_run", *, cc: str |
     exe = Path(out_dir) / (program + suffix)
     sources = [RUNTIME / f"{program}.c", RUNTIME / "npukit_runtime.c", RUNTIME / "npukit_target.c",
                *sorted(KERNELS.glob("nk_*.c"))]
-    cmd = [compiler, *STRICT, *flags, f"-I{KERNELS}", f"-I{RUNTIME}", "-o", str(exe), *map(str, sources)]
+    cmd = [compiler, *STRICT, *HOST_TABLES, *flags, f"-I{KERNELS}", f"-I{RUNTIME}", "-o", str(exe),
+           *map(str, sources)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise NpukitError(f"C build failed ({' '.join(cmd)}):\n{res.stdout}{res.stderr}")

@@ -21,6 +21,7 @@ class Captured:
     inputs: list[fx.Node]  # traced nodes whose values feed it
     last: fx.Node  # the traced node whose value its output replaces
     absorbed: list[fx.Node] = field(default_factory=list)  # fused nodes (BN, ReLU) after the first
+    aliases: list[fx.Node] = field(default_factory=list)  # absorbed nodes whose value is also the output's
 
 
 class ModuleCapture:

@@ -140,7 +140,7 @@ def _set_range(m: ObservedQModule, real_range: float, e: int) -> None:
 
 def _weight_offset(m, x: torch.Tensor) -> int:
     """How many exponents finer than the max-fitting one the layer's weights do best on its own inputs."""
-    w = m.weight.detach().to(torch.float64)
+    w = m.mac_weight().detach().to(torch.float64)
     m.w_exp_offset = 0
     base = m.int_params(0)[1]  # the layer's own choice (max, mse or quantile), which the offset refines
     lo, hi = arith.int_range(m.w_bits)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import operator
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..errors import NpukitError, Problem, ProblemsError
 from ..schemes import get_scheme
@@ -30,6 +31,7 @@ from .lut import LutCapture
 from .mac import BatchNormCapture, ConvCapture, ConvTransposeCapture, LinearCapture
 from .mul import MulCapture
 from .pool import AvgPoolCapture, GlobalAvgPoolCapture, MaxPoolCapture
+from .recurrent import GRUCapture, feeds_time_first_gru
 from .relu import ReLUCapture
 from .reshape import ReshapeCapture
 from .slice import SliceCapture, is_split
@@ -42,7 +44,7 @@ SLICE_CAPTURE = SliceCapture()
 CAPTURES: tuple[OpCapture, ...] = (ConvCapture(), ConvTransposeCapture(), LinearCapture(), BatchNormCapture(), MaxPoolCapture(), AvgPoolCapture(),
                                    GlobalAvgPoolCapture(), AddCapture(), ConcatCapture(), ReLUCapture(),
                                    ReshapeCapture(), LutCapture(), MulCapture(),
-                                   UpsampleCapture(), SLICE_CAPTURE)
+                                   UpsampleCapture(), SLICE_CAPTURE, GRUCapture())
 
 _PASSTHROUGH_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 _PASSTHROUGH_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, torch.Tensor.contiguous)
@@ -203,6 +205,15 @@ def _is_shape_node(node: fx.Node) -> bool:
     return node.op not in ("placeholder", "output") and "tensor_meta" not in node.meta
 
 
+def _is_item_of_failed(node: fx.Node, env: dict) -> bool:
+    """A getitem (or an item of one) on a multi-output layer that could not be captured."""
+    while node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+        if node not in env and not isinstance(node.meta.get("tensor_meta"), TensorMetadata):
+            return True
+    return False
+
+
 def _is_passthrough(node: fx.Node, ctx: CaptureContext) -> bool:
     if node.op == "call_module":
         return isinstance(ctx.module(node), _PASSTHROUGH_MODULES)
@@ -320,11 +331,15 @@ def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
             continue
         elif is_split(node) and all(SLICE_CAPTURE.matches(u, ctx) for u in node.users):
             continue  # each part is captured where it is taken (parts[i]: a slice node)
+        elif feeds_time_first_gru(node, ctx):
+            continue  # the GRU reads the batch-first tensor before the swap
         elif _is_passthrough(node, ctx):
             if node.args and node.args[0] in env:
                 env[node] = env[node.args[0]]
         else:
             op = next((o for o in CAPTURES if o.matches(node, ctx)), None)
+            if op is None and _is_item_of_failed(node, env):
+                continue  # `out, h = layer(x)` of a layer whose problem is reported already
             if op is None:
                 problems.append(Problem(node_name(node), "unsupported-op",
                                         f"{_describe(node, ctx)} cannot be quantized", _fix_for(node, ctx),
@@ -353,6 +368,7 @@ def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
             new = qgraph.call_module(cap.name, (values, exps))
             exp_node = exps[0] if cap.module.keeps_exp else _exp_getter(qgraph, root, cap.name)
             env[cap.last] = (new, exp_node)
+            env.update(dict.fromkeys(cap.aliases, env[cap.last]))
             done.update(cap.absorbed)
 
     if problems and not lenient:

@@ -39,9 +39,10 @@ def to_ir(qmodel: fx.GraphModule) -> Graph:
                 if not isinstance(mod, QModule):
                     raise NpukitError(f"{n.target}: {type(mod).__name__} is not an npukit QAT module")
                 ins = [tensors[values[a]] for a in n.args[0]]
-                node, spec = mod.to_ir(n.target, ins, tuple(n.meta["tensor_meta"].shape[1:]))
-                nodes.append(node)
-                tensors[spec.name] = spec
+                made = mod.to_ir(n.target, ins, tuple(n.meta["tensor_meta"].shape[1:]))
+                for node, spec in made if isinstance(made, list) else [made]:  # a list: a layer of several ops
+                    nodes.append(node)
+                    tensors[spec.name] = spec
                 values[n] = spec.name
             elif n.op == "output":
                 fx.node.map_arg(n.args[0], lambda a: outputs.append(values[a]))

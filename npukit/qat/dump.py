@@ -20,6 +20,9 @@ def dump_qat(qmodel: fx.GraphModule, x) -> Dump:
     seen: dict[str, torch.Tensor] = {}
     hooks = [m.register_forward_hook(lambda mod, args, out, n=name: seen.__setitem__(n, out.detach()))
              for name, m in modules.items()]
+    unrolled = {name: m for name, m in modules.items() if hasattr(m, "trace")}  # layers of many IR nodes
+    for m in unrolled.values():
+        m.trace = {}
     was_training = qmodel.training
     qmodel.eval()
     try:
@@ -29,10 +32,17 @@ def dump_qat(qmodel: fx.GraphModule, x) -> Dump:
         for h in hooks:
             h.remove()
         qmodel.train(was_training)
+        traces = {name: m.__dict__.pop("trace") for name, m in unrolled.items()}
+        for m in unrolled.values():
+            m.trace = None
+    for name, trace in traces.items():
+        seen.update({f"{name}.{tag}" if tag else name: v for tag, (v, _) in trace.items()})
     values, sources = {}, {}
     for name, out in seen.items():
         tensor = "input" if name == INPUT_MODULE else name
+        if tensor not in graph.tensors:
+            continue  # a sub-module of an unrolled layer: its tensors came from the layer's trace
         values[tensor] = np.rint(out.cpu().double().numpy() * 2.0 ** graph.tensors[tensor].exp)
-        if getattr(modules[name], "source", ""):
+        if getattr(modules.get(name), "source", ""):
             sources[tensor] = modules[name].source
     return from_graph_values(graph, values, "qat", sources)

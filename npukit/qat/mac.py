@@ -47,23 +47,31 @@ class QMac(ObservedQModule):
             return self.weight.shape[0] * math.prod(self.weight.shape[2:])
         return math.prod(self.weight.shape[1:])
 
+    def mac_weight(self) -> torch.Tensor:
+        """The weight the layer computes with: its parameter, or rows derived from it (a recurrent gate)."""
+        return self.weight
+
+    def mac_bias(self) -> torch.Tensor:
+        return self.bias
+
     def int_params(self, e_x: int):
         """Integer weight and bias (integer-valued tensors, straight-through), their exponents, and the
         largest |integer| of each (computed from the float maxima, sparing two reductions)."""
-        w_abs = self.weight.detach().abs()
+        weight = self.mac_weight()
+        w_abs = weight.detach().abs()
         w_max = float(w_abs.max())
         w_fit = arith.fit_exponent(w_max, self.w_bits)
         if self.weight_exp == "max":
             w_exp = w_fit
         elif self.weight_exp == "mse":  # low-bit weights: clip the largest where that costs less than rounding
-            w_exp = mse_exponent(self.weight, w_fit, MSE_FINER_WEIGHTS, self.w_bits, self.rounding)
+            w_exp = mse_exponent(weight, w_fit, MSE_FINER_WEIGHTS, self.w_bits, self.rounding)
         else:  # the larger weights saturate at the grid's end, the rest are finer
             k = max(1, math.ceil(self.weight_exp * w_abs.numel()))
             w_exp = arith.fit_exponent(float(w_abs.flatten().kthvalue(k).values), self.w_bits)
         w_exp = min(w_exp + self.w_exp_offset, arith.MAX_EXP)
         # an exponent at or below the fitting one saturates nothing: the gradient needs no mask
-        qw = quant_ste(self.weight, w_exp, self.w_bits, self.rounding, clips=w_exp > w_fit)
-        b = self.bias.to(torch.float64)
+        qw = quant_ste(weight, w_exp, self.w_bits, self.rounding, clips=w_exp > w_fit)
+        b = self.mac_bias().to(torch.float64)
         b_max = float(b.detach().abs().max())
         b_exp = self.scheme.bias_exp(self.bias_bits, e_x + w_exp, b_max)
         qb = quant_ste(b, b_exp, self.bias_bits, self.rounding, clips=b_exp > arith.fit_exponent(b_max, self.bias_bits))
@@ -118,7 +126,7 @@ class QMac(ObservedQModule):
         return requant_ste(y, e_x, e_out, self.scheme, self._attrs(e_acc, b_exp, e_out), bound)
 
     def float_forward(self, xs):
-        y = self._mac(xs[0], self.weight.to(xs[0].dtype), self.bias.to(xs[0].dtype))
+        y = self._mac(xs[0], self.mac_weight().to(xs[0].dtype), self.mac_bias().to(xs[0].dtype))
         if self.relu:
             y = y.clamp(min=0)
         if self.absolute:
