@@ -302,7 +302,7 @@ def dump_runtime(model_bin: str | Path, x: np.ndarray, workdir: str | Path) -> D
     from .codegen import host
 
     graph = modelbin.read(model_bin).graph
-    exe = host.build_runtime(workdir)
+    exe = host.cached_runtime()
     _, lines = host.run_runtime(exe, model_bin, np.asarray(x, graph.input_spec().dtype), workdir,
                                 graph.output_spec().dtype, dump=True)
     d = parse_crc_lines(lines, "the C runtime", graph)

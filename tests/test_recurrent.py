@@ -1,4 +1,4 @@
-"""nn.GRU unrolled into integer ops (npukit/qat/recurrent.py): exact in QAT, engine, ONNX, model.bin, C and
+"""nn.GRU and nn.LSTM unrolled into integer ops (npukit/qat/recurrent.py): exact in QAT, engine, ONNX, model.bin, C and
 the C runtime, trainable, and refused with a named fix where it cannot be captured."""
 
 from __future__ import annotations
@@ -18,16 +18,19 @@ X = torch.randn(16, 6, 5, generator=torch.Generator().manual_seed(0))  # (batch,
 
 
 class GRUNet(nn.Module):
-    """A keyword-spotting shape: GRU over time, a linear head on the last state (or on every state)."""
+    """A keyword-spotting shape: GRU (or LSTM) over time, a linear head on the last state (or on every state)."""
 
-    def __init__(self, read="h_n[-1]", bias=True, hidden=8, steps=6):
+    def __init__(self, read="h_n[-1]", bias=True, hidden=8, steps=6, cell=nn.GRU):
         super().__init__()
-        self.read = read
-        self.gru = nn.GRU(5, hidden, batch_first=True, bias=bias)
+        self.read, self.lstm = read, cell is nn.LSTM
+        self.gru = cell(5, hidden, batch_first=True, bias=bias)
         self.fc = nn.Linear(hidden * (steps if read == "out" else 1), 3)
 
     def forward(self, x):
-        out, h = self.gru(x)
+        if self.lstm:
+            out, (h, _) = self.gru(x)
+        else:
+            out, h = self.gru(x)
         if self.read == "h_n[-1]":
             return self.fc(h[-1])
         if self.read == "h_n.squeeze(0)":
@@ -37,27 +40,30 @@ class GRUNet(nn.Module):
         return self.fc(out.flatten(1))
 
 
-@pytest.mark.parametrize("read", ["h_n[-1]", "h_n.squeeze(0)", "out[:, -1]", "out"])
-def test_every_backend_computes_the_same_gru(read, tmp_path):
+@pytest.mark.parametrize("read, cell", [("h_n[-1]", nn.GRU), ("h_n.squeeze(0)", nn.GRU), ("out[:, -1]", nn.GRU),
+                                        ("out", nn.GRU), ("h_n[-1]", nn.LSTM), ("out", nn.LSTM)])
+def test_every_backend_computes_the_same_recurrent_layer(read, cell, tmp_path):
     torch.manual_seed(0)
-    q = train_a_little(npukit.prepare(GRUNet(read), X, "venus"), X, 2)
+    q = train_a_little(npukit.prepare(GRUNet(read, cell=cell), X, "venus"), X, 2)
     assert_backends_agree(q, X[:6], tmp_path)
     graph = npukit.to_ir(q)
     ops = [n.op for n in graph.nodes]
-    assert ops.count("lut") == 2 * 6 and ops.count("linear") == 2 * 6 + 1 + 1  # per step: 2 tables, 2 linears
+    tables = 2 if cell is nn.GRU else 3  # per step: sigmoid gates and tanh (and the LSTM's tanh of c)
+    assert ops.count("lut") == tables * 6 and ops.count("linear") == 2 * 6 + 1 + 1  # 2 per step, h0, head
     assert graph.tensors["gru"].shape == ((6, 8) if read == "out" else (8,))
 
 
-@pytest.mark.parametrize("target, bits, bias", [("venus", 16, True), ("cortex-m4", 8, False),
-                                                ({"name": "floor", "activation_bits": 8, "weight_bits": [4],
-                                                  "rounding": "floor", "accumulator_bits": 24, "bias_bits": 16}, 4, True),
-                                                ({"name": "even", "activation_bits": 8, "weight_bits": [8],
-                                                  "rounding": "half_even"}, 8, True),
-                                                ({"name": "trunc", "activation_bits": 8, "weight_bits": [8],
-                                                  "rounding": "trunc"}, 8, True)])
-def test_weight_widths_rounding_modes_and_no_bias(target, bits, bias, tmp_path):
+@pytest.mark.parametrize("target, bits, bias, cell", [
+    ("venus", 16, True, nn.GRU), ("cortex-m4", 8, False, nn.LSTM),
+    ({"name": "floor", "activation_bits": 8, "weight_bits": [4], "rounding": "floor", "accumulator_bits": 24,
+      "bias_bits": 16}, 4, True, nn.GRU),
+    ({"name": "even", "activation_bits": 8, "weight_bits": [8], "rounding": "half_even"}, 8, True, nn.LSTM),
+    ({"name": "trunc", "activation_bits": 8, "weight_bits": [8], "rounding": "trunc"}, 8, True, nn.GRU)])
+def test_weight_widths_rounding_modes_and_no_bias(target, bits, bias, cell, tmp_path):
     torch.manual_seed(1)
-    q = train_a_little(npukit.prepare(GRUNet(bias=bias), X * 2, target, weight_bits=bits), X * 2, 2)
+    rules = "off" if isinstance(target, dict) else "error"  # the test profiles declare no memories
+    q = npukit.prepare(GRUNet(bias=bias, cell=cell), X * 2, target, weight_bits=bits, rules=rules)
+    q = train_a_little(q, X * 2, 2)
     assert_backends_agree(q, X[:5] * 2, tmp_path)
     lin = [n for n in npukit.to_ir(q).nodes if n.op == "linear"]
     assert {n.attrs["w_bits"] for n in lin} == {bits}
@@ -81,9 +87,36 @@ def test_the_gates_share_one_set_of_weights_and_track_the_float_gru():
     assert float((qat - real).abs().max()) < 0.15 * float(real.abs().max()) + 0.05
 
 
-def test_training_moves_the_recurrent_weights():
+def test_lstm_rows_and_float_path():
+    torch.manual_seed(6)
+    model = GRUNet(cell=nn.LSTM).eval()
+    q = npukit.prepare(model, X, "venus")
+    w, (i, f, g, o) = q.gru.ih.mac_weight(), model.gru.weight_ih_l0.split(8)
+    torch.testing.assert_close(w, torch.cat([i, f, o, g]))  # the sigmoid gates first: one table covers them
+    with torch.no_grad():
+        torch.testing.assert_close(q.fc.float_forward([q.gru.float_forward([X])]), model(X))
+        assert float((q.eval()(X) - model(X)).abs().max()) < 0.15 * float(model(X).abs().max()) + 0.05
+
+
+def test_lstm_cell_state_read_is_refused():
+    class ReadsC(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.fc = nn.LSTM(5, 8, batch_first=True), nn.Linear(8, 2)
+
+        def forward(self, x):
+            _, (_, c) = self.lstm(x)
+            return self.fc(c[-1])
+
+    with pytest.raises(ProblemsError) as e:
+        npukit.prepare(ReadsC(), X, "venus")
+    assert [p.where for p in e.value.problems] == ["lstm"] and "c_n" in e.value.problems[0].message
+
+
+@pytest.mark.parametrize("cell", [nn.GRU, nn.LSTM])
+def test_training_moves_the_recurrent_weights(cell):
     torch.manual_seed(3)
-    q = npukit.prepare(GRUNet(), X, "venus")
+    q = npukit.prepare(GRUNet(cell=cell), X, "venus")
     before = q.gru.hh.weight.detach().clone()
     y = torch.randint(0, 3, (16,))
     opt = torch.optim.Adam(q.parameters(), 1e-2)

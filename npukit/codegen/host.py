@@ -84,6 +84,25 @@ def build_runtime(out_dir: str | Path, program: str = "npukit_run", *, cc: str |
     return exe
 
 
+_BUILT: dict[tuple, Path] = {}
+
+
+def cached_runtime() -> Path:
+    """`npukit-run` built once per process (and again when a source changes): the per-layer comparisons run
+    it on many models, and a build takes seconds."""
+    import atexit
+    import shutil
+    import tempfile
+
+    sources = sorted([*RUNTIME.glob("*.[ch]"), *KERNELS.glob("*.[ch]")])
+    key = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sources)
+    if key not in _BUILT or not _BUILT[key].is_file():
+        out = Path(tempfile.mkdtemp(prefix="npukit-run-"))
+        atexit.register(shutil.rmtree, out, ignore_errors=True)
+        _BUILT[key] = build_runtime(out)
+    return _BUILT[key]
+
+
 def run_runtime(exe: str | Path, model_bin: str | Path, x: np.ndarray, workdir: str | Path, out_dtype, *,
                 dump: bool = False) -> tuple[np.ndarray, str]:
     """`npukit-run [--dump] model.bin` on a batch of integer inputs (at the input's dtype): the outputs,

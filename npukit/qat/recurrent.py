@@ -1,8 +1,8 @@
-"""QAT module and capture of nn.GRU: one recurrent layer unrolled over its fixed sequence length into ops
-the IR already has (linear, slice, add, table sigmoid/tanh, mul, reshape, concat), so every backend computes
-it exactly with no recurrent kernel of its own.
+"""QAT modules and capture of nn.GRU and nn.LSTM: one recurrent layer unrolled over its fixed sequence length
+into ops the IR already has (linear, slice, add, table sigmoid/tanh, mul, reshape, concat), so every backend
+computes it exactly with no recurrent kernel of its own.
 
-Each step t, with x_t the t-th input vector and h the hidden state (8-bit, carried in integers):
+GRU, each step t, with x_t the t-th input vector and h the hidden state (8-bit, carried in integers):
 
     gi = ih(x_t)                  rows [r, z, -z, n] of W_ih x_t + b_ih      (linear)
     gh = hh(h)                    rows [r, z, -z, n] of W_hh h + b_hh        (linear)
@@ -11,9 +11,16 @@ Each step t, with x_t the t-th input vector and h the hidden state (8-bit, carri
     h  = (1 - z) * n + z * h                                                  (mul, mul, add)
 
 1 - z is sigmoid(-a), computed from rows of -W_z (shared with the z rows: one parameter) because the IR
-has no subtraction. The first step reads h = 0, made by a linear with zero weights on x_0: the step graph is
-the same at every t, and the hidden state never needs a constant tensor. Every sub-layer is one module with
-one output exponent for all steps (its observer sees every step), so the unrolled graph repeats one step.
+has no subtraction.
+
+LSTM, rows reordered to [i, f, o, g] so that one table covers the three sigmoid gates:
+
+    a = ih(x_t) + hh(h);  [i, f, o] = sigmoid(a[:3H]);  g = tanh(a[3H:])
+    c = f * c + i * g;    h = o * tanh(c)
+
+The first step reads h = c = 0, made by a linear with zero weights on x_0: the step graph is the same at
+every t, and no constant tensor is needed. Every sub-layer is one module with one output exponent for all
+steps (its observer sees every step), so the unrolled graph repeats one step.
 """
 
 from __future__ import annotations
@@ -32,76 +39,72 @@ from .mac import QMac
 from .mul import QMul
 
 
-def _gate_rows(w: torch.Tensor, hidden: int) -> torch.Tensor:
+def _gru_rows(w: torch.Tensor, hidden: int) -> torch.Tensor:
     """PyTorch's (r, z, n) rows -> npukit's (r, z, -z, n): the complement gate shares the z rows."""
     r, z, n = w.split(hidden)
     return torch.cat([r, z, -z, n])
 
 
-class QGateLinear(QMac):
-    """A GRU's input or hidden linear: the parameters are PyTorch's 3H rows; it computes the 4H rows."""
+def _lstm_rows(w: torch.Tensor, hidden: int) -> torch.Tensor:
+    """PyTorch's (i, f, g, o) rows -> npukit's (i, f, o, g): the sigmoid gates first."""
+    i, f, g, o = w.split(hidden)
+    return torch.cat([i, f, o, g])
 
-    def __init__(self, profile, weight, bias, hidden: int, *, w_bits, has_bias, weight_exp):
+
+_ROWS = {"gru": _gru_rows, "lstm": _lstm_rows}
+
+
+class QGateLinear(QMac):
+    """A recurrent layer's input or hidden linear: the parameters are PyTorch's rows, it computes npukit's."""
+
+    def __init__(self, profile, weight, bias, hidden: int, cell: str, *, w_bits, has_bias, weight_exp):
         super().__init__(profile, weight, bias, w_bits=w_bits, relu=False, wide=False, conv=None,
                          has_bias=has_bias, weight_exp=weight_exp)
-        self.hidden = hidden
+        self.hidden, self.cell = hidden, cell
         self.op = "linear"
 
     def mac_weight(self):
-        return _gate_rows(self.weight, self.hidden)
+        return _ROWS[self.cell](self.weight, self.hidden)
 
     def mac_bias(self):
-        return _gate_rows(self.bias, self.hidden)
+        return _ROWS[self.cell](self.bias, self.hidden)
 
 
-class QGRU(QModule):
-    """nn.GRU (one layer, zero initial state; time first when the model swaps batch and time for it), unrolled; `sequence`: the output is every step's
-    hidden state (batch, T, H), else the last one (batch, H)."""
+class QRecurrent(QModule):
+    """A one-layer recurrent module (zero initial state), unrolled; `sequence`: the output is every step's
+    hidden state (batch, T, H), else the last one (batch, H). Subclasses state one step in `_step`."""
 
-    op = "gru"
+    cell: str
+    gates: int  # rows per hidden unit in PyTorch's weights
 
-    def __init__(self, profile, gru: nn.GRU, *, w_bits: int, weight_exp, sequence: bool):
+    def __init__(self, profile, rnn: nn.RNNBase, *, w_bits: int, weight_exp, sequence: bool):
         super().__init__(profile)
-        h, f = gru.hidden_size, gru.input_size
+        h, f = rnn.hidden_size, rnn.input_size
         self.hidden, self.sequence = h, sequence
-        zeros = torch.zeros(3 * h)
-        b_ih = gru.bias_ih_l0.detach() if gru.bias else zeros
-        b_hh = gru.bias_hh_l0.detach() if gru.bias else zeros
-        kw = {"w_bits": w_bits, "has_bias": gru.bias, "weight_exp": weight_exp}
-        self.ih = QGateLinear(profile, gru.weight_ih_l0.detach(), b_ih, h, **kw)
-        self.hh = QGateLinear(profile, gru.weight_hh_l0.detach(), b_hh, h, **kw)
+        zeros = torch.zeros(self.gates * h)
+        b_ih = rnn.bias_ih_l0.detach() if rnn.bias else zeros
+        b_hh = rnn.bias_hh_l0.detach() if rnn.bias else zeros
+        kw = {"w_bits": w_bits, "has_bias": rnn.bias, "weight_exp": weight_exp}
+        self.ih = QGateLinear(profile, rnn.weight_ih_l0.detach(), b_ih, h, self.cell, **kw)
+        self.hh = QGateLinear(profile, rnn.weight_hh_l0.detach(), b_hh, h, self.cell, **kw)
         self.h0 = QMac(profile, torch.zeros(h, f), torch.zeros(h), w_bits=w_bits, relu=False, wide=False, conv=None,
                        has_bias=False)
         self.h0.weight.requires_grad_(False)  # the zero state: no training moves it
-        self.gates, self.sigmoid = QAdd(profile, False), QLut(profile, "sigmoid")
-        self.reset, self.candidate, self.tanh = QMul(profile, False), QAdd(profile, False), QLut(profile, "tanh")
-        self.keep_new, self.keep_old, self.update = QMul(profile, False), QMul(profile, False), QAdd(profile, False)
         self.stack = QConcat(profile, 0) if sequence else None
         self.trace: dict | None = None  # set by the QAT dump to receive the inner tensors
 
     def _unroll(self, x, steps: int, ops):
         """The unrolled layer, stated once for both the QAT forward and the IR (`ops`: _TorchSteps or
         _IRSteps); returns the layer's output."""
-        hid = self.hidden
         x0 = ops.row(x, 0, "t0.x")
-        h = ops.layer(self.h0, "h0", [x0], hid)
+        state = self._initial(ops.layer(self.h0, "h0", [x0], self.hidden))
         states = []
         for t in range(steps):
             xt = x0 if t == 0 else ops.row(x, t, f"t{t}.x")
-            gi, gh = ops.layer(self.ih, f"t{t}.ih", [xt], 4 * hid), ops.layer(self.hh, f"t{t}.hh", [h], 4 * hid)
-            a = ops.layer(self.gates, f"t{t}.gates", [ops.cut(gi, 0, 3 * hid, f"t{t}.gi_rz"),
-                                                      ops.cut(gh, 0, 3 * hid, f"t{t}.gh_rz")], 3 * hid)
-            s = ops.layer(self.sigmoid, f"t{t}.sigmoid", [a], 3 * hid)
-            rn = ops.layer(self.reset, f"t{t}.reset", [ops.cut(s, 0, hid, f"t{t}.r"),
-                                                       ops.cut(gh, 3 * hid, 4 * hid, f"t{t}.gh_n")], hid)
-            pre = ops.layer(self.candidate, f"t{t}.candidate", [ops.cut(gi, 3 * hid, 4 * hid, f"t{t}.gi_n"), rn], hid)
-            n = ops.layer(self.tanh, f"t{t}.tanh", [pre], hid)
-            new = ops.layer(self.keep_new, f"t{t}.keep_new", [ops.cut(s, 2 * hid, 3 * hid, f"t{t}.zc"), n], hid)
-            old = ops.layer(self.keep_old, f"t{t}.keep_old", [ops.cut(s, hid, 2 * hid, f"t{t}.z"), h], hid)
             last = t == steps - 1 and not self.sequence
-            h = ops.layer(self.update, "" if last else f"t{t}.h", [new, old], hid)  # the output takes the layer's name
-            states.append(h)
-        return ops.stack(self.stack, states) if self.sequence else h
+            state = self._step(ops, t, xt, state, "" if last else f"t{t}.h")  # the output takes the layer's name
+            states.append(state[0])
+        return ops.stack(self.stack, states) if self.sequence else states[-1]
 
     def forward(self, xs, exps):
         ops = _TorchSteps(self.trace)
@@ -110,24 +113,87 @@ class QGRU(QModule):
         return y
 
     def float_forward(self, xs):
-        x, hid = xs[0], self.hidden
-        gi_w, gh_w = self.ih.weight.to(x.dtype), self.hh.weight.to(x.dtype)
-        gi_b, gh_b = self.ih.bias.to(x.dtype), self.hh.bias.to(x.dtype)
-        h = x.new_zeros(x.shape[0], hid)
+        x = xs[0]
+        w = [(m.weight.to(x.dtype), m.bias.to(x.dtype)) for m in (self.ih, self.hh)]
+        state = (x.new_zeros(x.shape[0], self.hidden),) * 2
         states = []
         for t in range(x.shape[1]):
-            gi, gh = nn.functional.linear(x[:, t], gi_w, gi_b), nn.functional.linear(h, gh_w, gh_b)
-            r, z = torch.sigmoid(gi[:, :2 * hid] + gh[:, :2 * hid]).split(hid, 1)
-            n = torch.tanh(gi[:, 2 * hid:] + r * gh[:, 2 * hid:])
-            h = (1 - z) * n + z * h
-            states.append(h)
-        return torch.stack(states, 1) if self.sequence else h
+            gi, gh = (nn.functional.linear(v, *p) for v, p in zip((x[:, t], state[0]), w, strict=True))
+            state = self._float_step(gi, gh, state)
+            states.append(state[0])
+        return torch.stack(states, 1) if self.sequence else state[0]
 
     def to_ir(self, name, inputs, out_shape):
         """The unrolled steps as IR nodes: [(node, output spec), ...], the layer's output last."""
         ops = _IRSteps(name)
         self._unroll(inputs[0], inputs[0].shape[0], ops)
         return ops.pairs
+
+
+class QGRU(QRecurrent):
+    op = cell = "gru"
+    gates = 3
+
+    def __init__(self, profile, rnn, **kw):
+        super().__init__(profile, rnn, **kw)
+        self.gate_sum, self.sigmoid = QAdd(profile, False), QLut(profile, "sigmoid")
+        self.reset, self.candidate, self.tanh = QMul(profile, False), QAdd(profile, False), QLut(profile, "tanh")
+        self.keep_new, self.keep_old, self.update = QMul(profile, False), QMul(profile, False), QAdd(profile, False)
+
+    def _initial(self, zero):
+        return (zero,)
+
+    def _step(self, ops, t, xt, state, out_tag):
+        hid, (h,) = self.hidden, state
+        gi, gh = ops.layer(self.ih, f"t{t}.ih", [xt], 4 * hid), ops.layer(self.hh, f"t{t}.hh", [h], 4 * hid)
+        a = ops.layer(self.gate_sum, f"t{t}.gates", [ops.cut(gi, 0, 3 * hid, f"t{t}.gi_rz"),
+                                                     ops.cut(gh, 0, 3 * hid, f"t{t}.gh_rz")], 3 * hid)
+        s = ops.layer(self.sigmoid, f"t{t}.sigmoid", [a], 3 * hid)
+        rn = ops.layer(self.reset, f"t{t}.reset", [ops.cut(s, 0, hid, f"t{t}.r"),
+                                                   ops.cut(gh, 3 * hid, 4 * hid, f"t{t}.gh_n")], hid)
+        pre = ops.layer(self.candidate, f"t{t}.candidate", [ops.cut(gi, 3 * hid, 4 * hid, f"t{t}.gi_n"), rn], hid)
+        n = ops.layer(self.tanh, f"t{t}.tanh", [pre], hid)
+        new = ops.layer(self.keep_new, f"t{t}.keep_new", [ops.cut(s, 2 * hid, 3 * hid, f"t{t}.zc"), n], hid)
+        old = ops.layer(self.keep_old, f"t{t}.keep_old", [ops.cut(s, hid, 2 * hid, f"t{t}.z"), h], hid)
+        return (ops.layer(self.update, out_tag, [new, old], hid),)
+
+    def _float_step(self, gi, gh, state):
+        hid = self.hidden
+        r, z = torch.sigmoid(gi[:, :2 * hid] + gh[:, :2 * hid]).split(hid, 1)
+        n = torch.tanh(gi[:, 2 * hid:] + r * gh[:, 2 * hid:])
+        return ((1 - z) * n + z * state[0],)
+
+
+class QLSTM(QRecurrent):
+    op = cell = "lstm"
+    gates = 4
+
+    def __init__(self, profile, rnn, **kw):
+        super().__init__(profile, rnn, **kw)
+        self.gate_sum, self.sigmoid, self.tanh = QAdd(profile, False), QLut(profile, "sigmoid"), QLut(profile, "tanh")
+        self.forget, self.admit, self.cell_sum = QMul(profile, False), QMul(profile, False), QAdd(profile, False)
+        self.cell_tanh, self.emit = QLut(profile, "tanh"), QMul(profile, False)
+
+    def _initial(self, zero):
+        return (zero, zero)
+
+    def _step(self, ops, t, xt, state, out_tag):
+        hid, (h, c) = self.hidden, state
+        gi, gh = ops.layer(self.ih, f"t{t}.ih", [xt], 4 * hid), ops.layer(self.hh, f"t{t}.hh", [h], 4 * hid)
+        a = ops.layer(self.gate_sum, f"t{t}.gates", [gi, gh], 4 * hid)
+        s = ops.layer(self.sigmoid, f"t{t}.sigmoid", [ops.cut(a, 0, 3 * hid, f"t{t}.a_ifo")], 3 * hid)
+        g = ops.layer(self.tanh, f"t{t}.tanh", [ops.cut(a, 3 * hid, 4 * hid, f"t{t}.a_g")], hid)
+        kept = ops.layer(self.forget, f"t{t}.forget", [ops.cut(s, hid, 2 * hid, f"t{t}.f"), c], hid)
+        new = ops.layer(self.admit, f"t{t}.admit", [ops.cut(s, 0, hid, f"t{t}.i"), g], hid)
+        c = ops.layer(self.cell_sum, f"t{t}.c", [kept, new], hid)
+        tc = ops.layer(self.cell_tanh, f"t{t}.tanh_c", [c], hid)
+        h = ops.layer(self.emit, out_tag, [ops.cut(s, 2 * hid, 3 * hid, f"t{t}.o"), tc], hid)
+        return (h, c)
+
+    def _float_step(self, gi, gh, state):
+        i, f, g, o = (gi + gh).split(self.hidden, 1)
+        c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
+        return (torch.sigmoid(o) * torch.tanh(c), c)
 
 
 class _TorchSteps:
@@ -233,67 +299,87 @@ def _is_time_swap(node) -> bool:
     return False
 
 
-def feeds_time_first_gru(node, ctx) -> bool:
-    """A time swap whose only reader is a GRU with batch_first=False: the GRU's capture absorbs it."""
+def feeds_time_first_rnn(node, ctx) -> bool:
+    """A time swap whose only reader is a GRU or LSTM with batch_first=False: the layer's capture absorbs it."""
     users = list(node.users)
-    return (_is_time_swap(node) and len(users) == 1 and isinstance(ctx.module(users[0]), nn.GRU)
+    return (_is_time_swap(node) and len(users) == 1 and isinstance(ctx.module(users[0]), tuple(_MODULES))
             and not ctx.module(users[0]).batch_first)
 
 
-class GRUCapture(ModuleCapture, OpCapture):
-    op = "gru"
-    modules = (nn.GRU,)
+_MODULES = {nn.GRU: QGRU, nn.LSTM: QLSTM}
+
+
+class RecurrentCapture(ModuleCapture, OpCapture):
+    op = "recurrent"
+    modules = tuple(_MODULES)
 
     def capture(self, node, ctx):
-        gru = ctx.module(node)
-        if gru.num_layers != 1 or gru.bidirectional:
-            raise UnsupportedError(f"a GRU with {gru.num_layers} layer(s){', bidirectional' if gru.bidirectional else ''}",
-                                   "stack single-layer, one-directional nn.GRU modules instead")
+        rnn = ctx.module(node)
+        kind = type(rnn).__name__
+        if rnn.num_layers != 1 or rnn.bidirectional:
+            raise UnsupportedError(f"a {kind} with {rnn.num_layers} layer(s)"
+                                   f"{', bidirectional' if rnn.bidirectional else ''}",
+                                   f"stack single-layer, one-directional nn.{kind} modules instead")
+        if getattr(rnn, "proj_size", 0):
+            raise UnsupportedError(f"an LSTM with proj_size={rnn.proj_size}", "use proj_size=0")
         if len(node.args) > 1 or node.kwargs:
-            raise UnsupportedError("an initial hidden state passed to the GRU", "start from zeros (call gru(x))")
+            raise UnsupportedError(f"an initial state passed to the {kind}", "start from zeros (call it on x alone)")
         source = node.args[0]
-        if not gru.batch_first:  # the model swapped batch and time just before: read the batch-first tensor
+        if not rnn.batch_first:  # the model swapped batch and time just before: read the batch-first tensor
             if not _is_time_swap(source):
-                raise UnsupportedError("a GRU with batch_first=False fed a tensor whose first dimension is not "
+                raise UnsupportedError(f"a {kind} with batch_first=False fed a tensor whose first dimension is not "
                                        "the batch", "feed it x.transpose(0, 1) of a (batch, time, features) "
                                        "input, or build it with batch_first=True")
             source = source.args[0]
         shape = ctx.shape(source)
         if len(shape) != 3:
-            raise UnsupportedError(f"a GRU input of shape {shape}", "feed (batch, time, features)")
-        sequence, last, absorbed, aliases = self._use(node, shape[1], gru.batch_first)
-        if sequence and not gru.batch_first:
-            raise UnsupportedError("the whole output sequence of a time-first GRU (time, batch, hidden)",
+            raise UnsupportedError(f"a {kind} input of shape {shape}", "feed (batch, time, features)")
+        sequence, last, absorbed, aliases = _use(node, kind, shape[1], rnn.batch_first)
+        if sequence and not rnn.batch_first:
+            raise UnsupportedError(f"the whole output sequence of a time-first {kind} (time, batch, hidden)",
                                    "read the last state (h_n[-1] or out[-1]), or use batch_first=True")
         if ctx.profile.activation_bits > 8:
-            raise UnsupportedError("a GRU needs 8-bit activations (its gates are tables)", "")
-        module = QGRU(ctx.profile, gru, w_bits=ctx.weight_bits_for(node_name(node)), weight_exp=ctx.weight_exp,
-                      sequence=sequence)
+            raise UnsupportedError(f"a {kind} needs 8-bit activations (its gates are tables)", "")
+        module = _MODULES[type(rnn)](ctx.profile, rnn, w_bits=ctx.weight_bits_for(node_name(node)),
+                                     weight_exp=ctx.weight_exp, sequence=sequence)
         return Captured(module, node_name(node), [source], last, absorbed, aliases)
 
-    @staticmethod
-    def _use(node, steps, batch_first):
-        """How the model reads the GRU: (whole sequence?, the traced node its value stands for, the nodes it
-        absorbs, those of them that are the same value)."""
-        last_steps, sequences, absorbed = [], [], []
-        for item in node.users:  # out, h_n = gru(x): one getitem each, used or not
-            if not _is_getitem(item) or item.args[1] not in (0, 1):
-                raise UnsupportedError("the GRU's result used other than as `out, h_n = gru(x)`",
-                                       "unpack it: out, h_n = self.gru(x)")
-            absorbed.append(item)
-            for user in item.users:
-                if _last_step_of(user, item.args[1], steps, batch_first):
-                    last_steps.append(user)
-                elif item.args[1] == 0:
-                    sequences.append(item)
-                else:
-                    raise UnsupportedError("the GRU's h_n used other than as h_n[-1], h_n[0] or h_n.squeeze(0)",
-                                           "take h_n[-1] (batch, hidden)")
-        if last_steps and sequences:
-            raise UnsupportedError("the GRU's output used in more than one way (its last state and its whole "
-                                   "sequence)", "read either the last state (h_n[-1] or out[:, -1]) or `out`")
-        if not last_steps and not sequences:
-            raise UnsupportedError("the GRU's output is not used", "remove the GRU or read h_n[-1]")
-        if sequences:
-            return True, sequences[0], absorbed, []
-        return False, last_steps[0], absorbed + last_steps, last_steps[1:]
+
+def _use(node, kind: str, steps: int, batch_first: bool):
+    """How the model reads the layer's result, `out, h_n = gru(x)` or `out, (h_n, c_n) = lstm(x)`: (whole
+    sequence?, the traced node its value stands for, the nodes it absorbs, those that are the same value)."""
+    spelled = "out, h_n = gru(x)" if kind == "GRU" else "out, (h_n, c_n) = lstm(x)"
+    items, absorbed = [], []  # (0: out or 1: h_n, its getitem node)
+    for item in node.users:  # one getitem each, used or not
+        if not _is_getitem(item) or item.args[1] not in (0, 1):
+            raise UnsupportedError(f"the {kind}'s result used other than as `{spelled}`", f"unpack it: {spelled}")
+        absorbed.append(item)
+        if kind == "LSTM" and item.args[1] == 1:  # (h_n, c_n)
+            for part in item.users:
+                if not _is_getitem(part) or part.args[1] not in (0, 1):
+                    raise UnsupportedError(f"the LSTM's state used other than as `{spelled}`", f"unpack it: {spelled}")
+                if part.args[1] == 1 and part.users:
+                    raise UnsupportedError("the LSTM's cell state c_n read by the model",
+                                           "read the hidden state h_n[-1] or out[:, -1] instead")
+                absorbed.append(part)
+                items += [(1, part)] * (part.args[1] == 0)
+        else:
+            items.append((item.args[1], item))
+    last_steps, sequences = [], []
+    for index, item in items:
+        for user in item.users:
+            if _last_step_of(user, index, steps, batch_first):
+                last_steps.append(user)
+            elif index == 0:
+                sequences.append(item)
+            else:
+                raise UnsupportedError(f"the {kind}'s h_n used other than as h_n[-1], h_n[0] or h_n.squeeze(0)",
+                                       "take h_n[-1] (batch, hidden)")
+    if last_steps and sequences:
+        raise UnsupportedError(f"the {kind}'s output used in more than one way (its last state and its whole "
+                               "sequence)", "read either the last state (h_n[-1] or out[:, -1]) or `out`")
+    if not last_steps and not sequences:
+        raise UnsupportedError(f"the {kind}'s output is not used", f"remove the {kind} or read h_n[-1]")
+    if sequences:
+        return True, sequences[0], absorbed, []
+    return False, last_steps[0], absorbed + last_steps, last_steps[1:]
