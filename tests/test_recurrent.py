@@ -169,6 +169,28 @@ def test_time_first_gru_equals_the_batch_first_one(swap, read, tmp_path):
     assert_backends_agree(q, X[:4], tmp_path)
 
 
+class ConvFront(nn.Module):
+    """A conv front end over (batch, features, time), swapped to (batch, time, features) for the GRU."""
+
+    def __init__(self, swap):
+        super().__init__()
+        self.swap, self.conv, self.gru, self.fc = swap, nn.Conv1d(5, 4, 3, padding=1), nn.GRU(4, 8, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.gru(self.swap(torch.relu(self.conv(x))))[1][-1])
+
+
+@pytest.mark.parametrize("swap", [lambda y: y.transpose(1, 2).contiguous(), lambda y: y.permute(0, 2, 1)])
+def test_a_conv_front_end_feeds_the_gru_without_a_transpose(swap, tmp_path):
+    torch.manual_seed(7)
+    xf = X.transpose(1, 2).contiguous()  # (batch, 5 features, 6 frames)
+    q = npukit.prepare(ConvFront(swap), xf, "venus")
+    graph = npukit.to_ir(q)
+    assert graph.nodes[1].op == "slice" and graph.nodes[1].attrs["axis"] == 1  # step t: column t of (C, T)
+    assert sum(n.op == "sigmoid" or n.attrs.get("fn") == "sigmoid" for n in graph.nodes) == 6
+    assert_backends_agree(q, xf[:4], tmp_path)
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"batch_first": False}, "x.transpose(0, 1)"),
     ({"batch_first": True, "num_layers": 2}, "single-layer"),

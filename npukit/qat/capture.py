@@ -31,7 +31,7 @@ from .lut import LutCapture
 from .mac import BatchNormCapture, ConvCapture, ConvTransposeCapture, LinearCapture
 from .mul import MulCapture
 from .pool import AvgPoolCapture, GlobalAvgPoolCapture, MaxPoolCapture
-from .recurrent import RecurrentCapture, feeds_time_first_rnn
+from .recurrent import RecurrentCapture, absorbed_swap
 from .relu import ReLUCapture
 from .reshape import ReshapeCapture
 from .slice import SliceCapture, is_split
@@ -331,8 +331,8 @@ def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
             continue
         elif is_split(node) and all(SLICE_CAPTURE.matches(u, ctx) for u in node.users):
             continue  # each part is captured where it is taken (parts[i]: a slice node)
-        elif feeds_time_first_rnn(node, ctx):
-            continue  # the GRU or LSTM reads the batch-first tensor before the swap
+        elif absorbed_swap(node, ctx):
+            continue  # the GRU or LSTM reads the tensor before the swap
         elif _is_passthrough(node, ctx):
             if node.args and node.args[0] in env:
                 env[node] = env[node.args[0]]

@@ -77,10 +77,11 @@ class QRecurrent(QModule):
     cell: str
     gates: int  # rows per hidden unit in PyTorch's weights
 
-    def __init__(self, profile, rnn: nn.RNNBase, *, w_bits: int, weight_exp, sequence: bool):
+    def __init__(self, profile, rnn: nn.RNNBase, *, w_bits: int, weight_exp, sequence: bool, time_axis: int = 0):
         super().__init__(profile)
         h, f = rnn.hidden_size, rnn.input_size
         self.hidden, self.sequence = h, sequence
+        self.time_axis = time_axis  # of the per-sample input: 0 (time, features), 1 (features, time)
         zeros = torch.zeros(self.gates * h)
         b_ih = rnn.bias_ih_l0.detach() if rnn.bias else zeros
         b_hh = rnn.bias_hh_l0.detach() if rnn.bias else zeros
@@ -96,11 +97,11 @@ class QRecurrent(QModule):
     def _unroll(self, x, steps: int, ops):
         """The unrolled layer, stated once for both the QAT forward and the IR (`ops`: _TorchSteps or
         _IRSteps); returns the layer's output."""
-        x0 = ops.row(x, 0, "t0.x")
+        x0 = ops.row(x, 0, "t0.x", self.time_axis)
         state = self._initial(ops.layer(self.h0, "h0", [x0], self.hidden))
         states = []
         for t in range(steps):
-            xt = x0 if t == 0 else ops.row(x, t, f"t{t}.x")
+            xt = x0 if t == 0 else ops.row(x, t, f"t{t}.x", self.time_axis)
             last = t == steps - 1 and not self.sequence
             state = self._step(ops, t, xt, state, "" if last else f"t{t}.h")  # the output takes the layer's name
             states.append(state[0])
@@ -108,12 +109,12 @@ class QRecurrent(QModule):
 
     def forward(self, xs, exps):
         ops = _TorchSteps(self.trace)
-        y, e = self._unroll((xs[0], int(exps[0])), xs[0].shape[1], ops)
+        y, e = self._unroll((xs[0], int(exps[0])), xs[0].shape[1 + self.time_axis], ops)
         self.out_exp.fill_(e)
         return y
 
     def float_forward(self, xs):
-        x = xs[0]
+        x = xs[0] if self.time_axis == 0 else xs[0].transpose(1, 2)
         w = [(m.weight.to(x.dtype), m.bias.to(x.dtype)) for m in (self.ih, self.hh)]
         state = (x.new_zeros(x.shape[0], self.hidden),) * 2
         states = []
@@ -126,7 +127,7 @@ class QRecurrent(QModule):
     def to_ir(self, name, inputs, out_shape):
         """The unrolled steps as IR nodes: [(node, output spec), ...], the layer's output last."""
         ops = _IRSteps(name)
-        self._unroll(inputs[0], inputs[0].shape[0], ops)
+        self._unroll(inputs[0], inputs[0].shape[self.time_axis], ops)
         return ops.pairs
 
 
@@ -215,9 +216,9 @@ class _TorchSteps:
     def cut(self, v, lo, hi, tag):
         return self._seen(tag, (v[0].narrow(1, lo, hi - lo), v[1]))
 
-    def row(self, x, t, tag):
-        self._seen(f"{tag}_row", (x[0][:, t : t + 1], x[1]))
-        return self._seen(tag, (x[0][:, t], x[1]))
+    def row(self, x, t, tag, axis):
+        self._seen(f"{tag}_row", (x[0].narrow(1 + axis, t, 1), x[1]))
+        return self._seen(tag, (x[0].select(1 + axis, t), x[1]))
 
     def stack(self, m, states):
         rows = [self._seen(tag, (v.unsqueeze(1), e)) for tag, (v, e) in
@@ -250,9 +251,11 @@ class _IRSteps:
     def cut(self, v, lo, hi, tag):
         return self._view("slice", v, tag, {"axis": 0, "start": lo, "stop": hi}, (hi - lo,))
 
-    def row(self, x, t, tag):
-        one = self._view("slice", x, f"{tag}_row", {"axis": 0, "start": t, "stop": t + 1}, (1, x.shape[1]))
-        return self._view("reshape", one, tag, {"shape": [x.shape[1]]}, (x.shape[1],))
+    def row(self, x, t, tag, axis):
+        feat = x.shape[1 - axis]
+        one = self._view("slice", x, f"{tag}_row", {"axis": axis, "start": t, "stop": t + 1},
+                         (1, feat) if axis == 0 else (feat, 1))
+        return self._view("reshape", one, tag, {"shape": [feat]}, (feat,))
 
     def stack(self, m, states):
         rows = [self._view("reshape", v, f"t{t}.h_row", {"shape": [1, v.shape[0]]}, (1, v.shape[0]))
@@ -287,23 +290,45 @@ def _last_step_of(user, item: int, steps: int, batch_first: bool) -> bool:
     return step in (-1, steps - 1) and all(i == slice(None) for i in rest)
 
 
-def _is_time_swap(node) -> bool:
-    """x.transpose(0, 1), torch.transpose(x, 0, 1) or x.permute(1, 0, 2): (batch, time, ...) <-> (time, batch, ...)."""
+def _swap_of(node) -> str | None:
+    """'time' for x.transpose(0, 1) / x.permute(1, 0, 2) ((batch, time, f) <-> (time, batch, f)), 'features'
+    for x.transpose(1, 2) / x.permute(0, 2, 1) ((batch, f, time) -> (batch, time, f)), else None."""
     args = tuple(node.args[1:])
     if (node.op == "call_method" and node.target == "transpose") or (node.op == "call_function"
                                                                      and node.target is torch.transpose):
-        return args in ((0, 1), (1, 0))
+        return {(0, 1): "time", (1, 0): "time", (1, 2): "features", (2, 1): "features"}.get(args)
     if node.op == "call_method" and node.target == "permute":
-        dims = args[0] if len(args) == 1 and isinstance(args[0], tuple | list) else args
-        return tuple(dims) == (1, 0, 2)
+        dims = tuple(args[0] if len(args) == 1 and isinstance(args[0], tuple | list) else args)
+        return {(1, 0, 2): "time", (0, 2, 1): "features"}.get(dims)
+    return None
+
+
+_COPIES = ("contiguous", "clone")  # value-preserving calls between a swap and the layer
+
+
+def _before_copies(node):
+    while node.op == "call_method" and node.target in _COPIES:
+        node = node.args[0]
+    return node
+
+
+def _swap_for(rnn, source) -> str | None:
+    """The swap of `source` (the layer's input, copies looked through) the layer absorbs, if any."""
+    swap = _swap_of(_before_copies(source))
+    return swap if swap == ("features" if rnn.batch_first else "time") else None
+
+
+def absorbed_swap(node, ctx) -> bool:
+    """A swap whose only reader (through copies) is a GRU or LSTM that reads its input before the swap."""
+    at = node
+    while len(at.users) == 1:
+        (user,) = at.users
+        if isinstance(ctx.module(user), tuple(_MODULES)):
+            return _swap_for(ctx.module(user), at) is not None and _before_copies(user.args[0]) is node
+        if not (user.op == "call_method" and user.target in _COPIES):
+            return False
+        at = user
     return False
-
-
-def feeds_time_first_rnn(node, ctx) -> bool:
-    """A time swap whose only reader is a GRU or LSTM with batch_first=False: the layer's capture absorbs it."""
-    users = list(node.users)
-    return (_is_time_swap(node) and len(users) == 1 and isinstance(ctx.module(users[0]), tuple(_MODULES))
-            and not ctx.module(users[0]).batch_first)
 
 
 _MODULES = {nn.GRU: QGRU, nn.LSTM: QLSTM}
@@ -324,24 +349,25 @@ class RecurrentCapture(ModuleCapture, OpCapture):
             raise UnsupportedError(f"an LSTM with proj_size={rnn.proj_size}", "use proj_size=0")
         if len(node.args) > 1 or node.kwargs:
             raise UnsupportedError(f"an initial state passed to the {kind}", "start from zeros (call it on x alone)")
-        source = node.args[0]
-        if not rnn.batch_first:  # the model swapped batch and time just before: read the batch-first tensor
-            if not _is_time_swap(source):
-                raise UnsupportedError(f"a {kind} with batch_first=False fed a tensor whose first dimension is not "
-                                       "the batch", "feed it x.transpose(0, 1) of a (batch, time, features) "
-                                       "input, or build it with batch_first=True")
-            source = source.args[0]
+        source, swap = node.args[0], _swap_for(rnn, node.args[0])
+        if not rnn.batch_first and swap is None:
+            raise UnsupportedError(f"a {kind} with batch_first=False fed a tensor whose first dimension is not "
+                                   "the batch", "feed it x.transpose(0, 1) of a (batch, time, features) "
+                                   "input, or build it with batch_first=True")
+        if swap is not None:  # the model swapped axes just before: the layer reads the tensor before the swap
+            source = _before_copies(source).args[0]
+        time_axis = 1 if swap == "features" else 0  # per sample: (features, time) after a conv front end
         shape = ctx.shape(source)
         if len(shape) != 3:
             raise UnsupportedError(f"a {kind} input of shape {shape}", "feed (batch, time, features)")
-        sequence, last, absorbed, aliases = _use(node, kind, shape[1], rnn.batch_first)
+        sequence, last, absorbed, aliases = _use(node, kind, shape[1 + time_axis], rnn.batch_first)
         if sequence and not rnn.batch_first:
             raise UnsupportedError(f"the whole output sequence of a time-first {kind} (time, batch, hidden)",
                                    "read the last state (h_n[-1] or out[-1]), or use batch_first=True")
         if ctx.profile.activation_bits > 8:
             raise UnsupportedError(f"a {kind} needs 8-bit activations (its gates are tables)", "")
         module = _MODULES[type(rnn)](ctx.profile, rnn, w_bits=ctx.weight_bits_for(node_name(node)),
-                                     weight_exp=ctx.weight_exp, sequence=sequence)
+                                     weight_exp=ctx.weight_exp, sequence=sequence, time_axis=time_axis)
         return Captured(module, node_name(node), [source], last, absorbed, aliases)
 
 
