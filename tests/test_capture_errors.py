@@ -86,25 +86,26 @@ class CaptureFailures(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv1d(2, 4, 3, padding_mode="reflect", padding=1)
-        self.pool = nn.MaxPool1d(2, ceil_mode=True)
+        self.pool = nn.MaxPool1d(3, 2, ceil_mode=True)  # 16 -> 8, a partial last window (7 in floor mode)
         self.fc = nn.Linear(8, 3)
 
     def forward(self, x):
         x = self.conv(x)  # <pmode>
         x = self.pool(x)  # <pool>
-        x = torch.exp(x)  # <exp>
+        x = torch.log(x)  # <log>
         return self.fc(x)  # <fc3d>
 
 
 def test_capture_failures_reported_together():
     problems = _problems(CaptureFailures(), torch.randn(4, 2, 16))
     rules = {p.where: p for p in problems}
-    assert set(rules) == {"conv", "pool", "exp", "fc"}, problems
+    assert set(rules) == {"conv", "pool", "log", "fc"}, problems
     assert rules["conv"].rule == "conv-unsupported" and "padding_mode" in rules["conv"].message
     assert rules["pool"].rule == "maxpool-unsupported" and "ceil_mode" in rules["pool"].message
-    assert rules["exp"].rule == "unsupported-op"
+    assert "(8,) instead of (7,)" in rules["pool"].message
+    assert rules["log"].rule == "unsupported-op"
     assert rules["fc"].rule == "linear-unsupported" and "flatten" in rules["fc"].fix
-    for where, marker in (("conv", "pmode"), ("pool", "pool"), ("exp", "exp"), ("fc", "fc3d")):
+    for where, marker in (("conv", "pmode"), ("pool", "pool"), ("log", "log"), ("fc", "fc3d")):
         assert rules[where].source == f"{HERE}:{_line_of(marker)}"
 
 

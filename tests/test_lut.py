@@ -49,7 +49,7 @@ def test_every_backend_computes_the_same_table(act, tmp_path):
 @pytest.mark.parametrize("fn, spelled", [
     ("sigmoid", torch.sigmoid), ("tanh", torch.tanh), ("silu", F.silu), ("hardswish", F.hardswish),
     ("leaky_relu:0.3", lambda y: F.leaky_relu(y, 0.3)), ("gelu_tanh", lambda y: F.gelu(y, approximate="tanh")),
-    ("sigmoid", lambda y: y.sigmoid()),
+    ("sigmoid", lambda y: y.sigmoid()), ("exp", torch.exp), ("exp", lambda y: y.exp()),
 ])
 def test_functional_spellings(fn, spelled):
     q = npukit.prepare(Gate(None, spelled), X, "cortex-m4")
@@ -95,3 +95,14 @@ def test_validate_refuses_a_wrong_table(tmp_path):
     lut.params["table"] = lut.params["table"][:100]
     with pytest.raises(NpukitError, match="table has shape"):
         g.validate()
+
+
+def test_exp_table_through_every_backend(tmp_path):
+    """exp (a softmax numerator) grows fast: its table saturates at the grid's top, the same in every backend."""
+    torch.manual_seed(0)
+    q = npukit.prepare(Gate(None, torch.exp), X, "cortex-m4")
+    assert_backends_agree(q, X, tmp_path)
+    t = next(n for n in npukit.to_ir(q).nodes if n.op == "lut").params["table"]
+    assert np.all(np.diff(t.astype(int)) >= 0) and t.min() >= 0  # monotone, never negative
+    assert npukit.check(Gate(None, torch.exp), X, target="venus").problems[0].rule == "lut.function"
+

@@ -38,6 +38,7 @@ FUNCTIONS = {
     "gelu_tanh": lambda x, a: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))),
     "elu": lambda x, a: np.where(x > 0, x, (1.0 if a is None else a) * np.expm1(np.minimum(x, 0.0))),
     "leaky_relu": lambda x, a: np.where(x >= 0, x, (0.01 if a is None else a) * x),
+    "exp": lambda x, a: np.exp(np.minimum(x, 80.0)),  # the numerator of a softmax; saturates on the grid anyway
 }
 
 

@@ -25,6 +25,7 @@ _TORCH = {
     "gelu_tanh": lambda x, a: F.gelu(x, approximate="tanh"),
     "elu": lambda x, a: F.elu(x, 1.0 if a is None else a),
     "leaky_relu": lambda x, a: F.leaky_relu(x, 0.01 if a is None else a),
+    "exp": lambda x, a: torch.exp(x),
 }
 
 
@@ -66,8 +67,8 @@ _MODULES = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Hardsigmoid: "hardsigmoid
             nn.SiLU: "silu"}
 _FUNCTIONS = {torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh",
               F.hardsigmoid: "hardsigmoid", F.hardswish: "hardswish", F.silu: "silu", F.gelu: "gelu",
-              F.elu: "elu", F.leaky_relu: "leaky_relu"}
-_METHODS = {"sigmoid": "sigmoid", "tanh": "tanh"}
+              F.elu: "elu", F.leaky_relu: "leaky_relu", torch.exp: "exp"}
+_METHODS = {"sigmoid": "sigmoid", "tanh": "tanh", "exp": "exp"}
 
 
 def _fn_of(node, ctx) -> str | None:

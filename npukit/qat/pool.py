@@ -45,9 +45,15 @@ def _window_args(node, ctx, kind: str) -> dict:
     k = _tuple(k, ndim)
     s = _tuple(s, ndim) if s not in (None, [], ()) else k
     p = _tuple(p, ndim)
-    if ceil or any(d != 1 for d in _tuple(dil, ndim)):
-        raise UnsupportedError(f"{kind} pooling supports dilation=1 and ceil_mode=False only",
-                               "size the input so the windows fit (pad with the conv before it)")
+    if any(d != 1 for d in _tuple(dil, ndim)):
+        raise UnsupportedError(f"{kind} pooling supports dilation=1 only", "use dilation=1")
+    if ceil:  # the same windows as floor mode unless the last one would start past the input: then fine
+        size = ctx.shape(node.args[0])[2:]
+        floor = tuple((n + 2 * pi - ki) // si + 1 for n, pi, ki, si in zip(size, p, k, s, strict=True))
+        if floor != tuple(ctx.shape(node)[2:]):
+            raise UnsupportedError(f"{kind} pooling with ceil_mode=True adds a partial window here (output "
+                                   f"{tuple(ctx.shape(node)[2:])} instead of {floor})",
+                                   "use ceil_mode=False, or size the input so the windows fit")
     if kind == "average" and any(p) and not include_pad:
         raise UnsupportedError("average pooling with padding and count_include_pad=False divides each window by "
                                "a different count", "use count_include_pad=True (the default)")
