@@ -256,7 +256,29 @@ def rule_problems(qmodel: fx.GraphModule, profile: TargetProfile) -> list[Proble
     from .convert import to_ir
 
     sources = {name: m.source for name, m in qmodel.named_modules() if getattr(m, "source", "")}
-    return check_graph(to_ir(qmodel), profile, sources=sources)
+    return check_graph(to_ir(qmodel), profile, sources=sources) + _clamp_problems(qmodel)
+
+
+def _clamp_problems(qmodel: fx.GraphModule) -> list[Problem]:
+    """A fused ReLU6 / Hardtanh / clamp whose real bounds miss the layer's output grid saturates at the grid
+    point inside them: a warning naming the nearest bounds on the grid (exact in every backend either way)."""
+    import math
+
+    from .mac import QMac
+
+    out = []
+    for name, m in qmodel.named_modules():
+        if not isinstance(m, QMac) or m.clamp is None or m.wide:
+            continue
+        e = int(m.out_exp)
+        off = [b for b in m.clamp if math.isfinite(b) and b * 2.0**e != round(b * 2.0**e)]
+        if off:
+            grid = ", ".join(f"{b:g} -> {math.floor(b * 2.0**e) * 2.0**-e:g} or {math.ceil(b * 2.0**e) * 2.0**-e:g}"
+                             for b in off)
+            out.append(Problem(name, "clamp.inexact", f"clamp bounds {list(m.clamp)} are not on the output grid "
+                               f"(steps of 2^-{e}): the layer saturates at the grid point inside them",
+                               f"use bounds on the grid ({grid}), or powers of two", m.source, "warning"))
+    return out
 
 
 def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, weight_bits: int | None = None,

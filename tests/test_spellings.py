@@ -1,5 +1,5 @@
-"""Pooling spellings: ceil_mode where it adds no partial window is the floor-mode pooling; where it adds one,
-a named problem."""
+"""Spellings: ceil_mode pooling where it adds no partial window is the floor-mode pooling (where it adds one,
+a named problem); a clamp off the output grid is a named warning."""
 
 from __future__ import annotations
 
@@ -33,3 +33,25 @@ def test_ceil_mode_pooling_where_it_adds_no_window(pool, size, accepted, tmp_pat
     else:
         with pytest.raises(npukit.ProblemsError, match="partial window"):
             npukit.prepare(Net(), x, "cortex-m4")
+
+
+class Clamped(nn.Module):
+    def __init__(self, act):
+        super().__init__()
+        self.c, self.act, self.fc = nn.Conv1d(1, 4, 3), act, nn.Linear(24, 2)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.act(self.c(x)), 1))
+
+
+def test_clamp_bounds_off_the_grid_are_a_named_warning(tmp_path):
+    x = torch.randn(8, 1, 8)
+    with pytest.warns(UserWarning, match=r"clamp\.inexact") as seen:
+        q = npukit.prepare(Clamped(nn.Hardtanh(-1.0, 0.3)), x, "cortex-m4")
+    assert "0.3 -> " in str(seen[0].message)  # the nearest bounds on the grid, both ways
+    assert_backends_agree(q, x, tmp_path)  # exact either way: the saturation is on the grid
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        npukit.prepare(Clamped(nn.ReLU6()), x, "cortex-m4")  # 6 = 3 * 2: on any grid that holds it
