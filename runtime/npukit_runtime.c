@@ -844,6 +844,7 @@ static const aspec_t RESHAPE_ATTRS[] = {{"shape", A_LIST, 1}};
 static const aspec_t LUT_ATTRS[] = {{"fn", A_STR, NO_MIN}};
 static const aspec_t UPSAMPLE_ATTRS[] = {{"scale", A_LIST, 1}};
 static const aspec_t SLICE_ATTRS[] = {{"axis", A_INT, 0}, {"start", A_INT, 0}, {"stop", A_INT, 1}};
+static const aspec_t PAD_ATTRS[] = {{"pads", A_LIST, 0}, {"value", A_INT, NO_MIN}};
 
 #define N_OF(a) ((uint8_t)(sizeof(a) / sizeof((a)[0])))
 
@@ -870,6 +871,7 @@ static const opdef_t OPS[] = {
     {"mul", NPUKIT_OP_MUL, 2, 2, ADD_ATTRS, NULL, N_OF(ADD_ATTRS), 0, 0, 0},
     {"upsample", NPUKIT_OP_UPSAMPLE, 1, 1, UPSAMPLE_ATTRS, NULL, N_OF(UPSAMPLE_ATTRS), 0, 0, 1},
     {"slice", NPUKIT_OP_SLICE, 1, 1, SLICE_ATTRS, NULL, N_OF(SLICE_ATTRS), 0, 0, 1},
+    {"pad", NPUKIT_OP_PAD, 1, 1, PAD_ATTRS, NULL, N_OF(PAD_ATTRS), 0, 0, 1},
 };
 
 static const opdef_t *op_def(const ctx_t *x, uint32_t name)
@@ -1182,6 +1184,22 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         }
         return NPUKIT_OK;
     }
+    case NPUKIT_OP_PAD: { /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
+        const uint32_t rank = t_rank(x, in);
+        find_attr(x, v, "pads", &a);
+        if ((rank != 2 && rank != 3) || a.count != 2 * (rank - 1) || t_rank(x, out) != rank ||
+            t_dim(x, out, 0) != t_dim(x, in, 0)) {
+            return NPUKIT_E_GRAPH;
+        }
+        for (k = 1; k < rank; k++) { /* pads >= 0 (the schema); compared in 64 bits, no overflow */
+            const uint64_t grown = (uint64_t)t_dim(x, in, k) + (uint64_t)attr_int(x, &a, k - 1) +
+                                   (uint64_t)attr_int(x, &a, k - 1 + rank - 1);
+            if (grown != t_dim(x, out, k)) {
+                return NPUKIT_E_GRAPH;
+            }
+        }
+        return NPUKIT_OK;
+    }
     case NPUKIT_OP_UPSAMPLE: { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
         const uint32_t rank = t_rank(x, in);
         find_attr(x, v, "scale", &a);
@@ -1239,6 +1257,13 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     if ((def->kind == NPUKIT_OP_ADD || def->kind == NPUKIT_OP_CONCAT || def->kind == NPUKIT_OP_MUL) && out->bits > 16) {
         return NPUKIT_E_GRAPH; /* element-wise ops write activations, never accumulators */
+    }
+    if (def->kind == NPUKIT_OP_PAD) { /* Pad.tensor_problems: the value padded in is one of the input's */
+        attr_t a;
+        find_attr(x, v, "value", &a);
+        if (attr_int(x, &a, 0) > int_max(in->bits) || attr_int(x, &a, 0) < -int_max(in->bits) - 1) {
+            return NPUKIT_E_GRAPH;
+        }
     }
     if (def->kind == NPUKIT_OP_LUT) { /* Lut.tensor_problems: one entry per input integer, in the output's range */
         param_t t;
@@ -1628,6 +1653,20 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.slice.part_inner = (int32_t)(T[op->out].elems / outer);
         return NPUKIT_OK;
     }
+    case NPUKIT_OP_PAD: {
+        const uint32_t rank = t_rank(x, op->in[0]);
+        find_attr(x, &v, "pads", &a);
+        op->p.pad.c = (int32_t)t_dim(x, op->in[0], 0);
+        op->p.pad.h = rank == 3 ? (int32_t)t_dim(x, op->in[0], 1) : 1;
+        op->p.pad.w = (int32_t)t_dim(x, op->in[0], rank - 1);
+        op->p.pad.top = rank == 3 ? (int32_t)attr_int(x, &a, 0) : 0;
+        op->p.pad.bottom = rank == 3 ? (int32_t)attr_int(x, &a, 2) : 0;
+        op->p.pad.left = (int32_t)attr_int(x, &a, rank - 2);
+        op->p.pad.right = (int32_t)attr_int(x, &a, 2 * (rank - 1) - 1);
+        find_attr(x, &v, "value", &a);
+        op->p.pad.value = (int32_t)attr_int(x, &a, 0);
+        return NPUKIT_OK;
+    }
     case NPUKIT_OP_UPSAMPLE: {
         const uint32_t rank = t_rank(x, op->in[0]);
         find_attr(x, &v, "scale", &a);
@@ -1888,6 +1927,10 @@ int npukit_invoke_traced(const npukit_model_t *m, void *arena, size_t arena_len,
             break;
         case NPUKIT_OP_SLICE:
             nk_slice(op->p.slice.outer, op->p.slice.in_inner, op->p.slice.offset, op->p.slice.part_inner, x0, y8);
+            break;
+        case NPUKIT_OP_PAD:
+            nk_pad(op->p.pad.c, op->p.pad.h, op->p.pad.w, op->p.pad.top, op->p.pad.bottom, op->p.pad.left,
+                   op->p.pad.right, op->p.pad.value, x0, y8);
             break;
         case NPUKIT_OP_UPSAMPLE:
             nk_upsample(op->p.upsample.c, op->p.upsample.h, op->p.upsample.w, op->p.upsample.sh, op->p.upsample.sw,

@@ -86,7 +86,7 @@ typedef struct {
 enum {
     NPUKIT_OP_CONV = 1, NPUKIT_OP_LINEAR, NPUKIT_OP_MAXPOOL, NPUKIT_OP_AVGPOOL, NPUKIT_OP_GLOBAL_AVGPOOL,
     NPUKIT_OP_ADD, NPUKIT_OP_CONCAT, NPUKIT_OP_RELU, NPUKIT_OP_RESHAPE, NPUKIT_OP_LUT,
-    NPUKIT_OP_MUL, NPUKIT_OP_UPSAMPLE, NPUKIT_OP_SLICE, NPUKIT_OP_CONV_TRANSPOSE
+    NPUKIT_OP_MUL, NPUKIT_OP_UPSAMPLE, NPUKIT_OP_SLICE, NPUKIT_OP_CONV_TRANSPOSE, NPUKIT_OP_PAD
 };
 
 typedef struct {
@@ -109,6 +109,7 @@ typedef struct {
         struct { int32_t outer, inner, shift, act_min, act_max; nk_rounding rounding; } mul;
         struct { int32_t c, h, w, sh, sw; } upsample;
         struct { int32_t outer, in_inner, offset, part_inner; } slice;
+        struct { int32_t c, h, w, top, bottom, left, right, value; } pad;
     } p;
 } npukit_op_t;
 

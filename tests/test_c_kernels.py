@@ -40,7 +40,7 @@ from npukit.ops import get_op
 from npukit.schemes import get_scheme
 
 RUNTIME = Path(npukit.__file__).parent / "codegen" / "runtime"
-KERNEL_FILES = ["nk_conv_transpose.c", "nk_slice.c", "nk_upsample.c", "nk_mul.c", "nk_lut.c", "nk_arith.c", "nk_conv.c", "nk_linear.c", "nk_maxpool.c", "nk_avgpool.c", "nk_global_avgpool.c",
+KERNEL_FILES = ["nk_pad.c", "nk_conv_transpose.c", "nk_slice.c", "nk_upsample.c", "nk_mul.c", "nk_lut.c", "nk_arith.c", "nk_conv.c", "nk_linear.c", "nk_maxpool.c", "nk_avgpool.c", "nk_global_avgpool.c",
                 "nk_add.c", "nk_concat_part.c", "nk_relu.c"]
 WARN = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 

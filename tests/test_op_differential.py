@@ -1,5 +1,5 @@
 """Random graphs of the newer ops (padding='same', saturations, tables, gates, upsampling, split, transposed
-conv, standalone BatchNorm, padded pooling, GRU/LSTM) under every rounding mode: QAT eval, the engine,
+conv, standalone BatchNorm, padded and ceil_mode pooling, one-sided padding, GRU/LSTM) under every rounding mode: QAT eval, the engine,
 onnxruntime, model.bin run in its planned arena and the C runtime agree on every tensor, and the generated C
 on a few of them."""
 
@@ -23,7 +23,8 @@ torch.set_num_threads(1)
 FUNCTIONS = [nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, lambda: nn.LeakyReLU(0.1),
              lambda: nn.ELU(0.5)]
 SATURATIONS = [nn.ReLU6, lambda: nn.Hardtanh(-1.0, 1.0), lambda: nn.Hardtanh(-0.5, 2.0)]
-KINDS = ["same", "saturate", "table", "gate", "upsample", "split", "transpose", "batchnorm", "maxpool", "avgpool"]
+KINDS = ["same", "saturate", "table", "gate", "upsample", "split", "transpose", "batchnorm", "maxpool", "avgpool",
+         "pad", "even", "ceil"]
 
 
 class Block(nn.Module):
@@ -36,6 +37,12 @@ class Block(nn.Module):
         bn = nn.BatchNorm1d if ndim == 1 else nn.BatchNorm2d
         if kind == "same":
             self.conv = conv(c, c, draw["k"] | 1, padding="same", dilation=draw["dil"])
+        elif kind == "even":  # one-sided 'same' padding: a pad node before the conv
+            self.conv = conv(c, c, 2 * draw["k"], padding="same")
+        elif kind == "pad":
+            self.pads = [draw["i"] % 3, draw["k"] - 1] * ndim
+        elif kind == "ceil":  # a partial last window: a pad node of the type's minimum before the pool
+            self.pool = (nn.MaxPool1d if ndim == 1 else nn.MaxPool2d)(2, 2, ceil_mode=True)
         elif kind == "saturate":
             self.conv, self.bn, self.act = conv(c, c, 3, padding=1), bn(c), SATURATIONS[draw["i"] % len(SATURATIONS)]()
         elif kind == "table":
@@ -51,7 +58,7 @@ class Block(nn.Module):
             self.conv = tconv(c, c, draw["k"] + 1, stride=2, padding=draw["k"] // 2)
         elif kind == "batchnorm":
             self.bn = bn(c)
-        else:
+        elif kind != "ceil":
             pool = {("maxpool", 1): nn.MaxPool1d, ("maxpool", 2): nn.MaxPool2d,
                     ("avgpool", 1): nn.AvgPool1d, ("avgpool", 2): nn.AvgPool2d}[(kind, ndim)]
             self.pool = pool(3, 1, 1)
@@ -64,8 +71,10 @@ class Block(nn.Module):
 
     def forward(self, x):
         k = self.kind
-        if k in ("same", "transpose"):
+        if k in ("same", "transpose", "even"):
             return self.conv(x)
+        if k == "pad":
+            return F.pad(x, self.pads)
         if k == "saturate":
             return self.act(self.bn(self.conv(x)))
         if k == "table":

@@ -14,6 +14,7 @@ from .conv_transpose import ConvTranspose
 from .lut import Lut
 from .mac import Conv, Linear
 from .mul import Mul
+from .pad import Pad
 from .pool import AvgPool, GlobalAvgPool, MaxPool
 from .relu import ReLU
 from .reshape import Reshape
@@ -21,7 +22,7 @@ from .slice import Slice
 from .upsample import Upsample
 
 OPS: tuple[OpDef, ...] = (Conv(), Linear(), MaxPool(), AvgPool(), GlobalAvgPool(), Add(), Concat(), ReLU(), Reshape(),
-                          Lut(), Mul(), Upsample(), Slice(), ConvTranspose())
+                          Lut(), Mul(), Upsample(), Slice(), ConvTranspose(), Pad())
 _BY_NAME = {op.name: op for op in OPS}
 
 

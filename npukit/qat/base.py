@@ -22,6 +22,7 @@ class Captured:
     last: fx.Node  # the traced node whose value its output replaces
     absorbed: list[fx.Node] = field(default_factory=list)  # fused nodes (BN, ReLU) after the first
     aliases: list[fx.Node] = field(default_factory=list)  # absorbed nodes whose value is also the output's
+    before: list[tuple[str, QModule]] = field(default_factory=list)  # (name, module) applied to the first input
 
 
 class ModuleCapture:

@@ -30,6 +30,7 @@ from .input import QInput
 from .lut import LutCapture
 from .mac import BatchNormCapture, ConvCapture, ConvTransposeCapture, LinearCapture
 from .mul import MulCapture
+from .pad import PadCapture
 from .pool import AvgPoolCapture, GlobalAvgPoolCapture, MaxPoolCapture
 from .recurrent import RecurrentCapture, absorbed_swap
 from .relu import ReLUCapture
@@ -44,7 +45,7 @@ SLICE_CAPTURE = SliceCapture()
 CAPTURES: tuple[OpCapture, ...] = (ConvCapture(), ConvTransposeCapture(), LinearCapture(), BatchNormCapture(), MaxPoolCapture(), AvgPoolCapture(),
                                    GlobalAvgPoolCapture(), AddCapture(), ConcatCapture(), ReLUCapture(),
                                    ReshapeCapture(), LutCapture(), MulCapture(),
-                                   UpsampleCapture(), SLICE_CAPTURE, RecurrentCapture())
+                                   UpsampleCapture(), SLICE_CAPTURE, RecurrentCapture(), PadCapture())
 
 _PASSTHROUGH_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity)
 _PASSTHROUGH_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, torch.Tensor.contiguous)
@@ -387,6 +388,10 @@ def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
             root[cap.name] = cap.module
             values = [env[i][0] for i in cap.inputs]
             exps = [env[i][1] for i in cap.inputs]
+            for name, module in cap.before:  # e.g. the one-sided padding of an even 'same' conv (keeps exponents)
+                module.source = cap.module.source
+                root[name] = module
+                values[0] = qgraph.call_module(name, ([values[0]], [exps[0]]))
             new = qgraph.call_module(cap.name, (values, exps))
             exp_node = exps[0] if cap.module.keeps_exp else _exp_getter(qgraph, root, cap.name)
             env[cap.last] = (new, exp_node)

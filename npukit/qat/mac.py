@@ -15,6 +15,7 @@ from ..errors import UnsupportedError
 from ..ir import Node, TensorSpec
 from .base import Captured, ModuleCapture, OpCapture, node_name
 from .fakequant import ObservedQModule, exact_carrier, mse_exponent, quant_ste, requant_ste
+from .pad import QPad
 
 MSE_FINER_WEIGHTS = 3  # weight exponents above the max-fitting one that weight_exp="mse" tries
 
@@ -213,10 +214,11 @@ class ConvCapture(ModuleCapture, OpCapture):
             padding = (0,) * len(conv.kernel_size)
         elif padding == "same":  # stride 1 (torch's rule): symmetric when every (k - 1) * dilation is even
             spans = [(k - 1) * d for k, d in zip(conv.kernel_size, conv.dilation, strict=True)]
-            if any(s % 2 for s in spans):
-                raise UnsupportedError(f"padding='same' with kernel {tuple(conv.kernel_size)} pads unevenly "
-                                       "(more on one side), which the integer kernels do not do",
-                                       "use an odd kernel, or give the padding as numbers")
+            if any(s % 2 for s in spans):  # torch pads the odd one at the end: a pad node before the conv
+                cap = _capture_mac(node, ctx, conv, _geometry(conv, (0,) * len(spans)))
+                pads = [s // 2 for s in spans] + [s - s // 2 for s in spans]
+                cap.before.append((f"{cap.name}_pad", QPad(ctx.profile, pads)))
+                return cap
             padding = tuple(s // 2 for s in spans)
         return _capture_mac(node, ctx, conv, _geometry(conv, padding))
 

@@ -13,6 +13,7 @@ from ..errors import UnsupportedError
 from ..ir import Node
 from .base import Captured, OpCapture, node_name
 from .fakequant import QModule, ste
+from .pad import QPad
 
 _MAX_FUNCS = {"max_pool1d", "max_pool2d", "_max_pool1d", "_max_pool2d"}
 _AVG_FUNCS = {"avg_pool1d", "avg_pool2d"}
@@ -47,17 +48,20 @@ def _window_args(node, ctx, kind: str) -> dict:
     p = _tuple(p, ndim)
     if any(d != 1 for d in _tuple(dil, ndim)):
         raise UnsupportedError(f"{kind} pooling supports dilation=1 only", "use dilation=1")
-    if ceil:  # the same windows as floor mode unless the last one would start past the input: then fine
-        size = ctx.shape(node.args[0])[2:]
+    extra = [0] * ndim  # ceil_mode's partial last windows, as padding at the end (max pooling)
+    if ceil:  # the same windows as floor mode unless a partial last one is added
+        size, out = ctx.shape(node.args[0])[2:], tuple(ctx.shape(node)[2:])
         floor = tuple((n + 2 * pi - ki) // si + 1 for n, pi, ki, si in zip(size, p, k, s, strict=True))
-        if floor != tuple(ctx.shape(node)[2:]):
+        extra = [(o - 1) * si + ki - (n + 2 * pi) if o != f else 0
+                 for o, f, n, pi, ki, si in zip(out, floor, size, p, k, s, strict=True)]
+        if any(extra) and kind == "average":
             raise UnsupportedError(f"{kind} pooling with ceil_mode=True adds a partial window here (output "
-                                   f"{tuple(ctx.shape(node)[2:])} instead of {floor})",
+                                   f"{out} instead of {floor}), which divides by fewer values",
                                    "use ceil_mode=False, or size the input so the windows fit")
     if kind == "average" and any(p) and not include_pad:
         raise UnsupportedError("average pooling with padding and count_include_pad=False divides each window by "
                                "a different count", "use count_include_pad=True (the default)")
-    return {"ndim": ndim, "kernel": list(k), "stride": list(s), "padding": list(p)}
+    return {"ndim": ndim, "kernel": list(k), "stride": list(s), "padding": list(p)}, extra
 
 
 class _QPool(QModule):
@@ -129,8 +133,11 @@ class MaxPoolCapture(OpCapture):
     def capture(self, node, ctx):
         if ctx.module(node) is not None and ctx.module(node).return_indices:
             raise UnsupportedError("max pooling with return_indices=True is not supported", "set return_indices=False")
-        mod = QMaxPool(ctx.profile, _window_args(node, ctx, "max"))
-        return Captured(mod, node_name(node), [node.args[0]], node)
+        attrs, extra = _window_args(node, ctx, "max")
+        cap = Captured(QMaxPool(ctx.profile, attrs), node_name(node), [node.args[0]], node)
+        if any(extra):  # ceil_mode's partial windows: the input padded at the end with values that never win
+            cap.before.append((f"{cap.name}_pad", QPad(ctx.profile, [0] * len(extra) + extra, fill="min")))
+        return cap
 
 
 class AvgPoolCapture(OpCapture):
@@ -143,7 +150,7 @@ class AvgPoolCapture(OpCapture):
         mod = ctx.module(node)
         if mod is not None and getattr(mod, "divisor_override", None):
             raise UnsupportedError("avg pooling with divisor_override is not supported", "drop divisor_override")
-        return Captured(QAvgPool(ctx.profile, _window_args(node, ctx, "average")), node_name(node), [node.args[0]], node)
+        return Captured(QAvgPool(ctx.profile, _window_args(node, ctx, "average")[0]), node_name(node), [node.args[0]], node)
 
 
 class GlobalAvgPoolCapture(OpCapture):

@@ -15,7 +15,7 @@ _BUILTIN_DIR = Path(__file__).parent
 # The IR ops a profile's `rules.ops` may name: `npukit.ops.OPS` (a test holds them equal; listed here so that
 # profiles validate without loading the op set and numpy).
 OP_NAMES = ("conv", "linear", "maxpool", "avgpool", "global_avgpool", "add", "concat", "relu", "reshape", "lut", "mul",
-            "upsample", "slice", "conv_transpose")
+            "upsample", "slice", "conv_transpose", "pad")
 
 
 class Memory(BaseModel):

@@ -153,6 +153,10 @@ void nk_slice(int32_t outer, int32_t in_inner, int32_t offset, int32_t part_inne
 /* Nearest upsampling of `c` channels of h x w by integer factors sh x sw (1-d data: h = sh = 1). */
 void nk_upsample(int32_t c, int32_t h, int32_t w, int32_t sh, int32_t sw, const int8_t *in, int8_t *out);
 
+/* Constant padding of (c, h, w) to (c, top + h + bottom, left + w + right) with `value` (ops/pad.py). */
+void nk_pad(int32_t c, int32_t h, int32_t w, int32_t top, int32_t bottom, int32_t left, int32_t right, int32_t value,
+            const int8_t *in, int8_t *out);
+
 /* out = table[x + offset] (an element-wise function by lookup table, npukit/ops/lut.py; offset = 2^(B-1)
  * for B-bit inputs); `out` may alias `in`. */
 void nk_lut(int32_t n, const int8_t *in, const int8_t *table, int32_t offset, int8_t *out);
