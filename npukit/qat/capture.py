@@ -308,6 +308,10 @@ def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
     except Exception as e:  # torch.fx raises many types for untraceable code
         raise NpukitError(f"torch.fx could not trace the model: {type(e).__name__}: {e}\n"
                           "    fix: remove data-dependent Python control flow from forward()") from None
+    placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(examples):
+        raise NpukitError(f"the model's forward() takes {len(placeholders)} tensor(s) but the example gives "
+                          f"{len(examples)}\n    fix: give one example batch per argument of forward(), as a tuple")
     try:  # ShapeProp prints a traceback of its own before it raises: keep it off the user's terminal
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(traced).propagate(*(x.detach().float().cpu() for x in examples))
@@ -333,10 +337,6 @@ def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
     done: set[fx.Node] = set()
     problems: list[Problem] = []
 
-    placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != len(examples):
-        raise NpukitError(f"the model's forward() takes {len(placeholders)} tensor(s) but the example gives "
-                          f"{len(examples)}\n    fix: give one example batch per argument of forward(), as a tuple")
     input_names = dict(zip(placeholders, input_module_names(len(placeholders)), strict=True))
 
     for node in traced.graph.nodes:
