@@ -396,15 +396,15 @@ def _main_c(io, xs: list[np.ndarray], ys: list[np.ndarray]) -> str:
     ins, outs = io
     arrays = "\n".join([f"static const int8_t kat_{t.arg}[NPUKIT_{t.macro}_SIZE] = {{{_list(x)}}};"
                         for t, x in zip(ins, xs, strict=True)]
-                       + [f"static const {t.ctype} kat_expected_{t.arg}[NPUKIT_{t.macro}_SIZE] = {{{_list(y)}}};"
+                       + [f"static const {t.ctype} kat_expected{t.suffix}[NPUKIT_{t.macro}_SIZE] = {{{_list(y)}}};"
                           for t, y in zip(outs, ys, strict=True)])
-    got = "\n".join(f"    static {t.ctype} got_{t.arg}[NPUKIT_{t.macro}_SIZE];" for t in outs)
-    args = ", ".join([f"kat_{t.arg}" for t in ins] + [f"got_{t.arg}" for t in outs])
+    got = "\n".join(f"    static {t.ctype} got{t.suffix}[NPUKIT_{t.macro}_SIZE];" for t in outs)
+    args = ", ".join([f"kat_{t.arg}" for t in ins] + [f"got{t.suffix}" for t in outs])
     checks = "".join(f"""    for (i = 0; i < NPUKIT_{t.macro}_SIZE; i++) {{
-        if (got_{t.arg}[i] != kat_expected_{t.arg}[i]) {{
+        if (got{t.suffix}[i] != kat_expected{t.suffix}[i]) {{
             if (bad < 8) {{
-                printf("{t.arg}: mismatch at %d: expected %ld, got %ld\\n", i, (long)kat_expected_{t.arg}[i],
-                       (long)got_{t.arg}[i]);
+                printf("{t.arg + ': ' if t.suffix else ''}mismatch at %d: expected %ld, got %ld\\n", i, (long)kat_expected{t.suffix}[i],
+                       (long)got{t.suffix}[i]);
             }}
             bad++;
         }}
