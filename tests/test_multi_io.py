@@ -332,3 +332,29 @@ def test_cortex_m4_kats_check_every_output(tmp_path):
     wrong = [w + (k == 1) for k, w in enumerate(npukit.run(graph, *xs))]  # only the second output is off
     ok, text = cortex_m.run_qemu(cortex_m.build_runtime_kat(path, tmp_path / "rt", xs, expected=wrong), timeout=60)
     assert not ok and "output 1: mismatch" in text
+
+
+def test_cli_codegen_and_check_take_input_once_per_input(tmp_path, monkeypatch):
+    graph, path = _packed("two_in", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    x, y = _data(1, seed=7)
+    np.save("x0.npy", graph.quantize_input(x.numpy(), 0))
+    np.save("x1.npy", graph.quantize_input(y.numpy(), 1))
+    runner = CliRunner()
+    res = runner.invoke(app, ["codegen", str(path), "-o", "c", "--input", "x0.npy", "--input", "x1.npy"])
+    assert res.exit_code == 0, res.output
+    ok, out = host.run_kat(host.build(tmp_path / "c"))
+    assert ok, out
+    assert _list_in("kat_input1", (tmp_path / "c" / "main.c").read_text()) == np.load("x1.npy").ravel().tolist()
+    res = runner.invoke(app, ["codegen", str(path), "-o", "c2", "--input", "x0.npy"])
+    assert res.exit_code == 1 and "one array per input" in " ".join(res.output.split())
+    res = runner.invoke(app, ["check", str(path), "--input", "1,1,40"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 1 and "(1, 40), (2, 40)" in text and "leave --input out" in text
+    res = runner.invoke(app, ["check", str(path), "--input", "1,1,40", "--input", "1,2,40"])
+    assert res.exit_code == 0, res.output
+
+
+def _list_in(name: str, text: str) -> list[int]:
+    body = text.split(f"{name}[")[1].split("{", 1)[1].split("}", 1)[0]
+    return [int(v) for v in body.split(",")]
