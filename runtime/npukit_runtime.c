@@ -536,8 +536,8 @@ static int read_io(ctx_t *x)
     x->n_out = n_out;
     m->n_inputs = (uint16_t)n_in;
     m->n_outputs = (uint16_t)n_out;
-    m->input = m->inputs[0];   /* both lists are non-empty where prepare accepts the model */
-    m->output = m->outputs[0];
+    m->input = n_in ? m->inputs[0] : 0; /* prepare refuses a model without inputs or outputs */
+    m->output = n_out ? m->outputs[0] : 0;
     return NPUKIT_OK;
 }
 

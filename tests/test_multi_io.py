@@ -358,3 +358,18 @@ def test_cli_codegen_and_check_take_input_once_per_input(tmp_path, monkeypatch):
 def _list_in(name: str, text: str) -> list[int]:
     body = text.split(f"{name}[")[1].split("{", 1)[1].split("}", 1)[0]
     return [int(v) for v in body.split(",")]
+
+
+class Ignores(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv1d(1, 2, 3)
+
+    def forward(self, x, unused):
+        return self.a(x)
+
+
+def test_prepare_refuses_an_unused_input():
+    x, y = _data(4)
+    msg = npukit_error_of(lambda: npukit.prepare(Ignores(), (x, y)), "an unused argument")
+    assert "does not use its argument(s) unused" in msg

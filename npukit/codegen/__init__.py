@@ -203,7 +203,8 @@ def _kat_inputs(g: Graph, kat_input) -> list[np.ndarray]:
     specs = [g.input_spec(i) for i in range(len(g.inputs))]
     if kat_input is None:
         return [np.zeros((1, *s.shape), s.dtype) for s in specs]
-    given = list(kat_input) if isinstance(kat_input, list | tuple) else [kat_input]
+    # a list is one array per input; for a one-input model, also the sample itself (as it has always been)
+    given = list(kat_input) if isinstance(kat_input, list | tuple) and len(specs) > 1 else [kat_input]
     if len(given) != len(specs):
         raise NpukitError(f"the known-answer input gives {len(given)} array(s); the model takes {len(specs)} "
                           "input(s): give a list with one array per input")

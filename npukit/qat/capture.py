@@ -337,6 +337,10 @@ def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
     done: set[fx.Node] = set()
     problems: list[Problem] = []
 
+    unused = [p.name for p in placeholders if not p.users]
+    if unused:  # an input the graph does not read would have no quantizer left, and no place in the IR
+        raise NpukitError(f"forward() does not use its argument(s) {', '.join(unused)}\n"
+                          "    fix: remove them from forward(), and their example batches")
     input_names = dict(zip(placeholders, input_module_names(len(placeholders)), strict=True))
 
     for node in traced.graph.nodes:
