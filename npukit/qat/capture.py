@@ -68,6 +68,8 @@ def as_inputs(example_input, what: str = "example_input") -> tuple[torch.Tensor,
         raise NpukitError(f"{what}: the inputs have batches of {[len(x) for x in xs]} samples; give every input "
                           "the same batch size")
     return xs
+
+
 SLICE_CAPTURE = SliceCapture()
 
 # Tried in this order on every traced node; the first whose `matches` says yes captures it.
@@ -250,7 +252,8 @@ def prepare(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
 
     `example_input` is a batch (batch dimension first) used to trace shapes and to initialise the
     activation ranges; for a model whose forward() takes several tensors, a tuple of batches, one per
-    argument in order (each input gets its own quantizer and exponent). BatchNorm is folded with its running statistics, so train the float model first.
+    argument in order (each input gets its own quantizer and exponent). BatchNorm is folded with its
+    running statistics, so train the float model first.
     Raises `ProblemsError` listing every node that cannot be quantized and every rule of the target the
     model breaks (the same list as `npukit check`); `rules="warn"` only warns about the rules (e.g. to
     study a model before reshaping it for the chip), `rules="off"` skips them.
