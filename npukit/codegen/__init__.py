@@ -121,8 +121,7 @@ def generate(model, out_dir: str | Path, *, kat_input: np.ndarray | None = None,
 
     packed = model if isinstance(model, modelbin.PackedModel) else modelbin.read(model)
     g = packed.graph
-    if any(g.tensors[t].bits > 8 for n in g.nodes for t in n.inputs) or any(g.input_spec(i).bits > 8
-                                                                             for i in range(len(g.inputs))):
+    if any(g.tensors[t].bits > 8 for t in [*g.inputs, *(t for n in g.nodes for t in n.inputs)]):
         raise NpukitError("codegen supports 8-bit activations")
     io = _io(g)
     b = CBuilder(g, packed.offsets)
