@@ -373,3 +373,17 @@ def test_prepare_refuses_an_unused_input():
     x, y = _data(4)
     msg = npukit_error_of(lambda: npukit.prepare(Ignores(), (x, y)), "an unused argument")
     assert "does not use its argument(s) unused" in msg
+
+
+def test_one_input_one_output_keeps_its_c_names(tmp_path):
+    """Code written against earlier generated projects goes on compiling: the same prototypes and macros."""
+    torch.manual_seed(0)
+    graph = npukit.to_ir(npukit.prepare(nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(76, 4)), _data(8)[0]))
+    header = (codegen.generate(npukit.pack(graph, tmp_path / "m.bin").path, tmp_path / "c") / "model.h").read_text()
+    for text in ("int npukit_run(const int8_t *input, npukit_output_t *output);",
+                 "int npukit_run_in(void *arena_bytes, const int8_t *input, npukit_output_t *output);",
+                 "#define NPUKIT_INPUT_SIZE 40\n", "#define NPUKIT_OUTPUT_SIZE 4\n", "typedef int32_t npukit_output_t;",
+                 f"#define NPUKIT_INPUT_EXP {graph.tensors['input'].exp}\n", "static inline int8_t npukit_quantize(double x)",
+                 "static inline double npukit_dequantize(npukit_output_t q)"):
+        assert text in header, text
+    assert "INPUT0" not in header and "output0" not in header
