@@ -309,10 +309,12 @@ def test_cli_run_writes_every_output(tmp_path, monkeypatch):
     assert res.exit_code == 0 and "equal" in res.output, res.output
 
 
-def test_modelbin_round_trip_keeps_the_io_order(tmp_path):
+def test_modelbin_and_onnx_round_trips_keep_the_io_order(tmp_path):
     graph, path = _packed("two_in_two_out", tmp_path)
     back = modelbin.read(path).graph
     assert back.inputs == graph.inputs and back.outputs == graph.outputs
+    onnx_back = npukit.load_onnx(npukit.export_onnx(graph, tmp_path / "m.onnx"))
+    assert onnx_back.to_meta() == graph.to_meta()
 
 
 def test_cortex_m4_kats_check_every_output(tmp_path):
