@@ -56,16 +56,18 @@ class CheckResult:
 def check(model, example=None, target=None, *, weight_bits: int | None = None) -> CheckResult:
     """Check `model` against `target`'s rules and memories; never raises for rule problems.
 
-    `target` None: the profile an npukit file or graph was quantized for, or venus for a torch model.
+    `example`: a batch or a shape with the batch (e.g. (1, 3, 32, 32)); for a model with several inputs, a
+    list of them, one per argument of forward(). `target` None: the profile an npukit file or graph was quantized for, or venus for a torch model.
     """
     graph = _as_graph(model)
     profile = load_target(target if target is not None else (graph.target if graph is not None else "venus"))
     if graph is not None:
-        if example is not None:  # an npukit file knows its input: a different shape is a mistake to say
-            shape = tuple(example.shape if hasattr(example, "shape") else example)[1:]
-            if shape != tuple(graph.input_spec().shape):
-                raise NpukitError(f"--input gives samples of shape {shape}, but the model takes "
-                                  f"{tuple(graph.input_spec().shape)} (npukit files carry their input shape: "
+        if example is not None:  # an npukit file knows its inputs: a different shape is a mistake to say
+            given = [tuple(e.shape if hasattr(e, "shape") else e)[1:] for e in _examples(example)]
+            want = [tuple(graph.tensors[t].shape) for t in graph.inputs]
+            if given != want:
+                raise NpukitError(f"--input gives samples of shape {', '.join(map(str, given))}, but the model takes "
+                                  f"{', '.join(map(str, want))} (npukit files carry their input shapes: "
                                   "leave --input out)")
         return _check_graph(graph, profile)
     graph, problems, sources = _to_graph(model, example, profile, weight_bits)
@@ -149,8 +151,8 @@ def _capture(model, example, profile: TargetProfile, weight_bits):
 
     if example is None:
         raise NpukitError("checking a PyTorch model needs an example input (a batch) or its shape, e.g. --input 1,1,28,28")
-    if isinstance(example, tuple | list):
-        example = torch.zeros(*example)
+    examples = [torch.zeros(*e) if isinstance(e, tuple | list) else e for e in _examples(example)]
+    example = examples[0] if len(examples) == 1 else tuple(examples)
     bits = weight_bits or profile.default_weight_bits
     if bits not in profile.weight_bits:
         raise NpukitError(f"{profile.name} computes {'/'.join(map(str, profile.weight_bits))}-bit weights, not "
@@ -160,6 +162,13 @@ def _capture(model, example, profile: TargetProfile, weight_bits):
         return None, problems, {}
     sources = {name: m.source for name, m in qmodel.named_modules() if getattr(m, "source", "")}
     return to_ir(qmodel), problems, sources
+
+
+def _examples(example) -> list:
+    """An example (a batch, or a shape with the batch) or a list of them, one per input, as a list."""
+    if isinstance(example, tuple | list) and example and not all(isinstance(v, int) for v in example):
+        return list(example)
+    return [example]
 
 
 def _is_class_spec(spec) -> bool:

@@ -102,7 +102,8 @@ def pack(
 def codegen(
     model: Path = typer.Argument(..., help="a model.bin"),
     out: Path = typer.Option(Path("npukit-c"), "-o", "--output", "--out", help="folder for the C project"),
-    input_path: Path | None = typer.Option(None, "--input", help=".npy integer sample for the known-answer test"),
+    input_path: list[Path] | None = typer.Option(None, "--input", help=".npy integer sample for the known-answer "
+                                                 "test; once per input for a model with several"),
     prefix: str = typer.Option("npukit", help="the model's C names: <prefix>_run, <PREFIX>_INPUT_SIZE (two models "
                                "link into one image when their prefixes differ)"),
     force: bool = typer.Option(False, "--force", help="overwrite files of the same names that npukit did not write"),
@@ -112,9 +113,8 @@ def codegen(
     from .codegen import generate
 
     try:
-        x = None
-        if input_path is not None:
-            x = _load_npy(input_path)
+        xs = [_load_npy(p) for p in input_path or []]
+        x = (xs[0] if len(xs) == 1 else xs) if xs else None
         from .fileio import file_kind
 
         if file_kind(model) != "modelbin":
@@ -154,7 +154,8 @@ def targets(name: str | None = typer.Argument(None, help="print this profile in 
 @app.command()
 def check(
     model: str = typer.Argument(..., help="file.py:ClassName, a saved torch model (.pt), or an npukit .onnx/.npir/.bin"),
-    input_shape: str | None = typer.Option(None, "--input", help="example input shape with the batch, e.g. 1,3,32,32"),
+    input_shape: list[str] | None = typer.Option(None, "--input", help="example input shape with the batch, e.g. "
+                                                 "1,3,32,32; once per input for a model with several (in order)"),
     target: str | None = typer.Option(None, help="a built-in target, a profile YAML, or 'all' for a verdict matrix "
                                       "(default: an npukit file's own target; venus for a PyTorch model)"),
     kwargs: str | None = typer.Option(None, "--kwargs", help="JSON arguments for the model's constructor"),
@@ -171,14 +172,8 @@ def check(
     if fmt not in ("text", "json"):
         _fail(NpukitError(f"--format {fmt!r}: use text or json"))
     try:
-        shape = None
-        if input_shape is not None:
-            try:
-                shape = tuple(int(v) for v in input_shape.replace("x", ",").split(","))
-                if not shape or min(shape) < 1:
-                    raise ValueError
-            except ValueError:
-                raise NpukitError(f"--input {input_shape!r}: give the shape as numbers, e.g. 1,3,32,32") from None
+        shapes = [_batch_shape(text) for text in input_shape or []]
+        shape = shapes[0] if len(shapes) == 1 else (shapes or None)  # several: one shape per input
         obj = model
         if kwargs is not None or (":" in model and model.split(":", 1)[0].endswith(".py")):
             try:
@@ -195,6 +190,8 @@ def check(
                 raise NpukitError(f"{model} is a MAX7800x network description; {wrong[0]} is not a MAX7800x "
                                   "target (use --target max78000 or max78002)")
             names = [n for n in names if n is None or n not in wrong] or ["max78000"]
+            if len(shapes) > 1:
+                raise NpukitError("a MAX7800x network description has one input: give --input once")
             results = {n or "max78000": check_ai8x(model, n or "max78000", input_shape=shape[1:] if shape else None)
                        for n in names}
         else:
@@ -210,6 +207,16 @@ def check(
         _print_check(next(iter(results.values())))
     if not all(r.ok for r in results.values()):
         raise typer.Exit(1)
+
+
+def _batch_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+        if not shape or min(shape) < 1:
+            raise ValueError
+    except ValueError:
+        raise NpukitError(f"--input {text!r}: give the shape as numbers, e.g. 1,3,32,32") from None
+    return shape
 
 
 def _print_check(r) -> None:
@@ -320,9 +327,11 @@ def inspect(model: Path = typer.Argument(..., help="a model.bin, an IR file (.np
 @app.command()
 def run(
     model: Path = typer.Argument(..., help="a model.bin, an IR file (.npir) or an npukit ONNX file (.onnx)"),
-    input_path: Path = typer.Argument(..., help=".npy with integer inputs (batch first), or float with --quantize"),
-    output: Path = typer.Option(..., "-o", "--output", help="where to write the integer outputs (.npy)"),
-    quantize: bool = typer.Option(False, help="the input holds floats: quantize them at the model's input exponent"),
+    input_paths: list[Path] = typer.Argument(..., help=".npy with integer inputs (batch first), or float with "
+                                             "--quantize; one file per input, in the model's order"),
+    output: Path = typer.Option(..., "-o", "--output", help="where to write the integer outputs: .npy for one "
+                                "output; .npz (one array per output, by name) for any number"),
+    quantize: bool = typer.Option(False, help="the inputs hold floats: quantize them at the model's input exponents"),
 ) -> None:
     """Run the integer reference engine."""
     import numpy as np
@@ -331,42 +340,52 @@ def run(
 
     try:
         g = _load_model(model)
-        x = _load_npy(input_path)
+        if len(input_paths) != len(g.inputs):
+            raise NpukitError(f"{model} has {len(g.inputs)} input(s) ({', '.join(g.inputs)}) and {len(input_paths)} "
+                              f"input file(s) were given: give one .npy per input, in that order")
+        xs = [_load_npy(p) for p in input_paths]
         if quantize:
-            x = g.quantize_input(x)
-        ys = engine.run(g, x)
+            xs = [g.quantize_input(x, i) for i, x in enumerate(xs)]
+        ys = engine.run(g, *xs)
         from .fileio import write_atomic
 
         if output.is_dir():
-            raise NpukitError(f"{output} is a folder; give -o the name of the .npy file to write")
-        if output.suffix != ".npy":  # np.save would append it: say the name it really writes
-            output = output.with_name(output.name + ".npy")
-        write_atomic(output, lambda tmp: np.save(tmp, ys[0]))
+            raise NpukitError(f"{output} is a folder; give -o the name of the .npy or .npz file to write")
+        if output.suffix == ".npz":  # every output, named as in the model
+            write_atomic(output, lambda tmp: np.savez(tmp, **dict(zip(g.outputs, ys, strict=True))))
+        elif len(ys) > 1:
+            raise NpukitError(f"{model} has {len(ys)} outputs ({', '.join(g.outputs)}); one .npy holds one array\n"
+                              f"    fix: -o {output.with_suffix('.npz')} writes them all, one array per output")
+        else:
+            if output.suffix != ".npy":  # np.save would append it: say the name it really writes
+                output = output.with_name(output.name + ".npy")
+            write_atomic(output, lambda tmp: np.save(tmp, ys[0]))
     except NpukitError as e:
         _fail(e)
-    y = ys[0]
-    console.print(f"wrote {output}: shape {y.shape}, {y.dtype}, exponent {g.output_spec().exp}")
-    if len(ys) > 1:
-        console.print(f"the model has {len(ys)} outputs; only the first was written")
+    for name, y in zip(g.outputs, ys, strict=True):
+        console.print(f"wrote {output}{f' [{name}]' if output.suffix == '.npz' else ''}: shape {y.shape}, "
+                      f"{y.dtype}, exponent {g.tensors[name].exp}", highlight=False)
 
 
-def _dump_or_backend(which: str, model: Path | None, input_path: Path | None, workdir: Path):
+def _dump_or_backend(which: str, model: Path | None, input_paths: list[Path] | None, workdir: Path):
     from . import dump as dumps
 
     if which not in dumps.BACKENDS:  # a backend's name wins over a file of that name ("model.bin")
         if not Path(which).is_file():
             raise NpukitError(f"{which} is neither a dump file nor a backend ({', '.join(dumps.BACKENDS)})")
         return dumps.load_dump(which, _load_model(model) if model else None)
-    if model is None or input_path is None:
+    if model is None or not input_paths:
         raise NpukitError(f"backend {which!r} needs --model and --input")
-    return dumps.dump_backend(which, model, _load_npy(input_path), workdir / which.replace(".", "_"))
+    xs = [_load_npy(p) for p in input_paths]  # one --input per model input, in order
+    return dumps.dump_backend(which, model, xs if len(xs) > 1 else xs[0], workdir / which.replace(".", "_"))
 
 
 @app.command()
 def dump(
     backend: str = typer.Argument(..., help="engine, onnx, model.bin, c (the generated C) or runtime (npukit-run)"),
     model: Path = typer.Argument(..., help="a model.bin, an IR file (.npir) or an npukit ONNX file"),
-    input_path: Path = typer.Option(..., "--input", help=".npy batch: integers, or floats (quantized at the input exponent)"),
+    input_path: list[Path] = typer.Option(..., "--input", help=".npy batch: integers, or floats (quantized at the input "
+                                          "exponent); once per input for a model with several"),
     output: Path = typer.Option(..., "-o", "--output", help="the dump file to write (.npz)"),
     crc_only: bool = typer.Option(False, "--crc-only", help="keep only each tensor's CRC32 per sample"),
 ) -> None:
@@ -390,7 +409,8 @@ def compare(
     a: str = typer.Argument(..., help="a dump file (.npz, or CRC lines from firmware) or a backend name"),
     b: str = typer.Argument(..., help="the same, for the other run"),
     model: Path | None = typer.Option(None, help="the model backends run (and the graph that reads CRC lines)"),
-    input_path: Path | None = typer.Option(None, "--input", help=".npy batch for backends named directly"),
+    input_path: list[Path] | None = typer.Option(None, "--input", help=".npy batch for backends named directly; "
+                                                 "once per input for a model with several"),
     json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Find the first layer where two runs part. Exit code 1 when they differ, 0 when every layer is equal."""

@@ -158,7 +158,7 @@ def stage_pack(run: DemoRun) -> str:
     packed = read(result.path)
     q_in = run.graph.quantize_input(run.data.x_test)
     want = np.concatenate(list(engine.run_batches(run.graph, q_in)))
-    got = engine.run_in_arena(packed.graph, packed.offsets, packed.arena_bytes, q_in)  # model.bin, planned arena
+    got = engine.run_in_arena(packed.graph, packed.offsets, packed.arena_bytes, q_in)[0]  # model.bin, planned arena
     same = np.all(got.reshape(len(got), -1) == want.reshape(len(want), -1), axis=1)
     p = result.plan
     run.metrics.update(bin_bitexact_fraction=float(same.mean()), arena_bytes=p.arena_bytes,

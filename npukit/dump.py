@@ -141,24 +141,33 @@ def parse_crc_lines(text: str, where: str = "<text>", graph: Graph | None = None
 
 
 # --- producers ----------------------------------------------------------------------------------------------------
+# Each takes `x`, the integer batch of a one-input model, or a list of batches, one per graph input.
 
-def dump_engine(graph: Graph, x: np.ndarray, backend: str = "engine") -> Dump:
+def graph_inputs(graph: Graph, x) -> list[np.ndarray]:
+    """`x` as one batch per graph input (a model with several inputs takes a list or tuple of them)."""
+    xs = [np.asarray(v) for v in x] if isinstance(x, list | tuple) else [np.asarray(x)]
+    if len(xs) != len(graph.inputs):
+        raise NpukitError(f"the model takes {len(graph.inputs)} input(s) ({', '.join(graph.inputs)}), got {len(xs)}")
+    return xs
+
+
+def dump_engine(graph: Graph, x, backend: str = "engine") -> Dump:
     """The reference engine's every tensor on the integer batch `x`."""
     from .engine import run
 
     values: dict[str, np.ndarray] = {}
-    run(graph, x, trace=values)
+    run(graph, *graph_inputs(graph, x), trace=values)
     return from_graph_values(graph, values, backend)
 
 
-def dump_modelbin(path: str | Path, x: np.ndarray) -> Dump:
+def dump_modelbin(path: str | Path, x) -> Dump:
     """The engine on the graph read back from a model.bin (its weights as the file holds them)."""
     from . import modelbin
 
     return dump_engine(modelbin.read(path).graph, x, backend="model.bin")
 
 
-def dump_onnx(model: Graph | str | Path, x: np.ndarray) -> Dump:
+def dump_onnx(model: Graph | str | Path, x) -> Dump:
     """onnxruntime on the exported model (a Graph is exported in memory), every intermediate value fetched."""
     import onnxruntime as ort
     from onnx import helper
@@ -173,12 +182,13 @@ def dump_onnx(model: Graph | str | Path, x: np.ndarray) -> Dump:
             proto.graph.output.append(helper.make_empty_tensor_value_info(f"{t}:q"))
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     fetch = [f"{t}:q" for t in names if t not in graph.inputs]
-    got = sess.run(fetch, {graph.inputs[0]: np.asarray(x)})
-    values = {graph.inputs[0]: np.asarray(x), **{t[:-2]: v for t, v in zip(fetch, got, strict=True)}}
+    feed = dict(zip(graph.inputs, graph_inputs(graph, x), strict=True))
+    got = sess.run(fetch, feed)
+    values = {**feed, **{t[:-2]: v for t, v in zip(fetch, got, strict=True)}}
     return from_graph_values(graph, {t: np.rint(v) for t, v in values.items()}, "onnxruntime")
 
 
-def dump_c(model_bin: str | Path, x: np.ndarray, workdir: str | Path, *, crc_only: bool = False,
+def dump_c(model_bin: str | Path, x, workdir: str | Path, *, crc_only: bool = False,
            patch=None) -> Dump:
     """The generated C project, built with NPUKIT_DUMP, run on every sample of `x`; each layer's output is
     printed as a CRC line (and its bytes, unless `crc_only`). `patch(model_c_text) -> text` edits the
@@ -195,7 +205,8 @@ def dump_c(model_bin: str | Path, x: np.ndarray, workdir: str | Path, *, crc_onl
     flags = ["-DNPUKIT_DUMP"] + ([] if crc_only else ["-DNPUKIT_DUMP_FULL"])
     exe = build(project, "dump_run", defines=flags, extra_sources=["npukit_dump.c"])
     src = Path(workdir) / "dump_inputs.raw"
-    np.ascontiguousarray(x, dtype=np.int8).tofile(src)
+    xs = graph_inputs(packed.graph, x)  # a record: every input's sample in turn, as dump_run reads them
+    np.concatenate([np.ascontiguousarray(v, dtype=np.int8).reshape(len(v), -1) for v in xs], axis=1).tofile(src)
     res = subprocess.run([str(exe), str(src)], capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
         raise NpukitError(f"the generated C failed: {res.stdout[-500:]}{res.stderr[-500:]}")
@@ -296,15 +307,16 @@ def _input_state(a: Dump, b: Dump, t: str, samples: list[int]) -> str:
 BACKENDS = ("engine", "onnx", "model.bin", "c", "runtime")
 
 
-def dump_runtime(model_bin: str | Path, x: np.ndarray, workdir: str | Path) -> Dump:
+def dump_runtime(model_bin: str | Path, x, workdir: str | Path) -> Dump:
     """The C runtime (runtime/, the `npukit-run` runner) on a model.bin, every tensor of every sample traced."""
     from . import modelbin
     from .codegen import host
 
     graph = modelbin.read(model_bin).graph
     exe = host.cached_runtime()
-    _, lines = host.run_runtime(exe, model_bin, np.asarray(x, graph.input_spec().dtype), workdir,
-                                graph.output_spec().dtype, dump=True)
+    xs = [np.asarray(v, graph.input_spec(i).dtype) for i, v in enumerate(graph_inputs(graph, x))]
+    _, lines = host.run_runtime(exe, model_bin, xs, workdir,
+                                [graph.output_spec(i).dtype for i in range(len(graph.outputs))], dump=True)
     d = parse_crc_lines(lines, "the C runtime", graph)
     d.backend = "runtime"
     return d
@@ -312,15 +324,13 @@ def dump_runtime(model_bin: str | Path, x: np.ndarray, workdir: str | Path) -> D
 
 def dump_backend(backend: str, model: str | Path, x, workdir: str | Path) -> Dump:
     """A named backend's dump of `model` (a model.bin, .npir or npukit .onnx file) on `x` (integers, or floats
-    that are quantized at the model's input exponent)."""
+    that are quantized at the model's input exponent; a list of them, one per input, for a model with several)."""
     from .packer import as_model_bin, load_model
 
     if backend not in BACKENDS:
         raise NpukitError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}, or give a dump file")
     graph = load_model(model)
-    x = np.asarray(x)
-    if x.dtype.kind == "f":
-        x = graph.quantize_input(x)
+    x = [graph.quantize_input(v, i) if v.dtype.kind == "f" else v for i, v in enumerate(graph_inputs(graph, x))]
     if backend == "engine":
         return dump_engine(graph, x)
     if backend == "onnx":

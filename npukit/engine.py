@@ -36,15 +36,20 @@ def run(graph: Graph, *inputs: np.ndarray, trace: dict[str, np.ndarray] | None =
     return [env[t] for t in graph.outputs]
 
 
-def run_in_arena(graph: Graph, offsets: dict[str, int], arena_bytes: int, x: np.ndarray) -> np.ndarray:
+def run_in_arena(graph: Graph, offsets: dict[str, int], arena_bytes: int, *inputs: np.ndarray) -> list[np.ndarray]:
     """Run with every tensor stored in one byte arena at its planned offset, as the chip would.
 
+    Takes one integer batch per graph input (in graph order) and returns every output, like `run`.
     Offsets are per sample; a batch of n scales the arena and every offset by n. A plan that lets two
-    live tensors overlap corrupts one of them, and the output differs from `run`: this is how the
-    memory plan is checked end to end. Returns the first output.
+    live tensors overlap corrupts one of them, and the outputs differ from `run`: this is how the
+    memory plan is checked end to end.
     """
-    x = np.asarray(x)
-    n = len(x)
+    if len(inputs) != len(graph.inputs):
+        raise NpukitError(f"the graph takes {len(graph.inputs)} input(s), got {len(inputs)}")
+    checked = [run_checked_input(graph, name, x) for name, x in zip(graph.inputs, inputs, strict=True)]
+    n = len(checked[0])
+    if any(len(x) != n for x in checked):
+        raise NpukitError(f"the inputs hold {[len(x) for x in checked]} samples; give every input the same batch")
     arena = np.zeros(arena_bytes * n, np.uint8)
 
     def view(t: str) -> np.ndarray:
@@ -53,15 +58,13 @@ def run_in_arena(graph: Graph, offsets: dict[str, int], arena_bytes: int, x: np.
         start = offsets[t] * n
         return arena[start : start + count * spec.dtype.itemsize].view(spec.dtype).reshape(n, *spec.shape)
 
-    (first,) = graph.inputs if len(graph.inputs) == 1 else (None,)
-    if first is None:
-        raise NpukitError("run_in_arena supports graphs with one input")
-    view(first)[...] = run_checked_input(graph, first, x)
+    for name, x in zip(graph.inputs, checked, strict=True):
+        view(name)[...] = x
     for node in graph.nodes:
         outs = get_op(node.op).run(node, [view(t).copy() for t in node.inputs], graph)
         for t, value in zip(node.outputs, outs, strict=True):
             view(t)[...] = value
-    return view(graph.outputs[0]).copy()
+    return [view(t).copy() for t in graph.outputs]
 
 
 def run_batches(graph: Graph, x: np.ndarray, batch_size: int = 1024) -> Iterator[np.ndarray]:

@@ -72,6 +72,10 @@ def evaluate(model: str | Path, x, y=None, backends=("engine",), *, batch_size: 
     if unknown:
         raise NpukitError(f"unknown backend(s) {', '.join(unknown)}; use {', '.join(BACKENDS)} or all")
     graph = load_model(model)
+    if len(graph.inputs) != 1:
+        raise NpukitError(f"eval runs models with one input; {model} has {len(graph.inputs)} "
+                          f"({', '.join(graph.inputs)})\n    fix: compare the backends with npukit compare, "
+                          "--input once per input")
     x = np.asarray(x)
     if len(x) == 0:
         raise NpukitError("the data set holds no samples")
@@ -127,9 +131,9 @@ def _runner(name: str, model, graph: Graph, tmp: Path):
 
     if name == "runtime":
         runner = host.build_runtime(tmp)
-        return lambda b: host.run_runtime(runner, model_bin, b, tmp, graph.output_spec().dtype)[0]
+        dtypes = [graph.output_spec(i).dtype for i in range(len(graph.outputs))]  # npukit-run writes them all
+        return lambda b: host.run_runtime(runner, model_bin, [b], tmp, dtypes)[0][0]
     project = codegen.generate(model_bin, tmp / "c")
     exe = host.build(project, "run_file")
-    out = graph.output_spec()
-    size = int(np.prod(out.shape))
-    return lambda b: host.run_file(exe, b, out.dtype, size, tmp)
+    outs = [(graph.output_spec(i).dtype, int(np.prod(graph.output_spec(i).shape))) for i in range(len(graph.outputs))]
+    return lambda b: host.run_file_io(exe, [b], outs, tmp)[0]  # scored on the first output, as the engine is

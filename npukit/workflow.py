@@ -79,7 +79,7 @@ def constrain(model: nn.Module, target="venus") -> nn.Module:
 class TwoStage:
     """Constrained float training, then QAT, scheduled by a policy (npukit/policy.py); see the module doc."""
 
-    def __init__(self, model: nn.Module, example_input: torch.Tensor, target: str | Path | TargetProfile = "venus",
+    def __init__(self, model: nn.Module, example_input: torch.Tensor | tuple, target: str | Path | TargetProfile = "venus",
                  policy: str | Path | dict | Policy | None = None):
         self.profile = load_target(target)
         self.policy = load_policy(policy)
@@ -89,7 +89,8 @@ class TwoStage:
         resolve_layer_bits([n for n, m in self.float_model.named_modules() if isinstance(m, _MAC)],
                            bits, {"(default)": bits, **self.policy.layer_bits()}, self.profile.weight_bits,
                            self.profile.name, unmatched_ok={"(default)"})
-        self.example_input = example_input.detach().cpu()
+        self.example_input = tuple(v.detach().cpu() for v in example_input) \
+            if isinstance(example_input, list | tuple) else example_input.detach().cpu()  # a tuple: one per input
         self.float_stage = constrain(self.float_model, self.profile) if self.policy.constrain else self.float_model
         self.qmodel: fx.GraphModule | None = None
         self._wrapped: dict[str, nn.Module] = {}

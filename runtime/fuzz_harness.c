@@ -1,12 +1,12 @@
 /* Fuzz harness (built with -fsanitize=address,undefined by `make fuzz-harness` and the tests): reads cases
  * from stdin, each a u32 little-endian length and that many bytes of a (mutated) model.bin, and for each
- * prints one line "LOAD INVOKE CRC": npukit_load's status, npukit_invoke's on an all-zero input ("-" when
- * the load failed, "s" when the model is too large to run here), and the CRC-32 of the output for a
- * pattern input, ((i * 73 + 11) mod 256) - 128 clipped to the input's range, which the tests compare
- * with the reference engine's ("-" when not run).
+ * prints one line "LOAD INVOKE CRC": npukit_load's status, npukit_invoke_io's on all-zero inputs ("-" when
+ * the load failed, "s" when the model is too large to run here), and the CRC-32 of the outputs (each in
+ * turn, in the model's order) for a pattern input, ((i * 73 + 11) mod 256) - 128 clipped to each input's
+ * range, which the tests compare with the reference engine's ("-" when not run).
  *
- * Each case is copied into a heap block of exactly its size, and the arena, input and output blocks are
- * exactly the sizes the model declares, so AddressSanitizer reports any read or write past them. The
+ * Each case is copied into a heap block of exactly its size, and the arena and every input and output block
+ * are exactly the sizes the model declares, so AddressSanitizer reports any read or write past them. The
  * harness also holds the API contract on every model that loads: a short arena, a misaligned arena, NULL
  * buffers and an unloaded model are refused, and the output does not depend on what the arena held
  * before (it is run on a zeroed and on a garbage-filled arena). A broken contract exits with status 3.
@@ -58,10 +58,11 @@ static double work(const npukit_model_t *m)
     return total;
 }
 
-static uint32_t crc32(const unsigned char *p, size_t n)
+/* CRC-32 continued from `crc` (0 to start): chained over the outputs, it is the CRC of their concatenation. */
+static uint32_t crc32(uint32_t crc, const unsigned char *p, size_t n)
 {
-    uint32_t crc = 0xFFFFFFFFUL;
     int k;
+    crc ^= 0xFFFFFFFFUL;
     while (n-- > 0) {
         crc ^= *p++;
         for (k = 0; k < 8; k++) {
@@ -72,9 +73,9 @@ static uint32_t crc32(const unsigned char *p, size_t n)
 }
 
 /* The pattern input, at the input's element width (host order: the runtime runs on little-endian hosts). */
-static void pattern(const npukit_model_t *m, unsigned char *in)
+static void pattern(const npukit_model_t *m, unsigned k, unsigned char *in)
 {
-    const npukit_tensor_t *t = &m->tensors[m->input];
+    const npukit_tensor_t *t = &m->tensors[m->inputs[k]];
     const int64_t hi = t->bits >= 8 ? 127 : ((int64_t)1 << (t->bits - 1)) - 1, lo = -hi - 1;
     uint32_t i;
     for (i = 0; i < t->elems; i++) {
@@ -89,48 +90,90 @@ static void pattern(const npukit_model_t *m, unsigned char *in)
     }
 }
 
-/* Runs the model: 1 when it is too large to run here, else npukit_invoke's status; *crc: see above. */
+/* Runs the model: 1 when it is too large to run here, else npukit_invoke_io's status; *crc: see above. */
 static int run(const npukit_model_t *m, uint32_t *crc)
 {
-    const size_t arena_len = npukit_arena_bytes(m), in_len = npukit_input_bytes(m), out_len = npukit_output_bytes(m);
-    unsigned char *arena, *in, *out, *again, *shifted;
+    const size_t arena_len = npukit_arena_bytes(m);
+    const unsigned n_in = npukit_num_inputs(m), n_out = npukit_num_outputs(m);
+    const void *ins[NPUKIT_MAX_IO];
+    void *outs[NPUKIT_MAX_IO], *agains[NPUKIT_MAX_IO];
+    unsigned char *in[NPUKIT_MAX_IO], *out[NPUKIT_MAX_IO], *again[NPUKIT_MAX_IO];
+    size_t out_len[NPUKIT_MAX_IO];
+    unsigned char *arena, *shifted;
+    npukit_io_info info;
+    unsigned k;
     int rc;
     if (arena_len > MAX_ARENA || work(m) > MAX_WORK) {
         return 1;
     }
     arena = (unsigned char *)malloc(arena_len ? arena_len : 1);
     shifted = (unsigned char *)malloc(arena_len + 4);
-    in = (unsigned char *)calloc(in_len, 1);
-    out = (unsigned char *)malloc(out_len);
-    again = (unsigned char *)malloc(out_len);
-    if (!arena || !shifted || !in || !out || !again) {
+    if (!arena || !shifted) {
         contract("out of memory");
     }
+    for (k = 0; k < n_in; k++) {
+        if (npukit_input_info(m, k, &info) != NPUKIT_OK || (in[k] = (unsigned char *)calloc(info.bytes, 1)) == NULL) {
+            contract("npukit_input_info failed, or out of memory");
+        }
+        ins[k] = in[k];
+    }
+    for (k = 0; k < n_out; k++) {
+        if (npukit_output_info(m, k, &info) != NPUKIT_OK) {
+            contract("npukit_output_info failed");
+        }
+        out_len[k] = info.bytes;
+        out[k] = (unsigned char *)malloc(info.bytes);
+        again[k] = (unsigned char *)malloc(info.bytes);
+        if (!out[k] || !again[k]) {
+            contract("out of memory");
+        }
+        outs[k] = out[k];
+        agains[k] = again[k];
+    }
+    if (npukit_input_info(m, n_in, &info) != NPUKIT_E_ARG || npukit_output_info(m, n_out, &info) != NPUKIT_E_ARG) {
+        contract("an input or output index past the last was not refused");
+    }
     memset(arena, 0, arena_len);
-    rc = npukit_invoke(m, arena, arena_len, in, out);
+    rc = npukit_invoke_io(m, arena, arena_len, ins, outs);
     if (rc == NPUKIT_OK) {
         memset(arena, 0xA5, arena_len); /* garbage: a result must not depend on it */
-        if (npukit_invoke(m, arena, arena_len, in, again) != NPUKIT_OK || memcmp(out, again, out_len) != 0) {
-            contract("the output depends on the arena's previous contents");
+        if (npukit_invoke_io(m, arena, arena_len, ins, agains) != NPUKIT_OK) {
+            contract("a second run was refused");
         }
-        pattern(m, in);
-        if (npukit_invoke(m, arena, arena_len, in, out) != NPUKIT_OK) {
+        for (k = 0; k < n_out; k++) {
+            if (memcmp(out[k], again[k], out_len[k]) != 0) {
+                contract("the output depends on the arena's previous contents");
+            }
+        }
+        for (k = 0; k < n_in; k++) {
+            pattern(m, k, in[k]);
+        }
+        if (npukit_invoke_io(m, arena, arena_len, ins, outs) != NPUKIT_OK) {
             contract("an input inside the input's range was refused");
         }
-        *crc = crc32(out, out_len);
+        *crc = 0;
+        for (k = 0; k < n_out; k++) {
+            *crc = crc32(*crc, out[k], out_len[k]);
+        }
     }
-    if (npukit_invoke(m, arena, arena_len - 1, in, out) != NPUKIT_E_ARENA
-        || npukit_invoke(m, shifted + 1, arena_len + 3, in, out) != NPUKIT_E_ARENA
-        || npukit_invoke(m, arena, arena_len, NULL, out) != NPUKIT_E_ARG
-        || npukit_invoke(m, arena, arena_len, in, NULL) != NPUKIT_E_ARG
-        || npukit_invoke(NULL, arena, arena_len, in, out) != NPUKIT_E_ARG) {
-        contract("a bad argument to npukit_invoke was not refused");
+    if (npukit_invoke_io(m, arena, arena_len - 1, ins, outs) != NPUKIT_E_ARENA
+        || npukit_invoke_io(m, shifted + 1, arena_len + 3, ins, outs) != NPUKIT_E_ARENA
+        || npukit_invoke_io(m, arena, arena_len, NULL, outs) != NPUKIT_E_ARG
+        || npukit_invoke_io(m, arena, arena_len, ins, NULL) != NPUKIT_E_ARG
+        || npukit_invoke_io(NULL, arena, arena_len, ins, outs) != NPUKIT_E_ARG
+        || npukit_invoke(m, arena, arena_len, in[0], NULL) != NPUKIT_E_ARG
+        || npukit_invoke(m, arena, arena_len, in[0], out[0]) != (n_in == 1 && n_out == 1 ? rc : NPUKIT_E_IO)) {
+        contract("a bad argument to npukit_invoke(_io) was not refused");
+    }
+    for (k = 0; k < n_in; k++) {
+        free(in[k]);
+    }
+    for (k = 0; k < n_out; k++) {
+        free(out[k]);
+        free(again[k]);
     }
     free(arena);
     free(shifted);
-    free(in);
-    free(out);
-    free(again);
     return rc;
 }
 

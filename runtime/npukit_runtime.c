@@ -497,6 +497,9 @@ static int read_io(ctx_t *x)
     if ((size_t)(n_in + n_out) * IO_REC > c.end - c.pos) {
         return NPUKIT_E_RECORD;
     }
+    if (n_in > NPUKIT_MAX_IO || n_out > NPUKIT_MAX_IO) {
+        return NPUKIT_E_LIMIT;
+    }
     memset(x->role, 0, sizeof x->role);
     for (k = 0; k < n_in + n_out; k++) {
         const npukit_tensor_t *spec;
@@ -517,11 +520,10 @@ static int read_io(ctx_t *x)
             return NPUKIT_E_VALUE;
         }
         x->role[t] |= (uint8_t)(k < n_in ? 1 : 2);
-        if (k == 0) {
-            m->input = (uint16_t)t;
-        }
-        if (k == n_in) {
-            m->output = (uint16_t)t;
+        if (k < n_in) {
+            m->inputs[k] = (uint16_t)t;
+        } else {
+            m->outputs[k - n_in] = (uint16_t)t;
         }
     }
     TRY(done(&c));
@@ -532,6 +534,10 @@ static int read_io(ctx_t *x)
     }
     x->n_in = n_in;
     x->n_out = n_out;
+    m->n_inputs = (uint16_t)n_in;
+    m->n_outputs = (uint16_t)n_out;
+    m->input = n_in ? m->inputs[0] : 0; /* prepare refuses a model without inputs or outputs */
+    m->output = n_out ? m->outputs[0] : 0;
     return NPUKIT_OK;
 }
 
@@ -1717,8 +1723,18 @@ static int prepare(ctx_t *x)
     if (*(const uint8_t *)&one != 1) {
         return NPUKIT_E_UNSUPPORTED; /* biases are read in place as little-endian int32 */
     }
-    if (x->n_in != 1 || x->n_out != 1 || !usable(&m->tensors[m->input]) || !usable(&m->tensors[m->output])) {
+    if (x->n_in == 0 || x->n_out == 0) {
         return NPUKIT_E_UNSUPPORTED;
+    }
+    for (i = 0; i < x->n_in; i++) {
+        if (!usable(&m->tensors[m->inputs[i]])) {
+            return NPUKIT_E_UNSUPPORTED;
+        }
+    }
+    for (i = 0; i < x->n_out; i++) {
+        if (!usable(&m->tensors[m->outputs[i]])) {
+            return NPUKIT_E_UNSUPPORTED;
+        }
     }
     for (i = 0; i < m->n_ops; i++) {
         TRY(prepare_op(x, i));
@@ -1787,6 +1803,7 @@ const char *npukit_strerror(int status)
     case NPUKIT_E_LIMIT: return "more tensors or ops than this build's tables hold (NPUKIT_MAX_TENSORS, NPUKIT_MAX_OPS)";
     case NPUKIT_E_ARENA: return "the arena is smaller than the model needs, or not 4-byte aligned";
     case NPUKIT_E_INPUT: return "an input value lies outside the input tensor's bit range";
+    case NPUKIT_E_IO: return "the model has several inputs or outputs: run it with npukit_invoke_io";
     default: return "unknown npukit status";
     }
 }
@@ -1824,6 +1841,43 @@ int npukit_input_exp(const npukit_model_t *m)
 int npukit_output_exp(const npukit_model_t *m)
 {
     return m->tensors[m->output].exp;
+}
+
+unsigned npukit_num_inputs(const npukit_model_t *m)
+{
+    return m != NULL && m->loaded == LOADED ? m->n_inputs : 0;
+}
+
+unsigned npukit_num_outputs(const npukit_model_t *m)
+{
+    return m != NULL && m->loaded == LOADED ? m->n_outputs : 0;
+}
+
+static int io_info(const npukit_model_t *m, uint32_t t, npukit_io_info *info)
+{
+    const npukit_tensor_t *v = &m->tensors[t];
+    info->bytes = v->nbytes;
+    info->dtype = (npukit_dtype)v->elem_bytes;
+    info->exp = v->exp;
+    info->name = (const char *)(m->bin + v->name_at);
+    info->name_len = v->name_len;
+    return NPUKIT_OK;
+}
+
+int npukit_input_info(const npukit_model_t *m, unsigned i, npukit_io_info *info)
+{
+    if (m == NULL || m->loaded != LOADED || info == NULL || i >= m->n_inputs) {
+        return NPUKIT_E_ARG;
+    }
+    return io_info(m, m->inputs[i], info);
+}
+
+int npukit_output_info(const npukit_model_t *m, unsigned i, npukit_io_info *info)
+{
+    if (m == NULL || m->loaded != LOADED || info == NULL || i >= m->n_outputs) {
+        return NPUKIT_E_ARG;
+    }
+    return io_info(m, m->outputs[i], info);
 }
 
 /* The engine refuses inputs outside the input's bit range (engine.run_checked_input); so does this. */
@@ -1865,19 +1919,60 @@ int npukit_invoke(const npukit_model_t *m, void *arena, size_t arena_len, const 
 int npukit_invoke_traced(const npukit_model_t *m, void *arena, size_t arena_len, const void *in, void *out,
                          npukit_trace_fn trace, void *user)
 {
-    uint8_t *a = (uint8_t *)arena;
-    uint32_t i;
+    const void *ins[1];
+    void *outs[1];
+    ins[0] = in;
+    outs[0] = out;
     if (m == NULL || m->loaded != LOADED || arena == NULL || in == NULL || out == NULL) {
         return NPUKIT_E_ARG;
     }
     if (arena_len < m->arena_bytes || ((uintptr_t)arena & 3u) != 0) {
         return NPUKIT_E_ARENA;
     }
-    if (!input_in_range(&m->tensors[m->input], (const uint8_t *)in)) {
-        return NPUKIT_E_INPUT;
+    if (m->n_inputs != 1 || m->n_outputs != 1) {
+        return NPUKIT_E_IO; /* one buffer cannot hold several tensors: the caller must say where each goes */
     }
-    memcpy(a + m->tensors[m->input].offset, in, m->tensors[m->input].nbytes);
-    trace_tensor(m, a, m->input, trace, user);
+    return npukit_invoke_io_traced(m, arena, arena_len, ins, outs, trace, user);
+}
+
+int npukit_invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, const void *const *ins,
+                     void *const *outs)
+{
+    return npukit_invoke_io_traced(m, arena, arena_len, ins, outs, NULL, NULL);
+}
+
+int npukit_invoke_io_traced(const npukit_model_t *m, void *arena, size_t arena_len, const void *const *ins,
+                            void *const *outs, npukit_trace_fn trace, void *user)
+{
+    uint8_t *a = (uint8_t *)arena;
+    uint32_t i;
+    if (m == NULL || m->loaded != LOADED || arena == NULL || ins == NULL || outs == NULL) {
+        return NPUKIT_E_ARG;
+    }
+    for (i = 0; i < m->n_inputs; i++) {
+        if (ins[i] == NULL) {
+            return NPUKIT_E_ARG;
+        }
+    }
+    for (i = 0; i < m->n_outputs; i++) {
+        if (outs[i] == NULL) {
+            return NPUKIT_E_ARG;
+        }
+    }
+    if (arena_len < m->arena_bytes || ((uintptr_t)arena & 3u) != 0) {
+        return NPUKIT_E_ARENA;
+    }
+    for (i = 0; i < m->n_inputs; i++) { /* all checked before any is copied: a refused sample writes nothing */
+        if (!input_in_range(&m->tensors[m->inputs[i]], (const uint8_t *)ins[i])) {
+            return NPUKIT_E_INPUT;
+        }
+    }
+    for (i = 0; i < m->n_inputs; i++) {
+        memcpy(a + m->tensors[m->inputs[i]].offset, ins[i], m->tensors[m->inputs[i]].nbytes);
+    }
+    for (i = 0; i < m->n_inputs; i++) {
+        trace_tensor(m, a, m->inputs[i], trace, user);
+    }
     for (i = 0; i < m->n_ops; i++) {
         const npukit_op_t *op = &m->ops[i];
         const npukit_tensor_t *y = &m->tensors[op->out];
@@ -1948,6 +2043,8 @@ int npukit_invoke_traced(const npukit_model_t *m, void *arena, size_t arena_len,
         }
         trace_tensor(m, a, op->out, trace, user);
     }
-    memcpy(out, a + m->tensors[m->output].offset, m->tensors[m->output].nbytes);
+    for (i = 0; i < m->n_outputs; i++) {
+        memcpy(outs[i], a + m->tensors[m->outputs[i]].offset, m->tensors[m->outputs[i]].nbytes);
+    }
     return NPUKIT_OK;
 }

@@ -9,12 +9,18 @@
  *         rc = npukit_invoke(&m, arena, arena_len, in, out);
  *     if (rc != NPUKIT_OK) puts(npukit_strerror(rc));
  *
+ * A model with several inputs or outputs runs with npukit_invoke_io, one buffer per input and per output in
+ * the model's order (npukit_num_inputs, npukit_input_info say how many and of what size):
+ *
+ *     const void *ins[2] = {in0, in1};
+ *     void *outs[2] = {out0, out1};
+ *     rc = npukit_invoke_io(&m, arena, arena_len, ins, outs);
+ *
  * npukit_load checks the whole file before it returns NPUKIT_OK: every check of the Python reader
  * (npukit/modelbin.py, "What the reader checks" in the format document) except the full validation of
  * the target profile, of which it checks the zlib stream, the JSON syntax and the fields it uses. It
  * never reads outside [bin, bin + len) and never writes outside *m, whatever the bytes. It then refuses
- * (NPUKIT_E_UNSUPPORTED) a valid model that these kernels cannot run: anything but one input and one
- * output, op inputs wider than 8 bits, 64-bit biases, add of more than two operands, and the other
+ * (NPUKIT_E_UNSUPPORTED) a valid model that these kernels cannot run: op inputs wider than 8 bits, 64-bit biases, add of more than two operands, and the other
  * cases listed in the format document ("Reading model.bin in C").
  */
 #ifndef NPUKIT_RUNTIME_H
@@ -32,6 +38,10 @@
 #endif
 #ifndef NPUKIT_MAX_OPS
 #define NPUKIT_MAX_OPS 64
+#endif
+/* The most inputs, and the most outputs, of a model (NPUKIT_E_LIMIT beyond). */
+#ifndef NPUKIT_MAX_IO
+#define NPUKIT_MAX_IO 8
 #endif
 /* The largest dimension, kernel size, stride, padding or dilation the runtime accepts (NPUKIT_E_UNSUPPORTED
  * beyond): it keeps every int32 the kernels compute (positions, strides, padded extents) far from overflow. */
@@ -62,7 +72,8 @@ enum {
     NPUKIT_E_UNSUPPORTED = -13, /* a valid model these kernels cannot run (see above) */
     NPUKIT_E_LIMIT = -14,       /* more tensors or ops than this build's tables hold (NPUKIT_MAX_*) */
     NPUKIT_E_ARENA = -15,       /* npukit_invoke: the arena is smaller than npukit_arena_bytes or not 4-byte aligned */
-    NPUKIT_E_INPUT = -16        /* npukit_invoke: an input value outside the input tensor's bit range */
+    NPUKIT_E_INPUT = -16,       /* npukit_invoke: an input value outside the input tensor's bit range */
+    NPUKIT_E_IO = -17           /* npukit_invoke on a model with several inputs or outputs: use npukit_invoke_io */
 };
 
 /* The element type of the input or output buffer: a signed integer of this many bytes, little-endian
@@ -119,7 +130,9 @@ typedef struct {
     uint32_t loaded;         /* set by a successful npukit_load */
     uint16_t target_id;
     uint16_t n_tensors, n_ops;
-    uint16_t input, output;  /* tensor indices */
+    uint16_t input, output;  /* tensor indices: the first input and the first output */
+    uint16_t n_inputs, n_outputs;
+    uint16_t inputs[NPUKIT_MAX_IO], outputs[NPUKIT_MAX_IO];  /* tensor indices, in the file's io order */
     uint32_t arena_bytes, lower_bound_bytes;
     nk_rounding rounding, pool_rounding;  /* of the target profile: add and concat, pooling */
     npukit_tensor_t tensors[NPUKIT_MAX_TENSORS];
@@ -136,7 +149,7 @@ const char *npukit_strerror(int status);
 
 /* The activation arena npukit_invoke needs, in bytes (the plan of the file). */
 size_t npukit_arena_bytes(const npukit_model_t *m);
-/* Bytes of one input or output sample, its element type and exponent (real = q * 2^-exp). */
+/* Bytes of one sample of the first input or output, its element type and exponent (real = q * 2^-exp). */
 size_t npukit_input_bytes(const npukit_model_t *m);
 size_t npukit_output_bytes(const npukit_model_t *m);
 npukit_dtype npukit_input_dtype(const npukit_model_t *m);
@@ -144,18 +157,47 @@ npukit_dtype npukit_output_dtype(const npukit_model_t *m);
 int npukit_input_exp(const npukit_model_t *m);
 int npukit_output_exp(const npukit_model_t *m);
 
-/* Runs one sample: copies `in` (npukit_input_bytes) into the arena, runs every op with the kernel library
- * at the offsets of the plan, copies the output (npukit_output_bytes) to `out`. The arena is caller memory
- * of at least npukit_arena_bytes, 4-byte aligned; it holds no state between calls, so one arena can serve
- * several models in turn. Returns NPUKIT_OK, NPUKIT_E_ARG (NULL pointer, model not loaded), NPUKIT_E_ARENA
- * or NPUKIT_E_INPUT (then `out` is not written). */
+/* How many inputs and outputs the model has (0 for NULL or a model not loaded). */
+unsigned npukit_num_inputs(const npukit_model_t *m);
+unsigned npukit_num_outputs(const npukit_model_t *m);
+
+/* One input or output: bytes of one sample, element type, exponent (real = q * 2^-exp) and the tensor's name
+ * in the file (name_len bytes, not NUL-terminated). */
+typedef struct {
+    size_t bytes;
+    npukit_dtype dtype;
+    int exp;
+    const char *name;
+    size_t name_len;
+} npukit_io_info;
+
+/* Fills *info for input (output) `i` of the file's order. NPUKIT_E_ARG for a NULL pointer, a model not
+ * loaded or `i` past the last. */
+int npukit_input_info(const npukit_model_t *m, unsigned i, npukit_io_info *info);
+int npukit_output_info(const npukit_model_t *m, unsigned i, npukit_io_info *info);
+
+/* Runs one sample of a model with one input and one output: copies `in` (npukit_input_bytes) into the
+ * arena, runs every op with the kernel library at the offsets of the plan, copies the output
+ * (npukit_output_bytes) to `out`. The arena is caller memory of at least npukit_arena_bytes, 4-byte aligned;
+ * it holds no state between calls, so one arena can serve several models in turn. Returns NPUKIT_OK,
+ * NPUKIT_E_ARG (NULL pointer, model not loaded), NPUKIT_E_ARENA, NPUKIT_E_INPUT or NPUKIT_E_IO (the model
+ * has several inputs or outputs: use npukit_invoke_io); then `out` is not written. */
 int npukit_invoke(const npukit_model_t *m, void *arena, size_t arena_len, const void *in, void *out);
 
-/* Per-layer tracing (`npukit compare`): npukit_invoke that also calls `trace` with the input tensor once it
- * is in the arena and with every op's output right after the op wrote it. `name` is the tensor's name in
+/* Runs one sample of any model: `ins` holds npukit_num_inputs pointers, one per input in the model's order
+ * (npukit_input_info(m, i).bytes each), `outs` npukit_num_outputs pointers to the output buffers. Every
+ * input is checked before anything runs. Returns as npukit_invoke, never NPUKIT_E_IO; a NULL array or a NULL
+ * pointer in one is NPUKIT_E_ARG. */
+int npukit_invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, const void *const *ins,
+                     void *const *outs);
+
+/* Per-layer tracing (`npukit compare`): npukit_invoke(_io) that also calls `trace` with each input tensor once
+ * it is in the arena and with every op's output right after the op wrote it. `name` is the tensor's name in
  * the file (`name_len` bytes, not NUL-terminated); `data`/`nbytes` its bytes in the arena. */
 typedef void (*npukit_trace_fn)(void *user, const char *name, size_t name_len, const void *data, size_t nbytes);
 int npukit_invoke_traced(const npukit_model_t *m, void *arena, size_t arena_len, const void *in, void *out,
                          npukit_trace_fn trace, void *user);
+int npukit_invoke_io_traced(const npukit_model_t *m, void *arena, size_t arena_len, const void *const *ins,
+                            void *const *outs, npukit_trace_fn trace, void *user);
 
 #endif

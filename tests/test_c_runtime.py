@@ -218,8 +218,21 @@ class PoolReLU(nn.Module):
         return self.fc(torch.relu(nn.functional.max_pool1d(self.c(x), 2)).flatten(1))
 
 
+class TwoInTwoOut(nn.Module):
+    """Two inputs, two outputs, one of them also read by a later layer: the io lists, npukit_invoke_io."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv1d(1, 2, 3), nn.Conv1d(2, 2, 3), nn.Conv1d(2, 3, 1)
+
+    def forward(self, x, y):
+        h = torch.relu(self.a(x) + self.b(y))
+        return self.c(h), h
+
+
 def fuzz_bases() -> list[bytes]:
-    """Small valid files that together hold every op, attribute type, weight width, rounding mode and scheme."""
+    """Small valid files that together hold every op, attribute type, weight width, rounding mode and scheme,
+    and a model with several inputs and outputs."""
     torch.manual_seed(0)
     block = {"k": 3, "stride": 2, "pad": 1, "dil": 2, "bias": False, "depthwise": True, "mult": 2, "cout": 4, "bn": False,
              "relu": True, "side": "cat", "pool": "max", "pool_k": 3, "pool_pad": 1, "wscale": 1}
@@ -230,6 +243,7 @@ def fuzz_bases() -> list[bytes]:
         random_graph_and_inputs((2, 2, [8, 8], [residual], "flatten"), "max78000", 1)[0],
         random_graph_and_inputs((1, 2, [12], [block], "gap"), "variant", 2)[0],
         npukit.to_ir(npukit.prepare(PoolReLU(), torch.randn(16, 2, 8), rules="off")),
+        npukit.to_ir(npukit.prepare(TwoInTwoOut(), (torch.randn(8, 1, 10), torch.randn(8, 2, 10)), rules="off")),
         # 38 ops and 64 strings: string lookups past the loader's first checkpoint
         npukit.to_ir(npukit.prepare(nn.Sequential(*[m for _ in range(36) for m in (nn.Conv1d(2, 2, 1), nn.ReLU())],
                                                   nn.Flatten(), nn.Linear(8, 2)), torch.randn(8, 2, 4), rules="off")),

@@ -145,7 +145,7 @@ def assert_all_agree(qmodel, x, workdir, *, generated_c: bool = False) -> None:
         diff = D.compare(ref, d)
         assert diff is None, diff.describe()
     packed = modelbin.read(path)  # the model.bin's own plan: every tensor at its offset in one arena
-    in_arena = engine.run_in_arena(packed.graph, packed.offsets, packed.arena_bytes, xi)
+    in_arena = engine.run_in_arena(packed.graph, packed.offsets, packed.arena_bytes, xi)[0]
     np.testing.assert_array_equal(in_arena, ref.tensors[graph.outputs[0]])
 
 

@@ -60,7 +60,7 @@ DEPLOY_SCRIPT = textwrap.dedent("""
 
     plan = npukit.memplan.plan_graph(g)
     assert plan.arena_bytes >= plan.lower_bound_bytes > 0
-    assert npukit.engine.run_in_arena(g, packed.offsets, packed.arena_bytes, x[:1]).shape[0] == 1
+    assert npukit.engine.run_in_arena(g, packed.offsets, packed.arena_bytes, x[:1])[0].shape[0] == 1
 
     r = npukit.pack(g, d / "repacked.bin")
     assert npukit.modelbin.read(r.path).graph.nodes, "re-packed model.bin has no nodes"

@@ -103,8 +103,14 @@ def generate(model, out_dir: str | Path, *, kat_input: np.ndarray | None = None,
     `prefix` names the model's symbols and macros (`<prefix>_run`, `<PREFIX>_INPUT_SIZE`, ...), so that
     several generated models link into one image (their kernel files are the same: compile one set).
 
-    `kat_input` is one integer input sample (or a batch: its first sample is used); the expected output
-    comes from the reference engine. Without it, the input is all zeros.
+    `kat_input` is one integer input sample (or a batch: its first sample is used), or for a model with
+    several inputs a list of them, one per input; the expected outputs come from the reference engine.
+    Without it, the inputs are all zeros.
+
+    A model with one input and one output gets `<prefix>_run(input, output)` and the macros
+    `<PREFIX>_INPUT_SIZE`, `<PREFIX>_OUTPUT_SIZE`, ...; a model with several gets one pointer per input,
+    then one per output, in graph order (`<prefix>_run(input0, input1, output0)`), and numbered names
+    (`<PREFIX>_INPUT0_SIZE`, `<prefix>_output1_t`, `<prefix>_quantize0`, ...).
 
     Regenerating into a folder replaces the files an earlier generation wrote (listed in its `.npukit-generated`)
     and removes those this one no longer writes; a file of the same name that npukit did not write is an
@@ -115,37 +121,26 @@ def generate(model, out_dir: str | Path, *, kat_input: np.ndarray | None = None,
 
     packed = model if isinstance(model, modelbin.PackedModel) else modelbin.read(model)
     g = packed.graph
-    if len(g.inputs) != 1 or len(g.outputs) != 1:
-        raise NpukitError("codegen supports models with one input and one output")
-    inp, out = g.input_spec(), g.output_spec()
-    if any(g.tensors[t].bits > 8 for n in g.nodes for t in n.inputs):
+    if any(g.tensors[t].bits > 8 for t in [*g.inputs, *(t for n in g.nodes for t in n.inputs)]):
         raise NpukitError("codegen supports 8-bit activations")
+    io = _io(g)
     b = CBuilder(g, packed.offsets)
-    body = []
-    body.append(_dump_call(g, b, g.inputs[0]))
+    body = [_dump_call(g, b, t) for t in g.inputs]
     for node in g.nodes:
         body.append(f"    /* {node.name}: {node.op} */")
         body += [f"    {line}" for line in get_op(node.op).to_c(node, b)]
         body += [_dump_call(g, b, t) for t in node.outputs]
 
-    n_in, n_out = math.prod(inp.shape), math.prod(out.shape)
-    out_t = _ctype(out.bits)
-    if kat_input is None:
-        kat_input = np.zeros((1, *inp.shape), inp.dtype)
-    kat_input = np.asarray(kat_input)
-    if kat_input.size == 0 or kat_input.size % n_in:
-        raise NpukitError(f"the known-answer input has shape {kat_input.shape}; the model takes samples of shape "
-                          f"{tuple(inp.shape)} (one sample, or a batch of them)")
-    kat_input = kat_input.reshape(-1, *inp.shape)[:1]
-    expected = engine.run(g, kat_input)[0]  # checks the integers' type and range too, before anything is written
+    kat = _kat_inputs(g, kat_input)
+    expected = engine.run(g, *kat)  # checks the integers' type and range too, before anything is written
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", prefix) or prefix.startswith("nk_"):
         raise NpukitError(f"prefix {prefix!r}: use a lowercase C identifier (letters, digits, _), not starting with nk_")
     files = {
-        "model.h": _model_h(g, n_in, n_out, out_t, packed.arena_bytes),
-        "model.c": _model_c(g, b, body, n_in, n_out, out_t, packed.arena_bytes),
-        "main.c": _main_c(kat_input.ravel(), expected.ravel(), out_t),
-        "run_file.c": _run_file_c(out_t),
-        "dump_run.c": _DUMP_RUN_C,
+        "model.h": _model_h(g, io, packed.arena_bytes),
+        "model.c": _model_c(g, b, io, body, packed.arena_bytes),
+        "main.c": _main_c(io, [x.ravel() for x in kat], [y.ravel() for y in expected]),
+        "run_file.c": _run_file_c(io),
+        "dump_run.c": _dump_run_c(io),
         "npukit_dump.c": _DUMP_C,
         "Makefile": _MAKEFILE,
         "CMakeLists.txt": _CMAKE,
@@ -169,6 +164,57 @@ def generate(model, out_dir: str | Path, *, kat_input: np.ndarray | None = None,
     for name in stale:  # an earlier model's files this one does not have
         (out_dir / name).unlink(missing_ok=True)
     return out_dir
+
+
+@dataclass
+class _Tensor:
+    """An input or output of the generated entry point: its C names and spec."""
+
+    spec: object  # TensorSpec
+    arg: str  # the parameter name: input, output / input0, output1, ...
+    macro: str  # NPUKIT_<macro>_SIZE, _EXP: INPUT, OUTPUT / INPUT0, OUTPUT1, ...
+    ctype: str  # int8_t for inputs; npukit_output_t / npukit_output1_t for outputs
+    base: str  # the C type underneath
+    suffix: str  # of the helpers: npukit_quantize<suffix>, npukit_dequantize<suffix>
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.spec.shape)
+
+
+def _io(g: Graph) -> tuple[list[_Tensor], list[_Tensor]]:
+    """The entry point's inputs and outputs: today's names for one input and one output, numbered ones
+    (input0, OUTPUT1, npukit_output1_t) as soon as the model has several of either."""
+    single = len(g.inputs) == 1 and len(g.outputs) == 1
+    ins, outs = [], []
+    for i, t in enumerate(g.inputs):
+        k = "" if single else str(i)
+        ins.append(_Tensor(g.tensors[t], f"input{k}", f"INPUT{k}", "int8_t", "int8_t", k))
+    for i, t in enumerate(g.outputs):
+        k = "" if single else str(i)
+        spec = g.tensors[t]
+        outs.append(_Tensor(spec, f"output{k}", f"OUTPUT{k}", f"npukit_output{k}_t", _ctype(spec.bits), k))
+    return ins, outs
+
+
+def _kat_inputs(g: Graph, kat_input) -> list[np.ndarray]:
+    """One sample per input for the known-answer test (zeros when not given)."""
+    specs = [g.input_spec(i) for i in range(len(g.inputs))]
+    if kat_input is None:
+        return [np.zeros((1, *s.shape), s.dtype) for s in specs]
+    # a list is one array per input; for a one-input model, also the sample itself (as it has always been)
+    given = list(kat_input) if isinstance(kat_input, list | tuple) and len(specs) > 1 else [kat_input]
+    if len(given) != len(specs):
+        raise NpukitError(f"the known-answer input gives {len(given)} array(s); the model takes {len(specs)} "
+                          "input(s): give a list with one array per input")
+    out = []
+    for spec, x in zip(specs, given, strict=True):
+        x, n = np.asarray(x), math.prod(spec.shape)
+        if x.size == 0 or x.size % n:
+            raise NpukitError(f"the known-answer input {spec.name!r} has shape {x.shape}; the model takes samples of "
+                              f"shape {tuple(spec.shape)} (one sample, or a batch of them)")
+        out.append(x.reshape(-1, *spec.shape)[:1])
+    return out
 
 
 def _stale_files(out_dir: Path, written: set[str], force: bool) -> set[str]:
@@ -196,26 +242,34 @@ _ROUND_C = {
 
 
 def _with_prefix(text: str, prefix: str) -> str:
-    text = re.sub(r"\bnpukit_(run_in|run|output_t|arena|quantize|dequantize)\b", rf"{prefix}_\1", text)
+    text = re.sub(r"\bnpukit_(run_in|run|output\d*_t|arena|quantize\d*|dequantize\d*)\b", rf"{prefix}_\1", text)
     return re.sub(r"\bNPUKIT_(?!KERNELS_H)", f"{prefix.upper()}_", text)
 
 
-def _model_h(g: Graph, n_in: int, n_out: int, out_t: str, arena: int) -> str:
-    inp, out = g.input_spec(), g.output_spec()
+def _model_h(g: Graph, io, arena: int) -> str:
+    ins, outs = io
+    docs = "\n".join(
+        [f" * Input{t.suffix and ' ' + t.suffix} ({t.spec.name!r}): int8, shape {tuple(t.spec.shape)}, "
+         f"real = q * 2^-{t.spec.exp}." for t in ins]
+        + [f" * Output{t.suffix and ' ' + t.suffix} ({t.spec.name!r}): {t.base}, shape {tuple(t.spec.shape)}, "
+           f"real = q * 2^-{t.spec.exp}." for t in outs])
+    macros = "\n".join([f"#define NPUKIT_{t.macro}_SIZE {t.size}" for t in ins + outs]
+                       + [f"#define NPUKIT_{t.macro}_EXP {t.spec.exp}" for t in ins + outs])
+    typedefs = "\n".join(f"typedef {t.base} {t.ctype};" for t in outs)
+    helpers = "\n".join(_quantize_h(g, t) for t in ins) + "\n".join(_dequantize_h(t) for t in outs)
     return f"""/* Generated by npukit from a {g.target['name']} model. Do not edit. */
 #ifndef NPUKIT_MODEL_H
 #define NPUKIT_MODEL_H
 
 #include <stdint.h>
 
-/* Input: int8, shape {tuple(inp.shape)}, channel first and C-contiguous (C x H x W; 1-d data C x L),
- * real = q * 2^-{inp.exp}. Output: {out_t}, shape {tuple(out.shape)}, the same layout, real = q * 2^-{out.exp}. */
-#define NPUKIT_INPUT_SIZE {n_in}
-#define NPUKIT_OUTPUT_SIZE {n_out}
-#define NPUKIT_INPUT_EXP {inp.exp}
-#define NPUKIT_OUTPUT_EXP {out.exp}
+/* Every tensor is channel first and C-contiguous (C x H x W; 1-d data C x L), one sample.
+{docs} */
+#define NPUKIT_NUM_INPUTS {len(ins)}
+#define NPUKIT_NUM_OUTPUTS {len(outs)}
+{macros}
 #define NPUKIT_ARENA_BYTES {arena}
-typedef {out_t} npukit_output_t;
+{typedefs}
 
 /* Placement: define these (e.g. to __attribute__((section(".sram2")))) before compiling model.c to put the
  * arena or the weights in a memory section of your linker script. */
@@ -226,20 +280,31 @@ typedef {out_t} npukit_output_t;
 #define NPUKIT_WEIGHTS_SECTION
 #endif
 
-/* Runs one sample in the one static arena of NPUKIT_ARENA_BYTES (not reentrant). Compiled out with
- * -DNPUKIT_ARENA_EXTERNAL, when the caller provides the arena to npukit_run_in (shared with other code,
- * placed where the firmware wants it). Return 0, -1 when a pointer is NULL, -2 when the arena is not
- * 8-byte aligned. */
+/* Runs one sample in the one static arena of NPUKIT_ARENA_BYTES (not reentrant): one pointer per input, then
+ * one per output, in the order above. Compiled out with -DNPUKIT_ARENA_EXTERNAL, when the caller provides
+ * the arena to npukit_run_in (shared with other code, placed where the firmware wants it). Return 0, -1
+ * when a pointer is NULL, -2 when the arena is not 8-byte aligned. */
 #ifndef NPUKIT_ARENA_EXTERNAL
-int npukit_run(const int8_t *input, npukit_output_t *output);
+int npukit_run({_params(io)});
 #endif
-int npukit_run_in(void *arena_bytes, const int8_t *input, npukit_output_t *output);
+int npukit_run_in(void *arena_bytes, {_params(io)});
+{helpers}
+#endif
+"""
 
+
+def _params(io) -> str:
+    ins, outs = io
+    return ", ".join([f"const int8_t *{t.arg}" for t in ins] + [f"{t.ctype} *{t.arg}" for t in outs])
+
+
+def _quantize_h(g: Graph, t: _Tensor) -> str:
+    return f"""
 /* For float callers (the model itself computes no floating point): the input quantization of the arithmetic
- * contract (x * 2^NPUKIT_INPUT_EXP rounded {g.rounding.replace("_", " ")}, saturated to int8), exact in double. */
-static inline int8_t npukit_quantize(double x)
+ * contract (x * 2^NPUKIT_{t.macro}_EXP rounded {g.rounding.replace("_", " ")}, saturated to int8), exact in double. */
+static inline int8_t npukit_quantize{t.suffix}(double x)
 {{
-    const double v = x * {2.0 ** inp.exp!r};
+    const double v = x * {2.0 ** t.spec.exp!r};
     double f;
     if (!(v > -129.0)) {{
         return -128; /* also NaN: the caller's data should not hold any */
@@ -252,14 +317,16 @@ static inline int8_t npukit_quantize(double x)
 {_ROUND_C[g.rounding]}
     return (int8_t)(f < -128.0 ? -128 : (f > 127.0 ? 127 : f));
 }}
+"""
 
-/* Output integers to real values: q * 2^-NPUKIT_OUTPUT_EXP. */
-static inline double npukit_dequantize(npukit_output_t q)
+
+def _dequantize_h(t: _Tensor) -> str:
+    return f"""
+/* Output integers to real values: q * 2^-NPUKIT_{t.macro}_EXP. */
+static inline double npukit_dequantize{t.suffix}({t.ctype} q)
 {{
-    return (double)q * {2.0 ** -out.exp!r};
+    return (double)q * {2.0 ** -t.spec.exp!r};
 }}
-
-#endif
 """
 
 
@@ -270,8 +337,14 @@ def _dump_call(g: Graph, b: CBuilder, tensor: str) -> str:
     return f'    NPUKIT_DUMP_TENSOR("{tensor}", {b.ptr(tensor, ctype)}, {size});'
 
 
-def _model_c(g: Graph, b: CBuilder, body: list[str], n_in: int, n_out: int, out_t: str, arena: int) -> str:
+def _model_c(g: Graph, b: CBuilder, io, body: list[str], arena: int) -> str:
+    ins, outs = io
     consts = "\n".join(b.consts)
+    names = [t.arg for t in ins + outs]
+    null = " || ".join(f"{n} == NULL" for n in ["arena", *names])
+    copy_in = "\n".join(f"    memcpy({b.ptr(t.spec.name)}, {t.arg}, {t.size});" for t in ins)
+    copy_out = "\n".join(f"    memcpy({t.arg}, {b.ptr(t.spec.name, t.base)}, {t.size} * sizeof({t.ctype}));"
+                          for t in outs)
     return f"""/* Generated by npukit from a {g.target['name']} model. Do not edit. */
 #include <string.h>
 
@@ -289,18 +362,18 @@ void npukit_dump(const char *name, const void *data, unsigned long nbytes);
 
 {consts}
 
-int npukit_run_in(void *arena_bytes, const int8_t *input, npukit_output_t *output)
+int npukit_run_in(void *arena_bytes, {_params(io)})
 {{
     int8_t *const arena = (int8_t *)arena_bytes;
-    if (arena == NULL || input == NULL || output == NULL) {{
+    if ({null}) {{
         return -1;
     }}
     if (((uintptr_t)arena_bytes & 7u) != 0) {{
         return -2;
     }}
-    memcpy({b.ptr(g.inputs[0])}, input, {n_in});
+{copy_in}
 {chr(10).join(body)}
-    memcpy(output, {b.ptr(g.outputs[0], out_t)}, {n_out} * sizeof(npukit_output_t));
+{copy_out}
     return 0;
 }}
 
@@ -311,80 +384,145 @@ static union {{
     int8_t bytes[{max(arena, 1)}];
 }} npukit_arena NPUKIT_ARENA_SECTION;
 
-int npukit_run(const int8_t *input, npukit_output_t *output)
+int npukit_run({_params(io)})
 {{
-    return npukit_run_in(npukit_arena.bytes, input, output);
+    return npukit_run_in(npukit_arena.bytes, {", ".join(names)});
 }}
 #endif
 """
 
 
-def _main_c(x: np.ndarray, y: np.ndarray, out_t: str) -> str:
-    return f"""/* Known-answer test: the model's output on a sample input must equal the reference engine's. */
-#include <stdio.h>
-
-#include "model.h"
-
-static const int8_t kat_input[NPUKIT_INPUT_SIZE] = {{{_list(x)}}};
-static const npukit_output_t kat_expected[NPUKIT_OUTPUT_SIZE] = {{{_list(y)}}};
-
-int main(void)
-{{
-    npukit_output_t got[NPUKIT_OUTPUT_SIZE];
-    int i, bad = 0;
-    npukit_run(kat_input, got);
-    for (i = 0; i < NPUKIT_OUTPUT_SIZE; i++) {{
-        if (got[i] != kat_expected[i]) {{
+def _main_c(io, xs: list[np.ndarray], ys: list[np.ndarray]) -> str:
+    ins, outs = io
+    arrays = "\n".join([f"static const int8_t kat_{t.arg}[NPUKIT_{t.macro}_SIZE] = {{{_list(x)}}};"
+                        for t, x in zip(ins, xs, strict=True)]
+                       + [f"static const {t.ctype} kat_expected{t.suffix}[NPUKIT_{t.macro}_SIZE] = {{{_list(y)}}};"
+                          for t, y in zip(outs, ys, strict=True)])
+    got = "\n".join(f"    static {t.ctype} got{t.suffix}[NPUKIT_{t.macro}_SIZE];" for t in outs)
+    args = ", ".join([f"kat_{t.arg}" for t in ins] + [f"got{t.suffix}" for t in outs])
+    checks = "".join(f"""    for (i = 0; i < NPUKIT_{t.macro}_SIZE; i++) {{
+        if (got{t.suffix}[i] != kat_expected{t.suffix}[i]) {{
             if (bad < 8) {{
-                printf("mismatch at %d: expected %ld, got %ld\\n", i, (long)kat_expected[i], (long)got[i]);
+                printf("{t.arg + ': ' if t.suffix else ''}mismatch at %d: expected %ld, got %ld\\n", i, (long)kat_expected{t.suffix}[i],
+                       (long)got{t.suffix}[i]);
             }}
             bad++;
         }}
     }}
-    if (bad) {{
-        printf("KAT FAIL: %d of %d outputs differ\\n", bad, NPUKIT_OUTPUT_SIZE);
+""" for t in outs)
+    total = " + ".join(f"NPUKIT_{t.macro}_SIZE" for t in outs)
+    return f"""/* Known-answer test: the model's outputs on a sample input must equal the reference engine's. */
+#include <stdio.h>
+
+#include "model.h"
+
+{arrays}
+
+int main(void)
+{{
+{got}
+    int i, bad = 0;
+    if (npukit_run({args}) != 0) {{
+        printf("KAT FAIL: npukit_run returned an error\\n");
         return 1;
     }}
-    printf("KAT PASS: %d outputs equal the reference engine\\n", NPUKIT_OUTPUT_SIZE);
+{checks}    if (bad) {{
+        printf("KAT FAIL: %d of %d outputs differ\\n", bad, {total});
+        return 1;
+    }}
+    printf("KAT PASS: %d outputs equal the reference engine\\n", {total});
     return 0;
 }}
 """
 
 
-def _run_file_c(out_t: str) -> str:
-    return """/* run_file IN OUT: runs every sample of a raw int8 input file, writes the raw outputs. */
+def _io_buffers(io) -> str:
+    ins, outs = io
+    return "\n".join([f"    static int8_t {t.arg}[NPUKIT_{t.macro}_SIZE];" for t in ins]
+                     + [f"    static {t.ctype} {t.arg}[NPUKIT_{t.macro}_SIZE];" for t in outs])
+
+
+def _read_sample(io, stream: str) -> str:
+    """`fread`s of one sample: every input in turn (a record of the input file)."""
+    return " && ".join(f"fread({t.arg}, 1, sizeof {t.arg}, {stream}) == sizeof {t.arg}" for t in io[0])
+
+
+def _run_file_c(io) -> str:
+    ins, outs = io
+    args = ", ".join(t.arg for t in ins + outs)
+    writes = " || ".join(f"fwrite({t.arg}, sizeof {t.arg}[0], NPUKIT_{t.macro}_SIZE, out) != NPUKIT_{t.macro}_SIZE"
+                         for t in outs)
+    return f"""/* run_file IN OUT: runs every sample of a raw input file, writes the raw outputs. A sample of IN is every
+ * input's int8 bytes in turn (input0, input1, ...); a sample of OUT every output's, in order. */
 #include <stdio.h>
 
 #include "model.h"
 
 int main(int argc, char **argv)
-{
-    int8_t x[NPUKIT_INPUT_SIZE];
-    npukit_output_t y[NPUKIT_OUTPUT_SIZE];
+{{
+{_io_buffers(io)}
     FILE *in, *out;
     long n = 0;
-    if (argc != 3) {
+    if (argc != 3) {{
         fprintf(stderr, "usage: run_file INPUT.raw OUTPUT.raw\\n");
         return 2;
-    }
+    }}
     in = fopen(argv[1], "rb");
     out = fopen(argv[2], "wb");
-    if (!in || !out) {
+    if (!in || !out) {{
         fprintf(stderr, "run_file: cannot open the files\\n");
         return 2;
-    }
-    while (fread(x, 1, sizeof x, in) == sizeof x) {
-        npukit_run(x, y);
-        if (fwrite(y, sizeof y[0], NPUKIT_OUTPUT_SIZE, out) != NPUKIT_OUTPUT_SIZE) {
+    }}
+    while ({_read_sample(io, "in")}) {{
+        if (npukit_run({args}) != 0) {{
+            return 1;
+        }}
+        if ({writes}) {{
             return 2;
-        }
+        }}
         n++;
-    }
+    }}
     fclose(in);
     fclose(out);
     fprintf(stderr, "run_file: %ld samples\\n", n);
     return 0;
-}
+}}
+"""
+
+
+def _dump_run_c(io) -> str:
+    ins, outs = io
+    args = ", ".join(t.arg for t in ins + outs)
+    return f"""/* dump_run IN: runs every sample of a raw input file (as run_file reads it) with per-layer dumps (build
+ * with -DNPUKIT_DUMP). */
+#include <stdio.h>
+
+#include "model.h"
+
+extern long npukit_dump_sample;
+
+int main(int argc, char **argv)
+{{
+{_io_buffers(io)}
+    FILE *in;
+    if (argc != 2) {{
+        fprintf(stderr, "usage: dump_run INPUT.raw\\n");
+        return 2;
+    }}
+    in = fopen(argv[1], "rb");
+    if (!in) {{
+        fprintf(stderr, "dump_run: cannot open %s\\n", argv[1]);
+        return 2;
+    }}
+    while ({_read_sample(io, "in")}) {{
+        if (npukit_run({args}) != 0) {{
+            return 1;
+        }}
+        npukit_dump_sample++;
+    }}
+    fclose(in);
+    return 0;
+}}
 """
 
 
@@ -416,39 +554,6 @@ void npukit_dump(const char *name, const void *data, unsigned long nbytes)
     printf("\\n");
 }
 """
-
-_DUMP_RUN_C = """/* dump_run IN: runs every sample of a raw int8 input file with per-layer dumps (build with -DNPUKIT_DUMP). */
-#include <stdio.h>
-
-#include "model.h"
-
-extern long npukit_dump_sample;
-
-int main(int argc, char **argv)
-{
-    int8_t x[NPUKIT_INPUT_SIZE];
-    npukit_output_t y[NPUKIT_OUTPUT_SIZE];
-    FILE *in;
-    if (argc != 2) {
-        fprintf(stderr, "usage: dump_run INPUT.raw\\n");
-        return 2;
-    }
-    in = fopen(argv[1], "rb");
-    if (!in) {
-        fprintf(stderr, "dump_run: cannot open %s\\n", argv[1]);
-        return 2;
-    }
-    while (fread(x, 1, sizeof x, in) == sizeof x) {
-        if (npukit_run(x, y) != 0) {
-            return 1;
-        }
-        npukit_dump_sample++;
-    }
-    fclose(in);
-    return 0;
-}
-"""
-
 
 # Recipes call only the compiler and the built program (and make's own $(RM) in `clean`): no other shell
 # tools, so the same file works with make on Windows, macOS and Linux.

@@ -49,13 +49,26 @@ def run_kat(exe: str | Path, timeout: float = 60) -> tuple[bool, str]:
 
 def run_file(exe: str | Path, x: np.ndarray, out_dtype: np.dtype, out_size: int, workdir: str | Path) -> np.ndarray:
     """Run the generated `run_file` program on a batch of int8 inputs; returns (n, out_size) outputs."""
+    return run_file_io(exe, [x], [(out_dtype, out_size)], workdir)[0]
+
+
+def run_file_io(exe: str | Path, xs: list[np.ndarray], outs: list[tuple[np.dtype, int]],
+                workdir: str | Path) -> list[np.ndarray]:
+    """`run_file` for any number of inputs and outputs: `xs` one int8 batch per input, `outs` (dtype, size)
+    per output; returns one (n, size) array per output. A record of run_file's files is every input's
+    (output's) sample in turn."""
     workdir = Path(workdir)
     src, dst = workdir / "inputs.raw", workdir / "outputs.raw"
-    np.ascontiguousarray(x, dtype=np.int8).tofile(src)
+    n = len(xs[0])
+    np.concatenate([np.ascontiguousarray(x, dtype=np.int8).reshape(n, -1) for x in xs], axis=1).tofile(src)
     res = subprocess.run([str(exe), str(src), str(dst)], capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
         raise NpukitError(f"run_file failed: {res.stdout}{res.stderr}")
-    return np.fromfile(dst, dtype=out_dtype).reshape(len(x), out_size)
+    widths = [np.dtype(d).itemsize * size for d, size in outs]
+    raw = np.fromfile(dst, dtype=np.uint8).reshape(n, sum(widths))
+    ends = np.cumsum(widths)
+    return [np.ascontiguousarray(raw[:, e - w : e]).view(np.dtype(d)).reshape(n, size)
+            for (d, size), w, e in zip(outs, widths, ends, strict=True)]
 
 
 # Hosts have memory to spare: the runner's tables hold an unrolled recurrent model (thousands of ops); the
@@ -103,16 +116,25 @@ def cached_runtime() -> Path:
     return _BUILT[key]
 
 
-def run_runtime(exe: str | Path, model_bin: str | Path, x: np.ndarray, workdir: str | Path, out_dtype, *,
-                dump: bool = False) -> tuple[np.ndarray, str]:
+def run_runtime(exe: str | Path, model_bin: str | Path, x, workdir: str | Path, out_dtype, *,
+                dump: bool = False) -> tuple:
     """`npukit-run [--dump] model.bin` on a batch of integer inputs (at the input's dtype): the outputs,
-    (samples, output size) at `out_dtype`, and stdout (the dump lines)."""
+    (samples, output size) at `out_dtype`, and stdout (the dump lines). For a model with several inputs or
+    outputs, `x` and `out_dtype` are lists (one per input, one per output) and so are the outputs: one file
+    per tensor, as npukit-run takes them."""
+    many = isinstance(x, list | tuple)
+    xs, dtypes = (list(x), list(out_dtype)) if many else ([x], [out_dtype])
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    src, dst = workdir / "runtime_in.bin", workdir / "runtime_out.bin"
-    np.ascontiguousarray(x).astype(x.dtype.newbyteorder("<")).tofile(src)
-    cmd = [str(exe), *(["--dump"] if dump else []), str(model_bin), str(src), str(dst)]
+    srcs = [workdir / f"runtime_in{k}.bin" for k in range(len(xs))]
+    dsts = [workdir / f"runtime_out{k}.bin" for k in range(len(dtypes))]
+    for src, v in zip(srcs, xs, strict=True):
+        v = np.ascontiguousarray(v)
+        v.astype(v.dtype.newbyteorder("<")).tofile(src)
+    cmd = [str(exe), *(["--dump"] if dump else []), str(model_bin), *map(str, srcs), *map(str, dsts)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if res.returncode != 0:
         raise NpukitError(f"npukit-run failed (exit {res.returncode}): {res.stderr.strip()}")
-    return np.frombuffer(dst.read_bytes(), np.dtype(out_dtype).newbyteorder("<")).reshape(len(x), -1), res.stdout
+    ys = [np.frombuffer(dst.read_bytes(), np.dtype(d).newbyteorder("<")).reshape(len(xs[0]), -1)
+          for dst, d in zip(dsts, dtypes, strict=True)]
+    return (ys if many else ys[0]), res.stdout

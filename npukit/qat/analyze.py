@@ -20,7 +20,7 @@ import torch.fx as fx
 
 from .. import arith
 from ..errors import NpukitError
-from .capture import INPUT_MODULE
+from .capture import input_modules, input_tensor_name
 from .convert import to_ir
 from .fakequant import ObservedQModule, QModule
 
@@ -34,9 +34,10 @@ _HIST_SAMPLES = 20000  # values kept per layer for the report's histograms
 def float_mode(qmodel: fx.GraphModule, layers: set[str] | None = None) -> Iterator[None]:
     """Run the named QAT modules (all when None) without quantization, for the duration of the block."""
     patched = []
+    inputs = {name for name, _ in input_modules(qmodel)}
     for name, m in qmodel.named_modules():
         if isinstance(m, QModule) and (layers is None or name in layers):
-            if name == INPUT_MODULE:
+            if name in inputs:
                 m.forward = lambda x, m=m: m.float_forward([x])
             else:
                 m.forward = lambda xs, exps, m=m: m.float_forward(xs)
@@ -101,8 +102,11 @@ def analyze(qmodel: fx.GraphModule, x, y=None, *, sensitivity: bool = True, k_ou
     if labels is not None and len(labels) != len(x):
         raise NpukitError(f"{len(x)} inputs but {len(labels)} labels")
     graph = to_ir(qmodel)
+    if len(graph.inputs) != 1:
+        raise NpukitError("analyze() supports models with one input")
     modules = {n: m for n, m in qmodel.named_modules() if isinstance(m, QModule)}
-    tensor_of = {n: ("input" if n == INPUT_MODULE else n) for n in modules}
+    inputs = {name for name, _ in input_modules(qmodel)}
+    tensor_of = {n: (input_tensor_name(n) if n in inputs else n) for n in modules}
     was_training = qmodel.training
     qmodel.eval()
     try:

@@ -63,7 +63,8 @@ class _Collector:
 
 def calibrate(qmodel: nn.Module, batches: Iterable, method: str = "minmax", *, percentile: float = 99.99,
               weights: str = "max", progress: bool = False) -> nn.Module:
-    """Set the activation exponents from calibration `batches` (inputs, or (inputs, labels) pairs) with
+    """Set the activation exponents from calibration `batches` (inputs, or (inputs, labels) pairs; for a model
+    with several inputs, tuples of them, or ((inputs...), labels) pairs) with
     `method` ('minmax', 'percentile', 'mse'), and with `weights='mse'` the weight exponents too. Returns the
     model, in the training mode it had. A progress bar with `progress=True`."""
     from .mac import QMac
@@ -82,14 +83,14 @@ def calibrate(qmodel: nn.Module, batches: Iterable, method: str = "minmax", *, p
         m.__dict__["_collector"] = collector
     was_training = qmodel.training
     qmodel.train()
-    n = 0
+    n, n_inputs = 0, _n_inputs(qmodel)
     try:
         with torch.no_grad():
             for batch in _track(batches, progress):
-                x = batch[0] if isinstance(batch, list | tuple) else batch
-                if len(x) == 0:  # an empty last slice: nothing to observe
+                xs = batch_inputs(batch, n_inputs)
+                if len(xs[0]) == 0:  # an empty last slice: nothing to observe
                     continue
-                qmodel(x)
+                qmodel(*xs)
                 n += 1
     finally:
         for m in observers:
@@ -109,6 +110,24 @@ def calibrate(qmodel: nn.Module, batches: Iterable, method: str = "minmax", *, p
             if m in collector.inputs:
                 m.w_exp_offset = _weight_offset(m, collector.inputs[m])
     return qmodel
+
+
+def _n_inputs(qmodel: nn.Module) -> int:
+    graph = getattr(qmodel, "graph", None)
+    return sum(n.op == "placeholder" for n in graph.nodes) if graph is not None else 1
+
+
+def batch_inputs(batch, n_inputs: int) -> tuple:
+    """The model inputs of a data batch: `x`, `(x, labels)`; with several inputs `(x0, x1, ...)`,
+    `(x0, x1, ..., labels)` or `((x0, x1, ...), labels)`."""
+    if n_inputs == 1:
+        return (batch[0] if isinstance(batch, list | tuple) else batch,)
+    if isinstance(batch, list | tuple) and batch and isinstance(batch[0], list | tuple):
+        batch = batch[0]
+    if not isinstance(batch, list | tuple) or len(batch) < n_inputs:
+        raise NpukitError(f"the model takes {n_inputs} inputs; give each batch as a tuple (x0, x1, ...) of "
+                          f"{n_inputs} tensors, or ((x0, x1, ...), labels)")
+    return tuple(batch[:n_inputs])
 
 
 def _track(batches, progress: bool):

@@ -38,7 +38,41 @@ from .reshape import ReshapeCapture
 from .slice import SliceCapture, is_split
 from .upsample import UpsampleCapture
 
-INPUT_MODULE = "npukit_input"
+INPUT_MODULE = "npukit_input"  # the input quantizer of a one-input model (checkpoints name it)
+
+
+def input_module_names(n: int) -> list[str]:
+    """The QAT modules that quantize a model's `n` inputs: `npukit_input` for one (as checkpoints of
+    one-input models have always named it), `npukit_input0`, `npukit_input1`, ... for several."""
+    return [INPUT_MODULE] if n == 1 else [f"{INPUT_MODULE}{k}" for k in range(n)]
+
+
+def input_tensor_name(module_name: str) -> str:
+    """The IR tensor of an input quantizer: `input` for one input, `input0`, `input1`, ... for several."""
+    return module_name.removeprefix("npukit_")
+
+
+def input_modules(qmodel: nn.Module) -> list[tuple[str, QInput]]:
+    """A prepared model's input quantizers, (name, module), in the order of forward()'s arguments."""
+    modules = dict(qmodel.named_modules())
+    graph = getattr(qmodel, "graph", None)
+    names = [n.target for n in graph.nodes if n.op == "call_module" and isinstance(modules.get(n.target), QInput)] \
+        if graph is not None else []
+    return [(name, modules[name]) for name in names]
+
+
+def as_inputs(example_input, what: str = "example_input") -> tuple[torch.Tensor, ...]:
+    """One example tensor, or a tuple/list of them (one per forward() argument), as a tuple of tensors."""
+    xs = tuple(example_input) if isinstance(example_input, list | tuple) else (example_input,)
+    if not xs or not all(isinstance(x, torch.Tensor) and x.dim() >= 2 for x in xs):
+        raise NpukitError(f"{what} must be a tensor with a batch dimension first, e.g. torch.randn(8, 1, 40), or a "
+                          "tuple of such tensors, one per argument of forward()")
+    if len({len(x) for x in xs}) > 1:
+        raise NpukitError(f"{what}: the inputs have batches of {[len(x) for x in xs]} samples; give every input "
+                          "the same batch size")
+    return xs
+
+
 SLICE_CAPTURE = SliceCapture()
 
 # Tried in this order on every traced node; the first whose `matches` says yes captures it.
@@ -229,7 +263,9 @@ def prepare(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
     """Turn a float model into a QAT model that computes exactly the target's integer arithmetic.
 
     `example_input` is a batch (batch dimension first) used to trace shapes and to initialise the
-    activation ranges. BatchNorm is folded with its running statistics, so train the float model first.
+    activation ranges; for a model whose forward() takes several tensors, a tuple of batches, one per
+    argument in order (each input gets its own quantizer and exponent). BatchNorm is folded with its
+    running statistics, so train the float model first.
     Raises `ProblemsError` listing every node that cannot be quantized and every rule of the target the
     model breaks (the same list as `npukit check`); `rules="warn"` only warns about the rules (e.g. to
     study a model before reshaping it for the chip), `rules="off"` skips them.
@@ -299,8 +335,7 @@ def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
         wide_output = profile.wide_output
     elif wide_output and not profile.wide_output:
         raise NpukitError(f"target {profile.name} has no wide (accumulator) output mode")
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 2:
-        raise NpukitError("example_input must be a tensor with a batch dimension first, e.g. torch.randn(8, 1, 40)")
+    examples = as_inputs(example_input)
 
     model = copy.deepcopy(model).eval().cpu()
     tracer = fx.Tracer()
@@ -310,12 +345,17 @@ def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
     except Exception as e:  # torch.fx raises many types for untraceable code
         raise NpukitError(f"torch.fx could not trace the model: {type(e).__name__}: {e}\n"
                           "    fix: remove data-dependent Python control flow from forward()") from None
+    placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(examples):
+        raise NpukitError(f"the model's forward() takes {len(placeholders)} tensor(s) but the example gives "
+                          f"{len(examples)}\n    fix: give one example batch per argument of forward(), as a tuple")
     try:  # ShapeProp prints a traceback of its own before it raises: keep it off the user's terminal
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            ShapeProp(traced).propagate(example_input.detach().float().cpu())
+            ShapeProp(traced).propagate(*(x.detach().float().cpu() for x in examples))
     except Exception as e:  # a shape the model cannot take: torch says why, in its own words
         cause = e.__cause__ or e
-        raise NpukitError(f"the model cannot run on an example of shape {tuple(example_input.shape)}: "
+        shapes = ", ".join(str(tuple(x.shape)) for x in examples)
+        raise NpukitError(f"the model cannot run on an example of shape {shapes}: "
                           f"{type(cause).__name__}: {str(cause).splitlines()[0]}\n"
                           "    fix: give the input shape the model takes, batch first (e.g. 1,3,32,32)") from None
 
@@ -334,18 +374,21 @@ def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
     done: set[fx.Node] = set()
     problems: list[Problem] = []
 
-    placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise NpukitError(f"the model's forward() takes {len(placeholders)} tensors; npukit supports exactly one input")
+    unused = [p.name for p in placeholders if not p.users]
+    if unused:  # an input the graph does not read would have no quantizer left, and no place in the IR
+        raise NpukitError(f"forward() does not use its argument(s) {', '.join(unused)}\n"
+                          "    fix: remove them from forward(), and their example batches")
+    input_names = dict(zip(placeholders, input_module_names(len(placeholders)), strict=True))
 
     for node in traced.graph.nodes:
         if node in done:
             continue
-        if node.op == "placeholder":
-            root[INPUT_MODULE] = QInput(profile, tuple(example_input.shape[1:]))
+        if node.op == "placeholder":  # each input its own quantizer, so its own exponent
+            name = input_names[node]
+            root[name] = QInput(profile, tuple(examples[placeholders.index(node)].shape[1:]))
             x = qgraph.placeholder(node.name)
-            val = qgraph.call_module(INPUT_MODULE, (x,))
-            env[node] = (val, _exp_getter(qgraph, root, INPUT_MODULE))
+            val = qgraph.call_module(name, (x,))
+            env[node] = (val, _exp_getter(qgraph, root, name))
         elif node.op == "output":
             if any(n not in env for n in ctx.output_nodes):
                 continue  # the missing producers are already reported
@@ -407,7 +450,7 @@ def capture(model: nn.Module, example_input: torch.Tensor, target="venus", *, we
     qmodel.recompile()
     if get_scheme(profile.scheme).ties_eltwise_exponents:
         tie_eltwise_exponents(qmodel)
-    calibrate(qmodel, [example_input])  # minmax on one batch: the observers' first range
+    calibrate(qmodel, [examples])  # minmax on one batch: the observers' first range
     return qmodel, problems, profile
 
 

@@ -10,30 +10,32 @@ from torch.fx.passes.shape_prop import ShapeProp
 from .. import arith
 from ..errors import NpukitError
 from ..ir import Graph, TensorSpec
-from .capture import INPUT_MODULE
+from .capture import input_modules, input_tensor_name
 from .fakequant import QModule
 
 
 def to_ir(qmodel: fx.GraphModule) -> Graph:
     """The integer graph a prepared (and trained) QAT model computes in eval mode."""
     modules = dict(qmodel.named_modules())
-    qin = modules.get(INPUT_MODULE)
-    if qin is None:
+    qins = dict(input_modules(qmodel))
+    if not qins:
         raise NpukitError("this is not a model returned by npukit.prepare (it has no input quantizer)")
+    qin = next(iter(qins.values()))
     qmodel = qmodel.cpu()
     was_training = qmodel.training
     qmodel.eval()
     try:
         with torch.no_grad():  # shapes only; eval mode leaves every exponent as it is
-            ShapeProp(qmodel).propagate(torch.zeros(1, *qin.shape))
+            ShapeProp(qmodel).propagate(*(torch.zeros(1, *q.shape) for q in qins.values()))
         tensors: dict[str, TensorSpec] = {}
         nodes = []
         values: dict[fx.Node, str] = {}  # qmodel node -> IR tensor name
         outputs: list[str] = []
         for n in qmodel.graph.nodes:
-            if n.op == "call_module" and n.target == INPUT_MODULE:
-                tensors["input"] = TensorSpec("input", tuple(qin.shape), qin.act_bits, int(qin.out_exp))
-                values[n] = "input"
+            if n.op == "call_module" and n.target in qins:  # graph inputs in forward()'s order
+                q, name = qins[n.target], input_tensor_name(n.target)
+                tensors[name] = TensorSpec(name, tuple(q.shape), q.act_bits, int(q.out_exp))
+                values[n] = name
             elif n.op == "call_module":
                 mod = modules[n.target]
                 if not isinstance(mod, QModule):
@@ -48,21 +50,24 @@ def to_ir(qmodel: fx.GraphModule) -> Graph:
                 fx.node.map_arg(n.args[0], lambda a: outputs.append(values[a]))
     finally:
         qmodel.train(was_training)
-    graph = Graph(dict(qin.profile_dict), ["input"], outputs, tensors, nodes)
+    graph = Graph(dict(qin.profile_dict), [input_tensor_name(k) for k in qins], outputs, tensors, nodes)
     graph.validate()
     return graph
 
 
-def quantize_input(model: fx.GraphModule | Graph, x) -> np.ndarray:
-    """Float inputs (batch first) -> the integers the chip receives, from a QAT model or an IR graph.
+def quantize_input(model: fx.GraphModule | Graph, x, i: int = 0) -> np.ndarray:
+    """Float inputs (batch first) of input `i` -> the integers the chip receives, from a QAT model or an IR graph.
 
     Both use `arith.quantize` on float64 values at the model's input exponent, so they give the same bits.
     """
     if isinstance(model, Graph):
-        return model.quantize_input(x)
-    qin = dict(model.named_modules()).get(INPUT_MODULE)
-    if qin is None:
+        return model.quantize_input(x, i)
+    qins = input_modules(model)
+    if not qins:
         raise NpukitError("this is not a model returned by npukit.prepare (it has no input quantizer)")
+    if not 0 <= i < len(qins):
+        raise NpukitError(f"input {i}: the model has {len(qins)} input(s)")
+    qin = qins[i][1]
     x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
     q = arith.quantize(x, int(qin.out_exp), qin.act_bits, qin.rounding)
     return q.astype(np.int8 if qin.act_bits <= 8 else np.int16)

@@ -7,15 +7,18 @@ import torch
 import torch.fx as fx
 
 from ..dump import Dump, from_graph_values
-from .capture import INPUT_MODULE
+from .capture import input_modules, input_tensor_name
 from .convert import to_ir
 from .fakequant import QModule
 
 
 def dump_qat(qmodel: fx.GraphModule, x) -> Dump:
-    """Every layer's output of the QAT model in eval mode on the float batch `x`, as integers
-    (q = value * 2**exp is exact: every QAT output lies on its grid)."""
+    """Every layer's output of the QAT model in eval mode on the float batch `x` (a tuple of batches, one
+    per input, for a model with several), as integers (q = value * 2**exp is exact: every QAT output lies
+    on its grid)."""
     graph = to_ir(qmodel)
+    inputs = {name for name, _ in input_modules(qmodel)}
+    xs = tuple(x) if len(inputs) > 1 else (x,)
     modules = {name: m for name, m in qmodel.named_modules() if isinstance(m, QModule)}
     seen: dict[str, torch.Tensor] = {}
     hooks = [m.register_forward_hook(lambda mod, args, out, n=name: seen.__setitem__(n, out.detach()))
@@ -27,7 +30,7 @@ def dump_qat(qmodel: fx.GraphModule, x) -> Dump:
     qmodel.eval()
     try:
         with torch.no_grad():
-            qmodel(torch.as_tensor(np.asarray(x), dtype=torch.float32))
+            qmodel(*(torch.as_tensor(np.asarray(v), dtype=torch.float32) for v in xs))
     finally:
         for h in hooks:
             h.remove()
@@ -39,7 +42,7 @@ def dump_qat(qmodel: fx.GraphModule, x) -> Dump:
         seen.update({f"{name}.{tag}" if tag else name: v for tag, (v, _) in trace.items()})
     values, sources = {}, {}
     for name, out in seen.items():
-        tensor = "input" if name == INPUT_MODULE else name
+        tensor = input_tensor_name(name) if name in inputs else name
         if tensor not in graph.tensors:
             continue  # a sub-module of an unrolled layer: its tensors came from the layer's trace
         values[tensor] = np.rint(out.cpu().double().numpy() * 2.0 ** graph.tensors[tensor].exp)
