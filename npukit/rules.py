@@ -46,6 +46,32 @@ def _nearest(allowed: Allowed, v: int) -> int | None:
 # conv
 
 
+def conv_transpose_rules(node: Node, graph: Graph, profile: TargetProfile) -> list[Problem]:
+    r, a = profile.rules.conv_transpose, node.attrs
+    kernel = list(node.params["weight"].shape[2:])
+    what = f"ConvTranspose{a['ndim']}d"
+    out: list[Problem] = []
+    if r.ndim is not None and a["ndim"] not in r.ndim:
+        out.append(_p(node, "conv_transpose.ndim", f"a {what}; {profile.name} has "
+                      f"{' and '.join(f'ConvTranspose{d}d' for d in r.ndim)} only",
+                      "upsample, then a conv of the dimensions it has"))
+    bad_k = [k for k in kernel if r.kernel is not None and not r.kernel.allows(k)]
+    if bad_k or (r.square_kernel and len(set(kernel)) > 1):
+        new = _nearest(r.kernel, max(bad_k)) if bad_k else max(kernel)
+        out.append(_p(node, "conv_transpose.kernel", f"{what} kernel {_fmt(kernel)}; {profile.name} allows "
+                      f"{r.kernel or 'any'}{' (square)' if r.square_kernel else ''}", f"use kernel {new}"))
+    for key in ("stride", "padding", "output_padding"):
+        allowed = getattr(r, key)
+        bad = [v for v in a[key] if allowed is not None and not allowed.allows(v)]
+        if bad:
+            out.append(_p(node, f"conv_transpose.{key}", f"{what} {key.replace('_', ' ')} {_fmt(a[key])}; "
+                          f"{profile.name} allows {allowed}", f"use {key.replace('_', ' ')} {_nearest(allowed, max(bad))}"))
+    if r.kernel_at_least_stride and any(k < s for k, s in zip(kernel, a["stride"], strict=True)):
+        out.append(_p(node, "conv_transpose.stride", f"stride {_fmt(a['stride'])} exceeds kernel {_fmt(kernel)}",
+                      "use a kernel at least as large as the stride"))
+    return out
+
+
 def conv_rules(node: Node, graph: Graph, profile: TargetProfile) -> list[Problem]:
     r, a = profile.rules.conv, node.attrs
     w = node.params["weight"]
@@ -308,6 +334,9 @@ def _unsupported_fix(op: str, ops: list[str]) -> str:
         return "put the ReLU directly after a conv or linear layer, where it is fused into the layer's output"
     if op == "lut":
         return "the chip computes no functions by table: use a ReLU (or ReLU6) instead, or apply it on the host"
+    if op == "pad":  # written by the user (F.pad), or put by npukit before a layer that pads one side only
+        return ("pad both sides equally: an odd kernel with padding='same', ceil_mode=False, or the padding as "
+                "the next conv's own")
     return f"replace it; {', '.join(ops)} are supported"
 
 

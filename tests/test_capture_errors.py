@@ -86,7 +86,7 @@ class CaptureFailures(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv1d(2, 4, 3, padding_mode="reflect", padding=1)
-        self.pool = nn.MaxPool1d(3, 2, ceil_mode=True)  # 16 -> 8, a partial last window (7 in floor mode)
+        self.pool = nn.AvgPool1d(3, 2, ceil_mode=True)  # 16 -> 8, a partial last window (7 in floor mode)
         self.fc = nn.Linear(8, 3)
 
     def forward(self, x):
@@ -101,7 +101,7 @@ def test_capture_failures_reported_together():
     rules = {p.where: p for p in problems}
     assert set(rules) == {"conv", "pool", "log", "fc"}, problems
     assert rules["conv"].rule == "conv-unsupported" and "padding_mode" in rules["conv"].message
-    assert rules["pool"].rule == "maxpool-unsupported" and "ceil_mode" in rules["pool"].message
+    assert rules["pool"].rule == "avgpool-unsupported" and "ceil_mode" in rules["pool"].message
     assert "(8,) instead of (7,)" in rules["pool"].message
     assert rules["log"].rule == "unsupported-op"
     assert rules["fc"].rule == "linear-unsupported" and "flatten" in rules["fc"].fix

@@ -183,8 +183,8 @@ CASES: dict[str, Case] = {
     "cifar@venus-no-memory": Case(*_zoo("cifar"), _venus_with(memory=[]), warnings=frozenset({"memory-unknown"})),
     # Capture problems of a supported op in an unsupported configuration: max pooling with ceil_mode; the
     # graph cannot be completed, so only that problem is reported.
-    "ceil_maxpool@venus": Case(lambda: Body(conv_bn_relu(3, 8), nn.MaxPool2d(3, 2, ceil_mode=True),
-                                            fc=(8 * 4 * 4, 10)), (3, 8, 8), "venus", frozenset({"maxpool-unsupported"})),
+    "ceil_avgpool@venus": Case(lambda: Body(conv_bn_relu(3, 8), nn.AvgPool2d(3, 2, ceil_mode=True),
+                                            fc=(8 * 4 * 4, 10)), (3, 8, 8), "venus", frozenset({"avgpool-unsupported"})),
     # The ResNet stem's MaxPool2d(3, 2, padding=1): venus pools with padding 0..3; MAX7800x never pad.
     "padded_maxpool@venus": Case(lambda: Body(conv_bn_relu(3, 8), nn.MaxPool2d(3, 2, padding=1), fc=(8 * 4 * 4, 10)),
                                  (3, 8, 8), "venus"),
@@ -192,7 +192,9 @@ CASES: dict[str, Case] = {
                                                  fc=(8 * 4 * 4, 10)), (3, 8, 8), "max78000", frozenset({"pool.padding"})),
     # padding="same" spelled as a string.
     "conv_same@venus": Case(lambda: Body(nn.Conv2d(3, 8, 4, padding="same"), fc=(8 * 8 * 8, 10)), (3, 8, 8), "venus",
-                            frozenset({"conv-unsupported"})),  # an even kernel: 'same' would pad unevenly
+                            frozenset({"unsupported-op"})),  # an even kernel: a pad node, which venus lacks
+    "conv_reflect@venus": Case(lambda: Body(nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect"), fc=(8 * 8 * 8, 10)),
+                               (3, 8, 8), "venus", frozenset({"conv-unsupported"})),
 }
 
 
@@ -358,9 +360,9 @@ RULE_CASES = {
     "memory-unknown": ("case:cifar@venus-no-memory", "zoo:cifar@venus"),
     "unsupported-op": ("zoo:softplus@venus", "zoo:cifar@venus"),
     "lut.function": ("case:hardswish@venus", "case:tanh@venus"),
-    "maxpool-unsupported": ("case:ceil_maxpool@venus", "zoo:cifar@venus"),
+    "avgpool-unsupported": ("case:ceil_avgpool@venus", "zoo:cifar@venus"),
     "pool.padding": ("case:padded_maxpool@max78000", "case:padded_maxpool@venus"),
-    "conv-unsupported": ("case:conv_same@venus", "zoo:cifar@venus"),
+    "conv-unsupported": ("case:conv_reflect@venus", "zoo:cifar@venus"),
 }
 
 
