@@ -49,8 +49,8 @@ ALIGN = 16  # buffer offsets, bytes
 @dataclass
 class HwLayer:
     name: str  # the identifier used in the checkpoint (`<name>.op.weight`) and the description
-    op: str  # conv1d, conv2d, mlp, none, passthrough
-    node: Node | None  # the conv / linear node (None for a passthrough)
+    op: str  # conv1d, conv2d, convtranspose2d, mlp, none, passthrough
+    node: Node | None  # the conv / conv_transpose / linear node (None for a passthrough)
     pool: Node | None = None
     flatten: bool = False
     inputs: list[str] = field(default_factory=list)  # tensors read: one, or the add's operands in memory order
@@ -77,7 +77,8 @@ def _ident(name: str) -> str:
     return out if out and not out[0].isdigit() else f"l_{out}"
 
 
-_HW_OPS = ("conv", "linear", "maxpool", "avgpool", "global_avgpool", "add", "reshape")  # ops with a hardware layer
+_HW_OPS = ("conv", "conv_transpose", "linear", "maxpool", "avgpool", "global_avgpool", "add",
+           "reshape")  # ops with a hardware layer
 
 
 def hardware_layers(graph: Graph, profile: TargetProfile) -> tuple[list[HwLayer], list[Problem], bool]:
@@ -133,7 +134,10 @@ def hardware_layers(graph: Graph, profile: TargetProfile) -> tuple[list[HwLayer]
     for n in graph.nodes:
         if n.name in skip or n.op == "reshape" or n.op not in _HW_OPS:
             continue
-        if n.op in ("conv", "linear"):
+        if n.op == "conv_transpose":  # its own layer: the tool strides it by 2, and a pooling layer strides 1
+            layers.append(HwLayer(_ident(n.name), "convtranspose2d", n, None, False, [n.inputs[0]], n.outputs[0],
+                                  False, [n.name]))
+        elif n.op in ("conv", "linear"):
             pool, add = fused_pool.get(n.name), fused_add.get(n.name)
             src = pool.inputs[0] if pool is not None else n.inputs[0]
             if n.name in flattened:
@@ -303,7 +307,7 @@ def layer_problems(graph: Graph, layers: list[HwLayer], profile: TargetProfile) 
         if n is not None and n.attrs.get("wide") and i != len(layers) - 1:
             out.append(Problem(n.name, "max7800x.layers", "a 32-bit output is only possible on the last layer",
                                "end the model with this layer, or give it a ReLU"))
-        if n is not None and n.op == "conv" and len(set(n.attrs["padding"])) > 1:
+        if n is not None and n.op in ("conv", "conv_transpose") and len(set(n.attrs["padding"])) > 1:
             out.append(Problem(n.name, "max7800x.layers", f"padding {n.attrs['padding']}: the description has one "
                                "`pad` for both dimensions", "use the same padding on every side"))
         if hl.pool is not None and hl.pool.op != "global_avgpool" and len(set(hl.pool.attrs["stride"])) > 1:
@@ -429,7 +433,7 @@ def network_description(graph: Graph, layers: list[HwLayer], placements: list[Pl
         if n is not None and hl.op != "mlp":
             k = n.params["weight"].shape[2:]
             e["kernel_size"] = int(k[0]) if hl.op == "conv1d" else f"{k[0]}x{k[1]}"
-            e["pad"] = int(n.attrs["padding"][0])
+            e["pad"] = int(n.attrs["padding"][0])  # a transposed conv's as PyTorch gives it (the tool flips it)
             dil = n.attrs["dilation"]
             if any(d != 1 for d in dil):
                 e["dilation"] = int(dil[0]) if len(set(dil)) == 1 else [int(d) for d in dil]
@@ -739,7 +743,7 @@ class _Importer:
             self.out[i] = x
             self.shapes.append((in_shape, tuple(self.tensors[x].shape)))
             return
-        if op not in ("conv1d", "conv2d", "mlp", "linear", "fc"):
+        if op not in ("conv1d", "conv2d", "convtranspose2d", "mlp", "linear", "fc"):
             raise NpukitError(f"op {op!r} is not supported by npukit's importer")
         key = next(weights, None)
         if key is None:
@@ -751,7 +755,8 @@ class _Importer:
         if q not in (2, 4, 8):
             raise NpukitError(f"{q}-bit weights: npukit takes 8, 4 and 2")
         stored = state.get(f"{key}.op.bias")
-        bias = np.zeros(w.shape[0], np.int64) if stored is None else np.floor(stored / 2 ** (q - 1)).astype(np.int64)
+        n_out = w.shape[1] if op == "convtranspose2d" else w.shape[0]  # a transposed conv's weight is (in, out, ...)
+        bias = np.zeros(n_out, np.int64) if stored is None else np.floor(stored / 2 ** (q - 1)).astype(np.int64)
         if stored is not None and not np.array_equal(stored, bias * 2 ** (q - 1)):
             raise NpukitError(f"{key}.op.bias is not a multiple of 2^{q - 1}: the tool would floor it silently")
         shift = int(e["output_shift"]) if "output_shift" in e else int(state.get(f"{key}.output_shift", [0])[0])
@@ -773,6 +778,11 @@ class _Importer:
         wi = w.astype(np.int8)
         if op in ("mlp", "linear", "fc"):
             node = Node(name, "linear", [x], [name], attrs, {"weight": wi, "bias": bias})
+        elif op == "convtranspose2d":  # PyTorch's (in, out, kh, kw) weight and padding; the tool's stride 2, output pad 1
+            pad, out_pad = int(e.get("pad", 1)), int(e.get("output_pad", 1))
+            attrs.update({"ndim": 2, "stride": [int(e.get("stride", 2))] * 2, "padding": [pad] * 2,
+                          "dilation": [1, 1], "groups": 1, "output_padding": [out_pad] * 2})
+            node = Node(name, "conv_transpose", [x], [name], attrs, {"weight": wi, "bias": bias})
         else:
             nd = 1 if op == "conv1d" else 2
             pad, dil = int(e.get("pad", 1)), e.get("dilation", 1)

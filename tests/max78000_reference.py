@@ -69,7 +69,7 @@ def hw_layer(x, *, pool=None, pool_kind=None, pool_stride=None, pool_first=True,
              eltwise_operands=None, flatten=False, op, weight=None, bias_b=None, weight_bits=8, output_shift=0,
              activation=None, output_width=8, pad=0, dilation=1, avg_round="trunc"):
     """One hardware layer. `x` is the layer's input after `in_sequences` concatenation (the caller's job,
-    step 1). op: "conv1d", "conv2d", "mlp" or "none". Returns int64."""
+    step 1). op: "conv1d", "conv2d", "convtranspose2d", "mlp" or "none". Returns int64."""
     x = _int8_checked(x, "input")
     # 2. element-wise operands: equal channel blocks of the input
     operands = [x]
@@ -114,6 +114,13 @@ def hw_layer(x, *, pool=None, pool_kind=None, pool_stride=None, pool_first=True,
         assert w.ndim == 2
         x = x.reshape(-1)
         acc = w @ x
+    elif op == "convtranspose2d":  # the weight as PyTorch stores it, (in, out, 3, 3); stride 2, output pad 1
+        assert x.ndim == 3 and w.shape[2:] == (3, 3) and 0 <= pad <= 2
+        stretched = np.zeros((x.shape[0], 2 * x.shape[1] - 1, 2 * x.shape[2] - 1), np.int64)
+        stretched[:, ::2, ::2] = x  # a zero between every two inputs: the fractional stride
+        lead = 2 - pad  # kernel - 1 - pad before, and one more (the output padding) after
+        xp = np.pad(stretched, [(0, 0), (lead, lead + 1), (lead, lead + 1)])
+        acc = _conv(xp, np.flip(w, axis=(2, 3)).swapaxes(0, 1), 0, 1)
     else:
         assert op in ("conv1d", "conv2d") and x.ndim == (2 if op == "conv1d" else 3) and w.ndim == x.ndim + 1
         assert 0 <= pad <= 2

@@ -45,6 +45,12 @@ def test_targets_and_refusals():
     build, shape = CASES["2d-output-padding"]
     x = torch.randn(*shape)
     assert not [p for p in npukit.check(build(), x, target="venus").problems if p.severity == "error"]
-    assert "unsupported-op" in {p.rule for p in npukit.check(build(), x, target="max78000").problems}
+    assert not [p for p in npukit.check(build(), x, target="max78000").problems if p.severity == "error"]
+    rules = {p.rule for p in npukit.check(nn.Sequential(nn.ConvTranspose2d(2, 3, 4, stride=2, padding=3)),
+                                          x, target="max78000").problems}
+    assert {"conv_transpose.kernel", "conv_transpose.padding", "conv_transpose.output_padding"} <= rules
+    build1, shape1 = CASES["1d-stride2-bn"]
+    assert "conv_transpose.ndim" in {p.rule for p in npukit.check(build1(), torch.randn(*shape1),
+                                                                   target="max78000").problems}
     with pytest.raises(npukit.ProblemsError, match="groups=2"):
         npukit.prepare(nn.Sequential(nn.ConvTranspose1d(2, 4, 3, groups=2)), torch.randn(2, 2, 6), "cortex-m4")

@@ -56,10 +56,27 @@ class Residual(nn.Module):
         return self.fc(nn.functional.max_pool2d(v, 2).flatten(1))
 
 
+class Upsampler(nn.Module):
+    """A decoder's step: a conv, a ConvTranspose2d (3x3, stride 2, output padding 1: the chip's only form)
+    doubling the feature map, with and without padding and bias, and a conv after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.up1 = nn.ConvTranspose2d(8, 8, 3, stride=2, padding=1, output_padding=1)
+        self.up2 = nn.ConvTranspose2d(8, 4, 3, stride=2, padding=0, output_padding=1, bias=False)
+        self.c2 = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.up1(torch.relu(self.c1(x))))
+        return self.c2(torch.relu(self.up2(y)))
+
+
 MODELS = {"demo": (mnist1d_cnn, (1, 40), 8), "net2d": (Net2d, (1, 28, 28), 8), "net2d-w4": (Net2d, (1, 28, 28), 4),
           "residual-w2": (Residual, (4, 8, 8), 2),
           "zoo-kws": (BY_NAME["kws_conv1d"].build, BY_NAME["kws_conv1d"].input_shape, 8),
-          "zoo-cifar": (BY_NAME["cifar"].build, BY_NAME["cifar"].input_shape, 8)}
+          "zoo-cifar": (BY_NAME["cifar"].build, BY_NAME["cifar"].input_shape, 8),
+          "conv-transpose": (Upsampler, (3, 6, 6), 8)}
 
 
 def _graph(name: str):
@@ -293,7 +310,8 @@ def test_vendor_files_read_back(packed):
     rng = np.random.default_rng(0)
     xs = np.concatenate([x, rng.integers(-128, 128, (4, *g.input_spec().shape)).astype(np.int8)])
     assert np.array_equal(npukit.run(back, xs)[0], npukit.run(g, xs)[0])
-    assert sum(n.op in ("conv", "linear") for n in back.nodes) == sum(n.op in ("conv", "linear") for n in g.nodes)
+    macs = ("conv", "conv_transpose", "linear")
+    assert sum(n.op in macs for n in back.nodes) == sum(n.op in macs for n in g.nodes)
 
 
 @pytest.mark.parametrize(("edit", "message"), [

@@ -80,7 +80,9 @@ class ConvTranspose(Conv):
         return math.prod(x) * math.prod(node.params["weight"].shape[1:])  # every input times its kernel
 
     def rules(self, node, graph, profile):
-        return []  # a target that lists conv_transpose in rules.ops runs it; its limits are not modelled yet
+        from ..rules import conv_transpose_rules
+
+        return conv_transpose_rules(node, graph, profile)
 
     def to_onnx(self, node, inputs, b):
         from onnx import TensorProto

@@ -112,6 +112,18 @@ class ConvRules(_Rules):
     output_buffer: Buffer | None = None
 
 
+class ConvTransposeRules(_Rules):
+    """ConvTranspose1d/2d: each kernel dimension, stride, padding (PyTorch's), output padding."""
+
+    ndim: list[Literal[1, 2]] | None = Field(None, description="1-d, 2-d or both (default: both)")
+    kernel: Allowed | None = None
+    square_kernel: bool = False
+    stride: Allowed | None = None
+    padding: Allowed | None = None
+    output_padding: Allowed | None = None
+    kernel_at_least_stride: bool = False
+
+
 class PoolRules(_Rules):
     kernel: Allowed | None = None
     stride: Allowed | None = None
@@ -163,6 +175,7 @@ class Rules(_Rules):
     fused_before_mac: list[str] = Field(default_factory=list,
                                         description="ops that share a hardware layer with a conv/linear after them")
     conv: ConvRules = ConvRules()
+    conv_transpose: ConvTransposeRules = ConvTransposeRules()
     pool: PoolRules = PoolRules()
     linear: LinearRules = LinearRules()
     flatten: FlattenRules = FlattenRules()
