@@ -451,7 +451,15 @@ static uint32_t nk_load4(const int8_t *p)
 /* The column of output position (oh, ow): taps k = (c * k_h + kh) * k_w + kw in [0, K) as int16 pairs,
  * quad by quad in SXTB16 order, zero past K up to the next multiple of 4. `edge`: some kernel column of
  * this position lies in the padding (each tap is then checked); kernel rows are always checked. */
-static NK_NOINLINE void nk_conv_dsp_col(const nk_conv_params *p, const int8_t *x, int32_t cg, int32_t oh, int32_t ow, int edge,
+#if defined(__GNUC__) && !defined(__clang__)
+/* gcc turns the short copy and zero loops below into memcpy / memset calls, which cost more than the
+ * few bytes they move */
+#define NK_NO_MEMCALLS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define NK_NO_MEMCALLS
+#endif
+
+static NK_NOINLINE NK_NO_MEMCALLS void nk_conv_dsp_col(const nk_conv_params *p, const int8_t *x, int32_t cg, int32_t oh, int32_t ow, int edge,
                             uint32_t *col)
 {
     uint32_t c32[NK_CONV_DSP_K / 4]; /* the taps as bytes, read back as words (no memcpy call at -Os) */
