@@ -138,7 +138,7 @@ def measure(project: Path, graph, opt: str, extra: list[str]) -> dict:
     whole = _calls(pcs, syms["main"], {syms["npukit_run"][0]: "npukit_run"})
     nodes = {codegen_ident(n.name): n for n in graph.nodes}
     rows = []
-    for (kernel, ident), (callee, n) in zip(layers, calls):
+    for (kernel, ident), (callee, n) in zip(layers, calls, strict=True):
         assert kernel == callee, (kernel, callee)
         node = nodes[ident.split("_", 1)[1]]
         rows.append((node.name, kernel, n, get_op(node.op).macs(node, graph)))

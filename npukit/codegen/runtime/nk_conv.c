@@ -436,10 +436,11 @@ static int32_t nk_sxtb16_ror8(uint32_t v)
     __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v)); /* gcc 12's ACLE has no __ror to fold */
     return r;
 #else
-    return __sxtb16((v >> 8) | (v << 24));
+    return __sxtb16((int8x4_t)((v >> 8) | (v << 24)));
 #endif
 }
 
+#if !NK_CONV_DSP_ASM
 /* Four int8 taps as one word (any alignment; compilers emit one load). */
 static uint32_t nk_load4(const int8_t *p)
 {
@@ -447,6 +448,7 @@ static uint32_t nk_load4(const int8_t *p)
     memcpy(&v, p, sizeof v);
     return v;
 }
+#endif
 
 /* The column of output position (oh, ow): taps k = (c * k_h + kh) * k_w + kw in [0, K) as int16 pairs,
  * quad by quad in SXTB16 order, zero past K up to the next multiple of 4. `edge`: some kernel column of
@@ -459,8 +461,8 @@ static uint32_t nk_load4(const int8_t *p)
 #define NK_NO_MEMCALLS
 #endif
 
-static NK_NOINLINE NK_NO_MEMCALLS void nk_conv_dsp_col(const nk_conv_params *p, const int8_t *x, int32_t cg, int32_t oh, int32_t ow, int edge,
-                            uint32_t *col)
+static NK_NOINLINE NK_NO_MEMCALLS void nk_conv_dsp_col(const nk_conv_params *p, const int8_t *x, int32_t cg,
+                                                       int32_t oh, int32_t ow, int edge, uint32_t *col)
 {
     uint32_t c32[NK_CONV_DSP_K / 4]; /* the taps as bytes, read back as words (no memcpy call at -Os) */
     int8_t *const c8 = (int8_t *)c32;
@@ -503,7 +505,7 @@ static NK_NOINLINE NK_NO_MEMCALLS void nk_conv_dsp_col(const nk_conv_params *p, 
     }
     for (q = 0; q < k; q += 4) {
         const uint32_t v = c32[q / 4];
-        *col++ = (uint32_t)__sxtb16(v);
+        *col++ = (uint32_t)__sxtb16((int8x4_t)v);
         *col++ = (uint32_t)nk_sxtb16_ror8(v);
     }
 }
@@ -524,7 +526,8 @@ static uint32_t nk_conv_dsp_tail(const int8_t *w, int32_t n)
  * pairs, 2 column words, 4 pointers), so nothing spills on a Cortex-M. */
 #define NK_CONV_DSP_QUAD(va, vb)                                                                              \
     do {                                                                                                      \
-        const int32_t la = __sxtb16(va), ha = nk_sxtb16_ror8(va), lb = __sxtb16(vb), hb = nk_sxtb16_ror8(vb); \
+        const int32_t la = __sxtb16((int8x4_t)va), ha = nk_sxtb16_ror8(va);                                   \
+        const int32_t lb = __sxtb16((int8x4_t)vb), hb = nk_sxtb16_ror8(vb);                                   \
         int32_t u = (int32_t)x[0], v = (int32_t)x[1];                                                         \
         a00 = __smlad(la, u, __smlad(ha, v, a00));                                                            \
         a10 = __smlad(lb, u, __smlad(hb, v, a10));                                                            \

@@ -63,7 +63,7 @@ static int32_t nk_linear_sxtb16_ror8(uint32_t v)
     __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
     return r;
 #else
-    return __sxtb16((v >> 8) | (v << 24));
+    return __sxtb16((int8x4_t)((v >> 8) | (v << 24)));
 #endif
 }
 
@@ -82,9 +82,9 @@ static void nk_linear_dsp(const nk_linear_params *p, const int8_t *in, const int
             for (; end - i >= 4; i += 4) {
                 const uint32_t xv = nk_linear_load4(in + i), va = nk_linear_load4(wa + i);
                 const uint32_t vb = nk_linear_load4(wb + i);
-                const int32_t xl = __sxtb16(xv), xh = nk_linear_sxtb16_ror8(xv);
-                a = __smlad(__sxtb16(va), xl, __smlad(nk_linear_sxtb16_ror8(va), xh, a));
-                b = __smlad(__sxtb16(vb), xl, __smlad(nk_linear_sxtb16_ror8(vb), xh, b));
+                const int32_t xl = __sxtb16((int8x4_t)xv), xh = nk_linear_sxtb16_ror8(xv);
+                a = __smlad(__sxtb16((int8x4_t)va), xl, __smlad(nk_linear_sxtb16_ror8(va), xh, a));
+                b = __smlad(__sxtb16((int8x4_t)vb), xl, __smlad(nk_linear_sxtb16_ror8(vb), xh, b));
             }
             for (; i < end; i++) {
                 a += (int32_t)in[i] * wa[i];
