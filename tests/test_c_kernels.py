@@ -1015,10 +1015,11 @@ ARM_MISSING = cortex_m.arm_tools_available()
 
 
 def _dsp_conv_case(src: _Src):
-    """8-bit convs shaped for nk_conv's DSP path: up to 2^8 taps per output and a little past (the fallback),
-    odd channel and position counts, every tap count mod 4, 1-d and 2-d, padding, stride, dilation, groups."""
+    """8-bit convs shaped for nk_conv's DSP path: up to 2^8 taps per output (one column) and past (columns of
+    fewer kernel rows, int64 sums), odd channel and position counts, every tap count mod 4, 1-d and 2-d,
+    padding, stride, dilation, groups."""
     ndim, groups = src.pick([1, 1, 2]), src.pick([1, 1, 1, 2])
-    cg, og = src.pick([1, 2, 3, src.int(4, 20), src.int(20, 52)]), src.int(1, 5)
+    cg, og = src.pick([1, 2, 3, src.int(4, 20), src.int(20, 52), src.int(53, 130)]), src.int(1, 5)
     ks = [src.int(1, 3), src.int(1, 6)][-ndim:]
     strides, dils = [src.pick([1, 1, 2]) for _ in ks], [src.pick([1, 1, 2]) for _ in ks]
     pads = [src.int(0, k) for k in ks]

@@ -57,6 +57,11 @@
 #endif
 
 #define NK_CONV_TILE 16
+#if defined(NK_DSP)
+#define NK_CONV_TILES 0
+#else
+#define NK_CONV_TILES 1
+#endif
 #define NK_CONV_PART_TERMS 65536 /* 2^16 products of |x * w| <= 2^14 stay below 2^31 */
 #define NK_CONV_WIN 64           /* zero-padded input window of a border tile: NK_CONV_TILE + (k_w - 1) * dil_w */
 
@@ -450,8 +455,8 @@ static uint32_t nk_load4(const int8_t *p)
 }
 #endif
 
-/* The column of output position (oh, ow): taps k = (c * k_h + kh) * k_w + kw in [0, K) as int16 pairs,
- * quad by quad in SXTB16 order, zero past K up to the next multiple of 4. `edge`: some kernel column of
+/* The column of output position (oh, ow), kernel rows r = c * k_h + kh in [r0, r1): taps
+ * (r - r0) * k_w + kw as int16 pairs, quad by quad in SXTB16 order, zero up to the next multiple of 4. `edge`: some kernel column of
  * this position lies in the padding (each tap is then checked); kernel rows are always checked. */
 #if defined(__GNUC__) && !defined(__clang__)
 /* gcc turns the short copy and zero loops below into memcpy / memset calls, which cost more than the
@@ -461,18 +466,18 @@ static uint32_t nk_load4(const int8_t *p)
 #define NK_NO_MEMCALLS
 #endif
 
-static NK_NOINLINE NK_NO_MEMCALLS void nk_conv_dsp_col(const nk_conv_params *p, const int8_t *x, int32_t cg,
-                                                       int32_t oh, int32_t ow, int edge, uint32_t *col)
+static NK_NOINLINE NK_NO_MEMCALLS void nk_conv_dsp_col(const nk_conv_params *p, const int8_t *x, int32_t r0,
+                                                       int32_t r1, int32_t oh, int32_t ow, int edge, uint32_t *col)
 {
     uint32_t c32[NK_CONV_DSP_K / 4]; /* the taps as bytes, read back as words (no memcpy call at -Os) */
     int8_t *const c8 = (int8_t *)c32;
     const ptrdiff_t in_hw = (ptrdiff_t)p->in_h * p->in_w;
     const int32_t ih0 = oh * p->stride_h - p->pad_h, iw0 = ow * p->stride_w - p->pad_w;
-    const int32_t k_w = p->k_w, dil_w = p->dil_w, k = cg * p->k_h * k_w;
+    const int32_t k_w = p->k_w, dil_w = p->dil_w, k = (r1 - r0) * k_w;
     int8_t *d = c8;
-    int32_t c, kh, kw, q;
-    for (c = 0; c < cg; c++) {
-        for (kh = 0; kh < p->k_h; kh++) {
+    int32_t r, kw, q, c = r0 / p->k_h, kh = r0 % p->k_h;
+    for (r = r0; r < r1; r++, kh = kh + 1 < p->k_h ? kh + 1 : (c++, 0)) {
+        {
             const int32_t ih = ih0 + kh * p->dil_h;
             if (ih < 0 || ih >= p->in_h) {
                 for (kw = 0; kw < k_w; kw++) {
@@ -597,7 +602,8 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
                        void *out)
 {
     const int32_t cg = p->in_c / p->groups, og = p->out_c / p->groups, out_w = p->out_w;
-    const int32_t k = cg * p->k_h * p->k_w, n_pos = p->out_h * out_w, s_w = p->stride_w;
+    const int32_t rows = cg * p->k_h, k = rows * p->k_w, n_pos = p->out_h * out_w, s_w = p->stride_w;
+    const int32_t chunk = NK_CONV_DSP_K / (p->k_w > 0 ? p->k_w : 1); /* kernel rows per column */
     const ptrdiff_t in_hw = (ptrdiff_t)p->in_h * p->in_w;
     const int mode = nk_conv_rq32_mode(p);
     uint32_t col[2][NK_CONV_DSP_K / 2];
@@ -606,7 +612,8 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
     int32_t g, pos, o, ow_in, ow_end, bscale;
     int all32;
 
-    if (p->w_bits != 8 || (int64_t)cg * p->k_h * p->k_w > NK_CONV_DSP_K || n_pos <= 0) {
+    /* int32 sums of a column (<= 2^8 taps) are exact; a whole output's sum is int64 (taps < 2^40) */
+    if (p->w_bits != 8 || p->k_w > NK_CONV_DSP_K || n_pos <= 0 || (int64_t)rows * p->k_w >= ((int64_t)1 << 31)) {
         return 0;
     }
     /* interior columns [ow_in, ow_end): every kernel column inside the input (int32: no 64-bit division) */
@@ -615,8 +622,9 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
         ow_in = (p->pad_w + s_w - 1) / s_w;
         ow_end = last < 0 ? 0 : (last / s_w + 1 < out_w ? last / s_w + 1 : out_w);
     }
-    /* the int32 requantisation for every channel, or for none (checked once per call) */
-    all32 = mode >= 0;
+    /* the int32 requantisation for every channel, or for none (checked once per call); it needs
+     * |sum| <= 2^23: K <= 2^9 taps */
+    all32 = mode >= 0 && k <= 512;
     for (o = 0; o < p->out_c && all32; o++) {
         nk_conv_rq_init(&r0, p, o, bias);
         all32 = nk_conv_rq32_ok(&r0, mode);
@@ -631,16 +639,43 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
         const int8_t *xg = in + (ptrdiff_t)g * cg * in_hw;
         for (pos = 0; pos < n_pos; pos += 2) {
             const int two = pos + 1 < n_pos; /* a second position */
-            int32_t j;
+            int32_t j, e[2], oh[2], ow[2];
             for (j = 0; j < 2; j++) { /* without a second position, column 1 repeats column 0 */
-                const int32_t q = pos + (j & two), oh = q / out_w, ow = q % out_w;
-                nk_conv_dsp_col(p, xg, cg, oh, ow, ow < ow_in || ow >= ow_end, col[j]);
+                const int32_t q = pos + (j & two);
+                oh[j] = q / out_w;
+                ow[j] = q % out_w;
+                e[j] = ow[j] < ow_in || ow[j] >= ow_end;
+                if (rows <= chunk) { /* one column for every channel pair */
+                    nk_conv_dsp_col(p, xg, 0, rows, oh[j], ow[j], e[j], col[j]);
+                }
             }
             for (o = g * og; o < (g + 1) * og; o += 2) {
                 const int32_t ob = o + 1 < (g + 1) * og ? o + 1 : o; /* an odd last channel pairs with itself */
                 const int8_t *wa = weights + (ptrdiff_t)o * k, *wb = weights + (ptrdiff_t)ob * k;
                 int32_t sums[4], i; /* sums[i]: channel o + (i >> 1), position pos + (i & 1) */
-                nk_conv_dsp_block(wa, wb, col[0], k, sums);
+                int64_t s64[4];
+                if (rows <= chunk) {
+                    nk_conv_dsp_block(wa, wb, col[0], k, sums);
+                } else { /* more taps than a column holds: columns of `chunk` kernel rows, rebuilt per pair */
+                    int32_t c0, c1;
+                    for (i = 0; i < 4; i++) {
+                        s64[i] = 0;
+                    }
+                    for (c0 = 0; c0 < rows; c0 = c1) {
+                        const ptrdiff_t w0 = (ptrdiff_t)c0 * p->k_w;
+                        c1 = rows - c0 > chunk ? c0 + chunk : rows;
+                        for (j = 0; j < 2; j++) {
+                            nk_conv_dsp_col(p, xg, c0, c1, oh[j], ow[j], e[j], col[j]);
+                        }
+                        nk_conv_dsp_block(wa + w0, wb + w0, col[0], (c1 - c0) * p->k_w, sums);
+                        for (i = 0; i < 4; i++) {
+                            s64[i] += sums[i];
+                        }
+                    }
+                    for (i = 0; i < 4; i++) {
+                        sums[i] = all32 ? (int32_t)s64[i] : 0; /* all32: K <= 2^9 taps, |sum| <= 2^23 */
+                    }
+                }
                 if (all32) { /* |bias term| < 2^29 (nk_conv_rq32_ok): exact in int32 */
                     int8_t *y = (int8_t *)out + ((size_t)o * (size_t)n_pos + (size_t)pos);
                     int32_t bt = !bias ? 0 : bscale ? bias[o] * bscale : (int32_t)nk_requant_bias(&p->rq, o, bias[o]);
@@ -664,7 +699,8 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
                         continue;
                     }
                     nk_conv_rq_init(&r, p, ch, bias);
-                    nk_conv_rq_store(&r, out, (size_t)ch * (size_t)n_pos + (size_t)(pos + (i & 1)), sums[i]);
+                    nk_conv_rq_store(&r, out, (size_t)ch * (size_t)n_pos + (size_t)(pos + (i & 1)),
+                                     rows <= chunk ? (int64_t)sums[i] : s64[i]);
                 }
             }
         }
@@ -982,8 +1018,9 @@ void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, con
     const int fast = p->w_bits == 8 && (int64_t)p->k_h * k_w <= NK_CONV_PART_TERMS;
     /* interior columns [ow_in, ow_end): every kernel column inside the input */
     int32_t ow_in = (p->pad_w + s_w - 1) / s_w, ow_end;
-    /* tiles need stride 1 and a row of at least NK_CONV_TILE outputs */
-    const int tiles = fast && s_w == 1 && out_w >= NK_CONV_TILE;
+    /* tiles need stride 1 and a row of at least NK_CONV_TILE outputs (not built with the DSP path, which
+     * takes every 8-bit conv they would) */
+    const int tiles = NK_CONV_TILES && fast && s_w == 1 && out_w >= NK_CONV_TILE;
     const int span_fits = NK_CONV_TILE + (int64_t)(k_w - 1) * p->dil_w <= NK_CONV_WIN;
     int32_t o, oh, ow;
 #if defined(NK_CONV_SSE2)
