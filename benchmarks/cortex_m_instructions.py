@@ -9,7 +9,7 @@ Printed beside the figures the issue measured (CMSIS-NN at -O2, npukit before th
 size of the kernels and RAM from the same ELF. Nothing is asserted. Needs the arm tools
 (`scripts/install-arm-tools.sh`).
 
-    .venv/bin/python benchmarks/cortex_m_instructions.py [--opt -Os -O2] [--no-dsp]
+    .venv/bin/python benchmarks/cortex_m_instructions.py [--opt -Os -O2] [--no-simd]
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def codegen_ident(name: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--opt", nargs="+", default=["-Os", "-O2"])
-    ap.add_argument("--no-dsp", action="store_true", help="build with -DNK_NO_DSP (the plain C99 path)")
+    ap.add_argument("--no-simd", action="store_true", help="build with -DNK_NO_SIMD (the plain C99 path)")
     args = ap.parse_args()
     if msg := cortex_m.arm_tools_available():
         raise SystemExit(msg)
@@ -174,10 +174,10 @@ def main() -> None:
     project = codegen.generate(tmp / "model.bin", tmp / "c", kat_input=x)
     cortex_m.write_cortex_m(project)
     validate(project / cortex_m.DIR)
-    extra = ["-DNK_NO_DSP"] if args.no_dsp else []
+    extra = ["-DNK_NO_SIMD"] if args.no_simd else []
     all_macs = sum(get_op(n.op).macs(n, graph) for n in graph.nodes)
     print(f"demo model (MNIST-1D CNN): {all_macs:,} MACs per inference; Cortex-M4 on QEMU mps2-an386"
-          f"{', -DNK_NO_DSP' if args.no_dsp else ''}")
+          f"{', -DNK_NO_SIMD' if args.no_simd else ''}")
     for opt in args.opt:
         r = measure(project, graph, opt, extra)
         print(f"\n{opt}: instructions from entry to return of each layer's kernel call")

@@ -11,11 +11,17 @@
  * p->rq that are equal to it for every sum (each proves it where it is defined, and
  * tests/test_c_kernels.py holds them bit-exact, with and without SIMD): nk_conv_rq, the per-channel
  * precomputed form (shift 1..60, ranges below 2^60; anything else goes to nk_conv_store), and
- * nk_conv_sse2_requant, that form in int32 lanes where every step is exact in int32.
+ * nk_conv_sse2_requant and nk_conv_rq32_apply, that form in int32 where every step is exact in int32.
  *
  * Padding is never tested per MAC: for each output row the valid kernel rows are computed once, and
- * the valid kernel columns once per output (or per tile). Paths:
- *  - with SSE2 (x86-64 baseline; opt out with -DNK_CONV_NO_SIMD), 8-bit weights, stride_w == 1:
+ * the valid kernel columns once per output (or per tile). Paths (-DNK_NO_SIMD keeps only the plain C99
+ * ones):
+ *  - with the DSP extension (__ARM_FEATURE_DSP: Cortex-M4, M7, M33, M55), 8-bit weights, any geometry:
+ *    nk_conv_dsp (below) builds each pair of output positions' input column once as int16 pairs and
+ *    computes 2 output channels x 2 positions per pass with SMLAD (two products per instruction), the
+ *    int8 weights read in place four at a time; int32 sums, requantised in int32 where that is exact.
+ *    These builds leave out the tile path below, which it replaces.
+ *  - with SSE2 (x86-64 baseline), 8-bit weights, stride_w == 1:
  *    nk_conv_sse2 (below) pairs input channels per pmaddwd and computes 4 output channels x 8 outputs
  *    per inner step from zero-padded int16 buffers, with its own int32 bound; the requantisation in
  *    int32 lanes where that is exact (nk_conv_sse2_requant). Shapes whose buffers would not fit take
@@ -406,15 +412,23 @@ static NK_INLINE int8_t nk_conv_rq32_apply(const nk_conv_rq32 *q, int32_t bias_t
 }
 
 /* Cortex-M DSP path (SMLAD: two 16x16 products added into an int32 accumulator per instruction), 8-bit
- * weights, any geometry, taps per output K = cg * k_h * k_w <= NK_CONV_DSP_K. For each pair of output
- * positions the input column (im2col, zero padding applied once) is built as int16 pairs; then each pair
- * of output channels runs nk_conv_dsp_block, 2 channels x 2 positions per pass, reading the int8
- * weights in place (model.bin's layout) four at a time: SXTB16 splits a word (w0, w1, w2, w3) into the
- * pairs (w0, w2) and (w1, w3), so the column holds each quad of taps in that order, (x0, x2), (x1, x3).
+ * weights, any geometry. For each pair of output positions the input column (im2col, zero padding
+ * applied once) is built as int16 pairs; then each pair of output channels runs nk_conv_dsp_block,
+ * 2 channels x 2 positions per pass, reading the int8 weights in place (model.bin's layout, so the C
+ * runtime shares the path) four at a time: SXTB16 splits a word (w0, w1, w2, w3) into the pairs
+ * (w0, w2) and (w1, w3), so the column holds each quad of taps in that order, (x0, x2), (x1, x3).
+ * A conv with more than NK_CONV_DSP_K taps per output (K = cg * k_h * k_w) takes columns of whole
+ * kernel rows, at most NK_CONV_DSP_K taps each, rebuilt for every channel pair, their sums added in
+ * int64.
  *
- * int32 accumulators are exact: |x * w| <= 2^14 and an output sums K <= 2^8 products, |sum| <= 2^22. */
+ * int32 sums are exact: |x * w| <= 2^14 and a column has at most NK_CONV_DSP_K taps (2^8 unless set),
+ * so |sum| <= 2^22 (< 2^31 for any allowed value, <= 2^16); the int64 sum of columns is exact for
+ * K < 2^31 (checked). */
 #ifndef NK_CONV_DSP_K
-#define NK_CONV_DSP_K 256 /* taps per output the column buffers hold (a multiple of 4; 1.25 KiB of stack) */
+#define NK_CONV_DSP_K 256 /* taps per column; 1.25 KiB of stack */
+#endif
+#if NK_CONV_DSP_K % 4 != 0 || NK_CONV_DSP_K < 4 || NK_CONV_DSP_K > 65536
+#error "NK_CONV_DSP_K: a multiple of 4 in [4, 65536]"
 #endif
 
 #if defined(__GNUC__)
