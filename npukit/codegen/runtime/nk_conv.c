@@ -388,6 +388,12 @@ static void nk_conv_rq32_init(nk_conv_rq32 *q, const nk_conv_rq *r, int clamp)
 }
 
 #if defined(__GNUC__)
+#define NK_NOINLINE __attribute__((noinline)) /* its own function: a fresh register set */
+#else
+#define NK_NOINLINE
+#endif
+
+#if defined(__GNUC__)
 #define NK_INLINE __inline__ __attribute__((always_inline)) /* a few instructions per output: no call */
 #else
 #define NK_INLINE
@@ -429,12 +435,6 @@ static NK_INLINE int8_t nk_conv_rq32_apply(const nk_conv_rq32 *q, int32_t bias_t
 #endif
 #if NK_CONV_DSP_K % 4 != 0 || NK_CONV_DSP_K < 4 || NK_CONV_DSP_K > 65536
 #error "NK_CONV_DSP_K: a multiple of 4 in [4, 65536]"
-#endif
-
-#if defined(__GNUC__)
-#define NK_NOINLINE __attribute__((noinline)) /* its own function: a fresh register set for the inner loop */
-#else
-#define NK_NOINLINE
 #endif
 
 /* The inner loop of nk_conv_dsp_block in Thumb-2 assembly where gcc optimises: 18 instructions per 16
@@ -490,6 +490,16 @@ static NK_NOINLINE NK_NO_MEMCALLS void nk_conv_dsp_col(const nk_conv_params *p, 
     const int32_t k_w = p->k_w, dil_w = p->dil_w, k = (r1 - r0) * k_w;
     int8_t *d = c8;
     int32_t r, kw, q, c = r0 / p->k_h, kh = r0 % p->k_h;
+    if (!edge && dil_w == 1 && p->k_h == 1 && p->in_h == 1 && ih0 == 0) { /* 1-d, inside: rows = channels */
+        for (r = r0; r < r1; r++) {
+            const int8_t *s = x + ((ptrdiff_t)r * in_hw + iw0);
+            for (kw = 0; kw < k_w; kw++) {
+                d[kw] = s[kw];
+            }
+            d += k_w;
+        }
+        r1 = r0; /* done: skip the general loop */
+    }
     for (r = r0; r < r1; r++, kh = kh + 1 < p->k_h ? kh + 1 : (c++, 0)) {
         {
             const int32_t ih = ih0 + kh * p->dil_h;
@@ -558,12 +568,13 @@ static uint32_t nk_conv_dsp_tail(const int8_t *w, int32_t n)
     } while (0)
 
 /* Sums of 2 output channels (weights wa, wb, in place) x 2 positions (columns x and x + NK_CONV_DSP_K / 2):
- * s[2 * ch + pos]. k taps: k / 4 whole quads from the weights, then, if k % 4, a tail quad from the last
- * weights zero-extended (never read past a channel's weights; the column is zero there). */
+ * s[2 * ch + pos]. k taps: k / 4 whole quads from the weights, then, if k % 4, a last quad: read whole
+ * where `whole` (the caller checked that its 4 bytes lie inside the weight array: those past the
+ * channel's k weights meet zeros of the column), else the last k % 4 weights zero-extended. */
 static NK_NOINLINE void nk_conv_dsp_block(const int8_t *wa, const int8_t *wb, const uint32_t *x, int32_t k,
-                                          int32_t s[4])
+                                          int whole, int32_t s[4])
 {
-    const uint32_t *end = x + k / 4 * 2;
+    const uint32_t *end = x + (whole ? (k + 3) / 4 : k / 4) * 2;
     int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
 #if NK_CONV_DSP_ASM
     if (x != end) {
@@ -601,7 +612,7 @@ static NK_NOINLINE void nk_conv_dsp_block(const int8_t *wa, const int8_t *wb, co
         wb += 4;
     }
 #endif
-    if (k % 4) {
+    if (k % 4 && !whole) {
         const uint32_t va = nk_conv_dsp_tail(wa, k % 4), vb = nk_conv_dsp_tail(wb, k % 4);
         NK_CONV_DSP_QUAD(va, vb);
     }
@@ -619,6 +630,9 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
     const int32_t rows = cg * p->k_h, k = rows * p->k_w, n_pos = p->out_h * out_w, s_w = p->stride_w;
     const int32_t chunk = NK_CONV_DSP_K / (p->k_w > 0 ? p->k_w : 1); /* kernel rows per column */
     const ptrdiff_t in_hw = (ptrdiff_t)p->in_h * p->in_w;
+    const int64_t w_size = (int64_t)p->out_c * k; /* bytes of the weight array */
+    /* channels from ob on that a whole last quad read at channel ob's end needs, inside the array */
+    const int32_t need = k > 0 ? ((k + 3) / 4 * 4 + k - 1) / k : 1;
     const int mode = nk_conv_rq32_mode(p);
     uint32_t col[2][NK_CONV_DSP_K / 2];
     nk_conv_rq r0;
@@ -669,7 +683,7 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
                 int32_t sums[4], i; /* sums[i]: channel o + (i >> 1), position pos + (i & 1) */
                 int64_t s64[4];
                 if (rows <= chunk) {
-                    nk_conv_dsp_block(wa, wb, col[0], k, sums);
+                    nk_conv_dsp_block(wa, wb, col[0], k, p->out_c - ob >= need, sums);
                 } else { /* more taps than a column holds: columns of `chunk` kernel rows, rebuilt per pair */
                     int32_t c0, c1;
                     for (i = 0; i < 4; i++) {
@@ -681,7 +695,8 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
                         for (j = 0; j < 2; j++) {
                             nk_conv_dsp_col(p, xg, c0, c1, oh[j], ow[j], e[j], col[j]);
                         }
-                        nk_conv_dsp_block(wa + w0, wb + w0, col[0], (c1 - c0) * p->k_w, sums);
+                        nk_conv_dsp_block(wa + w0, wb + w0, col[0], (c1 - c0) * p->k_w,
+                                          (int64_t)ob * k + w0 + ((c1 - c0) * p->k_w + 3) / 4 * 4 <= w_size, sums);
                         for (i = 0; i < 4; i++) {
                             s64[i] += sums[i];
                         }
