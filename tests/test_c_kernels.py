@@ -1035,6 +1035,18 @@ def _dsp_conv_case(src: _Src):
     return node, g, [x]
 
 
+def _wide_kernel_case():
+    """A kernel row wider than the DSP path's column (k_w 300 > NK_CONV_DSP_K): the generic loop."""
+    rng = np.random.default_rng(5)
+    w = rng.integers(-127, 128, (3, 2, 300)).astype(np.int8)
+    x = rng.integers(-128, 128, (2, 310)).astype(np.int8)
+    attrs = {"w_bits": 8, "w_exp": 0, "b_exp": 0, "relu": False, "wide": False, "ndim": 1, "stride": [1],
+             "padding": [4], "dilation": [1], "groups": 1}
+    node = Node("conv", "conv", ["x"], ["y"], attrs, {"weight": w, "bias": np.array([5, -6, 7], np.int64)})
+    specs = [TensorSpec("x", x.shape, 8, 0), TensorSpec("y", (3, 19), 8, -14)]
+    return node, _graph(node, specs, {"rounding": "half_even", "accumulator_bits": 32}), [x]
+
+
 def _dsp_flush_case():
     """A linear layer whose int32 sums must be flushed: (2^17 + 37) products of (-128) * (-128)."""
     n = (1 << 17) + 37
@@ -1059,6 +1071,7 @@ def test_kernels_on_cortex_m4(tmp_path, opt, flags):
     rng_cases += [_requant_sweep(scheme, mode, shift, acc_bits, "w8", sweep_rng)
                   for mode in MODES for scheme, shift, acc_bits in (
                       ("pow2", 1, 16), ("pow2", 7, 20), ("pow2", 30, 31), ("pow2", 31, 48), ("max78000", 22, 32))]
+    rng_cases.append(_wide_kernel_case())
     flush = _dsp_flush_case()
     calls = [(LAYOUT, [bytes(52)])] + [_call(*c)[:2] for c in rng_cases] + [_call(*flush)[:2]]
     folder = cortex_m.write_cortex_m(tmp_path)

@@ -1044,7 +1044,9 @@ void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, con
     const int32_t k_w = p->k_w, s_w = p->stride_w, out_w = p->out_w;
     const ptrdiff_t in_hw = (ptrdiff_t)p->in_h * p->in_w;
     const int32_t w_per_out = cg * p->k_h * k_w;
-    const int fast = p->w_bits == 8 && (int64_t)p->k_h * k_w <= NK_CONV_PART_TERMS;
+    /* 8-bit weights without nk_weight (the DSP path leaves here only convs wider than a column: those
+     * take the generic loop, which keeps DSP builds small) */
+    const int fast = NK_CONV_TILES && p->w_bits == 8 && (int64_t)p->k_h * k_w <= NK_CONV_PART_TERMS;
     /* interior columns [ow_in, ow_end): every kernel column inside the input */
     int32_t ow_in = (p->pad_w + s_w - 1) / s_w, ow_end;
     /* tiles need stride 1 and a row of at least NK_CONV_TILE outputs (not built with the DSP path, which

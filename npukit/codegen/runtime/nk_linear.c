@@ -24,6 +24,11 @@
 #include <arm_acle.h>
 #endif
 
+#if defined(NK_DSP)
+#define NK_LINEAR_DSP 1
+#else
+#define NK_LINEAR_DSP 0
+#endif
 #define NK_LINEAR_LANES 16
 #define NK_LINEAR_CHUNK (NK_LINEAR_LANES * 65536) /* products per lane-flush: 2^16 per lane */
 
@@ -115,7 +120,7 @@ void nk_linear(const nk_linear_params *p, const int8_t *in, const void *weights,
     for (o = 0; o < p->out_features; o++) {
         int64_t sum = 0;
         int32_t i = 0;
-        if (p->w_bits == 8) {
+        if (p->w_bits == 8 && !NK_LINEAR_DSP) { /* (DSP builds returned above) */
             const int8_t *w = (const int8_t *)weights + (ptrdiff_t)o * n;
             while (n - i >= NK_LINEAR_LANES) {
                 int32_t part[NK_LINEAR_LANES] = {0};
