@@ -493,10 +493,10 @@ static NK_NOINLINE NK_NO_MEMCALLS void nk_conv_dsp_col(const nk_conv_params *p, 
     if (!edge && dil_w == 1 && p->k_h == 1 && p->in_h == 1 && ih0 == 0) { /* 1-d, inside: rows = channels */
         for (r = r0; r < r1; r++) {
             const int8_t *s = x + ((ptrdiff_t)r * in_hw + iw0);
-            for (kw = 0; kw < k_w; kw++) {
-                d[kw] = s[kw];
-            }
-            d += k_w;
+            const int8_t *const e = d + k_w; /* k_w >= 1 (validated shapes) */
+            do {
+                *d++ = *s++;
+            } while (d != e);
         }
         r1 = r0; /* done: skip the general loop */
     }
@@ -532,10 +532,14 @@ static NK_NOINLINE NK_NO_MEMCALLS void nk_conv_dsp_col(const nk_conv_params *p, 
     for (q = k; q % 4; q++) {
         *d++ = 0;
     }
-    for (q = 0; q < k; q += 4) {
-        const uint32_t v = c32[q / 4];
-        *col++ = (uint32_t)__sxtb16((int8x4_t)v);
-        *col++ = (uint32_t)nk_sxtb16_ror8(v);
+    if (k > 0) {
+        const uint32_t *src = c32, *const end = c32 + (k + 3) / 4;
+        do {
+            const uint32_t v = *src++;
+            col[0] = (uint32_t)__sxtb16((int8x4_t)v);
+            col[1] = (uint32_t)nk_sxtb16_ror8(v);
+            col += 2;
+        } while (src != end);
     }
 }
 
