@@ -136,6 +136,19 @@ def measure(project: Path, graph, opt: str, extra: list[str]) -> dict:
         raise SystemExit(f"the KAT did not pass at {opt}:\n{_trace.output}")
     calls = _calls(pcs, syms["npukit_run_in"], entries)
     whole = _calls(pcs, syms["main"], {syms["npukit_run"][0]: "npukit_run"})
+    # instructions inside library functions (memcpy, memset, __aeabi_*) during the inference
+    spans = sorted((a, b, n) for n, (a, b) in syms.items() if b > a)
+    lib: dict[str, int] = {}
+    inside, run_lo, (main_lo, main_hi) = False, syms["npukit_run"][0], syms["main"]
+    for pc in pcs:
+        if pc == run_lo:
+            inside = True
+        elif inside and main_lo <= pc < main_hi:
+            inside = False
+        if inside:
+            name = next((n for a, b, n in spans if a <= pc < b), "?")
+            if not name.startswith(("nk_", "npukit_")):
+                lib[name] = lib.get(name, 0) + 1
     nodes = {codegen_ident(n.name): n for n in graph.nodes}
     rows = []
     for (kernel, ident), (callee, n) in zip(layers, calls, strict=True):
@@ -150,7 +163,7 @@ def measure(project: Path, graph, opt: str, extra: list[str]) -> dict:
             m = re.match(r"\S+:\d+:\d+:(nk_\w+)\s+(\d+)", line)
             if m:
                 frames[m.group(1)] = int(m.group(2))
-    return {"rows": rows, "whole": whole[0][1], "kernel_code": code, "sizes": sizes, "frames": frames}
+    return {"rows": rows, "whole": whole[0][1], "kernel_code": code, "sizes": sizes, "frames": frames, "lib": lib}
 
 
 def codegen_ident(name: str) -> str:
@@ -192,6 +205,8 @@ def main() -> None:
               f"npukit before, -Os: {BEFORE['conv']}; goal <= 1.0)")
         print(f"  whole inference (npukit_run): {r['whole']:,} instructions, {r['whole'] / all_macs:.2f} per MAC "
               f"(CMSIS-NN -O2: {CMSIS_NN['whole']}; npukit before, -Os: {BEFORE['whole']}; goal < 2.35)")
+        print("  library code run inside the inference: "
+              + (", ".join(f"{k} {v:,} instructions" for k, v in sorted(r["lib"].items())) or "none"))
         s = r["sizes"]
         print(f"  code: kernels (nk_* functions) {r['kernel_code']:,} B; runtime (kernels, npukit_run, parameter "
               f"structs) {s['runtime_code_bytes']:,} B; weights {s['weight_bytes']:,} B")
