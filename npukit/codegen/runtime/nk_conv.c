@@ -469,17 +469,18 @@ static uint32_t nk_load4(const int8_t *p)
 }
 #endif
 
-/* The column of output position (oh, ow), kernel rows r = c * k_h + kh in [r0, r1): taps
- * (r - r0) * k_w + kw as int16 pairs, quad by quad in SXTB16 order, zero up to the next multiple of 4. `edge`: some kernel column of
- * this position lies in the padding (each tap is then checked); kernel rows are always checked. */
 #if defined(__GNUC__) && !defined(__clang__)
-/* gcc turns the short copy and zero loops below into memcpy / memset calls, which cost more than the
- * few bytes they move */
+/* gcc turns the short copy and zero loops of nk_conv_dsp_col into memcpy / memset calls, which cost more
+ * than the few bytes they move */
 #define NK_NO_MEMCALLS __attribute__((optimize("no-tree-loop-distribute-patterns")))
 #else
 #define NK_NO_MEMCALLS
 #endif
 
+/* The column of output position (oh, ow), kernel rows r = c * k_h + kh in [r0, r1): taps
+ * (r - r0) * k_w + kw as int16 pairs, quad by quad in SXTB16 order, zero up to the next multiple of 4.
+ * `edge`: some kernel column of this position lies in the padding (each tap is then checked); kernel
+ * rows are always checked, except in the 1-d case, whose only row is inside. */
 static NK_NOINLINE NK_NO_MEMCALLS void nk_conv_dsp_col(const nk_conv_params *p, const int8_t *x, int32_t r0,
                                                        int32_t r1, int32_t oh, int32_t ow, int edge, uint32_t *col)
 {
