@@ -5,9 +5,11 @@ through ctypes. Every case is an IR node built by hand, mapped to its C call the
 maps it, and compared with the op's own numpy kernel (`OpDef.run`); the scalar functions are compared
 with exact integer references that are themselves checked against `arith`. A second build with
 AddressSanitizer and UBSan runs a batch of random cases in a small C harness, so a read past a border,
-a signed overflow or a shift of a negative value fails the run. A build without SIMD (-DNK_CONV_NO_SIMD)
-runs nk_conv's portable paths, and a sweep over rounding ties and saturation holds nk_conv's
-specialisations of nk_requant (npukit_kernels.h) to the scheme's requantize. Two real models run end to end.
+a signed overflow or a shift of a negative value fails the run. A build without SIMD (-DNK_NO_SIMD)
+runs nk_conv's portable paths; Cortex-M4 builds (the DSP extension's SMLAD paths, and plain C99 with
+-DNK_NO_SIMD) run the same harness under QEMU when the arm tools are installed; and a sweep over
+rounding ties and saturation holds nk_conv's specialisations of nk_requant (npukit_kernels.h) to the
+scheme's requantize. Two real models run end to end.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from models_for_tests import ref_round
 
 import npukit
 from npukit import arith, modelbin
-from npukit.codegen import ROUNDING_C
+from npukit.codegen import ROUNDING_C, cortex_m
 from npukit.ir import Graph, Node, TensorSpec
 from npukit.models import mnist1d_cnn
 from npukit.ops import get_op
@@ -244,9 +246,9 @@ def lib(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def lib_scalar(tmp_path_factory):
-    """The kernels built with -DNK_CONV_NO_SIMD: nk_conv's portable paths (tiles, single outputs), which
+    """The kernels built with -DNK_NO_SIMD: nk_conv's portable paths (tiles, single outputs), which
     SSE2 would otherwise take over for most 8-bit shapes on x86-64."""
-    return _build_lib(tmp_path_factory.mktemp("nk_scalar") / "libnpukit_kernels.so", ["-DNK_CONV_NO_SIMD"])
+    return _build_lib(tmp_path_factory.mktemp("nk_scalar") / "libnpukit_kernels.so", ["-DNK_NO_SIMD"])
 
 
 def _build_lib(out: Path, flags: list[str] | None = None) -> ctypes.CDLL:
@@ -286,12 +288,7 @@ def harness(tmp_path_factory):
 
 
 def _harness_proc(exe, calls: list[tuple[int, list[bytes]]]) -> subprocess.CompletedProcess:
-    data = bytearray()
-    for kind, blobs in calls:
-        data += struct.pack("<ii", kind, len(blobs))
-        for b in blobs:
-            data += struct.pack("<i", len(b)) + bytes(b)
-    data += struct.pack("<i", 0)
+    data = _harness_input(calls)
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")
     return subprocess.run([str(exe)], input=bytes(data), capture_output=True, env=env)
 
@@ -300,12 +297,26 @@ def _run_harness(exe, calls: list[tuple[int, list[bytes]]]) -> list[bytes]:
     r = _harness_proc(exe, calls)
     assert r.returncode == 0, f"sanitizer harness failed (rc {r.returncode}):\n{r.stderr.decode(errors='replace')}"
     assert not r.stderr, r.stderr.decode(errors="replace")
+    return _split_outputs(r.stdout, len(calls))
+
+
+def _harness_input(calls: list[tuple[int, list[bytes]]]) -> bytes:
+    data = bytearray()
+    for kind, blobs in calls:
+        data += struct.pack("<ii", kind, len(blobs))
+        for b in blobs:
+            data += struct.pack("<i", len(b)) + bytes(b)
+    return bytes(data + struct.pack("<i", 0))
+
+
+def _split_outputs(stdout: bytes, n_calls: int) -> list[bytes]:
+    """HARNESS_C's output (each call's result buffer after its int32 length) -> the buffers."""
     outs, pos = [], 0
-    for _ in calls:
-        (n,) = struct.unpack_from("<i", r.stdout, pos)
-        outs.append(r.stdout[pos + 4 : pos + 4 + n])
+    for _ in range(n_calls):
+        (n,) = struct.unpack_from("<i", stdout, pos)
+        outs.append(stdout[pos + 4 : pos + 4 + n])
         pos += 4 + n
-    assert pos == len(r.stdout)
+    assert pos == len(stdout)
     return outs
 
 
@@ -648,6 +659,7 @@ def test_runtime_has_one_file_per_kernel():
     ("clang", ["-O2"]),
     ("gcc", ["-O2", "-Wshadow", "-Wconversion", "-Wsign-conversion", "-Wcast-qual", "-Wstrict-prototypes"]),
     ("arm-none-eabi-gcc", ["-O2", "-mcpu=cortex-m4", "-mthumb"]),
+    ("arm-none-eabi-gcc", ["-Os", "-mcpu=cortex-m4", "-mthumb", "-Wconversion", "-Wshadow"]),
     ("arm-none-eabi-gcc", ["-Os", "-mcpu=cortex-m0", "-mthumb"]),
 ])
 def test_compiles_warning_free(cc, flags, tmp_path):
@@ -959,6 +971,129 @@ def test_kernels_under_sanitizers(harness):
         assert list(np.frombuffer(got, np.int64)) == want
     for (_, _, values), got in zip(weights, outs[len(cases) + len(scalars):], strict=True):
         np.testing.assert_array_equal(np.frombuffer(got, np.int32), values)
+
+
+# --------------------------------------------------------------------------------------------------
+# The Cortex-M4 (QEMU mps2-an386): the DSP extension's SMLAD paths, and plain C99 with -DNK_NO_SIMD
+
+EMBEDDED_C = r"""/* HARNESS_C on a bare-metal board: its stdin is calls.bin linked into flash, its stdout hex text. */
+#include <stdio.h>
+#include <string.h>
+
+extern const unsigned char nk_stream[], nk_stream_end[];
+__asm__(".section .rodata\n.balign 4\n.global nk_stream\nnk_stream:\n.incbin \"calls.bin\"\n"
+        ".global nk_stream_end\nnk_stream_end:\n.previous");
+static size_t nk_at;
+
+static size_t nk_fread(void *p, size_t size, size_t n)
+{
+    const size_t want = size * n, left = (size_t)(nk_stream_end - nk_stream) - nk_at;
+    if (want > left) {
+        return 0;
+    }
+    memcpy(p, nk_stream + nk_at, want);
+    nk_at += want;
+    return n;
+}
+
+static size_t nk_fwrite(const void *p, size_t size, size_t n)
+{
+    const unsigned char *b = (const unsigned char *)p;
+    size_t i;
+    for (i = 0; i < size * n; i++) {
+        printf("%02x", b[i]);
+    }
+    printf("\n");
+    return n;
+}
+
+#define fread(p, s, n, f) nk_fread(p, s, n)
+#define fwrite(p, s, n, f) nk_fwrite(p, s, n)
+"""
+
+ARM_MISSING = cortex_m.arm_tools_available()
+
+
+def _dsp_conv_case(src: _Src):
+    """8-bit convs shaped for nk_conv's DSP path: up to 2^8 taps per output (one column) and past (columns of
+    fewer kernel rows, int64 sums), odd channel and position counts, every tap count mod 4, 1-d and 2-d,
+    padding, stride, dilation, groups."""
+    ndim, groups = src.pick([1, 1, 2]), src.pick([1, 1, 1, 2])
+    cg, og = src.pick([1, 2, 3, src.int(4, 20), src.int(20, 52), src.int(53, 130)]), src.int(1, 5)
+    ks = [src.int(1, 3), src.int(1, 6)][-ndim:]
+    strides, dils = [src.pick([1, 1, 2]) for _ in ks], [src.pick([1, 1, 2]) for _ in ks]
+    pads = [src.int(0, k) for k in ks]
+    sizes = [src.int(max(1, d * (k - 1) + 1 - 2 * p), d * (k - 1) + 1 + 12) for k, d, p in zip(ks, dils, pads, strict=True)]
+    _, acc_bits, e_x, attrs, bias, out_bits, e_out = _mac_common(src, groups * og)
+    attrs["w_bits"] = 8
+    w = src.array((groups * og, cg, *ks), *_w_range(8)).astype(np.int8)
+    x = src.array((groups * cg, *sizes), -128, 127).astype(np.int8)
+    attrs.update({"ndim": ndim, "stride": strides, "padding": pads, "dilation": dils, "groups": groups})
+    node = Node("conv", "conv", ["x"], ["y"], attrs, {"weight": w, "bias": bias})
+    shape = get_op("conv").infer_shapes(node, [x.shape])[0]
+    g = _graph(node, [TensorSpec("x", x.shape, 8, e_x), TensorSpec("y", shape, out_bits, e_out)], _target(src, acc_bits))
+    return node, g, [x]
+
+
+def _wide_kernel_case():
+    """A kernel row wider than the DSP path's column (k_w 300 > NK_CONV_DSP_K): the generic loop."""
+    rng = np.random.default_rng(5)
+    w = rng.integers(-127, 128, (3, 2, 300)).astype(np.int8)
+    x = rng.integers(-128, 128, (2, 310)).astype(np.int8)
+    attrs = {"w_bits": 8, "w_exp": 0, "b_exp": 0, "relu": False, "wide": False, "ndim": 1, "stride": [1],
+             "padding": [4], "dilation": [1], "groups": 1}
+    node = Node("conv", "conv", ["x"], ["y"], attrs, {"weight": w, "bias": np.array([5, -6, 7], np.int64)})
+    specs = [TensorSpec("x", x.shape, 8, 0), TensorSpec("y", (3, 19), 8, -14)]
+    return node, _graph(node, specs, {"rounding": "half_even", "accumulator_bits": 32}), [x]
+
+
+def _dsp_flush_case():
+    """A linear layer whose int32 sums must be flushed: (2^17 + 37) products of (-128) * (-128)."""
+    n = (1 << 17) + 37
+    node = Node("fc", "linear", ["x"], ["y"], {"w_bits": 8, "w_exp": 0, "b_exp": 0, "relu": False, "wide": False},
+                {"weight": np.full((3, n), -128, np.int8), "bias": np.array([0, 3, -7], np.int64)})
+    specs = [TensorSpec("x", (n,), 8, 0), TensorSpec("y", (3,), 8, -26)]
+    return node, _graph(node, specs, {"rounding": "half_even", "accumulator_bits": 48}), [np.full(n, -128, np.int8)]
+
+
+@pytest.mark.cortex_m
+@pytest.mark.skipif(ARM_MISSING is not None, reason=str(ARM_MISSING))
+@pytest.mark.parametrize("opt, flags", [("-Os", []), ("-O0", []), ("-O2", ["-DNK_NO_SIMD"])],
+                         ids=["dsp-Os-asm", "dsp-O0-c", "plain-O2"])
+def test_kernels_on_cortex_m4(tmp_path, opt, flags):
+    """A batch of random cases on the Cortex-M4 under QEMU, compared with the ops: the SMLAD paths of
+    nk_conv and nk_linear (its inner loop in asm where gcc optimises, in C at -O0) and, with -DNK_NO_SIMD,
+    the plain C99 paths built for the same core."""
+    rng_cases = [_dsp_conv_case(_Rng(50_000 + i)) for i in range(120)]
+    rng_cases += [CASES[op](_Rng(60_000 + 1000 * i + j)) for i, op in enumerate(("conv", "linear"))
+                  for j in range(60)]
+    sweep_rng = np.random.default_rng(13)
+    rng_cases += [_requant_sweep(scheme, mode, shift, acc_bits, "w8", sweep_rng)
+                  for mode in MODES for scheme, shift, acc_bits in (
+                      ("pow2", 1, 16), ("pow2", 7, 20), ("pow2", 30, 31), ("pow2", 31, 48), ("max78000", 22, 32))]
+    rng_cases.append(_wide_kernel_case())
+    flush = _dsp_flush_case()
+    calls = [(LAYOUT, [bytes(52)])] + [_call(*c)[:2] for c in rng_cases] + [_call(*flush)[:2]]
+    folder = cortex_m.write_cortex_m(tmp_path)
+    (folder / "calls.bin").write_bytes(_harness_input(calls))
+    (folder / "harness.c").write_text(EMBEDDED_C + HARNESS_C)
+    cflags = [f for f in cortex_m.CFLAGS if f != "-Os"] + [opt, *flags, f"-I{RUNTIME}"]
+    r = subprocess.run([cortex_m.CC, *cflags, "-o", "harness.elf", cortex_m.STARTUP, "harness.c", *_sources(),
+                        *cortex_m.LDFLAGS], cwd=folder, capture_output=True, text=True)
+    assert r.returncode == 0, f"building the Cortex-M4 harness failed:\n{r.stdout}{r.stderr}"
+    ok, text = cortex_m.run_qemu(folder / "harness.elf", timeout=300)
+    assert "[qemu exit status 0]" in text, text[-2000:]
+    hexed = "".join(line for line in text.splitlines() if re.fullmatch(r"(?:[0-9a-f]{2})*", line))
+    outs = _split_outputs(bytes.fromhex(hexed), len(calls))
+    want_layout = [ctypes.sizeof(ConvParams), ConvParams.rq.offset, ConvParams.rq.offset + RequantParams.acc_min.offset,
+                   ConvParams.out_bytes.offset, ctypes.sizeof(LinearParams), LinearParams.rq.offset,
+                   LinearParams.out_bytes.offset, ctypes.sizeof(PoolParams), PoolParams.rounding.offset,
+                   ctypes.sizeof(RequantParams), RequantParams.acc_min.offset, RequantParams.act_min.offset,
+                   RequantParams.rounding.offset]
+    assert list(np.frombuffer(outs.pop(0), np.int32)) == want_layout  # the blobs mean the same on the M4
+    np.testing.assert_array_equal(np.frombuffer(outs.pop(), np.int8), _flushed(*flush[:2]))
+    for (node, graph, inputs), got in zip(rng_cases, outs, strict=True):
+        _check(lambda k, b, got=got: got, node, graph, inputs)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,11 +11,17 @@
  * p->rq that are equal to it for every sum (each proves it where it is defined, and
  * tests/test_c_kernels.py holds them bit-exact, with and without SIMD): nk_conv_rq, the per-channel
  * precomputed form (shift 1..60, ranges below 2^60; anything else goes to nk_conv_store), and
- * nk_conv_sse2_requant, that form in int32 lanes where every step is exact in int32.
+ * nk_conv_sse2_requant and nk_conv_rq32_apply, that form in int32 where every step is exact in int32.
  *
  * Padding is never tested per MAC: for each output row the valid kernel rows are computed once, and
- * the valid kernel columns once per output (or per tile). Paths:
- *  - with SSE2 (x86-64 baseline; opt out with -DNK_CONV_NO_SIMD), 8-bit weights, stride_w == 1:
+ * the valid kernel columns once per output (or per tile). Paths (-DNK_NO_SIMD keeps only the plain C99
+ * ones):
+ *  - with the DSP extension (__ARM_FEATURE_DSP: Cortex-M4, M7, M33, M55), 8-bit weights, any geometry:
+ *    nk_conv_dsp (below) builds each pair of output positions' input column once as int16 pairs and
+ *    computes 2 output channels x 2 positions per pass with SMLAD (two products per instruction), the
+ *    int8 weights read in place four at a time; int32 sums, requantised in int32 where that is exact.
+ *    These builds leave out the tile path below, which it replaces.
+ *  - with SSE2 (x86-64 baseline), 8-bit weights, stride_w == 1:
  *    nk_conv_sse2 (below) pairs input channels per pmaddwd and computes 4 output channels x 8 outputs
  *    per inner step from zero-padded int16 buffers, with its own int32 bound; the requantisation in
  *    int32 lanes where that is exact (nk_conv_sse2_requant). Shapes whose buffers would not fit take
@@ -48,12 +54,20 @@
 
 #include "npukit_kernels.h"
 
-#if defined(__SSE2__) && !defined(NK_CONV_NO_SIMD)
+#if defined(__SSE2__) && !defined(NK_NO_SIMD)
 #define NK_CONV_SSE2 1
 #include <emmintrin.h>
 #endif
+#if defined(NK_DSP)
+#include <arm_acle.h>
+#endif
 
 #define NK_CONV_TILE 16
+#if defined(NK_DSP)
+#define NK_CONV_TILES 0
+#else
+#define NK_CONV_TILES 1
+#endif
 #define NK_CONV_PART_TERMS 65536 /* 2^16 products of |x * w| <= 2^14 stay below 2^31 */
 #define NK_CONV_WIN 64           /* zero-padded input window of a border tile: NK_CONV_TILE + (k_w - 1) * dil_w */
 
@@ -320,6 +334,415 @@ static int64_t nk_conv_dot(const nk_conv_params *p, const int8_t *x, const void 
     return acc;
 }
 
+#if defined(NK_CONV_SSE2) || defined(NK_DSP)
+/* Whether the int32 requantisations (nk_conv_rq32, nk_conv_sse2_requant) apply to a conv, from its
+ * parameters: -1 (they do not), or the accumulator clamp they need, 0 (none) or 1 (in int32); see
+ * nk_conv_sse2_requant. A channel also needs r->fast, |sum| <= 2^23 and |bias_term| < 2^29. */
+static int nk_conv_rq32_mode(const nk_conv_params *p)
+{
+    const nk_requant_params *rq = &p->rq;
+    const int64_t l30 = (int64_t)1 << 30;
+    if (p->out_bytes != 1 || rq->abs || rq->out_shift < 1 || rq->out_shift > 30 || rq->act_min < INT8_MIN
+        || rq->act_max > INT8_MAX) {
+        return -1;
+    }
+    if (rq->acc_min <= -l30 && rq->acc_max >= l30) {
+        return 0;
+    }
+    return rq->acc_min >= -l30 && rq->acc_min <= rq->acc_max && rq->acc_max <= l30 ? 1 : -1;
+}
+
+/* Whether a channel's requantisation may run in int32 (nk_conv_rq32): the conv's mode (above) and the
+ * channel's r->fast and |bias_term| < 2^29. */
+static int nk_conv_rq32_ok(const nk_conv_rq *r, int mode)
+{
+    return mode >= 0 && r->fast && r->bias_term > -((int64_t)1 << 29) && r->bias_term < ((int64_t)1 << 29);
+}
+#endif
+
+#if defined(NK_DSP)
+/* nk_conv_rq_store in int32 for int8 outputs from |sum| <= 2^23, where nk_conv_rq32_ok holds for every
+ * channel: the values of any channel's nk_conv_rq as int32 (nk_conv_rq_init takes shift, rounding adds
+ * and ranges from p->rq alone, the same for every channel of a layer; only the bias term is per channel,
+ * and the caller passes it). The steps are those of nk_conv_sse2_requant, whose comment proves each
+ * exact in int32, with the floor shift of a possibly negative v = acc + add in [-2^30, 2^31) taken on
+ * u = v + 2^31 in uint32 (no >> of a negative value): floor(v / 2^s) = (u >> s) - 2^(31-s), 2^s dividing
+ * 2^31; the half_even parity of floor(acc / 2^s) is that of ((acc + 2^31) >> s), 2^(31-s) being even
+ * (s <= 30). */
+typedef struct {
+    int32_t shift, add_pos, add_neg, even, clamp, acc_min, acc_max, act_min, act_max;
+} nk_conv_rq32;
+
+static void nk_conv_rq32_init(nk_conv_rq32 *q, const nk_conv_rq *r, int clamp)
+{
+    const nk_requant_params *rq = &r->p->rq;
+    q->shift = r->shift;
+    q->add_pos = (int32_t)r->add_pos;
+    q->add_neg = (int32_t)r->add_neg;
+    q->even = r->even;
+    q->clamp = clamp;
+    q->acc_min = clamp ? (int32_t)rq->acc_min : 0; /* clamp: both within [-2^30, 2^30] */
+    q->acc_max = clamp ? (int32_t)rq->acc_max : 0;
+    q->act_min = rq->act_min;
+    q->act_max = rq->act_max;
+}
+
+#if defined(__GNUC__)
+#define NK_NOINLINE __attribute__((noinline)) /* its own function: a fresh register set */
+#else
+#define NK_NOINLINE
+#endif
+
+#if defined(__GNUC__)
+#define NK_INLINE __inline__ __attribute__((always_inline)) /* a few instructions per output: no call */
+#else
+#define NK_INLINE
+#endif
+
+static NK_INLINE int8_t nk_conv_rq32_apply(const nk_conv_rq32 *q, int32_t bias_term, int32_t sum)
+{
+    const int32_t s = q->shift;
+    int32_t acc = sum + bias_term, add, y;
+    if (q->clamp) {
+        acc = acc < q->acc_min ? q->acc_min : acc;
+        acc = acc > q->acc_max ? q->acc_max : acc;
+    }
+    add = acc < 0 ? q->add_neg : q->add_pos;
+    if (q->even) {
+        add += (int32_t)((((uint32_t)acc + 0x80000000u) >> s) & 1u);
+    }
+    y = (int32_t)((((uint32_t)(acc + add)) + 0x80000000u) >> s) - (int32_t)(0x80000000u >> s);
+    y = y < q->act_min ? q->act_min : y;
+    y = y > q->act_max ? q->act_max : y;
+    return (int8_t)y;
+}
+
+/* Cortex-M DSP path (SMLAD: two 16x16 products added into an int32 accumulator per instruction), 8-bit
+ * weights, any geometry. For each pair of output positions the input column (im2col, zero padding
+ * applied once) is built as int16 pairs; then each pair of output channels runs nk_conv_dsp_block,
+ * 2 channels x 2 positions per pass, reading the int8 weights in place (model.bin's layout, so the C
+ * runtime shares the path) four at a time: SXTB16 splits a word (w0, w1, w2, w3) into the pairs
+ * (w0, w2) and (w1, w3), so the column holds each quad of taps in that order, (x0, x2), (x1, x3).
+ * A conv with more than NK_CONV_DSP_K taps per output (K = cg * k_h * k_w) takes columns of whole
+ * kernel rows, at most NK_CONV_DSP_K taps each, rebuilt for every channel pair, their sums added in
+ * int64.
+ *
+ * int32 sums are exact: |x * w| <= 2^14 and a column has at most NK_CONV_DSP_K taps (2^8 unless set),
+ * so |sum| <= 2^22 (< 2^31 for any allowed value, <= 2^16); the int64 sum of columns is exact for
+ * K < 2^31 (checked). */
+#ifndef NK_CONV_DSP_K
+#define NK_CONV_DSP_K 256 /* taps per column; 1.25 KiB of stack */
+#endif
+#if NK_CONV_DSP_K % 4 != 0 || NK_CONV_DSP_K < 4 || NK_CONV_DSP_K > 65536
+#error "NK_CONV_DSP_K: a multiple of 4 in [4, 65536]"
+#endif
+
+/* The inner loop of nk_conv_dsp_block in Thumb-2 assembly where gcc optimises: 18 instructions per 16
+ * MACs. gcc -Os spills the C loop (26 instructions); the C loop below is the same arithmetic, for other
+ * compilers and -O0 (the asm needs 14 registers, one more than a frame pointer leaves). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__OPTIMIZE__) && defined(__thumb2__) \
+    && NK_CONV_DSP_K * 2 <= 1020
+#define NK_CONV_DSP_ASM 1
+#else
+#define NK_CONV_DSP_ASM 0
+#endif
+
+/* sxtb16 of v rotated right by 8: the sign-extended bytes 1 and 3 of v */
+static int32_t nk_sxtb16_ror8(uint32_t v)
+{
+#if defined(__GNUC__)
+    int32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v)); /* gcc 12's ACLE has no __ror to fold */
+    return r;
+#else
+    return __sxtb16((int8x4_t)((v >> 8) | (v << 24)));
+#endif
+}
+
+#if !NK_CONV_DSP_ASM
+/* Four int8 taps as one word (any alignment; compilers emit one load). */
+static uint32_t nk_load4(const int8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__)
+/* gcc turns the short copy and zero loops of nk_conv_dsp_col into memcpy / memset calls, which cost more
+ * than the few bytes they move */
+#define NK_NO_MEMCALLS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define NK_NO_MEMCALLS
+#endif
+
+/* The column of output position (oh, ow), kernel rows r = c * k_h + kh in [r0, r1): taps
+ * (r - r0) * k_w + kw as int16 pairs, quad by quad in SXTB16 order, zero up to the next multiple of 4.
+ * `edge`: some kernel column of this position lies in the padding (each tap is then checked); kernel
+ * rows are always checked, except in the 1-d case, whose only row is inside. */
+static NK_NOINLINE NK_NO_MEMCALLS void nk_conv_dsp_col(const nk_conv_params *p, const int8_t *x, int32_t r0,
+                                                       int32_t r1, int32_t oh, int32_t ow, int edge, uint32_t *col)
+{
+    uint32_t c32[NK_CONV_DSP_K / 4]; /* the taps as bytes, read back as words (no memcpy call at -Os) */
+    int8_t *const c8 = (int8_t *)c32;
+    const ptrdiff_t in_hw = (ptrdiff_t)p->in_h * p->in_w;
+    const int32_t ih0 = oh * p->stride_h - p->pad_h, iw0 = ow * p->stride_w - p->pad_w;
+    const int32_t k_w = p->k_w, dil_w = p->dil_w, k = (r1 - r0) * k_w;
+    int8_t *d = c8;
+    int32_t r, kw, q, c = r0 / p->k_h, kh = r0 % p->k_h;
+    if (!edge && dil_w == 1 && p->k_h == 1 && p->in_h == 1 && ih0 == 0) { /* 1-d, inside: rows = channels */
+        for (r = r0; r < r1; r++) {
+            const int8_t *s = x + ((ptrdiff_t)r * in_hw + iw0);
+            const int8_t *const e = d + k_w; /* k_w >= 1 (validated shapes) */
+            do {
+                *d++ = *s++;
+            } while (d != e);
+        }
+        r1 = r0; /* done: skip the general loop */
+    }
+    for (r = r0; r < r1; r++, kh = kh + 1 < p->k_h ? kh + 1 : (c++, 0)) {
+        {
+            const int32_t ih = ih0 + kh * p->dil_h;
+            if (ih < 0 || ih >= p->in_h) {
+                for (kw = 0; kw < k_w; kw++) {
+                    *d++ = 0;
+                }
+            } else if (!edge) {
+                const int8_t *s = x + ((ptrdiff_t)c * in_hw + (ptrdiff_t)ih * p->in_w + iw0);
+                int32_t t = 0;
+                if (dil_w == 1) { /* the common case, its own loop: no multiply per tap */
+                    for (; t < k_w; t++) {
+                        d[t] = s[t];
+                    }
+                } else {
+                    for (; t < k_w; t++) {
+                        d[t] = s[(ptrdiff_t)t * dil_w];
+                    }
+                }
+                d += k_w;
+            } else {
+                const int8_t *row = x + ((ptrdiff_t)c * in_hw + (ptrdiff_t)ih * p->in_w);
+                for (kw = 0; kw < k_w; kw++) {
+                    const int32_t iw = iw0 + kw * dil_w;
+                    *d++ = iw >= 0 && iw < p->in_w ? row[iw] : 0;
+                }
+            }
+        }
+    }
+    for (q = k; q % 4; q++) {
+        *d++ = 0;
+    }
+    if (k > 0) {
+        const uint32_t *src = c32, *const end = c32 + (k + 3) / 4;
+        do {
+            const uint32_t v = *src++;
+            col[0] = (uint32_t)__sxtb16((int8x4_t)v);
+            col[1] = (uint32_t)nk_sxtb16_ror8(v);
+            col += 2;
+        } while (src != end);
+    }
+}
+
+/* The first n < 4 weights at w zero-extended to a word (bytes in memory order). */
+static uint32_t nk_conv_dsp_tail(const int8_t *w, int32_t n)
+{
+    uint32_t v = 0;
+    int32_t i;
+    for (i = 0; i < n; i++) {
+        v |= (uint32_t)(uint8_t)w[i] << (8 * i);
+    }
+    return v;
+}
+
+/* One quad of taps: words va, vb of the two channels' weights; column words x[0..1] (position 0) and
+ * x[NK_CONV_DSP_K / 2 + 0..1] (position 1). The order keeps 14 values live at most (4 sums, 4 weight
+ * pairs, 2 column words, 4 pointers), so nothing spills on a Cortex-M. */
+#define NK_CONV_DSP_QUAD(va, vb)                                                                              \
+    do {                                                                                                      \
+        const int32_t la = __sxtb16((int8x4_t)va), ha = nk_sxtb16_ror8(va);                                   \
+        const int32_t lb = __sxtb16((int8x4_t)vb), hb = nk_sxtb16_ror8(vb);                                   \
+        int32_t u = (int32_t)x[0], v = (int32_t)x[1];                                                         \
+        a00 = __smlad(la, u, __smlad(ha, v, a00));                                                            \
+        a10 = __smlad(lb, u, __smlad(hb, v, a10));                                                            \
+        u = (int32_t)x[NK_CONV_DSP_K / 2];                                                                    \
+        v = (int32_t)x[NK_CONV_DSP_K / 2 + 1];                                                                \
+        a01 = __smlad(la, u, __smlad(ha, v, a01));                                                            \
+        a11 = __smlad(lb, u, __smlad(hb, v, a11));                                                            \
+        x += 2;                                                                                               \
+    } while (0)
+
+/* Sums of 2 output channels (weights wa, wb, in place) x 2 positions (columns x and x + NK_CONV_DSP_K / 2):
+ * s[2 * ch + pos]. k taps: k / 4 whole quads from the weights, then, if k % 4, a last quad: read whole
+ * where `whole` (the caller checked that its 4 bytes lie inside the weight array: those past the
+ * channel's k weights meet zeros of the column), else the last k % 4 weights zero-extended. */
+static NK_NOINLINE void nk_conv_dsp_block(const int8_t *wa, const int8_t *wb, const uint32_t *x, int32_t k,
+                                          int whole, int32_t s[4])
+{
+    const uint32_t *end = x + (whole ? (k + 3) / 4 : k / 4) * 2;
+    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0;
+#if NK_CONV_DSP_ASM
+    if (x != end) {
+        uint32_t va, vb, la, lb, u, v;
+        __asm__ volatile("1:\n\t"
+                         "ldr %[va], [%[wa]], #4\n\t"
+                         "ldr %[vb], [%[wb]], #4\n\t"
+                         "sxtb16 %[la], %[va]\n\t"
+                         "sxtb16 %[va], %[va], ror #8\n\t"
+                         "sxtb16 %[lb], %[vb]\n\t"
+                         "sxtb16 %[vb], %[vb], ror #8\n\t"
+                         "ldrd %[u], %[v], [%[x], #%c[off]]\n\t" /* position 1 */
+                         "smlad %[a01], %[la], %[u], %[a01]\n\t"
+                         "smlad %[a01], %[va], %[v], %[a01]\n\t"
+                         "smlad %[a11], %[lb], %[u], %[a11]\n\t"
+                         "smlad %[a11], %[vb], %[v], %[a11]\n\t"
+                         "ldrd %[u], %[v], [%[x]], #8\n\t" /* position 0 */
+                         "smlad %[a00], %[la], %[u], %[a00]\n\t"
+                         "smlad %[a00], %[va], %[v], %[a00]\n\t"
+                         "smlad %[a10], %[lb], %[u], %[a10]\n\t"
+                         "smlad %[a10], %[vb], %[v], %[a10]\n\t"
+                         "cmp %[x], %[end]\n\t"
+                         "bne 1b"
+                         : [wa] "+r"(wa), [wb] "+r"(wb), [x] "+r"(x), [a00] "+r"(a00), [a01] "+r"(a01),
+                           [a10] "+r"(a10), [a11] "+r"(a11), [va] "=&r"(va), [vb] "=&r"(vb), [la] "=&r"(la),
+                           [lb] "=&r"(lb), [u] "=&r"(u), [v] "=&r"(v)
+                         : [end] "r"(end), [off] "i"(NK_CONV_DSP_K * 2)
+                         : "cc", "memory");
+    }
+#else
+    while (x != end) {
+        const uint32_t va = nk_load4(wa), vb = nk_load4(wb);
+        NK_CONV_DSP_QUAD(va, vb);
+        wa += 4;
+        wb += 4;
+    }
+#endif
+    if (k % 4 && !whole) {
+        const uint32_t va = nk_conv_dsp_tail(wa, k % 4), vb = nk_conv_dsp_tail(wb, k % 4);
+        NK_CONV_DSP_QUAD(va, vb);
+    }
+    s[0] = a00;
+    s[1] = a01;
+    s[2] = a10;
+    s[3] = a11;
+}
+
+/* The whole conv on the DSP path; returns 0 (having written nothing) where it does not apply. */
+static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *weights, const int32_t *bias,
+                       void *out)
+{
+    const int32_t cg = p->in_c / p->groups, og = p->out_c / p->groups, out_w = p->out_w;
+    const int32_t rows = cg * p->k_h, k = rows * p->k_w, n_pos = p->out_h * out_w, s_w = p->stride_w;
+    const int32_t chunk = NK_CONV_DSP_K / (p->k_w > 0 ? p->k_w : 1); /* kernel rows per column */
+    const ptrdiff_t in_hw = (ptrdiff_t)p->in_h * p->in_w;
+    const int64_t w_size = (int64_t)p->out_c * k; /* bytes of the weight array */
+    /* channels from ob on that a whole last quad read at channel ob's end needs, inside the array */
+    const int32_t need = k > 0 ? ((k + 3) / 4 * 4 + k - 1) / k : 1;
+    const int mode = nk_conv_rq32_mode(p);
+    uint32_t col[2][NK_CONV_DSP_K / 2];
+    nk_conv_rq r0;
+    nk_conv_rq32 q32 = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    int32_t g, pos, o, ow_in, ow_end, bscale;
+    int all32;
+
+    /* int32 sums of a column (<= 2^8 taps) are exact; a whole output's sum is int64 (taps < 2^40) */
+    if (p->w_bits != 8 || p->k_w > NK_CONV_DSP_K || n_pos <= 0 || (int64_t)rows * p->k_w >= ((int64_t)1 << 31)) {
+        return 0;
+    }
+    /* interior columns [ow_in, ow_end): every kernel column inside the input (int32: no 64-bit division) */
+    {
+        const int32_t last = p->in_w - 1 - (p->k_w - 1) * p->dil_w + p->pad_w;
+        ow_in = (p->pad_w + s_w - 1) / s_w;
+        ow_end = last < 0 ? 0 : (last / s_w + 1 < out_w ? last / s_w + 1 : out_w);
+    }
+    /* the int32 requantisation for every channel, or for none (checked once per call); it needs
+     * |sum| <= 2^23: K <= 2^9 taps */
+    all32 = mode >= 0 && k <= 512;
+    for (o = 0; o < p->out_c && all32; o++) {
+        nk_conv_rq_init(&r0, p, o, bias);
+        all32 = nk_conv_rq32_ok(&r0, mode);
+    }
+    if (all32) {
+        nk_conv_rq32_init(&q32, &r0, mode);
+    }
+    /* the bias term b * 2^bias_shift as an int32 product where nk_requant_bias is that product: exact, as
+     * all32 bounds every channel's term below 2^29 (bscale 0: nk_requant_bias itself) */
+    bscale = p->rq.bias_shift >= 0 && p->rq.bias_shift <= 29 ? (int32_t)1 << p->rq.bias_shift : 0;
+    for (g = 0; g < p->groups; g++) {
+        const int8_t *xg = in + (ptrdiff_t)g * cg * in_hw;
+        for (pos = 0; pos < n_pos; pos += 2) {
+            const int two = pos + 1 < n_pos; /* a second position */
+            int32_t j, e[2], oh[2], ow[2];
+            for (j = 0; j < 2; j++) { /* without a second position, column 1 repeats column 0 */
+                const int32_t q = pos + (j & two);
+                oh[j] = q / out_w;
+                ow[j] = q % out_w;
+                e[j] = ow[j] < ow_in || ow[j] >= ow_end;
+                if (rows <= chunk) { /* one column for every channel pair */
+                    nk_conv_dsp_col(p, xg, 0, rows, oh[j], ow[j], e[j], col[j]);
+                }
+            }
+            for (o = g * og; o < (g + 1) * og; o += 2) {
+                const int32_t ob = o + 1 < (g + 1) * og ? o + 1 : o; /* an odd last channel pairs with itself */
+                const int8_t *wa = weights + (ptrdiff_t)o * k, *wb = weights + (ptrdiff_t)ob * k;
+                int32_t sums[4], i; /* sums[i]: channel o + (i >> 1), position pos + (i & 1) */
+                int64_t s64[4];
+                if (rows <= chunk) {
+                    nk_conv_dsp_block(wa, wb, col[0], k, p->out_c - ob >= need, sums);
+                } else { /* more taps than a column holds: columns of `chunk` kernel rows, rebuilt per pair */
+                    int32_t c0, c1;
+                    for (i = 0; i < 4; i++) {
+                        s64[i] = 0;
+                    }
+                    for (c0 = 0; c0 < rows; c0 = c1) {
+                        const ptrdiff_t w0 = (ptrdiff_t)c0 * p->k_w;
+                        c1 = rows - c0 > chunk ? c0 + chunk : rows;
+                        for (j = 0; j < 2; j++) {
+                            nk_conv_dsp_col(p, xg, c0, c1, oh[j], ow[j], e[j], col[j]);
+                        }
+                        nk_conv_dsp_block(wa + w0, wb + w0, col[0], (c1 - c0) * p->k_w,
+                                          (int64_t)ob * k + w0 + ((c1 - c0) * p->k_w + 3) / 4 * 4 <= w_size, sums);
+                        for (i = 0; i < 4; i++) {
+                            s64[i] += sums[i];
+                        }
+                    }
+                    for (i = 0; i < 4; i++) {
+                        sums[i] = all32 ? (int32_t)s64[i] : 0; /* all32: K <= 2^9 taps, |sum| <= 2^23 */
+                    }
+                }
+                if (all32) { /* |bias term| < 2^29 (nk_conv_rq32_ok): exact in int32 */
+                    int8_t *y = (int8_t *)out + ((size_t)o * (size_t)n_pos + (size_t)pos);
+                    int32_t bt = !bias ? 0 : bscale ? bias[o] * bscale : (int32_t)nk_requant_bias(&p->rq, o, bias[o]);
+                    y[0] = nk_conv_rq32_apply(&q32, bt, sums[0]);
+                    if (two) {
+                        y[1] = nk_conv_rq32_apply(&q32, bt, sums[1]);
+                    }
+                    if (ob > o) {
+                        bt = !bias ? 0 : bscale ? bias[ob] * bscale : (int32_t)nk_requant_bias(&p->rq, ob, bias[ob]);
+                        y[n_pos] = nk_conv_rq32_apply(&q32, bt, sums[2]);
+                        if (two) {
+                            y[n_pos + 1] = nk_conv_rq32_apply(&q32, bt, sums[3]);
+                        }
+                    }
+                    continue;
+                }
+                for (i = 0; i < 4; i++) {
+                    const int32_t ch = o + (i >> 1);
+                    nk_conv_rq r;
+                    if (((i & 1) && !two) || ch > ob) {
+                        continue;
+                    }
+                    nk_conv_rq_init(&r, p, ch, bias);
+                    nk_conv_rq_store(&r, out, (size_t)ch * (size_t)n_pos + (size_t)(pos + (i & 1)),
+                                     rows <= chunk ? (int64_t)sums[i] : s64[i]);
+                }
+            }
+        }
+    }
+    return 1;
+}
+#endif
+
 #if defined(NK_CONV_SSE2)
 /* SSE2 path: 8-bit weights, stride_w == 1. Two input channels are paired per pmaddwd: an input buffer
  * row holds, for one channel pair (c, c + 1) and one kernel row, the window's int16 pairs
@@ -484,7 +907,7 @@ static void nk_conv_sse2_input(const nk_conv_params *p, const int8_t *x, int32_t
 
 /* A specialisation of nk_conv_rq_store (hence of nk_requant) in int32 lanes: requantises n int8 outputs
  * of one channel from int32 sums, with the same nk_conv_rq values; tests/test_c_kernels.py holds it
- * bit-exact. The caller checks that it applies: nk_conv_sse2_requant_mode(p) = clamp >= 0 (int8 output,
+ * bit-exact. The caller checks that it applies: nk_conv_rq32_mode(p) = clamp >= 0 (int8 output,
  * act range inside int8, 1 <= out_shift <= 30, the accumulator range below), r->fast, |sum| <= 2^23 (one
  * chunk) and |bias_term| < 2^29, so |sum + bias_term| < 2^30. The accumulator clamp is either a no-op
  * (clamp 0: acc_min <= -2^30 and acc_max >= 2^30) or runs in int32 (clamp 1: -2^30 <= acc_min <= acc_max
@@ -533,23 +956,6 @@ static void nk_conv_sse2_requant(const nk_conv_rq *r, int clamp, const int32_t *
     }
 }
 
-/* Whether nk_conv_sse2_requant applies to a conv, from its parameters: -1 (it does not), or the
- * accumulator clamp it needs, 0 (none) or 1 (in int32); see there. A channel also needs r->fast, its sums
- * in one chunk and |bias_term| < 2^29. */
-static int nk_conv_sse2_requant_mode(const nk_conv_params *p)
-{
-    const nk_requant_params *rq = &p->rq;
-    const int64_t l30 = (int64_t)1 << 30;
-    if (p->out_bytes != 1 || rq->abs || rq->out_shift < 1 || rq->out_shift > 30 || rq->act_min < INT8_MIN
-        || rq->act_max > INT8_MAX) {
-        return -1;
-    }
-    if (rq->acc_min <= -l30 && rq->acc_max >= l30) {
-        return 0;
-    }
-    return rq->acc_min >= -l30 && rq->acc_min <= rq->acc_max && rq->acc_max <= l30 ? 1 : -1;
-}
-
 /* The whole conv on the SSE2 path; returns 0 (having written nothing) where it does not apply. */
 static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t *weights, const int32_t *bias,
                         void *out)
@@ -563,7 +969,7 @@ static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t 
     int64_t acc[NK_CONV_OB][NK_CONV_TW];
     int32_t tw = out_w < NK_CONV_TW ? (out_w + 7) / 8 * 8 : NK_CONV_TW, pc, g, ob, oh, t, q, j, p0;
     ptrdiff_t xs = 0;
-    const int rq_mode = nk_conv_sse2_requant_mode(p);
+    const int rq_mode = nk_conv_rq32_mode(p);
     int one;
 
     if (p->w_bits != 8 || p->stride_w != 1 || k_hw > NK_CONV_WPAIRS || out_w <= 0) {
@@ -596,8 +1002,7 @@ static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t 
             int vec[NK_CONV_OB]; /* whether nk_conv_sse2_requant applies to the channel */
             for (q = 0; q < nq; q++) {
                 nk_conv_rq_init(&rq[q], p, o + q, bias);
-                vec[q] = one && rq_mode >= 0 && rq[q].fast && rq[q].bias_term > -((int64_t)1 << 29)
-                         && rq[q].bias_term < ((int64_t)1 << 29);
+                vec[q] = one && nk_conv_rq32_ok(&rq[q], rq_mode);
             }
             if (one) {
                 nk_conv_sse2_weights(weights, cg, (int32_t)k_hw, o, nq, 0, npairs, wb);
@@ -644,15 +1049,23 @@ void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, con
     const int32_t k_w = p->k_w, s_w = p->stride_w, out_w = p->out_w;
     const ptrdiff_t in_hw = (ptrdiff_t)p->in_h * p->in_w;
     const int32_t w_per_out = cg * p->k_h * k_w;
-    const int fast = p->w_bits == 8 && (int64_t)p->k_h * k_w <= NK_CONV_PART_TERMS;
+    /* 8-bit weights without nk_weight (the DSP path leaves here only convs wider than a column: those
+     * take the generic loop, which keeps DSP builds small) */
+    const int fast = NK_CONV_TILES && p->w_bits == 8 && (int64_t)p->k_h * k_w <= NK_CONV_PART_TERMS;
     /* interior columns [ow_in, ow_end): every kernel column inside the input */
     int32_t ow_in = (p->pad_w + s_w - 1) / s_w, ow_end;
-    /* tiles need stride 1 and a row of at least NK_CONV_TILE outputs */
-    const int tiles = fast && s_w == 1 && out_w >= NK_CONV_TILE;
+    /* tiles need stride 1 and a row of at least NK_CONV_TILE outputs (not built with the DSP path, which
+     * takes every 8-bit conv they would) */
+    const int tiles = NK_CONV_TILES && fast && s_w == 1 && out_w >= NK_CONV_TILE;
     const int span_fits = NK_CONV_TILE + (int64_t)(k_w - 1) * p->dil_w <= NK_CONV_WIN;
     int32_t o, oh, ow;
 #if defined(NK_CONV_SSE2)
     if (nk_conv_sse2(p, in, (const int8_t *)weights, bias, out)) {
+        return;
+    }
+#endif
+#if defined(NK_DSP)
+    if (nk_conv_dsp(p, in, (const int8_t *)weights, bias, out)) {
         return;
     }
 #endif

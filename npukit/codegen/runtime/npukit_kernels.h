@@ -16,6 +16,15 @@
 
 #include <stdint.h>
 
+/* SIMD paths: SSE2 on x86 (nk_conv.c), the DSP extension's SMLAD on Cortex-M4/M7/M33 (nk_conv.c,
+ * nk_linear.c). -DNK_NO_SIMD (or the older -DNK_CONV_NO_SIMD) keeps every kernel plain C99. */
+#if defined(NK_CONV_NO_SIMD) && !defined(NK_NO_SIMD)
+#define NK_NO_SIMD 1
+#endif
+#if defined(__ARM_FEATURE_DSP) && defined(__ARM_FEATURE_SIMD32) && !defined(NK_NO_SIMD)
+#define NK_DSP 1
+#endif
+
 typedef enum { NK_HALF_UP = 0, NK_HALF_EVEN = 1, NK_FLOOR = 2, NK_TRUNC = 3 } nk_rounding;
 
 /* x / 2^shift rounded by `mode`; shift <= 0 is an exact left shift. Never relies on >> of negatives.
