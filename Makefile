@@ -33,12 +33,13 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check npukit tests benchmarks
 
-bench: $(STAMP)
+bench: $(STAMP) arm-tools
 	$(PY) benchmarks/qat_overhead.py
 	$(PY) benchmarks/memplan.py
 	$(PY) benchmarks/pack_size.py
 	$(PY) benchmarks/engine_throughput.py
 	$(PY) benchmarks/c_kernels.py
+	$(PY) benchmarks/cortex_m_instructions.py
 	$(PY) benchmarks/startup.py
 
 clean:
