@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from models_for_tests import train_a_little
 
 import npukit
 from npukit import dump as D
@@ -150,15 +151,7 @@ def assert_all_agree(qmodel, x, workdir, *, generated_c: bool = False) -> None:
 
 
 def _prepared(model, x, target, steps):
-    q = npukit.prepare(model, x, target, rules="off")
-    if steps:
-        opt = torch.optim.SGD(q.parameters(), lr=0.05)
-        for _ in range(steps):
-            loss = q(x).square().mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return q.eval()
+    return train_a_little(npukit.prepare(model, x, target, rules="off"), x, steps)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
