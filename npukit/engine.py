@@ -6,6 +6,7 @@ comes in, and frees tensors when their last reader is done.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import numpy as np
@@ -13,13 +14,28 @@ import numpy as np
 from .errors import NpukitError
 from .ir import Graph
 from .ops import get_op
+from .ops.base import carried_order
 
 
 def run(graph: Graph, *inputs: np.ndarray, trace: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
     """Run the graph on integer inputs (batch first); returns the integer outputs in graph order.
 
-    `trace`, a dict, receives every tensor of the run (inputs included), for per-layer dumps.
+    `trace`, a dict, receives every tensor of the run (inputs included), for per-layer dumps: that walks
+    the graph op by op with each op's reference `run`. Without it the graph runs as a `Plan`, compiled on
+    the first call and kept with the graph; the plan checks on every call that the graph is still the one
+    it compiled (structure, attributes, tensor specs, parameter bytes) and compiles again if not.
     """
+    if trace is not None:
+        return run_reference(graph, *inputs, trace=trace)
+    plan = graph.__dict__.get(_PLAN_ATTR)
+    if plan is None or not plan.matches(graph):
+        plan = Plan(graph)
+        graph.__dict__[_PLAN_ATTR] = plan
+    return plan.run(*inputs)
+
+
+def run_reference(graph: Graph, *inputs: np.ndarray, trace: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """`run` op by op through each op's reference kernel (`OpDef.run`), the definition `Plan` must match."""
     if len(inputs) != len(graph.inputs):
         raise NpukitError(f"the graph takes {len(graph.inputs)} input(s), got {len(inputs)}")
     env = {name: run_checked_input(graph, name, x) for name, x in zip(graph.inputs, inputs, strict=True)}
@@ -34,6 +50,142 @@ def run(graph: Graph, *inputs: np.ndarray, trace: dict[str, np.ndarray] | None =
         for t in last_use.get(i, ()):
             env.pop(t, None)
     return [env[t] for t in graph.outputs]
+
+
+_PLAN_ATTR = "_npukit_engine_plan"  # where `run` keeps a graph's compiled plan (not a dataclass field)
+
+
+class Plan:
+    """A graph prepared for repeated runs: `Plan(graph).run(*inputs)` gives exactly `run_reference`'s
+    integers, with the per-node work done once (weights as scaled float matrices with the requantisation
+    folded in, window geometry, each tensor's last reader) and the tensors between compiled kernels kept
+    in the *carried* form (`OpDef.compile`): batch first, channels last, in the GEMM's float carrier, so
+    one layer's output feeds the next with no transpose and no cast. Ops without a compiled kernel run
+    their reference `run` on the usual batch-first integer arrays; the plan converts at the boundaries.
+
+    A plan is a snapshot: it runs the graph as it was when compiled, and `matches(graph)` says whether the
+    graph still is that graph (`run` asks on every call). Any batch size; the kernels' buffers are kept
+    for the last few batch sizes (`KEEP_BATCH_SIZES`, at most `KEEP_BYTES` each). Runs in several threads
+    at once are safe: a run takes its buffers out of the plan and puts them back when done.
+    """
+
+    KEEP_BATCH_SIZES = 4
+    KEEP_BYTES = 256 << 20
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self._snapshot = _snapshot(graph)
+        self._inputs = []
+        for name in graph.inputs:
+            spec = graph.tensors[name]
+            self._inputs.append((name, spec, *(-(1 << (spec.bits - 1)), (1 << (spec.bits - 1)) - 1)))
+        last_use = _last_uses(graph)
+        to_carried = {t: carried_order(1 + len(spec.shape)) for t, spec in graph.tensors.items()}
+        to_std = {t: (tuple(np.argsort(order)), graph.tensors[t].dtype) for t, order in to_carried.items()}
+        carried: set[str] = set()  # tensors held in the carried form (outputs of compiled kernels)
+        self._steps = []
+        for i, node in enumerate(graph.nodes):
+            op = get_op(node.op)
+            kernel = op.compile(node, graph)
+            if kernel is None:  # the reference kernel, on batch-first integers
+                def kernel(inputs, scratch, node=node, op=op):
+                    return op.run(node, inputs, graph)
+                convert = [(t, _to_std, to_std[t]) if t in carried else (t, None, None) for t in node.inputs]
+            else:
+                convert = [(t, None, None) if t in carried else (t, _to_carried, to_carried[t]) for t in node.inputs]
+                carried.update(node.outputs)
+            self._steps.append((kernel, convert, node.outputs, tuple(last_use.get(i, ()))))
+        self._outputs = [(t, to_std[t] if t in carried else None) for t in graph.outputs]
+        self._scratch: dict[tuple[int, ...], list[dict]] = {}
+
+    def matches(self, graph: Graph) -> bool:
+        """Whether `graph` is still exactly the graph this plan was compiled from."""
+        return graph is self.graph and _same(graph, self._snapshot)
+
+    def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        """The integer outputs (batch first, in graph order) for integer inputs (batch first)."""
+        if len(inputs) != len(self._inputs):
+            raise NpukitError(f"the graph takes {len(self._inputs)} input(s), got {len(inputs)}")
+        env = {name: _checked_input(name, spec, lo, hi, x) for (name, spec, lo, hi), x in zip(self._inputs, inputs)}
+        key = tuple(len(x) for x in env.values())
+        scratch = self._scratch.pop(key, None)
+        fresh = scratch is None
+        if fresh:
+            scratch = [{} for _ in self._steps]
+        for (kernel, convert, outputs, drop), mine in zip(self._steps, scratch):
+            args = [env[t] if f is None else f(env[t], dt) for t, f, dt in convert]
+            outs = kernel(args, mine)
+            for t, v in zip(outputs, outs):
+                env[t] = v
+            for t in drop:
+                del env[t]
+        # carried outputs may live in the kernels' buffers: always hand out copies in the spec's type
+        result = [env[t] if dt is None else _to_std(env[t], dt) for t, dt in self._outputs]
+        if not fresh or _nbytes(scratch) <= self.KEEP_BYTES:
+            self._scratch[key] = scratch
+            while len(self._scratch) > self.KEEP_BATCH_SIZES:
+                del self._scratch[next(iter(self._scratch))]
+        return result
+
+
+def _to_carried(x: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
+    return x.transpose(order)  # a view
+
+
+def _to_std(x: np.ndarray, how: tuple) -> np.ndarray:
+    """A carried array back to batch first, as a new C-ordered array of the tensor's integer type."""
+    order, dtype = how
+    return x.transpose(order).astype(dtype, order="C")
+
+
+def _nbytes(scratch: list[dict]) -> int:
+    total = 0
+    for d in scratch:
+        for v in d.values():
+            for a in v if isinstance(v, tuple) else (v,):
+                if isinstance(a, np.ndarray) and a.base is None:
+                    total += a.nbytes
+    return total
+
+
+def _snapshot(graph: Graph) -> tuple:
+    """Everything a plan depends on, as copies: compared with the graph by `_same`."""
+    nodes = tuple((n, n.op, list(n.inputs), list(n.outputs), copy.deepcopy(n.attrs),
+                   {k: (v.dtype, v.shape, v.tobytes()) for k, v in n.params.items()}) for n in graph.nodes)
+    tensors = {name: (spec, spec.name, tuple(spec.shape), spec.bits, spec.exp) for name, spec in graph.tensors.items()}
+    return (list(graph.inputs), list(graph.outputs), copy.deepcopy(graph.target), tensors, nodes)
+
+
+def _same(graph: Graph, snap: tuple) -> bool:
+    inputs, outputs, target, tensors, nodes = snap
+    if graph.inputs != inputs or graph.outputs != outputs or graph.target != target:
+        return False
+    if len(graph.tensors) != len(tensors) or len(graph.nodes) != len(nodes):
+        return False
+    for name, spec in graph.tensors.items():
+        was = tensors.get(name)
+        if was is None or was[0] is not spec or was[1:] != (spec.name, tuple(spec.shape), spec.bits, spec.exp):
+            return False
+    for current, (n, op, ins, outs, attrs, params) in zip(graph.nodes, nodes, strict=True):
+        if current is not n or n.op != op or n.inputs != ins or n.outputs != outs or n.attrs != attrs or len(n.params) != len(params):
+            return False
+        for k, v in n.params.items():
+            was = params.get(k)
+            if was is None or v.dtype != was[0] or v.shape != was[1] or v.tobytes() != was[2]:
+                return False
+    return True
+
+
+def _checked_input(name: str, spec, lo: int, hi: int, x) -> np.ndarray:
+    x = np.asarray(x)
+    if x.shape[1:] != tuple(spec.shape):
+        raise NpukitError(f"input {name!r} has shape {x.shape[1:]} per sample; the model expects {tuple(spec.shape)}")
+    if x.dtype.kind not in "iu":
+        raise NpukitError(f"input {name!r} must be integers (use graph.quantize_input on float data), got {x.dtype}")
+    info = np.iinfo(x.dtype)
+    if (info.min < lo or info.max > hi) and x.size and (x.min() < lo or x.max() > hi):
+        raise NpukitError(f"input {name!r} holds values outside the {spec.bits}-bit range [{lo}, {hi}]")
+    return x.astype(spec.dtype, copy=False)
 
 
 def run_in_arena(graph: Graph, offsets: dict[str, int], arena_bytes: int, x: np.ndarray) -> np.ndarray:
@@ -73,15 +225,8 @@ def run_batches(graph: Graph, x: np.ndarray, batch_size: int = 1024) -> Iterator
 def run_checked_input(graph: Graph, name: str, x) -> np.ndarray:
     """An input array checked against its spec (shape, integer type, range) and cast to its dtype."""
     spec = graph.tensors[name]
-    x = np.asarray(x)
-    if x.shape[1:] != tuple(spec.shape):
-        raise NpukitError(f"input {name!r} has shape {x.shape[1:]} per sample; the model expects {tuple(spec.shape)}")
-    if x.dtype.kind not in "iu":
-        raise NpukitError(f"input {name!r} must be integers (use graph.quantize_input on float data), got {x.dtype}")
     lo, hi = -(1 << (spec.bits - 1)), (1 << (spec.bits - 1)) - 1
-    if x.size and (x.min() < lo or x.max() > hi):
-        raise NpukitError(f"input {name!r} holds values outside the {spec.bits}-bit range [{lo}, {hi}]")
-    return x.astype(spec.dtype, copy=False)
+    return _checked_input(name, spec, lo, hi, x)
 
 
 def _last_uses(graph: Graph) -> dict[int, list[str]]:

@@ -41,6 +41,59 @@ def _mac_requant(node: Node, acc: np.ndarray, graph: Graph, product_bound: int) 
     return q.astype(graph.tensors[node.outputs[0]].dtype)
 
 
+_ROUND = {"half_up": np.floor, "floor": np.floor, "trunc": np.trunc, "half_even": np.rint}
+
+
+def _compiled_tail(node: Node, graph: Graph, w: np.ndarray):
+    """What `_mac_requant` computes, folded for `OpDef.compile`: (carrier, weights, tail) or None where
+    the node needs the general path (another scheme's requantize, a possible accumulator saturation, a
+    sum beyond float64's exact range).
+
+    The output shift folds into the weights and the rounding half into the bias: w * 2**-s and
+    (bias * 2**bias_shift + 2**(s-1)) * 2**-s are exact (power-of-two scaling), and every partial sum is an
+    integer times 2**-s below the carrier's exact limit, so the GEMM plus one add yields exactly
+    (acc + bias + half) / 2**s, which the rounding function then rounds as `arith.round_shift` does.
+    """
+    from ..schemes import Scheme
+
+    scheme, a = graph.scheme, node.attrs
+    if type(scheme).requantize is not Scheme.requantize or type(scheme).bias_term is not Scheme.bias_term:
+        return None
+    s, mode = a["out_shift"], a["rounding"]
+    if not -64 <= s <= 64:  # keep 2**-s and its products far inside float32's normal range
+        return None
+    bias = scheme.bias_term(node.params["bias"], a, node.params)  # float64, integer-valued
+    product = _product_bound(node, graph)
+    bound = product + _abs_max(bias)
+    if bound > arith.int_range(a["acc_bits"])[1]:  # the accumulator saturation could trigger
+        return None
+    half = 2 ** (s - 1) if mode == "half_up" and s > 0 else 0
+    if bound + half < arith.EXACT_FLOAT32:
+        carrier = np.dtype(np.float32)
+    elif bound + half < arith.EXACT_FLOAT64:
+        carrier = np.dtype(np.float64)
+    else:
+        return None
+    scale = 2.0**-s
+    wmat = np.ascontiguousarray((w.astype(np.float64) * scale).astype(carrier))
+    offset = ((bias + half) * scale).astype(carrier)
+    rnd = _ROUND[mode] if s > 0 else None
+    lo, hi, absolute = a["act_min"], a["act_max"], bool(a.get("abs"))
+
+    def tail(acc: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        """acc: the GEMM of the scaled weights, (..., out channels), updated in place; `offset` (out,)."""
+        np.add(acc, offset, out=acc)
+        if rnd is not None:
+            rnd(acc, out=acc)
+        np.maximum(acc, lo, out=acc)  # two ufuncs: np.clip's Python layers cost more at batch 1
+        np.minimum(acc, hi, out=acc)
+        if absolute:  # |y|, then the top of the range again: |-128| is 128
+            np.minimum(np.abs(acc, out=acc), hi, out=acc)
+        return acc
+
+    return carrier, wmat, offset, tail
+
+
 def _mac_tail_onnx(node: Node, acc: str, b) -> str:
     """ONNX form of `_mac_requant`: the scheme's bias add and requantisation."""
     g = b.graph
@@ -180,6 +233,55 @@ class Conv(OpDef):
         q = _mac_requant(node, acc.reshape(o, n * ho * wo), graph, bound).reshape(o, n, ho, wo).transpose(1, 0, 2, 3)
         return [np.ascontiguousarray(q[:, :, 0, :] if a["ndim"] == 1 else q)]
 
+    def compile(self, node, graph):
+        a, w = node.attrs, node.params["weight"]
+        if a["ndim"] == 1:  # as in run: a 1-d conv is a 2-d conv of height 1
+            w = w[:, :, None, :]
+            stride, pad, dil = (1, *a["stride"]), (0, *a["padding"]), (1, *a["dilation"])
+        else:
+            stride, pad, dil = a["stride"], a["padding"], a["dilation"]
+        o, cg, kh, kw = w.shape
+        g = a["groups"]
+        # each group's weights as (taps x input channels, outputs): rows in the columns' (kh, kw, c) order
+        wt = w.reshape(g, o // g, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(g, kh * kw * cg, o // g)
+        folded = _compiled_tail(node, graph, wt)
+        if folded is None:
+            return None
+        carrier, wmat, offset, tail = folded
+        offset = offset.reshape(o)  # broadcasts along the last (channel) axis
+        one_d = a["ndim"] == 1
+        (ph, pw), (sh, sw), (dh, dw) = pad, stride, dil
+        c, *spatial = graph.tensors[node.inputs[0]].shape
+        h, wd = (1, *spatial) if one_d else spatial
+        hp, wp = h + 2 * ph, wd + 2 * pw
+        ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+
+        def buffers(n: int) -> tuple:
+            """The padded input (zero borders, written once), every window as a strided view of it
+            (g, n, ho, wo, kh, kw, cg), the columns and the accumulator: all kept per batch size."""
+            xp = np.zeros((n, hp, wp, c), carrier)
+            s0, s1, s2, s3 = xp.strides
+            win = np.lib.stride_tricks.as_strided(xp, (g, n, ho, wo, kh, kw, cg),
+                                                  (s3 * cg, s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3), writeable=False)
+            inner = xp[:, ph : ph + h, pw : pw + wd, :]
+            cols = np.empty((g, n, ho, wo, kh, kw, cg), carrier)
+            acc = np.empty((n * ho * wo, g, o // g), carrier)  # channels last: group gi's outputs side by side
+            return (inner[:, 0] if one_d else inner), win, cols, cols.reshape(g, n * ho * wo, kh * kw * cg), acc
+
+        def kernel(inputs, scratch):
+            x = inputs[0]  # carried: (n, h, w, c), or (n, w, c) for 1-d
+            bufs = scratch.get("conv")
+            if bufs is None:
+                bufs = scratch["conv"] = buffers(x.shape[0])
+            inner, win, cols, cols3, acc = bufs
+            np.copyto(inner, x)  # the input (cast to the carrier) inside the zero borders
+            np.copyto(cols, win)  # im2col: one strided copy, the batch folded into the rows
+            np.matmul(cols3, wmat, out=acc.transpose(1, 0, 2))  # one GEMM per group
+            q = tail(acc.reshape(-1, o), offset).reshape(-1, ho, wo, o)
+            return [q[:, 0] if one_d else q]
+
+        return kernel
+
     def macs(self, node, graph):
         out = graph.tensors[node.outputs[0]].shape
         return math.prod(out) * math.prod(node.params["weight"].shape[1:])
@@ -263,6 +365,17 @@ class Linear(OpDef):
         bound = _product_bound(node, graph)
         acc = _exact_matmul(w, inputs[0].T, _carrier(bound))  # (out, n)
         return [np.ascontiguousarray(_mac_requant(node, acc, graph, bound).T)]
+
+    def compile(self, node, graph):
+        folded = _compiled_tail(node, graph, node.params["weight"].T)
+        if folded is None:
+            return None
+        carrier, wmat, offset, tail = folded
+
+        def kernel(inputs, scratch):  # (n, features) -> (n, out)
+            return [tail(np.matmul(inputs[0].astype(carrier, copy=False), wmat), offset)]
+
+        return kernel
 
     def macs(self, node, graph):
         return int(node.params["weight"].size)
