@@ -41,6 +41,7 @@ def _mac_requant(node: Node, acc: np.ndarray, graph: Graph, product_bound: int) 
     return q.astype(graph.tensors[node.outputs[0]].dtype)
 
 
+_CHUNK_BYTES = 512 << 10  # im2col columns per GEMM in the engine's compiled conv: about an L2 cache
 _ROUND = {"half_up": np.floor, "floor": np.floor, "trunc": np.trunc, "half_even": np.rint}
 
 
@@ -256,28 +257,40 @@ class Conv(OpDef):
         hp, wp = h + 2 * ph, wd + 2 * pw
         ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
 
+        rows, k = ho * wo, kh * kw * cg  # GEMM rows per sample, and its inner dimension
+        per = max(1, _CHUNK_BYTES // (rows * k * carrier.itemsize))  # samples per im2col + GEMM chunk
+
         def buffers(n: int) -> tuple:
-            """The padded input (zero borders, written once), every window as a strided view of it
-            (g, n, ho, wo, kh, kw, cg), the columns and the accumulator: all kept per batch size."""
+            """Kept per batch size: the padded input (zero borders, written once) and the accumulator, and
+            per chunk of samples the windows as a strided view (g, m, ho, wo, kh, kw, cg) of the padded
+            input, the columns buffer they are copied to, and the GEMM's operands: the columns of a chunk
+            stay in cache between their copy and the GEMM that reads them."""
             xp = np.zeros((n, hp, wp, c), carrier)
             s0, s1, s2, s3 = xp.strides
             win = np.lib.stride_tricks.as_strided(xp, (g, n, ho, wo, kh, kw, cg),
                                                   (s3 * cg, s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3), writeable=False)
             inner = xp[:, ph : ph + h, pw : pw + wd, :]
-            cols = np.empty((g, n, ho, wo, kh, kw, cg), carrier)
-            acc = np.empty((n * ho * wo, g, o // g), carrier)  # channels last: group gi's outputs side by side
-            return (inner[:, 0] if one_d else inner), win, cols, cols.reshape(g, n * ho * wo, kh * kw * cg), acc
+            cols = np.empty((g, min(n, per), ho, wo, kh, kw, cg), carrier)
+            acc = np.empty((n * rows, g, o // g), carrier)  # channels last: group gi's outputs side by side
+            chunks = []
+            for i in range(0, n, per):
+                m = min(per, n - i)
+                part = cols[:, :m]
+                chunks.append((win[:, i : i + m], part, part.reshape(g, m * rows, k),
+                               acc[i * rows : (i + m) * rows].transpose(1, 0, 2)))
+            return (inner[:, 0] if one_d else inner), chunks, acc.reshape(n * rows, o)
 
         def kernel(inputs, scratch):
             x = inputs[0]  # carried: (n, h, w, c), or (n, w, c) for 1-d
             bufs = scratch.get("conv")
             if bufs is None:
                 bufs = scratch["conv"] = buffers(x.shape[0])
-            inner, win, cols, cols3, acc = bufs
+            inner, chunks, acc = bufs
             np.copyto(inner, x)  # the input (cast to the carrier) inside the zero borders
-            np.copyto(cols, win)  # im2col: one strided copy, the batch folded into the rows
-            np.matmul(cols3, wmat, out=acc.transpose(1, 0, 2))  # one GEMM per group
-            q = tail(acc.reshape(-1, o), offset).reshape(-1, ho, wo, o)
+            for win, cols, cols3, out in chunks:
+                np.copyto(cols, win)  # im2col: one strided copy, the batch folded into the rows
+                np.matmul(cols3, wmat, out=out)  # one GEMM per group
+            q = tail(acc, offset).reshape(-1, ho, wo, o)
             return [q[:, 0] if one_d else q]
 
         return kernel
