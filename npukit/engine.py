@@ -74,7 +74,6 @@ class Plan:
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        self._snapshot = _snapshot(graph)
         self._inputs = []
         for name in graph.inputs:
             spec = graph.tensors[name]
@@ -83,10 +82,12 @@ class Plan:
         to_carried = {t: carried_order(1 + len(spec.shape)) for t, spec in graph.tensors.items()}
         to_std = {t: (tuple(np.argsort(order)), graph.tensors[t].dtype) for t, order in to_carried.items()}
         carried: set[str] = set()  # tensors held in the carried form (outputs of compiled kernels)
+        compiled: list[bool] = []
         self._steps = []
         for i, node in enumerate(graph.nodes):
             op = get_op(node.op)
             kernel = op.compile(node, graph)
+            compiled.append(kernel is not None)
             if kernel is None:  # the reference kernel, on batch-first integers
                 def kernel(inputs, scratch, node=node, op=op):
                     return op.run(node, inputs, graph)
@@ -96,6 +97,7 @@ class Plan:
                 carried.update(node.outputs)
             self._steps.append((kernel, convert, node.outputs, tuple(last_use.get(i, ()))))
         self._outputs = [(t, to_std[t] if t in carried else None) for t in graph.outputs]
+        self._snapshot = _snapshot(graph, compiled)
         self._scratch: dict[tuple[int, ...], list[dict]] = {}
 
     def matches(self, graph: Graph) -> bool:
@@ -148,32 +150,44 @@ def _nbytes(scratch: list[dict]) -> int:
     return total
 
 
-def _snapshot(graph: Graph) -> tuple:
-    """Everything a plan depends on, as copies: compared with the graph by `_same`."""
-    nodes = tuple((n, n.op, list(n.inputs), list(n.outputs), copy.deepcopy(n.attrs),
-                   {k: (v.dtype, v.shape, v.tobytes()) for k, v in n.params.items()}) for n in graph.nodes)
+def _snapshot(graph: Graph, compiled: list[bool]) -> tuple:
+    """What a plan depends on, as copies, for `_same`: the graph's structure and tensor specs (the steps,
+    conversions and buffers), and for each compiled node its attributes, parameter bytes and the scheme
+    (folded into its kernel). Nodes that run their reference `run` read the live graph on every call."""
+    nodes = tuple((n, n.op, list(n.inputs), list(n.outputs), copy.deepcopy(n.attrs) if c else None,
+                   [(k, v, v.dtype, v.shape, v.tobytes()) for k, v in n.params.items()] if c else None)
+                  for n, c in zip(graph.nodes, compiled, strict=True))
     tensors = {name: (spec, spec.name, tuple(spec.shape), spec.bits, spec.exp) for name, spec in graph.tensors.items()}
-    return (list(graph.inputs), list(graph.outputs), copy.deepcopy(graph.target), tensors, nodes)
+    scheme = graph.target.get("scheme") if any(compiled) else None
+    return list(graph.inputs), list(graph.outputs), scheme, tensors, nodes
 
 
 def _same(graph: Graph, snap: tuple) -> bool:
-    inputs, outputs, target, tensors, nodes = snap
-    if graph.inputs != inputs or graph.outputs != outputs or graph.target != target:
+    inputs, outputs, scheme, tensors, nodes = snap
+    if graph.inputs != inputs or graph.outputs != outputs or len(graph.nodes) != len(nodes):
         return False
-    if len(graph.tensors) != len(tensors) or len(graph.nodes) != len(nodes):
+    if scheme is not None and graph.target.get("scheme") != scheme:
+        return False
+    if len(graph.tensors) != len(tensors):
         return False
     for name, spec in graph.tensors.items():
         was = tensors.get(name)
         if was is None or was[0] is not spec or was[1:] != (spec.name, tuple(spec.shape), spec.bits, spec.exp):
             return False
-    for current, (n, op, ins, outs, attrs, params) in zip(graph.nodes, nodes, strict=True):
-        if current is not n or n.op != op or n.inputs != ins or n.outputs != outs or n.attrs != attrs or len(n.params) != len(params):
+    for current, (n, op, ins, outs, attrs, params) in zip(graph.nodes, nodes):
+        if current is not n or n.op != op or n.inputs != ins or n.outputs != outs:
             return False
-        for k, v in n.params.items():
-            was = params.get(k)
-            if was is None or v.dtype != was[0] or v.shape != was[1] or v.tobytes() != was[2]:
+        if attrs is None:
+            continue
+        if n.attrs != attrs or len(n.params) != len(params):
+            return False
+        for k, v, dtype, shape, data in params:
+            if n.params.get(k) is not v or v.dtype != dtype or v.shape != shape or v.tobytes() != data:
                 return False
     return True
+
+
+_IINFO: dict[np.dtype, np.iinfo] = {}
 
 
 def _checked_input(name: str, spec, lo: int, hi: int, x) -> np.ndarray:
@@ -182,7 +196,9 @@ def _checked_input(name: str, spec, lo: int, hi: int, x) -> np.ndarray:
         raise NpukitError(f"input {name!r} has shape {x.shape[1:]} per sample; the model expects {tuple(spec.shape)}")
     if x.dtype.kind not in "iu":
         raise NpukitError(f"input {name!r} must be integers (use graph.quantize_input on float data), got {x.dtype}")
-    info = np.iinfo(x.dtype)
+    info = _IINFO.get(x.dtype)
+    if info is None:
+        info = _IINFO[x.dtype] = np.iinfo(x.dtype)
     if (info.min < lo or info.max > hi) and x.size and (x.min() < lo or x.max() > hi):
         raise NpukitError(f"input {name!r} holds values outside the {spec.bits}-bit range [{lo}, {hi}]")
     return x.astype(spec.dtype, copy=False)
