@@ -81,13 +81,18 @@ def _compiled_tail(node: Node, graph: Graph, w: np.ndarray):
     rnd = _ROUND[mode] if s > 0 else None
     lo, hi, absolute = a["act_min"], a["act_max"], bool(a.get("abs"))
 
-    def tail(acc: np.ndarray, offset: np.ndarray) -> np.ndarray:
-        """acc: the GEMM of the scaled weights, (..., out channels), updated in place; `offset` (out,)."""
-        np.add(acc, offset, out=acc)
+    def tail(acc: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
+        """acc: the GEMM of the scaled weights, (..., out channels), updated in place; `offset` (out,),
+        or None where the GEMM added it already (a column of ones times a row of offsets)."""
+        if offset is not None:
+            np.add(acc, offset, out=acc)
         if rnd is not None:
             rnd(acc, out=acc)
-        np.maximum(acc, lo, out=acc)  # two ufuncs: np.clip's Python layers cost more at batch 1
-        np.minimum(acc, hi, out=acc)
+        if acc.size > 4096:  # one pass over large arrays
+            np.clip(acc, lo, hi, out=acc)
+        else:  # two ufuncs: np.clip's Python layers cost more than a pass over a small array
+            np.maximum(acc, lo, out=acc)
+            np.minimum(acc, hi, out=acc)
         if absolute:  # |y|, then the top of the range again: |-128| is 128
             np.minimum(np.abs(acc, out=acc), hi, out=acc)
         return acc
@@ -249,7 +254,6 @@ class Conv(OpDef):
         if folded is None:
             return None
         carrier, wmat, offset, tail = folded
-        offset = offset.reshape(o)  # broadcasts along the last (channel) axis
         one_d = a["ndim"] == 1
         (ph, pw), (sh, sw), (dh, dw) = pad, stride, dil
         c, *spatial = graph.tensors[node.inputs[0]].shape
@@ -258,7 +262,10 @@ class Conv(OpDef):
         ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
 
         rows, k = ho * wo, kh * kw * cg  # GEMM rows per sample, and its inner dimension
-        per = max(1, _CHUNK_BYTES // (rows * k * carrier.itemsize))  # samples per im2col + GEMM chunk
+        per = max(1, _CHUNK_BYTES // (rows * (k + 1) * carrier.itemsize))  # samples per im2col + GEMM chunk
+        # the offset joins the GEMM as one more inner row of the weights, times a column of ones in the columns:
+        # the partial sums stay below the same bound, so exact, and the tail saves a pass
+        wmat = np.concatenate([wmat, offset.reshape(g, 1, o // g)], axis=1)
 
         def buffers(n: int) -> tuple:
             """Kept per batch size: the padded input (zero borders, written once) and the accumulator, and
@@ -270,14 +277,16 @@ class Conv(OpDef):
             win = np.lib.stride_tricks.as_strided(xp, (g, n, ho, wo, kh, kw, cg),
                                                   (s3 * cg, s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3), writeable=False)
             inner = xp[:, ph : ph + h, pw : pw + wd, :]
-            cols = np.empty((g, min(n, per), ho, wo, kh, kw, cg), carrier)
+            cols = np.ones((g, min(n, per) * rows, k + 1), carrier)  # the last column stays 1
             acc = np.empty((n * rows, g, o // g), carrier)  # channels last: group gi's outputs side by side
             chunks = []
             for i in range(0, n, per):
                 m = min(per, n - i)
-                part = cols[:, :m]
-                chunks.append((win[:, i : i + m], part, part.reshape(g, m * rows, k),
-                               acc[i * rows : (i + m) * rows].transpose(1, 0, 2)))
+                part = cols[:, : m * rows]
+                taps = part[:, :, :k].reshape(g, m, ho, wo, kh, kw, cg)
+                if not np.shares_memory(taps, cols):  # a reshape that copied would drop the im2col
+                    raise AssertionError("the columns view is not a view")
+                chunks.append((win[:, i : i + m], taps, part, acc[i * rows : (i + m) * rows].transpose(1, 0, 2)))
             return (inner[:, 0] if one_d else inner), chunks, acc.reshape(n * rows, o)
 
         def kernel(inputs, scratch):
@@ -290,7 +299,7 @@ class Conv(OpDef):
             for win, cols, cols3, out in chunks:
                 np.copyto(cols, win)  # im2col: one strided copy, the batch folded into the rows
                 np.matmul(cols3, wmat, out=out)  # one GEMM per group
-            q = tail(acc, offset).reshape(-1, ho, wo, o)
+            q = tail(acc, None).reshape(-1, ho, wo, o)
             return [q[:, 0] if one_d else q]
 
         return kernel
