@@ -77,7 +77,7 @@ class Plan:
         self._inputs = []
         for name in graph.inputs:
             spec = graph.tensors[name]
-            self._inputs.append((name, spec, *(-(1 << (spec.bits - 1)), (1 << (spec.bits - 1)) - 1)))
+            self._inputs.append((name, spec, -(1 << (spec.bits - 1)), (1 << (spec.bits - 1)) - 1, tuple(spec.shape)))
         last_use = _last_uses(graph)
         to_carried = {t: carried_order(1 + len(spec.shape)) for t, spec in graph.tensors.items()}
         to_std = {t: (tuple(np.argsort(order)), graph.tensors[t].dtype) for t, order in to_carried.items()}
@@ -95,7 +95,9 @@ class Plan:
             else:
                 convert = [(t, None, None) if t in carried else (t, _to_carried, to_carried[t]) for t in node.inputs]
                 carried.update(node.outputs)
-            self._steps.append((kernel, convert, node.outputs, tuple(last_use.get(i, ()))))
+            if all(f is None for _, f, _ in convert):
+                convert = None  # the common case, without a per-input test
+            self._steps.append((kernel, tuple(node.inputs), convert, tuple(node.outputs), tuple(last_use.get(i, ()))))
         self._outputs = [(t, to_std[t] if t in carried else None) for t in graph.outputs]
         self._snapshot = _snapshot(graph, compiled)
         self._scratch: dict[tuple[int, ...], list[dict]] = {}
@@ -108,17 +110,18 @@ class Plan:
         """The integer outputs (batch first, in graph order) for integer inputs (batch first)."""
         if len(inputs) != len(self._inputs):
             raise NpukitError(f"the graph takes {len(self._inputs)} input(s), got {len(inputs)}")
-        env = {name: _checked_input(name, spec, lo, hi, x) for (name, spec, lo, hi), x in zip(self._inputs, inputs)}
+        env = {name: _checked_input(name, spec, lo, hi, x, shape) for (name, spec, lo, hi, shape), x in zip(self._inputs, inputs)}
         key = tuple(len(x) for x in env.values())
         scratch = self._scratch.pop(key, None)
         fresh = scratch is None
         if fresh:
             scratch = [{} for _ in self._steps]
-        for (kernel, convert, outputs, drop), mine in zip(self._steps, scratch):
-            args = [env[t] if f is None else f(env[t], dt) for t, f, dt in convert]
-            outs = kernel(args, mine)
-            for t, v in zip(outputs, outs):
-                env[t] = v
+        for (kernel, ins, convert, outputs, drop), mine in zip(self._steps, scratch):
+            if convert is None:
+                outs = kernel([env[t] for t in ins], mine)
+            else:
+                outs = kernel([env[t] if f is None else f(env[t], how) for t, f, how in convert], mine)
+            env.update(zip(outputs, outs))
             for t in drop:
                 del env[t]
         # carried outputs may live in the kernels' buffers: always hand out copies in the spec's type
@@ -190,9 +193,9 @@ def _same(graph: Graph, snap: tuple) -> bool:
 _IINFO: dict[np.dtype, np.iinfo] = {}
 
 
-def _checked_input(name: str, spec, lo: int, hi: int, x) -> np.ndarray:
+def _checked_input(name: str, spec, lo: int, hi: int, x, shape: tuple[int, ...] | None = None) -> np.ndarray:
     x = np.asarray(x)
-    if x.shape[1:] != tuple(spec.shape):
+    if x.shape[1:] != (shape or tuple(spec.shape)):
         raise NpukitError(f"input {name!r} has shape {x.shape[1:]} per sample; the model expects {tuple(spec.shape)}")
     if x.dtype.kind not in "iu":
         raise NpukitError(f"input {name!r} must be integers (use graph.quantize_input on float data), got {x.dtype}")
