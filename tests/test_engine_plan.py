@@ -158,3 +158,23 @@ def test_plan_input_checks_match_reference():
         assert str(got.value) == str(ref.value)
     with pytest.raises(npukit.NpukitError):
         engine.run(graph, q, q)
+
+
+def test_plan_follows_target_edits():
+    """A reference-kernel node (average pooling) reads the live target; the scheme is folded into the
+    compiled MAC kernels, so changing it recompiles."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv1d(1, 4, 3, padding=1), nn.AvgPool1d(3), nn.Flatten(), nn.Linear(4 * 4, 3))
+    x = torch.randn(32, 1, 12) * 2
+    graph = npukit.to_ir(npukit.prepare(model, x, rules="off"))
+    q = graph.quantize_input(x.numpy())
+    assert "avgpool" in [n.op for n in graph.nodes]
+    outs = set()
+    for mode in ("half_up", "floor", "trunc", "half_even"):
+        graph.target["pool_rounding"] = mode
+        outs.add(_same_as_reference(graph, q)[0].tobytes())
+    assert len(outs) > 1  # the pool rounding took effect
+    plan = graph.__dict__[engine._PLAN_ATTR]
+    graph.target["scheme"] = "max78000"
+    assert not plan.matches(graph)
+    _same_as_reference(graph, q)
