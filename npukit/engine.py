@@ -144,13 +144,18 @@ def _to_std(x: np.ndarray, how: tuple) -> np.ndarray:
 
 
 def _nbytes(scratch: list[dict]) -> int:
-    total = 0
-    for d in scratch:
-        for v in d.values():
-            for a in v if isinstance(v, tuple) else (v,):
-                if isinstance(a, np.ndarray) and a.base is None:
-                    total += a.nbytes
-    return total
+    """Bytes of the arrays the kernels keep (each owner once, however many views of it they hold)."""
+    owners: dict[int, int] = {}
+    todo: list = [v for d in scratch for v in d.values()]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, tuple | list):
+            todo.extend(v)
+        elif isinstance(v, np.ndarray):
+            while isinstance(v.base, np.ndarray):
+                v = v.base
+            owners[id(v)] = v.nbytes
+    return sum(owners.values())
 
 
 def _snapshot(graph: Graph, compiled: list[bool]) -> tuple:

@@ -178,3 +178,16 @@ def test_plan_follows_target_edits():
     graph.target["scheme"] = "max78000"
     assert not plan.matches(graph)
     _same_as_reference(graph, q)
+
+
+def test_plan_keeps_buffers_for_a_few_batch_sizes_within_a_byte_budget():
+    graph, q = _small_graph()
+    plan = engine.Plan(graph)
+    for n in (1, 2, 3, 4, 5, 6):
+        plan.run(q[:n])
+    assert sorted(plan._scratch) == [(3,), (4,), (5,), (6,)]  # the last KEEP_BATCH_SIZES
+    assert engine._nbytes(plan._scratch[(6,)]) > 6 * 12 * 4 * 4  # the conv's padded input and accumulator at least
+    plan.KEEP_BYTES = 0
+    plan.run(q[:7])
+    assert (7,) not in plan._scratch  # over the budget: dropped after the run
+    np.testing.assert_array_equal(plan.run(q[:7])[0], engine.run_reference(graph, q[:7])[0])
