@@ -7,6 +7,7 @@ comes in, and frees tensors when their last reader is done.
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -100,7 +101,8 @@ class Plan:
             self._steps.append((kernel, tuple(node.inputs), convert, tuple(node.outputs), tuple(last_use.get(i, ()))))
         self._outputs = [(t, to_std[t] if t in carried else None) for t in graph.outputs]
         self._snapshot = _snapshot(graph, compiled)
-        self._scratch: dict[tuple[int, ...], list[dict]] = {}
+        self._scratch: dict[tuple[int, ...], list[dict]] = {}  # batch sizes -> each step's buffers
+        self._lock = threading.Lock()
 
     def matches(self, graph: Graph) -> bool:
         """Whether `graph` is still exactly the graph this plan was compiled from."""
@@ -112,7 +114,8 @@ class Plan:
             raise NpukitError(f"the graph takes {len(self._inputs)} input(s), got {len(inputs)}")
         env = {name: _checked_input(name, spec, lo, hi, x, shape) for (name, spec, lo, hi, shape), x in zip(self._inputs, inputs)}
         key = tuple(len(x) for x in env.values())
-        scratch = self._scratch.pop(key, None)
+        with self._lock:
+            scratch = self._scratch.pop(key, None)
         fresh = scratch is None
         if fresh:
             scratch = [{} for _ in self._steps]
@@ -127,9 +130,10 @@ class Plan:
         # carried outputs may live in the kernels' buffers: always hand out copies in the spec's type
         result = [env[t] if dt is None else _to_std(env[t], dt) for t, dt in self._outputs]
         if not fresh or _nbytes(scratch) <= self.KEEP_BYTES:
-            self._scratch[key] = scratch
-            while len(self._scratch) > self.KEEP_BATCH_SIZES:
-                del self._scratch[next(iter(self._scratch))]
+            with self._lock:
+                self._scratch[key] = scratch
+                while len(self._scratch) > self.KEEP_BATCH_SIZES:
+                    del self._scratch[next(iter(self._scratch))]
         return result
 
 
