@@ -7,6 +7,7 @@ comes in, and frees tensors when their last reader is done.
 from __future__ import annotations
 
 import copy
+import operator
 import threading
 from collections.abc import Iterator
 
@@ -162,41 +163,44 @@ def _nbytes(scratch: list[dict]) -> int:
     return sum(owners.values())
 
 
+_SPEC = operator.attrgetter("name", "shape", "bits", "exp")
+_NODE = operator.attrgetter("op", "inputs", "outputs")
+
+
 def _snapshot(graph: Graph, compiled: list[bool]) -> tuple:
-    """What a plan depends on, as copies, for `_same`: the graph's structure and tensor specs (the steps,
-    conversions and buffers), and for each compiled node its attributes, parameter bytes and the scheme
-    (folded into its kernel). Nodes that run their reference `run` read the live graph on every call."""
-    nodes = tuple((n, n.op, list(n.inputs), list(n.outputs), copy.deepcopy(n.attrs) if c else None,
-                   [(k, v, v.dtype, v.shape, v.tobytes()) for k, v in n.params.items()] if c else None)
-                  for n, c in zip(graph.nodes, compiled, strict=True))
-    tensors = {name: (spec, spec.name, tuple(spec.shape), spec.bits, spec.exp) for name, spec in graph.tensors.items()}
-    scheme = graph.target.get("scheme") if any(compiled) else None
-    return list(graph.inputs), list(graph.outputs), scheme, tensors, nodes
+    """What a plan depends on, for `_same`: the graph's structure and tensor specs (the steps, conversions
+    and buffers), and for each compiled node its attributes, parameter bytes and the scheme (folded into
+    its kernel); the objects themselves and copies of their values. Nodes that run their reference `run`
+    read the live graph on every call."""
+    specs, nodes = list(graph.tensors.values()), list(graph.nodes)
+    mac = [n for n, c in zip(nodes, compiled, strict=True) if c]
+    arrays = [v for n in mac for v in n.params.values()]
+    return (list(graph.inputs), list(graph.outputs), graph.target.get("scheme") if mac else None,
+            list(graph.tensors), specs, copy.deepcopy([_SPEC(t) for t in specs]),
+            nodes, copy.deepcopy([_NODE(n) for n in nodes]),
+            mac, copy.deepcopy([n.attrs for n in mac]), [list(n.params) for n in mac],
+            arrays, [(a.dtype, a.shape, a.tobytes()) for a in arrays])
 
 
 def _same(graph: Graph, snap: tuple) -> bool:
-    inputs, outputs, scheme, tensors, nodes = snap
-    if graph.inputs != inputs or graph.outputs != outputs or len(graph.nodes) != len(nodes):
+    """Whether the graph still is the snapshot's: the same objects holding the same values."""
+    inputs, outputs, scheme, names, specs, spec_values, nodes, node_values, mac, attrs, keys, arrays, data = snap
+    if graph.inputs != inputs or graph.outputs != outputs:
         return False
     if scheme is not None and graph.target.get("scheme") != scheme:
         return False
-    if len(graph.tensors) != len(tensors):
+    tensors = graph.tensors  # equal key lists first: the identity checks below then pair up
+    if list(tensors) != names or not all(map(operator.is_, tensors.values(), specs)):
         return False
-    for name, spec in graph.tensors.items():
-        was = tensors.get(name)
-        if was is None or was[0] is not spec or was[1:] != (spec.name, tuple(spec.shape), spec.bits, spec.exp):
-            return False
-    for current, (n, op, ins, outs, attrs, params) in zip(graph.nodes, nodes):
-        if current is not n or n.op != op or n.inputs != ins or n.outputs != outs:
-            return False
-        if attrs is None:
-            continue
-        if n.attrs != attrs or len(n.params) != len(params):
-            return False
-        for k, v, dtype, shape, data in params:
-            if n.params.get(k) is not v or v.dtype != dtype or v.shape != shape or v.tobytes() != data:
-                return False
-    return True
+    if list(map(_SPEC, specs)) != spec_values:
+        return False
+    if len(graph.nodes) != len(nodes) or not all(map(operator.is_, graph.nodes, nodes)):
+        return False
+    if list(map(_NODE, nodes)) != node_values or [n.attrs for n in mac] != attrs or [list(n.params) for n in mac] != keys:
+        return False
+    if not all(map(operator.is_, [v for n in mac for v in n.params.values()], arrays)):
+        return False
+    return [(a.dtype, a.shape, a.tobytes()) for a in arrays] == data
 
 
 _IINFO: dict[np.dtype, np.iinfo] = {}

@@ -123,6 +123,11 @@ def test_cached_plan_follows_graph_edits():
     _same_as_reference(graph, q)
     graph.nodes[:] = [n if n is not fc else type(fc)(**{**fc.__dict__, "attrs": dict(fc.attrs)}) for n in graph.nodes]
     _same_as_reference(graph, q)  # a node replaced by an equal copy
+    graph.tensors[graph.outputs[0]].bits = 64  # a tensor spec: the output's integer type
+    assert _same_as_reference(graph, q)[0].dtype == np.int64
+    conv.params["bias"].shape = (1, -1)  # an array reshaped in place (bytes unchanged)
+    assert not graph.__dict__[engine._PLAN_ATTR].matches(graph)
+    conv.params["bias"].shape = (-1,)
 
 
 def test_explicit_plan_is_a_snapshot_and_reentrant():
