@@ -85,7 +85,11 @@ class Plan:
         to_std = {t: (tuple(np.argsort(order)), graph.tensors[t].dtype) for t, order in to_carried.items()}
         carried: set[str] = set()  # tensors held in the carried form (outputs of compiled kernels)
         compiled: list[bool] = []
-        self._steps = []
+        readers: dict[str, int] = {}
+        for node in graph.nodes:
+            for t in node.inputs:
+                readers[t] = readers.get(t, 0) + 1
+        steps: list[tuple] = []  # (kernels run in a chain, inputs, conversions, outputs, tensors dropped after)
         for i, node in enumerate(graph.nodes):
             op = get_op(node.op)
             kernel = op.compile(node, graph)
@@ -99,7 +103,17 @@ class Plan:
                 carried.update(node.outputs)
             if all(f is None for _, f, _ in convert):
                 convert = None  # the common case, without a per-input test
-            self._steps.append((kernel, tuple(node.inputs), convert, tuple(node.outputs), tuple(last_use.get(i, ()))))
+            drop = tuple(last_use.get(i, ()))
+            prev = steps[-1] if steps else None
+            if (convert is None and prev is not None and len(prev[3]) == 1 and tuple(node.inputs) == prev[3]
+                    and readers[prev[3][0]] == 1 and prev[3][0] not in graph.outputs):
+                # a chain: the one reader of the previous step's output runs right after it, in the same step,
+                # and that output never enters the environment
+                prev[0].append(kernel)
+                steps[-1] = (prev[0], prev[1], prev[2], tuple(node.outputs), prev[4] + tuple(t for t in drop if t != prev[3][0]))
+            else:
+                steps.append(([kernel], tuple(node.inputs), convert, tuple(node.outputs), drop))
+        self._steps = [(_chained(kernels), *rest) for kernels, *rest in steps]
         self._outputs = [(t, to_std[t] if t in carried else None) for t in graph.outputs]
         self._snapshot = _snapshot(graph, compiled)
         self._scratch: dict[tuple[int, ...], list[dict]] = {}  # batch sizes -> each step's buffers
@@ -138,6 +152,22 @@ class Plan:
         return result
 
 
+def _chained(kernels: list):
+    """One kernel running `kernels` in turn, each on the previous one's outputs, each with its own scratch."""
+    if len(kernels) == 1:
+        return kernels[0]
+
+    def run(inputs, scratch):
+        subs = scratch.get("chain")
+        if subs is None:
+            subs = scratch["chain"] = [{} for _ in kernels]
+        for kernel, sub in zip(kernels, subs):
+            inputs = kernel(inputs, sub)
+        return inputs
+
+    return run
+
+
 def _to_carried(x: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
     return x.transpose(order)  # a view
 
@@ -156,6 +186,8 @@ def _nbytes(scratch: list[dict]) -> int:
         v = todo.pop()
         if isinstance(v, tuple | list):
             todo.extend(v)
+        elif isinstance(v, dict):
+            todo.extend(v.values())
         elif isinstance(v, np.ndarray):
             while isinstance(v.base, np.ndarray):
                 v = v.base
