@@ -127,19 +127,19 @@ class Plan:
         """The integer outputs (batch first, in graph order) for integer inputs (batch first)."""
         if len(inputs) != len(self._inputs):
             raise NpukitError(f"the graph takes {len(self._inputs)} input(s), got {len(inputs)}")
-        env = {name: _checked_input(name, spec, lo, hi, x, shape) for (name, spec, lo, hi, shape), x in zip(self._inputs, inputs)}
+        env = {name: _checked_input(name, spec, lo, hi, x, shape) for (name, spec, lo, hi, shape), x in zip(self._inputs, inputs, strict=True)}
         key = tuple(len(x) for x in env.values())
         with self._lock:
             scratch = self._scratch.pop(key, None)
         fresh = scratch is None
         if fresh:
             scratch = [{} for _ in self._steps]
-        for (kernel, ins, convert, outputs, drop), mine in zip(self._steps, scratch):
+        for (kernel, ins, convert, outputs, drop), mine in zip(self._steps, scratch, strict=True):
             if convert is None:
                 outs = kernel([env[t] for t in ins], mine)
             else:
                 outs = kernel([env[t] if f is None else f(env[t], how) for t, f, how in convert], mine)
-            env.update(zip(outputs, outs))
+            env.update(zip(outputs, outs, strict=True))
             for t in drop:
                 del env[t]
         # carried outputs may live in the kernels' buffers: always hand out copies in the spec's type
@@ -161,7 +161,7 @@ def _chained(kernels: list):
         subs = scratch.get("chain")
         if subs is None:
             subs = scratch["chain"] = [{} for _ in kernels]
-        for kernel, sub in zip(kernels, subs):
+        for kernel, sub in zip(kernels, subs, strict=True):
             inputs = kernel(inputs, sub)
         return inputs
 
