@@ -1,7 +1,9 @@
 """The integer reference engine: runs an IR graph on integer inputs with numpy.
 
 Every op's kernel lives in its op file (`npukit.ops`); this module only walks the graph, checks what
-comes in, and frees tensors when their last reader is done.
+comes in, and frees tensors when their last reader is done. `run_reference` walks it op by op through
+each op's `run`; `run` uses a `Plan` compiled once per graph from the ops' `compile` kernels where they
+have one (the same integers, faster), kept with the graph and recompiled when the graph is edited.
 """
 
 from __future__ import annotations
@@ -119,6 +121,12 @@ class Plan:
         self._scratch: dict[tuple[int, ...], list[dict]] = {}  # batch sizes -> each step's buffers
         self._lock = threading.Lock()
 
+    def __deepcopy__(self, memo):
+        return None  # a deep copy of a graph compiles its own plan (`run` finds None: no plan yet)
+
+    def __reduce__(self):
+        return _no_plan, ()  # pickled, likewise: buffers, a lock and compiled kernels are not data
+
     def matches(self, graph: Graph) -> bool:
         """Whether `graph` is still exactly the graph this plan was compiled from."""
         return graph is self.graph and _same(graph, self._snapshot)
@@ -127,7 +135,8 @@ class Plan:
         """The integer outputs (batch first, in graph order) for integer inputs (batch first)."""
         if len(inputs) != len(self._inputs):
             raise NpukitError(f"the graph takes {len(self._inputs)} input(s), got {len(inputs)}")
-        env = {name: _checked_input(name, spec, lo, hi, x, shape) for (name, spec, lo, hi, shape), x in zip(self._inputs, inputs, strict=True)}
+        env = {name: _checked_input(name, spec, lo, hi, x, shape)
+               for (name, spec, lo, hi, shape), x in zip(self._inputs, inputs, strict=True)}
         key = tuple(len(x) for x in env.values())
         with self._lock:
             scratch = self._scratch.pop(key, None)
@@ -150,6 +159,10 @@ class Plan:
                 while len(self._scratch) > self.KEEP_BATCH_SIZES:
                     del self._scratch[next(iter(self._scratch))]
         return result
+
+
+def _no_plan() -> None:
+    return None
 
 
 def _chained(kernels: list):

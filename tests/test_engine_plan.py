@@ -196,3 +196,15 @@ def test_plan_keeps_buffers_for_a_few_batch_sizes_within_a_byte_budget():
     plan.run(q[:7])
     assert (7,) not in plan._scratch  # over the budget: dropped after the run
     np.testing.assert_array_equal(plan.run(q[:7])[0], engine.run_reference(graph, q[:7])[0])
+
+
+def test_a_graph_with_a_plan_copies_and_pickles():
+    import copy
+    import pickle
+
+    graph, q = _small_graph()
+    want = engine.run(graph, q)[0]
+    for other in (copy.deepcopy(graph), pickle.loads(pickle.dumps(graph)), copy.copy(graph)):
+        np.testing.assert_array_equal(engine.run(other, q)[0], want)
+        assert other.__dict__[engine._PLAN_ATTR].matches(other)
+    assert graph.__dict__[engine._PLAN_ATTR].matches(graph)

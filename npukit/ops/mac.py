@@ -46,14 +46,16 @@ _ROUND = {"half_up": np.floor, "floor": np.floor, "trunc": np.trunc, "half_even"
 
 
 def _compiled_tail(node: Node, graph: Graph, w: np.ndarray):
-    """What `_mac_requant` computes, folded for `OpDef.compile`: (carrier, weights, tail) or None where
-    the node needs the general path (another scheme's requantize, a possible accumulator saturation, a
-    sum beyond float64's exact range).
+    """What `_mac_requant` computes, folded for `OpDef.compile`: (carrier, the weights `w` (..., in, out)
+    scaled, the offset (out,), the tail), or None where the node needs the general path (another scheme's
+    requantize, a possible accumulator saturation, a sum beyond float64's exact range).
 
     The output shift folds into the weights and the rounding half into the bias: w * 2**-s and
     (bias * 2**bias_shift + 2**(s-1)) * 2**-s are exact (power-of-two scaling), and every partial sum is an
-    integer times 2**-s below the carrier's exact limit, so the GEMM plus one add yields exactly
-    (acc + bias + half) / 2**s, which the rounding function then rounds as `arith.round_shift` does.
+    integer times 2**-s below the carrier's exact limit, so the GEMM plus the offset (added after it, or
+    inside it as one more weight row against a column of ones: the same bound holds for every partial sum)
+    yields exactly (acc + bias + half) / 2**s, which the rounding function then rounds as
+    `arith.round_shift` does, and the clip saturates as `Scheme.requantize` does.
     """
     from ..schemes import Scheme
 
