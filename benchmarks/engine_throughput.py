@@ -2,9 +2,9 @@
 
 Compares the numpy reference engine with onnxruntime running (a) npukit's exported ONNX and (b) the same
 float network quantized by onnxruntime's own `quantize_static` (QDQ int8), which is what a user would pick
-instead. Goal: engine >= 0.5x of (b) at batch 256. Printed, never asserted.
+instead. Goals: engine >= 0.25x of (b) at batch 1 and >= 0.5x at batch 256. Printed, never asserted.
 
-    .venv/bin/python benchmarks/engine_throughput.py [--seconds 2]
+    .venv/bin/python benchmarks/engine_throughput.py [--seconds 2] [--rounds 3] [--wall-clock]
 """
 
 from __future__ import annotations
@@ -38,13 +38,16 @@ class _Calib(CalibrationDataReader):
         return next(self.it, None)
 
 
-def rate(fn, batch: np.ndarray, seconds: float) -> float:
+def rate(fn, batch: np.ndarray, seconds: float, clock=time.process_time) -> float:
+    """Samples per second of `clock` time. The default, this process's CPU time, is what one thread costs
+    whatever else runs on the machine (every runner here computes on one thread), so a busy shared
+    machine slows neither side of a ratio; --wall-clock measures elapsed time instead."""
     fn(batch)  # warm-up
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+    n, t0 = 0, clock()
+    while clock() - t0 < seconds:
         fn(batch)
         n += len(batch)
-    return n / (time.perf_counter() - t0)
+    return n / (clock() - t0)
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -57,6 +60,8 @@ def session(path: Path) -> ort.InferenceSession:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    ap.add_argument("--rounds", type=int, default=3, help="measurements per cell, interleaved; the best is printed")
+    ap.add_argument("--wall-clock", action="store_true", help="elapsed time instead of this process's CPU time")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -79,15 +84,20 @@ def main() -> None:
         "onnxruntime, npukit ONNX": lambda x: ours.run(None, {"input": graph.quantize_input(x)}),
         "onnxruntime, QDQ int8 (quantize_static)": lambda x: qdq.run(None, {"x": x}),
     }
-    print(f"one thread; samples/s over {args.seconds:.0f} s per cell (inputs quantized inside each call)")
+    clock = time.perf_counter if args.wall_clock else time.process_time
+    print(f"one thread; samples per {'elapsed' if args.wall_clock else 'CPU'} second, best of {args.rounds} "
+          f"interleaved rounds of {args.seconds:g} s per cell (inputs quantized inside each call)")
     print(f"{'runner':42s} {'batch 1':>12s} {'batch 256':>12s}")
-    rates = {}
-    for name, fn in runners.items():
-        rates[name] = [rate(fn, d.x_test[:b], args.seconds) for b in (1, 256)]
+    rates = {name: [0.0, 0.0] for name in runners}
+    for _ in range(args.rounds):  # rounds interleave the runners, so a change in machine load hits them all
+        for name, fn in runners.items():
+            for i, b in enumerate((1, 256)):
+                rates[name][i] = max(rates[name][i], rate(fn, d.x_test[:b], args.seconds, clock))
+    for name in runners:
         print(f"{name:42s} {rates[name][0]:12,.0f} {rates[name][1]:12,.0f}")
     eng, qdq_r = rates["npukit engine (numpy)"], rates["onnxruntime, QDQ int8 (quantize_static)"]
     print(f"engine / QDQ onnxruntime: batch 1 {eng[0] / qdq_r[0]:.2f}x, batch 256 {eng[1] / qdq_r[1]:.2f}x "
-          "(goal >= 0.5x at batch 256)")
+          "(goals >= 0.25x at batch 1, >= 0.5x at batch 256)")
     agree = np.array_equal(ours.run(None, {"input": q_test})[0], npukit.run(graph, q_test)[0])
     print(f"npukit ONNX == engine on the test set: {agree}")
 

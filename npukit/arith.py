@@ -123,6 +123,11 @@ def round_div(x, n: int, mode: RoundingMode):
 
 def saturate(x, lo: int, hi: int, out=None):
     """Clamp to [lo, hi] (the hardware saturates; it never wraps)."""
+    if type(x) is np.ndarray and x.dtype.kind == "f":
+        # np.clip's definition, minimum(maximum(x, lo), hi), as two ufunc calls: np.clip's Python layers
+        # cost more than the work on the small arrays of a batch-1 run
+        y = np.maximum(x, lo, out=out)
+        return np.minimum(y, hi, out=y)
     return _xp(x).clip(x, lo, hi, out=out)
 
 

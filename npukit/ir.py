@@ -91,8 +91,8 @@ class Graph:
             x = np.asarray(x, dtype=np.float64)
         except (TypeError, ValueError) as e:
             raise NpukitError(f"input {spec.name!r}: cannot read the data as real numbers ({e})") from None
-        bad = ~np.isfinite(x)
-        if bad.any():
+        if not np.isfinite(x).all():
+            bad = ~np.isfinite(x)
             first = tuple(int(k) for k in np.argwhere(bad)[0])
             raise NpukitError(f"input {spec.name!r}: {int(bad.sum())} of {x.size} values are NaN or infinite "
                               f"(the first at index {list(first)}: {x[first]}); integers cannot represent them, "

@@ -9,6 +9,7 @@ Nothing here needs torch or onnx: the QAT module and the capture of each op live
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 
 MAX_ELTWISE_BITS = 16  # add and concat write activations, never accumulators
 MAX_MAC_INPUT_BITS = 16  # the MAC kernels read 8- or 16-bit activations
+
+# A compiled kernel (`OpDef.compile`): (input arrays in carried form, scratch) -> output arrays in carried form.
+Kernel = Callable[[list[np.ndarray], dict], list[np.ndarray]]
 
 # Attribute kinds of the schema: what model.bin stores and reads back, and what validation checks.
 ATTR_KINDS = ("bool", "int", "int list", "str")
@@ -79,6 +83,21 @@ class OpDef:
         """The integer reference kernel: integer arrays (batch first) in, integer arrays out."""
         raise NotImplementedError
 
+    def compile(self, node: Node, graph: Graph) -> Kernel | None:
+        """An optional faster form of `run` for `npukit.engine.Plan`, with everything that depends only on
+        the node precomputed; None (the default): the plan calls `run`.
+
+        A kernel takes and returns arrays in the plan's *carried* form: batch first and the channel axis
+        last, (batch, *spatial, channels) (`carried_order`), holding the tensor's integers exactly in any
+        numeric dtype (an integer type, or float32/float64 below their exact limits), so that a GEMM's
+        output feeds the next layer with no transpose and no cast. It must give the same integers as `run`.
+
+        `scratch` is a dict the kernel owns for one batch size: buffers kept there are reused by the
+        plan's next run at that batch size (fresh multi-megabyte arrays cost page faults on every call),
+        so what the kernel returns may live there; the plan never lets such an array escape a run.
+        """
+        return None
+
     def macs(self, node: Node, graph: Graph) -> int:
         """Multiply-accumulates per sample (0 for data movement)."""
         return 0
@@ -96,6 +115,12 @@ class OpDef:
     def to_c(self, node: Node, b: CBuilder) -> list[str]:
         """C statements for one sample; tensors are `b.ptr(name)` in the planned arena."""
         raise NotImplementedError(f"op {self.name!r} has no C kernel")
+
+
+def carried_order(ndim: int) -> tuple[int, ...]:
+    """The axis order of the carried form of a batch-first (batch, channels, *spatial) array of `ndim`
+    axes: (batch, *spatial, channels). Its inverse: `np.argsort` of it."""
+    return (0, *range(2, ndim), 1)
 
 
 def pad_spatial(x: np.ndarray, padding, value=0) -> np.ndarray:

@@ -43,6 +43,9 @@ class ConvTranspose(Conv):
             problem = f"has weight shape {w.shape} and bias shape {bias.shape}"
         return problem
 
+    def compile(self, node, graph):
+        return None  # the plan runs `run` (the equivalent conv is built per call), not Conv's compiled kernel
+
     def infer_shapes(self, node, in_shapes):
         a, (c, *spatial) = node.attrs, in_shapes[0]
         w = node.params["weight"].shape  # (in, out, *kernel)

@@ -41,6 +41,67 @@ def _mac_requant(node: Node, acc: np.ndarray, graph: Graph, product_bound: int) 
     return q.astype(graph.tensors[node.outputs[0]].dtype)
 
 
+_CHUNK_BYTES = 512 << 10  # im2col columns per GEMM in the engine's compiled conv: about an L2 cache
+_ROUND = {"half_up": np.floor, "floor": np.floor, "trunc": np.trunc, "half_even": np.rint}
+
+
+def _compiled_tail(node: Node, graph: Graph, w: np.ndarray):
+    """What `_mac_requant` computes, folded for `OpDef.compile`: (carrier, the weights `w` (..., in, out)
+    scaled, the offset (out,), the tail), or None where the node needs the general path (another scheme's
+    requantize, a possible accumulator saturation, a sum beyond float64's exact range).
+
+    The output shift folds into the weights and the rounding half into the bias: w * 2**-s and
+    (bias * 2**bias_shift + 2**(s-1)) * 2**-s are exact (power-of-two scaling), and every partial sum is an
+    integer times 2**-s below the carrier's exact limit, so the GEMM plus the offset (added after it, or
+    inside it as one more weight row against a column of ones: the same bound holds for every partial sum)
+    yields exactly (acc + bias + half) / 2**s, which the rounding function then rounds as
+    `arith.round_shift` does, and the clip saturates as `Scheme.requantize` does.
+    """
+    from ..schemes import Scheme
+
+    scheme, a = graph.scheme, node.attrs
+    if type(scheme).requantize is not Scheme.requantize or type(scheme).bias_term is not Scheme.bias_term:
+        return None
+    s, mode = a["out_shift"], a["rounding"]
+    if not -64 <= s <= 64:  # keep 2**-s and its products far inside float32's normal range
+        return None
+    bias = scheme.bias_term(node.params["bias"], a, node.params)  # float64, integer-valued
+    product = _product_bound(node, graph)
+    bound = product + _abs_max(bias)
+    if bound > arith.int_range(a["acc_bits"])[1]:  # the accumulator saturation could trigger
+        return None
+    half = 2 ** (s - 1) if mode == "half_up" and s > 0 else 0
+    if bound + half < arith.EXACT_FLOAT32:
+        carrier = np.dtype(np.float32)
+    elif bound + half < arith.EXACT_FLOAT64:
+        carrier = np.dtype(np.float64)
+    else:
+        return None
+    scale = 2.0**-s
+    wmat = np.ascontiguousarray((w.astype(np.float64) * scale).astype(carrier))
+    offset = ((bias + half) * scale).astype(carrier)
+    rnd = _ROUND[mode] if s > 0 else None
+    lo, hi, absolute = a["act_min"], a["act_max"], bool(a.get("abs"))
+
+    def tail(acc: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
+        """acc: the GEMM of the scaled weights, (..., out channels), updated in place; `offset` (out,),
+        or None where the GEMM added it already (a column of ones times a row of offsets)."""
+        if offset is not None:
+            np.add(acc, offset, out=acc)
+        if rnd is not None:
+            rnd(acc, out=acc)
+        if acc.size > 4096:  # one pass over large arrays
+            np.clip(acc, lo, hi, out=acc)
+        else:  # two ufuncs: np.clip's Python layers cost more than a pass over a small array
+            np.maximum(acc, lo, out=acc)
+            np.minimum(acc, hi, out=acc)
+        if absolute:  # |y|, then the top of the range again: |-128| is 128
+            np.minimum(np.abs(acc, out=acc), hi, out=acc)
+        return acc
+
+    return carrier, wmat, offset, tail
+
+
 def _mac_tail_onnx(node: Node, acc: str, b) -> str:
     """ONNX form of `_mac_requant`: the scheme's bias add and requantisation."""
     g = b.graph
@@ -180,6 +241,71 @@ class Conv(OpDef):
         q = _mac_requant(node, acc.reshape(o, n * ho * wo), graph, bound).reshape(o, n, ho, wo).transpose(1, 0, 2, 3)
         return [np.ascontiguousarray(q[:, :, 0, :] if a["ndim"] == 1 else q)]
 
+    def compile(self, node, graph):
+        a, w = node.attrs, node.params["weight"]
+        if a["ndim"] == 1:  # as in run: a 1-d conv is a 2-d conv of height 1
+            w = w[:, :, None, :]
+            stride, pad, dil = (1, *a["stride"]), (0, *a["padding"]), (1, *a["dilation"])
+        else:
+            stride, pad, dil = a["stride"], a["padding"], a["dilation"]
+        o, cg, kh, kw = w.shape
+        g = a["groups"]
+        # each group's weights as (taps x input channels, outputs): rows in the columns' (kh, kw, c) order
+        wt = w.reshape(g, o // g, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(g, kh * kw * cg, o // g)
+        folded = _compiled_tail(node, graph, wt)
+        if folded is None:
+            return None
+        carrier, wmat, offset, tail = folded
+        one_d = a["ndim"] == 1
+        (ph, pw), (sh, sw), (dh, dw) = pad, stride, dil
+        c, *spatial = graph.tensors[node.inputs[0]].shape
+        h, wd = (1, *spatial) if one_d else spatial
+        hp, wp = h + 2 * ph, wd + 2 * pw
+        ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+
+        rows, k = ho * wo, kh * kw * cg  # GEMM rows per sample, and its inner dimension
+        per = max(1, _CHUNK_BYTES // (rows * (k + 1) * carrier.itemsize))  # samples per im2col + GEMM chunk
+        # the offset joins the GEMM as one more inner row of the weights, times a column of ones in the columns:
+        # the partial sums stay below the same bound, so exact, and the tail saves a pass
+        wmat = np.concatenate([wmat, offset.reshape(g, 1, o // g)], axis=1)
+
+        def buffers(n: int) -> tuple:
+            """Kept per batch size: the padded input (zero borders, written once) and the accumulator, and
+            per chunk of samples the windows as a strided view (g, m, ho, wo, kh, kw, cg) of the padded
+            input, the columns buffer they are copied to, and the GEMM's operands: the columns of a chunk
+            stay in cache between their copy and the GEMM that reads them."""
+            xp = np.zeros((n, hp, wp, c), carrier)
+            s0, s1, s2, s3 = xp.strides
+            win = np.lib.stride_tricks.as_strided(xp, (g, n, ho, wo, kh, kw, cg),
+                                                  (s3 * cg, s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3), writeable=False)
+            inner = xp[:, ph : ph + h, pw : pw + wd, :]
+            cols = np.ones((g, min(n, per) * rows, k + 1), carrier)  # the last column stays 1
+            acc = np.empty((n * rows, g, o // g), carrier)  # channels last: group gi's outputs side by side
+            chunks = []
+            for i in range(0, n, per):
+                m = min(per, n - i)
+                part = cols[:, : m * rows]
+                taps = part[:, :, :k].reshape(g, m, ho, wo, kh, kw, cg)
+                if not np.shares_memory(taps, cols):  # a reshape that copied would drop the im2col
+                    raise AssertionError("the columns view is not a view")
+                chunks.append((win[:, i : i + m], taps, part, acc[i * rows : (i + m) * rows].transpose(1, 0, 2)))
+            return (inner[:, 0] if one_d else inner), chunks, acc.reshape(n * rows, o)
+
+        def kernel(inputs, scratch):
+            x = inputs[0]  # carried: (n, h, w, c), or (n, w, c) for 1-d
+            bufs = scratch.get("conv")
+            if bufs is None:
+                bufs = scratch["conv"] = buffers(x.shape[0])
+            inner, chunks, acc = bufs
+            np.copyto(inner, x)  # the input (cast to the carrier) inside the zero borders
+            for win, cols, cols3, out in chunks:
+                np.copyto(cols, win)  # im2col: one strided copy, the batch folded into the rows
+                np.matmul(cols3, wmat, out=out)  # one GEMM per group
+            q = tail(acc, None).reshape(-1, ho, wo, o)
+            return [q[:, 0] if one_d else q]
+
+        return kernel
+
     def macs(self, node, graph):
         out = graph.tensors[node.outputs[0]].shape
         return math.prod(out) * math.prod(node.params["weight"].shape[1:])
@@ -263,6 +389,17 @@ class Linear(OpDef):
         bound = _product_bound(node, graph)
         acc = _exact_matmul(w, inputs[0].T, _carrier(bound))  # (out, n)
         return [np.ascontiguousarray(_mac_requant(node, acc, graph, bound).T)]
+
+    def compile(self, node, graph):
+        folded = _compiled_tail(node, graph, node.params["weight"].T)
+        if folded is None:
+            return None
+        carrier, wmat, offset, tail = folded
+
+        def kernel(inputs, scratch):  # (n, features) -> (n, out)
+            return [tail(np.matmul(inputs[0].astype(carrier, copy=False), wmat), offset)]
+
+        return kernel
 
     def macs(self, node, graph):
         return int(node.params["weight"].size)

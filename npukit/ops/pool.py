@@ -67,6 +67,38 @@ class MaxPool(OpDef):
         x = pad_spatial(inputs[0], node.attrs["padding"], np.iinfo(inputs[0].dtype).min)
         return [_window_reduce(x, node.attrs["kernel"], node.attrs["stride"], np.maximum)]
 
+    def compile(self, node, graph):
+        kernel, stride, padding = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
+        c, *spatial = graph.tensors[node.inputs[0]].shape
+        out_spatial = graph.tensors[node.outputs[0]].shape[1:]
+        # carried (n, *spatial, c): one strided slice of the spatial axes per kernel position, built once
+        taps = [(slice(None), *(slice(p, p + s * (m - 1) + 1, s) for p, s, m in zip(pos, stride, out_spatial, strict=True)),
+                 slice(None)) for pos in np.ndindex(*kernel)]
+        inner = (slice(None), *(slice(p, p + m) for p, m in zip(padding, spatial, strict=True)), slice(None))
+
+        def run(inputs, scratch):
+            x = inputs[0]
+            out = scratch.get("out")
+            if out is None or out.dtype != x.dtype:
+                # padded with the smallest value: it never wins, as each window keeps an input
+                low = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+                xp = np.full((len(x), *(m + 2 * p for m, p in zip(spatial, padding, strict=True)), c), low, x.dtype)
+                out = scratch["out"] = np.empty((len(x), *out_spatial, c), x.dtype)
+                scratch["padded"] = xp if any(padding) else None
+            xp = scratch["padded"]
+            if xp is not None:
+                xp[inner] = x
+                x = xp
+            if len(taps) == 1:
+                np.copyto(out, x[taps[0]])
+                return [out]
+            np.maximum(x[taps[0]], x[taps[1]], out=out)
+            for tap in taps[2:]:
+                np.maximum(out, x[tap], out=out)
+            return [out]
+
+        return run
+
     def rules(self, node, graph, profile):
         from ..rules import pool_rules
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ..errors import NpukitError
-from .base import OpDef
+from .base import OpDef, carried_order
 
 
 class Reshape(OpDef):
@@ -25,6 +25,17 @@ class Reshape(OpDef):
 
     def run(self, node, inputs, graph):
         return [inputs[0].reshape(inputs[0].shape[0], *node.attrs["shape"])]
+
+    def compile(self, node, graph):
+        shape = node.attrs["shape"]
+        src = np.argsort(carried_order(1 + len(graph.tensors[node.inputs[0]].shape)))  # carried -> batch first
+        dst = carried_order(1 + len(shape))
+
+        def run(inputs, scratch):  # batch first (a copy unless the order is already right), reshaped, carried
+            x = np.ascontiguousarray(inputs[0].transpose(src))
+            return [x.reshape(len(x), *shape).transpose(dst)]
+
+        return run
 
     def rules(self, node, graph, profile):
         from ..rules import flatten_rules
