@@ -556,10 +556,17 @@ def _conv_case(src: _Src):
         span = d * (k - 1) + 1
         sizes.append(src.int(max(1, span - 2 * p), span + (40 if last else 5)))
         ks, strides, pads, dils = [*ks, k], [*strides, s], [*pads, p], [*dils, d]
-    w_bits, acc_bits, e_x, attrs, bias, out_bits, e_out = _mac_common(src, groups * og)
+    return _conv_case_of(src, groups, og, cg, ks, strides, pads, dils, sizes)
+
+
+def _conv_case_of(src: _Src, groups, og, cg, ks, strides, pads, dils, sizes, w_bits: int | None = None):
+    """The conv node, its one-node graph and input for a drawn geometry (`w_bits`: fixed, else drawn)."""
+    drawn, acc_bits, e_x, attrs, bias, out_bits, e_out = _mac_common(src, groups * og)
+    w_bits = w_bits or drawn
+    attrs["w_bits"] = w_bits
     w = src.array((groups * og, cg, *ks), *_w_range(w_bits)).astype(np.int8 if w_bits <= 8 else np.int16)
     x = src.array((groups * cg, *sizes), -128, 127).astype(np.int8)
-    attrs.update({"ndim": ndim, "stride": strides, "padding": pads, "dilation": dils, "groups": groups})
+    attrs.update({"ndim": len(ks), "stride": strides, "padding": pads, "dilation": dils, "groups": groups})
     node = Node("conv", "conv", ["x"], ["y"], attrs, {"weight": w, "bias": bias})
     shape = get_op("conv").infer_shapes(node, [x.shape])[0]
     g = _graph(node, [TensorSpec("x", x.shape, 8, e_x), TensorSpec("y", shape, out_bits, e_out)], _target(src, acc_bits))
@@ -1024,15 +1031,7 @@ def _dsp_conv_case(src: _Src):
     strides, dils = [src.pick([1, 1, 2]) for _ in ks], [src.pick([1, 1, 2]) for _ in ks]
     pads = [src.int(0, k) for k in ks]
     sizes = [src.int(max(1, d * (k - 1) + 1 - 2 * p), d * (k - 1) + 1 + 12) for k, d, p in zip(ks, dils, pads, strict=True)]
-    _, acc_bits, e_x, attrs, bias, out_bits, e_out = _mac_common(src, groups * og)
-    attrs["w_bits"] = 8
-    w = src.array((groups * og, cg, *ks), *_w_range(8)).astype(np.int8)
-    x = src.array((groups * cg, *sizes), -128, 127).astype(np.int8)
-    attrs.update({"ndim": ndim, "stride": strides, "padding": pads, "dilation": dils, "groups": groups})
-    node = Node("conv", "conv", ["x"], ["y"], attrs, {"weight": w, "bias": bias})
-    shape = get_op("conv").infer_shapes(node, [x.shape])[0]
-    g = _graph(node, [TensorSpec("x", x.shape, 8, e_x), TensorSpec("y", shape, out_bits, e_out)], _target(src, acc_bits))
-    return node, g, [x]
+    return _conv_case_of(src, groups, og, cg, ks, strides, pads, dils, sizes, w_bits=8)
 
 
 def _wide_kernel_case():
