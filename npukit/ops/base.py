@@ -123,12 +123,15 @@ def carried_order(ndim: int) -> tuple[int, ...]:
     return (0, *range(2, ndim), 1)
 
 
-def pad_spatial(x: np.ndarray, padding, value=0) -> np.ndarray:
-    """`x` (batch, channels, *spatial) with `padding[i]` copies of `value` on both sides of spatial axis i.
-    One fill and one copy: np.pad's general machinery costs more than the copy on small tensors."""
-    if not any(padding):
+def pad_spatial(x: np.ndarray, padding, value=0, end=None) -> np.ndarray:
+    """`x` (batch, channels, *spatial) with `padding[i]` copies of `value` before spatial axis i and as many
+    after it, or `end[i]` after it when given (one-sided padding). One fill and one copy: np.pad's general
+    machinery costs more than the copy on small tensors."""
+    end = padding if end is None else end
+    if not any(padding) and not any(end):
         return x
-    out = np.full((*x.shape[:2], *(n + 2 * p for n, p in zip(x.shape[2:], padding, strict=True))), value, x.dtype)
+    shape = (n + a + b for n, a, b in zip(x.shape[2:], padding, end, strict=True))
+    out = np.full((*x.shape[:2], *shape), value, x.dtype)
     out[(slice(None), slice(None), *(slice(p, p + n) for n, p in zip(x.shape[2:], padding, strict=True)))] = x
     return out
 

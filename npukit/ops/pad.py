@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import arith
 from ..errors import NpukitError
-from .base import OpDef
+from .base import OpDef, pad_spatial
 
 
 class Pad(OpDef):
@@ -34,12 +34,8 @@ class Pad(OpDef):
         return problems
 
     def run(self, node, inputs, graph):
-        x, pads = inputs[0], node.attrs["pads"]
-        spatial = x.ndim - 2
-        out = np.full((*x.shape[:2], *(d + a + b for d, a, b in zip(x.shape[2:], pads[:spatial], pads[spatial:],
-                                                                      strict=True))), node.attrs["value"], x.dtype)
-        out[(slice(None), slice(None), *(slice(a, a + d) for d, a in zip(x.shape[2:], pads[:spatial], strict=True)))] = x
-        return [out]
+        pads, spatial = node.attrs["pads"], inputs[0].ndim - 2
+        return [pad_spatial(inputs[0], pads[:spatial], node.attrs["value"], end=pads[spatial:])]
 
     def to_onnx(self, node, inputs, b):
         pads = node.attrs["pads"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import arith
 from ..errors import UnsupportedError
 from ..ir import Node
 from .base import Captured, OpCapture, node_name
@@ -31,14 +32,14 @@ class QPad(QModule):
 
     def forward(self, xs, exps):
         # 'min': the grid's smallest value, the integer the chip pads with (a max pool never picks it over an input)
-        value = 0.0 if self.fill == "zero" else -(1 << (self.act_bits - 1)) * 2.0 ** -int(exps[0])
+        value = 0.0 if self.fill == "zero" else arith.int_range(self.act_bits)[0] * 2.0 ** -int(exps[0])
         return F.pad(xs[0], self._torch_pads(), value=value)
 
     def float_forward(self, xs):
         return F.pad(xs[0], self._torch_pads(), value=0.0 if self.fill == "zero" else float("-inf"))
 
     def to_ir(self, name, inputs, out_shape):
-        value = 0 if self.fill == "zero" else -(1 << (inputs[0].bits - 1))
+        value = 0 if self.fill == "zero" else arith.int_range(inputs[0].bits)[0]
         node = Node(name, self.op, [inputs[0].name], [name], {"pads": self.pads, "value": value})
         return node, self._out_spec(name, inputs, out_shape)
 
