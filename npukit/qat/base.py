@@ -58,6 +58,13 @@ def is_call(node: fx.Node, functions: tuple, methods: tuple[str, ...]) -> bool:
     return node.op == "call_method" and node.target in methods
 
 
+def is_getitem(node: fx.Node) -> bool:
+    """`value[index]` in the traced code (an item of a tuple result, or indexing a tensor)."""
+    import operator
+
+    return node.op == "call_function" and node.target is operator.getitem
+
+
 def tensor_operands(node: fx.Node, constant: str, fix: str) -> tuple[fx.Node, fx.Node]:
     """The two operands of a binary element-wise call; `constant` (the message) and `fix` when one is not a
     tensor the model computes."""

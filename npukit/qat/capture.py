@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import operator
 
 import torch
 import torch.fx as fx
@@ -22,7 +21,7 @@ from ..errors import NpukitError, Problem, ProblemsError
 from ..schemes import get_scheme
 from ..targets import TargetProfile, load_target
 from .add import AddCapture
-from .base import OpCapture, node_name
+from .base import OpCapture, is_getitem, node_name
 from .calibrate import calibrate
 from .concat import ConcatCapture
 from .fakequant import ExpGroup, ObservedQModule
@@ -242,7 +241,7 @@ def _is_shape_node(node: fx.Node) -> bool:
 
 def _is_item_of_failed(node: fx.Node, env: dict) -> bool:
     """A getitem (or an item of one) on a multi-output layer that could not be captured."""
-    while node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node):
+    while is_getitem(node) and isinstance(node.args[0], fx.Node):
         node = node.args[0]
         if node not in env and not isinstance(node.meta.get("tensor_meta"), TensorMetadata):
             return True

@@ -31,7 +31,7 @@ import torch.nn as nn
 from ..errors import UnsupportedError
 from ..ir import Node, TensorSpec
 from .add import QAdd
-from .base import Captured, ModuleCapture, OpCapture, node_name
+from .base import Captured, ModuleCapture, OpCapture, is_getitem, node_name
 from .concat import QConcat
 from .fakequant import QModule
 from .lut import QLut
@@ -263,19 +263,12 @@ class _IRSteps:
         return self._emit(*m.to_ir(self.name, rows, (len(rows), states[0].shape[0])))
 
 
-def _is_getitem(node, index=None) -> bool:
-    import operator
-
-    return (node.op == "call_function" and node.target is operator.getitem
-            and (index is None or node.args[1] == index))
-
-
 def _last_step_of(user, item: int, steps: int, batch_first: bool) -> bool:
     """Whether `user` takes the last step from item 0 (out) or 1 (h_n) of a GRU's result: h_n[-1], h_n[0],
     h_n.squeeze(0) on the state (1, batch, H); out[:, -1] (batch first) or out[-1] (time first)."""
     if user.op == "call_method" and user.target == "squeeze":
         return item == 1 and tuple(user.args[1:]) in ((0,), ())
-    if not _is_getitem(user):
+    if not is_getitem(user):
         return False
     index = user.args[1] if isinstance(user.args[1], tuple) else (user.args[1],)
     if item == 1:
@@ -377,12 +370,12 @@ def _use(node, kind: str, steps: int, batch_first: bool):
     spelled = "out, h_n = gru(x)" if kind == "GRU" else "out, (h_n, c_n) = lstm(x)"
     items, absorbed = [], []  # (0: out or 1: h_n, its getitem node)
     for item in node.users:  # one getitem each, used or not
-        if not _is_getitem(item) or item.args[1] not in (0, 1):
+        if not is_getitem(item) or item.args[1] not in (0, 1):
             raise UnsupportedError(f"the {kind}'s result used other than as `{spelled}`", f"unpack it: {spelled}")
         absorbed.append(item)
         if kind == "LSTM" and item.args[1] == 1:  # (h_n, c_n)
             for part in item.users:
-                if not _is_getitem(part) or part.args[1] not in (0, 1):
+                if not is_getitem(part) or part.args[1] not in (0, 1):
                     raise UnsupportedError(f"the LSTM's state used other than as `{spelled}`", f"unpack it: {spelled}")
                 if part.args[1] == 1 and part.users:
                     raise UnsupportedError("the LSTM's cell state c_n read by the model",

@@ -3,13 +3,11 @@ torch.chunk along a per-sample axis, each `parts[i]` one slice node."""
 
 from __future__ import annotations
 
-import operator
-
 import torch
 
 from ..errors import UnsupportedError
 from ..ir import Node
-from .base import Captured, OpCapture, is_call, node_name
+from .base import Captured, OpCapture, is_call, is_getitem, node_name
 from .fakequant import QModule
 
 _SPLITS = ((torch.split, torch.chunk, torch.tensor_split), ("split", "chunk", "tensor_split"))
@@ -42,7 +40,7 @@ class SliceCapture(OpCapture):
     op = "slice"
 
     def matches(self, node, ctx):
-        return (node.op == "call_function" and node.target is operator.getitem and len(node.args) == 2
+        return (is_getitem(node) and len(node.args) == 2
                 and isinstance(node.args[0], torch.fx.Node) and is_split(node.args[0]))
 
     def capture(self, node, ctx):
