@@ -4,8 +4,8 @@ What is measured: a firmware that calls `npukit_load` and `npukit_invoke_io` (th
 device-side API; the trace hooks and info getters are dropped by the link when unused), built with
 arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -Os -ffunction-sections -fdata-sections and linked with
 --gc-sections. Each source is compiled to its own object and the linker map gives, per object, the bytes
-of the .text and .rodata input sections it kept: `runtime/` (npukit_runtime.c, npukit_target.c) is the
-figure the goal is about; the kernels (npukit/codegen/runtime/nk_*.c, shared with generated C) are
+of the .text and .rodata input sections it kept: `runtime/` (npukit_runtime.c) is the figure
+the goal is about; the kernels (npukit/codegen/runtime/nk_*.c, shared with generated C) are
 printed beside it. The largest functions of runtime/ follow (`arm-none-eabi-nm --size-sort`). Nothing is
 asserted. Needs the arm tools (`scripts/install-arm-tools.sh`).
 
@@ -54,7 +54,7 @@ MAP_LINE = re.compile(r"^ (\.(?:text|rodata)\S*)\s+0x([0-9a-f]+)[ \t]+0x([0-9a-f
 def build(folder: Path, opt: str, defines: list[str]) -> tuple[Path, dict[str, int]]:
     """Links the firmware; returns the ELF and the kept .text + .rodata bytes per source file."""
     (folder / "firmware.c").write_text(FIRMWARE)
-    sources = [folder / "firmware.c", RUNTIME / "npukit_runtime.c", RUNTIME / "npukit_target.c",
+    sources = [folder / "firmware.c", RUNTIME / "npukit_runtime.c",
                *sorted(KERNELS.glob("nk_*.c"))]
     flags = [*CFLAGS, opt, *(f"-D{d}" for d in defines), f"-I{RUNTIME}", f"-I{KERNELS}"]
     objects = []

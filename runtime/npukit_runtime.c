@@ -1,7 +1,7 @@
 /* npukit runtime: model.bin (docs/model-format.md) -> the kernel library (npukit/codegen/runtime).
  *
  * npukit_load reads the file in the order of the Python reader (npukit/modelbin.py, _Parser.parse):
- * header, section table, strings, target, plan, tensors, io, ops, then the graph checks of
+ * header, section table, strings, device, plan, tensors, io, ops, then the graph checks of
  * modelbin._check_graph (each op's schema, OpDef.check_node) and Graph.validate (order of definition,
  * arity, shape inference, OpDef.tensor_problems). A file it accepts is one the Python reader accepts,
  * with the exceptions named in the format document. Only then does it look at what the kernels can run
@@ -10,19 +10,20 @@
  * Every read goes through a cursor over one section and is checked against the section's end first;
  * lengths and offsets are compared as differences (end - pos) or in 64-bit arithmetic, so no sum can
  * wrap. Counts are refused before the loop when their smallest records cannot fit. Nothing is allocated:
- * the model is caller memory, the load state is on the stack (about 1 KiB, plus the inflater's window
- * while the target section is read: npukit_target.c).
+ * the model is caller memory, the load state is on the stack (about 1 KiB). The target section (the
+ * deflated profile) is covered by the CRC and the section table checks but never inflated: what the
+ * runtime needs of the profile is in the device section, which the Python reader holds equal to it.
  */
 #include <string.h>
 
 #include "npukit_runtime.h"
-#include "npukit_target.h"
 
 #define LOADED 0x4B55504EUL    /* "NPUK": set last by a successful npukit_load */
-#define VERSION 2
+#define VERSION 3
 #define HEADER 20
 #define SECTION 12
-#define N_KINDS 7              /* strings, target, tensors, ops, plan, io, weights: kinds 1..7 */
+#define N_KINDS 8              /* strings, target, tensors, ops, plan, io, weights, device: kinds 1..8 */
+#define DEVICE_REC 4           /* rounding, pool_rounding, memories, reserved */
 #define MAX_SECTIONS 64
 #define TENSOR_REC 16
 #define OP_REC 10
@@ -39,7 +40,7 @@
 #error "NPUKIT_MAX_EXTENT above 2^28: the kernels' int32 positions (extent + 2 * padding + stride) could overflow"
 #endif
 
-enum { S_STRINGS = 1, S_TARGET, S_TENSORS, S_OPS, S_PLAN, S_IO, S_WEIGHTS };
+enum { S_STRINGS = 1, S_TARGET, S_TENSORS, S_OPS, S_PLAN, S_IO, S_WEIGHTS, S_DEVICE };
 enum { A_BOOL, A_INT, A_LIST, A_STR };  /* attribute kinds (OpDef.attrs) */
 
 /* Fuzz builds (-DNPUKIT_CHECK_INVARIANTS) stop at a read the loader's own checks should have excluded, such
@@ -75,7 +76,7 @@ typedef struct {
     size_t off[N_KINDS + 1], size[N_KINDS + 1]; /* by section kind */
     uint32_t n_strings, stride;
     size_t mark[MARKS];                          /* where string k * stride starts */
-    npukit_target_info target;
+    uint32_t n_memory;                           /* device section: the profile's memories */
     unsigned n_in, n_out;                        /* io section */
     uint8_t role[NPUKIT_MAX_TENSORS];            /* roles the io lists give */
     uint8_t defined[NPUKIT_MAX_TENSORS];
@@ -105,6 +106,19 @@ static int64_t le_int(const uint8_t *p, unsigned width)
         u = (u ^ half) - half; /* sign-extend, modulo 2^64 */
     }
     return u > (uint64_t)INT64_MAX ? -(int64_t)(~u) - 1 : (int64_t)u;
+}
+
+/* A rounding mode as model.bin names it ("half_up", ...): its nk_rounding, or -1. */
+static int rounding_mode(const uint8_t *s, size_t n)
+{
+    static const char *const MODES[4] = {"half_up", "half_even", "floor", "trunc"}; /* nk_rounding order */
+    int i;
+    for (i = 0; i < 4; i++) {
+        if (strlen(MODES[i]) == n && memcmp(MODES[i], s, n) == 0) {
+            return i;
+        }
+    }
+    return -1;
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -333,7 +347,7 @@ static int read_header(ctx_t *x, uint32_t *n_sections)
         return NPUKIT_E_CRC;
     }
     if (rd16(d + 8) != 0) {
-        return NPUKIT_E_HEADER; /* version 2 defines no flags */
+        return NPUKIT_E_HEADER; /* version 3 defines no flags */
     }
     n = rd16(d + 10);
     if (n < 1 || n > MAX_SECTIONS || HEADER + (size_t)n * SECTION > x->len) {
@@ -360,7 +374,7 @@ static int read_sections(ctx_t *x, uint32_t n)
         x->off[kind] = off;
         x->size[kind] = size;
     }
-    if (seen != 0xFEu) {
+    if (seen != 0x1FEu) {
         return NPUKIT_E_SECTION; /* a kind is missing */
     }
     /* no two sections share a byte: sorted by (start, end), each starts at or after the previous end */
@@ -385,6 +399,22 @@ static int read_sections(ctx_t *x, uint32_t n)
 
 /* ------------------------------------------------------------------------------------------------ */
 /* Plan, tensors, io */
+
+/* The device section: the rounding modes (nk_rounding order) and the length of the profile's memory list. */
+static int read_device(ctx_t *x)
+{
+    cur_t c = cursor(x, S_DEVICE);
+    size_t at;
+    TRY(take(&c, DEVICE_REC, &at));
+    TRY(done(&c));
+    if (x->d[at] > NK_TRUNC || x->d[at + 1] > NK_TRUNC || x->d[at + 3] != 0) {
+        return NPUKIT_E_TARGET;
+    }
+    x->m->rounding = (nk_rounding)x->d[at];
+    x->m->pool_rounding = (nk_rounding)x->d[at + 1];
+    x->n_memory = x->d[at + 2];
+    return NPUKIT_OK;
+}
 
 static int read_plan(ctx_t *x)
 {
@@ -438,7 +468,7 @@ static int read_tensors(ctx_t *x)
         if (elems * elem_bytes(bits) != nbytes) { /* elems < 2^32: no wrap */
             return NPUKIT_E_VALUE;
         }
-        if (memory != NO_MEMORY && memory >= x->target.n_memory) {
+        if (memory != NO_MEMORY && memory >= x->n_memory) {
             return NPUKIT_E_INDEX;
         }
         if (offset != NO_OFFSET && (uint64_t)offset + nbytes > m->arena_bytes) {
@@ -928,7 +958,7 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
         {
             size_t n;
             const uint8_t *p = attr_str(x, &a, &n);
-            if (npukit_rounding_mode(p, n) < 0) {
+            if (rounding_mode(p, n) < 0) {
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1482,7 +1512,7 @@ static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t 
     rq->abs = (int32_t)attr_int(x, &a, 0);
     find_attr(x, v, "rounding", &a);
     s = attr_str(x, &a, &n);
-    rq->rounding = (nk_rounding)npukit_rounding_mode(s, n);
+    rq->rounding = (nk_rounding)rounding_mode(s, n);
     return NPUKIT_OK;
 }
 
@@ -1567,7 +1597,7 @@ static int prepare_pool(const ctx_t *x, const view_t *v, npukit_op_t *op)
     p->stride_w = axis_value(x, &st, 0, 1);
     p->pad_h = axis_value(x, &pad, 1, 0);
     p->pad_w = axis_value(x, &pad, 0, 0);
-    p->rounding = x->target.pool_rounding;
+    p->rounding = x->m->pool_rounding;
     return NPUKIT_OK;
 }
 
@@ -1609,7 +1639,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     case NPUKIT_OP_GLOBAL_AVGPOOL:
         op->p.gap.c = (int32_t)t_dim(x, op->in[0], 0);
         op->p.gap.hw = (int32_t)(T[op->in[0]].elems / (uint32_t)op->p.gap.c);
-        op->p.gap.rounding = x->target.pool_rounding;
+        op->p.gap.rounding = x->m->pool_rounding;
         return NPUKIT_OK;
     case NPUKIT_OP_ADD: {
         const npukit_tensor_t *out = &T[op->out];
@@ -1622,7 +1652,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.add.b_shift = T[op->in[1]].exp - out->exp;
         op->p.add.act_max = (int32_t)int_max(out->bits);
         op->p.add.act_min = attr_int(x, &a, 0) ? 0 : -op->p.add.act_max - 1;
-        op->p.add.rounding = x->target.rounding;
+        op->p.add.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
     case NPUKIT_OP_CONCAT: {
@@ -1633,7 +1663,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         }
         op->p.concat.outer = (int32_t)outer;
         op->p.concat.out_inner = (int32_t)(T[op->out].elems / outer);
-        op->p.concat.rounding = x->target.rounding;
+        op->p.concat.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
     case NPUKIT_OP_RELU:
@@ -1696,7 +1726,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.mul.shift = T[op->in[0]].exp + T[op->in[1]].exp - out->exp;
         op->p.mul.act_max = (int32_t)int_max(out->bits);
         op->p.mul.act_min = attr_int(x, &a, 0) ? 0 : -op->p.mul.act_max - 1;
-        op->p.mul.rounding = x->target.rounding;
+        op->p.mul.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
     case NPUKIT_OP_LUT: {
@@ -1767,12 +1797,7 @@ int npukit_load(const uint8_t *bin, size_t len, npukit_model_t *m)
     TRY(read_header(&x, &n_sections));
     TRY(read_sections(&x, n_sections));
     TRY(read_strings(&x));
-    TRY(npukit_read_target(x.d + x.off[S_TARGET], x.size[S_TARGET], &x.target));
-    if (x.target.target_id != m->target_id) {
-        return NPUKIT_E_TARGET;
-    }
-    m->rounding = x.target.rounding;
-    m->pool_rounding = x.target.pool_rounding;
+    TRY(read_device(&x));
     TRY(read_plan(&x));
     TRY(read_tensors(&x));
     TRY(read_io(&x));
@@ -1790,14 +1815,14 @@ const char *npukit_strerror(int status)
     case NPUKIT_E_ARG: return "invalid argument (NULL pointer, model not loaded, or model bytes not 4-byte aligned)";
     case NPUKIT_E_MAGIC: return "not an npukit model.bin (it does not start with NPUK)";
     case NPUKIT_E_SIZE: return "the file is not the size its header says (truncated, or trailing bytes)";
-    case NPUKIT_E_VERSION: return "a model.bin format version this runtime does not read (it reads version 2)";
+    case NPUKIT_E_VERSION: return "a model.bin format version this runtime does not read (it reads version 3)";
     case NPUKIT_E_CRC: return "CRC mismatch: the file is damaged";
     case NPUKIT_E_HEADER: return "invalid header (flags set, or a section count that does not fit)";
     case NPUKIT_E_SECTION: return "invalid section table (unknown, repeated, missing, misplaced or overlapping section)";
     case NPUKIT_E_RECORD: return "a count or record runs past the end of its section, or bytes are left over";
     case NPUKIT_E_INDEX: return "a string, tensor or memory index outside its table";
     case NPUKIT_E_VALUE: return "a field out of range (rank, dimension, bits, role, size, arena, attribute or parameter)";
-    case NPUKIT_E_TARGET: return "invalid target section (not one zlib stream of a JSON profile matching the header)";
+    case NPUKIT_E_TARGET: return "invalid device section (an unknown rounding mode, or its reserved byte set)";
     case NPUKIT_E_GRAPH: return "invalid graph (op attributes, parameters, shapes, order or tensor widths)";
     case NPUKIT_E_UNSUPPORTED: return "a valid model this runtime cannot run (see docs/model-format.md)";
     case NPUKIT_E_LIMIT: return "more tensors or ops than this build's tables hold (NPUKIT_MAX_TENSORS, NPUKIT_MAX_OPS)";

@@ -87,7 +87,7 @@ def build_runtime(out_dir: str | Path, program: str = "npukit_run", *, cc: str |
         raise NpukitError(f"the C runtime's sources are not at {RUNTIME}: run from an npukit checkout")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     exe = Path(out_dir) / (program + suffix)
-    sources = [RUNTIME / f"{program}.c", RUNTIME / "npukit_runtime.c", RUNTIME / "npukit_target.c",
+    sources = [RUNTIME / f"{program}.c", RUNTIME / "npukit_runtime.c",
                *sorted(KERNELS.glob("nk_*.c"))]
     cmd = [compiler, *STRICT, *HOST_TABLES, *flags, f"-I{KERNELS}", f"-I{RUNTIME}", "-o", str(exe),
            *map(str, sources)]
