@@ -6,8 +6,9 @@ arm-none-eabi-gcc -mcpu=cortex-m4 -mthumb -Os -ffunction-sections -fdata-section
 --gc-sections. Each source is compiled to its own object and the linker map gives, per object, the bytes
 of the .text and .rodata input sections it kept: `runtime/` (npukit_runtime.c) is the figure
 the goal is about; the kernels (npukit/codegen/runtime/nk_*.c, shared with generated C) are
-printed beside it. The largest functions of runtime/ follow (`arm-none-eabi-nm --size-sort`). Nothing is
-asserted. Needs the arm tools (`scripts/install-arm-tools.sh`).
+printed beside it. The largest functions of runtime/ follow (`arm-none-eabi-nm --size-sort`). Then the
+same for a build that runs only the demo model's ops (`-DNPUKIT_OPS=...`, `codegen.host.runtime_ops_define`),
+which leaves the code of the other ops out. Nothing is asserted. Needs the arm tools (`scripts/install-arm-tools.sh`).
 
     .venv/bin/python benchmarks/runtime_size.py [--opt -Os] [-D NAME=VALUE ...]
 """
@@ -21,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from npukit.codegen import cortex_m
-from npukit.codegen.host import KERNELS, RUNTIME
+from npukit.codegen.host import KERNELS, RUNTIME, runtime_ops_define
 
 GOAL = 8 << 10  # issue 12: runtime/ code at -Os on the Cortex-M4
 CFLAGS = ["-mcpu=cortex-m4", "-mthumb", "-std=c99", "-ffunction-sections", "-fdata-sections"]
@@ -90,6 +91,32 @@ def symbols_of(obj: Path) -> set[str]:
     return {line.split()[-1] for line in out.splitlines() if line.strip()}
 
 
+def report(title: str, opt: str, defines: list[str]) -> None:
+    folder = Path(tempfile.mkdtemp())
+    elf, kept = build(folder, opt, defines)
+    runtime = {k: v for k, v in kept.items() if k.startswith("npukit_")}
+    kernels = sum(v for k, v in kept.items() if k.startswith("nk_"))
+    total = sum(runtime.values())
+    verdict = "met" if total <= GOAL else f"not met, {total - GOAL:,} B over"
+    print(f"\n{title}")
+    print(f"  runtime/ (npukit_runtime.c)  {total:7,}   (goal <= {GOAL:,} B: {verdict})")
+    print(f"  kernels (nk_*.c, shared with generated C) {kernels:,}; with them {total + kernels:,}")
+    names = set().union(*(symbols_of(folder / f"{Path(n).stem}.o") for n in runtime))
+    print("  largest functions and tables of runtime/: "
+          + ", ".join(f"{name} {size:,}" for name, size in largest(elf, names)))
+
+
+def demo_ops() -> list[str]:
+    import torch
+
+    import npukit
+    from npukit.models import mnist1d_cnn
+
+    torch.manual_seed(0)
+    graph = npukit.to_ir(npukit.prepare(mnist1d_cnn(), torch.randn(256, 1, 40)))
+    return sorted({n.op for n in graph.nodes})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--opt", default="-Os")
@@ -97,21 +124,12 @@ def main() -> None:
     args = ap.parse_args()
     if msg := cortex_m.arm_tools_available():
         raise SystemExit(msg)
-    folder = Path(tempfile.mkdtemp())
-    elf, kept = build(folder, args.opt, args.defines)
-    runtime = {k: v for k, v in kept.items() if k.startswith("npukit_")}
-    kernels = sum(v for k, v in kept.items() if k.startswith("nk_"))
-    total = sum(runtime.values())
     print(f"model.bin interpreter on the Cortex-M4 ({cortex_m.CC} {args.opt}, --gc-sections; a firmware calling "
           f"npukit_load and npukit_invoke_io): .text + .rodata kept by the link, bytes")
-    for name, size in sorted(runtime.items()):
-        print(f"  runtime/{name:22} {size:7,}")
-    verdict = "met" if total <= GOAL else f"not met, {total - GOAL:,} B over"
-    print(f"  runtime/ in all             {total:7,}   (goal <= {GOAL:,} B: {verdict})")
-    print(f"  kernels (nk_*.c, shared with generated C) {kernels:,}; with them {total + kernels:,}")
-    names = set().union(*(symbols_of(folder / f"{Path(n).stem}.o") for n in runtime))
-    print("  largest functions and tables of runtime/: "
-          + ", ".join(f"{name} {size:,}" for name, size in largest(elf, names)))
+    report("every op (the default build):", args.opt, args.defines)
+    ops = demo_ops()
+    define = runtime_ops_define(ops)
+    report(f"the demo model's ops only ({', '.join(ops)}; {define}):", args.opt, [*args.defines, define[2:]])
 
 
 if __name__ == "__main__":

@@ -34,6 +34,10 @@
 #define NO_MEMORY 0xFF
 #define U32_MAX 0xFFFFFFFFULL
 #define EXP_LIMIT 96           /* Graph.validate: 3 * max(-arith.MIN_EXP, arith.MAX_EXP) */
+/* An op kind as the switches and tests below name it: itself when this build runs the op (NPUKIT_OPS), else
+ * a value no kind (a uint8_t) takes, so that the compiler drops the code of the ops a build leaves out. */
+#define ON(kind) ((NPUKIT_OPS) >> (kind) & 1u ? (unsigned)(kind) : (unsigned)(kind) + 256u)
+#define IS(def, op) same_kind((def)->kind, ON(op))
 #define MARKS 64               /* string table checkpoints: a lookup walks at most count / MARKS strings */
 
 #if NPUKIT_MAX_EXTENT > (1L << 28)
@@ -119,6 +123,13 @@ static int rounding_mode(const uint8_t *s, size_t n)
         }
     }
     return -1;
+}
+
+/* kind == want, as a function: the compiler folds it to 0 for the kinds ON leaves out without warning that
+ * a uint8_t never equals them. */
+static int same_kind(unsigned kind, unsigned want)
+{
+    return kind == want;
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -937,7 +948,7 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
             }
         }
     }
-    if (def->kind == NPUKIT_OP_LUT) {
+    if (IS(def, NPUKIT_OP_LUT)) {
         param_t t;
         return find_param(x, v, "table", &t) && t.rank == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
     }
@@ -967,7 +978,7 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
         if (v64 < 2 || v64 > 62) {
             return NPUKIT_E_GRAPH;
         }
-        if (def->kind == NPUKIT_OP_CONV_TRANSPOSE) { /* weight (in, out, *kernel), bias (out,), groups 1 */
+        if (IS(def, NPUKIT_OP_CONV_TRANSPOSE)) { /* weight (in, out, *kernel), bias (out,), groups 1 */
             find_attr(x, v, "ndim", &a);
             rank = attr_int(x, &a, 0);
             if ((int64_t)w.rank - 2 != rank || b.rank != 1 || p_dim(x, &b, 0) != p_dim(x, &w, 1)) {
@@ -976,7 +987,7 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
             find_attr(x, v, "groups", &a);
             return (rank == 1 || rank == 2) && attr_int(x, &a, 0) == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
         }
-        if (def->kind == NPUKIT_OP_CONV) {
+        if (IS(def, NPUKIT_OP_CONV)) {
             find_attr(x, v, "ndim", &a);
             rank = attr_int(x, &a, 0); /* the weight is (out, in / groups, *kernel): rank ndim + 2 */
             if ((int64_t)w.rank - 2 != rank || b.rank != 1 || p_dim(x, &b, 0) != p_dim(x, &w, 0)) {
@@ -1164,19 +1175,19 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     uint32_t k;
     attr_t a;
     param_t w;
-    switch (def->kind) {
-    case NPUKIT_OP_CONV:
+    switch ((unsigned)def->kind) {
+    case ON(NPUKIT_OP_CONV):
         return shape_conv(x, v, in, out);
-    case NPUKIT_OP_CONV_TRANSPOSE:
+    case ON(NPUKIT_OP_CONV_TRANSPOSE):
         return shape_conv_transpose(x, v, in, out);
-    case NPUKIT_OP_LINEAR:
+    case ON(NPUKIT_OP_LINEAR):
         find_param(x, v, "weight", &w);
         return t_rank(x, in) == 1 && t_dim(x, in, 0) == p_dim(x, &w, 1) && t_rank(x, out) == 1
                && t_dim(x, out, 0) == p_dim(x, &w, 0) ? NPUKIT_OK : NPUKIT_E_GRAPH;
-    case NPUKIT_OP_MAXPOOL:
-    case NPUKIT_OP_AVGPOOL:
+    case ON(NPUKIT_OP_MAXPOOL):
+    case ON(NPUKIT_OP_AVGPOOL):
         return shape_pool(x, v, in, out);
-    case NPUKIT_OP_GLOBAL_AVGPOOL: {
+    case ON(NPUKIT_OP_GLOBAL_AVGPOOL): {
         const uint32_t rank = t_rank(x, in);
         find_attr(x, v, "keepdim", &a);
         if (rank < 1 || t_rank(x, out) != (attr_int(x, &a, 0) ? rank : 1) || t_dim(x, out, 0) != t_dim(x, in, 0)) {
@@ -1189,19 +1200,19 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         }
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_ADD:
+    case ON(NPUKIT_OP_ADD):
         for (k = 0; k < v->n_in; k++) {
             if (!same_shape(x, v_tensor(x, v, k), in)) {
                 return NPUKIT_E_GRAPH;
             }
         }
         return same_shape(x, in, out) ? NPUKIT_OK : NPUKIT_E_GRAPH;
-    case NPUKIT_OP_CONCAT:
+    case ON(NPUKIT_OP_CONCAT):
         return shape_concat(x, v, out);
-    case NPUKIT_OP_RELU:
-    case NPUKIT_OP_LUT:
+    case ON(NPUKIT_OP_RELU):
+    case ON(NPUKIT_OP_LUT):
         return same_shape(x, in, out) ? NPUKIT_OK : NPUKIT_E_GRAPH;
-    case NPUKIT_OP_SLICE: { /* Slice.infer_shapes: [start, stop) of one axis, the others as they are */
+    case ON(NPUKIT_OP_SLICE): { /* Slice.infer_shapes: [start, stop) of one axis, the others as they are */
         const uint32_t rank = t_rank(x, in);
         int64_t axis, start, stop;
         find_attr(x, v, "axis", &a);
@@ -1220,7 +1231,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         }
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_PAD: { /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
+    case ON(NPUKIT_OP_PAD): { /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
         const uint32_t rank = t_rank(x, in);
         find_attr(x, v, "pads", &a);
         if ((rank != 2 && rank != 3) || a.count != 2 * (rank - 1) || t_rank(x, out) != rank ||
@@ -1236,7 +1247,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         }
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_UPSAMPLE: { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
+    case ON(NPUKIT_OP_UPSAMPLE): { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
         const uint32_t rank = t_rank(x, in);
         find_attr(x, v, "scale", &a);
         if ((rank != 2 && rank != 3) || a.count != rank - 1 || t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
@@ -1250,7 +1261,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         }
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_MUL: { /* Mul.infer_shapes: b is a's shape with size 1 in trailing dimensions */
+    case ON(NPUKIT_OP_MUL): { /* Mul.infer_shapes: b is a's shape with size 1 in trailing dimensions */
         const uint32_t b = v_tensor(x, v, 1), rank = t_rank(x, in);
         uint32_t split = rank;
         if (t_rank(x, b) != rank || !same_shape(x, in, out)) {
@@ -1291,17 +1302,17 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
     if (def->passes_through && (in->bits != out->bits || in->exp != out->exp)) {
         return NPUKIT_E_GRAPH;
     }
-    if ((def->kind == NPUKIT_OP_ADD || def->kind == NPUKIT_OP_CONCAT || def->kind == NPUKIT_OP_MUL) && out->bits > 16) {
+    if ((IS(def, NPUKIT_OP_ADD) || IS(def, NPUKIT_OP_CONCAT) || IS(def, NPUKIT_OP_MUL)) && out->bits > 16) {
         return NPUKIT_E_GRAPH; /* element-wise ops write activations, never accumulators */
     }
-    if (def->kind == NPUKIT_OP_PAD) { /* Pad.tensor_problems: the value padded in is one of the input's */
+    if (IS(def, NPUKIT_OP_PAD)) { /* Pad.tensor_problems: the value padded in is one of the input's */
         attr_t a;
         find_attr(x, v, "value", &a);
         if (attr_int(x, &a, 0) > int_max(in->bits) || attr_int(x, &a, 0) < -int_max(in->bits) - 1) {
             return NPUKIT_E_GRAPH;
         }
     }
-    if (def->kind == NPUKIT_OP_LUT) { /* Lut.tensor_problems: one entry per input integer, in the output's range */
+    if (IS(def, NPUKIT_OP_LUT)) { /* Lut.tensor_problems: one entry per input integer, in the output's range */
         param_t t;
         uint64_t i;
         find_param(x, v, "table", &t);
@@ -1315,7 +1326,7 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
             }
         }
     }
-    if (def->kind == NPUKIT_OP_CONCAT) {
+    if (IS(def, NPUKIT_OP_CONCAT)) {
         for (k = 0; k < v->n_in; k++) {
             const npukit_tensor_t *t = &T[v_tensor(x, v, k)];
             if (t->bits != out->bits || t->exp < out->exp) {
@@ -1417,6 +1428,9 @@ static int check_graph(ctx_t *x)
         const opdef_t *def;
         view(x, m->ops[i].inputs, &v);
         def = op_def(x, v.op);
+        if (def && !((NPUKIT_OPS) >> def->kind & 1u)) {
+            return NPUKIT_E_UNSUPPORTED; /* an op this build leaves out (NPUKIT_OPS) */
+        }
         if (def) {
             TRY(check_schema(x, &v, def));
         }
@@ -1627,21 +1641,21 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     if (!def->mac && def->kind != NPUKIT_OP_RESHAPE && T[op->out].bits > 8) {
         return NPUKIT_E_UNSUPPORTED;
     }
-    switch (def->kind) {
-    case NPUKIT_OP_CONV:
-    case NPUKIT_OP_CONV_TRANSPOSE: /* the same parameters, read by nk_conv_transpose as its geometry */
+    switch ((unsigned)def->kind) {
+    case ON(NPUKIT_OP_CONV):
+    case ON(NPUKIT_OP_CONV_TRANSPOSE): /* the same parameters, read by nk_conv_transpose as its geometry */
         return prepare_conv(x, &v, op);
-    case NPUKIT_OP_LINEAR:
+    case ON(NPUKIT_OP_LINEAR):
         return prepare_linear(x, &v, op);
-    case NPUKIT_OP_MAXPOOL:
-    case NPUKIT_OP_AVGPOOL:
+    case ON(NPUKIT_OP_MAXPOOL):
+    case ON(NPUKIT_OP_AVGPOOL):
         return prepare_pool(x, &v, op);
-    case NPUKIT_OP_GLOBAL_AVGPOOL:
+    case ON(NPUKIT_OP_GLOBAL_AVGPOOL):
         op->p.gap.c = (int32_t)t_dim(x, op->in[0], 0);
         op->p.gap.hw = (int32_t)(T[op->in[0]].elems / (uint32_t)op->p.gap.c);
         op->p.gap.rounding = x->m->pool_rounding;
         return NPUKIT_OK;
-    case NPUKIT_OP_ADD: {
+    case ON(NPUKIT_OP_ADD): {
         const npukit_tensor_t *out = &T[op->out];
         if (v.n_in != 2) {
             return NPUKIT_E_UNSUPPORTED; /* nk_add adds two operands; more would saturate only once */
@@ -1655,7 +1669,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.add.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_CONCAT: {
+    case ON(NPUKIT_OP_CONCAT): {
         uint64_t outer = 1;
         find_attr(x, &v, "axis", &a);
         for (k = 0; k < (uint32_t)attr_int(x, &a, 0); k++) {
@@ -1666,10 +1680,10 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.concat.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_RELU:
+    case ON(NPUKIT_OP_RELU):
         op->p.relu.n = (int32_t)T[op->out].elems;
         return NPUKIT_OK;
-    case NPUKIT_OP_SLICE: {
+    case ON(NPUKIT_OP_SLICE): {
         uint64_t outer = 1, inner = 1;
         uint32_t axis, rank = t_rank(x, op->in[0]);
         int64_t start;
@@ -1689,7 +1703,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.slice.part_inner = (int32_t)(T[op->out].elems / outer);
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_PAD: {
+    case ON(NPUKIT_OP_PAD): {
         const uint32_t rank = t_rank(x, op->in[0]);
         find_attr(x, &v, "pads", &a);
         op->p.pad.c = (int32_t)t_dim(x, op->in[0], 0);
@@ -1703,7 +1717,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.pad.value = (int32_t)attr_int(x, &a, 0);
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_UPSAMPLE: {
+    case ON(NPUKIT_OP_UPSAMPLE): {
         const uint32_t rank = t_rank(x, op->in[0]);
         find_attr(x, &v, "scale", &a);
         op->p.upsample.c = (int32_t)t_dim(x, op->in[0], 0);
@@ -1713,7 +1727,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.upsample.sw = (int32_t)attr_int(x, &a, rank - 2);
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_MUL: {
+    case ON(NPUKIT_OP_MUL): {
         const npukit_tensor_t *out = &T[op->out];
         const uint32_t rank = t_rank(x, op->in[0]);
         uint64_t outer = 1;
@@ -1729,7 +1743,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.mul.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_LUT: {
+    case ON(NPUKIT_OP_LUT): {
         param_t t;
         find_param(x, &v, "table", &t);
         if (t.bits != 8) {
@@ -2003,30 +2017,30 @@ int npukit_invoke_io_traced(const npukit_model_t *m, void *arena, size_t arena_l
         const npukit_tensor_t *y = &m->tensors[op->out];
         const int8_t *x0 = (const int8_t *)(a + m->tensors[op->in[0]].offset);
         int8_t *y8 = (int8_t *)(a + y->offset);
-        switch (op->kind) {
-        case NPUKIT_OP_CONV:
+        switch ((unsigned)op->kind) {
+        case ON(NPUKIT_OP_CONV):
             nk_conv(&op->p.conv, x0, op->weight, op->bias, y8);
             break;
-        case NPUKIT_OP_CONV_TRANSPOSE:
+        case ON(NPUKIT_OP_CONV_TRANSPOSE):
             nk_conv_transpose(&op->p.conv, x0, op->weight, op->bias, y8);
             break;
-        case NPUKIT_OP_LINEAR:
+        case ON(NPUKIT_OP_LINEAR):
             nk_linear(&op->p.linear, x0, op->weight, op->bias, y8);
             break;
-        case NPUKIT_OP_MAXPOOL:
+        case ON(NPUKIT_OP_MAXPOOL):
             nk_maxpool(&op->p.pool, x0, y8);
             break;
-        case NPUKIT_OP_AVGPOOL:
+        case ON(NPUKIT_OP_AVGPOOL):
             nk_avgpool(&op->p.pool, x0, y8);
             break;
-        case NPUKIT_OP_GLOBAL_AVGPOOL:
+        case ON(NPUKIT_OP_GLOBAL_AVGPOOL):
             nk_global_avgpool(op->p.gap.c, op->p.gap.hw, op->p.gap.rounding, x0, y8);
             break;
-        case NPUKIT_OP_ADD:
+        case ON(NPUKIT_OP_ADD):
             nk_add(op->p.add.n, x0, op->p.add.a_shift, (const int8_t *)(a + m->tensors[op->in[1]].offset),
                    op->p.add.b_shift, op->p.add.act_min, op->p.add.act_max, op->p.add.rounding, y8);
             break;
-        case NPUKIT_OP_CONCAT: {
+        case ON(NPUKIT_OP_CONCAT): {
             /* each operand in turn into its slice of every outer block (OpDef.to_c of concat) */
             int32_t offset = 0;
             uint32_t k;
@@ -2039,24 +2053,24 @@ int npukit_invoke_io_traced(const npukit_model_t *m, void *arena, size_t arena_l
             }
             break;
         }
-        case NPUKIT_OP_RELU:
+        case ON(NPUKIT_OP_RELU):
             nk_relu(op->p.relu.n, x0, y8);
             break;
-        case NPUKIT_OP_LUT:
+        case ON(NPUKIT_OP_LUT):
             nk_lut(op->p.lut.n, x0, (const int8_t *)op->weight, op->p.lut.offset, y8);
             break;
-        case NPUKIT_OP_SLICE:
+        case ON(NPUKIT_OP_SLICE):
             nk_slice(op->p.slice.outer, op->p.slice.in_inner, op->p.slice.offset, op->p.slice.part_inner, x0, y8);
             break;
-        case NPUKIT_OP_PAD:
+        case ON(NPUKIT_OP_PAD):
             nk_pad(op->p.pad.c, op->p.pad.h, op->p.pad.w, op->p.pad.top, op->p.pad.bottom, op->p.pad.left,
                    op->p.pad.right, op->p.pad.value, x0, y8);
             break;
-        case NPUKIT_OP_UPSAMPLE:
+        case ON(NPUKIT_OP_UPSAMPLE):
             nk_upsample(op->p.upsample.c, op->p.upsample.h, op->p.upsample.w, op->p.upsample.sh, op->p.upsample.sw,
                         x0, y8);
             break;
-        case NPUKIT_OP_MUL:
+        case ON(NPUKIT_OP_MUL):
             nk_mul(op->p.mul.outer, op->p.mul.inner, x0, (const int8_t *)(a + m->tensors[op->in[1]].offset),
                    op->p.mul.shift, op->p.mul.act_min, op->p.mul.act_max, op->p.mul.rounding, y8);
             break;

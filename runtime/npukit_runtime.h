@@ -48,6 +48,14 @@
 #ifndef NPUKIT_MAX_EXTENT
 #define NPUKIT_MAX_EXTENT (1L << 24)
 #endif
+/* The ops this build runs: bit k for the op of kind k (NPUKIT_OP_*, below), all of them by default. A build
+ * for one model can name only its ops, e.g. -DNPUKIT_OPS="(1u<<NPUKIT_OP_CONV)|(1u<<NPUKIT_OP_LINEAR)"
+ * (codegen.host.runtime_ops_define(graph) writes it): the code of the others is left out, and npukit_load
+ * refuses a model that uses one with NPUKIT_E_UNSUPPORTED. */
+#ifndef NPUKIT_OPS
+#define NPUKIT_OPS 0xFFFFu
+#endif
+
 enum {
     NPUKIT_OK = 0,
     NPUKIT_E_ARG = -1,          /* a NULL pointer, a model not loaded, or `bin` not 4-byte aligned */

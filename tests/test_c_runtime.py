@@ -23,6 +23,7 @@ from models_for_tests import LOWBIT, Branchy
 from test_differential import TARGETS, nets, random_graph_and_inputs
 
 import npukit
+from npukit.codegen import host
 from npukit.models import mnist1d_cnn
 
 torch.set_num_threads(1)
@@ -222,6 +223,23 @@ def test_build_time_sizes(demo, tmp_path, define, status):
     assert res.returncode == T.EXIT_MODEL and f"(NPUKIT_E_{status})" in res.stderr
 
 
+def test_a_build_with_only_the_models_ops(runner, demo, tmp_path):
+    """NPUKIT_OPS: a runtime built for the demo's ops runs it byte for byte and refuses a model with another
+    op (average pooling) as NPUKIT_E_UNSUPPORTED, which the full build runs."""
+    graph, q = demo
+    define = host.runtime_ops_define(n.op for n in graph.nodes)
+    assert "NPUKIT_OP_CONV)" in define and "AVGPOOL" not in define
+    exe = host.build_runtime(tmp_path / "build", flags=["-O1", define])
+    _assert_matches_engine(exe, graph, q[:20], tmp_path)
+    torch.manual_seed(5)
+    x = torch.randn(16, 1, 40)
+    other = npukit.to_ir(npukit.prepare(nn.Sequential(nn.Conv1d(1, 4, 3), nn.AvgPool1d(2), nn.Flatten(),
+                                                      nn.Linear(76, 3)), x, rules="off"))
+    res, _ = _run(exe, T.pack(other), other.quantize_input(x.numpy()), tmp_path)
+    assert res.returncode == T.EXIT_MODEL and "(NPUKIT_E_UNSUPPORTED)" in res.stderr, res.stderr
+    _assert_matches_engine(runner, other, other.quantize_input(x.numpy()), tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Fuzzing under AddressSanitizer and UBSan
 
@@ -370,6 +388,9 @@ def test_cmake_builds(demo, tmp_path):
     ("clang", ["-O2", "-Wshadow", "-Wconversion", "-Wsign-conversion"]),
     ("arm-none-eabi-gcc", ["-O2", "-mcpu=cortex-m4", "-mthumb", "-Wconversion", "-Wsign-conversion"]),
     ("arm-none-eabi-gcc", ["-Os", "-mcpu=cortex-m0", "-mthumb"]),
+    ("gcc", ["-O2", "-Wshadow", "-Wconversion", "-Wsign-conversion", "-DNPUKIT_OPS=0u"]),  # NPUKIT_OPS: code left out
+    ("arm-none-eabi-gcc", ["-Os", "-mcpu=cortex-m4", "-mthumb", "-Wconversion", "-Wsign-conversion",
+                           "-DNPUKIT_OPS=(1u<<NPUKIT_OP_CONV)|(1u<<NPUKIT_OP_LINEAR)|(1u<<NPUKIT_OP_RESHAPE)"]),
 ])
 def test_compiles_warning_free(cc, flags, tmp_path):
     """Compile-only with stricter warnings and for 32-bit Cortex-M (where ptrdiff_t and long are 32 bits)."""
