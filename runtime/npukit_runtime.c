@@ -1822,29 +1822,37 @@ int npukit_load(const uint8_t *bin, size_t len, npukit_model_t *m)
     return NPUKIT_OK;
 }
 
+/* One array of the messages, by -status, NUL-separated: in a section of its own (-fdata-sections), so that a
+ * firmware that never calls npukit_strerror links none of it (string literals share one section). */
+static const char MESSAGES[] =
+        "ok" "\0"
+        "invalid argument (NULL pointer, model not loaded, or model bytes not 4-byte aligned)" "\0"
+        "not an npukit model.bin (it does not start with NPUK)" "\0"
+        "the file is not the size its header says (truncated, or trailing bytes)" "\0"
+        "a model.bin format version this runtime does not read (it reads version 3)" "\0"
+        "CRC mismatch: the file is damaged" "\0"
+        "invalid header (flags set, or a section count that does not fit)" "\0"
+        "invalid section table (unknown, repeated, missing, misplaced or overlapping section)" "\0"
+        "a count or record runs past the end of its section, or bytes are left over" "\0"
+        "a string, tensor or memory index outside its table" "\0"
+        "a field out of range (rank, dimension, bits, role, size, arena, attribute or parameter)" "\0"
+        "invalid device section (an unknown rounding mode, or its reserved byte set)" "\0"
+        "invalid graph (op attributes, parameters, shapes, order or tensor widths)" "\0"
+        "a valid model this runtime cannot run (see docs/model-format.md)" "\0"
+        "more tensors or ops than this build's tables hold (NPUKIT_MAX_TENSORS, NPUKIT_MAX_OPS)" "\0"
+        "the arena is smaller than the model needs, or not 4-byte aligned" "\0"
+        "an input value lies outside the input tensor's bit range" "\0"
+        "the model has several inputs or outputs: run it with npukit_invoke_io" "\0"
+        "unknown npukit status";
+
 const char *npukit_strerror(int status)
 {
-    switch (status) {
-    case NPUKIT_OK: return "ok";
-    case NPUKIT_E_ARG: return "invalid argument (NULL pointer, model not loaded, or model bytes not 4-byte aligned)";
-    case NPUKIT_E_MAGIC: return "not an npukit model.bin (it does not start with NPUK)";
-    case NPUKIT_E_SIZE: return "the file is not the size its header says (truncated, or trailing bytes)";
-    case NPUKIT_E_VERSION: return "a model.bin format version this runtime does not read (it reads version 3)";
-    case NPUKIT_E_CRC: return "CRC mismatch: the file is damaged";
-    case NPUKIT_E_HEADER: return "invalid header (flags set, or a section count that does not fit)";
-    case NPUKIT_E_SECTION: return "invalid section table (unknown, repeated, missing, misplaced or overlapping section)";
-    case NPUKIT_E_RECORD: return "a count or record runs past the end of its section, or bytes are left over";
-    case NPUKIT_E_INDEX: return "a string, tensor or memory index outside its table";
-    case NPUKIT_E_VALUE: return "a field out of range (rank, dimension, bits, role, size, arena, attribute or parameter)";
-    case NPUKIT_E_TARGET: return "invalid device section (an unknown rounding mode, or its reserved byte set)";
-    case NPUKIT_E_GRAPH: return "invalid graph (op attributes, parameters, shapes, order or tensor widths)";
-    case NPUKIT_E_UNSUPPORTED: return "a valid model this runtime cannot run (see docs/model-format.md)";
-    case NPUKIT_E_LIMIT: return "more tensors or ops than this build's tables hold (NPUKIT_MAX_TENSORS, NPUKIT_MAX_OPS)";
-    case NPUKIT_E_ARENA: return "the arena is smaller than the model needs, or not 4-byte aligned";
-    case NPUKIT_E_INPUT: return "an input value lies outside the input tensor's bit range";
-    case NPUKIT_E_IO: return "the model has several inputs or outputs: run it with npukit_invoke_io";
-    default: return "unknown npukit status";
+    const char *s = MESSAGES;
+    int k = status > 0 || status < NPUKIT_E_IO ? 1 - NPUKIT_E_IO : -status; /* past the last: the default */
+    for (; k > 0; k--) {
+        s += strlen(s) + 1;
     }
+    return s;
 }
 
 size_t npukit_arena_bytes(const npukit_model_t *m)

@@ -240,6 +240,22 @@ def test_a_build_with_only_the_models_ops(runner, demo, tmp_path):
     _assert_matches_engine(runner, other, other.quantize_input(x.numpy()), tmp_path)
 
 
+def test_strerror_has_one_line_per_status(tmp_path):
+    """npukit_strerror walks one NUL-separated array (kept out of firmware that never calls it): each status
+    0 to -17 its own message, the rest one default."""
+    (tmp_path / "se.c").write_text('#include <stdio.h>\n#include "npukit_runtime.h"\n'
+                                   'int main(void) { int k; for (k = 2; k >= -19; k--) puts(npukit_strerror(k)); '
+                                   'return 0; }\n')
+    exe = tmp_path / "se"
+    subprocess.run([CC, *T.STRICT, "-O1", f"-I{T.KERNELS}", f"-I{T.RUNTIME}", "-o", str(exe), str(tmp_path / "se.c"),
+                    str(T.RUNTIME / "npukit_runtime.c"), *map(str, sorted(T.KERNELS.glob("nk_*.c")))], check=True)
+    lines = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.splitlines()
+    known = lines[2:20]
+    assert known[0] == "ok" and known[5] == "CRC mismatch: the file is damaged" and "npukit_invoke_io" in known[17]
+    assert len(set(known)) == 18 and "unknown npukit status" not in known
+    assert lines[:2] == lines[20:] == ["unknown npukit status"] * 2
+
+
 # ---------------------------------------------------------------------------------------------------
 # Fuzzing under AddressSanitizer and UBSan
 
