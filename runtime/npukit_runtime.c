@@ -689,6 +689,14 @@ static int64_t attr_int(const ctx_t *x, const attr_t *a, uint32_t k)
     return le_int(x->d + a->val + (size_t)k * a->width, a->width);
 }
 
+/* The first value of an attribute the schema checks made sure of (find_attr, then attr_int). */
+static int64_t attr_value(const ctx_t *x, const view_t *v, const char *key)
+{
+    attr_t a;
+    find_attr(x, v, key, &a);
+    return attr_int(x, &a, 0);
+}
+
 /* A string attribute's bytes. */
 static const uint8_t *attr_str(const ctx_t *x, const attr_t *a, size_t *len)
 {
@@ -960,8 +968,7 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
             return NPUKIT_E_GRAPH;
         }
         /* _check_mac: w_bits, rounding, acc_bits, weight rank, bias shape (out,) */
-        find_attr(x, v, "w_bits", &a);
-        v64 = attr_int(x, &a, 0);
+        v64 = attr_value(x, v, "w_bits");
         if (v64 != 2 && v64 != 4 && v64 != 8 && v64 != 16) {
             return NPUKIT_E_GRAPH;
         }
@@ -973,23 +980,19 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
                 return NPUKIT_E_GRAPH;
             }
         }
-        find_attr(x, v, "acc_bits", &a);
-        v64 = attr_int(x, &a, 0);
+        v64 = attr_value(x, v, "acc_bits");
         if (v64 < 2 || v64 > 62) {
             return NPUKIT_E_GRAPH;
         }
         if (IS(def, NPUKIT_OP_CONV_TRANSPOSE)) { /* weight (in, out, *kernel), bias (out,), groups 1 */
-            find_attr(x, v, "ndim", &a);
-            rank = attr_int(x, &a, 0);
+            rank = attr_value(x, v, "ndim");
             if ((int64_t)w.rank - 2 != rank || b.rank != 1 || p_dim(x, &b, 0) != p_dim(x, &w, 1)) {
                 return NPUKIT_E_GRAPH;
             }
-            find_attr(x, v, "groups", &a);
-            return (rank == 1 || rank == 2) && attr_int(x, &a, 0) == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
+            return (rank == 1 || rank == 2) && attr_value(x, v, "groups") == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
         }
         if (IS(def, NPUKIT_OP_CONV)) {
-            find_attr(x, v, "ndim", &a);
-            rank = attr_int(x, &a, 0); /* the weight is (out, in / groups, *kernel): rank ndim + 2 */
+            rank = attr_value(x, v, "ndim"); /* the weight is (out, in / groups, *kernel): rank ndim + 2 */
             if ((int64_t)w.rank - 2 != rank || b.rank != 1 || p_dim(x, &b, 0) != p_dim(x, &w, 0)) {
                 return NPUKIT_E_GRAPH;
             }
@@ -1047,19 +1050,17 @@ static int geometry(const ctx_t *x, const view_t *v, const char *const keys[3], 
 static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
 {
     static const char *const KEYS[3] = {"stride", "padding", "dilation"};
-    attr_t a[3], g;
+    attr_t a[3];
     param_t w;
     uint32_t nsp, k;
     int64_t groups;
-    find_attr(x, v, "ndim", &g);
-    nsp = (uint32_t)attr_int(x, &g, 0); /* 1 or 2 (check_schema) */
+    nsp = (uint32_t)attr_value(x, v, "ndim"); /* 1 or 2 (check_schema) */
     find_param(x, v, "weight", &w);
     if (t_rank(x, in) != nsp + 1) {
         return NPUKIT_E_GRAPH;
     }
     TRY(geometry(x, v, KEYS, nsp, a));
-    find_attr(x, v, "groups", &g);
-    groups = attr_int(x, &g, 0);
+    groups = attr_value(x, v, "groups");
     if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, &w, 1) * (uint64_t)groups != t_dim(x, in, 0)) {
         return NPUKIT_E_GRAPH; /* the input's channels are in / groups per group */
     }
@@ -1143,13 +1144,11 @@ static int shape_pool(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out
 
 static int shape_concat(const ctx_t *x, const view_t *v, uint32_t out)
 {
-    attr_t a;
     const uint32_t first = v_tensor(x, v, 0), rank = t_rank(x, first);
     uint64_t sum = 0;
     uint32_t i, k;
     int64_t axis;
-    find_attr(x, v, "axis", &a);
-    axis = attr_int(x, &a, 0);
+    axis = attr_value(x, v, "axis");
     if (axis >= (int64_t)rank || t_rank(x, out) != rank) {
         return NPUKIT_E_GRAPH;
     }
@@ -1189,8 +1188,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         return shape_pool(x, v, in, out);
     case ON(NPUKIT_OP_GLOBAL_AVGPOOL): {
         const uint32_t rank = t_rank(x, in);
-        find_attr(x, v, "keepdim", &a);
-        if (rank < 1 || t_rank(x, out) != (attr_int(x, &a, 0) ? rank : 1) || t_dim(x, out, 0) != t_dim(x, in, 0)) {
+        if (rank < 1 || t_rank(x, out) != (attr_value(x, v, "keepdim") ? rank : 1) || t_dim(x, out, 0) != t_dim(x, in, 0)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 1; k < t_rank(x, out); k++) {
@@ -1215,12 +1213,9 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     case ON(NPUKIT_OP_SLICE): { /* Slice.infer_shapes: [start, stop) of one axis, the others as they are */
         const uint32_t rank = t_rank(x, in);
         int64_t axis, start, stop;
-        find_attr(x, v, "axis", &a);
-        axis = attr_int(x, &a, 0);
-        find_attr(x, v, "start", &a);
-        start = attr_int(x, &a, 0);
-        find_attr(x, v, "stop", &a);
-        stop = attr_int(x, &a, 0);
+        axis = attr_value(x, v, "axis");
+        start = attr_value(x, v, "start");
+        stop = attr_value(x, v, "stop");
         if (axis >= (int64_t)rank || t_rank(x, out) != rank || start >= stop || stop > (int64_t)t_dim(x, in, (uint32_t)axis)) {
             return NPUKIT_E_GRAPH;
         }
@@ -1306,9 +1301,8 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
         return NPUKIT_E_GRAPH; /* element-wise ops write activations, never accumulators */
     }
     if (IS(def, NPUKIT_OP_PAD)) { /* Pad.tensor_problems: the value padded in is one of the input's */
-        attr_t a;
-        find_attr(x, v, "value", &a);
-        if (attr_int(x, &a, 0) > int_max(in->bits) || attr_int(x, &a, 0) < -int_max(in->bits) - 1) {
+        const int64_t value = attr_value(x, v, "value");
+        if (value > int_max(in->bits) || value < -int_max(in->bits) - 1) {
             return NPUKIT_E_GRAPH;
         }
     }
@@ -1337,31 +1331,23 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
     if (def->mac) {
         /* The stored requantisation must be the one the scheme computes from the tensors (Scheme.mac_attrs;
          * pow2 and max78000 compute it alike); a fused clamp may narrow the output range. */
-        attr_t a;
         int64_t e_acc, lo, hi, act_min, act_max;
         int wide, relu, absolute, clamp, narrowed;
         if (in->bits > 16) {
             return NPUKIT_E_GRAPH;
         }
-        find_attr(x, v, "w_exp", &a);
-        e_acc = in->exp + attr_int(x, &a, 0); /* |w_exp| <= EXP_LIMIT (validate_tensors) */
-        find_attr(x, v, "wide", &a);
-        wide = (int)attr_int(x, &a, 0);
-        find_attr(x, v, "relu", &a);
-        relu = (int)attr_int(x, &a, 0);
-        find_attr(x, v, "abs", &a);
-        absolute = (int)attr_int(x, &a, 0);
-        find_attr(x, v, "clamp", &a);
-        clamp = (int)attr_int(x, &a, 0);
+        e_acc = in->exp + attr_value(x, v, "w_exp"); /* |w_exp| <= EXP_LIMIT (validate_tensors) */
+        wide = (int)attr_value(x, v, "wide");
+        relu = (int)attr_value(x, v, "relu");
+        absolute = (int)attr_value(x, v, "abs");
+        clamp = (int)attr_value(x, v, "clamp");
         if (wide && out->exp != e_acc) {
             return NPUKIT_E_GRAPH;
         }
         hi = int_max(out->bits);
         lo = wide || !relu ? -hi - 1 : 0;
-        find_attr(x, v, "act_min", &a);
-        act_min = attr_int(x, &a, 0);
-        find_attr(x, v, "act_max", &a);
-        act_max = attr_int(x, &a, 0);
+        act_min = attr_value(x, v, "act_min");
+        act_max = attr_value(x, v, "act_max");
         narrowed = clamp && lo <= act_min && act_min <= act_max && act_max <= hi;
         if (!narrowed && (act_min != lo || act_max != hi || clamp)) {
             return NPUKIT_E_GRAPH;
@@ -1369,16 +1355,10 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
         if (absolute && wide) {
             return NPUKIT_E_GRAPH;
         }
-        find_attr(x, v, "b_exp", &a);
-        {
-            const int64_t want = e_acc - attr_int(x, &a, 0);
-            find_attr(x, v, "bias_shift", &a);
-            if (attr_int(x, &a, 0) != want) {
-                return NPUKIT_E_GRAPH;
-            }
+        if (attr_value(x, v, "bias_shift") != e_acc - attr_value(x, v, "b_exp")) {
+            return NPUKIT_E_GRAPH;
         }
-        find_attr(x, v, "out_shift", &a);
-        if (attr_int(x, &a, 0) != (wide ? 0 : e_acc - out->exp)) {
+        if (attr_value(x, v, "out_shift") != (wide ? 0 : e_acc - out->exp)) {
             return NPUKIT_E_GRAPH;
         }
     }
@@ -1510,20 +1490,14 @@ static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t 
     op->bias = (const int32_t *)(const void *)(x->d + b.data); /* 4-aligned: bin, the section, the param */
     *w_bits = (int32_t)w.bits;
     *out_bytes = out->bits <= 8 ? 1 : 4;
-    find_attr(x, v, "bias_shift", &a);
-    rq->bias_shift = (int32_t)attr_int(x, &a, 0); /* tensor_problems bounds both shifts by 3 * EXP_LIMIT */
-    find_attr(x, v, "out_shift", &a);
-    rq->out_shift = (int32_t)attr_int(x, &a, 0);
-    find_attr(x, v, "acc_bits", &a);
-    acc_bits = attr_int(x, &a, 0);
+    rq->bias_shift = (int32_t)attr_value(x, v, "bias_shift"); /* tensor_problems bounds both shifts by 3 * EXP_LIMIT */
+    rq->out_shift = (int32_t)attr_value(x, v, "out_shift");
+    acc_bits = attr_value(x, v, "acc_bits");
     rq->acc_max = int_max((uint32_t)acc_bits);
     rq->acc_min = -rq->acc_max - 1;
-    find_attr(x, v, "act_min", &a);
-    rq->act_min = (int32_t)attr_int(x, &a, 0); /* inside the output type: tensor_problems */
-    find_attr(x, v, "act_max", &a);
-    rq->act_max = (int32_t)attr_int(x, &a, 0);
-    find_attr(x, v, "abs", &a);
-    rq->abs = (int32_t)attr_int(x, &a, 0);
+    rq->act_min = (int32_t)attr_value(x, v, "act_min"); /* inside the output type: tensor_problems */
+    rq->act_max = (int32_t)attr_value(x, v, "act_max");
+    rq->abs = (int32_t)attr_value(x, v, "abs");
     find_attr(x, v, "rounding", &a);
     s = attr_str(x, &a, &n);
     rq->rounding = (nk_rounding)rounding_mode(s, n);
@@ -1561,17 +1535,16 @@ static int32_t axis_value(const ctx_t *x, const attr_t *a, int h, int32_t one_d)
 static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op)
 {
     nk_conv_params *p = &op->p.conv;
-    attr_t st, pad, dil, g;
+    attr_t st, pad, dil;
     param_t w;
     int h;
     find_attr(x, v, "stride", &st);
     find_attr(x, v, "padding", &pad);
     find_attr(x, v, "dilation", &dil);
-    find_attr(x, v, "groups", &g);
     find_param(x, v, "weight", &w);
     TRY(spatial(x, op->in[0], &p->in_c, &p->in_h, &p->in_w));
     TRY(spatial(x, op->out, &p->out_c, &p->out_h, &p->out_w));
-    p->groups = (int32_t)attr_int(x, &g, 0);
+    p->groups = (int32_t)attr_value(x, v, "groups");
     if (p->out_c % p->groups != 0 || !extent_ok(p_dim(x, &w, 2)) || !extent_ok(p_dim(x, &w, w.rank - 1))) {
         return NPUKIT_E_UNSUPPORTED; /* the engine cannot run out channels that groups do not divide either */
     }
@@ -1660,19 +1633,18 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         if (v.n_in != 2) {
             return NPUKIT_E_UNSUPPORTED; /* nk_add adds two operands; more would saturate only once */
         }
-        find_attr(x, &v, "relu", &a);
         op->p.add.n = (int32_t)out->elems;
         op->p.add.a_shift = T[op->in[0]].exp - out->exp;
         op->p.add.b_shift = T[op->in[1]].exp - out->exp;
         op->p.add.act_max = (int32_t)int_max(out->bits);
-        op->p.add.act_min = attr_int(x, &a, 0) ? 0 : -op->p.add.act_max - 1;
+        op->p.add.act_min = attr_value(x, &v, "relu") ? 0 : -op->p.add.act_max - 1;
         op->p.add.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_CONCAT): {
+        const uint32_t axis = (uint32_t)attr_value(x, &v, "axis");
         uint64_t outer = 1;
-        find_attr(x, &v, "axis", &a);
-        for (k = 0; k < (uint32_t)attr_int(x, &a, 0); k++) {
+        for (k = 0; k < axis; k++) {
             outer *= t_dim(x, op->out, k); /* a product of leading dims of a tensor: at most its elems */
         }
         op->p.concat.outer = (int32_t)outer;
@@ -1687,10 +1659,8 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         uint64_t outer = 1, inner = 1;
         uint32_t axis, rank = t_rank(x, op->in[0]);
         int64_t start;
-        find_attr(x, &v, "axis", &a);
-        axis = (uint32_t)attr_int(x, &a, 0);
-        find_attr(x, &v, "start", &a);
-        start = attr_int(x, &a, 0);
+        axis = (uint32_t)attr_value(x, &v, "axis");
+        start = attr_value(x, &v, "start");
         for (k = 0; k < axis; k++) {
             outer *= t_dim(x, op->in[0], k);
         }
@@ -1713,8 +1683,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.pad.bottom = rank == 3 ? (int32_t)attr_int(x, &a, 2) : 0;
         op->p.pad.left = (int32_t)attr_int(x, &a, rank - 2);
         op->p.pad.right = (int32_t)attr_int(x, &a, 2 * (rank - 1) - 1);
-        find_attr(x, &v, "value", &a);
-        op->p.pad.value = (int32_t)attr_int(x, &a, 0);
+        op->p.pad.value = (int32_t)attr_value(x, &v, "value");
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_UPSAMPLE): {
@@ -1734,12 +1703,11 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         for (k = 0; k < rank && t_dim(x, op->in[1], k) == t_dim(x, op->in[0], k); k++) {
             outer *= t_dim(x, op->in[0], k); /* the leading dimensions b shares with a (shape_of checked the rest) */
         }
-        find_attr(x, &v, "relu", &a);
         op->p.mul.outer = (int32_t)outer;
         op->p.mul.inner = (int32_t)(T[op->in[0]].elems / outer);
         op->p.mul.shift = T[op->in[0]].exp + T[op->in[1]].exp - out->exp;
         op->p.mul.act_max = (int32_t)int_max(out->bits);
-        op->p.mul.act_min = attr_int(x, &a, 0) ? 0 : -op->p.mul.act_max - 1;
+        op->p.mul.act_min = attr_value(x, &v, "relu") ? 0 : -op->p.mul.act_max - 1;
         op->p.mul.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
