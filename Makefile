@@ -40,6 +40,7 @@ bench: $(STAMP) arm-tools
 	$(PY) benchmarks/engine_throughput.py
 	$(PY) benchmarks/c_kernels.py
 	$(PY) benchmarks/cortex_m_instructions.py
+	$(PY) benchmarks/runtime_size.py
 	$(PY) benchmarks/startup.py
 
 clean:

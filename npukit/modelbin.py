@@ -24,7 +24,7 @@ from .ir import Graph, Node, TensorSpec
 from .ops.base import is_int as _is_int
 
 MAGIC = b"NPUK"
-FORMAT_VERSION = 2  # 2: MAC nodes carry requantisation attributes; the target names its scheme
+FORMAT_VERSION = 3  # 2: MAC nodes carry requantisation attributes; 3: the device section (the runtime's profile fields)
 
 HEADER = struct.Struct("<4sHHHHII")  # magic, version, target id, flags, section count, file size, crc32
 SECTION = struct.Struct("<HHII")  # kind, reserved, offset, size
@@ -37,7 +37,12 @@ PLAN = struct.Struct("<II")  # arena bytes, lower bound bytes
 ATTR = struct.Struct("<HB")  # key, type
 
 # Section kinds, in the order the writer lays them out (weights last, so a device can leave them in flash).
-SECTIONS = {1: "strings", 2: "target", 3: "tensors", 4: "ops", 5: "plan", 6: "io", 7: "weights"}
+SECTIONS = {8: "device", 1: "strings", 2: "target", 3: "tensors", 4: "ops", 5: "plan", 6: "io", 7: "weights"}
+# The device section: what a runtime needs of the profile, uncompressed, so that it never inflates the target
+# section: rounding and pool_rounding (indices into ROUNDING_MODES, the kernels' nk_rounding order), the length
+# of the profile's memory list, one reserved zero byte.
+DEVICE = struct.Struct("<BBBB")
+ROUNDING_MODES = ("half_up", "half_even", "floor", "trunc")
 MAX_SECTIONS = 64
 MAX_TARGET_JSON = 1 << 20  # a profile is a few hundred bytes; refuse to inflate a damaged stream beyond this
 
@@ -116,6 +121,7 @@ def pack_bytes(graph: Graph, offsets: dict[str, int], arena_bytes: int, lower_bo
     index = {name: i for i, name in enumerate(graph.tensors)}
     weights = bytearray()
     body = {
+        "device": _pack_device(profile),
         "target": _pack_target(graph.target),
         "tensors": _pack_tensors(graph, offsets, strings, _activation_memory(profile)),
         "ops": _pack_ops(graph, index, strings, weights),
@@ -125,6 +131,14 @@ def pack_bytes(graph: Graph, offsets: dict[str, int], arena_bytes: int, lower_bo
     }
     body["strings"] = strings.pack()  # last: the other sections intern their strings first
     return _assemble(body, profile.target_id)
+
+
+def _pack_device(profile) -> bytes:
+    if len(profile.memory) > NO_MEMORY:
+        raise ModelBinError(f"cannot pack: the target profile lists {len(profile.memory)} memories, more than "
+                            f"the {NO_MEMORY} a tensor record can index")
+    return DEVICE.pack(ROUNDING_MODES.index(profile.rounding), ROUNDING_MODES.index(profile.pool_rounding),
+                       len(profile.memory), 0)
 
 
 def _pack_target(target: dict) -> bytes:
@@ -485,6 +499,7 @@ class _Parser:
         self.section_table()
         self.strings = self.read_strings()
         self.target, profile = self.read_target(target_id)
+        self.read_device(profile)
         arena, lower = self.read_plan()
         specs, offsets = self.read_tensors(arena, len(profile.memory))
         inputs, outputs = self.read_io(specs)
@@ -508,8 +523,8 @@ class _Parser:
             raise self.error(f"format version {version} is newer than this npukit reads ({FORMAT_VERSION}); "
                              "upgrade npukit")
         if version != FORMAT_VERSION:
-            raise self.error(f"format version {version} is not one npukit writes (this npukit reads "
-                             f"{FORMAT_VERSION})")
+            raise self.error(f"format version {version} is older than this npukit reads ({FORMAT_VERSION}); "
+                             "re-pack the model (`npukit pack`)")
         if size != len(d):
             hint = "truncated" if size > len(d) else "trailing bytes after the model"
             raise self.error(f"the header says {size} bytes but the file has {len(d)} ({hint})")
@@ -592,6 +607,21 @@ class _Parser:
                              f"{profile.target_id}")
         # the validated profile, defaults filled in: a profile written without `rounding` still runs
         return profile.model_dump(), profile
+
+    def read_device(self, profile) -> None:
+        """The device section must say what the profile says: a runtime reads it instead of the profile."""
+        c = self.cursor("device")
+        rounding, pool_rounding, n_memory, reserved = c.unpack(DEVICE, "the device record")
+        c.done()
+        if reserved:
+            raise c.error(f"reserved byte {reserved}, not 0")
+        for name, got in (("rounding", rounding), ("pool_rounding", pool_rounding)):
+            if got >= len(ROUNDING_MODES):
+                raise c.error(f"{name} is mode {got}, not one of {len(ROUNDING_MODES)} ({', '.join(ROUNDING_MODES)})")
+            if ROUNDING_MODES[got] != getattr(profile, name):
+                raise c.error(f"{name} is {ROUNDING_MODES[got]}, but the target profile says {getattr(profile, name)}")
+        if n_memory != len(profile.memory):
+            raise c.error(f"{n_memory} memories, but the target profile lists {len(profile.memory)}")
 
     def read_plan(self) -> tuple[int, int]:
         c = self.cursor("plan")

@@ -1,7 +1,7 @@
 /* npukit runtime: model.bin (docs/model-format.md) -> the kernel library (npukit/codegen/runtime).
  *
  * npukit_load reads the file in the order of the Python reader (npukit/modelbin.py, _Parser.parse):
- * header, section table, strings, target, plan, tensors, io, ops, then the graph checks of
+ * header, section table, strings, device, plan, tensors, io, ops, then the graph checks of
  * modelbin._check_graph (each op's schema, OpDef.check_node) and Graph.validate (order of definition,
  * arity, shape inference, OpDef.tensor_problems). A file it accepts is one the Python reader accepts,
  * with the exceptions named in the format document. Only then does it look at what the kernels can run
@@ -10,19 +10,20 @@
  * Every read goes through a cursor over one section and is checked against the section's end first;
  * lengths and offsets are compared as differences (end - pos) or in 64-bit arithmetic, so no sum can
  * wrap. Counts are refused before the loop when their smallest records cannot fit. Nothing is allocated:
- * the model is caller memory, the load state is on the stack (about 1 KiB, plus the inflater's window
- * while the target section is read: npukit_target.c).
+ * the model is caller memory, the load state is on the stack (about 1 KiB). The target section (the
+ * deflated profile) is covered by the CRC and the section table checks but never inflated: what the
+ * runtime needs of the profile is in the device section, which the Python reader holds equal to it.
  */
 #include <string.h>
 
 #include "npukit_runtime.h"
-#include "npukit_target.h"
 
 #define LOADED 0x4B55504EUL    /* "NPUK": set last by a successful npukit_load */
-#define VERSION 2
+#define VERSION 3
 #define HEADER 20
 #define SECTION 12
-#define N_KINDS 7              /* strings, target, tensors, ops, plan, io, weights: kinds 1..7 */
+#define N_KINDS 8              /* strings, target, tensors, ops, plan, io, weights, device: kinds 1..8 */
+#define DEVICE_REC 4           /* rounding, pool_rounding, memories, reserved */
 #define MAX_SECTIONS 64
 #define TENSOR_REC 16
 #define OP_REC 10
@@ -33,13 +34,17 @@
 #define NO_MEMORY 0xFF
 #define U32_MAX 0xFFFFFFFFULL
 #define EXP_LIMIT 96           /* Graph.validate: 3 * max(-arith.MIN_EXP, arith.MAX_EXP) */
+/* An op kind as the switches and tests below name it: itself when this build runs the op (NPUKIT_OPS), else
+ * a value no kind (a uint8_t) takes, so that the compiler drops the code of the ops a build leaves out. */
+#define ON(kind) ((NPUKIT_OPS) >> (kind) & 1u ? (unsigned)(kind) : (unsigned)(kind) + 256u)
+#define IS(def, op) same_kind((def)->kind, ON(op))
 #define MARKS 64               /* string table checkpoints: a lookup walks at most count / MARKS strings */
 
 #if NPUKIT_MAX_EXTENT > (1L << 28)
 #error "NPUKIT_MAX_EXTENT above 2^28: the kernels' int32 positions (extent + 2 * padding + stride) could overflow"
 #endif
 
-enum { S_STRINGS = 1, S_TARGET, S_TENSORS, S_OPS, S_PLAN, S_IO, S_WEIGHTS };
+enum { S_STRINGS = 1, S_TARGET, S_TENSORS, S_OPS, S_PLAN, S_IO, S_WEIGHTS, S_DEVICE };
 enum { A_BOOL, A_INT, A_LIST, A_STR };  /* attribute kinds (OpDef.attrs) */
 
 /* Fuzz builds (-DNPUKIT_CHECK_INVARIANTS) stop at a read the loader's own checks should have excluded, such
@@ -75,7 +80,7 @@ typedef struct {
     size_t off[N_KINDS + 1], size[N_KINDS + 1]; /* by section kind */
     uint32_t n_strings, stride;
     size_t mark[MARKS];                          /* where string k * stride starts */
-    npukit_target_info target;
+    uint32_t n_memory;                           /* device section: the profile's memories */
     unsigned n_in, n_out;                        /* io section */
     uint8_t role[NPUKIT_MAX_TENSORS];            /* roles the io lists give */
     uint8_t defined[NPUKIT_MAX_TENSORS];
@@ -105,6 +110,26 @@ static int64_t le_int(const uint8_t *p, unsigned width)
         u = (u ^ half) - half; /* sign-extend, modulo 2^64 */
     }
     return u > (uint64_t)INT64_MAX ? -(int64_t)(~u) - 1 : (int64_t)u;
+}
+
+/* A rounding mode as model.bin names it ("half_up", ...): its nk_rounding, or -1. */
+static int rounding_mode(const uint8_t *s, size_t n)
+{
+    static const char *const MODES[4] = {"half_up", "half_even", "floor", "trunc"}; /* nk_rounding order */
+    int i;
+    for (i = 0; i < 4; i++) {
+        if (strlen(MODES[i]) == n && memcmp(MODES[i], s, n) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* kind == want, as a function: the compiler folds it to 0 for the kinds ON leaves out without warning that
+ * a uint8_t never equals them. */
+static int same_kind(unsigned kind, unsigned want)
+{
+    return kind == want;
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -333,7 +358,7 @@ static int read_header(ctx_t *x, uint32_t *n_sections)
         return NPUKIT_E_CRC;
     }
     if (rd16(d + 8) != 0) {
-        return NPUKIT_E_HEADER; /* version 2 defines no flags */
+        return NPUKIT_E_HEADER; /* version 3 defines no flags */
     }
     n = rd16(d + 10);
     if (n < 1 || n > MAX_SECTIONS || HEADER + (size_t)n * SECTION > x->len) {
@@ -360,7 +385,7 @@ static int read_sections(ctx_t *x, uint32_t n)
         x->off[kind] = off;
         x->size[kind] = size;
     }
-    if (seen != 0xFEu) {
+    if (seen != 0x1FEu) {
         return NPUKIT_E_SECTION; /* a kind is missing */
     }
     /* no two sections share a byte: sorted by (start, end), each starts at or after the previous end */
@@ -385,6 +410,22 @@ static int read_sections(ctx_t *x, uint32_t n)
 
 /* ------------------------------------------------------------------------------------------------ */
 /* Plan, tensors, io */
+
+/* The device section: the rounding modes (nk_rounding order) and the length of the profile's memory list. */
+static int read_device(ctx_t *x)
+{
+    cur_t c = cursor(x, S_DEVICE);
+    size_t at;
+    TRY(take(&c, DEVICE_REC, &at));
+    TRY(done(&c));
+    if (x->d[at] > NK_TRUNC || x->d[at + 1] > NK_TRUNC || x->d[at + 3] != 0) {
+        return NPUKIT_E_TARGET;
+    }
+    x->m->rounding = (nk_rounding)x->d[at];
+    x->m->pool_rounding = (nk_rounding)x->d[at + 1];
+    x->n_memory = x->d[at + 2];
+    return NPUKIT_OK;
+}
 
 static int read_plan(ctx_t *x)
 {
@@ -438,7 +479,7 @@ static int read_tensors(ctx_t *x)
         if (elems * elem_bytes(bits) != nbytes) { /* elems < 2^32: no wrap */
             return NPUKIT_E_VALUE;
         }
-        if (memory != NO_MEMORY && memory >= x->target.n_memory) {
+        if (memory != NO_MEMORY && memory >= x->n_memory) {
             return NPUKIT_E_INDEX;
         }
         if (offset != NO_OFFSET && (uint64_t)offset + nbytes > m->arena_bytes) {
@@ -646,6 +687,14 @@ static int64_t attr_int(const ctx_t *x, const attr_t *a, uint32_t k)
         return x->d[a->val];
     }
     return le_int(x->d + a->val + (size_t)k * a->width, a->width);
+}
+
+/* The first value of an attribute the schema checks made sure of (find_attr, then attr_int). */
+static int64_t attr_value(const ctx_t *x, const view_t *v, const char *key)
+{
+    attr_t a;
+    find_attr(x, v, key, &a);
+    return attr_int(x, &a, 0);
 }
 
 /* A string attribute's bytes. */
@@ -907,7 +956,7 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
             }
         }
     }
-    if (def->kind == NPUKIT_OP_LUT) {
+    if (IS(def, NPUKIT_OP_LUT)) {
         param_t t;
         return find_param(x, v, "table", &t) && t.rank == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
     }
@@ -919,8 +968,7 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
             return NPUKIT_E_GRAPH;
         }
         /* _check_mac: w_bits, rounding, acc_bits, weight rank, bias shape (out,) */
-        find_attr(x, v, "w_bits", &a);
-        v64 = attr_int(x, &a, 0);
+        v64 = attr_value(x, v, "w_bits");
         if (v64 != 2 && v64 != 4 && v64 != 8 && v64 != 16) {
             return NPUKIT_E_GRAPH;
         }
@@ -928,27 +976,23 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
         {
             size_t n;
             const uint8_t *p = attr_str(x, &a, &n);
-            if (npukit_rounding_mode(p, n) < 0) {
+            if (rounding_mode(p, n) < 0) {
                 return NPUKIT_E_GRAPH;
             }
         }
-        find_attr(x, v, "acc_bits", &a);
-        v64 = attr_int(x, &a, 0);
+        v64 = attr_value(x, v, "acc_bits");
         if (v64 < 2 || v64 > 62) {
             return NPUKIT_E_GRAPH;
         }
-        if (def->kind == NPUKIT_OP_CONV_TRANSPOSE) { /* weight (in, out, *kernel), bias (out,), groups 1 */
-            find_attr(x, v, "ndim", &a);
-            rank = attr_int(x, &a, 0);
+        if (IS(def, NPUKIT_OP_CONV_TRANSPOSE)) { /* weight (in, out, *kernel), bias (out,), groups 1 */
+            rank = attr_value(x, v, "ndim");
             if ((int64_t)w.rank - 2 != rank || b.rank != 1 || p_dim(x, &b, 0) != p_dim(x, &w, 1)) {
                 return NPUKIT_E_GRAPH;
             }
-            find_attr(x, v, "groups", &a);
-            return (rank == 1 || rank == 2) && attr_int(x, &a, 0) == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
+            return (rank == 1 || rank == 2) && attr_value(x, v, "groups") == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
         }
-        if (def->kind == NPUKIT_OP_CONV) {
-            find_attr(x, v, "ndim", &a);
-            rank = attr_int(x, &a, 0); /* the weight is (out, in / groups, *kernel): rank ndim + 2 */
+        if (IS(def, NPUKIT_OP_CONV)) {
+            rank = attr_value(x, v, "ndim"); /* the weight is (out, in / groups, *kernel): rank ndim + 2 */
             if ((int64_t)w.rank - 2 != rank || b.rank != 1 || p_dim(x, &b, 0) != p_dim(x, &w, 0)) {
                 return NPUKIT_E_GRAPH;
             }
@@ -1006,19 +1050,17 @@ static int geometry(const ctx_t *x, const view_t *v, const char *const keys[3], 
 static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
 {
     static const char *const KEYS[3] = {"stride", "padding", "dilation"};
-    attr_t a[3], g;
+    attr_t a[3];
     param_t w;
     uint32_t nsp, k;
     int64_t groups;
-    find_attr(x, v, "ndim", &g);
-    nsp = (uint32_t)attr_int(x, &g, 0); /* 1 or 2 (check_schema) */
+    nsp = (uint32_t)attr_value(x, v, "ndim"); /* 1 or 2 (check_schema) */
     find_param(x, v, "weight", &w);
     if (t_rank(x, in) != nsp + 1) {
         return NPUKIT_E_GRAPH;
     }
     TRY(geometry(x, v, KEYS, nsp, a));
-    find_attr(x, v, "groups", &g);
-    groups = attr_int(x, &g, 0);
+    groups = attr_value(x, v, "groups");
     if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, &w, 1) * (uint64_t)groups != t_dim(x, in, 0)) {
         return NPUKIT_E_GRAPH; /* the input's channels are in / groups per group */
     }
@@ -1102,13 +1144,11 @@ static int shape_pool(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out
 
 static int shape_concat(const ctx_t *x, const view_t *v, uint32_t out)
 {
-    attr_t a;
     const uint32_t first = v_tensor(x, v, 0), rank = t_rank(x, first);
     uint64_t sum = 0;
     uint32_t i, k;
     int64_t axis;
-    find_attr(x, v, "axis", &a);
-    axis = attr_int(x, &a, 0);
+    axis = attr_value(x, v, "axis");
     if (axis >= (int64_t)rank || t_rank(x, out) != rank) {
         return NPUKIT_E_GRAPH;
     }
@@ -1134,22 +1174,21 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     uint32_t k;
     attr_t a;
     param_t w;
-    switch (def->kind) {
-    case NPUKIT_OP_CONV:
+    switch ((unsigned)def->kind) {
+    case ON(NPUKIT_OP_CONV):
         return shape_conv(x, v, in, out);
-    case NPUKIT_OP_CONV_TRANSPOSE:
+    case ON(NPUKIT_OP_CONV_TRANSPOSE):
         return shape_conv_transpose(x, v, in, out);
-    case NPUKIT_OP_LINEAR:
+    case ON(NPUKIT_OP_LINEAR):
         find_param(x, v, "weight", &w);
         return t_rank(x, in) == 1 && t_dim(x, in, 0) == p_dim(x, &w, 1) && t_rank(x, out) == 1
                && t_dim(x, out, 0) == p_dim(x, &w, 0) ? NPUKIT_OK : NPUKIT_E_GRAPH;
-    case NPUKIT_OP_MAXPOOL:
-    case NPUKIT_OP_AVGPOOL:
+    case ON(NPUKIT_OP_MAXPOOL):
+    case ON(NPUKIT_OP_AVGPOOL):
         return shape_pool(x, v, in, out);
-    case NPUKIT_OP_GLOBAL_AVGPOOL: {
+    case ON(NPUKIT_OP_GLOBAL_AVGPOOL): {
         const uint32_t rank = t_rank(x, in);
-        find_attr(x, v, "keepdim", &a);
-        if (rank < 1 || t_rank(x, out) != (attr_int(x, &a, 0) ? rank : 1) || t_dim(x, out, 0) != t_dim(x, in, 0)) {
+        if (rank < 1 || t_rank(x, out) != (attr_value(x, v, "keepdim") ? rank : 1) || t_dim(x, out, 0) != t_dim(x, in, 0)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 1; k < t_rank(x, out); k++) {
@@ -1159,27 +1198,24 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         }
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_ADD:
+    case ON(NPUKIT_OP_ADD):
         for (k = 0; k < v->n_in; k++) {
             if (!same_shape(x, v_tensor(x, v, k), in)) {
                 return NPUKIT_E_GRAPH;
             }
         }
         return same_shape(x, in, out) ? NPUKIT_OK : NPUKIT_E_GRAPH;
-    case NPUKIT_OP_CONCAT:
+    case ON(NPUKIT_OP_CONCAT):
         return shape_concat(x, v, out);
-    case NPUKIT_OP_RELU:
-    case NPUKIT_OP_LUT:
+    case ON(NPUKIT_OP_RELU):
+    case ON(NPUKIT_OP_LUT):
         return same_shape(x, in, out) ? NPUKIT_OK : NPUKIT_E_GRAPH;
-    case NPUKIT_OP_SLICE: { /* Slice.infer_shapes: [start, stop) of one axis, the others as they are */
+    case ON(NPUKIT_OP_SLICE): { /* Slice.infer_shapes: [start, stop) of one axis, the others as they are */
         const uint32_t rank = t_rank(x, in);
         int64_t axis, start, stop;
-        find_attr(x, v, "axis", &a);
-        axis = attr_int(x, &a, 0);
-        find_attr(x, v, "start", &a);
-        start = attr_int(x, &a, 0);
-        find_attr(x, v, "stop", &a);
-        stop = attr_int(x, &a, 0);
+        axis = attr_value(x, v, "axis");
+        start = attr_value(x, v, "start");
+        stop = attr_value(x, v, "stop");
         if (axis >= (int64_t)rank || t_rank(x, out) != rank || start >= stop || stop > (int64_t)t_dim(x, in, (uint32_t)axis)) {
             return NPUKIT_E_GRAPH;
         }
@@ -1190,7 +1226,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         }
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_PAD: { /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
+    case ON(NPUKIT_OP_PAD): { /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
         const uint32_t rank = t_rank(x, in);
         find_attr(x, v, "pads", &a);
         if ((rank != 2 && rank != 3) || a.count != 2 * (rank - 1) || t_rank(x, out) != rank ||
@@ -1206,7 +1242,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         }
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_UPSAMPLE: { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
+    case ON(NPUKIT_OP_UPSAMPLE): { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
         const uint32_t rank = t_rank(x, in);
         find_attr(x, v, "scale", &a);
         if ((rank != 2 && rank != 3) || a.count != rank - 1 || t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
@@ -1220,7 +1256,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         }
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_MUL: { /* Mul.infer_shapes: b is a's shape with size 1 in trailing dimensions */
+    case ON(NPUKIT_OP_MUL): { /* Mul.infer_shapes: b is a's shape with size 1 in trailing dimensions */
         const uint32_t b = v_tensor(x, v, 1), rank = t_rank(x, in);
         uint32_t split = rank;
         if (t_rank(x, b) != rank || !same_shape(x, in, out)) {
@@ -1261,17 +1297,16 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
     if (def->passes_through && (in->bits != out->bits || in->exp != out->exp)) {
         return NPUKIT_E_GRAPH;
     }
-    if ((def->kind == NPUKIT_OP_ADD || def->kind == NPUKIT_OP_CONCAT || def->kind == NPUKIT_OP_MUL) && out->bits > 16) {
+    if ((IS(def, NPUKIT_OP_ADD) || IS(def, NPUKIT_OP_CONCAT) || IS(def, NPUKIT_OP_MUL)) && out->bits > 16) {
         return NPUKIT_E_GRAPH; /* element-wise ops write activations, never accumulators */
     }
-    if (def->kind == NPUKIT_OP_PAD) { /* Pad.tensor_problems: the value padded in is one of the input's */
-        attr_t a;
-        find_attr(x, v, "value", &a);
-        if (attr_int(x, &a, 0) > int_max(in->bits) || attr_int(x, &a, 0) < -int_max(in->bits) - 1) {
+    if (IS(def, NPUKIT_OP_PAD)) { /* Pad.tensor_problems: the value padded in is one of the input's */
+        const int64_t value = attr_value(x, v, "value");
+        if (value > int_max(in->bits) || value < -int_max(in->bits) - 1) {
             return NPUKIT_E_GRAPH;
         }
     }
-    if (def->kind == NPUKIT_OP_LUT) { /* Lut.tensor_problems: one entry per input integer, in the output's range */
+    if (IS(def, NPUKIT_OP_LUT)) { /* Lut.tensor_problems: one entry per input integer, in the output's range */
         param_t t;
         uint64_t i;
         find_param(x, v, "table", &t);
@@ -1285,7 +1320,7 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
             }
         }
     }
-    if (def->kind == NPUKIT_OP_CONCAT) {
+    if (IS(def, NPUKIT_OP_CONCAT)) {
         for (k = 0; k < v->n_in; k++) {
             const npukit_tensor_t *t = &T[v_tensor(x, v, k)];
             if (t->bits != out->bits || t->exp < out->exp) {
@@ -1296,31 +1331,23 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
     if (def->mac) {
         /* The stored requantisation must be the one the scheme computes from the tensors (Scheme.mac_attrs;
          * pow2 and max78000 compute it alike); a fused clamp may narrow the output range. */
-        attr_t a;
         int64_t e_acc, lo, hi, act_min, act_max;
         int wide, relu, absolute, clamp, narrowed;
         if (in->bits > 16) {
             return NPUKIT_E_GRAPH;
         }
-        find_attr(x, v, "w_exp", &a);
-        e_acc = in->exp + attr_int(x, &a, 0); /* |w_exp| <= EXP_LIMIT (validate_tensors) */
-        find_attr(x, v, "wide", &a);
-        wide = (int)attr_int(x, &a, 0);
-        find_attr(x, v, "relu", &a);
-        relu = (int)attr_int(x, &a, 0);
-        find_attr(x, v, "abs", &a);
-        absolute = (int)attr_int(x, &a, 0);
-        find_attr(x, v, "clamp", &a);
-        clamp = (int)attr_int(x, &a, 0);
+        e_acc = in->exp + attr_value(x, v, "w_exp"); /* |w_exp| <= EXP_LIMIT (validate_tensors) */
+        wide = (int)attr_value(x, v, "wide");
+        relu = (int)attr_value(x, v, "relu");
+        absolute = (int)attr_value(x, v, "abs");
+        clamp = (int)attr_value(x, v, "clamp");
         if (wide && out->exp != e_acc) {
             return NPUKIT_E_GRAPH;
         }
         hi = int_max(out->bits);
         lo = wide || !relu ? -hi - 1 : 0;
-        find_attr(x, v, "act_min", &a);
-        act_min = attr_int(x, &a, 0);
-        find_attr(x, v, "act_max", &a);
-        act_max = attr_int(x, &a, 0);
+        act_min = attr_value(x, v, "act_min");
+        act_max = attr_value(x, v, "act_max");
         narrowed = clamp && lo <= act_min && act_min <= act_max && act_max <= hi;
         if (!narrowed && (act_min != lo || act_max != hi || clamp)) {
             return NPUKIT_E_GRAPH;
@@ -1328,16 +1355,10 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
         if (absolute && wide) {
             return NPUKIT_E_GRAPH;
         }
-        find_attr(x, v, "b_exp", &a);
-        {
-            const int64_t want = e_acc - attr_int(x, &a, 0);
-            find_attr(x, v, "bias_shift", &a);
-            if (attr_int(x, &a, 0) != want) {
-                return NPUKIT_E_GRAPH;
-            }
+        if (attr_value(x, v, "bias_shift") != e_acc - attr_value(x, v, "b_exp")) {
+            return NPUKIT_E_GRAPH;
         }
-        find_attr(x, v, "out_shift", &a);
-        if (attr_int(x, &a, 0) != (wide ? 0 : e_acc - out->exp)) {
+        if (attr_value(x, v, "out_shift") != (wide ? 0 : e_acc - out->exp)) {
             return NPUKIT_E_GRAPH;
         }
     }
@@ -1387,6 +1408,9 @@ static int check_graph(ctx_t *x)
         const opdef_t *def;
         view(x, m->ops[i].inputs, &v);
         def = op_def(x, v.op);
+        if (def && !((NPUKIT_OPS) >> def->kind & 1u)) {
+            return NPUKIT_E_UNSUPPORTED; /* an op this build leaves out (NPUKIT_OPS) */
+        }
         if (def) {
             TRY(check_schema(x, &v, def));
         }
@@ -1466,23 +1490,17 @@ static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t 
     op->bias = (const int32_t *)(const void *)(x->d + b.data); /* 4-aligned: bin, the section, the param */
     *w_bits = (int32_t)w.bits;
     *out_bytes = out->bits <= 8 ? 1 : 4;
-    find_attr(x, v, "bias_shift", &a);
-    rq->bias_shift = (int32_t)attr_int(x, &a, 0); /* tensor_problems bounds both shifts by 3 * EXP_LIMIT */
-    find_attr(x, v, "out_shift", &a);
-    rq->out_shift = (int32_t)attr_int(x, &a, 0);
-    find_attr(x, v, "acc_bits", &a);
-    acc_bits = attr_int(x, &a, 0);
+    rq->bias_shift = (int32_t)attr_value(x, v, "bias_shift"); /* tensor_problems bounds both shifts by 3 * EXP_LIMIT */
+    rq->out_shift = (int32_t)attr_value(x, v, "out_shift");
+    acc_bits = attr_value(x, v, "acc_bits");
     rq->acc_max = int_max((uint32_t)acc_bits);
     rq->acc_min = -rq->acc_max - 1;
-    find_attr(x, v, "act_min", &a);
-    rq->act_min = (int32_t)attr_int(x, &a, 0); /* inside the output type: tensor_problems */
-    find_attr(x, v, "act_max", &a);
-    rq->act_max = (int32_t)attr_int(x, &a, 0);
-    find_attr(x, v, "abs", &a);
-    rq->abs = (int32_t)attr_int(x, &a, 0);
+    rq->act_min = (int32_t)attr_value(x, v, "act_min"); /* inside the output type: tensor_problems */
+    rq->act_max = (int32_t)attr_value(x, v, "act_max");
+    rq->abs = (int32_t)attr_value(x, v, "abs");
     find_attr(x, v, "rounding", &a);
     s = attr_str(x, &a, &n);
-    rq->rounding = (nk_rounding)npukit_rounding_mode(s, n);
+    rq->rounding = (nk_rounding)rounding_mode(s, n);
     return NPUKIT_OK;
 }
 
@@ -1517,17 +1535,16 @@ static int32_t axis_value(const ctx_t *x, const attr_t *a, int h, int32_t one_d)
 static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op)
 {
     nk_conv_params *p = &op->p.conv;
-    attr_t st, pad, dil, g;
+    attr_t st, pad, dil;
     param_t w;
     int h;
     find_attr(x, v, "stride", &st);
     find_attr(x, v, "padding", &pad);
     find_attr(x, v, "dilation", &dil);
-    find_attr(x, v, "groups", &g);
     find_param(x, v, "weight", &w);
     TRY(spatial(x, op->in[0], &p->in_c, &p->in_h, &p->in_w));
     TRY(spatial(x, op->out, &p->out_c, &p->out_h, &p->out_w));
-    p->groups = (int32_t)attr_int(x, &g, 0);
+    p->groups = (int32_t)attr_value(x, v, "groups");
     if (p->out_c % p->groups != 0 || !extent_ok(p_dim(x, &w, 2)) || !extent_ok(p_dim(x, &w, w.rank - 1))) {
         return NPUKIT_E_UNSUPPORTED; /* the engine cannot run out channels that groups do not divide either */
     }
@@ -1567,7 +1584,7 @@ static int prepare_pool(const ctx_t *x, const view_t *v, npukit_op_t *op)
     p->stride_w = axis_value(x, &st, 0, 1);
     p->pad_h = axis_value(x, &pad, 1, 0);
     p->pad_w = axis_value(x, &pad, 0, 0);
-    p->rounding = x->target.pool_rounding;
+    p->rounding = x->m->pool_rounding;
     return NPUKIT_OK;
 }
 
@@ -1597,56 +1614,53 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     if (!def->mac && def->kind != NPUKIT_OP_RESHAPE && T[op->out].bits > 8) {
         return NPUKIT_E_UNSUPPORTED;
     }
-    switch (def->kind) {
-    case NPUKIT_OP_CONV:
-    case NPUKIT_OP_CONV_TRANSPOSE: /* the same parameters, read by nk_conv_transpose as its geometry */
+    switch ((unsigned)def->kind) {
+    case ON(NPUKIT_OP_CONV):
+    case ON(NPUKIT_OP_CONV_TRANSPOSE): /* the same parameters, read by nk_conv_transpose as its geometry */
         return prepare_conv(x, &v, op);
-    case NPUKIT_OP_LINEAR:
+    case ON(NPUKIT_OP_LINEAR):
         return prepare_linear(x, &v, op);
-    case NPUKIT_OP_MAXPOOL:
-    case NPUKIT_OP_AVGPOOL:
+    case ON(NPUKIT_OP_MAXPOOL):
+    case ON(NPUKIT_OP_AVGPOOL):
         return prepare_pool(x, &v, op);
-    case NPUKIT_OP_GLOBAL_AVGPOOL:
+    case ON(NPUKIT_OP_GLOBAL_AVGPOOL):
         op->p.gap.c = (int32_t)t_dim(x, op->in[0], 0);
         op->p.gap.hw = (int32_t)(T[op->in[0]].elems / (uint32_t)op->p.gap.c);
-        op->p.gap.rounding = x->target.pool_rounding;
+        op->p.gap.rounding = x->m->pool_rounding;
         return NPUKIT_OK;
-    case NPUKIT_OP_ADD: {
+    case ON(NPUKIT_OP_ADD): {
         const npukit_tensor_t *out = &T[op->out];
         if (v.n_in != 2) {
             return NPUKIT_E_UNSUPPORTED; /* nk_add adds two operands; more would saturate only once */
         }
-        find_attr(x, &v, "relu", &a);
         op->p.add.n = (int32_t)out->elems;
         op->p.add.a_shift = T[op->in[0]].exp - out->exp;
         op->p.add.b_shift = T[op->in[1]].exp - out->exp;
         op->p.add.act_max = (int32_t)int_max(out->bits);
-        op->p.add.act_min = attr_int(x, &a, 0) ? 0 : -op->p.add.act_max - 1;
-        op->p.add.rounding = x->target.rounding;
+        op->p.add.act_min = attr_value(x, &v, "relu") ? 0 : -op->p.add.act_max - 1;
+        op->p.add.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_CONCAT: {
+    case ON(NPUKIT_OP_CONCAT): {
+        const uint32_t axis = (uint32_t)attr_value(x, &v, "axis");
         uint64_t outer = 1;
-        find_attr(x, &v, "axis", &a);
-        for (k = 0; k < (uint32_t)attr_int(x, &a, 0); k++) {
+        for (k = 0; k < axis; k++) {
             outer *= t_dim(x, op->out, k); /* a product of leading dims of a tensor: at most its elems */
         }
         op->p.concat.outer = (int32_t)outer;
         op->p.concat.out_inner = (int32_t)(T[op->out].elems / outer);
-        op->p.concat.rounding = x->target.rounding;
+        op->p.concat.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_RELU:
+    case ON(NPUKIT_OP_RELU):
         op->p.relu.n = (int32_t)T[op->out].elems;
         return NPUKIT_OK;
-    case NPUKIT_OP_SLICE: {
+    case ON(NPUKIT_OP_SLICE): {
         uint64_t outer = 1, inner = 1;
         uint32_t axis, rank = t_rank(x, op->in[0]);
         int64_t start;
-        find_attr(x, &v, "axis", &a);
-        axis = (uint32_t)attr_int(x, &a, 0);
-        find_attr(x, &v, "start", &a);
-        start = attr_int(x, &a, 0);
+        axis = (uint32_t)attr_value(x, &v, "axis");
+        start = attr_value(x, &v, "start");
         for (k = 0; k < axis; k++) {
             outer *= t_dim(x, op->in[0], k);
         }
@@ -1659,7 +1673,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.slice.part_inner = (int32_t)(T[op->out].elems / outer);
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_PAD: {
+    case ON(NPUKIT_OP_PAD): {
         const uint32_t rank = t_rank(x, op->in[0]);
         find_attr(x, &v, "pads", &a);
         op->p.pad.c = (int32_t)t_dim(x, op->in[0], 0);
@@ -1669,11 +1683,10 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.pad.bottom = rank == 3 ? (int32_t)attr_int(x, &a, 2) : 0;
         op->p.pad.left = (int32_t)attr_int(x, &a, rank - 2);
         op->p.pad.right = (int32_t)attr_int(x, &a, 2 * (rank - 1) - 1);
-        find_attr(x, &v, "value", &a);
-        op->p.pad.value = (int32_t)attr_int(x, &a, 0);
+        op->p.pad.value = (int32_t)attr_value(x, &v, "value");
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_UPSAMPLE: {
+    case ON(NPUKIT_OP_UPSAMPLE): {
         const uint32_t rank = t_rank(x, op->in[0]);
         find_attr(x, &v, "scale", &a);
         op->p.upsample.c = (int32_t)t_dim(x, op->in[0], 0);
@@ -1683,23 +1696,22 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.upsample.sw = (int32_t)attr_int(x, &a, rank - 2);
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_MUL: {
+    case ON(NPUKIT_OP_MUL): {
         const npukit_tensor_t *out = &T[op->out];
         const uint32_t rank = t_rank(x, op->in[0]);
         uint64_t outer = 1;
         for (k = 0; k < rank && t_dim(x, op->in[1], k) == t_dim(x, op->in[0], k); k++) {
             outer *= t_dim(x, op->in[0], k); /* the leading dimensions b shares with a (shape_of checked the rest) */
         }
-        find_attr(x, &v, "relu", &a);
         op->p.mul.outer = (int32_t)outer;
         op->p.mul.inner = (int32_t)(T[op->in[0]].elems / outer);
         op->p.mul.shift = T[op->in[0]].exp + T[op->in[1]].exp - out->exp;
         op->p.mul.act_max = (int32_t)int_max(out->bits);
-        op->p.mul.act_min = attr_int(x, &a, 0) ? 0 : -op->p.mul.act_max - 1;
-        op->p.mul.rounding = x->target.rounding;
+        op->p.mul.act_min = attr_value(x, &v, "relu") ? 0 : -op->p.mul.act_max - 1;
+        op->p.mul.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
-    case NPUKIT_OP_LUT: {
+    case ON(NPUKIT_OP_LUT): {
         param_t t;
         find_param(x, &v, "table", &t);
         if (t.bits != 8) {
@@ -1767,12 +1779,7 @@ int npukit_load(const uint8_t *bin, size_t len, npukit_model_t *m)
     TRY(read_header(&x, &n_sections));
     TRY(read_sections(&x, n_sections));
     TRY(read_strings(&x));
-    TRY(npukit_read_target(x.d + x.off[S_TARGET], x.size[S_TARGET], &x.target));
-    if (x.target.target_id != m->target_id) {
-        return NPUKIT_E_TARGET;
-    }
-    m->rounding = x.target.rounding;
-    m->pool_rounding = x.target.pool_rounding;
+    TRY(read_device(&x));
     TRY(read_plan(&x));
     TRY(read_tensors(&x));
     TRY(read_io(&x));
@@ -1783,29 +1790,37 @@ int npukit_load(const uint8_t *bin, size_t len, npukit_model_t *m)
     return NPUKIT_OK;
 }
 
+/* One array of the messages, by -status, NUL-separated: in a section of its own (-fdata-sections), so that a
+ * firmware that never calls npukit_strerror links none of it (string literals share one section). */
+static const char MESSAGES[] =
+        "ok" "\0"
+        "invalid argument (NULL pointer, model not loaded, or model bytes not 4-byte aligned)" "\0"
+        "not an npukit model.bin (it does not start with NPUK)" "\0"
+        "the file is not the size its header says (truncated, or trailing bytes)" "\0"
+        "a model.bin format version this runtime does not read (it reads version 3)" "\0"
+        "CRC mismatch: the file is damaged" "\0"
+        "invalid header (flags set, or a section count that does not fit)" "\0"
+        "invalid section table (unknown, repeated, missing, misplaced or overlapping section)" "\0"
+        "a count or record runs past the end of its section, or bytes are left over" "\0"
+        "a string, tensor or memory index outside its table" "\0"
+        "a field out of range (rank, dimension, bits, role, size, arena, attribute or parameter)" "\0"
+        "invalid device section (an unknown rounding mode, or its reserved byte set)" "\0"
+        "invalid graph (op attributes, parameters, shapes, order or tensor widths)" "\0"
+        "a valid model this runtime cannot run (see docs/model-format.md)" "\0"
+        "more tensors or ops than this build's tables hold (NPUKIT_MAX_TENSORS, NPUKIT_MAX_OPS)" "\0"
+        "the arena is smaller than the model needs, or not 4-byte aligned" "\0"
+        "an input value lies outside the input tensor's bit range" "\0"
+        "the model has several inputs or outputs: run it with npukit_invoke_io" "\0"
+        "unknown npukit status";
+
 const char *npukit_strerror(int status)
 {
-    switch (status) {
-    case NPUKIT_OK: return "ok";
-    case NPUKIT_E_ARG: return "invalid argument (NULL pointer, model not loaded, or model bytes not 4-byte aligned)";
-    case NPUKIT_E_MAGIC: return "not an npukit model.bin (it does not start with NPUK)";
-    case NPUKIT_E_SIZE: return "the file is not the size its header says (truncated, or trailing bytes)";
-    case NPUKIT_E_VERSION: return "a model.bin format version this runtime does not read (it reads version 2)";
-    case NPUKIT_E_CRC: return "CRC mismatch: the file is damaged";
-    case NPUKIT_E_HEADER: return "invalid header (flags set, or a section count that does not fit)";
-    case NPUKIT_E_SECTION: return "invalid section table (unknown, repeated, missing, misplaced or overlapping section)";
-    case NPUKIT_E_RECORD: return "a count or record runs past the end of its section, or bytes are left over";
-    case NPUKIT_E_INDEX: return "a string, tensor or memory index outside its table";
-    case NPUKIT_E_VALUE: return "a field out of range (rank, dimension, bits, role, size, arena, attribute or parameter)";
-    case NPUKIT_E_TARGET: return "invalid target section (not one zlib stream of a JSON profile matching the header)";
-    case NPUKIT_E_GRAPH: return "invalid graph (op attributes, parameters, shapes, order or tensor widths)";
-    case NPUKIT_E_UNSUPPORTED: return "a valid model this runtime cannot run (see docs/model-format.md)";
-    case NPUKIT_E_LIMIT: return "more tensors or ops than this build's tables hold (NPUKIT_MAX_TENSORS, NPUKIT_MAX_OPS)";
-    case NPUKIT_E_ARENA: return "the arena is smaller than the model needs, or not 4-byte aligned";
-    case NPUKIT_E_INPUT: return "an input value lies outside the input tensor's bit range";
-    case NPUKIT_E_IO: return "the model has several inputs or outputs: run it with npukit_invoke_io";
-    default: return "unknown npukit status";
+    const char *s = MESSAGES;
+    int k = status > 0 || status < NPUKIT_E_IO ? 1 - NPUKIT_E_IO : -status; /* past the last: the default */
+    for (; k > 0; k--) {
+        s += strlen(s) + 1;
     }
+    return s;
 }
 
 size_t npukit_arena_bytes(const npukit_model_t *m)
@@ -1978,30 +1993,30 @@ int npukit_invoke_io_traced(const npukit_model_t *m, void *arena, size_t arena_l
         const npukit_tensor_t *y = &m->tensors[op->out];
         const int8_t *x0 = (const int8_t *)(a + m->tensors[op->in[0]].offset);
         int8_t *y8 = (int8_t *)(a + y->offset);
-        switch (op->kind) {
-        case NPUKIT_OP_CONV:
+        switch ((unsigned)op->kind) {
+        case ON(NPUKIT_OP_CONV):
             nk_conv(&op->p.conv, x0, op->weight, op->bias, y8);
             break;
-        case NPUKIT_OP_CONV_TRANSPOSE:
+        case ON(NPUKIT_OP_CONV_TRANSPOSE):
             nk_conv_transpose(&op->p.conv, x0, op->weight, op->bias, y8);
             break;
-        case NPUKIT_OP_LINEAR:
+        case ON(NPUKIT_OP_LINEAR):
             nk_linear(&op->p.linear, x0, op->weight, op->bias, y8);
             break;
-        case NPUKIT_OP_MAXPOOL:
+        case ON(NPUKIT_OP_MAXPOOL):
             nk_maxpool(&op->p.pool, x0, y8);
             break;
-        case NPUKIT_OP_AVGPOOL:
+        case ON(NPUKIT_OP_AVGPOOL):
             nk_avgpool(&op->p.pool, x0, y8);
             break;
-        case NPUKIT_OP_GLOBAL_AVGPOOL:
+        case ON(NPUKIT_OP_GLOBAL_AVGPOOL):
             nk_global_avgpool(op->p.gap.c, op->p.gap.hw, op->p.gap.rounding, x0, y8);
             break;
-        case NPUKIT_OP_ADD:
+        case ON(NPUKIT_OP_ADD):
             nk_add(op->p.add.n, x0, op->p.add.a_shift, (const int8_t *)(a + m->tensors[op->in[1]].offset),
                    op->p.add.b_shift, op->p.add.act_min, op->p.add.act_max, op->p.add.rounding, y8);
             break;
-        case NPUKIT_OP_CONCAT: {
+        case ON(NPUKIT_OP_CONCAT): {
             /* each operand in turn into its slice of every outer block (OpDef.to_c of concat) */
             int32_t offset = 0;
             uint32_t k;
@@ -2014,24 +2029,24 @@ int npukit_invoke_io_traced(const npukit_model_t *m, void *arena, size_t arena_l
             }
             break;
         }
-        case NPUKIT_OP_RELU:
+        case ON(NPUKIT_OP_RELU):
             nk_relu(op->p.relu.n, x0, y8);
             break;
-        case NPUKIT_OP_LUT:
+        case ON(NPUKIT_OP_LUT):
             nk_lut(op->p.lut.n, x0, (const int8_t *)op->weight, op->p.lut.offset, y8);
             break;
-        case NPUKIT_OP_SLICE:
+        case ON(NPUKIT_OP_SLICE):
             nk_slice(op->p.slice.outer, op->p.slice.in_inner, op->p.slice.offset, op->p.slice.part_inner, x0, y8);
             break;
-        case NPUKIT_OP_PAD:
+        case ON(NPUKIT_OP_PAD):
             nk_pad(op->p.pad.c, op->p.pad.h, op->p.pad.w, op->p.pad.top, op->p.pad.bottom, op->p.pad.left,
                    op->p.pad.right, op->p.pad.value, x0, y8);
             break;
-        case NPUKIT_OP_UPSAMPLE:
+        case ON(NPUKIT_OP_UPSAMPLE):
             nk_upsample(op->p.upsample.c, op->p.upsample.h, op->p.upsample.w, op->p.upsample.sh, op->p.upsample.sw,
                         x0, y8);
             break;
-        case NPUKIT_OP_MUL:
+        case ON(NPUKIT_OP_MUL):
             nk_mul(op->p.mul.outer, op->p.mul.inner, x0, (const int8_t *)(a + m->tensors[op->in[1]].offset),
                    op->p.mul.shift, op->p.mul.act_min, op->p.mul.act_max, op->p.mul.rounding, y8);
             break;

@@ -17,8 +17,8 @@
  *     rc = npukit_invoke_io(&m, arena, arena_len, ins, outs);
  *
  * npukit_load checks the whole file before it returns NPUKIT_OK: every check of the Python reader
- * (npukit/modelbin.py, "What the reader checks" in the format document) except the full validation of
- * the target profile, of which it checks the zlib stream, the JSON syntax and the fields it uses. It
+ * (npukit/modelbin.py, "What the reader checks" in the format document) except those of the target
+ * profile: it reads the device section instead, and leaves the deflated profile to the CRC. It
  * never reads outside [bin, bin + len) and never writes outside *m, whatever the bytes. It then refuses
  * (NPUKIT_E_UNSUPPORTED) a valid model that these kernels cannot run: op inputs wider than 8 bits, 64-bit biases, add of more than two operands, and the other
  * cases listed in the format document ("Reading model.bin in C").
@@ -48,11 +48,12 @@
 #ifndef NPUKIT_MAX_EXTENT
 #define NPUKIT_MAX_EXTENT (1L << 24)
 #endif
-/* Back-reference window (bytes, a power of two) of the inflater that reads the target section: a stack
- * buffer of npukit_load. 32768 reads every zlib stream; a smaller one reads profiles whose deflate
- * distances fit (a profile is a few KiB) and refuses the others with NPUKIT_E_LIMIT. */
-#ifndef NPUKIT_INFLATE_WINDOW
-#define NPUKIT_INFLATE_WINDOW 32768
+/* The ops this build runs: bit k for the op of kind k (NPUKIT_OP_*, below), all of them by default. A build
+ * for one model can name only its ops, e.g. -DNPUKIT_OPS="(1u<<NPUKIT_OP_CONV)|(1u<<NPUKIT_OP_LINEAR)"
+ * (codegen.host.runtime_ops_define(graph) writes it): the code of the others is left out, and npukit_load
+ * refuses a model that uses one with NPUKIT_E_UNSUPPORTED. */
+#ifndef NPUKIT_OPS
+#define NPUKIT_OPS 0xFFFFu
 #endif
 
 enum {
@@ -67,7 +68,7 @@ enum {
     NPUKIT_E_RECORD = -8,       /* a count or record runs past its section's end, or bytes are left over */
     NPUKIT_E_INDEX = -9,        /* a string, tensor or memory index outside its table */
     NPUKIT_E_VALUE = -10,       /* a field out of range: rank, dimension, bits, role, size, arena, attribute, param */
-    NPUKIT_E_TARGET = -11,      /* the target section: not one zlib stream of a JSON profile matching the header */
+    NPUKIT_E_TARGET = -11,      /* the device section: an unknown rounding mode, or its reserved byte set */
     NPUKIT_E_GRAPH = -12,       /* the graph: an op's attributes, params, shapes, order or tensor widths */
     NPUKIT_E_UNSUPPORTED = -13, /* a valid model these kernels cannot run (see above) */
     NPUKIT_E_LIMIT = -14,       /* more tensors or ops than this build's tables hold (NPUKIT_MAX_*) */

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from c_runtime_tools import assemble
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from models_for_tests import LOWBIT, Branchy
@@ -276,6 +277,34 @@ def test_future_version(small):
         read(bytes(b))
 
 
+def test_older_version_is_refused_by_name(small):
+    """Version 2 had no device section (the runtime inflated the profile for its rounding modes): re-pack."""
+    b = bytearray(small)
+    struct.pack_into("<H", b, 4, 2)
+    with pytest.raises(ModelBinError, match=rf"format version 2 is older than this npukit reads \({FORMAT_VERSION}\); "
+                                            "re-pack the model"):
+        read(reseal(bytes(b)))
+
+
+@pytest.mark.parametrize("record, message", [
+    (lambda m: bytes([2, 0, m, 0]), "rounding is floor, but the target profile says half_up"),
+    (lambda m: bytes([0, 7, m, 0]), r"pool_rounding is mode 7, not one of 4 \(half_up, half_even, floor, trunc\)"),
+    (lambda m: bytes([0, 0, m + 5, 0]), "memories, but the target profile lists"),
+    (lambda m: bytes([0, 0, m, 1]), "reserved byte 1, not 0"),
+    (lambda m: bytes([0, 0, m]), "needs 4 bytes"),
+    (lambda m: bytes([0, 0, m, 0, 0]), "1 bytes left over"),
+])
+def test_device_section_must_say_what_the_profile_says(small, record, message):
+    """The device section is what the C runtime reads instead of the profile: the Python reader holds the two equal."""
+    packed = read(small)
+    body = {name: bytes(small[o:o + n]) for name, (o, n) in ((name, section(small, name)) for name in SECTIONS.values())}
+    n_memory = len(packed.graph.target["memory"])
+    assert body["device"] == bytes([0, 0, n_memory, 0])  # half_up, half_up
+    body["device"] = record(n_memory)
+    with pytest.raises(ModelBinError, match=f"section 'device': .*{message}"):
+        read(assemble(body, packed.target_id))
+
+
 def test_bad_crc(small):
     b = bytearray(small)
     b[-1] ^= 0x10
@@ -293,7 +322,7 @@ def test_truncated(small):
 def test_section_out_of_bounds(small):
     off, size = section(small, "ops")
     b = bytearray(small)
-    i = [k for k, v in SECTIONS.items() if v == "ops"][0] - 1
+    i = list(SECTIONS.values()).index("ops")  # the writer's table is in SECTIONS order
     struct.pack_into("<I", b, HEADER.size + i * SECTION.size + 8, len(small))
     with pytest.raises(ModelBinError, match=f"section 'ops' ends at byte {off + len(small)} beyond the file "
                                             f"size {len(small)}"):

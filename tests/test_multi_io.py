@@ -255,7 +255,7 @@ def test_runtime_describes_every_tensor_and_npukit_invoke_refuses_several(name, 
 
 
 def _build_api(tmp_path):
-    sources = [tmp_path / "api.c", host.RUNTIME / "npukit_runtime.c", host.RUNTIME / "npukit_target.c",
+    sources = [tmp_path / "api.c", host.RUNTIME / "npukit_runtime.c",
                *sorted(host.KERNELS.glob("nk_*.c"))]
     exe = tmp_path / "api"
     subprocess.run([host.find_cc(), *host.STRICT, "-O1", f"-I{host.KERNELS}", f"-I{host.RUNTIME}", "-o", str(exe),

@@ -426,10 +426,9 @@ def build_runtime_kat(model_bin: str | Path, out_dir: str | Path, kat_input=None
         n_bin=len(data), bin=", ".join(map(str, data)), n_arena=max(packed.arena_bytes, 1), arrays=arrays,
         ins=", ".join(f"kat_input{i}" for i in range(len(xs))), outs=", ".join(f"got{i}" for i in range(len(wants))),
         n_ins=len(xs), n_outs=len(wants), checks=checks, n_out=sum(np.asarray(y).size for y in wants)))
-    sources = [STARTUP, "runtime_kat.c", str(RUNTIME / "npukit_runtime.c"), str(RUNTIME / "npukit_target.c"),
+    sources = [STARTUP, "runtime_kat.c", str(RUNTIME / "npukit_runtime.c"),
                *map(str, sorted(KERNELS.glob("nk_*.c")))]
-    # a 4 KiB inflate window reads every built-in profile and keeps npukit_load's stack small
-    cmd = [CC, *CFLAGS, f"-I{RUNTIME}", f"-I{KERNELS}", "-DNPUKIT_INFLATE_WINDOW=4096", "-o", "runtime_kat.elf",
+    cmd = [CC, *CFLAGS, f"-I{RUNTIME}", f"-I{KERNELS}", "-o", "runtime_kat.elf",
            *sources, *LDFLAGS]
     r = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=300)
     if r.returncode != 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -87,7 +88,7 @@ def build_runtime(out_dir: str | Path, program: str = "npukit_run", *, cc: str |
         raise NpukitError(f"the C runtime's sources are not at {RUNTIME}: run from an npukit checkout")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     exe = Path(out_dir) / (program + suffix)
-    sources = [RUNTIME / f"{program}.c", RUNTIME / "npukit_runtime.c", RUNTIME / "npukit_target.c",
+    sources = [RUNTIME / f"{program}.c", RUNTIME / "npukit_runtime.c",
                *sorted(KERNELS.glob("nk_*.c"))]
     cmd = [compiler, *STRICT, *HOST_TABLES, *flags, f"-I{KERNELS}", f"-I{RUNTIME}", "-o", str(exe),
            *map(str, sources)]
@@ -95,6 +96,15 @@ def build_runtime(out_dir: str | Path, program: str = "npukit_run", *, cc: str |
     if res.returncode != 0:
         raise NpukitError(f"C build failed ({' '.join(cmd)}):\n{res.stdout}{res.stderr}")
     return exe
+
+
+def runtime_ops_define(op_names) -> str:
+    """The -DNPUKIT_OPS=... of a model.bin runtime that runs only these ops (a graph's `n.op for n in
+    graph.nodes`): the code of the others is left out (npukit_runtime.h). Names the runtime does not run
+    are dropped; npukit_load refuses them in any build."""
+    known = set(re.findall(r"\bNPUKIT_OP_(\w+)\b", (RUNTIME / "npukit_runtime.h").read_text()))
+    kinds = sorted({n.upper() for n in op_names} & known)
+    return "-DNPUKIT_OPS=" + ("|".join(f"(1u<<NPUKIT_OP_{k})" for k in kinds) or "0u")
 
 
 _BUILT: dict[tuple, Path] = {}
