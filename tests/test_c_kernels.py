@@ -910,6 +910,31 @@ def _dilated_conv_case():
     return node, _graph(node, specs, {"rounding": "trunc", "accumulator_bits": 32}), [x]
 
 
+def _block_conv_case(src: _Src):
+    """8-bit, stride_w 1 convs shaped for nk_conv's x86 paths: several blocks of 4 output channels and a
+    last partial one, odd and even channel counts, one chunk of channel pairs or several (int64 sums),
+    a group's weight entries built at once or block by block, rows of several tiles, 4-output tails,
+    padding, dilation, groups, stride_h 1-2."""
+    ndim, groups = src.pick([1, 1, 2]), src.pick([1, 1, 1, 2])
+    cg = src.pick([1, 2, 3, src.int(4, 20), src.int(20, 40), src.int(60, 70)])
+    og = src.pick([src.int(4, 9), src.int(10, 40), src.int(60, 70)])
+    ks = [src.int(1, 3), src.int(1, 9)][-ndim:]
+    strides, dils = [src.pick([1, 2]), 1][-ndim:], [src.pick([1, 1, 2]) for _ in ks]
+    pads = [src.int(0, k) for k in ks]
+    sizes = [src.int(max(1, d * (k - 1) + 1 - 2 * p), d * (k - 1) + 1 + (90 if last else 6))
+             for k, d, p, last in zip(ks, dils, pads, [False, True][-ndim:], strict=True)]
+    return _conv_case_of(src, groups, og, cg, ks, strides, pads, dils, sizes, w_bits=8)
+
+
+def test_block_convs_match_op(lib, lib_scalar):
+    """Many-channel 8-bit convs (nk_conv's x86 SIMD paths on x86 hosts, else the portable ones) and the
+    same through the plain C99 build, against the op."""
+    for i in range(60):
+        case = _block_conv_case(_Rng(70_000 + i))
+        for build in (lib, lib_scalar):
+            _check(lambda k, b, build=build: _run_ctypes(build, k, b), *case)
+
+
 def test_dilated_conv(lib):
     _check(lambda k, b: _run_ctypes(lib, k, b), *_dilated_conv_case())
 
@@ -947,6 +972,7 @@ def test_kernels_under_sanitizers(harness):
     """A batch of random cases (every kernel, every path) in one ASan + UBSan run, compared with the ops."""
     cases = [CASES[op](_Rng(1000 * i + j)) for i, op in enumerate(sorted(CASES)) for j in range(60 if op == "conv" else 25)]
     cases.append(_dilated_conv_case())
+    cases += [_block_conv_case(_Rng(80_000 + i)) for i in range(20)]
     sweep_rng = np.random.default_rng(11)  # requantisation edges: big shifts, saturating bias terms
     cases += [_requant_sweep(scheme, mode, shift, acc_bits, variant, sweep_rng, bias_shift)
               for mode in MODES for scheme, shift, acc_bits, variant, bias_shift in (

@@ -748,16 +748,21 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
  * row holds, for one channel pair (c, c + 1) and one kernel row, the window's int16 pairs
  * (x_c[i], x_c+1[i]) (zero-padded at the borders and past the last channel), and a weight entry holds
  * (w_c, w_c+1) for NK_CONV_OB output channels. One pmaddwd then gives 4 outputs x 2 products; each
- * weight vector serves 8 adjacent outputs and each input vector NK_CONV_OB output channels.
+ * weight vector serves 8 adjacent outputs (4 in a row's last step) and each input vector NK_CONV_OB
+ * output channels. With a single chunk (all channel pairs at once), the weight entries of every block
+ * of a group are built once per call where they fit NK_CONV_WALL, and each tile's input buffer then
+ * serves every block; otherwise the blocks run one by one, their entries built once per call (or per
+ * chunk and tile, with several chunks).
  *
  * int32 lanes are exact: a pmaddwd lane is x_c w_c + x_c+1 w_c+1 with |.| <= 2 * 2^14 = 2^15, and a lane
  * sums at most (pairs in a chunk) * k_h * k_w <= NK_CONV_WPAIRS = 256 of them before the chunk's result
  * is added into int64: |partial| <= 2^23. */
 #define NK_CONV_OB 4        /* output channels per block */
-#define NK_CONV_TW 64       /* outputs per tile (a multiple of 8) */
+#define NK_CONV_TW 64       /* outputs per tile (a multiple of 8; a tile is rounded up to 4) */
 #define NK_CONV_XBUF 4096   /* int16 pairs in the input buffer: rows * row length */
 #define NK_CONV_WPAIRS 256  /* (channel pair, kernel tap) entries per chunk */
 #define NK_CONV_STAGE 512   /* longest buffer row (tile + (k_w - 1) * dil_w, rounded up to 8) */
+#define NK_CONV_WALL 2048   /* entries of a group's blocks built at once (32 KiB; >= NK_CONV_WPAIRS) */
 
 /* n8 (a multiple of 8) int16 pairs (r0[i], r1[i]) into dst. */
 static void nk_conv_pack_pairs(int16_t *dst, const int8_t *r0, const int8_t *r1, ptrdiff_t n8)
@@ -772,12 +777,13 @@ static void nk_conv_pack_pairs(int16_t *dst, const int8_t *r0, const int8_t *r1,
     }
 }
 
-/* tw8 (a multiple of 8) outputs of NK_CONV_OB channels over `rows` buffer rows of length xs. */
+/* n4 (a multiple of 4) outputs of NK_CONV_OB channels over `rows` buffer rows of length xs: 8 at a time,
+ * then 4 (whose step writes zeros to part[.][n4, n4 + 4), so that part[.][0, n4 rounded up to 8) is set). */
 static void nk_conv_sse2_tile(const int16_t *xb, ptrdiff_t xs, int32_t rows, int32_t k_w, ptrdiff_t dil_w,
-                              const int16_t *wb, int32_t tw8, int32_t part[NK_CONV_OB][NK_CONV_TW])
+                              const int16_t *wb, int32_t n4, int32_t part[NK_CONV_OB][NK_CONV_TW])
 {
     int32_t j, r, kw;
-    for (j = 0; j < tw8; j += 8) {
+    for (j = 0; j + 8 <= n4; j += 8) {
         __m128i a00 = _mm_setzero_si128(), a01 = a00, a10 = a00, a11 = a00;
         __m128i a20 = a00, a21 = a00, a30 = a00, a31 = a00;
         for (r = 0; r < rows; r++) {
@@ -811,32 +817,82 @@ static void nk_conv_sse2_tile(const int16_t *xb, ptrdiff_t xs, int32_t rows, int
         _mm_storeu_si128((__m128i *)(void *)&part[3][j], a30);
         _mm_storeu_si128((__m128i *)(void *)&part[3][j + 4], a31);
     }
+    if (j < n4) {
+        __m128i a0 = _mm_setzero_si128(), a1 = a0, a2 = a0, a3 = a0;
+        for (r = 0; r < rows; r++) {
+            const int16_t *xr = xb + 2 * (r * xs + j);
+            const int16_t *wr = wb + (ptrdiff_t)r * k_w * 8;
+            for (kw = 0; kw < k_w; kw++) {
+                const __m128i x0 = _mm_loadu_si128((const __m128i *)(const void *)(xr + 2 * kw * dil_w));
+                const __m128i w = _mm_loadu_si128((const __m128i *)(const void *)(wr + 8 * kw));
+                a0 = _mm_add_epi32(a0, _mm_madd_epi16(x0, _mm_shuffle_epi32(w, 0x00)));
+                a1 = _mm_add_epi32(a1, _mm_madd_epi16(x0, _mm_shuffle_epi32(w, 0x55)));
+                a2 = _mm_add_epi32(a2, _mm_madd_epi16(x0, _mm_shuffle_epi32(w, 0xaa)));
+                a3 = _mm_add_epi32(a3, _mm_madd_epi16(x0, _mm_shuffle_epi32(w, 0xff)));
+            }
+        }
+        _mm_storeu_si128((__m128i *)(void *)&part[0][j], a0);
+        _mm_storeu_si128((__m128i *)(void *)&part[1][j], a1);
+        _mm_storeu_si128((__m128i *)(void *)&part[2][j], a2);
+        _mm_storeu_si128((__m128i *)(void *)&part[3][j], a3);
+        for (r = 0; r < NK_CONV_OB; r++) {
+            _mm_storeu_si128((__m128i *)(void *)&part[r][j + 4], _mm_setzero_si128());
+        }
+    }
 }
 
 /* Weight entries of channel pairs [p0, p1) for output channels [o, o + nq) (nq <= NK_CONV_OB; the rest
- * zero): entry ((p - p0) * k_hw + k) * NK_CONV_OB + q holds (w[o+q][2p][k], w[o+q][2p+1][k]). */
-static void nk_conv_sse2_weights(const int8_t *w, int32_t cg, int32_t k_hw, int32_t o, int32_t nq, int32_t p0,
-                                 int32_t p1, int16_t *wb)
+ * zero): entry ((p - p0) * k_hw + k) * NK_CONV_OB + q holds (w[o+q][2p][k], w[o+q][2p+1][k]). w_len: the
+ * bytes of the weight array. May write up to 7 entries past the last one (the caller's buffer has room;
+ * entries past a pair's own are those of the next pair, written after them). */
+static void nk_conv_sse2_weights(const int8_t *w, ptrdiff_t w_len, int32_t cg, int32_t k_hw, int32_t o, int32_t nq,
+                                 int32_t p0, int32_t p1, int16_t *wb)
 {
     int32_t pp, k, q;
     if (nq < NK_CONV_OB || 2 * p1 > cg) {
         memset(wb, 0, (size_t)(p1 - p0) * (size_t)k_hw * NK_CONV_OB * 2 * sizeof *wb);
     }
-    if (nq == NK_CONV_OB && 2 * p1 <= cg) { /* the common case: whole entries, 8 weights at a time */
+    if (nq == NK_CONV_OB && 2 * p1 <= cg) { /* the common case: whole entries, 8 taps at a time */
         const ptrdiff_t ostep = (ptrdiff_t)cg * k_hw;
         for (pp = p0; pp < p1; pp++) {
-            const int8_t *w0 = w + ((ptrdiff_t)o * cg + 2 * pp) * k_hw;
+            const ptrdiff_t w0 = ((ptrdiff_t)o * cg + 2 * pp) * k_hw; /* w[o][2pp][0] */
             int16_t *e = wb + (ptrdiff_t)(pp - p0) * k_hw * NK_CONV_OB * 2;
-            for (k = 0; k < k_hw; k++) {
-                e[0] = w0[k];
-                e[1] = w0[k + k_hw];
-                e[2] = w0[k + ostep];
-                e[3] = w0[k + ostep + k_hw];
-                e[4] = w0[k + 2 * ostep];
-                e[5] = w0[k + 2 * ostep + k_hw];
-                e[6] = w0[k + 3 * ostep];
-                e[7] = w0[k + 3 * ostep + k_hw];
-                e += 2 * NK_CONV_OB;
+            for (k = 0; k < k_hw; k += 8, e += 8 * 2 * NK_CONV_OB) {
+                /* the 8-byte reads of taps [k, k + 8) of the 8 rows, the last one ending inside the array
+                 * (taps past k_hw belong to the next rows: their entries are overwritten later) */
+                if (w0 + 3 * ostep + k_hw + k + 8 <= w_len) {
+                    const int8_t *r = w + (w0 + k);
+                    __m128i a[NK_CONV_OB], b0, b1, c0, c1, d;
+                    for (q = 0; q < NK_CONV_OB; q++) { /* bytes (w[o+q][2pp][k+i], w[o+q][2pp+1][k+i]) */
+                        a[q] = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(const void *)(r + q * ostep)),
+                                                 _mm_loadl_epi64((const __m128i *)(const void *)(r + q * ostep + k_hw)));
+                    }
+                    b0 = _mm_unpacklo_epi16(a[0], a[1]); /* taps 0-3 of channels 0, 1 */
+                    b1 = _mm_unpackhi_epi16(a[0], a[1]); /* taps 4-7 */
+                    c0 = _mm_unpacklo_epi16(a[2], a[3]);
+                    c1 = _mm_unpackhi_epi16(a[2], a[3]);
+                    d = _mm_unpacklo_epi32(b0, c0); /* the bytes of entries k, k + 1 */
+                    _mm_storeu_si128((__m128i *)(void *)e, _mm_srai_epi16(_mm_unpacklo_epi8(d, d), 8));
+                    _mm_storeu_si128((__m128i *)(void *)(e + 8), _mm_srai_epi16(_mm_unpackhi_epi8(d, d), 8));
+                    d = _mm_unpackhi_epi32(b0, c0);
+                    _mm_storeu_si128((__m128i *)(void *)(e + 16), _mm_srai_epi16(_mm_unpacklo_epi8(d, d), 8));
+                    _mm_storeu_si128((__m128i *)(void *)(e + 24), _mm_srai_epi16(_mm_unpackhi_epi8(d, d), 8));
+                    d = _mm_unpacklo_epi32(b1, c1);
+                    _mm_storeu_si128((__m128i *)(void *)(e + 32), _mm_srai_epi16(_mm_unpacklo_epi8(d, d), 8));
+                    _mm_storeu_si128((__m128i *)(void *)(e + 40), _mm_srai_epi16(_mm_unpackhi_epi8(d, d), 8));
+                    d = _mm_unpackhi_epi32(b1, c1);
+                    _mm_storeu_si128((__m128i *)(void *)(e + 48), _mm_srai_epi16(_mm_unpacklo_epi8(d, d), 8));
+                    _mm_storeu_si128((__m128i *)(void *)(e + 56), _mm_srai_epi16(_mm_unpackhi_epi8(d, d), 8));
+                } else { /* the array's last taps: one entry at a time */
+                    const int32_t kn = k_hw - k < 8 ? k_hw - k : 8;
+                    int32_t i;
+                    for (i = 0; i < kn; i++) {
+                        for (q = 0; q < NK_CONV_OB; q++) {
+                            e[8 * i + 2 * q] = w[w0 + q * ostep + k + i];
+                            e[8 * i + 2 * q + 1] = w[w0 + q * ostep + k_hw + k + i];
+                        }
+                    }
+                }
             }
         }
         return;
@@ -956,6 +1012,25 @@ static void nk_conv_sse2_requant(const nk_conv_rq *r, int clamp, const int32_t *
     }
 }
 
+/* Requantises and stores n outputs of row oh from column t on, channels [o, o + nq): from the int32 sums
+ * part (a single chunk; `mode`: nk_conv_rq32_mode) or else the int64 sums acc. */
+static void nk_conv_sse2_store(const nk_conv_params *p, const int32_t *bias, int mode, int32_t o, int32_t nq,
+                               int32_t oh, int32_t t, int32_t n, int32_t part[NK_CONV_OB][NK_CONV_TW],
+                               int64_t acc[NK_CONV_OB][NK_CONV_TW], void *out)
+{
+    int32_t q;
+    for (q = 0; q < nq; q++) {
+        const size_t idx = ((size_t)(o + q) * (size_t)p->out_h + (size_t)oh) * (size_t)p->out_w + (size_t)t;
+        nk_conv_rq r;
+        nk_conv_rq_init(&r, p, o + q, bias);
+        if (part && nk_conv_rq32_ok(&r, mode)) {
+            nk_conv_sse2_requant(&r, mode, part[q], n, (int8_t *)out + idx);
+        } else {
+            nk_conv_rq_row(&r, out, idx, part ? part[q] : NULL, part ? NULL : acc[q], n);
+        }
+    }
+}
+
 /* The whole conv on the SSE2 path; returns 0 (having written nothing) where it does not apply. */
 static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t *weights, const int32_t *bias,
                         void *out)
@@ -964,25 +1039,25 @@ static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t 
     const int32_t npairs = (cg + 1) / 2;
     const int64_t k_hw = (int64_t)p->k_h * p->k_w, span = (int64_t)(p->k_w - 1) * p->dil_w;
     const ptrdiff_t in_hw = (ptrdiff_t)p->in_h * p->in_w;
-    int16_t xb[2 * NK_CONV_XBUF], wb[2 * NK_CONV_OB * NK_CONV_WPAIRS];
+    int16_t xb[2 * NK_CONV_XBUF], wb[2 * NK_CONV_OB * (NK_CONV_WALL + 7)];
     int32_t part[NK_CONV_OB][NK_CONV_TW];
     int64_t acc[NK_CONV_OB][NK_CONV_TW];
-    int32_t tw = out_w < NK_CONV_TW ? (out_w + 7) / 8 * 8 : NK_CONV_TW, pc, g, ob, oh, t, q, j, p0;
-    ptrdiff_t xs = 0;
+    int32_t tw = out_w < NK_CONV_TW ? (out_w + 3) / 4 * 4 : NK_CONV_TW, pc, g, ob0, ob1, ob, oh, t, q, j, p0;
+    ptrdiff_t xs = 0, w_len, bstep;
     const int rq_mode = nk_conv_rq32_mode(p);
-    int one;
+    int one, all;
 
     if (p->w_bits != 8 || p->stride_w != 1 || k_hw > NK_CONV_WPAIRS || out_w <= 0) {
         return 0;
     }
     /* the widest tile whose buffer row fits NK_CONV_STAGE and whose k_h rows fit NK_CONV_XBUF */
-    for (; tw >= 8; tw -= 8) {
+    for (; tw >= 4; tw -= 4) {
         xs = (ptrdiff_t)((tw + span + 7) / 8 * 8);
         if (xs <= NK_CONV_STAGE && xs * p->k_h <= NK_CONV_XBUF) {
             break;
         }
     }
-    if (tw < 8) {
+    if (tw < 4) {
         return 0;
     }
     pc = (int32_t)(NK_CONV_WPAIRS / k_hw);
@@ -992,47 +1067,49 @@ static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t 
     if (pc > npairs) {
         pc = npairs;
     }
-    one = pc >= npairs; /* a single chunk: weight entries built once per block */
+    one = pc >= npairs; /* a single chunk: weight entries built once per call */
+    /* and the entries of all of a group's blocks fit wb: one input buffer per tile for every block */
+    all = one && ((int64_t)og + NK_CONV_OB - 1) / NK_CONV_OB * npairs * k_hw <= NK_CONV_WALL;
+    bstep = (ptrdiff_t)npairs * (ptrdiff_t)k_hw * NK_CONV_OB * 2; /* int16 of one block's entries */
+    w_len = (ptrdiff_t)p->out_c * cg * (ptrdiff_t)k_hw;
 
     for (g = 0; g < p->groups; g++) {
         const int8_t *xg = in + (ptrdiff_t)g * cg * in_hw;
-        for (ob = 0; ob < og; ob += NK_CONV_OB) {
-            const int32_t nq = og - ob < NK_CONV_OB ? og - ob : NK_CONV_OB, o = g * og + ob;
-            nk_conv_rq rq[NK_CONV_OB];
-            int vec[NK_CONV_OB]; /* whether nk_conv_sse2_requant applies to the channel */
-            for (q = 0; q < nq; q++) {
-                nk_conv_rq_init(&rq[q], p, o + q, bias);
-                vec[q] = one && nk_conv_rq32_ok(&rq[q], rq_mode);
-            }
-            if (one) {
-                nk_conv_sse2_weights(weights, cg, (int32_t)k_hw, o, nq, 0, npairs, wb);
+        for (ob0 = 0; ob0 < og; ob0 = ob1) { /* blocks [ob0, ob1) share the input buffers */
+            const int32_t nq0 = og - ob0 < NK_CONV_OB ? og - ob0 : NK_CONV_OB;
+            ob1 = all ? og : ob0 + nq0;
+            for (ob = ob0; one && ob < ob1; ob += NK_CONV_OB) {
+                nk_conv_sse2_weights(weights, w_len, cg, (int32_t)k_hw, g * og + ob,
+                                     og - ob < NK_CONV_OB ? og - ob : NK_CONV_OB, 0, npairs,
+                                     wb + (ob - ob0) / NK_CONV_OB * bstep);
             }
             for (oh = 0; oh < p->out_h; oh++) {
                 const int32_t ih0 = oh * p->stride_h - p->pad_h;
                 for (t = 0; t < out_w; t += tw) {
-                    const int32_t n = out_w - t < tw ? out_w - t : tw, n8 = (n + 7) / 8 * 8;
+                    const int32_t n = out_w - t < tw ? out_w - t : tw, n4 = (n + 3) / 4 * 4;
                     for (p0 = 0; p0 < npairs; p0 += pc) {
                         const int32_t p1 = npairs - p0 < pc ? npairs : p0 + pc;
-                        if (!one) {
-                            nk_conv_sse2_weights(weights, cg, (int32_t)k_hw, o, nq, p0, p1, wb);
+                        if (!one) { /* a single block (ob1 = ob0 + nq0), its entries per chunk */
+                            nk_conv_sse2_weights(weights, w_len, cg, (int32_t)k_hw, g * og + ob0, nq0, p0, p1, wb);
                         }
                         nk_conv_sse2_input(p, xg, cg, p0, p1, ih0, t - p->pad_w, xs, xb);
-                        nk_conv_sse2_tile(xb, xs, (p1 - p0) * p->k_h, p->k_w, p->dil_w, wb, n8, part);
-                        if (!one) {
-                            for (q = 0; q < nq; q++) {
-                                for (j = 0; j < n; j++) {
-                                    acc[q][j] = (p0 == 0 ? 0 : acc[q][j]) + part[q][j];
-                                }
+                        for (ob = ob0; ob < ob1; ob += NK_CONV_OB) {
+                            nk_conv_sse2_tile(xb, xs, (p1 - p0) * p->k_h, p->k_w, p->dil_w,
+                                              wb + (ob - ob0) / NK_CONV_OB * bstep, n4, part);
+                            if (one) {
+                                nk_conv_sse2_store(p, bias, rq_mode, g * og + ob,
+                                                   og - ob < NK_CONV_OB ? og - ob : NK_CONV_OB, oh, t, n, part,
+                                                   NULL, out);
+                            }
+                        }
+                        for (q = 0; !one && q < nq0; q++) {
+                            for (j = 0; j < n; j++) {
+                                acc[q][j] = (p0 == 0 ? 0 : acc[q][j]) + part[q][j];
                             }
                         }
                     }
-                    for (q = 0; q < nq; q++) {
-                        const size_t idx = ((size_t)(o + q) * (size_t)p->out_h + (size_t)oh) * (size_t)out_w + (size_t)t;
-                        if (vec[q]) {
-                            nk_conv_sse2_requant(&rq[q], rq_mode, part[q], n, (int8_t *)out + idx);
-                        } else {
-                            nk_conv_rq_row(&rq[q], out, idx, one ? part[q] : NULL, acc[q], n);
-                        }
+                    if (!one) {
+                        nk_conv_sse2_store(p, bias, rq_mode, g * og + ob0, nq0, oh, t, n, NULL, acc, out);
                     }
                 }
             }
