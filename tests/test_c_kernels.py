@@ -251,6 +251,17 @@ def lib_scalar(tmp_path_factory):
     return _build_lib(tmp_path_factory.mktemp("nk_scalar") / "libnpukit_kernels.so", ["-DNK_NO_SIMD"])
 
 
+@pytest.fixture(scope="session")
+def lib_avx2(tmp_path_factory):
+    """The kernels built with -mavx2 (nk_conv's 16-output AVX2 step), where this host runs AVX2 code."""
+    d = tmp_path_factory.mktemp("nk_avx2")
+    (d / "probe.c").write_text("int main(void) { return __builtin_cpu_supports(\"avx2\") ? 0 : 1; }\n")
+    probe = subprocess.run([CC, "-mavx2", str(d / "probe.c"), "-o", str(d / "probe")], capture_output=True)
+    if probe.returncode != 0 or subprocess.run([str(d / "probe")], capture_output=True).returncode != 0:
+        pytest.skip(f"{CC} cannot build AVX2 code or this CPU cannot run it")
+    return _build_lib(d / "libnpukit_kernels.so", ["-mavx2"])
+
+
 def _build_lib(out: Path, flags: list[str] | None = None) -> ctypes.CDLL:
     _compile([CC, "-shared", "-fPIC", "-O2", *WARN, *(flags or []), f"-I{RUNTIME}", *_sources(), "-o", str(out)],
              "building the kernels")
@@ -665,6 +676,7 @@ def test_runtime_has_one_file_per_kernel():
 @pytest.mark.parametrize("cc, flags", [
     ("clang", ["-O2"]),
     ("gcc", ["-O2", "-Wshadow", "-Wconversion", "-Wsign-conversion", "-Wcast-qual", "-Wstrict-prototypes"]),
+    ("gcc", ["-O2", "-mavx2", "-Wshadow", "-Wconversion", "-Wsign-conversion", "-Wcast-qual"]),
     ("arm-none-eabi-gcc", ["-O2", "-mcpu=cortex-m4", "-mthumb"]),
     ("arm-none-eabi-gcc", ["-Os", "-mcpu=cortex-m4", "-mthumb", "-Wconversion", "-Wshadow"]),
     ("arm-none-eabi-gcc", ["-Os", "-mcpu=cortex-m0", "-mthumb"]),
@@ -807,7 +819,8 @@ def test_weight_unpacking(lib, bits, data):
 # Every op on the default build; conv and linear also on the build without SIMD (whose tile paths the
 # SSE2 path otherwise hides on x86).
 @pytest.mark.parametrize(("op", "build"), [(op, "lib") for op in sorted(CASES)] + [("conv", "lib_scalar"),
-                                                                                    ("linear", "lib_scalar")])
+                                                                                    ("linear", "lib_scalar"),
+                                                                                    ("conv", "lib_avx2")])
 def test_kernel_matches_op(request, op, build):
     lib = request.getfixturevalue(build)
 
@@ -926,13 +939,13 @@ def _block_conv_case(src: _Src):
     return _conv_case_of(src, groups, og, cg, ks, strides, pads, dils, sizes, w_bits=8)
 
 
-def test_block_convs_match_op(lib, lib_scalar):
-    """Many-channel 8-bit convs (nk_conv's x86 SIMD paths on x86 hosts, else the portable ones) and the
-    same through the plain C99 build, against the op."""
+@pytest.mark.parametrize("build", ["lib", "lib_scalar", "lib_avx2"])
+def test_block_convs_match_op(request, build):
+    """Many-channel 8-bit convs against the op: on x86 hosts through the SSE2 path (lib), the AVX2 build
+    and the plain C99 one; elsewhere the portable paths."""
+    lib = request.getfixturevalue(build)
     for i in range(60):
-        case = _block_conv_case(_Rng(70_000 + i))
-        for build in (lib, lib_scalar):
-            _check(lambda k, b, build=build: _run_ctypes(build, k, b), *case)
+        _check(lambda k, b: _run_ctypes(lib, k, b), *_block_conv_case(_Rng(70_000 + i)))
 
 
 def test_dilated_conv(lib):

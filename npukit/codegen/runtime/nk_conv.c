@@ -57,6 +57,9 @@
 #if defined(__SSE2__) && !defined(NK_NO_SIMD)
 #define NK_CONV_SSE2 1
 #include <emmintrin.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #endif
 #if defined(NK_DSP)
 #include <arm_acle.h>
@@ -782,8 +785,49 @@ static void nk_conv_pack_pairs(int16_t *dst, const int8_t *r0, const int8_t *r1,
 static void nk_conv_sse2_tile(const int16_t *xb, ptrdiff_t xs, int32_t rows, int32_t k_w, ptrdiff_t dil_w,
                               const int16_t *wb, int32_t n4, int32_t part[NK_CONV_OB][NK_CONV_TW])
 {
-    int32_t j, r, kw;
-    for (j = 0; j + 8 <= n4; j += 8) {
+    int32_t j = 0, r, kw;
+#if defined(__AVX2__)
+    for (; j + 16 <= n4; j += 16) { /* 16 outputs: the 8-output step below in 256-bit lanes */
+        __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00;
+        __m256i a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+        for (r = 0; r < rows; r++) {
+            const int16_t *xr = xb + 2 * (r * xs + j);
+            const int16_t *wr = wb + (ptrdiff_t)r * k_w * 8;
+            for (kw = 0; kw < k_w; kw++) {
+                const int16_t *xp = xr + 2 * kw * dil_w, *we = wr + 8 * kw;
+                const __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)xp);
+                const __m256i x1 = _mm256_loadu_si256((const __m256i *)(const void *)(xp + 16));
+                int32_t v;
+                __m256i wq;
+                memcpy(&v, we, sizeof v);
+                wq = _mm256_set1_epi32(v);
+                a00 = _mm256_add_epi32(a00, _mm256_madd_epi16(x0, wq));
+                a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(x1, wq));
+                memcpy(&v, we + 2, sizeof v);
+                wq = _mm256_set1_epi32(v);
+                a10 = _mm256_add_epi32(a10, _mm256_madd_epi16(x0, wq));
+                a11 = _mm256_add_epi32(a11, _mm256_madd_epi16(x1, wq));
+                memcpy(&v, we + 4, sizeof v);
+                wq = _mm256_set1_epi32(v);
+                a20 = _mm256_add_epi32(a20, _mm256_madd_epi16(x0, wq));
+                a21 = _mm256_add_epi32(a21, _mm256_madd_epi16(x1, wq));
+                memcpy(&v, we + 6, sizeof v);
+                wq = _mm256_set1_epi32(v);
+                a30 = _mm256_add_epi32(a30, _mm256_madd_epi16(x0, wq));
+                a31 = _mm256_add_epi32(a31, _mm256_madd_epi16(x1, wq));
+            }
+        }
+        _mm256_storeu_si256((__m256i *)(void *)&part[0][j], a00);
+        _mm256_storeu_si256((__m256i *)(void *)&part[0][j + 8], a01);
+        _mm256_storeu_si256((__m256i *)(void *)&part[1][j], a10);
+        _mm256_storeu_si256((__m256i *)(void *)&part[1][j + 8], a11);
+        _mm256_storeu_si256((__m256i *)(void *)&part[2][j], a20);
+        _mm256_storeu_si256((__m256i *)(void *)&part[2][j + 8], a21);
+        _mm256_storeu_si256((__m256i *)(void *)&part[3][j], a30);
+        _mm256_storeu_si256((__m256i *)(void *)&part[3][j + 8], a31);
+    }
+#endif
+    for (; j + 8 <= n4; j += 8) {
         __m128i a00 = _mm_setzero_si128(), a01 = a00, a10 = a00, a11 = a00;
         __m128i a20 = a00, a21 = a00, a30 = a00, a31 = a00;
         for (r = 0; r < rows; r++) {
