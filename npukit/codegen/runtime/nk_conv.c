@@ -886,76 +886,50 @@ static void nk_conv_sse2_tile(const int16_t *xb, ptrdiff_t xs, int32_t rows, int
 }
 
 /* Weight entries of channel pairs [p0, p1) for output channels [o, o + nq) (nq <= NK_CONV_OB; the rest
- * zero): entry ((p - p0) * k_hw + k) * NK_CONV_OB + q holds (w[o+q][2p][k], w[o+q][2p+1][k]). w_len: the
- * bytes of the weight array. May write up to 7 entries past the last one (the caller's buffer has room;
- * entries past a pair's own are those of the next pair, written after them). */
-static void nk_conv_sse2_weights(const int8_t *w, ptrdiff_t w_len, int32_t cg, int32_t k_hw, int32_t o, int32_t nq,
-                                 int32_t p0, int32_t p1, int16_t *wb)
+ * zero): entry ((p - p0) * k_hw + k) * NK_CONV_OB + q holds (w[o+q][2p][k], w[o+q][2p+1][k]), zero past
+ * the last input channel. Two steps: z interleaves the nq channels' weights of input channels
+ * [2 p0, 2 p1) byte by byte (z[4 t + q], t the tap index from channel 2 p0 on), then each entry's 8 bytes
+ * are z[t] and z[t + k_hw] interleaved, 4 entries at a time. May write up to 3 entries past the last one
+ * (the caller's buffer has room; entries past a pair's own are those of the next pair, written after). */
+static void nk_conv_sse2_weights(const int8_t *w, int32_t cg, int32_t k_hw, int32_t o, int32_t nq, int32_t p0,
+                                 int32_t p1, int16_t *wb)
 {
+    int8_t z[4 * (2 * NK_CONV_WPAIRS + 16)];
+    const ptrdiff_t ostep = (ptrdiff_t)cg * k_hw, base = (ptrdiff_t)2 * p0 * k_hw;
+    const ptrdiff_t n = (ptrdiff_t)2 * (p1 - p0) * k_hw; /* taps of the chunk, <= 2 * NK_CONV_WPAIRS */
+    const ptrdiff_t nv = ostep - base < n ? ostep - base : n; /* those of existing input channels */
+    const int8_t *r = w + ((ptrdiff_t)o * ostep + base);
+    ptrdiff_t i, t;
     int32_t pp, k, q;
-    if (nq < NK_CONV_OB || 2 * p1 > cg) {
-        memset(wb, 0, (size_t)(p1 - p0) * (size_t)k_hw * NK_CONV_OB * 2 * sizeof *wb);
+    for (i = 0; nq == NK_CONV_OB && i + 16 <= nv; i += 16) { /* 16 taps at a time */
+        const __m128i v0 = _mm_loadu_si128((const __m128i *)(const void *)(r + i));
+        const __m128i v1 = _mm_loadu_si128((const __m128i *)(const void *)(r + ostep + i));
+        const __m128i v2 = _mm_loadu_si128((const __m128i *)(const void *)(r + 2 * ostep + i));
+        const __m128i v3 = _mm_loadu_si128((const __m128i *)(const void *)(r + 3 * ostep + i));
+        const __m128i l01 = _mm_unpacklo_epi8(v0, v1), h01 = _mm_unpackhi_epi8(v0, v1);
+        const __m128i l23 = _mm_unpacklo_epi8(v2, v3), h23 = _mm_unpackhi_epi8(v2, v3);
+        _mm_storeu_si128((__m128i *)(void *)(z + 4 * i), _mm_unpacklo_epi16(l01, l23));
+        _mm_storeu_si128((__m128i *)(void *)(z + 4 * i + 16), _mm_unpackhi_epi16(l01, l23));
+        _mm_storeu_si128((__m128i *)(void *)(z + 4 * i + 32), _mm_unpacklo_epi16(h01, h23));
+        _mm_storeu_si128((__m128i *)(void *)(z + 4 * i + 48), _mm_unpackhi_epi16(h01, h23));
     }
-    if (nq == NK_CONV_OB && 2 * p1 <= cg) { /* the common case: whole entries, 8 taps at a time */
-        const ptrdiff_t ostep = (ptrdiff_t)cg * k_hw;
-        for (pp = p0; pp < p1; pp++) {
-            const ptrdiff_t w0 = ((ptrdiff_t)o * cg + 2 * pp) * k_hw; /* w[o][2pp][0] */
-            int16_t *e = wb + (ptrdiff_t)(pp - p0) * k_hw * NK_CONV_OB * 2;
-            for (k = 0; k < k_hw; k += 8, e += 8 * 2 * NK_CONV_OB) {
-                /* the 8-byte reads of taps [k, k + 8) of the 8 rows, the last one ending inside the array
-                 * (taps past k_hw belong to the next rows: their entries are overwritten later) */
-                if (w0 + 3 * ostep + k_hw + k + 8 <= w_len) {
-                    const int8_t *r = w + (w0 + k);
-                    __m128i a[NK_CONV_OB], b0, b1, c0, c1, d;
-                    for (q = 0; q < NK_CONV_OB; q++) { /* bytes (w[o+q][2pp][k+i], w[o+q][2pp+1][k+i]) */
-                        a[q] = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(const void *)(r + q * ostep)),
-                                                 _mm_loadl_epi64((const __m128i *)(const void *)(r + q * ostep + k_hw)));
-                    }
-                    b0 = _mm_unpacklo_epi16(a[0], a[1]); /* taps 0-3 of channels 0, 1 */
-                    b1 = _mm_unpackhi_epi16(a[0], a[1]); /* taps 4-7 */
-                    c0 = _mm_unpacklo_epi16(a[2], a[3]);
-                    c1 = _mm_unpackhi_epi16(a[2], a[3]);
-                    d = _mm_unpacklo_epi32(b0, c0); /* the bytes of entries k, k + 1 */
-                    _mm_storeu_si128((__m128i *)(void *)e, _mm_srai_epi16(_mm_unpacklo_epi8(d, d), 8));
-                    _mm_storeu_si128((__m128i *)(void *)(e + 8), _mm_srai_epi16(_mm_unpackhi_epi8(d, d), 8));
-                    d = _mm_unpackhi_epi32(b0, c0);
-                    _mm_storeu_si128((__m128i *)(void *)(e + 16), _mm_srai_epi16(_mm_unpacklo_epi8(d, d), 8));
-                    _mm_storeu_si128((__m128i *)(void *)(e + 24), _mm_srai_epi16(_mm_unpackhi_epi8(d, d), 8));
-                    d = _mm_unpacklo_epi32(b1, c1);
-                    _mm_storeu_si128((__m128i *)(void *)(e + 32), _mm_srai_epi16(_mm_unpacklo_epi8(d, d), 8));
-                    _mm_storeu_si128((__m128i *)(void *)(e + 40), _mm_srai_epi16(_mm_unpackhi_epi8(d, d), 8));
-                    d = _mm_unpackhi_epi32(b1, c1);
-                    _mm_storeu_si128((__m128i *)(void *)(e + 48), _mm_srai_epi16(_mm_unpacklo_epi8(d, d), 8));
-                    _mm_storeu_si128((__m128i *)(void *)(e + 56), _mm_srai_epi16(_mm_unpackhi_epi8(d, d), 8));
-                } else { /* the array's last taps: one entry at a time */
-                    const int32_t kn = k_hw - k < 8 ? k_hw - k : 8;
-                    int32_t i;
-                    for (i = 0; i < kn; i++) {
-                        for (q = 0; q < NK_CONV_OB; q++) {
-                            e[8 * i + 2 * q] = w[w0 + q * ostep + k + i];
-                            e[8 * i + 2 * q + 1] = w[w0 + q * ostep + k_hw + k + i];
-                        }
-                    }
-                }
-            }
+    for (t = i; t < nv; t++) { /* the rest one tap at a time, */
+        for (q = 0; q < NK_CONV_OB; q++) {
+            z[4 * t + q] = q < nq ? r[q * ostep + t] : 0;
         }
-        return;
     }
-    for (q = 0; q < nq; q++) {
-        for (pp = p0; pp < p1; pp++) {
-            const int8_t *w0 = w + ((ptrdiff_t)(o + q) * cg + 2 * pp) * k_hw;
-            int16_t *e = wb + ((ptrdiff_t)(pp - p0) * k_hw * NK_CONV_OB + q) * 2;
-            if (2 * pp + 1 < cg) {
-                const int8_t *w1 = w0 + k_hw;
-                for (k = 0; k < k_hw; k++) {
-                    e[2 * NK_CONV_OB * k] = w0[k];
-                    e[2 * NK_CONV_OB * k + 1] = w1[k];
-                }
-            } else {
-                for (k = 0; k < k_hw; k++) {
-                    e[2 * NK_CONV_OB * k] = w0[k];
-                }
-            }
+    memset(z + 4 * nv, 0, (size_t)(4 * (n + 4 - nv))); /* then zeros: missing channels, and 4 taps past n */
+    for (pp = 0; pp < p1 - p0; pp++) {
+        const int8_t *z0 = z + (ptrdiff_t)4 * 2 * pp * k_hw, *z1 = z0 + (ptrdiff_t)4 * k_hw;
+        int16_t *e = wb + (ptrdiff_t)pp * k_hw * NK_CONV_OB * 2;
+        for (k = 0; k < k_hw; k += 4) { /* entries k .. k + 3 (past k_hw: the next pair's, rewritten) */
+            const __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(z0 + 4 * k));
+            const __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(z1 + 4 * k));
+            const __m128i lo = _mm_unpacklo_epi8(a, b), hi = _mm_unpackhi_epi8(a, b);
+            _mm_storeu_si128((__m128i *)(void *)(e + 8 * k), _mm_srai_epi16(_mm_unpacklo_epi8(lo, lo), 8));
+            _mm_storeu_si128((__m128i *)(void *)(e + 8 * k + 8), _mm_srai_epi16(_mm_unpackhi_epi8(lo, lo), 8));
+            _mm_storeu_si128((__m128i *)(void *)(e + 8 * k + 16), _mm_srai_epi16(_mm_unpacklo_epi8(hi, hi), 8));
+            _mm_storeu_si128((__m128i *)(void *)(e + 8 * k + 24), _mm_srai_epi16(_mm_unpackhi_epi8(hi, hi), 8));
         }
     }
 }
@@ -1083,11 +1057,11 @@ static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t 
     const int32_t npairs = (cg + 1) / 2;
     const int64_t k_hw = (int64_t)p->k_h * p->k_w, span = (int64_t)(p->k_w - 1) * p->dil_w;
     const ptrdiff_t in_hw = (ptrdiff_t)p->in_h * p->in_w;
-    int16_t xb[2 * NK_CONV_XBUF], wb[2 * NK_CONV_OB * (NK_CONV_WALL + 7)];
+    int16_t xb[2 * NK_CONV_XBUF], wb[2 * NK_CONV_OB * (NK_CONV_WALL + 3)];
     int32_t part[NK_CONV_OB][NK_CONV_TW];
     int64_t acc[NK_CONV_OB][NK_CONV_TW];
     int32_t tw = out_w < NK_CONV_TW ? (out_w + 3) / 4 * 4 : NK_CONV_TW, pc, g, ob0, ob1, ob, oh, t, q, j, p0;
-    ptrdiff_t xs = 0, w_len, bstep;
+    ptrdiff_t xs = 0, bstep;
     const int rq_mode = nk_conv_rq32_mode(p);
     int one, all;
 
@@ -1115,7 +1089,6 @@ static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t 
     /* and the entries of all of a group's blocks fit wb: one input buffer per tile for every block */
     all = one && ((int64_t)og + NK_CONV_OB - 1) / NK_CONV_OB * npairs * k_hw <= NK_CONV_WALL;
     bstep = (ptrdiff_t)npairs * (ptrdiff_t)k_hw * NK_CONV_OB * 2; /* int16 of one block's entries */
-    w_len = (ptrdiff_t)p->out_c * cg * (ptrdiff_t)k_hw;
 
     for (g = 0; g < p->groups; g++) {
         const int8_t *xg = in + (ptrdiff_t)g * cg * in_hw;
@@ -1123,7 +1096,7 @@ static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t 
             const int32_t nq0 = og - ob0 < NK_CONV_OB ? og - ob0 : NK_CONV_OB;
             ob1 = all ? og : ob0 + nq0;
             for (ob = ob0; one && ob < ob1; ob += NK_CONV_OB) {
-                nk_conv_sse2_weights(weights, w_len, cg, (int32_t)k_hw, g * og + ob,
+                nk_conv_sse2_weights(weights, cg, (int32_t)k_hw, g * og + ob,
                                      og - ob < NK_CONV_OB ? og - ob : NK_CONV_OB, 0, npairs,
                                      wb + (ob - ob0) / NK_CONV_OB * bstep);
             }
@@ -1134,7 +1107,7 @@ static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t 
                     for (p0 = 0; p0 < npairs; p0 += pc) {
                         const int32_t p1 = npairs - p0 < pc ? npairs : p0 + pc;
                         if (!one) { /* a single block (ob1 = ob0 + nq0), its entries per chunk */
-                            nk_conv_sse2_weights(weights, w_len, cg, (int32_t)k_hw, g * og + ob0, nq0, p0, p1, wb);
+                            nk_conv_sse2_weights(weights, cg, (int32_t)k_hw, g * og + ob0, nq0, p0, p1, wb);
                         }
                         nk_conv_sse2_input(p, xg, cg, p0, p1, ih0, t - p->pad_w, xs, xb);
                         for (ob = ob0; ob < ob1; ob += NK_CONV_OB) {
