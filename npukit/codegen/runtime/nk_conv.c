@@ -23,9 +23,9 @@
  *    These builds leave out the tile path below, which it replaces.
  *  - with SSE2 (x86-64 baseline), 8-bit weights, stride_w == 1:
  *    nk_conv_sse2 (below) pairs input channels per pmaddwd and computes 4 output channels x 8 outputs
- *    per inner step from zero-padded int16 buffers, with its own int32 bound; the requantisation in
- *    int32 lanes where that is exact (nk_conv_sse2_requant). Shapes whose buffers would not fit take
- *    the paths below.
+ *    per inner step (16 with __AVX2__, 4 at a row's end) from zero-padded int16 buffers, with its own
+ *    int32 bound; the requantisation in int32 lanes where that is exact (nk_conv_sse2_requant). Shapes
+ *    whose buffers would not fit take the paths below.
  *  - 8-bit weights (any groups), stride_w == 1, rows of at least NK_CONV_TILE outputs: tiles of
  *    NK_CONV_TILE adjacent outputs (the last tile of a row overlaps the one before it and stores only
  *    its new outputs). The inner loop multiplies one weight into the whole tile with a constant trip
