@@ -948,6 +948,23 @@ def test_block_convs_match_op(request, build):
         _check(lambda k, b: _run_ctypes(lib, k, b), *_block_conv_case(_Rng(70_000 + i)))
 
 
+def test_maxpool2_rows_match_op(lib, lib_scalar):
+    """MaxPool(2) over rows of even width (nk_maxpool's run of pairs: SSE2 lanes, then one by one),
+    rows of odd width, and 2-d inputs pooled along the rows only, with -128 and 127 in the inputs."""
+    rng = np.random.default_rng(3)
+    for i in range(40):
+        ndim, c = 1 + i % 2, int(rng.integers(1, 40))
+        sizes = [int(rng.integers(1, 4))] * (ndim - 1) + [int(rng.integers(2, 80))]
+        x = rng.choice(np.array([-128, -127, -1, 0, 1, 126, 127], np.int8), (c, *sizes))
+        x = np.where(rng.random(x.shape) < 0.5, x, rng.integers(-128, 128, x.shape)).astype(np.int8)
+        node = Node("p", "maxpool", ["x"], ["y"], {"ndim": ndim, "kernel": [1, 2][-ndim:], "stride": [1, 2][-ndim:],
+                                                   "padding": [0] * ndim})
+        shape = get_op("maxpool").infer_shapes(node, [x.shape])[0]
+        graph = _graph(node, [TensorSpec("x", x.shape, 8, 0), TensorSpec("y", shape, 8, 0)], _target(_Rng(i)))
+        for build in (lib, lib_scalar):
+            _check(lambda k, b, build=build: _run_ctypes(build, k, b), node, graph, [x])
+
+
 def test_dilated_conv(lib):
     _check(lambda k, b: _run_ctypes(lib, k, b), *_dilated_conv_case())
 
