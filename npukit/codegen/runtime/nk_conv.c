@@ -990,7 +990,15 @@ static void nk_conv_sse2_input(const nk_conv_params *p, const int8_t *x, int32_t
  * = (acc + add) >> s, and the half_even parity bit (acc >> s) & 1 is that of ((acc + off) >> s), as
  * 2^(62-s) is even; packs_epi32 saturates to int16, which keeps the act clamp exact; the act range fits
  * int8, so packs_epi16 only narrows. Reads part[0, n rounded up to 8). */
-static void nk_conv_sse2_requant(const nk_conv_rq *r, int clamp, const int32_t *part, int32_t n, int8_t *out)
+#if defined(__GNUC__)
+#define NK_SSE2_INLINE __inline__ __attribute__((always_inline)) /* flags passed as constants fold away */
+#else
+#define NK_SSE2_INLINE
+#endif
+
+/* The loop of nk_conv_sse2_requant; `sel`: add_pos != add_neg (else add_pos is every lane's add). */
+static NK_SSE2_INLINE void nk_conv_sse2_rq_loop(const nk_conv_rq *r, int clamp, int even, int sel,
+                                                const int32_t *part, int32_t n, int8_t *out)
 {
     const nk_requant_params *rq = &r->p->rq;
     const __m128i vb = _mm_set1_epi32((int32_t)r->bias_term);
@@ -1004,16 +1012,18 @@ static void nk_conv_sse2_requant(const nk_conv_rq *r, int clamp, const int32_t *
         __m128i y[2], b;
         for (h = 0; h < 2; h++) {
             __m128i a = _mm_add_epi32(_mm_loadu_si128((const __m128i *)(const void *)(part + j + 4 * h)), vb);
-            __m128i m, add;
+            __m128i m, add = vpos;
             if (clamp) {
                 m = _mm_cmpgt_epi32(vmin, a);
                 a = _mm_or_si128(_mm_and_si128(m, vmin), _mm_andnot_si128(m, a));
                 m = _mm_cmpgt_epi32(a, vmax);
                 a = _mm_or_si128(_mm_and_si128(m, vmax), _mm_andnot_si128(m, a));
             }
-            m = _mm_cmplt_epi32(a, zero);
-            add = _mm_or_si128(_mm_and_si128(m, vneg), _mm_andnot_si128(m, vpos));
-            if (r->even) {
+            if (sel) {
+                m = _mm_cmplt_epi32(a, zero);
+                add = _mm_or_si128(_mm_and_si128(m, vneg), _mm_andnot_si128(m, vpos));
+            }
+            if (even) {
                 add = _mm_add_epi32(add, _mm_and_si128(_mm_sra_epi32(a, sh), one));
             }
             y[h] = _mm_sra_epi32(_mm_add_epi32(a, add), sh);
@@ -1022,6 +1032,9 @@ static void nk_conv_sse2_requant(const nk_conv_rq *r, int clamp, const int32_t *
         b = _mm_packs_epi16(b, b);
         if (n - j >= 8) {
             _mm_storel_epi64((__m128i *)(void *)(out + j), b);
+        } else if (n - j == 4) {
+            const int32_t v = _mm_cvtsi128_si32(b);
+            memcpy(out + j, &v, sizeof v);
         } else {
             int8_t tmp[16];
             _mm_storeu_si128((__m128i *)(void *)tmp, b);
@@ -1030,17 +1043,36 @@ static void nk_conv_sse2_requant(const nk_conv_rq *r, int clamp, const int32_t *
     }
 }
 
+static void nk_conv_sse2_requant(const nk_conv_rq *r, int clamp, const int32_t *part, int32_t n, int8_t *out)
+{
+    if (!clamp && !r->even && r->add_pos == r->add_neg) { /* the common case, its own loop: half_up, floor */
+        nk_conv_sse2_rq_loop(r, 0, 0, 0, part, n, out);
+    } else {
+        nk_conv_sse2_rq_loop(r, clamp, r->even, 1, part, n, out);
+    }
+}
+
 /* Requantises and stores n outputs of row oh from column t on, channels [o, o + nq): from the int32 sums
- * part (a single chunk; `mode`: nk_conv_rq32_mode) or else the int64 sums acc. */
+ * part (a single chunk; `mode`: nk_conv_rq32_mode) or else the int64 sums acc. After a channel whose
+ * nk_conv_rq is fast, the next one's is that one with its own ch and bias term wherever that bias term
+ * is below 2^60: nk_conv_rq_init sets every other field from p->rq alone (shift, ranges, rounding), and
+ * with them fast. Otherwise nk_conv_rq_init itself. */
 static void nk_conv_sse2_store(const nk_conv_params *p, const int32_t *bias, int mode, int32_t o, int32_t nq,
                                int32_t oh, int32_t t, int32_t n, int32_t part[NK_CONV_OB][NK_CONV_TW],
                                int64_t acc[NK_CONV_OB][NK_CONV_TW], void *out)
 {
+    const int64_t lim = (int64_t)1 << 60;
+    nk_conv_rq r;
     int32_t q;
     for (q = 0; q < nq; q++) {
         const size_t idx = ((size_t)(o + q) * (size_t)p->out_h + (size_t)oh) * (size_t)p->out_w + (size_t)t;
-        nk_conv_rq r;
-        nk_conv_rq_init(&r, p, o + q, bias);
+        const int64_t bt = q > 0 && r.fast && bias ? nk_requant_bias(&p->rq, o + q, bias[o + q]) : 0;
+        if (q > 0 && r.fast && bt > -lim && bt < lim) {
+            r.ch = o + q;
+            r.bias_term = bt;
+        } else {
+            nk_conv_rq_init(&r, p, o + q, bias);
+        }
         if (part && nk_conv_rq32_ok(&r, mode)) {
             nk_conv_sse2_requant(&r, mode, part[q], n, (int8_t *)out + idx);
         } else {
