@@ -780,107 +780,100 @@ static void nk_conv_pack_pairs(int16_t *dst, const int8_t *r0, const int8_t *r1,
     }
 }
 
-/* n4 (a multiple of 4) outputs of NK_CONV_OB channels over `rows` buffer rows of length xs: 8 at a time,
- * then 4 (whose step writes zeros to part[.][n4, n4 + 4), so that part[.][0, n4 rounded up to 8) is set). */
+/* One step of nk_conv_sse2_tile: NK_CONV_OB channels x 2 vectors of V outputs from column j, in lanes of
+ * type T; W(we) readies entry we's weights and BCAST(q) is channel q's pair of them in every lane. The
+ * SSE2 step (V = 4) and the AVX2 one (V = 8) are this one definition. */
+#define NK_CONV_STEP(T, V, ZERO, LOAD, STORE, MADD, ADD, W, BCAST)                                            \
+    do {                                                                                                      \
+        T a00 = ZERO, a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;            \
+        for (r = 0; r < rows; r++) {                                                                          \
+            const int16_t *xr = xb + 2 * (r * xs + j);                                                        \
+            const int16_t *wr = wb + (ptrdiff_t)r * k_w * 8;                                                  \
+            for (kw = 0; kw < k_w; kw++) {                                                                    \
+                const int16_t *xp = xr + 2 * kw * dil_w, *we = wr + 8 * kw;                                   \
+                const T x0 = LOAD(xp), x1 = LOAD(xp + 2 * (V));                                               \
+                T wq;                                                                                         \
+                W(we);                                                                                        \
+                wq = BCAST(0);                                                                                \
+                a00 = ADD(a00, MADD(x0, wq));                                                                 \
+                a01 = ADD(a01, MADD(x1, wq));                                                                 \
+                wq = BCAST(1);                                                                                \
+                a10 = ADD(a10, MADD(x0, wq));                                                                 \
+                a11 = ADD(a11, MADD(x1, wq));                                                                 \
+                wq = BCAST(2);                                                                                \
+                a20 = ADD(a20, MADD(x0, wq));                                                                 \
+                a21 = ADD(a21, MADD(x1, wq));                                                                 \
+                wq = BCAST(3);                                                                                \
+                a30 = ADD(a30, MADD(x0, wq));                                                                 \
+                a31 = ADD(a31, MADD(x1, wq));                                                                 \
+            }                                                                                                 \
+        }                                                                                                     \
+        STORE(&part[0][j], a00);                                                                              \
+        STORE(&part[0][j + (V)], a01);                                                                        \
+        STORE(&part[1][j], a10);                                                                              \
+        STORE(&part[1][j + (V)], a11);                                                                        \
+        STORE(&part[2][j], a20);                                                                              \
+        STORE(&part[2][j + (V)], a21);                                                                        \
+        STORE(&part[3][j], a30);                                                                              \
+        STORE(&part[3][j + (V)], a31);                                                                        \
+    } while (0)
+
+#define NK_SSE2_LOAD(p) _mm_loadu_si128((const __m128i *)(const void *)(p))
+#define NK_SSE2_STORE(p, v) _mm_storeu_si128((__m128i *)(void *)(p), v)
+#define NK_SSE2_W(we) const __m128i w_ = NK_SSE2_LOAD(we) /* the entry: one load, 4 shuffles */
+#define NK_SSE2_BCAST(q) _mm_shuffle_epi32(w_, 0x55 * (q))
+#if defined(__AVX2__)
+#define NK_AVX2_LOAD(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
+#define NK_AVX2_STORE(p, v) _mm256_storeu_si256((__m256i *)(void *)(p), v)
+#define NK_AVX2_W(we) const int16_t *w_ = (we) /* each pair broadcast from memory */
+#define NK_AVX2_BCAST(q) nk_conv_bcast32(w_ + 2 * (q))
+
+/* The int16 pair at p in every 32-bit lane (one vpbroadcastd). */
+static __m256i nk_conv_bcast32(const int16_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm256_set1_epi32(v);
+}
+#endif
+
+/* n4 (a multiple of 4) outputs of NK_CONV_OB channels over `rows` buffer rows of length xs: 16 at a time
+ * with AVX2, 8 at a time, then 4 (whose step writes zeros to part[.][n4, n4 + 4), so that
+ * part[.][0, n4 rounded up to 8) is set). */
 static void nk_conv_sse2_tile(const int16_t *xb, ptrdiff_t xs, int32_t rows, int32_t k_w, ptrdiff_t dil_w,
                               const int16_t *wb, int32_t n4, int32_t part[NK_CONV_OB][NK_CONV_TW])
 {
     int32_t j = 0, r, kw;
 #if defined(__AVX2__)
-    for (; j + 16 <= n4; j += 16) { /* 16 outputs: the 8-output step below in 256-bit lanes */
-        __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00;
-        __m256i a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-        for (r = 0; r < rows; r++) {
-            const int16_t *xr = xb + 2 * (r * xs + j);
-            const int16_t *wr = wb + (ptrdiff_t)r * k_w * 8;
-            for (kw = 0; kw < k_w; kw++) {
-                const int16_t *xp = xr + 2 * kw * dil_w, *we = wr + 8 * kw;
-                const __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)xp);
-                const __m256i x1 = _mm256_loadu_si256((const __m256i *)(const void *)(xp + 16));
-                int32_t v;
-                __m256i wq;
-                memcpy(&v, we, sizeof v);
-                wq = _mm256_set1_epi32(v);
-                a00 = _mm256_add_epi32(a00, _mm256_madd_epi16(x0, wq));
-                a01 = _mm256_add_epi32(a01, _mm256_madd_epi16(x1, wq));
-                memcpy(&v, we + 2, sizeof v);
-                wq = _mm256_set1_epi32(v);
-                a10 = _mm256_add_epi32(a10, _mm256_madd_epi16(x0, wq));
-                a11 = _mm256_add_epi32(a11, _mm256_madd_epi16(x1, wq));
-                memcpy(&v, we + 4, sizeof v);
-                wq = _mm256_set1_epi32(v);
-                a20 = _mm256_add_epi32(a20, _mm256_madd_epi16(x0, wq));
-                a21 = _mm256_add_epi32(a21, _mm256_madd_epi16(x1, wq));
-                memcpy(&v, we + 6, sizeof v);
-                wq = _mm256_set1_epi32(v);
-                a30 = _mm256_add_epi32(a30, _mm256_madd_epi16(x0, wq));
-                a31 = _mm256_add_epi32(a31, _mm256_madd_epi16(x1, wq));
-            }
-        }
-        _mm256_storeu_si256((__m256i *)(void *)&part[0][j], a00);
-        _mm256_storeu_si256((__m256i *)(void *)&part[0][j + 8], a01);
-        _mm256_storeu_si256((__m256i *)(void *)&part[1][j], a10);
-        _mm256_storeu_si256((__m256i *)(void *)&part[1][j + 8], a11);
-        _mm256_storeu_si256((__m256i *)(void *)&part[2][j], a20);
-        _mm256_storeu_si256((__m256i *)(void *)&part[2][j + 8], a21);
-        _mm256_storeu_si256((__m256i *)(void *)&part[3][j], a30);
-        _mm256_storeu_si256((__m256i *)(void *)&part[3][j + 8], a31);
+    for (; j + 16 <= n4; j += 16) {
+        NK_CONV_STEP(__m256i, 8, _mm256_setzero_si256(), NK_AVX2_LOAD, NK_AVX2_STORE, _mm256_madd_epi16,
+                     _mm256_add_epi32, NK_AVX2_W, NK_AVX2_BCAST);
     }
 #endif
     for (; j + 8 <= n4; j += 8) {
-        __m128i a00 = _mm_setzero_si128(), a01 = a00, a10 = a00, a11 = a00;
-        __m128i a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-        for (r = 0; r < rows; r++) {
-            const int16_t *xr = xb + 2 * (r * xs + j);
-            const int16_t *wr = wb + (ptrdiff_t)r * k_w * 8;
-            for (kw = 0; kw < k_w; kw++) {
-                const int16_t *xp = xr + 2 * kw * dil_w;
-                const __m128i x0 = _mm_loadu_si128((const __m128i *)(const void *)xp);
-                const __m128i x1 = _mm_loadu_si128((const __m128i *)(const void *)(xp + 8));
-                const __m128i w = _mm_loadu_si128((const __m128i *)(const void *)(wr + 8 * kw));
-                __m128i wq = _mm_shuffle_epi32(w, 0x00);
-                a00 = _mm_add_epi32(a00, _mm_madd_epi16(x0, wq));
-                a01 = _mm_add_epi32(a01, _mm_madd_epi16(x1, wq));
-                wq = _mm_shuffle_epi32(w, 0x55);
-                a10 = _mm_add_epi32(a10, _mm_madd_epi16(x0, wq));
-                a11 = _mm_add_epi32(a11, _mm_madd_epi16(x1, wq));
-                wq = _mm_shuffle_epi32(w, 0xaa);
-                a20 = _mm_add_epi32(a20, _mm_madd_epi16(x0, wq));
-                a21 = _mm_add_epi32(a21, _mm_madd_epi16(x1, wq));
-                wq = _mm_shuffle_epi32(w, 0xff);
-                a30 = _mm_add_epi32(a30, _mm_madd_epi16(x0, wq));
-                a31 = _mm_add_epi32(a31, _mm_madd_epi16(x1, wq));
-            }
-        }
-        _mm_storeu_si128((__m128i *)(void *)&part[0][j], a00);
-        _mm_storeu_si128((__m128i *)(void *)&part[0][j + 4], a01);
-        _mm_storeu_si128((__m128i *)(void *)&part[1][j], a10);
-        _mm_storeu_si128((__m128i *)(void *)&part[1][j + 4], a11);
-        _mm_storeu_si128((__m128i *)(void *)&part[2][j], a20);
-        _mm_storeu_si128((__m128i *)(void *)&part[2][j + 4], a21);
-        _mm_storeu_si128((__m128i *)(void *)&part[3][j], a30);
-        _mm_storeu_si128((__m128i *)(void *)&part[3][j + 4], a31);
+        NK_CONV_STEP(__m128i, 4, _mm_setzero_si128(), NK_SSE2_LOAD, NK_SSE2_STORE, _mm_madd_epi16, _mm_add_epi32,
+                     NK_SSE2_W, NK_SSE2_BCAST);
     }
-    if (j < n4) {
+    if (j < n4) { /* 4 outputs: one vector */
         __m128i a0 = _mm_setzero_si128(), a1 = a0, a2 = a0, a3 = a0;
         for (r = 0; r < rows; r++) {
             const int16_t *xr = xb + 2 * (r * xs + j);
             const int16_t *wr = wb + (ptrdiff_t)r * k_w * 8;
             for (kw = 0; kw < k_w; kw++) {
-                const __m128i x0 = _mm_loadu_si128((const __m128i *)(const void *)(xr + 2 * kw * dil_w));
-                const __m128i w = _mm_loadu_si128((const __m128i *)(const void *)(wr + 8 * kw));
-                a0 = _mm_add_epi32(a0, _mm_madd_epi16(x0, _mm_shuffle_epi32(w, 0x00)));
-                a1 = _mm_add_epi32(a1, _mm_madd_epi16(x0, _mm_shuffle_epi32(w, 0x55)));
-                a2 = _mm_add_epi32(a2, _mm_madd_epi16(x0, _mm_shuffle_epi32(w, 0xaa)));
-                a3 = _mm_add_epi32(a3, _mm_madd_epi16(x0, _mm_shuffle_epi32(w, 0xff)));
+                const __m128i x0 = NK_SSE2_LOAD(xr + 2 * kw * dil_w);
+                NK_SSE2_W(wr + 8 * kw);
+                a0 = _mm_add_epi32(a0, _mm_madd_epi16(x0, NK_SSE2_BCAST(0)));
+                a1 = _mm_add_epi32(a1, _mm_madd_epi16(x0, NK_SSE2_BCAST(1)));
+                a2 = _mm_add_epi32(a2, _mm_madd_epi16(x0, NK_SSE2_BCAST(2)));
+                a3 = _mm_add_epi32(a3, _mm_madd_epi16(x0, NK_SSE2_BCAST(3)));
             }
         }
-        _mm_storeu_si128((__m128i *)(void *)&part[0][j], a0);
-        _mm_storeu_si128((__m128i *)(void *)&part[1][j], a1);
-        _mm_storeu_si128((__m128i *)(void *)&part[2][j], a2);
-        _mm_storeu_si128((__m128i *)(void *)&part[3][j], a3);
+        NK_SSE2_STORE(&part[0][j], a0);
+        NK_SSE2_STORE(&part[1][j], a1);
+        NK_SSE2_STORE(&part[2][j], a2);
+        NK_SSE2_STORE(&part[3][j], a3);
         for (r = 0; r < NK_CONV_OB; r++) {
-            _mm_storeu_si128((__m128i *)(void *)&part[r][j + 4], _mm_setzero_si128());
+            NK_SSE2_STORE(&part[r][j + 4], _mm_setzero_si128());
         }
     }
 }
