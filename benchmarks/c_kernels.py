@@ -9,7 +9,10 @@ builds with different flags). Printed, never asserted. Time is the best of --rou
 CPU time (user + system) of one process running --runs inferences, the builds taking turns, so that
 other jobs on the machine inflate it as little as possible.
 
-    .venv/bin/python benchmarks/c_kernels.py [--runs 20000] [--rounds 5] [--no-avx2]
+    .venv/bin/python benchmarks/c_kernels.py [--runs 20000] [--rounds 5] [--no-avx2] [--against REV]
+
+--against REV adds a baseline build of the same generated project with the kernel library
+(npukit/codegen/runtime/*) as of git revision REV, timed in the same turns: a before/after in one run.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-avx2", action="store_true", help="only the x86-64 baseline build")
+    ap.add_argument("--against", metavar="REV", help="also the kernels as of this git revision (baseline flags)")
     args = ap.parse_args()
     torch.manual_seed(0)
     from npukit.models import mnist1d_cnn
@@ -97,6 +101,15 @@ def main() -> None:
             print(f"{name}: this host does not run the build; left out")
             continue
         exes[name] = exe
+    if args.against:
+        old = project.parent / "against"
+        shutil.copytree(project, old)
+        root = Path(__file__).resolve().parents[1]
+        for src in sorted(old.glob("nk_*.c")) + [old / "npukit_kernels.h"]:
+            rel = f"npukit/codegen/runtime/{src.name}"
+            src.write_bytes(subprocess.run(["git", "show", f"{args.against}:{rel}"], cwd=root, check=True,
+                                           capture_output=True).stdout)
+        exes[f"kernels as of {args.against} (SSE2)"] = host.build(old, "bench", opt="-O2", out_name="bench_against")
     conv_macs = sum(get_op(n.op).macs(n, graph) for n in graph.nodes if n.op == "conv")
     all_macs = sum(get_op(n.op).macs(n, graph) for n in graph.nodes)
     print(f"demo model: {all_macs:,} MACs per inference ({conv_macs:,} in conv layers)")
