@@ -882,7 +882,8 @@ static void nk_conv_sse2_tile(const int16_t *xb, ptrdiff_t xs, int32_t rows, int
  * zero): entry ((p - p0) * k_hw + k) * NK_CONV_OB + q holds (w[o+q][2p][k], w[o+q][2p+1][k]), zero past
  * the last input channel. Two steps: z interleaves the nq channels' weights of input channels
  * [2 p0, 2 p1) byte by byte (z[4 t + q], t the tap index from channel 2 p0 on), then each entry's 8 bytes
- * are z[t] and z[t + k_hw] interleaved, 4 entries at a time. May write up to 3 entries past the last one
+ * are z[t] and z[t + k_hw] interleaved, 4 entries at a time, the last 1-2 two at a time. May write up to 3
+ * entries past the last one
  * (the caller's buffer has room; entries past a pair's own are those of the next pair, written after). */
 static void nk_conv_sse2_weights(const int8_t *w, int32_t cg, int32_t k_hw, int32_t o, int32_t nq, int32_t p0,
                                  int32_t p1, int16_t *wb)
@@ -915,7 +916,7 @@ static void nk_conv_sse2_weights(const int8_t *w, int32_t cg, int32_t k_hw, int3
     for (pp = 0; pp < p1 - p0; pp++) {
         const int8_t *z0 = z + (ptrdiff_t)4 * 2 * pp * k_hw, *z1 = z0 + (ptrdiff_t)4 * k_hw;
         int16_t *e = wb + (ptrdiff_t)pp * k_hw * NK_CONV_OB * 2;
-        for (k = 0; k < k_hw; k += 4) { /* entries k .. k + 3 (past k_hw: the next pair's, rewritten) */
+        for (k = 0; k + 2 < k_hw; k += 4) { /* entries k .. k + 3 (past k_hw: the next pair's, rewritten) */
             const __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(z0 + 4 * k));
             const __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(z1 + 4 * k));
             const __m128i lo = _mm_unpacklo_epi8(a, b), hi = _mm_unpackhi_epi8(a, b);
@@ -923,6 +924,13 @@ static void nk_conv_sse2_weights(const int8_t *w, int32_t cg, int32_t k_hw, int3
             _mm_storeu_si128((__m128i *)(void *)(e + 8 * k + 8), _mm_srai_epi16(_mm_unpackhi_epi8(lo, lo), 8));
             _mm_storeu_si128((__m128i *)(void *)(e + 8 * k + 16), _mm_srai_epi16(_mm_unpacklo_epi8(hi, hi), 8));
             _mm_storeu_si128((__m128i *)(void *)(e + 8 * k + 24), _mm_srai_epi16(_mm_unpackhi_epi8(hi, hi), 8));
+        }
+        if (k < k_hw) { /* the last 1 or 2: entries k, k + 1 */
+            const __m128i a = _mm_loadl_epi64((const __m128i *)(const void *)(z0 + 4 * k));
+            const __m128i b = _mm_loadl_epi64((const __m128i *)(const void *)(z1 + 4 * k));
+            const __m128i lo = _mm_unpacklo_epi8(a, b);
+            _mm_storeu_si128((__m128i *)(void *)(e + 8 * k), _mm_srai_epi16(_mm_unpacklo_epi8(lo, lo), 8));
+            _mm_storeu_si128((__m128i *)(void *)(e + 8 * k + 8), _mm_srai_epi16(_mm_unpackhi_epi8(lo, lo), 8));
         }
     }
 }
