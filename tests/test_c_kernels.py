@@ -6,7 +6,7 @@ maps it, and compared with the op's own numpy kernel (`OpDef.run`); the scalar f
 with exact integer references that are themselves checked against `arith`. A second build with
 AddressSanitizer and UBSan runs a batch of random cases in a small C harness, so a read past a border,
 a signed overflow or a shift of a negative value fails the run. A build without SIMD (-DNK_NO_SIMD)
-runs nk_conv's portable paths; Cortex-M4 builds (the DSP extension's SMLAD paths, and plain C99 with
+runs nk_conv's portable paths, and an -mavx2 build (where the host runs it) the x86 tile's AVX2 step; Cortex-M4 builds (the DSP extension's SMLAD paths, and plain C99 with
 -DNK_NO_SIMD) run the same harness under QEMU when the arm tools are installed; and a sweep over
 rounding ties and saturation holds nk_conv's specialisations of nk_requant (npukit_kernels.h) to the
 scheme's requantize. Two real models run end to end.
