@@ -6,7 +6,7 @@ maps it, and compared with the op's own numpy kernel (`OpDef.run`); the scalar f
 with exact integer references that are themselves checked against `arith`. A second build with
 AddressSanitizer and UBSan runs a batch of random cases in a small C harness, so a read past a border,
 a signed overflow or a shift of a negative value fails the run. A build without SIMD (-DNK_NO_SIMD)
-runs nk_conv's portable paths; Cortex-M4 builds (the DSP extension's SMLAD paths, and plain C99 with
+runs nk_conv's portable paths, and an -mavx2 build (where the host runs it) the x86 tile's AVX2 step; Cortex-M4 builds (the DSP extension's SMLAD paths, and plain C99 with
 -DNK_NO_SIMD) run the same harness under QEMU when the arm tools are installed; and a sweep over
 rounding ties and saturation holds nk_conv's specialisations of nk_requant (npukit_kernels.h) to the
 scheme's requantize. Two real models run end to end.
@@ -249,6 +249,17 @@ def lib_scalar(tmp_path_factory):
     """The kernels built with -DNK_NO_SIMD: nk_conv's portable paths (tiles, single outputs), which
     SSE2 would otherwise take over for most 8-bit shapes on x86-64."""
     return _build_lib(tmp_path_factory.mktemp("nk_scalar") / "libnpukit_kernels.so", ["-DNK_NO_SIMD"])
+
+
+@pytest.fixture(scope="session")
+def lib_avx2(tmp_path_factory):
+    """The kernels built with -mavx2 (nk_conv's 16-output AVX2 step), where this host runs AVX2 code."""
+    d = tmp_path_factory.mktemp("nk_avx2")
+    (d / "probe.c").write_text("int main(void) { return __builtin_cpu_supports(\"avx2\") ? 0 : 1; }\n")
+    probe = subprocess.run([CC, "-mavx2", str(d / "probe.c"), "-o", str(d / "probe")], capture_output=True)
+    if probe.returncode != 0 or subprocess.run([str(d / "probe")], capture_output=True).returncode != 0:
+        pytest.skip(f"{CC} cannot build AVX2 code or this CPU cannot run it")
+    return _build_lib(d / "libnpukit_kernels.so", ["-mavx2"])
 
 
 def _build_lib(out: Path, flags: list[str] | None = None) -> ctypes.CDLL:
@@ -665,6 +676,7 @@ def test_runtime_has_one_file_per_kernel():
 @pytest.mark.parametrize("cc, flags", [
     ("clang", ["-O2"]),
     ("gcc", ["-O2", "-Wshadow", "-Wconversion", "-Wsign-conversion", "-Wcast-qual", "-Wstrict-prototypes"]),
+    ("gcc", ["-O2", "-mavx2", "-Wshadow", "-Wconversion", "-Wsign-conversion", "-Wcast-qual"]),
     ("arm-none-eabi-gcc", ["-O2", "-mcpu=cortex-m4", "-mthumb"]),
     ("arm-none-eabi-gcc", ["-Os", "-mcpu=cortex-m4", "-mthumb", "-Wconversion", "-Wshadow"]),
     ("arm-none-eabi-gcc", ["-Os", "-mcpu=cortex-m0", "-mthumb"]),
@@ -807,7 +819,8 @@ def test_weight_unpacking(lib, bits, data):
 # Every op on the default build; conv and linear also on the build without SIMD (whose tile paths the
 # SSE2 path otherwise hides on x86).
 @pytest.mark.parametrize(("op", "build"), [(op, "lib") for op in sorted(CASES)] + [("conv", "lib_scalar"),
-                                                                                    ("linear", "lib_scalar")])
+                                                                                    ("linear", "lib_scalar"),
+                                                                                    ("conv", "lib_avx2")])
 def test_kernel_matches_op(request, op, build):
     lib = request.getfixturevalue(build)
 
@@ -910,6 +923,48 @@ def _dilated_conv_case():
     return node, _graph(node, specs, {"rounding": "trunc", "accumulator_bits": 32}), [x]
 
 
+def _block_conv_case(src: _Src):
+    """8-bit, stride_w 1 convs shaped for nk_conv's x86 paths: several blocks of 4 output channels and a
+    last partial one, odd and even channel counts, one chunk of channel pairs or several (int64 sums),
+    a group's weight entries built at once or block by block, rows of several tiles, 4-output tails,
+    padding, dilation, groups, stride_h 1-2."""
+    ndim, groups = src.pick([1, 1, 2]), src.pick([1, 1, 1, 2])
+    cg = src.pick([1, 2, 3, src.int(4, 20), src.int(20, 40), src.int(60, 70)])
+    og = src.pick([src.int(4, 9), src.int(10, 40), src.int(60, 70)])
+    ks = [src.int(1, 3), src.int(1, 9)][-ndim:]
+    strides, dils = [src.pick([1, 2]), 1][-ndim:], [src.pick([1, 1, 2]) for _ in ks]
+    pads = [src.int(0, k) for k in ks]
+    sizes = [src.int(max(1, d * (k - 1) + 1 - 2 * p), d * (k - 1) + 1 + (90 if last else 6))
+             for k, d, p, last in zip(ks, dils, pads, [False, True][-ndim:], strict=True)]
+    return _conv_case_of(src, groups, og, cg, ks, strides, pads, dils, sizes, w_bits=8)
+
+
+@pytest.mark.parametrize("build", ["lib", "lib_scalar", "lib_avx2"])
+def test_block_convs_match_op(request, build):
+    """Many-channel 8-bit convs against the op: on x86 hosts through the SSE2 path (lib), the AVX2 build
+    and the plain C99 one; elsewhere the portable paths."""
+    lib = request.getfixturevalue(build)
+    for i in range(60):
+        _check(lambda k, b: _run_ctypes(lib, k, b), *_block_conv_case(_Rng(70_000 + i)))
+
+
+def test_maxpool2_rows_match_op(lib, lib_scalar):
+    """MaxPool(2) over rows of even width (nk_maxpool's run of pairs: SSE2 lanes, then one by one),
+    rows of odd width, and 2-d inputs pooled along the rows only, with -128 and 127 in the inputs."""
+    rng = np.random.default_rng(3)
+    for i in range(40):
+        ndim, c = 1 + i % 2, int(rng.integers(1, 40))
+        sizes = [int(rng.integers(1, 4))] * (ndim - 1) + [int(rng.integers(2, 80))]
+        x = rng.choice(np.array([-128, -127, -1, 0, 1, 126, 127], np.int8), (c, *sizes))
+        x = np.where(rng.random(x.shape) < 0.5, x, rng.integers(-128, 128, x.shape)).astype(np.int8)
+        node = Node("p", "maxpool", ["x"], ["y"], {"ndim": ndim, "kernel": [1, 2][-ndim:], "stride": [1, 2][-ndim:],
+                                                   "padding": [0] * ndim})
+        shape = get_op("maxpool").infer_shapes(node, [x.shape])[0]
+        graph = _graph(node, [TensorSpec("x", x.shape, 8, 0), TensorSpec("y", shape, 8, 0)], _target(_Rng(i)))
+        for build in (lib, lib_scalar):
+            _check(lambda k, b, build=build: _run_ctypes(build, k, b), node, graph, [x])
+
+
 def test_dilated_conv(lib):
     _check(lambda k, b: _run_ctypes(lib, k, b), *_dilated_conv_case())
 
@@ -947,6 +1002,7 @@ def test_kernels_under_sanitizers(harness):
     """A batch of random cases (every kernel, every path) in one ASan + UBSan run, compared with the ops."""
     cases = [CASES[op](_Rng(1000 * i + j)) for i, op in enumerate(sorted(CASES)) for j in range(60 if op == "conv" else 25)]
     cases.append(_dilated_conv_case())
+    cases += [_block_conv_case(_Rng(80_000 + i)) for i in range(20)]
     sweep_rng = np.random.default_rng(11)  # requantisation edges: big shifts, saturating bias terms
     cases += [_requant_sweep(scheme, mode, shift, acc_bits, variant, sweep_rng, bias_shift)
               for mode in MODES for scheme, shift, acc_bits, variant, bias_shift in (

@@ -23,9 +23,9 @@
  *    These builds leave out the tile path below, which it replaces.
  *  - with SSE2 (x86-64 baseline), 8-bit weights, stride_w == 1:
  *    nk_conv_sse2 (below) pairs input channels per pmaddwd and computes 4 output channels x 8 outputs
- *    per inner step from zero-padded int16 buffers, with its own int32 bound; the requantisation in
- *    int32 lanes where that is exact (nk_conv_sse2_requant). Shapes whose buffers would not fit take
- *    the paths below.
+ *    per inner step (16 with __AVX2__, 4 at a row's end) from zero-padded int16 buffers, with its own
+ *    int32 bound; the requantisation in int32 lanes where that is exact (nk_conv_sse2_requant). Shapes
+ *    whose buffers would not fit take the paths below.
  *  - 8-bit weights (any groups), stride_w == 1, rows of at least NK_CONV_TILE outputs: tiles of
  *    NK_CONV_TILE adjacent outputs (the last tile of a row overlaps the one before it and stores only
  *    its new outputs). The inner loop multiplies one weight into the whole tile with a constant trip
@@ -57,6 +57,9 @@
 #if defined(__SSE2__) && !defined(NK_NO_SIMD)
 #define NK_CONV_SSE2 1
 #include <emmintrin.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #endif
 #if defined(NK_DSP)
 #include <arm_acle.h>
@@ -748,16 +751,21 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
  * row holds, for one channel pair (c, c + 1) and one kernel row, the window's int16 pairs
  * (x_c[i], x_c+1[i]) (zero-padded at the borders and past the last channel), and a weight entry holds
  * (w_c, w_c+1) for NK_CONV_OB output channels. One pmaddwd then gives 4 outputs x 2 products; each
- * weight vector serves 8 adjacent outputs and each input vector NK_CONV_OB output channels.
+ * weight vector serves 8 adjacent outputs (4 in a row's last step) and each input vector NK_CONV_OB
+ * output channels. With a single chunk (all channel pairs at once), the weight entries of every block
+ * of a group are built once per call where they fit NK_CONV_WALL, and each tile's input buffer then
+ * serves every block; otherwise the blocks run one by one, their entries built once per call (or per
+ * chunk and tile, with several chunks).
  *
  * int32 lanes are exact: a pmaddwd lane is x_c w_c + x_c+1 w_c+1 with |.| <= 2 * 2^14 = 2^15, and a lane
  * sums at most (pairs in a chunk) * k_h * k_w <= NK_CONV_WPAIRS = 256 of them before the chunk's result
  * is added into int64: |partial| <= 2^23. */
 #define NK_CONV_OB 4        /* output channels per block */
-#define NK_CONV_TW 64       /* outputs per tile (a multiple of 8) */
+#define NK_CONV_TW 64       /* outputs per tile (a multiple of 8; a tile is rounded up to 4) */
 #define NK_CONV_XBUF 4096   /* int16 pairs in the input buffer: rows * row length */
 #define NK_CONV_WPAIRS 256  /* (channel pair, kernel tap) entries per chunk */
 #define NK_CONV_STAGE 512   /* longest buffer row (tile + (k_w - 1) * dil_w, rounded up to 8) */
+#define NK_CONV_WALL 2048   /* entries of a group's blocks built at once (32 KiB; >= NK_CONV_WPAIRS) */
 
 /* n8 (a multiple of 8) int16 pairs (r0[i], r1[i]) into dst. */
 static void nk_conv_pack_pairs(int16_t *dst, const int8_t *r0, const int8_t *r1, ptrdiff_t n8)
@@ -772,90 +780,157 @@ static void nk_conv_pack_pairs(int16_t *dst, const int8_t *r0, const int8_t *r1,
     }
 }
 
-/* tw8 (a multiple of 8) outputs of NK_CONV_OB channels over `rows` buffer rows of length xs. */
-static void nk_conv_sse2_tile(const int16_t *xb, ptrdiff_t xs, int32_t rows, int32_t k_w, ptrdiff_t dil_w,
-                              const int16_t *wb, int32_t tw8, int32_t part[NK_CONV_OB][NK_CONV_TW])
+/* One step of nk_conv_sse2_tile: NK_CONV_OB channels x 2 vectors of V outputs from column j, in lanes of
+ * type T; W(we) readies entry we's weights and BCAST(q) is channel q's pair of them in every lane. The
+ * SSE2 step (V = 4) and the AVX2 one (V = 8) are this one definition. */
+#define NK_CONV_STEP(T, V, ZERO, LOAD, STORE, MADD, ADD, W, BCAST)                                            \
+    do {                                                                                                      \
+        T a00 = ZERO, a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;            \
+        for (r = 0; r < rows; r++) {                                                                          \
+            const int16_t *xr = xb + 2 * (r * xs + j);                                                        \
+            const int16_t *wr = wb + (ptrdiff_t)r * k_w * 8;                                                  \
+            for (kw = 0; kw < k_w; kw++) {                                                                    \
+                const int16_t *xp = xr + 2 * kw * dil_w, *we = wr + 8 * kw;                                   \
+                const T x0 = LOAD(xp), x1 = LOAD(xp + 2 * (V));                                               \
+                T wq;                                                                                         \
+                W(we);                                                                                        \
+                wq = BCAST(0);                                                                                \
+                a00 = ADD(a00, MADD(x0, wq));                                                                 \
+                a01 = ADD(a01, MADD(x1, wq));                                                                 \
+                wq = BCAST(1);                                                                                \
+                a10 = ADD(a10, MADD(x0, wq));                                                                 \
+                a11 = ADD(a11, MADD(x1, wq));                                                                 \
+                wq = BCAST(2);                                                                                \
+                a20 = ADD(a20, MADD(x0, wq));                                                                 \
+                a21 = ADD(a21, MADD(x1, wq));                                                                 \
+                wq = BCAST(3);                                                                                \
+                a30 = ADD(a30, MADD(x0, wq));                                                                 \
+                a31 = ADD(a31, MADD(x1, wq));                                                                 \
+            }                                                                                                 \
+        }                                                                                                     \
+        STORE(&part[0][j], a00);                                                                              \
+        STORE(&part[0][j + (V)], a01);                                                                        \
+        STORE(&part[1][j], a10);                                                                              \
+        STORE(&part[1][j + (V)], a11);                                                                        \
+        STORE(&part[2][j], a20);                                                                              \
+        STORE(&part[2][j + (V)], a21);                                                                        \
+        STORE(&part[3][j], a30);                                                                              \
+        STORE(&part[3][j + (V)], a31);                                                                        \
+    } while (0)
+
+#define NK_SSE2_LOAD(p) _mm_loadu_si128((const __m128i *)(const void *)(p))
+#define NK_SSE2_STORE(p, v) _mm_storeu_si128((__m128i *)(void *)(p), v)
+#define NK_SSE2_W(we) const __m128i w_ = NK_SSE2_LOAD(we) /* the entry: one load, 4 shuffles */
+#define NK_SSE2_BCAST(q) _mm_shuffle_epi32(w_, 0x55 * (q))
+#if defined(__AVX2__)
+#define NK_AVX2_LOAD(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
+#define NK_AVX2_STORE(p, v) _mm256_storeu_si256((__m256i *)(void *)(p), v)
+#define NK_AVX2_W(we) const int16_t *w_ = (we) /* each pair broadcast from memory */
+#define NK_AVX2_BCAST(q) nk_conv_bcast32(w_ + 2 * (q))
+
+/* The int16 pair at p in every 32-bit lane (one vpbroadcastd). */
+static __m256i nk_conv_bcast32(const int16_t *p)
 {
-    int32_t j, r, kw;
-    for (j = 0; j < tw8; j += 8) {
-        __m128i a00 = _mm_setzero_si128(), a01 = a00, a10 = a00, a11 = a00;
-        __m128i a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm256_set1_epi32(v);
+}
+#endif
+
+/* n4 (a multiple of 4) outputs of NK_CONV_OB channels over `rows` buffer rows of length xs: 16 at a time
+ * with AVX2, 8 at a time, then 4 (whose step writes zeros to part[.][n4, n4 + 4), so that
+ * part[.][0, n4 rounded up to 8) is set). */
+static void nk_conv_sse2_tile(const int16_t *xb, ptrdiff_t xs, int32_t rows, int32_t k_w, ptrdiff_t dil_w,
+                              const int16_t *wb, int32_t n4, int32_t part[NK_CONV_OB][NK_CONV_TW])
+{
+    int32_t j = 0, r, kw;
+#if defined(__AVX2__)
+    for (; j + 16 <= n4; j += 16) {
+        NK_CONV_STEP(__m256i, 8, _mm256_setzero_si256(), NK_AVX2_LOAD, NK_AVX2_STORE, _mm256_madd_epi16,
+                     _mm256_add_epi32, NK_AVX2_W, NK_AVX2_BCAST);
+    }
+#endif
+    for (; j + 8 <= n4; j += 8) {
+        NK_CONV_STEP(__m128i, 4, _mm_setzero_si128(), NK_SSE2_LOAD, NK_SSE2_STORE, _mm_madd_epi16, _mm_add_epi32,
+                     NK_SSE2_W, NK_SSE2_BCAST);
+    }
+    if (j < n4) { /* 4 outputs: one vector */
+        __m128i a0 = _mm_setzero_si128(), a1 = a0, a2 = a0, a3 = a0;
         for (r = 0; r < rows; r++) {
             const int16_t *xr = xb + 2 * (r * xs + j);
             const int16_t *wr = wb + (ptrdiff_t)r * k_w * 8;
             for (kw = 0; kw < k_w; kw++) {
-                const int16_t *xp = xr + 2 * kw * dil_w;
-                const __m128i x0 = _mm_loadu_si128((const __m128i *)(const void *)xp);
-                const __m128i x1 = _mm_loadu_si128((const __m128i *)(const void *)(xp + 8));
-                const __m128i w = _mm_loadu_si128((const __m128i *)(const void *)(wr + 8 * kw));
-                __m128i wq = _mm_shuffle_epi32(w, 0x00);
-                a00 = _mm_add_epi32(a00, _mm_madd_epi16(x0, wq));
-                a01 = _mm_add_epi32(a01, _mm_madd_epi16(x1, wq));
-                wq = _mm_shuffle_epi32(w, 0x55);
-                a10 = _mm_add_epi32(a10, _mm_madd_epi16(x0, wq));
-                a11 = _mm_add_epi32(a11, _mm_madd_epi16(x1, wq));
-                wq = _mm_shuffle_epi32(w, 0xaa);
-                a20 = _mm_add_epi32(a20, _mm_madd_epi16(x0, wq));
-                a21 = _mm_add_epi32(a21, _mm_madd_epi16(x1, wq));
-                wq = _mm_shuffle_epi32(w, 0xff);
-                a30 = _mm_add_epi32(a30, _mm_madd_epi16(x0, wq));
-                a31 = _mm_add_epi32(a31, _mm_madd_epi16(x1, wq));
+                const __m128i x0 = NK_SSE2_LOAD(xr + 2 * kw * dil_w);
+                NK_SSE2_W(wr + 8 * kw);
+                a0 = _mm_add_epi32(a0, _mm_madd_epi16(x0, NK_SSE2_BCAST(0)));
+                a1 = _mm_add_epi32(a1, _mm_madd_epi16(x0, NK_SSE2_BCAST(1)));
+                a2 = _mm_add_epi32(a2, _mm_madd_epi16(x0, NK_SSE2_BCAST(2)));
+                a3 = _mm_add_epi32(a3, _mm_madd_epi16(x0, NK_SSE2_BCAST(3)));
             }
         }
-        _mm_storeu_si128((__m128i *)(void *)&part[0][j], a00);
-        _mm_storeu_si128((__m128i *)(void *)&part[0][j + 4], a01);
-        _mm_storeu_si128((__m128i *)(void *)&part[1][j], a10);
-        _mm_storeu_si128((__m128i *)(void *)&part[1][j + 4], a11);
-        _mm_storeu_si128((__m128i *)(void *)&part[2][j], a20);
-        _mm_storeu_si128((__m128i *)(void *)&part[2][j + 4], a21);
-        _mm_storeu_si128((__m128i *)(void *)&part[3][j], a30);
-        _mm_storeu_si128((__m128i *)(void *)&part[3][j + 4], a31);
+        NK_SSE2_STORE(&part[0][j], a0);
+        NK_SSE2_STORE(&part[1][j], a1);
+        NK_SSE2_STORE(&part[2][j], a2);
+        NK_SSE2_STORE(&part[3][j], a3);
+        for (r = 0; r < NK_CONV_OB; r++) {
+            NK_SSE2_STORE(&part[r][j + 4], _mm_setzero_si128());
+        }
     }
 }
 
 /* Weight entries of channel pairs [p0, p1) for output channels [o, o + nq) (nq <= NK_CONV_OB; the rest
- * zero): entry ((p - p0) * k_hw + k) * NK_CONV_OB + q holds (w[o+q][2p][k], w[o+q][2p+1][k]). */
+ * zero): entry ((p - p0) * k_hw + k) * NK_CONV_OB + q holds (w[o+q][2p][k], w[o+q][2p+1][k]), zero past
+ * the last input channel. Two steps: z interleaves the nq channels' weights of input channels
+ * [2 p0, 2 p1) byte by byte (z[4 t + q], t the tap index from channel 2 p0 on), then each entry's 8 bytes
+ * are z[t] and z[t + k_hw] interleaved, 4 entries at a time, the last 1-2 two at a time. May write up to 3
+ * entries past the last one
+ * (the caller's buffer has room; entries past a pair's own are those of the next pair, written after). */
 static void nk_conv_sse2_weights(const int8_t *w, int32_t cg, int32_t k_hw, int32_t o, int32_t nq, int32_t p0,
                                  int32_t p1, int16_t *wb)
 {
+    int8_t z[4 * (2 * NK_CONV_WPAIRS + 16)];
+    const ptrdiff_t ostep = (ptrdiff_t)cg * k_hw, base = (ptrdiff_t)2 * p0 * k_hw;
+    const ptrdiff_t n = (ptrdiff_t)2 * (p1 - p0) * k_hw; /* taps of the chunk, <= 2 * NK_CONV_WPAIRS */
+    const ptrdiff_t nv = ostep - base < n ? ostep - base : n; /* those of existing input channels */
+    const int8_t *r = w + ((ptrdiff_t)o * ostep + base);
+    ptrdiff_t i, t;
     int32_t pp, k, q;
-    if (nq < NK_CONV_OB || 2 * p1 > cg) {
-        memset(wb, 0, (size_t)(p1 - p0) * (size_t)k_hw * NK_CONV_OB * 2 * sizeof *wb);
+    for (i = 0; nq == NK_CONV_OB && i + 16 <= nv; i += 16) { /* 16 taps at a time */
+        const __m128i v0 = _mm_loadu_si128((const __m128i *)(const void *)(r + i));
+        const __m128i v1 = _mm_loadu_si128((const __m128i *)(const void *)(r + ostep + i));
+        const __m128i v2 = _mm_loadu_si128((const __m128i *)(const void *)(r + 2 * ostep + i));
+        const __m128i v3 = _mm_loadu_si128((const __m128i *)(const void *)(r + 3 * ostep + i));
+        const __m128i l01 = _mm_unpacklo_epi8(v0, v1), h01 = _mm_unpackhi_epi8(v0, v1);
+        const __m128i l23 = _mm_unpacklo_epi8(v2, v3), h23 = _mm_unpackhi_epi8(v2, v3);
+        _mm_storeu_si128((__m128i *)(void *)(z + 4 * i), _mm_unpacklo_epi16(l01, l23));
+        _mm_storeu_si128((__m128i *)(void *)(z + 4 * i + 16), _mm_unpackhi_epi16(l01, l23));
+        _mm_storeu_si128((__m128i *)(void *)(z + 4 * i + 32), _mm_unpacklo_epi16(h01, h23));
+        _mm_storeu_si128((__m128i *)(void *)(z + 4 * i + 48), _mm_unpackhi_epi16(h01, h23));
     }
-    if (nq == NK_CONV_OB && 2 * p1 <= cg) { /* the common case: whole entries, 8 weights at a time */
-        const ptrdiff_t ostep = (ptrdiff_t)cg * k_hw;
-        for (pp = p0; pp < p1; pp++) {
-            const int8_t *w0 = w + ((ptrdiff_t)o * cg + 2 * pp) * k_hw;
-            int16_t *e = wb + (ptrdiff_t)(pp - p0) * k_hw * NK_CONV_OB * 2;
-            for (k = 0; k < k_hw; k++) {
-                e[0] = w0[k];
-                e[1] = w0[k + k_hw];
-                e[2] = w0[k + ostep];
-                e[3] = w0[k + ostep + k_hw];
-                e[4] = w0[k + 2 * ostep];
-                e[5] = w0[k + 2 * ostep + k_hw];
-                e[6] = w0[k + 3 * ostep];
-                e[7] = w0[k + 3 * ostep + k_hw];
-                e += 2 * NK_CONV_OB;
-            }
+    for (t = i; t < nv; t++) { /* the rest one tap at a time, */
+        for (q = 0; q < NK_CONV_OB; q++) {
+            z[4 * t + q] = q < nq ? r[q * ostep + t] : 0;
         }
-        return;
     }
-    for (q = 0; q < nq; q++) {
-        for (pp = p0; pp < p1; pp++) {
-            const int8_t *w0 = w + ((ptrdiff_t)(o + q) * cg + 2 * pp) * k_hw;
-            int16_t *e = wb + ((ptrdiff_t)(pp - p0) * k_hw * NK_CONV_OB + q) * 2;
-            if (2 * pp + 1 < cg) {
-                const int8_t *w1 = w0 + k_hw;
-                for (k = 0; k < k_hw; k++) {
-                    e[2 * NK_CONV_OB * k] = w0[k];
-                    e[2 * NK_CONV_OB * k + 1] = w1[k];
-                }
-            } else {
-                for (k = 0; k < k_hw; k++) {
-                    e[2 * NK_CONV_OB * k] = w0[k];
-                }
-            }
+    memset(z + 4 * nv, 0, (size_t)(4 * (n + 4 - nv))); /* then zeros: missing channels, and 4 taps past n */
+    for (pp = 0; pp < p1 - p0; pp++) {
+        const int8_t *z0 = z + (ptrdiff_t)4 * 2 * pp * k_hw, *z1 = z0 + (ptrdiff_t)4 * k_hw;
+        int16_t *e = wb + (ptrdiff_t)pp * k_hw * NK_CONV_OB * 2;
+        for (k = 0; k + 2 < k_hw; k += 4) { /* entries k .. k + 3 (past k_hw: the next pair's, rewritten) */
+            const __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(z0 + 4 * k));
+            const __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(z1 + 4 * k));
+            const __m128i lo = _mm_unpacklo_epi8(a, b), hi = _mm_unpackhi_epi8(a, b);
+            _mm_storeu_si128((__m128i *)(void *)(e + 8 * k), _mm_srai_epi16(_mm_unpacklo_epi8(lo, lo), 8));
+            _mm_storeu_si128((__m128i *)(void *)(e + 8 * k + 8), _mm_srai_epi16(_mm_unpackhi_epi8(lo, lo), 8));
+            _mm_storeu_si128((__m128i *)(void *)(e + 8 * k + 16), _mm_srai_epi16(_mm_unpacklo_epi8(hi, hi), 8));
+            _mm_storeu_si128((__m128i *)(void *)(e + 8 * k + 24), _mm_srai_epi16(_mm_unpackhi_epi8(hi, hi), 8));
+        }
+        if (k < k_hw) { /* the last 1 or 2: entries k, k + 1 */
+            const __m128i a = _mm_loadl_epi64((const __m128i *)(const void *)(z0 + 4 * k));
+            const __m128i b = _mm_loadl_epi64((const __m128i *)(const void *)(z1 + 4 * k));
+            const __m128i lo = _mm_unpacklo_epi8(a, b);
+            _mm_storeu_si128((__m128i *)(void *)(e + 8 * k), _mm_srai_epi16(_mm_unpacklo_epi8(lo, lo), 8));
+            _mm_storeu_si128((__m128i *)(void *)(e + 8 * k + 8), _mm_srai_epi16(_mm_unpackhi_epi8(lo, lo), 8));
         }
     }
 }
@@ -916,7 +991,15 @@ static void nk_conv_sse2_input(const nk_conv_params *p, const int8_t *x, int32_t
  * = (acc + add) >> s, and the half_even parity bit (acc >> s) & 1 is that of ((acc + off) >> s), as
  * 2^(62-s) is even; packs_epi32 saturates to int16, which keeps the act clamp exact; the act range fits
  * int8, so packs_epi16 only narrows. Reads part[0, n rounded up to 8). */
-static void nk_conv_sse2_requant(const nk_conv_rq *r, int clamp, const int32_t *part, int32_t n, int8_t *out)
+#if defined(__GNUC__)
+#define NK_SSE2_INLINE __inline__ __attribute__((always_inline)) /* flags passed as constants fold away */
+#else
+#define NK_SSE2_INLINE
+#endif
+
+/* The loop of nk_conv_sse2_requant; `sel`: add_pos != add_neg (else add_pos is every lane's add). */
+static NK_SSE2_INLINE void nk_conv_sse2_rq_loop(const nk_conv_rq *r, int clamp, int even, int sel,
+                                                const int32_t *part, int32_t n, int8_t *out)
 {
     const nk_requant_params *rq = &r->p->rq;
     const __m128i vb = _mm_set1_epi32((int32_t)r->bias_term);
@@ -930,16 +1013,18 @@ static void nk_conv_sse2_requant(const nk_conv_rq *r, int clamp, const int32_t *
         __m128i y[2], b;
         for (h = 0; h < 2; h++) {
             __m128i a = _mm_add_epi32(_mm_loadu_si128((const __m128i *)(const void *)(part + j + 4 * h)), vb);
-            __m128i m, add;
+            __m128i m, add = vpos;
             if (clamp) {
                 m = _mm_cmpgt_epi32(vmin, a);
                 a = _mm_or_si128(_mm_and_si128(m, vmin), _mm_andnot_si128(m, a));
                 m = _mm_cmpgt_epi32(a, vmax);
                 a = _mm_or_si128(_mm_and_si128(m, vmax), _mm_andnot_si128(m, a));
             }
-            m = _mm_cmplt_epi32(a, zero);
-            add = _mm_or_si128(_mm_and_si128(m, vneg), _mm_andnot_si128(m, vpos));
-            if (r->even) {
+            if (sel) {
+                m = _mm_cmplt_epi32(a, zero);
+                add = _mm_or_si128(_mm_and_si128(m, vneg), _mm_andnot_si128(m, vpos));
+            }
+            if (even) {
                 add = _mm_add_epi32(add, _mm_and_si128(_mm_sra_epi32(a, sh), one));
             }
             y[h] = _mm_sra_epi32(_mm_add_epi32(a, add), sh);
@@ -948,10 +1033,51 @@ static void nk_conv_sse2_requant(const nk_conv_rq *r, int clamp, const int32_t *
         b = _mm_packs_epi16(b, b);
         if (n - j >= 8) {
             _mm_storel_epi64((__m128i *)(void *)(out + j), b);
+        } else if (n - j == 4) {
+            const int32_t v = _mm_cvtsi128_si32(b);
+            memcpy(out + j, &v, sizeof v);
         } else {
             int8_t tmp[16];
             _mm_storeu_si128((__m128i *)(void *)tmp, b);
             memcpy(out + j, tmp, (size_t)(n - j));
+        }
+    }
+}
+
+static void nk_conv_sse2_requant(const nk_conv_rq *r, int clamp, const int32_t *part, int32_t n, int8_t *out)
+{
+    if (!clamp && !r->even && r->add_pos == r->add_neg) { /* the common case, its own loop: half_up, floor */
+        nk_conv_sse2_rq_loop(r, 0, 0, 0, part, n, out);
+    } else {
+        nk_conv_sse2_rq_loop(r, clamp, r->even, 1, part, n, out);
+    }
+}
+
+/* Requantises and stores n outputs of row oh from column t on, channels [o, o + nq): from the int32 sums
+ * part (a single chunk; `mode`: nk_conv_rq32_mode) or else the int64 sums acc. After a channel whose
+ * nk_conv_rq is fast, the next one's is that one with its own ch and bias term wherever that bias term
+ * is below 2^60: nk_conv_rq_init sets every other field from p->rq alone (shift, ranges, rounding), and
+ * with them fast. Otherwise nk_conv_rq_init itself. */
+static void nk_conv_sse2_store(const nk_conv_params *p, const int32_t *bias, int mode, int32_t o, int32_t nq,
+                               int32_t oh, int32_t t, int32_t n, int32_t part[NK_CONV_OB][NK_CONV_TW],
+                               int64_t acc[NK_CONV_OB][NK_CONV_TW], void *out)
+{
+    const int64_t lim = (int64_t)1 << 60;
+    nk_conv_rq r;
+    int32_t q;
+    for (q = 0; q < nq; q++) {
+        const size_t idx = ((size_t)(o + q) * (size_t)p->out_h + (size_t)oh) * (size_t)p->out_w + (size_t)t;
+        const int64_t bt = q > 0 && r.fast && bias ? nk_requant_bias(&p->rq, o + q, bias[o + q]) : 0;
+        if (q > 0 && r.fast && bt > -lim && bt < lim) {
+            r.ch = o + q;
+            r.bias_term = bt;
+        } else {
+            nk_conv_rq_init(&r, p, o + q, bias);
+        }
+        if (part && nk_conv_rq32_ok(&r, mode)) {
+            nk_conv_sse2_requant(&r, mode, part[q], n, (int8_t *)out + idx);
+        } else {
+            nk_conv_rq_row(&r, out, idx, part ? part[q] : NULL, part ? NULL : acc[q], n);
         }
     }
 }
@@ -964,25 +1090,25 @@ static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t 
     const int32_t npairs = (cg + 1) / 2;
     const int64_t k_hw = (int64_t)p->k_h * p->k_w, span = (int64_t)(p->k_w - 1) * p->dil_w;
     const ptrdiff_t in_hw = (ptrdiff_t)p->in_h * p->in_w;
-    int16_t xb[2 * NK_CONV_XBUF], wb[2 * NK_CONV_OB * NK_CONV_WPAIRS];
+    int16_t xb[2 * NK_CONV_XBUF], wb[2 * NK_CONV_OB * (NK_CONV_WALL + 3)];
     int32_t part[NK_CONV_OB][NK_CONV_TW];
     int64_t acc[NK_CONV_OB][NK_CONV_TW];
-    int32_t tw = out_w < NK_CONV_TW ? (out_w + 7) / 8 * 8 : NK_CONV_TW, pc, g, ob, oh, t, q, j, p0;
-    ptrdiff_t xs = 0;
+    int32_t tw = out_w < NK_CONV_TW ? (out_w + 3) / 4 * 4 : NK_CONV_TW, pc, g, ob0, ob1, ob, oh, t, q, j, p0;
+    ptrdiff_t xs = 0, bstep;
     const int rq_mode = nk_conv_rq32_mode(p);
-    int one;
+    int one, all;
 
     if (p->w_bits != 8 || p->stride_w != 1 || k_hw > NK_CONV_WPAIRS || out_w <= 0) {
         return 0;
     }
     /* the widest tile whose buffer row fits NK_CONV_STAGE and whose k_h rows fit NK_CONV_XBUF */
-    for (; tw >= 8; tw -= 8) {
+    for (; tw >= 4; tw -= 4) {
         xs = (ptrdiff_t)((tw + span + 7) / 8 * 8);
         if (xs <= NK_CONV_STAGE && xs * p->k_h <= NK_CONV_XBUF) {
             break;
         }
     }
-    if (tw < 8) {
+    if (tw < 4) {
         return 0;
     }
     pc = (int32_t)(NK_CONV_WPAIRS / k_hw);
@@ -992,47 +1118,48 @@ static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t 
     if (pc > npairs) {
         pc = npairs;
     }
-    one = pc >= npairs; /* a single chunk: weight entries built once per block */
+    one = pc >= npairs; /* a single chunk: weight entries built once per call */
+    /* and the entries of all of a group's blocks fit wb: one input buffer per tile for every block */
+    all = one && ((int64_t)og + NK_CONV_OB - 1) / NK_CONV_OB * npairs * k_hw <= NK_CONV_WALL;
+    bstep = (ptrdiff_t)npairs * (ptrdiff_t)k_hw * NK_CONV_OB * 2; /* int16 of one block's entries */
 
     for (g = 0; g < p->groups; g++) {
         const int8_t *xg = in + (ptrdiff_t)g * cg * in_hw;
-        for (ob = 0; ob < og; ob += NK_CONV_OB) {
-            const int32_t nq = og - ob < NK_CONV_OB ? og - ob : NK_CONV_OB, o = g * og + ob;
-            nk_conv_rq rq[NK_CONV_OB];
-            int vec[NK_CONV_OB]; /* whether nk_conv_sse2_requant applies to the channel */
-            for (q = 0; q < nq; q++) {
-                nk_conv_rq_init(&rq[q], p, o + q, bias);
-                vec[q] = one && nk_conv_rq32_ok(&rq[q], rq_mode);
-            }
-            if (one) {
-                nk_conv_sse2_weights(weights, cg, (int32_t)k_hw, o, nq, 0, npairs, wb);
+        for (ob0 = 0; ob0 < og; ob0 = ob1) { /* blocks [ob0, ob1) share the input buffers */
+            const int32_t nq0 = og - ob0 < NK_CONV_OB ? og - ob0 : NK_CONV_OB;
+            ob1 = all ? og : ob0 + nq0;
+            for (ob = ob0; one && ob < ob1; ob += NK_CONV_OB) {
+                nk_conv_sse2_weights(weights, cg, (int32_t)k_hw, g * og + ob,
+                                     og - ob < NK_CONV_OB ? og - ob : NK_CONV_OB, 0, npairs,
+                                     wb + (ob - ob0) / NK_CONV_OB * bstep);
             }
             for (oh = 0; oh < p->out_h; oh++) {
                 const int32_t ih0 = oh * p->stride_h - p->pad_h;
                 for (t = 0; t < out_w; t += tw) {
-                    const int32_t n = out_w - t < tw ? out_w - t : tw, n8 = (n + 7) / 8 * 8;
+                    const int32_t n = out_w - t < tw ? out_w - t : tw, n4 = (n + 3) / 4 * 4;
                     for (p0 = 0; p0 < npairs; p0 += pc) {
                         const int32_t p1 = npairs - p0 < pc ? npairs : p0 + pc;
-                        if (!one) {
-                            nk_conv_sse2_weights(weights, cg, (int32_t)k_hw, o, nq, p0, p1, wb);
+                        if (!one) { /* a single block (ob1 = ob0 + nq0), its entries per chunk */
+                            nk_conv_sse2_weights(weights, cg, (int32_t)k_hw, g * og + ob0, nq0, p0, p1, wb);
                         }
                         nk_conv_sse2_input(p, xg, cg, p0, p1, ih0, t - p->pad_w, xs, xb);
-                        nk_conv_sse2_tile(xb, xs, (p1 - p0) * p->k_h, p->k_w, p->dil_w, wb, n8, part);
-                        if (!one) {
-                            for (q = 0; q < nq; q++) {
-                                for (j = 0; j < n; j++) {
-                                    acc[q][j] = (p0 == 0 ? 0 : acc[q][j]) + part[q][j];
-                                }
+                        for (ob = ob0; ob < ob1; ob += NK_CONV_OB) {
+                            nk_conv_sse2_tile(xb, xs, (p1 - p0) * p->k_h, p->k_w, p->dil_w,
+                                              wb + (ob - ob0) / NK_CONV_OB * bstep, n4, part);
+                            if (one) {
+                                nk_conv_sse2_store(p, bias, rq_mode, g * og + ob,
+                                                   og - ob < NK_CONV_OB ? og - ob : NK_CONV_OB, oh, t, n, part,
+                                                   NULL, out);
+                            }
+                        }
+                        for (q = 0; !one && q < nq0; q++) {
+                            for (j = 0; j < n; j++) {
+                                acc[q][j] = (p0 == 0 ? 0 : acc[q][j]) + part[q][j];
                             }
                         }
                     }
-                    for (q = 0; q < nq; q++) {
-                        const size_t idx = ((size_t)(o + q) * (size_t)p->out_h + (size_t)oh) * (size_t)out_w + (size_t)t;
-                        if (vec[q]) {
-                            nk_conv_sse2_requant(&rq[q], rq_mode, part[q], n, (int8_t *)out + idx);
-                        } else {
-                            nk_conv_rq_row(&rq[q], out, idx, one ? part[q] : NULL, acc[q], n);
-                        }
+                    if (!one) {
+                        nk_conv_sse2_store(p, bias, rq_mode, g * og + ob0, nq0, oh, t, n, NULL, acc, out);
                     }
                 }
             }
