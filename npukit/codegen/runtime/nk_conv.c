@@ -741,6 +741,220 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
     }
     return 1;
 }
+
+/* DSP path for 1-d convs with stride 1, dilation 1, groups 1, whose weights the generator pre-arranged
+ * (w_bits NK_W8_DSP1D; dsp1d_weights in npukit/codegen/__init__.py writes the layout described here). The window of output
+ * position p + 1 is the window of p shifted by one input column, so no column is built: a strip of
+ * positions reads one int16 stream of the input, position-major (stream value s = input column
+ * iw0 + s / cin, channel s % cin, zero outside the input), and position p's taps are the K = cin * k_w
+ * values from s = p * cin on, in the order t = kw * cin + c. The weights are, per block of 4 output
+ * channels (the last block padded with zero channels), for each pair j of taps (2j, 2j + 1) (K padded
+ * with zeros to kp, a multiple of 4), one int32 word per channel holding the int16 pair (w[2j], w[2j + 1]),
+ * then the word NK_DSP1D_END (0x4000 in both halves: no pair of int8 values), which ends the block's
+ * loop. nk_conv_dsp1d_block computes 4 channels x 2 positions with 8 SMLADs per tap pair: 15 instructions
+ * per 16 MACs. Word loads of the stream are unaligned where cin is odd (allowed on ARMv7-M and later,
+ * unless CCR.UNALIGN_TRP is set, as gcc's own unaligned accesses assume).
+ *
+ * int32 sums are exact: |x * w| <= 2^14 and kp <= NK_CONV_DSP1D_X taps (zeros included), so
+ * |sum| <= 2^23; the requantisation is nk_dsp1d_rq's (in the block, below) or nk_conv_rq32_apply where
+ * they apply, otherwise nk_conv_rq_store. */
+#define NK_DSP1D_END 0x40004000u
+
+/* The requantisation nk_conv_dsp1d_block applies itself, for a conv whose outputs it may compute as
+ * y = sat(floor((sum + c[q]) / 2^shift)): int8 output, no accumulator clamp, c[q] = bias_term + add with a
+ * rounding add independent of the sign (half_up, floor), and an act range of [-128, 127] (sat 1: SSAT) or
+ * [0, 127] (sat 2: USAT). Exact in int32: |sum| <= 2^23, |bias_term| < 2^29 and 0 <= add <= 2^29
+ * (nk_conv_rq32_ok, shift <= 30), so |sum + c[q]| < 2^31; the floor division is an arithmetic shift (ASR,
+ * in asm: C leaves >> of a negative value to the implementation). sat 0: the sums go to s instead. */
+typedef struct {
+    int32_t c[4], shift, sat, out_w;
+} nk_dsp1d_rq;
+
+static NK_INLINE int8_t nk_dsp1d_out(const nk_dsp1d_rq *r, int32_t sum, int32_t c)
+{
+    int32_t v = sum + c;
+#if defined(__GNUC__)
+    __asm__("asr %0, %0, %1" : "+r"(v) : "r"(r->shift));
+#else
+    v = v >= 0 ? v >> r->shift : -(int32_t)(((uint32_t)-(v + 1)) >> r->shift) - 1; /* floor, |v| < 2^31 */
+#endif
+    return (int8_t)(r->sat == 1 ? __ssat(v, 8) : __usat(v, 7));
+}
+
+/* Sums of 4 channels x 2 positions, channel q of the block at w, position j (stream x and x + cin): kp taps
+ * (a multiple of 4); the loop ends at the block's end word. With r->sat, outputs y[q * r->out_w + j];
+ * otherwise the sums s[2 * q + j]. */
+static NK_NOINLINE void nk_conv_dsp1d_block(const uint32_t *w, const int16_t *x, int32_t cin, int32_t kp,
+                                            const nk_dsp1d_rq *r, int8_t *y, int32_t s[8])
+{
+    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0, a20 = 0, a21 = 0, a30 = 0, a31 = 0;
+#if NK_CONV_DSP_ASM
+    const int32_t roff = 2 * cin; /* bytes from position 0's stream to position 1's */
+    uint32_t x0, x1, wv;
+    (void)kp;
+#define NK_DSP1D_PAIR                                                                                         \
+    "ldr %[x1], [%[x], %[roff]]\n\t"                                                                          \
+    "ldr %[x0], [%[x]], #4\n\t"                                                                               \
+    "smlad %[a00], %[wv], %[x0], %[a00]\n\t"                                                                  \
+    "smlad %[a01], %[wv], %[x1], %[a01]\n\t"                                                                  \
+    "ldr %[wv], [%[w]], #4\n\t"                                                                               \
+    "smlad %[a10], %[wv], %[x0], %[a10]\n\t"                                                                  \
+    "smlad %[a11], %[wv], %[x1], %[a11]\n\t"                                                                  \
+    "ldr %[wv], [%[w]], #4\n\t"                                                                               \
+    "smlad %[a20], %[wv], %[x0], %[a20]\n\t"                                                                  \
+    "smlad %[a21], %[wv], %[x1], %[a21]\n\t"                                                                  \
+    "ldr %[wv], [%[w]], #4\n\t"                                                                               \
+    "smlad %[a30], %[wv], %[x0], %[a30]\n\t"                                                                  \
+    "smlad %[a31], %[wv], %[x1], %[a31]\n\t"                                                                  \
+    "ldr %[wv], [%[w]], #4\n\t"
+    __asm__ volatile("ldr %[wv], [%[w]], #4\n"
+                     "1:\n\t" NK_DSP1D_PAIR NK_DSP1D_PAIR
+                     "cmp %[wv], %[end]\n\t"
+                     "bne 1b"
+                     : [w] "+r"(w), [x] "+r"(x), [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11),
+                       [a20] "+r"(a20), [a21] "+r"(a21), [a30] "+r"(a30), [a31] "+r"(a31), [x0] "=&r"(x0),
+                       [x1] "=&r"(x1), [wv] "=&r"(wv)
+                     : [roff] "r"(roff), [end] "i"(NK_DSP1D_END)
+                     : "cc", "memory");
+#undef NK_DSP1D_PAIR
+#else
+    const int16_t *const end = x + kp;
+    for (; x != end; x += 2, w += 4) {
+        uint32_t u, v;
+        memcpy(&u, x, sizeof u);
+        memcpy(&v, x + cin, sizeof v);
+        a00 = __smlad((int32_t)w[0], (int32_t)u, a00);
+        a01 = __smlad((int32_t)w[0], (int32_t)v, a01);
+        a10 = __smlad((int32_t)w[1], (int32_t)u, a10);
+        a11 = __smlad((int32_t)w[1], (int32_t)v, a11);
+        a20 = __smlad((int32_t)w[2], (int32_t)u, a20);
+        a21 = __smlad((int32_t)w[2], (int32_t)v, a21);
+        a30 = __smlad((int32_t)w[3], (int32_t)u, a30);
+        a31 = __smlad((int32_t)w[3], (int32_t)v, a31);
+    }
+#endif
+    if (r->sat) {
+        const int32_t ow = r->out_w;
+        y[0] = nk_dsp1d_out(r, a00, r->c[0]);
+        y[1] = nk_dsp1d_out(r, a01, r->c[0]);
+        y[ow] = nk_dsp1d_out(r, a10, r->c[1]);
+        y[ow + 1] = nk_dsp1d_out(r, a11, r->c[1]);
+        y[2 * ow] = nk_dsp1d_out(r, a20, r->c[2]);
+        y[2 * ow + 1] = nk_dsp1d_out(r, a21, r->c[2]);
+        y[3 * ow] = nk_dsp1d_out(r, a30, r->c[3]);
+        y[3 * ow + 1] = nk_dsp1d_out(r, a31, r->c[3]);
+        return;
+    }
+    s[0] = a00;
+    s[1] = a01;
+    s[2] = a10;
+    s[3] = a11;
+    s[4] = a20;
+    s[5] = a21;
+    s[6] = a30;
+    s[7] = a31;
+}
+
+/* The stream d[0, n): d[s] = input column iw0 + s / cin, channel s % cin; zero outside the input. */
+static NK_NOINLINE NK_NO_MEMCALLS void nk_conv_dsp1d_stream(const int8_t *x, int32_t cin, int32_t in_w, int32_t iw0,
+                                                            int32_t n, int16_t *d)
+{
+    const int16_t *const end = d + n;
+    int32_t iw;
+    for (iw = iw0; d != end; iw++) {
+        int32_t c = end - d < cin ? (int32_t)(end - d) : cin;
+        if (iw >= 0 && iw < in_w) {
+            const int8_t *s = x + iw;
+            do {
+                *d++ = *s;
+                s += in_w;
+            } while (--c);
+        } else {
+            do {
+                *d++ = 0;
+            } while (--c);
+        }
+    }
+}
+
+/* The whole conv on the DSP 1-d path; returns 0 (having written nothing) where it does not apply, which
+ * for weights in its layout is a generator bug (the generator checks the same conditions). */
+static int nk_conv_dsp1d(const nk_conv_params *p, const int8_t *in, const uint32_t *w, const int32_t *bias,
+                         void *out)
+{
+    const int32_t cin = p->in_c, out_c = p->out_c, out_w = p->out_w;
+    const int32_t k = cin * p->k_w, kp = (k + 3) / 4 * 4, bw = kp / 2 * 4 + 1; /* words per block */
+    const nk_requant_params *rq = &p->rq;
+    const int mode = nk_conv_rq32_mode(p);
+    int16_t xb[NK_CONV_DSP1D_X];
+    nk_conv_rq r;
+    nk_conv_rq32 q32 = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    nk_dsp1d_rq d;
+    int32_t strip, p0, o, bscale, sat;
+    int all32;
+
+    if (p->in_h != 1 || p->k_h != 1 || p->out_h != 1 || p->stride_w != 1 || p->dil_w != 1 || p->groups != 1
+        || cin < 1 || p->k_w < 1 || cin + kp > NK_CONV_DSP1D_X || out_w <= 0) {
+        return 0;
+    }
+    /* positions per strip: even, (strip - 1) * cin + kp stream values */
+    strip = ((NK_CONV_DSP1D_X - kp) / cin + 1) & ~1;
+    if (strip > out_w + 1) {
+        strip = (out_w + 1) & ~1;
+    }
+    all32 = mode >= 0;
+    for (o = 0; o < out_c && all32; o++) {
+        nk_conv_rq_init(&r, p, o, bias);
+        all32 = nk_conv_rq32_ok(&r, mode);
+    }
+    if (all32) {
+        nk_conv_rq32_init(&q32, &r, mode);
+    }
+    /* nk_dsp1d_rq's conditions (all32 gives the bounds) */
+    sat = !all32 || q32.clamp || q32.even || q32.add_pos != q32.add_neg || rq->act_max != INT8_MAX ? 0
+          : rq->act_min == INT8_MIN ? 1 : rq->act_min == 0 ? 2 : 0;
+    d.shift = q32.shift;
+    d.out_w = out_w;
+    bscale = rq->bias_shift >= 0 && rq->bias_shift <= 29 ? (int32_t)1 << rq->bias_shift : 0;
+    for (p0 = 0; p0 < out_w; p0 += strip) {
+        const int32_t n = out_w - p0 < strip ? out_w - p0 : strip; /* positions of this strip */
+        nk_conv_dsp1d_stream(in, cin, p->in_w, p0 - p->pad_w, (((n + 1) & ~1) - 1) * cin + kp, xb);
+        for (o = 0; o < out_c; o += 4) {
+            const uint32_t *wo = w + (ptrdiff_t)(o / 4) * bw;
+            const int32_t nq = out_c - o < 4 ? out_c - o : 4;
+            int32_t bt[4], q, j, pp;
+            for (q = 0; q < nq; q++) {
+                bt[q] = !bias || !all32 ? 0 : bscale ? bias[o + q] * bscale : (int32_t)nk_requant_bias(rq, o + q, bias[o + q]);
+                d.c[q] = bt[q] + q32.add_pos;
+            }
+            d.sat = nq == 4 ? sat : 0;
+            for (pp = 0; pp < n; pp += 2) {
+                int32_t s[8];
+                int8_t *y = (int8_t *)out + ((size_t)o * (size_t)out_w + (size_t)(p0 + pp));
+                const int32_t nj = n - pp < 2 ? 1 : 2;
+                if (nj < 2) {
+                    d.sat = 0; /* the last position of an odd row: computed, not stored */
+                }
+                nk_conv_dsp1d_block(wo, xb + (ptrdiff_t)pp * cin, cin, kp, &d, y, s);
+                if (d.sat) {
+                    continue;
+                }
+                for (q = 0; q < nq; q++, y += out_w) {
+                    for (j = 0; j < nj; j++) {
+                        if (all32) {
+                            y[j] = nk_conv_rq32_apply(&q32, bt[q], s[2 * q + j]);
+                        } else {
+                            nk_conv_rq_init(&r, p, o + q, bias);
+                            nk_conv_rq_store(&r, out, (size_t)(o + q) * (size_t)out_w + (size_t)(p0 + pp + j),
+                                             s[2 * q + j]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return 1;
+}
 #endif
 
 #if defined(NK_CONV_SSE2)
@@ -1065,6 +1279,10 @@ void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, con
     }
 #endif
 #if defined(NK_DSP)
+    if (p->w_bits == NK_W8_DSP1D) {
+        (void)nk_conv_dsp1d(p, in, (const uint32_t *)weights, bias, out);
+        return;
+    }
     if (nk_conv_dsp(p, in, (const int8_t *)weights, bias, out)) {
         return;
     }
