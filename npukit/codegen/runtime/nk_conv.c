@@ -387,6 +387,29 @@ static void nk_conv_rq32_init(nk_conv_rq32 *q, const nk_conv_rq *r, int clamp)
     q->act_max = rq->act_max;
 }
 
+/* Whether nk_conv_rq32 applies to every channel (nk_conv_rq32_ok for each: the channels' nk_conv_rq differ
+ * only by the bias term, which the check bounds by 2^29), then with its values in *q. */
+static int nk_conv_rq32_all(const nk_conv_params *p, const int32_t *bias, int mode, nk_conv_rq32 *q)
+{
+    nk_conv_rq r;
+    int32_t o;
+    if (mode < 0 || p->out_c < 1) {
+        return 0;
+    }
+    nk_conv_rq_init(&r, p, 0, bias);
+    if (!nk_conv_rq32_ok(&r, mode)) {
+        return 0;
+    }
+    for (o = 1; o < p->out_c && bias; o++) {
+        const int64_t bt = nk_requant_bias(&p->rq, o, bias[o]);
+        if (bt <= -((int64_t)1 << 29) || bt >= ((int64_t)1 << 29)) {
+            return 0;
+        }
+    }
+    nk_conv_rq32_init(q, &r, mode);
+    return 1;
+}
+
 #if defined(__GNUC__)
 #define NK_NOINLINE __attribute__((noinline)) /* its own function: a fresh register set */
 #else
@@ -640,7 +663,6 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
     const int32_t need = k > 0 ? ((k + 3) / 4 * 4 + k - 1) / k : 1;
     const int mode = nk_conv_rq32_mode(p);
     uint32_t col[2][NK_CONV_DSP_K / 2];
-    nk_conv_rq r0;
     nk_conv_rq32 q32 = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     int32_t g, pos, o, ow_in, ow_end, bscale;
     int all32;
@@ -657,14 +679,7 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
     }
     /* the int32 requantisation for every channel, or for none (checked once per call); it needs
      * |sum| <= 2^23: K <= 2^9 taps */
-    all32 = mode >= 0 && k <= 512;
-    for (o = 0; o < p->out_c && all32; o++) {
-        nk_conv_rq_init(&r0, p, o, bias);
-        all32 = nk_conv_rq32_ok(&r0, mode);
-    }
-    if (all32) {
-        nk_conv_rq32_init(&q32, &r0, mode);
-    }
+    all32 = k <= 512 && nk_conv_rq32_all(p, bias, mode, &q32);
     /* the bias term b * 2^bias_shift as an int32 product where nk_requant_bias is that product: exact, as
      * all32 bounds every channel's term below 2^29 (bscale 0: nk_requant_bias itself) */
     bscale = p->rq.bias_shift >= 0 && p->rq.bias_shift <= 29 ? (int32_t)1 << p->rq.bias_shift : 0;
@@ -770,16 +785,31 @@ typedef struct {
     int32_t c[4], shift, sat, out_w;
 } nk_dsp1d_rq;
 
-static NK_INLINE int8_t nk_dsp1d_out(const nk_dsp1d_rq *r, int32_t sum, int32_t c)
+/* floor(v / 2^s), 1 <= s <= 30 */
+static NK_INLINE int32_t nk_asr(int32_t v, int32_t s)
 {
-    int32_t v = sum + c;
 #if defined(__GNUC__)
-    __asm__("asr %0, %0, %1" : "+r"(v) : "r"(r->shift));
+    __asm__("asr %0, %0, %1" : "+r"(v) : "r"(s));
+    return v;
 #else
-    v = v >= 0 ? v >> r->shift : -(int32_t)(((uint32_t)-(v + 1)) >> r->shift) - 1; /* floor, |v| < 2^31 */
+    return v >= 0 ? v >> s : -(int32_t)(((uint32_t)-(v + 1)) >> s) - 1;
 #endif
-    return (int8_t)(r->sat == 1 ? __ssat(v, 8) : __usat(v, 7));
 }
+
+/* the block's 8 outputs, saturated by SAT (__ssat(v, 8) or __usat(v, 7)) */
+#define NK_DSP1D_STORE(SAT)                                                                                   \
+    do {                                                                                                      \
+        y[0] = (int8_t)SAT(nk_asr(a00 + c0, sh));                                                             \
+        y[1] = (int8_t)SAT(nk_asr(a01 + c0, sh));                                                             \
+        y[ow] = (int8_t)SAT(nk_asr(a10 + c1, sh));                                                            \
+        y[ow + 1] = (int8_t)SAT(nk_asr(a11 + c1, sh));                                                        \
+        y[2 * ow] = (int8_t)SAT(nk_asr(a20 + c2, sh));                                                        \
+        y[2 * ow + 1] = (int8_t)SAT(nk_asr(a21 + c2, sh));                                                    \
+        y[3 * ow] = (int8_t)SAT(nk_asr(a30 + c3, sh));                                                        \
+        y[3 * ow + 1] = (int8_t)SAT(nk_asr(a31 + c3, sh));                                                    \
+    } while (0)
+#define NK_SSAT8(v) __ssat(v, 8)
+#define NK_USAT7(v) __usat(v, 7)
 
 /* Sums of 4 channels x 2 positions, channel q of the block at w, position j (stream x and x + cin): kp taps
  * (a multiple of 4); the loop ends at the block's end word. With r->sat, outputs y[q * r->out_w + j];
@@ -833,16 +863,13 @@ static NK_NOINLINE void nk_conv_dsp1d_block(const uint32_t *w, const int16_t *x,
         a31 = __smlad((int32_t)w[3], (int32_t)v, a31);
     }
 #endif
-    if (r->sat) {
-        const int32_t ow = r->out_w;
-        y[0] = nk_dsp1d_out(r, a00, r->c[0]);
-        y[1] = nk_dsp1d_out(r, a01, r->c[0]);
-        y[ow] = nk_dsp1d_out(r, a10, r->c[1]);
-        y[ow + 1] = nk_dsp1d_out(r, a11, r->c[1]);
-        y[2 * ow] = nk_dsp1d_out(r, a20, r->c[2]);
-        y[2 * ow + 1] = nk_dsp1d_out(r, a21, r->c[2]);
-        y[3 * ow] = nk_dsp1d_out(r, a30, r->c[3]);
-        y[3 * ow + 1] = nk_dsp1d_out(r, a31, r->c[3]);
+    if (r->sat) { /* the fields as locals: the int8 stores could alias *r */
+        const int32_t ow = r->out_w, sh = r->shift, c0 = r->c[0], c1 = r->c[1], c2 = r->c[2], c3 = r->c[3];
+        if (r->sat == 1) {
+            NK_DSP1D_STORE(NK_SSAT8);
+        } else {
+            NK_DSP1D_STORE(NK_USAT7);
+        }
         return;
     }
     s[0] = a00;
@@ -902,14 +929,7 @@ static int nk_conv_dsp1d(const nk_conv_params *p, const int8_t *in, const uint32
     if (strip > out_w + 1) {
         strip = (out_w + 1) & ~1;
     }
-    all32 = mode >= 0;
-    for (o = 0; o < out_c && all32; o++) {
-        nk_conv_rq_init(&r, p, o, bias);
-        all32 = nk_conv_rq32_ok(&r, mode);
-    }
-    if (all32) {
-        nk_conv_rq32_init(&q32, &r, mode);
-    }
+    all32 = nk_conv_rq32_all(p, bias, mode, &q32);
     /* nk_dsp1d_rq's conditions (all32 gives the bounds) */
     sat = !all32 || q32.clamp || q32.even || q32.add_pos != q32.add_neg || rq->act_max != INT8_MAX ? 0
           : rq->act_min == INT8_MIN ? 1 : rq->act_min == 0 ? 2 : 0;
