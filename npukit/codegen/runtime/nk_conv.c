@@ -796,7 +796,7 @@ static NK_INLINE int32_t nk_asr(int32_t v, int32_t s)
 #endif
 }
 
-/* the block's 8 outputs, saturated by SAT (__ssat(v, 8) or __usat(v, 7)) */
+/* the block's 8 outputs, saturated by SAT (nk_ssat8 or nk_usat7) */
 #define NK_DSP1D_STORE(SAT)                                                                                   \
     do {                                                                                                      \
         y[0] = (int8_t)SAT(nk_asr(a00 + c0, sh));                                                             \
@@ -808,8 +808,25 @@ static NK_INLINE int32_t nk_asr(int32_t v, int32_t s)
         y[3 * ow] = (int8_t)SAT(nk_asr(a30 + c3, sh));                                                        \
         y[3 * ow + 1] = (int8_t)SAT(nk_asr(a31 + c3, sh));                                                    \
     } while (0)
-#define NK_SSAT8(v) __ssat(v, 8)
-#define NK_USAT7(v) __usat(v, 7)
+static NK_INLINE int32_t nk_ssat8(int32_t v) /* min(max(v, -128), 127) */
+{
+#if defined(__GNUC__)
+    __asm__("ssat %0, #8, %0" : "+r"(v));
+    return v;
+#else
+    return v < -128 ? -128 : (v > 127 ? 127 : v);
+#endif
+}
+
+static NK_INLINE int32_t nk_usat7(int32_t v) /* min(max(v, 0), 127) */
+{
+#if defined(__GNUC__)
+    __asm__("usat %0, #7, %0" : "+r"(v));
+    return v;
+#else
+    return v < 0 ? 0 : (v > 127 ? 127 : v);
+#endif
+}
 
 /* Sums of 4 channels x 2 positions, channel q of the block at w, position j (stream x and x + cin): kp taps
  * (a multiple of 4); the loop ends at the block's end word. With r->sat, outputs y[q * r->out_w + j];
@@ -866,9 +883,9 @@ static NK_NOINLINE void nk_conv_dsp1d_block(const uint32_t *w, const int16_t *x,
     if (r->sat) { /* the fields as locals: the int8 stores could alias *r */
         const int32_t ow = r->out_w, sh = r->shift, c0 = r->c[0], c1 = r->c[1], c2 = r->c[2], c3 = r->c[3];
         if (r->sat == 1) {
-            NK_DSP1D_STORE(NK_SSAT8);
+            NK_DSP1D_STORE(nk_ssat8);
         } else {
-            NK_DSP1D_STORE(NK_USAT7);
+            NK_DSP1D_STORE(nk_usat7);
         }
         return;
     }
