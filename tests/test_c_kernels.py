@@ -1036,13 +1036,13 @@ def test_dsp1d_layout_matches_the_kernel():
     w = np.arange(1, 31).reshape(5, 2, 3).astype(np.int8)  # 5 channels, cin 2, k 3: 6 taps, padded to 8
     w[4, 1, 2] = -2
     words = codegen.dsp1d_weights(w).astype(np.int64) % 2**32
-    assert words.size == 2 * (4 * 4 + 1)
+    assert words.size == 2 * (4 * 4 + 2)
     lo, hi = (words & 0xFFFF).astype(np.int16), (words >> 16).astype(np.int16)
     taps = lambda o: w[o].T.ravel()  # noqa: E731  (t = kw * cin + c)
     assert [lo[0], hi[0], lo[1], hi[1]] == [taps(0)[0], taps(0)[1], taps(1)[0], taps(1)[1]]
     assert [lo[4], hi[4]] == [taps(0)[2], taps(0)[3]]  # pair 1 of channel 0
-    assert [lo[12], hi[12]] == [0, 0] and words[16] == codegen.DSP1D_END  # the padded pair, the end word
-    assert [lo[17 + 8], hi[17 + 8]] == [taps(4)[4], -2] and not words[17:33].reshape(4, 4)[:, 1:].any()
+    assert [lo[12], hi[12]] == [0, 0] and list(words[16:18]) == [codegen.DSP1D_END, 0]  # padded pair, end words
+    assert [lo[18 + 8], hi[18 + 8]] == [taps(4)[4], -2] and not words[18:34].reshape(4, 4)[:, 1:].any()
 
 
 def _dsp_conv_case(src: _Src):
@@ -1061,11 +1061,11 @@ def _dsp_conv_case(src: _Src):
 def _dsp1d_conv_case(src: _Src):
     """8-bit 1-d convs with stride 1, dilation 1, groups 1 (the generator pre-arranges their weights for
     DSP builds): odd and even channel counts (the stream's word loads unaligned for odd ones), out channels
-    not a multiple of 4, odd and even rows of one to many strips, in_c + taps up to NK_CONV_DSP1D_X."""
+    not a multiple of 4, odd and even rows of one to many strips, 3 in_c + taps up to NK_CONV_DSP1D_X."""
     cg, og = src.pick([1, 2, 3, src.int(4, 33), src.int(34, 64)]), src.int(1, 9)
-    k = src.int(1, min(7, max(1, (codegen.DSP1D_X - cg) // cg - 3)))
+    k = src.int(1, min(7, max(1, (codegen.DSP1D_X - 3 * cg) // cg - 3)))
     if src.int(0, 5) == 0:  # the largest kernel the path takes for this cg: strips of 2 positions
-        k = max(1, ((codegen.DSP1D_X - cg) // 4 * 4) // cg)
+        k = max(1, ((codegen.DSP1D_X - 3 * cg) // 4 * 4) // cg)
     pad = src.int(0, k)
     size = src.int(max(1, k - 2 * pad), k + src.pick([3, 12, 60]))
     return _conv_case_of(src, 1, og, cg, [k], [1], [pad], [1], [size], w_bits=8)
@@ -1128,7 +1128,7 @@ def test_kernels_on_cortex_m4(tmp_path, opt, flags):
                   for _ in range(2)]
         dsp1d += [c for c in rng_cases if c[0].op == "conv" and c[0].attrs["ndim"] == 1 and c[0].attrs["w_bits"] == 8
                   and c[0].attrs["stride"] == [1] and c[0].attrs["dilation"] == [1] and c[0].attrs["groups"] == 1
-                  and c[0].params["weight"].shape[1] + -(-c[0].params["weight"][0].size // 4) * 4 <= codegen.DSP1D_X]
+                  and 3 * c[0].params["weight"].shape[1] + -(-c[0].params["weight"][0].size // 4) * 4 <= codegen.DSP1D_X]
         calls += [_dsp1d_call(*c) for c in dsp1d]
         rng_cases += dsp1d
     calls += [_call(*flush)[:2]]

@@ -102,21 +102,21 @@ def dsp1d_applies(w_bits: int, ndim: int, stride, dilation, groups: int, cin: in
     """Whether nk_conv's DSP 1-d path takes a conv (nk_conv_dsp1d checks the same)."""
     kp = -(-cin * k // 4) * 4
     return (w_bits == 8 and ndim == 1 and list(stride) == [1] and list(dilation) == [1] and groups == 1
-            and cin + kp <= DSP1D_X)
+            and 3 * cin + kp <= DSP1D_X)
 
 
 def dsp1d_weights(w: np.ndarray) -> np.ndarray:
     """A 1-d conv's weights (out, cin, k) in nk_conv_dsp1d's layout, as int32 words: per block of 4 output
     channels (the last padded with zero channels), for each pair j of taps t = kw * cin + c (padded with
     zeros to a multiple of 4), one word per channel with the int16 pair (w[2j], w[2j + 1]) (low half first),
-    then the word DSP1D_END."""
+    then the words DSP1D_END and 0."""
     o, cin, k = w.shape
     n, kp, nb = cin * k, -(-cin * k // 4) * 4, -(-o // 4)
     taps = np.zeros((nb * 4, kp), np.int64)
     taps[:o, :n] = w.astype(np.int64).transpose(0, 2, 1).reshape(o, n)
     pairs = taps.reshape(nb, 4, kp // 2, 2) & 0xFFFF
     words = (pairs[..., 0] | (pairs[..., 1] << 16)).transpose(0, 2, 1).reshape(nb, kp // 2 * 4)
-    words = np.concatenate([words, np.full((nb, 1), DSP1D_END, np.int64)], axis=1).ravel()
+    words = np.concatenate([words, np.tile([DSP1D_END, 0], (nb, 1))], axis=1).ravel()
     return np.where(words >= 2**31, words - 2**32, words)
 
 

@@ -758,21 +758,22 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
 }
 
 /* DSP path for 1-d convs with stride 1, dilation 1, groups 1, whose weights the generator pre-arranged
- * (w_bits NK_W8_DSP1D; dsp1d_weights in npukit/codegen/__init__.py writes the layout described here). The window of output
- * position p + 1 is the window of p shifted by one input column, so no column is built: a strip of
- * positions reads one int16 stream of the input, position-major (stream value s = input column
- * iw0 + s / cin, channel s % cin, zero outside the input), and position p's taps are the K = cin * k_w
- * values from s = p * cin on, in the order t = kw * cin + c. The weights are, per block of 4 output
- * channels (the last block padded with zero channels), for each pair j of taps (2j, 2j + 1) (K padded
- * with zeros to kp, a multiple of 4), one int32 word per channel holding the int16 pair (w[2j], w[2j + 1]),
- * then the word NK_DSP1D_END (0x4000 in both halves: no pair of int8 values), which ends the block's
- * loop. nk_conv_dsp1d_block computes 4 channels x 2 positions with 8 SMLADs per tap pair: 15 instructions
- * per 16 MACs. Word loads of the stream are unaligned where cin is odd (allowed on ARMv7-M and later,
- * unless CCR.UNALIGN_TRP is set, as gcc's own unaligned accesses assume).
+ * (w_bits NK_W8_DSP1D; dsp1d_weights in npukit/codegen/__init__.py writes the layout described here).
+ * The window of output position p + 1 is the window of p shifted by one input column, so no column is
+ * built per position. Read the input, from a strip's first window on, as one int16 stream X,
+ * position-major (X[s] = input column iw0 + s / cin, channel s % cin, zero outside the input): position
+ * p's taps are the K = cin * k_w values X[p * cin + t], t = kw * cin + c. The strip's buffer D holds the
+ * stream's int16 pairs twice, interleaved: D[2i] = (X[2i], X[2i + 1]) and D[2i + 1] = (X[2i + cin],
+ * X[2i + cin + 1]), so that one LDRD at D + p * cin (p even) + 2j reads tap pair j of positions p and
+ * p + 1. The weights are, per block of 4 output channels (the last block padded with zero channels), for
+ * each pair j of taps (2j, 2j + 1) (K padded with zeros to kp, a multiple of 4), one int32 word per
+ * channel holding the int16 pair (w[2j], w[2j + 1]), then the words NK_DSP1D_END (0x4000 in both halves:
+ * no pair of int8 values), which ends the block's loop, and 0. nk_conv_dsp1d_block computes 4 channels x 2
+ * positions with 8 SMLADs per tap pair, 3 LDRDs feeding them: 24 instructions per 32 MACs.
  *
- * int32 sums are exact: |x * w| <= 2^14 and kp <= NK_CONV_DSP1D_X taps (zeros included), so
- * |sum| <= 2^23; the requantisation is nk_dsp1d_rq's (in the block, below) or nk_conv_rq32_apply where
- * they apply, otherwise nk_conv_rq_store. */
+ * int32 sums are exact: |x * w| <= 2^14 and kp < NK_CONV_DSP1D_X taps (zeros included), so |sum| <= 2^23;
+ * the requantisation is nk_dsp1d_rq's (in the block, below) or nk_conv_rq32_apply where they apply,
+ * otherwise nk_conv_rq_store. */
 #define NK_DSP1D_END 0x40004000u
 
 /* The requantisation nk_conv_dsp1d_block applies itself, for a conv whose outputs it may compute as
@@ -828,56 +829,50 @@ static NK_INLINE int32_t nk_usat7(int32_t v) /* min(max(v, 0), 127) */
 #endif
 }
 
-/* Sums of 4 channels x 2 positions, channel q of the block at w, position j (stream x and x + cin): kp taps
+/* Sums of 4 channels x 2 positions, channel q of the block at w, position j (D words x[2i + j]): kp taps
  * (a multiple of 4); the loop ends at the block's end word. With r->sat, outputs y[q * r->out_w + j];
  * otherwise the sums s[2 * q + j]. */
-static NK_NOINLINE void nk_conv_dsp1d_block(const uint32_t *w, const int16_t *x, int32_t cin, int32_t kp,
-                                            const nk_dsp1d_rq *r, int8_t *y, int32_t s[8])
+static NK_NOINLINE void nk_conv_dsp1d_block(const uint32_t *w, const uint32_t *x, int32_t kp, const nk_dsp1d_rq *r,
+                                            int8_t *y, int32_t s[8])
 {
     int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0, a20 = 0, a21 = 0, a30 = 0, a31 = 0;
 #if NK_CONV_DSP_ASM
-    const int32_t roff = 2 * cin; /* bytes from position 0's stream to position 1's */
-    uint32_t x0, x1, wv;
+    uint32_t x0, x1, w0, w1;
     (void)kp;
 #define NK_DSP1D_PAIR                                                                                         \
-    "ldr %[x1], [%[x], %[roff]]\n\t"                                                                          \
-    "ldr %[x0], [%[x]], #4\n\t"                                                                               \
-    "smlad %[a00], %[wv], %[x0], %[a00]\n\t"                                                                  \
-    "smlad %[a01], %[wv], %[x1], %[a01]\n\t"                                                                  \
-    "ldr %[wv], [%[w]], #4\n\t"                                                                               \
-    "smlad %[a10], %[wv], %[x0], %[a10]\n\t"                                                                  \
-    "smlad %[a11], %[wv], %[x1], %[a11]\n\t"                                                                  \
-    "ldr %[wv], [%[w]], #4\n\t"                                                                               \
-    "smlad %[a20], %[wv], %[x0], %[a20]\n\t"                                                                  \
-    "smlad %[a21], %[wv], %[x1], %[a21]\n\t"                                                                  \
-    "ldr %[wv], [%[w]], #4\n\t"                                                                               \
-    "smlad %[a30], %[wv], %[x0], %[a30]\n\t"                                                                  \
-    "smlad %[a31], %[wv], %[x1], %[a31]\n\t"                                                                  \
-    "ldr %[wv], [%[w]], #4\n\t"
-    __asm__ volatile("ldr %[wv], [%[w]], #4\n"
+    "ldrd %[x0], %[x1], [%[x]], #8\n\t"                                                                       \
+    "smlad %[a00], %[w0], %[x0], %[a00]\n\t"                                                                  \
+    "smlad %[a01], %[w0], %[x1], %[a01]\n\t"                                                                  \
+    "smlad %[a10], %[w1], %[x0], %[a10]\n\t"                                                                  \
+    "smlad %[a11], %[w1], %[x1], %[a11]\n\t"                                                                  \
+    "ldrd %[w0], %[w1], [%[w]], #8\n\t"                                                                       \
+    "smlad %[a20], %[w0], %[x0], %[a20]\n\t"                                                                  \
+    "smlad %[a21], %[w0], %[x1], %[a21]\n\t"                                                                  \
+    "smlad %[a30], %[w1], %[x0], %[a30]\n\t"                                                                  \
+    "smlad %[a31], %[w1], %[x1], %[a31]\n\t"                                                                  \
+    "ldrd %[w0], %[w1], [%[w]], #8\n\t"
+    __asm__ volatile("ldrd %[w0], %[w1], [%[w]], #8\n"
                      "1:\n\t" NK_DSP1D_PAIR NK_DSP1D_PAIR
-                     "cmp %[wv], %[end]\n\t"
+                     "cmp %[w0], %[end]\n\t"
                      "bne 1b"
                      : [w] "+r"(w), [x] "+r"(x), [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11),
                        [a20] "+r"(a20), [a21] "+r"(a21), [a30] "+r"(a30), [a31] "+r"(a31), [x0] "=&r"(x0),
-                       [x1] "=&r"(x1), [wv] "=&r"(wv)
-                     : [roff] "r"(roff), [end] "i"(NK_DSP1D_END)
+                       [x1] "=&r"(x1), [w0] "=&r"(w0), [w1] "=&r"(w1)
+                     : [end] "i"(NK_DSP1D_END)
                      : "cc", "memory");
 #undef NK_DSP1D_PAIR
 #else
-    const int16_t *const end = x + kp;
+    const uint32_t *const end = x + kp;
     for (; x != end; x += 2, w += 4) {
-        uint32_t u, v;
-        memcpy(&u, x, sizeof u);
-        memcpy(&v, x + cin, sizeof v);
-        a00 = __smlad((int32_t)w[0], (int32_t)u, a00);
-        a01 = __smlad((int32_t)w[0], (int32_t)v, a01);
-        a10 = __smlad((int32_t)w[1], (int32_t)u, a10);
-        a11 = __smlad((int32_t)w[1], (int32_t)v, a11);
-        a20 = __smlad((int32_t)w[2], (int32_t)u, a20);
-        a21 = __smlad((int32_t)w[2], (int32_t)v, a21);
-        a30 = __smlad((int32_t)w[3], (int32_t)u, a30);
-        a31 = __smlad((int32_t)w[3], (int32_t)v, a31);
+        const int32_t u = (int32_t)x[0], v = (int32_t)x[1];
+        a00 = __smlad((int32_t)w[0], u, a00);
+        a01 = __smlad((int32_t)w[0], v, a01);
+        a10 = __smlad((int32_t)w[1], u, a10);
+        a11 = __smlad((int32_t)w[1], v, a11);
+        a20 = __smlad((int32_t)w[2], u, a20);
+        a21 = __smlad((int32_t)w[2], v, a21);
+        a30 = __smlad((int32_t)w[3], u, a30);
+        a31 = __smlad((int32_t)w[3], v, a31);
     }
 #endif
     if (r->sat) { /* the fields as locals: the int8 stores could alias *r */
@@ -899,24 +894,54 @@ static NK_NOINLINE void nk_conv_dsp1d_block(const uint32_t *w, const int16_t *x,
     s[7] = a31;
 }
 
-/* The stream d[0, n): d[s] = input column iw0 + s / cin, channel s % cin; zero outside the input. */
+/* The buffer D of a strip (see above) for n pairs i in [0, n), the stream X starting at input column iw0:
+ * X's values s < 2n + cin (zero outside the input) go to their D slots: (s >> 1, half s & 1) of D[2i] and,
+ * for s >= cin, those of D[2i + 1] for s - cin. Even cin: X's int16 pairs are the word pairs of two channels,
+ * each stored at once in both slots, a position's cin values at a time: D[2i + 1] of s < cin goes to
+ * d[1 - cin, 0), and the last position's pairs reach d[2n + 2cin - 2] at most; the caller provides both. */
 static NK_NOINLINE NK_NO_MEMCALLS void nk_conv_dsp1d_stream(const int8_t *x, int32_t cin, int32_t in_w, int32_t iw0,
-                                                            int32_t n, int16_t *d)
+                                                            int32_t n, uint32_t *d)
 {
-    const int16_t *const end = d + n;
-    int32_t iw;
-    for (iw = iw0; d != end; iw++) {
-        int32_t c = end - d < cin ? (int32_t)(end - d) : cin;
-        if (iw >= 0 && iw < in_w) {
-            const int8_t *s = x + iw;
-            do {
-                *d++ = *s;
-                s += in_w;
-            } while (--c);
-        } else {
-            do {
-                *d++ = 0;
-            } while (--c);
+    int32_t iw = iw0;
+    if (cin % 2 == 0) {
+        uint32_t *dp = d;
+        uint32_t *const end = d + 2 * n + cin; /* pairs m < n + cin / 2: D[2m] and D[2m - cin + 1] */
+        const ptrdiff_t back = 1 - (ptrdiff_t)cin, step = 2 * (ptrdiff_t)in_w;
+        for (; dp < end; iw++) {
+            uint32_t *const stop = dp + cin;
+            if (iw >= 0 && iw < in_w) {
+                const int8_t *src = x + iw;
+                do {
+                    const uint32_t v = (uint32_t)(uint16_t)src[0] | (uint32_t)src[in_w] << 16;
+                    dp[0] = v;
+                    dp[back] = v;
+                    dp += 2;
+                    src += step;
+                } while (dp != stop);
+            } else {
+                do {
+                    dp[0] = 0;
+                    dp[back] = 0;
+                    dp += 2;
+                } while (dp != stop);
+            }
+        }
+        return;
+    }
+    {
+        int16_t *const h = (int16_t *)(void *)d; /* (writes through memcpy: the buffer is uint32_t) */
+        const int32_t ns = 2 * n + cin;
+        int32_t s = 0, c;
+        for (; s < ns; iw++) {
+            const int inside = iw >= 0 && iw < in_w;
+            for (c = 0; c < cin && s < ns; c++, s++) {
+                const int16_t v = inside ? x[(ptrdiff_t)c * in_w + iw] : 0;
+                memcpy(h + 4 * (s >> 1) + (s & 1), &v, sizeof v);
+                if (s >= cin) {
+                    const int32_t t = s - cin;
+                    memcpy(h + 4 * (t >> 1) + 2 + (t & 1), &v, sizeof v);
+                }
+            }
         }
     }
 }
@@ -927,10 +952,10 @@ static int nk_conv_dsp1d(const nk_conv_params *p, const int8_t *in, const uint32
                          void *out)
 {
     const int32_t cin = p->in_c, out_c = p->out_c, out_w = p->out_w;
-    const int32_t k = cin * p->k_w, kp = (k + 3) / 4 * 4, bw = kp / 2 * 4 + 1; /* words per block */
+    const int32_t k = cin * p->k_w, kp = (k + 3) / 4 * 4, bw = kp / 2 * 4 + 2; /* words per block */
     const nk_requant_params *rq = &p->rq;
     const int mode = nk_conv_rq32_mode(p);
-    int16_t xb[NK_CONV_DSP1D_X];
+    uint32_t xb[NK_CONV_DSP1D_X]; /* d[-cin, 2n + 2cin) of nk_conv_dsp1d_stream: n2 positions, (n2 + 1) * cin + kp */
     nk_conv_rq r;
     nk_conv_rq32 q32 = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     nk_dsp1d_rq d;
@@ -938,11 +963,11 @@ static int nk_conv_dsp1d(const nk_conv_params *p, const int8_t *in, const uint32
     int all32;
 
     if (p->in_h != 1 || p->k_h != 1 || p->out_h != 1 || p->stride_w != 1 || p->dil_w != 1 || p->groups != 1
-        || cin < 1 || p->k_w < 1 || cin + kp > NK_CONV_DSP1D_X || out_w <= 0) {
+        || cin < 1 || p->k_w < 1 || 3 * cin + kp > NK_CONV_DSP1D_X || out_w <= 0) {
         return 0;
     }
-    /* positions per strip: even, (strip - 1) * cin + kp stream values */
-    strip = ((NK_CONV_DSP1D_X - kp) / cin + 1) & ~1;
+    /* positions per strip: even, (strip + 1) * cin + kp buffer words */
+    strip = ((NK_CONV_DSP1D_X - kp) / cin - 1) & ~1;
     if (strip > out_w + 1) {
         strip = (out_w + 1) & ~1;
     }
@@ -955,7 +980,7 @@ static int nk_conv_dsp1d(const nk_conv_params *p, const int8_t *in, const uint32
     bscale = rq->bias_shift >= 0 && rq->bias_shift <= 29 ? (int32_t)1 << rq->bias_shift : 0;
     for (p0 = 0; p0 < out_w; p0 += strip) {
         const int32_t n = out_w - p0 < strip ? out_w - p0 : strip; /* positions of this strip */
-        nk_conv_dsp1d_stream(in, cin, p->in_w, p0 - p->pad_w, (((n + 1) & ~1) - 1) * cin + kp, xb);
+        nk_conv_dsp1d_stream(in, cin, p->in_w, p0 - p->pad_w, ((((n + 1) & ~1) - 2) * cin + kp) / 2, xb + cin);
         for (o = 0; o < out_c; o += 4) {
             const uint32_t *wo = w + (ptrdiff_t)(o / 4) * bw;
             const int32_t nq = out_c - o < 4 ? out_c - o : 4;
@@ -972,7 +997,7 @@ static int nk_conv_dsp1d(const nk_conv_params *p, const int8_t *in, const uint32
                 if (nj < 2) {
                     d.sat = 0; /* the last position of an odd row: computed, not stored */
                 }
-                nk_conv_dsp1d_block(wo, xb + (ptrdiff_t)pp * cin, cin, kp, &d, y, s);
+                nk_conv_dsp1d_block(wo, xb + cin + (ptrdiff_t)pp * cin, kp, &d, y, s);
                 if (d.sat) {
                     continue;
                 }

@@ -26,11 +26,11 @@
 #endif
 
 /* Generated code (model.c) pre-arranges the 8-bit weights of 1-d convs with stride 1, dilation 1, groups 1
- * and in_c + (in_c * k_w rounded up to 4) <= NK_CONV_DSP1D_X for the DSP path (nk_conv.c, nk_conv_dsp1d):
+ * and 3 * in_c + (in_c * k_w rounded up to 4) <= NK_CONV_DSP1D_X for the DSP path (nk_conv.c, nk_conv_dsp1d):
  * their array then holds int32 words (int16 pairs in the order the path reads them) and their w_bits is
  * NK_CONV_W8_1D = NK_W8_DSP1D; elsewhere NK_CONV_W8_1D is 8 and the weights are model.bin's. model.c and
  * nk_conv.c must be built with the same flags (-DNK_NO_SIMD in both or neither). NK_CONV_DSP1D_X is the
- * path's input buffer (int16 values on the stack) and is not a build option: the generator reads it. */
+ * path's input buffer (int32 words on the stack) and is not a build option: the generator reads it. */
 #define NK_W8_DSP1D 0x108
 #define NK_CONV_DSP1D_X 384
 #if defined(NK_DSP)
