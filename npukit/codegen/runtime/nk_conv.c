@@ -797,18 +797,23 @@ static NK_INLINE int32_t nk_asr(int32_t v, int32_t s)
 #endif
 }
 
-/* the block's 8 outputs, saturated by SAT (nk_ssat8 or nk_usat7) */
+/* the block's 8 outputs, saturated by SAT (nk_ssat8 or nk_usat7), through a byte pointer t (no sign
+ * extension before a store) */
 #define NK_DSP1D_STORE(SAT)                                                                                   \
     do {                                                                                                      \
-        y[0] = (int8_t)SAT(nk_asr(a00 + c0, sh));                                                             \
-        y[1] = (int8_t)SAT(nk_asr(a01 + c0, sh));                                                             \
-        y[ow] = (int8_t)SAT(nk_asr(a10 + c1, sh));                                                            \
-        y[ow + 1] = (int8_t)SAT(nk_asr(a11 + c1, sh));                                                        \
-        y[2 * ow] = (int8_t)SAT(nk_asr(a20 + c2, sh));                                                        \
-        y[2 * ow + 1] = (int8_t)SAT(nk_asr(a21 + c2, sh));                                                    \
-        y[3 * ow] = (int8_t)SAT(nk_asr(a30 + c3, sh));                                                        \
-        y[3 * ow + 1] = (int8_t)SAT(nk_asr(a31 + c3, sh));                                                    \
+        t[0] = (uint8_t)SAT(nk_asr(a00 + c0, sh));                                                            \
+        t[1] = (uint8_t)SAT(nk_asr(a01 + c0, sh));                                                            \
+        t += ow;                                                                                              \
+        t[0] = (uint8_t)SAT(nk_asr(a10 + c1, sh));                                                            \
+        t[1] = (uint8_t)SAT(nk_asr(a11 + c1, sh));                                                            \
+        t += ow;                                                                                              \
+        t[0] = (uint8_t)SAT(nk_asr(a20 + c2, sh));                                                            \
+        t[1] = (uint8_t)SAT(nk_asr(a21 + c2, sh));                                                            \
+        t += ow;                                                                                              \
+        t[0] = (uint8_t)SAT(nk_asr(a30 + c3, sh));                                                            \
+        t[1] = (uint8_t)SAT(nk_asr(a31 + c3, sh));                                                            \
     } while (0)
+
 static NK_INLINE int32_t nk_ssat8(int32_t v) /* min(max(v, -128), 127) */
 {
 #if defined(__GNUC__)
@@ -829,16 +834,7 @@ static NK_INLINE int32_t nk_usat7(int32_t v) /* min(max(v, 0), 127) */
 #endif
 }
 
-/* Sums of 4 channels x 2 positions, channel q of the block at w, position j (D words x[2i + j]): kp taps
- * (a multiple of 4); the loop ends at the block's end word. With r->sat, outputs y[q * r->out_w + j];
- * otherwise the sums s[2 * q + j]. */
-static NK_NOINLINE void nk_conv_dsp1d_block(const uint32_t *w, const uint32_t *x, int32_t kp, const nk_dsp1d_rq *r,
-                                            int8_t *y, int32_t s[8])
-{
-    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0, a20 = 0, a21 = 0, a30 = 0, a31 = 0;
-#if NK_CONV_DSP_ASM
-    uint32_t x0, x1, w0, w1;
-    (void)kp;
+/* One tap pair of nk_conv_dsp1d_block: 8 SMLADs, 3 LDRDs (the next pair's first weights last). */
 #define NK_DSP1D_PAIR                                                                                         \
     "ldrd %[x0], %[x1], [%[x]], #8\n\t"                                                                       \
     "smlad %[a00], %[w0], %[x0], %[a00]\n\t"                                                                  \
@@ -851,47 +847,67 @@ static NK_NOINLINE void nk_conv_dsp1d_block(const uint32_t *w, const uint32_t *x
     "smlad %[a30], %[w1], %[x0], %[a30]\n\t"                                                                  \
     "smlad %[a31], %[w1], %[x1], %[a31]\n\t"                                                                  \
     "ldrd %[w0], %[w1], [%[w]], #8\n\t"
-    __asm__ volatile("ldrd %[w0], %[w1], [%[w]], #8\n"
-                     "1:\n\t" NK_DSP1D_PAIR NK_DSP1D_PAIR
-                     "cmp %[w0], %[end]\n\t"
-                     "bne 1b"
-                     : [w] "+r"(w), [x] "+r"(x), [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11),
-                       [a20] "+r"(a20), [a21] "+r"(a21), [a30] "+r"(a30), [a31] "+r"(a31), [x0] "=&r"(x0),
-                       [x1] "=&r"(x1), [w0] "=&r"(w0), [w1] "=&r"(w1)
-                     : [end] "i"(NK_DSP1D_END)
-                     : "cc", "memory");
-#undef NK_DSP1D_PAIR
+
+/* Sums of 4 channels x 2 positions, channel q of the block at wblock, position j (D words x[2i + j]): kp taps
+ * (a multiple of 4); the loop ends at the block's end word. With r->sat, the outputs y[q * r->out_w + j]
+ * of np position pairs, the next pair's D words 2 * cin on, its outputs 2 on; otherwise one pair's sums
+ * s[2 * q + j]. */
+static NK_NOINLINE void nk_conv_dsp1d_block(const uint32_t *const wblock, const uint32_t *xpair, int32_t kp, int32_t cin,
+                                            int32_t np, const nk_dsp1d_rq *r, int8_t *y, int32_t s[8])
+{
+    /* r's fields as locals: the byte stores could alias *r */
+    const int32_t ow = r->out_w, sh = r->shift, sat = r->sat, c0 = r->c[0], c1 = r->c[1], c2 = r->c[2], c3 = r->c[3];
+    uint8_t *yb = (uint8_t *)y;
+    do {
+        const uint32_t *w = wblock, *x = xpair;
+        int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0, a20 = 0, a21 = 0, a30 = 0, a31 = 0;
+#if NK_CONV_DSP_ASM
+        uint32_t x0, x1, w0, w1;
+        (void)kp;
+        __asm__ volatile("ldrd %[w0], %[w1], [%[w]], #8\n"
+                         "1:\n\t" NK_DSP1D_PAIR NK_DSP1D_PAIR
+                         "cmp %[w0], %[end]\n\t"
+                         "bne 1b"
+                         : [w] "+r"(w), [x] "+r"(x), [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11),
+                           [a20] "+r"(a20), [a21] "+r"(a21), [a30] "+r"(a30), [a31] "+r"(a31), [x0] "=&r"(x0),
+                           [x1] "=&r"(x1), [w0] "=&r"(w0), [w1] "=&r"(w1)
+                         : [end] "i"(NK_DSP1D_END)
+                         : "cc", "memory");
 #else
-    const uint32_t *const end = x + kp;
-    for (; x != end; x += 2, w += 4) {
-        const int32_t u = (int32_t)x[0], v = (int32_t)x[1];
-        a00 = __smlad((int32_t)w[0], u, a00);
-        a01 = __smlad((int32_t)w[0], v, a01);
-        a10 = __smlad((int32_t)w[1], u, a10);
-        a11 = __smlad((int32_t)w[1], v, a11);
-        a20 = __smlad((int32_t)w[2], u, a20);
-        a21 = __smlad((int32_t)w[2], v, a21);
-        a30 = __smlad((int32_t)w[3], u, a30);
-        a31 = __smlad((int32_t)w[3], v, a31);
-    }
-#endif
-    if (r->sat) { /* the fields as locals: the int8 stores could alias *r */
-        const int32_t ow = r->out_w, sh = r->shift, c0 = r->c[0], c1 = r->c[1], c2 = r->c[2], c3 = r->c[3];
-        if (r->sat == 1) {
-            NK_DSP1D_STORE(nk_ssat8);
-        } else {
-            NK_DSP1D_STORE(nk_usat7);
+        const uint32_t *const end = x + kp;
+        for (; x != end; x += 2, w += 4) {
+            const int32_t u = (int32_t)x[0], v = (int32_t)x[1];
+            a00 = __smlad((int32_t)w[0], u, a00);
+            a01 = __smlad((int32_t)w[0], v, a01);
+            a10 = __smlad((int32_t)w[1], u, a10);
+            a11 = __smlad((int32_t)w[1], v, a11);
+            a20 = __smlad((int32_t)w[2], u, a20);
+            a21 = __smlad((int32_t)w[2], v, a21);
+            a30 = __smlad((int32_t)w[3], u, a30);
+            a31 = __smlad((int32_t)w[3], v, a31);
         }
+#endif
+        if (sat) {
+            uint8_t *t = yb;
+            if (sat == 1) {
+                NK_DSP1D_STORE(nk_ssat8);
+            } else {
+                NK_DSP1D_STORE(nk_usat7);
+            }
+            yb += 2;
+            xpair += 2 * cin;
+            continue;
+        }
+        s[0] = a00;
+        s[1] = a01;
+        s[2] = a10;
+        s[3] = a11;
+        s[4] = a20;
+        s[5] = a21;
+        s[6] = a30;
+        s[7] = a31;
         return;
-    }
-    s[0] = a00;
-    s[1] = a01;
-    s[2] = a10;
-    s[3] = a11;
-    s[4] = a20;
-    s[5] = a21;
-    s[6] = a30;
-    s[7] = a31;
+    } while (--np > 0);
 }
 
 /* The buffer D of a strip (see above) for n pairs i in [0, n), the stream X starting at input column iw0:
@@ -990,17 +1006,18 @@ static int nk_conv_dsp1d(const nk_conv_params *p, const int8_t *in, const uint32
                 d.c[q] = bt[q] + q32.add_pos;
             }
             d.sat = nq == 4 ? sat : 0;
-            for (pp = 0; pp < n; pp += 2) {
+            pp = 0;
+            if (d.sat && n >= 2) { /* the whole pairs at once */
+                nk_conv_dsp1d_block(wo, xb + cin, kp, cin, n / 2, &d, (int8_t *)out + ((size_t)o * (size_t)out_w + (size_t)p0),
+                                    NULL);
+                pp = n & ~1;
+            }
+            d.sat = 0; /* the rest pair by pair, requantised here (the last position of an odd row: not stored) */
+            for (; pp < n; pp += 2) {
                 int32_t s[8];
                 int8_t *y = (int8_t *)out + ((size_t)o * (size_t)out_w + (size_t)(p0 + pp));
                 const int32_t nj = n - pp < 2 ? 1 : 2;
-                if (nj < 2) {
-                    d.sat = 0; /* the last position of an odd row: computed, not stored */
-                }
-                nk_conv_dsp1d_block(wo, xb + cin + (ptrdiff_t)pp * cin, kp, &d, y, s);
-                if (d.sat) {
-                    continue;
-                }
+                nk_conv_dsp1d_block(wo, xb + cin + (ptrdiff_t)pp * cin, kp, cin, 1, &d, y, s);
                 for (q = 0; q < nq; q++, y += out_w) {
                     for (j = 0; j < nj; j++) {
                         if (all32) {
