@@ -780,59 +780,52 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
  * y = sat(floor((sum + c[q]) / 2^shift)): int8 output, no accumulator clamp, c[q] = bias_term + add with a
  * rounding add independent of the sign (half_up, floor), and an act range of [-128, 127] (sat 1: SSAT) or
  * [0, 127] (sat 2: USAT). Exact in int32: |sum| <= 2^23, |bias_term| < 2^29 and 0 <= add <= 2^29
- * (nk_conv_rq32_ok, shift <= 30), so |sum + c[q]| < 2^31; the floor division is an arithmetic shift (ASR,
- * in asm: C leaves >> of a negative value to the implementation). sat 0: the sums go to s instead. */
+ * (nk_conv_rq32_ok, shift <= 30), so every partial sum c[q] + (part of sum) is below 2^31 in magnitude; the
+ * accumulators start at c[q], and the floor division is an arithmetic shift (NK_DSP1D_OUT). sat 0: the
+ * sums, from 0, go to s instead. */
 typedef struct {
     int32_t c[4], shift, sat, out_w;
 } nk_dsp1d_rq;
 
-/* floor(v / 2^s), 1 <= s <= 30 */
-static NK_INLINE int32_t nk_asr(int32_t v, int32_t s)
-{
+/* PTR[OFF] = SAT(floor(VAL / 2^SHIFT)) (1 <= SHIFT <= 30), SAT one of SSAT #8 (a range of [-128, 127]) and USAT #7
+ * ([0, 127]): in asm where gcc builds, as the floor shift is an arithmetic one (C leaves >> of a negative
+ * value to the implementation) and a byte store needs no extension of the saturated value. */
 #if defined(__GNUC__)
-    __asm__("asr %0, %0, %1" : "+r"(v) : "r"(s));
-    return v;
+#define NK_DSP1D_OUT(SAT, PTR, OFF, VAL, SHIFT)                                                               \
+    do {                                                                                                      \
+        int32_t nk_v_ = (VAL);                                                                                \
+        __asm__ volatile("asr %[v], %[v], %[s]\n\t" SAT " %[v]\n\tstrb %[v], [%[t], #%c[o]]"                 \
+                         : [v] "+r"(nk_v_)                                                                    \
+                         : [t] "r"(PTR), [s] "r"(SHIFT), [o] "i"(OFF)                                         \
+                         : "memory");                                                                         \
+    } while (0)
+#define NK_SSAT8 "ssat %[v], #8,"
+#define NK_USAT7 "usat %[v], #7,"
 #else
+#define NK_DSP1D_OUT(SAT, PTR, OFF, VAL, SHIFT) ((PTR)[OFF] = (uint8_t)SAT(nk_floor_shift(VAL, SHIFT)))
+#define NK_SSAT8(v) ((v) < -128 ? -128 : ((v) > 127 ? 127 : (v)))
+#define NK_USAT7(v) ((v) < 0 ? 0 : ((v) > 127 ? 127 : (v)))
+static int32_t nk_floor_shift(int32_t v, int32_t s)
+{
     return v >= 0 ? v >> s : -(int32_t)(((uint32_t)-(v + 1)) >> s) - 1;
-#endif
 }
+#endif
 
-/* the block's 8 outputs, saturated by SAT (nk_ssat8 or nk_usat7), through a byte pointer t (no sign
- * extension before a store) */
+/* the block's 8 outputs (sums that started at c[q]) through the byte pointer t */
 #define NK_DSP1D_STORE(SAT)                                                                                   \
     do {                                                                                                      \
-        t[0] = (uint8_t)SAT(nk_asr(a00 + c0, sh));                                                            \
-        t[1] = (uint8_t)SAT(nk_asr(a01 + c0, sh));                                                            \
+        NK_DSP1D_OUT(SAT, t, 0, a00, sh);                                                                \
+        NK_DSP1D_OUT(SAT, t, 1, a01, sh);                                                                \
         t += ow;                                                                                              \
-        t[0] = (uint8_t)SAT(nk_asr(a10 + c1, sh));                                                            \
-        t[1] = (uint8_t)SAT(nk_asr(a11 + c1, sh));                                                            \
+        NK_DSP1D_OUT(SAT, t, 0, a10, sh);                                                                \
+        NK_DSP1D_OUT(SAT, t, 1, a11, sh);                                                                \
         t += ow;                                                                                              \
-        t[0] = (uint8_t)SAT(nk_asr(a20 + c2, sh));                                                            \
-        t[1] = (uint8_t)SAT(nk_asr(a21 + c2, sh));                                                            \
+        NK_DSP1D_OUT(SAT, t, 0, a20, sh);                                                                \
+        NK_DSP1D_OUT(SAT, t, 1, a21, sh);                                                                \
         t += ow;                                                                                              \
-        t[0] = (uint8_t)SAT(nk_asr(a30 + c3, sh));                                                            \
-        t[1] = (uint8_t)SAT(nk_asr(a31 + c3, sh));                                                            \
+        NK_DSP1D_OUT(SAT, t, 0, a30, sh);                                                                \
+        NK_DSP1D_OUT(SAT, t, 1, a31, sh);                                                                \
     } while (0)
-
-static NK_INLINE int32_t nk_ssat8(int32_t v) /* min(max(v, -128), 127) */
-{
-#if defined(__GNUC__)
-    __asm__("ssat %0, #8, %0" : "+r"(v));
-    return v;
-#else
-    return v < -128 ? -128 : (v > 127 ? 127 : v);
-#endif
-}
-
-static NK_INLINE int32_t nk_usat7(int32_t v) /* min(max(v, 0), 127) */
-{
-#if defined(__GNUC__)
-    __asm__("usat %0, #7, %0" : "+r"(v));
-    return v;
-#else
-    return v < 0 ? 0 : (v > 127 ? 127 : v);
-#endif
-}
 
 /* One tap pair of nk_conv_dsp1d_block: 8 SMLADs, 3 LDRDs (the next pair's first weights last). */
 #define NK_DSP1D_PAIR                                                                                         \
@@ -855,12 +848,13 @@ static NK_INLINE int32_t nk_usat7(int32_t v) /* min(max(v, 0), 127) */
 static NK_NOINLINE void nk_conv_dsp1d_block(const uint32_t *const wblock, const uint32_t *xpair, int32_t kp, int32_t cin,
                                             int32_t np, const nk_dsp1d_rq *r, int8_t *y, int32_t s[8])
 {
-    /* r's fields as locals: the byte stores could alias *r */
-    const int32_t ow = r->out_w, sh = r->shift, sat = r->sat, c0 = r->c[0], c1 = r->c[1], c2 = r->c[2], c3 = r->c[3];
+    /* r's fields as locals (the byte stores could alias *r); with sat the sums start at c[q] */
+    const int32_t ow = r->out_w, sh = r->shift, sat = r->sat;
+    const int32_t c0 = sat ? r->c[0] : 0, c1 = sat ? r->c[1] : 0, c2 = sat ? r->c[2] : 0, c3 = sat ? r->c[3] : 0;
     uint8_t *yb = (uint8_t *)y;
     do {
         const uint32_t *w = wblock, *x = xpair;
-        int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0, a20 = 0, a21 = 0, a30 = 0, a31 = 0;
+        int32_t a00 = c0, a01 = c0, a10 = c1, a11 = c1, a20 = c2, a21 = c2, a30 = c3, a31 = c3;
 #if NK_CONV_DSP_ASM
         uint32_t x0, x1, w0, w1;
         (void)kp;
@@ -890,9 +884,9 @@ static NK_NOINLINE void nk_conv_dsp1d_block(const uint32_t *const wblock, const 
         if (sat) {
             uint8_t *t = yb;
             if (sat == 1) {
-                NK_DSP1D_STORE(nk_ssat8);
+                NK_DSP1D_STORE(NK_SSAT8);
             } else {
-                NK_DSP1D_STORE(nk_usat7);
+                NK_DSP1D_STORE(NK_USAT7);
             }
             yb += 2;
             xpair += 2 * cin;
