@@ -160,7 +160,7 @@ def measure(project: Path, graph, opt: str, extra: list[str]) -> dict:
     frames = {}
     for su in folder.glob("*.su"):
         for line in su.read_text().splitlines():
-            m = re.match(r"\S+:\d+:\d+:(nk_\w+)\s+(\d+)", line)
+            m = re.match(r"\S+:\d+:\d+:(nk_\w+)(?:\.\w+)*\s+(\d+)", line)
             if m:
                 frames[m.group(1)] = int(m.group(2))
     return {"rows": rows, "whole": whole[0][1], "kernel_code": code, "sizes": sizes, "frames": frames, "lib": lib}

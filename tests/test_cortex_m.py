@@ -99,6 +99,23 @@ def test_failure_reaches_the_exit_status(projects, tmp_path):
     assert "KAT FAIL: forced" in text and "[qemu exit status 1]" in text
 
 
+def test_kat_passes_on_cortex_m4_without_simd(projects):
+    """The same generated project built with -DNK_NO_SIMD (model.c and the kernels alike): model.c then holds
+    model.bin's int8 weights, nk_conv runs its plain C99 paths, and the KAT still passes."""
+    import subprocess
+
+    out, _ = projects("demo-w8")
+    folder = cortex_m.write_cortex_m(out)
+    cmd = [cortex_m.CC, *cortex_m.CFLAGS, "-DNK_NO_SIMD", "-o", "plain.elf", *cortex_m._sources(out), *cortex_m.LDFLAGS]
+    built = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    ok, text = cortex_m.run_qemu(folder / "plain.elf", timeout=60)
+    assert ok and "KAT PASS" in text, text
+    params = modelbin.read(out.parent / "model.bin").params
+    assert cortex_m.size_report(folder / "plain.elf")["weight_bytes"] == sum(p.nbytes for p in params
+                                                                             if p.name in ("weight", "bias"))
+
+
 def test_build_reports_compiler_errors(projects, tmp_path):
     out, _ = projects()
     bad = tmp_path / "c"

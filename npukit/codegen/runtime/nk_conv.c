@@ -956,6 +956,29 @@ static NK_NOINLINE NK_NO_MEMCALLS void nk_conv_dsp1d_stream(const int8_t *x, int
     }
 }
 
+/* The outputs of a pair of positions from the block's sums s (channels o + q, q < nq; positions pos + j,
+ * j < nj): nk_conv_rq32_apply with bias terms bt where q32 is given, else nk_conv_rq_store. Its own
+ * function: its locals stay off the frame that holds the strip's buffer. */
+static NK_NOINLINE void nk_conv_dsp1d_store(const nk_conv_params *p, const int32_t *bias, const nk_conv_rq32 *q32,
+                                            const int32_t bt[4], const int32_t s[8], int32_t o, int32_t nq, int32_t nj,
+                                            size_t pos, void *out)
+{
+    const size_t ow = (size_t)p->out_w;
+    int32_t q, j;
+    for (q = 0; q < nq; q++) {
+        const size_t idx = (size_t)(o + q) * ow + pos;
+        nk_conv_rq r;
+        nk_conv_rq_init(&r, p, o + q, bias);
+        for (j = 0; j < nj; j++) {
+            if (q32) {
+                ((int8_t *)out)[idx + (size_t)j] = nk_conv_rq32_apply(q32, bt[q], s[2 * q + j]);
+            } else {
+                nk_conv_rq_store(&r, out, idx + (size_t)j, s[2 * q + j]);
+            }
+        }
+    }
+}
+
 /* The whole conv on the DSP 1-d path; returns 0 (having written nothing) where it does not apply, which
  * for weights in its layout is a generator bug (the generator checks the same conditions). */
 static int nk_conv_dsp1d(const nk_conv_params *p, const int8_t *in, const uint32_t *w, const int32_t *bias,
@@ -966,7 +989,6 @@ static int nk_conv_dsp1d(const nk_conv_params *p, const int8_t *in, const uint32
     const nk_requant_params *rq = &p->rq;
     const int mode = nk_conv_rq32_mode(p);
     uint32_t xb[NK_CONV_DSP1D_X]; /* d[-cin, 2n + 2cin) of nk_conv_dsp1d_stream: n2 positions, (n2 + 1) * cin + kp */
-    nk_conv_rq r;
     nk_conv_rq32 q32 = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     nk_dsp1d_rq d;
     int32_t strip, p0, o, bscale, sat;
@@ -994,7 +1016,7 @@ static int nk_conv_dsp1d(const nk_conv_params *p, const int8_t *in, const uint32
         for (o = 0; o < out_c; o += 4) {
             const uint32_t *wo = w + (ptrdiff_t)(o / 4) * bw;
             const int32_t nq = out_c - o < 4 ? out_c - o : 4;
-            int32_t bt[4], q, j, pp;
+            int32_t bt[4], q, pp;
             for (q = 0; q < nq; q++) {
                 bt[q] = !bias || !all32 ? 0 : bscale ? bias[o + q] * bscale : (int32_t)nk_requant_bias(rq, o + q, bias[o + q]);
                 d.c[q] = bt[q] + q32.add_pos;
@@ -1009,20 +1031,9 @@ static int nk_conv_dsp1d(const nk_conv_params *p, const int8_t *in, const uint32
             d.sat = 0; /* the rest pair by pair, requantised here (the last position of an odd row: not stored) */
             for (; pp < n; pp += 2) {
                 int32_t s[8];
-                int8_t *y = (int8_t *)out + ((size_t)o * (size_t)out_w + (size_t)(p0 + pp));
                 const int32_t nj = n - pp < 2 ? 1 : 2;
-                nk_conv_dsp1d_block(wo, xb + cin + (ptrdiff_t)pp * cin, kp, cin, 1, &d, y, s);
-                for (q = 0; q < nq; q++, y += out_w) {
-                    for (j = 0; j < nj; j++) {
-                        if (all32) {
-                            y[j] = nk_conv_rq32_apply(&q32, bt[q], s[2 * q + j]);
-                        } else {
-                            nk_conv_rq_init(&r, p, o + q, bias);
-                            nk_conv_rq_store(&r, out, (size_t)(o + q) * (size_t)out_w + (size_t)(p0 + pp + j),
-                                             s[2 * q + j]);
-                        }
-                    }
-                }
+                nk_conv_dsp1d_block(wo, xb + cin + (ptrdiff_t)pp * cin, kp, cin, 1, &d, NULL, s);
+                nk_conv_dsp1d_store(p, bias, all32 ? &q32 : NULL, bt, s, o, nq, nj, (size_t)(p0 + pp), out);
             }
         }
     }
