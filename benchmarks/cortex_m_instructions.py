@@ -199,7 +199,7 @@ def main() -> None:
         for name, kernel, n, macs in r["rows"]:
             per = f"{n / macs:9.2f}" if macs else f"{'':9}"
             print(f"  {name:8} {kernel:11} {n:12,} {macs:8,} {per}")
-            if kernel == "nk_conv":
+            if kernel in ("nk_conv", "nk_conv_1d"):
                 conv_i, conv_m = conv_i + n, conv_m + macs
         print(f"  conv layers together: {conv_i / conv_m:.2f} instr/MAC (CMSIS-NN -O2: {CMSIS_NN['conv']}; "
               f"npukit before, -Os: {BEFORE['conv']}; goal <= 1.0)")

@@ -1340,6 +1340,15 @@ static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t 
 }
 #endif
 
+void nk_conv_1d(const nk_conv_params *p, const int8_t *in, const void *weights, const int32_t *bias, void *out)
+{
+#if defined(NK_DSP)
+    (void)nk_conv_dsp1d(p, in, (const uint32_t *)weights, bias, out); /* (0: a generator bug, see there) */
+#else
+    nk_conv(p, in, weights, bias, out);
+#endif
+}
+
 void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, const int32_t *bias, void *out)
 {
     const int32_t cg = p->in_c / p->groups;  /* input channels per group */

@@ -120,6 +120,11 @@ typedef struct {
  * API) or is NULL for none. A 1-d conv is in_h = k_h = out_h = stride_h = dil_h = 1, pad_h = 0. */
 void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, const int32_t *bias, void *out);
 
+/* A conv that generated code pre-arranged (w_bits NK_CONV_W8_1D; see NK_W8_DSP1D above): in DSP builds
+ * nk_conv's 1-d path alone, elsewhere nk_conv. Generated code calls it for those convs, so that a DSP build
+ * whose convs all take the 1-d path links none of nk_conv's other paths. */
+void nk_conv_1d(const nk_conv_params *p, const int8_t *in, const void *weights, const int32_t *bias, void *out);
+
 /* Transposed conv 1-d/2-d, groups 1 (npukit/ops/conv_transpose.py): the same parameters, read as stride,
  * padding and dilation of the transposed conv; weights (in_c, out_c, k_h, k_w), packed at w_bits. */
 void nk_conv_transpose(const nk_conv_params *p, const int8_t *in, const void *weights, const int32_t *bias,
