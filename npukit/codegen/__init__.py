@@ -4,7 +4,9 @@ The project holds the model (`model.c`/`model.h`: const weights at their packed 
 arena of exactly the planned size, one entry point), the stateless kernel library (`nk_*.c`, copied from
 `runtime/`), `main.c` (the known-answer test), `run_file.c` (runs a file of inputs, for differential
 tests), a `Makefile` whose recipes call only the compiler, and a `CMakeLists.txt`. Each op writes its own
-call (`OpDef.to_c`), with every parameter computed here, offline.
+call (`OpDef.to_c`), with every parameter computed here, offline. The weights of 8-bit 1-d convs that
+nk_conv's DSP path takes are written twice under `#if` (`CBuilder.conv_weights`): model.bin's bytes, and
+for builds with the DSP extension the int16 pairs that path reads (`dsp1d_weights`).
 """
 
 from __future__ import annotations

@@ -11,11 +11,16 @@
  * p->rq that are equal to it for every sum (each proves it where it is defined, and
  * tests/test_c_kernels.py holds them bit-exact, with and without SIMD): nk_conv_rq, the per-channel
  * precomputed form (shift 1..60, ranges below 2^60; anything else goes to nk_conv_store), and
- * nk_conv_sse2_requant and nk_conv_rq32_apply, that form in int32 where every step is exact in int32.
+ * nk_conv_sse2_requant and nk_conv_rq32_apply, that form in int32 where every step is exact in int32
+ * (and nk_dsp1d_rq, the DSP 1-d block's cut of it for half_up / floor without an accumulator clamp).
  *
  * Padding is never tested per MAC: for each output row the valid kernel rows are computed once, and
  * the valid kernel columns once per output (or per tile). Paths (-DNK_NO_SIMD keeps only the plain C99
  * ones):
+ *  - with the DSP extension, 8-bit 1-d convs with stride 1, dilation 1, groups 1 whose weights the
+ *    generator pre-arranged (w_bits NK_W8_DSP1D; generated code calls nk_conv_1d): nk_conv_dsp1d (below)
+ *    reads each strip of input once as an int16 stream and computes 4 output channels x 2 positions per
+ *    pass with SMLAD on int16 weight pairs, requantising in the block where it can.
  *  - with the DSP extension (__ARM_FEATURE_DSP: Cortex-M4, M7, M33, M55), 8-bit weights, any geometry:
  *    nk_conv_dsp (below) builds each pair of output positions' input column once as int16 pairs and
  *    computes 2 output channels x 2 positions per pass with SMLAD (two products per instruction), the
