@@ -781,58 +781,7 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
  * otherwise nk_conv_rq_store. */
 #define NK_DSP1D_END 0x40004000u
 
-/* The requantisation nk_conv_dsp1d_block applies itself, for a conv whose outputs it may compute as
- * y = sat(floor((sum + c[q]) / 2^shift)): int8 output, no accumulator clamp, c[q] = bias_term + add with a
- * rounding add independent of the sign (half_up, floor), and an act range of [-128, 127] (sat 1: SSAT) or
- * [0, 127] (sat 2: USAT). Exact in int32: |sum| <= 2^23, |bias_term| < 2^29 and 0 <= add <= 2^29
- * (nk_conv_rq32_ok, shift <= 30), so every partial sum c[q] + (part of sum) is below 2^31 in magnitude; the
- * accumulators start at c[q], and the floor division is an arithmetic shift (NK_DSP1D_OUT). sat 0: the
- * sums, from 0, go to s instead. */
-typedef struct {
-    int32_t c[4], shift, sat, out_w;
-} nk_dsp1d_rq;
-
-/* PTR[OFF] = SAT(floor(VAL / 2^SHIFT)) (1 <= SHIFT <= 30), SAT one of SSAT #8 (a range of [-128, 127]) and USAT #7
- * ([0, 127]): in asm where gcc builds, as the floor shift is an arithmetic one (C leaves >> of a negative
- * value to the implementation) and a byte store needs no extension of the saturated value. */
-#if defined(__GNUC__)
-#define NK_DSP1D_OUT(SAT, PTR, OFF, VAL, SHIFT)                                                               \
-    do {                                                                                                      \
-        int32_t nk_v_ = (VAL);                                                                                \
-        __asm__ volatile("asr %[v], %[v], %[s]\n\t" SAT " %[v]\n\tstrb %[v], [%[t], #%c[o]]"                 \
-                         : [v] "+r"(nk_v_)                                                                    \
-                         : [t] "r"(PTR), [s] "r"(SHIFT), [o] "i"(OFF)                                         \
-                         : "memory");                                                                         \
-    } while (0)
-#define NK_SSAT8 "ssat %[v], #8,"
-#define NK_USAT7 "usat %[v], #7,"
-#else
-#define NK_DSP1D_OUT(SAT, PTR, OFF, VAL, SHIFT) ((PTR)[OFF] = (uint8_t)SAT(nk_floor_shift(VAL, SHIFT)))
-#define NK_SSAT8(v) ((v) < -128 ? -128 : ((v) > 127 ? 127 : (v)))
-#define NK_USAT7(v) ((v) < 0 ? 0 : ((v) > 127 ? 127 : (v)))
-static int32_t nk_floor_shift(int32_t v, int32_t s)
-{
-    return v >= 0 ? v >> s : -(int32_t)(((uint32_t)-(v + 1)) >> s) - 1;
-}
-#endif
-
-/* the block's 8 outputs (sums that started at c[q]) through the byte pointer t */
-#define NK_DSP1D_STORE(SAT)                                                                                   \
-    do {                                                                                                      \
-        NK_DSP1D_OUT(SAT, t, 0, a00, sh);                                                                \
-        NK_DSP1D_OUT(SAT, t, 1, a01, sh);                                                                \
-        t += ow;                                                                                              \
-        NK_DSP1D_OUT(SAT, t, 0, a10, sh);                                                                \
-        NK_DSP1D_OUT(SAT, t, 1, a11, sh);                                                                \
-        t += ow;                                                                                              \
-        NK_DSP1D_OUT(SAT, t, 0, a20, sh);                                                                \
-        NK_DSP1D_OUT(SAT, t, 1, a21, sh);                                                                \
-        t += ow;                                                                                              \
-        NK_DSP1D_OUT(SAT, t, 0, a30, sh);                                                                \
-        NK_DSP1D_OUT(SAT, t, 1, a31, sh);                                                                \
-    } while (0)
-
-/* One tap pair of nk_conv_dsp1d_block: 8 SMLADs, 3 LDRDs (the next pair's first weights last). */
+/* One tap pair of the 4 x 2 block: 8 SMLADs, 3 LDRDs (the next pair's first weights last). */
 #define NK_DSP1D_PAIR                                                                                         \
     "ldrd %[x0], %[x1], [%[x]], #8\n\t"                                                                       \
     "smlad %[a00], %[w0], %[x0], %[a00]\n\t"                                                                  \
@@ -846,68 +795,136 @@ static int32_t nk_floor_shift(int32_t v, int32_t s)
     "smlad %[a31], %[w1], %[x1], %[a31]\n\t"                                                                  \
     "ldrd %[w0], %[w1], [%[w]], #8\n\t"
 
-/* Sums of 4 channels x 2 positions, channel q of the block at wblock, position j (D words x[2i + j]): kp taps
- * (a multiple of 4); the loop ends at the block's end word. With r->sat, the outputs y[q * r->out_w + j]
- * of np position pairs, the next pair's D words 2 * cin on, its outputs 2 on; otherwise one pair's sums
- * s[2 * q + j]. */
-static NK_NOINLINE void nk_conv_dsp1d_block(const uint32_t *const wblock, const uint32_t *xpair, int32_t kp, int32_t cin,
-                                            int32_t np, const nk_dsp1d_rq *r, int8_t *y, int32_t s[8])
+/* The sums s[2 * q + j] of 4 channels x 2 positions: channel q of the block at w, position j (D words
+ * x[2i + j]), kp taps (a multiple of 4); the asm loop ends at the block's end word. */
+static NK_NOINLINE void nk_conv_dsp1d_block(const uint32_t *w, const uint32_t *x, int32_t kp, int32_t s[8])
 {
-    /* r's fields as locals (the byte stores could alias *r); with sat the sums start at c[q] */
-    const int32_t ow = r->out_w, sh = r->shift, sat = r->sat;
-    const int32_t c0 = sat ? r->c[0] : 0, c1 = sat ? r->c[1] : 0, c2 = sat ? r->c[2] : 0, c3 = sat ? r->c[3] : 0;
-    uint8_t *yb = (uint8_t *)y;
-    do {
-        const uint32_t *w = wblock, *x = xpair;
-        int32_t a00 = c0, a01 = c0, a10 = c1, a11 = c1, a20 = c2, a21 = c2, a30 = c3, a31 = c3;
+    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0, a20 = 0, a21 = 0, a30 = 0, a31 = 0;
 #if NK_CONV_DSP_ASM
-        uint32_t x0, x1, w0, w1;
-        (void)kp;
-        __asm__ volatile("ldrd %[w0], %[w1], [%[w]], #8\n"
-                         "1:\n\t" NK_DSP1D_PAIR NK_DSP1D_PAIR
-                         "cmp %[w0], %[end]\n\t"
-                         "bne 1b"
-                         : [w] "+r"(w), [x] "+r"(x), [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11),
-                           [a20] "+r"(a20), [a21] "+r"(a21), [a30] "+r"(a30), [a31] "+r"(a31), [x0] "=&r"(x0),
-                           [x1] "=&r"(x1), [w0] "=&r"(w0), [w1] "=&r"(w1)
-                         : [end] "i"(NK_DSP1D_END)
-                         : "cc", "memory");
+    uint32_t x0, x1, w0, w1;
+    (void)kp;
+    __asm__ volatile("ldrd %[w0], %[w1], [%[w]], #8\n"
+                     "1:\n\t" NK_DSP1D_PAIR NK_DSP1D_PAIR
+                     "cmp %[w0], %[end]\n\t"
+                     "bne 1b"
+                     : [w] "+r"(w), [x] "+r"(x), [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11),
+                       [a20] "+r"(a20), [a21] "+r"(a21), [a30] "+r"(a30), [a31] "+r"(a31), [x0] "=&r"(x0),
+                       [x1] "=&r"(x1), [w0] "=&r"(w0), [w1] "=&r"(w1)
+                     : [end] "i"(NK_DSP1D_END)
+                     : "cc", "memory");
 #else
-        const uint32_t *const end = x + kp;
-        for (; x != end; x += 2, w += 4) {
-            const int32_t u = (int32_t)x[0], v = (int32_t)x[1];
-            a00 = __smlad((int32_t)w[0], u, a00);
-            a01 = __smlad((int32_t)w[0], v, a01);
-            a10 = __smlad((int32_t)w[1], u, a10);
-            a11 = __smlad((int32_t)w[1], v, a11);
-            a20 = __smlad((int32_t)w[2], u, a20);
-            a21 = __smlad((int32_t)w[2], v, a21);
-            a30 = __smlad((int32_t)w[3], u, a30);
-            a31 = __smlad((int32_t)w[3], v, a31);
-        }
+    const uint32_t *const end = x + kp;
+    for (; x != end; x += 2, w += 4) {
+        const int32_t u = (int32_t)x[0], v = (int32_t)x[1];
+        a00 = __smlad((int32_t)w[0], u, a00);
+        a01 = __smlad((int32_t)w[0], v, a01);
+        a10 = __smlad((int32_t)w[1], u, a10);
+        a11 = __smlad((int32_t)w[1], v, a11);
+        a20 = __smlad((int32_t)w[2], u, a20);
+        a21 = __smlad((int32_t)w[2], v, a21);
+        a30 = __smlad((int32_t)w[3], u, a30);
+        a31 = __smlad((int32_t)w[3], v, a31);
+    }
 #endif
-        if (sat) {
-            uint8_t *t = yb;
-            if (sat == 1) {
-                NK_DSP1D_STORE(NK_SSAT8);
-            } else {
-                NK_DSP1D_STORE(NK_USAT7);
-            }
-            yb += 2;
-            xpair += 2 * cin;
-            continue;
-        }
-        s[0] = a00;
-        s[1] = a01;
-        s[2] = a10;
-        s[3] = a11;
-        s[4] = a20;
-        s[5] = a21;
-        s[6] = a30;
-        s[7] = a31;
-        return;
-    } while (--np > 0);
+    s[0] = a00;
+    s[1] = a01;
+    s[2] = a10;
+    s[3] = a11;
+    s[4] = a20;
+    s[5] = a21;
+    s[6] = a30;
+    s[7] = a31;
 }
+
+#if NK_CONV_DSP_ASM
+/* The requantisation of whole blocks in asm builds (nk_conv_dsp1d_run), for a conv whose outputs it may
+ * compute as y = sat(floor((sum + c[q]) / 2^shift)): int8 output, no accumulator clamp, c[q] = bias_term +
+ * add with a rounding add independent of the sign (half_up, floor), and an act range of [-128, 127]
+ * (sat 1: SSAT #8) or [0, 127] (sat 2: USAT #7); other builds and cases requantise the block's sums with
+ * nk_conv_rq32_apply or nk_conv_rq_store. Exact in int32: |sum| <= 2^23, |bias_term| < 2^29 and
+ * 0 <= add <= 2^29 (nk_conv_rq32_ok, shift <= 30), so every partial sum c[q] + (part of sum) is below 2^31
+ * in magnitude; the sums start at c[q], and the floor division is an arithmetic shift (ASR). */
+typedef struct {                /* (nk_conv_dsp1d_run reads the fields at these offsets) */
+    const uint32_t *w, *x;      /*  0,  4: the block's weights; the pair's D words (advanced per pair) */
+    int8_t *y;                  /*  8: the pair's first output (advanced per pair) */
+    int32_t out_w, shift, np;   /* 12, 16, 20: np position pairs (counted down, >= 1) */
+    int32_t xstep, sat;         /* 24, 28: bytes from a pair's D words to the next pair's */
+    int32_t c[4];               /* 32 */
+} nk_dsp1d_rq;
+typedef char nk_dsp1d_rq_layout[offsetof(nk_dsp1d_rq, c) == 32 && sizeof(void *) == 4 ? 1 : -1];
+
+/* np position pairs of one block of 4 channels, requantised (nk_dsp1d_rq, sat 1 or 2), in asm: per pair
+ * the sums start at c[q] in r0-r7, the loop is nk_conv_dsp1d_block's (r8 weights, r9 D words, r10-r11 D
+ * words, r12/lr weights), then each output is ASR, SSAT or USAT, STRB; r->x, r->y and r->np advance in
+ * the struct. */
+__attribute__((naked, noinline)) static void nk_conv_dsp1d_run(nk_dsp1d_rq *r)
+{
+    (void)r; /* in r0 (AAPCS) */
+    __asm__ volatile(
+        "push {r4-r11, lr}\n\t"
+        "push {r0}\n"
+        "1:\n\t"
+        "ldr r12, [sp]\n\t"
+        "ldrd r0, r1, [r12, #32]\n\t"
+        "ldrd r2, r3, [r12, #40]\n\t"
+        "mov r4, r0\n\t"
+        "mov r5, r1\n\t"
+        "mov r6, r2\n\t"
+        "mov r7, r3\n\t"
+        "ldrd r8, r9, [r12, #0]\n\t"
+        "ldrd r12, lr, [r8], #8\n"
+        "2:\n\t"
+#define NK_DSP1D_RPAIR                                                                                        \
+    "ldrd r10, r11, [r9], #8\n\t"                                                                             \
+    "smlad r0, r12, r10, r0\n\t"                                                                              \
+    "smlad r4, r12, r11, r4\n\t"                                                                              \
+    "smlad r1, lr, r10, r1\n\t"                                                                               \
+    "smlad r5, lr, r11, r5\n\t"                                                                               \
+    "ldrd r12, lr, [r8], #8\n\t"                                                                              \
+    "smlad r2, r12, r10, r2\n\t"                                                                              \
+    "smlad r6, r12, r11, r6\n\t"                                                                              \
+    "smlad r3, lr, r10, r3\n\t"                                                                               \
+    "smlad r7, lr, r11, r7\n\t"                                                                               \
+    "ldrd r12, lr, [r8], #8\n\t"
+        NK_DSP1D_RPAIR NK_DSP1D_RPAIR
+#undef NK_DSP1D_RPAIR
+        "cmp r12, #0x40004000\n\t"
+        "bne 2b\n\t"
+        "ldr r12, [sp]\n\t"
+        "ldrd r8, r9, [r12, #8]\n\t"  /* y, out_w */
+        "ldr r10, [r12, #16]\n\t"     /* shift */
+        "ldr r11, [r12, #28]\n\t"     /* sat */
+        "add lr, r8, r9\n\t"
+        "cmp r11, #1\n\t"
+        "bne 3f\n\t"
+#define NK_DSP1D_ROUT(OP, BITS, REG, ADDR)                                                                    \
+    "asr " REG ", " REG ", r10\n\t" OP " " REG ", #" BITS ", " REG "\n\tstrb " REG ", " ADDR "\n\t"
+#define NK_DSP1D_ROUTS(OP, BITS)                                                                              \
+    NK_DSP1D_ROUT(OP, BITS, "r0", "[r8]") NK_DSP1D_ROUT(OP, BITS, "r4", "[r8, #1]")                           \
+    NK_DSP1D_ROUT(OP, BITS, "r1", "[lr]") NK_DSP1D_ROUT(OP, BITS, "r5", "[lr, #1]") "add lr, lr, r9\n\t"      \
+    NK_DSP1D_ROUT(OP, BITS, "r2", "[lr]") NK_DSP1D_ROUT(OP, BITS, "r6", "[lr, #1]") "add lr, lr, r9\n\t"      \
+    NK_DSP1D_ROUT(OP, BITS, "r3", "[lr]") NK_DSP1D_ROUT(OP, BITS, "r7", "[lr, #1]")
+        NK_DSP1D_ROUTS("ssat", "8")
+        "b 4f\n"
+        "3:\n\t"
+        NK_DSP1D_ROUTS("usat", "7")
+#undef NK_DSP1D_ROUTS
+#undef NK_DSP1D_ROUT
+        "4:\n\t"
+        "add r8, r8, #2\n\t"
+        "str r8, [r12, #8]\n\t"
+        "ldr r0, [r12, #4]\n\t"
+        "ldr r1, [r12, #24]\n\t"
+        "add r0, r0, r1\n\t"
+        "str r0, [r12, #4]\n\t"
+        "ldr r0, [r12, #20]\n\t"
+        "subs r0, r0, #1\n\t"
+        "str r0, [r12, #20]\n\t"
+        "bne 1b\n\t"
+        "add sp, sp, #4\n\t"
+        "pop {r4-r11, pc}\n\t");
+}
+#endif
 
 /* The buffer D of a strip (see above) for n pairs i in [0, n), the stream X starting at input column iw0:
  * X's values s < 2n + cin (zero outside the input) go to their D slots: (s >> 1, half s & 1) of D[2i] and,
@@ -995,8 +1012,11 @@ static int nk_conv_dsp1d(const nk_conv_params *p, const int8_t *in, const uint32
     const int mode = nk_conv_rq32_mode(p);
     uint32_t xb[NK_CONV_DSP1D_X]; /* d[-cin, 2n + 2cin) of nk_conv_dsp1d_stream: n2 positions, (n2 + 1) * cin + kp */
     nk_conv_rq32 q32 = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+#if NK_CONV_DSP_ASM
     nk_dsp1d_rq d;
-    int32_t strip, p0, o, bscale, sat;
+    int32_t sat;
+#endif
+    int32_t strip, p0, o, bscale;
     int all32;
 
     if (p->in_h != 1 || p->k_h != 1 || p->out_h != 1 || p->stride_w != 1 || p->dil_w != 1 || p->groups != 1
@@ -1009,11 +1029,15 @@ static int nk_conv_dsp1d(const nk_conv_params *p, const int8_t *in, const uint32
         strip = (out_w + 1) & ~1;
     }
     all32 = nk_conv_rq32_all(p, bias, mode, &q32);
+#if NK_CONV_DSP_ASM
     /* nk_dsp1d_rq's conditions (all32 gives the bounds) */
     sat = !all32 || q32.clamp || q32.even || q32.add_pos != q32.add_neg || rq->act_max != INT8_MAX ? 0
           : rq->act_min == INT8_MIN ? 1 : rq->act_min == 0 ? 2 : 0;
     d.shift = q32.shift;
     d.out_w = out_w;
+    d.xstep = 8 * cin;
+    d.sat = sat;
+#endif
     bscale = rq->bias_shift >= 0 && rq->bias_shift <= 29 ? (int32_t)1 << rq->bias_shift : 0;
     for (p0 = 0; p0 < out_w; p0 += strip) {
         const int32_t n = out_w - p0 < strip ? out_w - p0 : strip; /* positions of this strip */
@@ -1021,24 +1045,28 @@ static int nk_conv_dsp1d(const nk_conv_params *p, const int8_t *in, const uint32
         for (o = 0; o < out_c; o += 4) {
             const uint32_t *wo = w + (ptrdiff_t)(o / 4) * bw;
             const int32_t nq = out_c - o < 4 ? out_c - o : 4;
-            int32_t bt[4], q, pp;
+            int32_t bt[4], q, pp = 0;
             for (q = 0; q < nq; q++) {
                 bt[q] = !bias || !all32 ? 0 : bscale ? bias[o + q] * bscale : (int32_t)nk_requant_bias(rq, o + q, bias[o + q]);
-                d.c[q] = bt[q] + q32.add_pos;
             }
-            d.sat = nq == 4 ? sat : 0;
-            pp = 0;
-            if (d.sat && n >= 2) { /* the whole pairs at once */
-                nk_conv_dsp1d_block(wo, xb + cin, kp, cin, n / 2, &d, (int8_t *)out + ((size_t)o * (size_t)out_w + (size_t)p0),
-                                    NULL);
+#if NK_CONV_DSP_ASM
+            if (sat && nq == 4 && n >= 2) { /* the whole pairs at once, requantised in asm */
+                for (q = 0; q < 4; q++) {
+                    d.c[q] = bt[q] + q32.add_pos;
+                }
+                d.w = wo;
+                d.x = xb + cin;
+                d.y = (int8_t *)out + ((size_t)o * (size_t)out_w + (size_t)p0);
+                d.np = n / 2;
+                nk_conv_dsp1d_run(&d);
                 pp = n & ~1;
             }
-            d.sat = 0; /* the rest pair by pair, requantised here (the last position of an odd row: not stored) */
-            for (; pp < n; pp += 2) {
+#endif
+            for (; pp < n; pp += 2) { /* pair by pair, requantised here (an odd row's last position: not stored) */
                 int32_t s[8];
-                const int32_t nj = n - pp < 2 ? 1 : 2;
-                nk_conv_dsp1d_block(wo, xb + cin + (ptrdiff_t)pp * cin, kp, cin, 1, &d, NULL, s);
-                nk_conv_dsp1d_store(p, bias, all32 ? &q32 : NULL, bt, s, o, nq, nj, (size_t)(p0 + pp), out);
+                nk_conv_dsp1d_block(wo, xb + cin + (ptrdiff_t)pp * cin, kp, s);
+                nk_conv_dsp1d_store(p, bias, all32 ? &q32 : NULL, bt, s, o, nq, n - pp < 2 ? 1 : 2, (size_t)(p0 + pp),
+                                    out);
             }
         }
     }
