@@ -773,12 +773,13 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
  * p + 1. The weights are, per block of 4 output channels (the last block padded with zero channels), for
  * each pair j of taps (2j, 2j + 1) (K padded with zeros to kp, a multiple of 4), one int32 word per
  * channel holding the int16 pair (w[2j], w[2j + 1]), then the words NK_DSP1D_END (0x4000 in both halves:
- * no pair of int8 values), which ends the block's loop, and 0. nk_conv_dsp1d_block computes 4 channels x 2
- * positions with 8 SMLADs per tap pair, 3 LDRDs feeding them: 24 instructions per 32 MACs.
+ * no pair of int8 values), which ends the block's loop, and 0. The block (nk_conv_dsp1d_block,
+ * nk_conv_dsp1d_run) computes 4 channels x 2 positions with 8 SMLADs per tap pair, 3 LDRDs feeding them:
+ * 24 instructions per 32 MACs.
  *
  * int32 sums are exact: |x * w| <= 2^14 and kp < NK_CONV_DSP1D_X taps (zeros included), so |sum| <= 2^23;
- * the requantisation is nk_dsp1d_rq's (in the block, below) or nk_conv_rq32_apply where they apply,
- * otherwise nk_conv_rq_store. */
+ * the requantisation is nk_dsp1d_rq's (in nk_conv_dsp1d_run's asm, below) or nk_conv_rq32_apply where
+ * they apply, otherwise nk_conv_rq_store. */
 #define NK_DSP1D_END 0x40004000u
 
 /* One tap pair of the 4 x 2 block: 8 SMLADs, 3 LDRDs (the next pair's first weights last). */
