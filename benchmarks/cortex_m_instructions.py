@@ -160,7 +160,7 @@ def measure(project: Path, graph, opt: str, extra: list[str]) -> dict:
     frames = {}
     for su in folder.glob("*.su"):
         for line in su.read_text().splitlines():
-            m = re.match(r"\S+:\d+:\d+:(nk_\w+)\s+(\d+)", line)
+            m = re.match(r"\S+:\d+:\d+:(nk_\w+)(?:\.\w+)*\s+(\d+)", line)
             if m:
                 frames[m.group(1)] = int(m.group(2))
     return {"rows": rows, "whole": whole[0][1], "kernel_code": code, "sizes": sizes, "frames": frames, "lib": lib}
@@ -199,7 +199,7 @@ def main() -> None:
         for name, kernel, n, macs in r["rows"]:
             per = f"{n / macs:9.2f}" if macs else f"{'':9}"
             print(f"  {name:8} {kernel:11} {n:12,} {macs:8,} {per}")
-            if kernel == "nk_conv":
+            if kernel in ("nk_conv", "nk_conv_1d"):
                 conv_i, conv_m = conv_i + n, conv_m + macs
         print(f"  conv layers together: {conv_i / conv_m:.2f} instr/MAC (CMSIS-NN -O2: {CMSIS_NN['conv']}; "
               f"npukit before, -Os: {BEFORE['conv']}; goal <= 1.0)")

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from models_for_tests import ref_round
 
 import npukit
-from npukit import arith, modelbin
+from npukit import arith, codegen, modelbin
 from npukit.codegen import ROUNDING_C, cortex_m
 from npukit.ir import Graph, Node, TensorSpec
 from npukit.models import mnist1d_cnn
@@ -1077,6 +1077,30 @@ static size_t nk_fwrite(const void *p, size_t size, size_t n)
 ARM_MISSING = cortex_m.arm_tools_available()
 
 
+def _c_define(name: str, file: str = "npukit_kernels.h") -> int:
+    return int(re.search(rf"^#define {name} (\w+)", (RUNTIME / file).read_text(), re.M).group(1).rstrip("u"), 0)
+
+
+NK_W8_DSP1D = _c_define("NK_W8_DSP1D")
+
+
+def test_dsp1d_layout_matches_the_kernel():
+    """The generator's constants are the kernel's, and dsp1d_weights lays out a small conv as nk_conv_dsp1d
+    reads it: per block of 4 channels, per tap pair (t = kw * cin + c), a word per channel, then the end word."""
+    assert codegen.DSP1D_X == _c_define("NK_CONV_DSP1D_X")
+    assert codegen.DSP1D_END == _c_define("NK_DSP1D_END", "nk_conv.c")
+    w = np.arange(1, 31).reshape(5, 2, 3).astype(np.int8)  # 5 channels, cin 2, k 3: 6 taps, padded to 8
+    w[4, 1, 2] = -2
+    words = codegen.dsp1d_weights(w).astype(np.int64) % 2**32
+    assert words.size == 2 * (4 * 4 + 2)
+    lo, hi = (words & 0xFFFF).astype(np.int16), (words >> 16).astype(np.int16)
+    taps = lambda o: w[o].T.ravel()  # noqa: E731  (t = kw * cin + c)
+    assert [lo[0], hi[0], lo[1], hi[1]] == [taps(0)[0], taps(0)[1], taps(1)[0], taps(1)[1]]
+    assert [lo[4], hi[4]] == [taps(0)[2], taps(0)[3]]  # pair 1 of channel 0
+    assert [lo[12], hi[12]] == [0, 0] and list(words[16:18]) == [codegen.DSP1D_END, 0]  # padded pair, end words
+    assert [lo[18 + 8], hi[18 + 8]] == [taps(4)[4], -2] and not words[18:34].reshape(4, 4)[:, 1:].any()
+
+
 def _dsp_conv_case(src: _Src):
     """8-bit convs shaped for nk_conv's DSP path: up to 2^8 taps per output (one column) and past (columns of
     fewer kernel rows, int64 sums), odd channel and position counts, every tap count mod 4, 1-d and 2-d,
@@ -1088,6 +1112,29 @@ def _dsp_conv_case(src: _Src):
     pads = [src.int(0, k) for k in ks]
     sizes = [src.int(max(1, d * (k - 1) + 1 - 2 * p), d * (k - 1) + 1 + 12) for k, d, p in zip(ks, dils, pads, strict=True)]
     return _conv_case_of(src, groups, og, cg, ks, strides, pads, dils, sizes, w_bits=8)
+
+
+def _dsp1d_conv_case(src: _Src):
+    """8-bit 1-d convs with stride 1, dilation 1, groups 1 (the generator pre-arranges their weights for
+    DSP builds): odd and even channel counts (the stream's word loads unaligned for odd ones), out channels
+    not a multiple of 4, odd and even rows of one to many strips, 3 in_c + taps up to NK_CONV_DSP1D_X."""
+    cg, og = src.pick([1, 2, 3, src.int(4, 33), src.int(34, 64)]), src.int(1, 9)
+    k = src.int(1, min(7, max(1, (codegen.DSP1D_X - 3 * cg) // cg - 3)))
+    if src.int(0, 5) == 0:  # the largest kernel the path takes for this cg: strips of 2 positions
+        k = max(1, ((codegen.DSP1D_X - 3 * cg) // 4 * 4) // cg)
+    pad = src.int(0, k)
+    size = src.int(max(1, k - 2 * pad), k + src.pick([3, 12, 60]))
+    return _conv_case_of(src, 1, og, cg, [k], [1], [pad], [1], [size], w_bits=8)
+
+
+def _dsp1d_call(node: Node, graph: Graph, inputs: list[np.ndarray]) -> tuple[int, list[bytes]]:
+    """The nk_conv call of a conv with its weights as model.c holds them in DSP builds (w_bits NK_W8_DSP1D)."""
+    a, w = node.attrs, node.params["weight"]
+    assert codegen.dsp1d_applies(a["w_bits"], a["ndim"], a["stride"], a["dilation"], a["groups"], w.shape[1], w.shape[2])
+    kind, blobs = _call(node, graph, inputs)[:2]
+    p = ConvParams.from_buffer_copy(blobs[0])
+    p.w_bits = NK_W8_DSP1D
+    return kind, [bytes(p), blobs[1], codegen.dsp1d_weights(w).astype("<i4").tobytes(), *blobs[3:]]
 
 
 def _wide_kernel_case():
@@ -1128,7 +1175,19 @@ def test_kernels_on_cortex_m4(tmp_path, opt, flags):
                       ("pow2", 1, 16), ("pow2", 7, 20), ("pow2", 30, 31), ("pow2", 31, 48), ("max78000", 22, 32))]
     rng_cases.append(_wide_kernel_case())
     flush = _dsp_flush_case()
-    calls = [(LAYOUT, [bytes(52)])] + [_call(*c)[:2] for c in rng_cases] + [_call(*flush)[:2]]
+    calls = [(LAYOUT, [bytes(52)])] + [_call(*c)[:2] for c in rng_cases]
+    if not flags:  # DSP builds: nk_conv's 1-d path on pre-arranged weights (the requantisation sweep included)
+        dsp1d = [_dsp1d_conv_case(_Rng(70_000 + i)) for i in range(100)]
+        # without an accumulator clamp (32-bit), small shifts: every residue of the shift, ties included, through
+        # the block's own requantisation (SSAT / USAT) for half_up and floor, nk_conv_rq32_apply for the others
+        dsp1d += [_requant_sweep("pow2", mode, shift, 32, "w8", sweep_rng) for mode in MODES for shift in (1, 4, 8)
+                  for _ in range(2)]
+        dsp1d += [c for c in rng_cases if c[0].op == "conv" and c[0].attrs["ndim"] == 1 and c[0].attrs["w_bits"] == 8
+                  and c[0].attrs["stride"] == [1] and c[0].attrs["dilation"] == [1] and c[0].attrs["groups"] == 1
+                  and 3 * c[0].params["weight"].shape[1] + -(-c[0].params["weight"][0].size // 4) * 4 <= codegen.DSP1D_X]
+        calls += [_dsp1d_call(*c) for c in dsp1d]
+        rng_cases += dsp1d
+    calls += [_call(*flush)[:2]]
     folder = cortex_m.write_cortex_m(tmp_path)
     (folder / "calls.bin").write_bytes(_harness_input(calls))
     (folder / "harness.c").write_text(EMBEDDED_C + HARNESS_C)

@@ -69,8 +69,15 @@ def test_kat_passes_on_cortex_m4(projects, case):
 
     sizes = cortex_m.size_report(elf)
     print(f"Cortex-M4, {case}, sizes in bytes: {sizes}")
-    params = modelbin.read(out.parent / "model.bin").params
-    assert sizes["weight_bytes"] == sum(p.nbytes for p in params if p.name in ("weight", "bias"))
+    packed_model = modelbin.read(out.parent / "model.bin")
+    params = packed_model.params
+    # model.bin's parameter bytes, except the 1-d convs whose weights model.c pre-arranges for the DSP path
+    dsp1d = {n.name: codegen.dsp1d_weights(n.params["weight"]).size * 4 - n.params["weight"].size
+             for n in packed_model.graph.nodes if n.op == "conv" and codegen.dsp1d_applies(
+                 n.attrs["w_bits"], n.attrs["ndim"], n.attrs["stride"], n.attrs["dilation"], n.attrs["groups"],
+                 n.params["weight"].shape[1], n.params["weight"].shape[-1])}
+    assert (case == "demo-w8") == bool(dsp1d)
+    assert sizes["weight_bytes"] == sum(p.nbytes for p in params if p.name in ("weight", "bias")) + sum(dsp1d.values())
     assert sizes["arena_bytes"] == packed.plan.arena_bytes
     assert sizes["code_bytes"] + sizes["weight_bytes"] == sizes["flash_bytes"]
     assert sizes["data_bytes"] + sizes["bss_bytes"] == sizes["ram_bytes"] == sizes["arena_bytes"] + sizes["ram_overhead_bytes"]
@@ -90,6 +97,23 @@ def test_failure_reaches_the_exit_status(projects, tmp_path):
     ok, text = cortex_m.run_qemu(cortex_m.build(bad), timeout=60)
     assert not ok
     assert "KAT FAIL: forced" in text and "[qemu exit status 1]" in text
+
+
+def test_kat_passes_on_cortex_m4_without_simd(projects):
+    """The same generated project built with -DNK_NO_SIMD (model.c and the kernels alike): model.c then holds
+    model.bin's int8 weights, nk_conv runs its plain C99 paths, and the KAT still passes."""
+    import subprocess
+
+    out, _ = projects("demo-w8")
+    folder = cortex_m.write_cortex_m(out)
+    cmd = [cortex_m.CC, *cortex_m.CFLAGS, "-DNK_NO_SIMD", "-o", "plain.elf", *cortex_m._sources(out), *cortex_m.LDFLAGS]
+    built = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    ok, text = cortex_m.run_qemu(folder / "plain.elf", timeout=60)
+    assert ok and "KAT PASS" in text, text
+    params = modelbin.read(out.parent / "model.bin").params
+    assert cortex_m.size_report(folder / "plain.elf")["weight_bytes"] == sum(p.nbytes for p in params
+                                                                             if p.name in ("weight", "bias"))
 
 
 def test_build_reports_compiler_errors(projects, tmp_path):

@@ -4,7 +4,9 @@ The project holds the model (`model.c`/`model.h`: const weights at their packed 
 arena of exactly the planned size, one entry point), the stateless kernel library (`nk_*.c`, copied from
 `runtime/`), `main.c` (the known-answer test), `run_file.c` (runs a file of inputs, for differential
 tests), a `Makefile` whose recipes call only the compiler, and a `CMakeLists.txt`. Each op writes its own
-call (`OpDef.to_c`), with every parameter computed here, offline.
+call (`OpDef.to_c`), with every parameter computed here, offline. The weights of 8-bit 1-d convs that
+nk_conv's DSP path takes are written twice under `#if` (`CBuilder.conv_weights`): model.bin's bytes, and
+for builds with the DSP extension the int16 pairs that path reads (`dsp1d_weights`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,20 @@ class CBuilder:
                                f"  /* {bits}-bit */")
         return name
 
+    def conv_weights(self, node, cin: int) -> tuple[str, object]:
+        """A conv's weight array and the w_bits its nk_conv_params gets: `weights` and w_bits, or, for a
+        conv the DSP 1-d path takes (`dsp1d_applies`), model.bin's bytes in builds without the DSP path and
+        the pre-arranged words (`dsp1d_weights`) in builds with it, w_bits NK_CONV_W8_1D (npukit_kernels.h)."""
+        a, w = node.attrs, node.params["weight"]
+        if not dsp1d_applies(a["w_bits"], a["ndim"], a["stride"], a["dilation"], a["groups"], cin, w.shape[-1]):
+            return self.weights(node), a["w_bits"]
+        name = self.weights(node)
+        words = dsp1d_weights(w)
+        self.consts[-1:] = ["#if NK_CONV_W8_1D != 8  /* the DSP path: pre-arranged for nk_conv_dsp1d */",
+                            f"static const int32_t {name}[{words.size}] NPUKIT_WEIGHTS_SECTION = {{{_list(words)}}};",
+                            "#else", self.consts[-1], "#endif"]
+        return name, "NK_CONV_W8_1D"
+
     def array(self, node, key: str, ctype: str) -> str:
         """A const array of a parameter stored at its own dtype (a lookup table)."""
         values = node.params[key]
@@ -78,6 +94,32 @@ class CBuilder:
         body = ", ".join(f".{k} = {v}" for k, v in fields.items())
         self.consts.append(f"static const {ctype} {name} = {{{body}}};")
         return f"&{name}"
+
+
+DSP1D_X = 384  # NK_CONV_DSP1D_X of runtime/npukit_kernels.h (tests/test_c_kernels.py holds them equal)
+DSP1D_END = 0x40004000  # NK_DSP1D_END of nk_conv.c: ends each block of pre-arranged weights
+
+
+def dsp1d_applies(w_bits: int, ndim: int, stride, dilation, groups: int, cin: int, k: int) -> bool:
+    """Whether nk_conv's DSP 1-d path takes a conv (nk_conv_dsp1d checks the same)."""
+    kp = -(-cin * k // 4) * 4
+    return (w_bits == 8 and ndim == 1 and list(stride) == [1] and list(dilation) == [1] and groups == 1
+            and 3 * cin + kp <= DSP1D_X)
+
+
+def dsp1d_weights(w: np.ndarray) -> np.ndarray:
+    """A 1-d conv's weights (out, cin, k) in nk_conv_dsp1d's layout, as int32 words: per block of 4 output
+    channels (the last padded with zero channels), for each pair j of taps t = kw * cin + c (padded with
+    zeros to a multiple of 4), one word per channel with the int16 pair (w[2j], w[2j + 1]) (low half first),
+    then the words DSP1D_END and 0."""
+    o, cin, k = w.shape
+    n, kp, nb = cin * k, -(-cin * k // 4) * 4, -(-o // 4)
+    taps = np.zeros((nb * 4, kp), np.int64)
+    taps[:o, :n] = w.astype(np.int64).transpose(0, 2, 1).reshape(o, n)
+    pairs = taps.reshape(nb, 4, kp // 2, 2) & 0xFFFF
+    words = (pairs[..., 0] | (pairs[..., 1] << 16)).transpose(0, 2, 1).reshape(nb, kp // 2 * 4)
+    words = np.concatenate([words, np.tile([DSP1D_END, 0], (nb, 1))], axis=1).ravel()
+    return np.where(words >= 2**31, words - 2**32, words)
 
 
 def _list(values) -> str:

@@ -142,7 +142,8 @@ def size_report(elf: str | Path) -> dict[str, int]:
 
     flash_bytes: everything loaded into the code region (vectors, code, read-only data, the initial values
     of .data); weight_bytes: the model's const parameter arrays (weights at their packed widths, int32
-    biases), as model.bin stores them; code_bytes = flash_bytes - weight_bytes (kernels, model.c, kernel
+    biases), as model.bin stores them, except the 8-bit 1-d convs whose weights model.c pre-arranges as int16
+    pairs for the DSP path (`codegen.dsp1d_weights`: about twice the bytes); code_bytes = flash_bytes - weight_bytes (kernels, model.c, kernel
     parameter structs, the KAT vectors, startup, newlib-nano's printf and semihosting). ram_bytes =
     data_bytes + bss_bytes (static RAM; the stack and heap are not counted); arena_bytes: the activation
     arena, part of bss; ram_overhead_bytes = ram_bytes - arena_bytes.

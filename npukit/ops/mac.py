@@ -327,9 +327,15 @@ class Conv(OpDef):
         fields = _mac_c(node, b, {"in_c": c, "in_h": ih, "in_w": iw, "out_c": o, "out_h": oh, "out_w": ow, "k_h": kh,
                                   "k_w": kw, "stride_h": sh, "stride_w": sw, "pad_h": ph, "pad_w": pw, "dil_h": dh,
                                   "dil_w": dw, "groups": a["groups"]})
+        kernel = self.c_kernel
+        if kernel == "nk_conv":  # (nk_conv_transpose reads model.bin's layout)
+            weights, fields["w_bits"] = b.conv_weights(node, c)
+            kernel = "nk_conv_1d" if fields["w_bits"] == "NK_CONV_W8_1D" else kernel
+        else:
+            weights = b.weights(node)
         p = b.struct("nk_conv_params", f"{b.ident(node.name)}_p", fields)
         out_t = "int8_t" if fields["out_bytes"] == 1 else "int32_t"
-        return [f"{self.c_kernel}({p}, {b.ptr(node.inputs[0])}, {b.weights(node)}, {b.weights(node, 'bias')}, "
+        return [f"{kernel}({p}, {b.ptr(node.inputs[0])}, {weights}, {b.weights(node, 'bias')}, "
                 f"{b.ptr(node.outputs[0], out_t)});"]
 
     def to_onnx(self, node, inputs, b):

@@ -11,11 +11,16 @@
  * p->rq that are equal to it for every sum (each proves it where it is defined, and
  * tests/test_c_kernels.py holds them bit-exact, with and without SIMD): nk_conv_rq, the per-channel
  * precomputed form (shift 1..60, ranges below 2^60; anything else goes to nk_conv_store), and
- * nk_conv_sse2_requant and nk_conv_rq32_apply, that form in int32 where every step is exact in int32.
+ * nk_conv_sse2_requant and nk_conv_rq32_apply, that form in int32 where every step is exact in int32
+ * (and nk_dsp1d_rq, the DSP 1-d block's cut of it for half_up / floor without an accumulator clamp).
  *
  * Padding is never tested per MAC: for each output row the valid kernel rows are computed once, and
  * the valid kernel columns once per output (or per tile). Paths (-DNK_NO_SIMD keeps only the plain C99
  * ones):
+ *  - with the DSP extension, 8-bit 1-d convs with stride 1, dilation 1, groups 1 whose weights the
+ *    generator pre-arranged (w_bits NK_W8_DSP1D; generated code calls nk_conv_1d): nk_conv_dsp1d (below)
+ *    reads each strip of input once as an int16 stream and computes 4 output channels x 2 positions per
+ *    pass with SMLAD on int16 weight pairs, requantising in the block where it can.
  *  - with the DSP extension (__ARM_FEATURE_DSP: Cortex-M4, M7, M33, M55), 8-bit weights, any geometry:
  *    nk_conv_dsp (below) builds each pair of output positions' input column once as int16 pairs and
  *    computes 2 output channels x 2 positions per pass with SMLAD (two products per instruction), the
@@ -390,6 +395,29 @@ static void nk_conv_rq32_init(nk_conv_rq32 *q, const nk_conv_rq *r, int clamp)
     q->act_max = rq->act_max;
 }
 
+/* Whether nk_conv_rq32 applies to every channel (nk_conv_rq32_ok for each: the channels' nk_conv_rq differ
+ * only by the bias term, which the check bounds by 2^29), then with its values in *q. */
+static int nk_conv_rq32_all(const nk_conv_params *p, const int32_t *bias, int mode, nk_conv_rq32 *q)
+{
+    nk_conv_rq r;
+    int32_t o;
+    if (mode < 0 || p->out_c < 1) {
+        return 0;
+    }
+    nk_conv_rq_init(&r, p, 0, bias);
+    if (!nk_conv_rq32_ok(&r, mode)) {
+        return 0;
+    }
+    for (o = 1; o < p->out_c && bias; o++) {
+        const int64_t bt = nk_requant_bias(&p->rq, o, bias[o]);
+        if (bt <= -((int64_t)1 << 29) || bt >= ((int64_t)1 << 29)) {
+            return 0;
+        }
+    }
+    nk_conv_rq32_init(q, &r, mode);
+    return 1;
+}
+
 #if defined(__GNUC__)
 #define NK_NOINLINE __attribute__((noinline)) /* its own function: a fresh register set */
 #else
@@ -643,7 +671,6 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
     const int32_t need = k > 0 ? ((k + 3) / 4 * 4 + k - 1) / k : 1;
     const int mode = nk_conv_rq32_mode(p);
     uint32_t col[2][NK_CONV_DSP_K / 2];
-    nk_conv_rq r0;
     nk_conv_rq32 q32 = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     int32_t g, pos, o, ow_in, ow_end, bscale;
     int all32;
@@ -660,14 +687,7 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
     }
     /* the int32 requantisation for every channel, or for none (checked once per call); it needs
      * |sum| <= 2^23: K <= 2^9 taps */
-    all32 = mode >= 0 && k <= 512;
-    for (o = 0; o < p->out_c && all32; o++) {
-        nk_conv_rq_init(&r0, p, o, bias);
-        all32 = nk_conv_rq32_ok(&r0, mode);
-    }
-    if (all32) {
-        nk_conv_rq32_init(&q32, &r0, mode);
-    }
+    all32 = k <= 512 && nk_conv_rq32_all(p, bias, mode, &q32);
     /* the bias term b * 2^bias_shift as an int32 product where nk_requant_bias is that product: exact, as
      * all32 bounds every channel's term below 2^29 (bscale 0: nk_requant_bias itself) */
     bscale = p->rq.bias_shift >= 0 && p->rq.bias_shift <= 29 ? (int32_t)1 << p->rq.bias_shift : 0;
@@ -739,6 +759,318 @@ static int nk_conv_dsp(const nk_conv_params *p, const int8_t *in, const int8_t *
                     nk_conv_rq_store(&r, out, (size_t)ch * (size_t)n_pos + (size_t)(pos + (i & 1)),
                                      rows <= chunk ? (int64_t)sums[i] : s64[i]);
                 }
+            }
+        }
+    }
+    return 1;
+}
+
+/* DSP path for 1-d convs with stride 1, dilation 1, groups 1, whose weights the generator pre-arranged
+ * (w_bits NK_W8_DSP1D; dsp1d_weights in npukit/codegen/__init__.py writes the layout described here).
+ * The window of output position p + 1 is the window of p shifted by one input column, so no column is
+ * built per position. Read the input, from a strip's first window on, as one int16 stream X,
+ * position-major (X[s] = input column iw0 + s / cin, channel s % cin, zero outside the input): position
+ * p's taps are the K = cin * k_w values X[p * cin + t], t = kw * cin + c. The strip's buffer D holds the
+ * stream's int16 pairs twice, interleaved: D[2i] = (X[2i], X[2i + 1]) and D[2i + 1] = (X[2i + cin],
+ * X[2i + cin + 1]), so that one LDRD at D + p * cin (p even) + 2j reads tap pair j of positions p and
+ * p + 1. The weights are, per block of 4 output channels (the last block padded with zero channels), for
+ * each pair j of taps (2j, 2j + 1) (K padded with zeros to kp, a multiple of 4), one int32 word per
+ * channel holding the int16 pair (w[2j], w[2j + 1]), then the words NK_DSP1D_END (0x4000 in both halves:
+ * no pair of int8 values), which ends the block's loop, and 0. The block (nk_conv_dsp1d_block,
+ * nk_conv_dsp1d_run) computes 4 channels x 2 positions with 8 SMLADs per tap pair, 3 LDRDs feeding them:
+ * 24 instructions per 32 MACs.
+ *
+ * int32 sums are exact: |x * w| <= 2^14 and kp < NK_CONV_DSP1D_X taps (zeros included), so |sum| <= 2^23;
+ * the requantisation is nk_dsp1d_rq's (in nk_conv_dsp1d_run's asm, below) or nk_conv_rq32_apply where
+ * they apply, otherwise nk_conv_rq_store. */
+#define NK_DSP1D_END 0x40004000u
+
+/* One tap pair of the 4 x 2 block: 8 SMLADs, 3 LDRDs (the next pair's first weights last). */
+#define NK_DSP1D_PAIR                                                                                         \
+    "ldrd %[x0], %[x1], [%[x]], #8\n\t"                                                                       \
+    "smlad %[a00], %[w0], %[x0], %[a00]\n\t"                                                                  \
+    "smlad %[a01], %[w0], %[x1], %[a01]\n\t"                                                                  \
+    "smlad %[a10], %[w1], %[x0], %[a10]\n\t"                                                                  \
+    "smlad %[a11], %[w1], %[x1], %[a11]\n\t"                                                                  \
+    "ldrd %[w0], %[w1], [%[w]], #8\n\t"                                                                       \
+    "smlad %[a20], %[w0], %[x0], %[a20]\n\t"                                                                  \
+    "smlad %[a21], %[w0], %[x1], %[a21]\n\t"                                                                  \
+    "smlad %[a30], %[w1], %[x0], %[a30]\n\t"                                                                  \
+    "smlad %[a31], %[w1], %[x1], %[a31]\n\t"                                                                  \
+    "ldrd %[w0], %[w1], [%[w]], #8\n\t"
+
+/* The sums s[2 * q + j] of 4 channels x 2 positions: channel q of the block at w, position j (D words
+ * x[2i + j]), kp taps (a multiple of 4); the asm loop ends at the block's end word. */
+static NK_NOINLINE void nk_conv_dsp1d_block(const uint32_t *w, const uint32_t *x, int32_t kp, int32_t s[8])
+{
+    int32_t a00 = 0, a01 = 0, a10 = 0, a11 = 0, a20 = 0, a21 = 0, a30 = 0, a31 = 0;
+#if NK_CONV_DSP_ASM
+    uint32_t x0, x1, w0, w1;
+    (void)kp;
+    __asm__ volatile("ldrd %[w0], %[w1], [%[w]], #8\n"
+                     "1:\n\t" NK_DSP1D_PAIR NK_DSP1D_PAIR
+                     "cmp %[w0], %[end]\n\t"
+                     "bne 1b"
+                     : [w] "+r"(w), [x] "+r"(x), [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11),
+                       [a20] "+r"(a20), [a21] "+r"(a21), [a30] "+r"(a30), [a31] "+r"(a31), [x0] "=&r"(x0),
+                       [x1] "=&r"(x1), [w0] "=&r"(w0), [w1] "=&r"(w1)
+                     : [end] "i"(NK_DSP1D_END)
+                     : "cc", "memory");
+#else
+    const uint32_t *const end = x + kp;
+    for (; x != end; x += 2, w += 4) {
+        const int32_t u = (int32_t)x[0], v = (int32_t)x[1];
+        a00 = __smlad((int32_t)w[0], u, a00);
+        a01 = __smlad((int32_t)w[0], v, a01);
+        a10 = __smlad((int32_t)w[1], u, a10);
+        a11 = __smlad((int32_t)w[1], v, a11);
+        a20 = __smlad((int32_t)w[2], u, a20);
+        a21 = __smlad((int32_t)w[2], v, a21);
+        a30 = __smlad((int32_t)w[3], u, a30);
+        a31 = __smlad((int32_t)w[3], v, a31);
+    }
+#endif
+    s[0] = a00;
+    s[1] = a01;
+    s[2] = a10;
+    s[3] = a11;
+    s[4] = a20;
+    s[5] = a21;
+    s[6] = a30;
+    s[7] = a31;
+}
+
+#if NK_CONV_DSP_ASM
+/* The requantisation of whole blocks in asm builds (nk_conv_dsp1d_run), for a conv whose outputs it may
+ * compute as y = sat(floor((sum + c[q]) / 2^shift)): int8 output, no accumulator clamp, c[q] = bias_term +
+ * add with a rounding add independent of the sign (half_up, floor), and an act range of [-128, 127]
+ * (sat 1: SSAT #8) or [0, 127] (sat 2: USAT #7); other builds and cases requantise the block's sums with
+ * nk_conv_rq32_apply or nk_conv_rq_store. Exact in int32: |sum| <= 2^23, |bias_term| < 2^29 and
+ * 0 <= add <= 2^29 (nk_conv_rq32_ok, shift <= 30), so every partial sum c[q] + (part of sum) is below 2^31
+ * in magnitude; the sums start at c[q], and the floor division is an arithmetic shift (ASR). */
+typedef struct {                /* (nk_conv_dsp1d_run reads the fields at these offsets) */
+    const uint32_t *w, *x;      /*  0,  4: the block's weights; the pair's D words (advanced per pair) */
+    int8_t *y;                  /*  8: the pair's first output (advanced per pair) */
+    int32_t out_w, shift, np;   /* 12, 16, 20: np position pairs (counted down, >= 1) */
+    int32_t xstep, sat;         /* 24, 28: bytes from a pair's D words to the next pair's */
+    int32_t c[4];               /* 32 */
+} nk_dsp1d_rq;
+typedef char nk_dsp1d_rq_layout[offsetof(nk_dsp1d_rq, c) == 32 && sizeof(void *) == 4 ? 1 : -1];
+
+/* np position pairs of one block of 4 channels, requantised (nk_dsp1d_rq, sat 1 or 2), in asm: per pair
+ * the sums start at c[q] in r0-r7, the loop is nk_conv_dsp1d_block's (r8 weights, r9 D words, r10-r11 D
+ * words, r12/lr weights), then each output is ASR, SSAT or USAT, STRB; r->x, r->y and r->np advance in
+ * the struct. */
+__attribute__((naked, noinline)) static void nk_conv_dsp1d_run(nk_dsp1d_rq *r)
+{
+    (void)r; /* in r0 (AAPCS) */
+    __asm__ volatile(
+        "push {r4-r11, lr}\n\t"
+        "push {r0}\n"
+        "1:\n\t"
+        "ldr r12, [sp]\n\t"
+        "ldrd r0, r1, [r12, #32]\n\t"
+        "ldrd r2, r3, [r12, #40]\n\t"
+        "mov r4, r0\n\t"
+        "mov r5, r1\n\t"
+        "mov r6, r2\n\t"
+        "mov r7, r3\n\t"
+        "ldrd r8, r9, [r12, #0]\n\t"
+        "ldrd r12, lr, [r8], #8\n"
+        "2:\n\t"
+#define NK_DSP1D_RPAIR                                                                                        \
+    "ldrd r10, r11, [r9], #8\n\t"                                                                             \
+    "smlad r0, r12, r10, r0\n\t"                                                                              \
+    "smlad r4, r12, r11, r4\n\t"                                                                              \
+    "smlad r1, lr, r10, r1\n\t"                                                                               \
+    "smlad r5, lr, r11, r5\n\t"                                                                               \
+    "ldrd r12, lr, [r8], #8\n\t"                                                                              \
+    "smlad r2, r12, r10, r2\n\t"                                                                              \
+    "smlad r6, r12, r11, r6\n\t"                                                                              \
+    "smlad r3, lr, r10, r3\n\t"                                                                               \
+    "smlad r7, lr, r11, r7\n\t"                                                                               \
+    "ldrd r12, lr, [r8], #8\n\t"
+        NK_DSP1D_RPAIR NK_DSP1D_RPAIR
+#undef NK_DSP1D_RPAIR
+        "cmp r12, #0x40004000\n\t"
+        "bne 2b\n\t"
+        "ldr r12, [sp]\n\t"
+        "ldrd r8, r9, [r12, #8]\n\t"  /* y, out_w */
+        "ldr r10, [r12, #16]\n\t"     /* shift */
+        "ldr r11, [r12, #28]\n\t"     /* sat */
+        "add lr, r8, r9\n\t"
+        "cmp r11, #1\n\t"
+        "bne 3f\n\t"
+#define NK_DSP1D_ROUT(OP, BITS, REG, ADDR)                                                                    \
+    "asr " REG ", " REG ", r10\n\t" OP " " REG ", #" BITS ", " REG "\n\tstrb " REG ", " ADDR "\n\t"
+#define NK_DSP1D_ROUTS(OP, BITS)                                                                              \
+    NK_DSP1D_ROUT(OP, BITS, "r0", "[r8]") NK_DSP1D_ROUT(OP, BITS, "r4", "[r8, #1]")                           \
+    NK_DSP1D_ROUT(OP, BITS, "r1", "[lr]") NK_DSP1D_ROUT(OP, BITS, "r5", "[lr, #1]") "add lr, lr, r9\n\t"      \
+    NK_DSP1D_ROUT(OP, BITS, "r2", "[lr]") NK_DSP1D_ROUT(OP, BITS, "r6", "[lr, #1]") "add lr, lr, r9\n\t"      \
+    NK_DSP1D_ROUT(OP, BITS, "r3", "[lr]") NK_DSP1D_ROUT(OP, BITS, "r7", "[lr, #1]")
+        NK_DSP1D_ROUTS("ssat", "8")
+        "b 4f\n"
+        "3:\n\t"
+        NK_DSP1D_ROUTS("usat", "7")
+#undef NK_DSP1D_ROUTS
+#undef NK_DSP1D_ROUT
+        "4:\n\t"
+        "add r8, r8, #2\n\t"
+        "str r8, [r12, #8]\n\t"
+        "ldr r0, [r12, #4]\n\t"
+        "ldr r1, [r12, #24]\n\t"
+        "add r0, r0, r1\n\t"
+        "str r0, [r12, #4]\n\t"
+        "ldr r0, [r12, #20]\n\t"
+        "subs r0, r0, #1\n\t"
+        "str r0, [r12, #20]\n\t"
+        "bne 1b\n\t"
+        "add sp, sp, #4\n\t"
+        "pop {r4-r11, pc}\n\t");
+}
+#endif
+
+/* The buffer D of a strip (see above) for n pairs i in [0, n), the stream X starting at input column iw0:
+ * X's values s < 2n + cin (zero outside the input) go to their D slots: (s >> 1, half s & 1) of D[2i] and,
+ * for s >= cin, those of D[2i + 1] for s - cin. Even cin: X's int16 pairs are the word pairs of two channels,
+ * each stored at once in both slots, a position's cin values at a time: D[2i + 1] of s < cin goes to
+ * d[1 - cin, 0), and the last position's pairs reach d[2n + 2cin - 2] at most; the caller provides both. */
+static NK_NOINLINE NK_NO_MEMCALLS void nk_conv_dsp1d_stream(const int8_t *x, int32_t cin, int32_t in_w, int32_t iw0,
+                                                            int32_t n, uint32_t *d)
+{
+    int32_t iw = iw0;
+    if (cin % 2 == 0) {
+        uint32_t *dp = d;
+        uint32_t *const end = d + 2 * n + cin; /* pairs m < n + cin / 2: D[2m] and D[2m - cin + 1] */
+        const ptrdiff_t back = 1 - (ptrdiff_t)cin, step = 2 * (ptrdiff_t)in_w;
+        for (; dp < end; iw++) {
+            uint32_t *const stop = dp + cin;
+            if (iw >= 0 && iw < in_w) {
+                const int8_t *src = x + iw;
+                do {
+                    const uint32_t v = (uint32_t)(uint16_t)src[0] | (uint32_t)src[in_w] << 16;
+                    dp[0] = v;
+                    dp[back] = v;
+                    dp += 2;
+                    src += step;
+                } while (dp != stop);
+            } else {
+                do {
+                    dp[0] = 0;
+                    dp[back] = 0;
+                    dp += 2;
+                } while (dp != stop);
+            }
+        }
+        return;
+    }
+    {
+        int16_t *const h = (int16_t *)(void *)d; /* (writes through memcpy: the buffer is uint32_t) */
+        const int32_t ns = 2 * n + cin;
+        int32_t s = 0, c;
+        for (; s < ns; iw++) {
+            const int inside = iw >= 0 && iw < in_w;
+            for (c = 0; c < cin && s < ns; c++, s++) {
+                const int16_t v = inside ? x[(ptrdiff_t)c * in_w + iw] : 0;
+                memcpy(h + 4 * (s >> 1) + (s & 1), &v, sizeof v);
+                if (s >= cin) {
+                    const int32_t t = s - cin;
+                    memcpy(h + 4 * (t >> 1) + 2 + (t & 1), &v, sizeof v);
+                }
+            }
+        }
+    }
+}
+
+/* The outputs of a pair of positions from the block's sums s (channels o + q, q < nq; positions pos + j,
+ * j < nj): nk_conv_rq32_apply with bias terms bt where q32 is given, else nk_conv_rq_store. Its own
+ * function: its locals stay off the frame that holds the strip's buffer. */
+static NK_NOINLINE void nk_conv_dsp1d_store(const nk_conv_params *p, const int32_t *bias, const nk_conv_rq32 *q32,
+                                            const int32_t bt[4], const int32_t s[8], int32_t o, int32_t nq, int32_t nj,
+                                            size_t pos, void *out)
+{
+    const size_t ow = (size_t)p->out_w;
+    int32_t q, j;
+    for (q = 0; q < nq; q++) {
+        const size_t idx = (size_t)(o + q) * ow + pos;
+        nk_conv_rq r;
+        nk_conv_rq_init(&r, p, o + q, bias);
+        for (j = 0; j < nj; j++) {
+            if (q32) {
+                ((int8_t *)out)[idx + (size_t)j] = nk_conv_rq32_apply(q32, bt[q], s[2 * q + j]);
+            } else {
+                nk_conv_rq_store(&r, out, idx + (size_t)j, s[2 * q + j]);
+            }
+        }
+    }
+}
+
+/* The whole conv on the DSP 1-d path; returns 0 (having written nothing) where it does not apply, which
+ * for weights in its layout is a generator bug (the generator checks the same conditions). */
+static int nk_conv_dsp1d(const nk_conv_params *p, const int8_t *in, const uint32_t *w, const int32_t *bias,
+                         void *out)
+{
+    const int32_t cin = p->in_c, out_c = p->out_c, out_w = p->out_w;
+    const int32_t k = cin * p->k_w, kp = (k + 3) / 4 * 4, bw = kp / 2 * 4 + 2; /* words per block */
+    const nk_requant_params *rq = &p->rq;
+    const int mode = nk_conv_rq32_mode(p);
+    uint32_t xb[NK_CONV_DSP1D_X]; /* d[-cin, 2n + 2cin) of nk_conv_dsp1d_stream: n2 positions, (n2 + 1) * cin + kp */
+    nk_conv_rq32 q32 = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+#if NK_CONV_DSP_ASM
+    nk_dsp1d_rq d;
+    int32_t sat;
+#endif
+    int32_t strip, p0, o, bscale;
+    int all32;
+
+    if (p->in_h != 1 || p->k_h != 1 || p->out_h != 1 || p->stride_w != 1 || p->dil_w != 1 || p->groups != 1
+        || cin < 1 || p->k_w < 1 || 3 * cin + kp > NK_CONV_DSP1D_X || out_w <= 0) {
+        return 0;
+    }
+    /* positions per strip: even, (strip + 1) * cin + kp buffer words */
+    strip = ((NK_CONV_DSP1D_X - kp) / cin - 1) & ~1;
+    if (strip > out_w + 1) {
+        strip = (out_w + 1) & ~1;
+    }
+    all32 = nk_conv_rq32_all(p, bias, mode, &q32);
+#if NK_CONV_DSP_ASM
+    /* nk_dsp1d_rq's conditions (all32 gives the bounds) */
+    sat = !all32 || q32.clamp || q32.even || q32.add_pos != q32.add_neg || rq->act_max != INT8_MAX ? 0
+          : rq->act_min == INT8_MIN ? 1 : rq->act_min == 0 ? 2 : 0;
+    d.shift = q32.shift;
+    d.out_w = out_w;
+    d.xstep = 8 * cin;
+    d.sat = sat;
+#endif
+    bscale = rq->bias_shift >= 0 && rq->bias_shift <= 29 ? (int32_t)1 << rq->bias_shift : 0;
+    for (p0 = 0; p0 < out_w; p0 += strip) {
+        const int32_t n = out_w - p0 < strip ? out_w - p0 : strip; /* positions of this strip */
+        nk_conv_dsp1d_stream(in, cin, p->in_w, p0 - p->pad_w, ((((n + 1) & ~1) - 2) * cin + kp) / 2, xb + cin);
+        for (o = 0; o < out_c; o += 4) {
+            const uint32_t *wo = w + (ptrdiff_t)(o / 4) * bw;
+            const int32_t nq = out_c - o < 4 ? out_c - o : 4;
+            int32_t bt[4], q, pp = 0;
+            for (q = 0; q < nq; q++) {
+                bt[q] = !bias || !all32 ? 0 : bscale ? bias[o + q] * bscale : (int32_t)nk_requant_bias(rq, o + q, bias[o + q]);
+            }
+#if NK_CONV_DSP_ASM
+            if (sat && nq == 4 && n >= 2) { /* the whole pairs at once, requantised in asm */
+                for (q = 0; q < 4; q++) {
+                    d.c[q] = bt[q] + q32.add_pos;
+                }
+                d.w = wo;
+                d.x = xb + cin;
+                d.y = (int8_t *)out + ((size_t)o * (size_t)out_w + (size_t)p0);
+                d.np = n / 2;
+                nk_conv_dsp1d_run(&d);
+                pp = n & ~1;
+            }
+#endif
+            for (; pp < n; pp += 2) { /* pair by pair, requantised here (an odd row's last position: not stored) */
+                int32_t s[8];
+                nk_conv_dsp1d_block(wo, xb + cin + (ptrdiff_t)pp * cin, kp, s);
+                nk_conv_dsp1d_store(p, bias, all32 ? &q32 : NULL, bt, s, o, nq, n - pp < 2 ? 1 : 2, (size_t)(p0 + pp),
+                                    out);
             }
         }
     }
@@ -1169,6 +1501,15 @@ static int nk_conv_sse2(const nk_conv_params *p, const int8_t *in, const int8_t 
 }
 #endif
 
+void nk_conv_1d(const nk_conv_params *p, const int8_t *in, const void *weights, const int32_t *bias, void *out)
+{
+#if defined(NK_DSP)
+    (void)nk_conv_dsp1d(p, in, (const uint32_t *)weights, bias, out); /* (0: a generator bug, see there) */
+#else
+    nk_conv(p, in, weights, bias, out);
+#endif
+}
+
 void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, const int32_t *bias, void *out)
 {
     const int32_t cg = p->in_c / p->groups;  /* input channels per group */
@@ -1192,6 +1533,10 @@ void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, con
     }
 #endif
 #if defined(NK_DSP)
+    if (p->w_bits == NK_W8_DSP1D) {
+        (void)nk_conv_dsp1d(p, in, (const uint32_t *)weights, bias, out);
+        return;
+    }
     if (nk_conv_dsp(p, in, (const int8_t *)weights, bias, out)) {
         return;
     }

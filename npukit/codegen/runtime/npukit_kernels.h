@@ -25,6 +25,20 @@
 #define NK_DSP 1
 #endif
 
+/* Generated code (model.c) pre-arranges the 8-bit weights of 1-d convs with stride 1, dilation 1, groups 1
+ * and 3 * in_c + (in_c * k_w rounded up to 4) <= NK_CONV_DSP1D_X for the DSP path (nk_conv.c, nk_conv_dsp1d):
+ * their array then holds int32 words (int16 pairs in the order the path reads them) and their w_bits is
+ * NK_CONV_W8_1D = NK_W8_DSP1D; elsewhere NK_CONV_W8_1D is 8 and the weights are model.bin's. model.c and
+ * nk_conv.c must be built with the same flags (-DNK_NO_SIMD in both or neither). NK_CONV_DSP1D_X is the
+ * path's input buffer (int32 words on the stack) and is not a build option: the generator reads it. */
+#define NK_W8_DSP1D 0x108
+#define NK_CONV_DSP1D_X 384
+#if defined(NK_DSP)
+#define NK_CONV_W8_1D NK_W8_DSP1D
+#else
+#define NK_CONV_W8_1D 8
+#endif
+
 typedef enum { NK_HALF_UP = 0, NK_HALF_EVEN = 1, NK_FLOOR = 2, NK_TRUNC = 3 } nk_rounding;
 
 /* x / 2^shift rounded by `mode`; shift <= 0 is an exact left shift. Never relies on >> of negatives.
@@ -96,7 +110,7 @@ typedef struct {
     int32_t in_c, in_h, in_w;
     int32_t out_c, out_h, out_w;
     int32_t k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups;
-    int32_t w_bits;            /* 2, 4, 8 or 16 */
+    int32_t w_bits;            /* 2, 4, 8 or 16; NK_W8_DSP1D: pre-arranged 8-bit weights (generated DSP builds) */
     nk_requant_params rq;      /* the requantisation (Scheme.c_fields) */
     int32_t out_bytes;         /* 1: int8 output; 4: int32 (wide) output */
 } nk_conv_params;
@@ -105,6 +119,11 @@ typedef struct {
  * as in model.bin. `bias` holds out_c int32 values (a model.bin bias stored at 64 bits does not fit this
  * API) or is NULL for none. A 1-d conv is in_h = k_h = out_h = stride_h = dil_h = 1, pad_h = 0. */
 void nk_conv(const nk_conv_params *p, const int8_t *in, const void *weights, const int32_t *bias, void *out);
+
+/* A conv that generated code pre-arranged (w_bits NK_CONV_W8_1D; see NK_W8_DSP1D above): in DSP builds
+ * nk_conv's 1-d path alone, elsewhere nk_conv. Generated code calls it for those convs, so that a DSP build
+ * whose convs all take the 1-d path links none of nk_conv's other paths. */
+void nk_conv_1d(const nk_conv_params *p, const int8_t *in, const void *weights, const int32_t *bias, void *out);
 
 /* Transposed conv 1-d/2-d, groups 1 (npukit/ops/conv_transpose.py): the same parameters, read as stride,
  * padding and dilation of the transposed conv; weights (in_c, out_c, k_h, k_w), packed at w_bits. */
