@@ -16,7 +16,7 @@ from .. import arith
 from ..errors import NpukitError
 from ..ir import Graph, Node
 from ..schemes import MAC_RQ_ATTRS
-from .base import MAX_MAC_INPUT_BITS, OpDef, pad_spatial
+from .base import MAX_MAC_INPUT_BITS, OpDef, pad_spatial, with_tail
 
 _MAC_ATTRS = {"w_bits": "int", "w_exp": "int", "b_exp": "int", "relu": "bool", "wide": "bool", **MAC_RQ_ATTRS}
 
@@ -45,7 +45,7 @@ _CHUNK_BYTES = 512 << 10  # im2col columns per GEMM in the engine's compiled con
 _ROUND = {"half_up": np.floor, "floor": np.floor, "trunc": np.trunc, "half_even": np.rint}
 
 
-def _compiled_tail(node: Node, graph: Graph, w: np.ndarray):
+def _compiled_tail(node: Node, graph: Graph, w: np.ndarray, relu: bool = False):
     """What `_mac_requant` computes, folded for `OpDef.compile`: (carrier, the weights `w` (..., in, out)
     scaled, the offset (out,), the tail), or None where the node needs the general path (another scheme's
     requantize, a possible accumulator saturation, a sum beyond float64's exact range).
@@ -55,7 +55,11 @@ def _compiled_tail(node: Node, graph: Graph, w: np.ndarray):
     integer times 2**-s below the carrier's exact limit, so the GEMM plus the offset (added after it, or
     inside it as one more weight row against a column of ones: the same bound holds for every partial sum)
     yields exactly (acc + bias + half) / 2**s, which the rounding function then rounds as
-    `arith.round_shift` does, and the clip saturates as `Scheme.requantize` does.
+    `arith.round_shift` does, and the clip saturates as `Scheme.requantize` does. A side of the clip that
+    no value can reach (a wide output's accumulator range) is left out.
+
+    `relu`: the tail of this node followed by a ReLU, max(y, 0), which lifts both clip bounds to at least 0
+    (clip(v, lo, hi) then max(., 0) is clip(v, max(lo, 0), max(hi, 0))); not with `abs` (None then).
     """
     from ..schemes import Scheme
 
@@ -82,6 +86,12 @@ def _compiled_tail(node: Node, graph: Graph, w: np.ndarray):
     offset = ((bias + half) * scale).astype(carrier)
     rnd = _ROUND[mode] if s > 0 else None
     lo, hi, absolute = a["act_min"], a["act_max"], bool(a.get("abs"))
+    if relu:
+        if absolute:
+            return None
+        lo, hi = max(lo, 0), max(hi, 0)
+    reach = (bound + half) * scale + 1  # every value the rounding can give lies within +-reach
+    low, high = (lo if lo > -reach else None), (hi if hi < reach else None)
 
     def tail(acc: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
         """acc: the GEMM of the scaled weights, (..., out channels), updated in place; `offset` (out,),
@@ -90,11 +100,13 @@ def _compiled_tail(node: Node, graph: Graph, w: np.ndarray):
             np.add(acc, offset, out=acc)
         if rnd is not None:
             rnd(acc, out=acc)
-        if acc.size > 4096:  # one pass over large arrays
-            np.clip(acc, lo, hi, out=acc)
-        else:  # two ufuncs: np.clip's Python layers cost more than a pass over a small array
-            np.maximum(acc, lo, out=acc)
-            np.minimum(acc, hi, out=acc)
+        if low is not None and high is not None and acc.size > 4096:  # one pass over large arrays
+            np.clip(acc, low, high, out=acc)
+        else:  # ufuncs: np.clip's Python layers cost more than a pass over a small array
+            if low is not None:
+                np.maximum(acc, low, out=acc)
+            if high is not None:
+                np.minimum(acc, high, out=acc)
         if absolute:  # |y|, then the top of the range again: |-128| is 128
             np.minimum(np.abs(acc, out=acc), hi, out=acc)
         return acc
@@ -242,6 +254,12 @@ class Conv(OpDef):
         return [np.ascontiguousarray(q[:, :, 0, :] if a["ndim"] == 1 else q)]
 
     def compile(self, node, graph):
+        return with_tail(self.compile_untailed(node, graph))
+
+    def compile_untailed(self, node, graph, relu: bool = False):
+        """`compile` split for fusion: (kernel giving the carried accumulators before the requantisation's
+        rounding and clip, that tail (in place), whether the tail is monotonic), or None. `relu`: the tail
+        of this conv followed by a ReLU (`_compiled_tail`)."""
         a, w = node.attrs, node.params["weight"]
         if a["ndim"] == 1:  # as in run: a 1-d conv is a 2-d conv of height 1
             w = w[:, :, None, :]
@@ -252,7 +270,7 @@ class Conv(OpDef):
         g = a["groups"]
         # each group's weights as (taps x input channels, outputs): rows in the columns' (kh, kw, c) order
         wt = w.reshape(g, o // g, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(g, kh * kw * cg, o // g)
-        folded = _compiled_tail(node, graph, wt)
+        folded = _compiled_tail(node, graph, wt, relu)
         if folded is None:
             return None
         carrier, wmat, offset, tail = folded
@@ -301,10 +319,10 @@ class Conv(OpDef):
             for win, cols, cols3, out in chunks:
                 np.copyto(cols, win)  # im2col: one strided copy, the batch folded into the rows
                 np.matmul(cols3, wmat, out=out)  # one GEMM per group
-            q = tail(acc, None).reshape(-1, ho, wo, o)
+            q = acc.reshape(-1, ho, wo, o)
             return [q[:, 0] if one_d else q]
 
-        return kernel
+        return kernel, lambda acc: tail(acc, None), not a["abs"]
 
     def macs(self, node, graph):
         out = graph.tensors[node.outputs[0]].shape
@@ -391,15 +409,33 @@ class Linear(OpDef):
         return [np.ascontiguousarray(_mac_requant(node, acc, graph, bound).T)]
 
     def compile(self, node, graph):
-        folded = _compiled_tail(node, graph, node.params["weight"].T)
+        return with_tail(self.compile_untailed(node, graph))
+
+    def compile_untailed(self, node, graph, relu: bool = False, w: np.ndarray | None = None):
+        """As `Conv.compile_untailed`; `w`: the weights with their input features permuted (the same
+        products, summed in another order: exact), for a flatten folded in (`compile_after`)."""
+        folded = _compiled_tail(node, graph, (node.params["weight"] if w is None else w).T, relu)
         if folded is None:
             return None
         carrier, wmat, offset, tail = folded
 
         def kernel(inputs, scratch):  # (n, features) -> (n, out)
-            return [tail(np.matmul(inputs[0].astype(carrier, copy=False), wmat), offset)]
+            x = inputs[0]
+            return [np.matmul(x.reshape(len(x), -1).astype(carrier, copy=False), wmat)]
 
-        return kernel
+        return kernel, lambda acc: tail(acc, offset), not node.attrs["abs"]
+
+    def compile_after(self, prev, node, graph):
+        """A flatten of a carried (n, *spatial, c) tensor folded into the weights: the linear reads the
+        carried array as (n, spatial x c) with no transpose and no copy."""
+        if prev.op != "reshape":
+            return None
+        c, *spatial = graph.tensors[prev.inputs[0]].shape
+        if not spatial or tuple(prev.attrs["shape"]) != (c * math.prod(spatial),):
+            return None
+        w = node.params["weight"]
+        w = w.reshape(len(w), c, *spatial).transpose(0, *range(2, 2 + len(spatial)), 1).reshape(len(w), -1)
+        return with_tail(self.compile_untailed(node, graph, w=w))
 
     def macs(self, node, graph):
         return int(node.params["weight"].size)
