@@ -91,7 +91,11 @@ def _compiled_tail(node: Node, graph: Graph, w: np.ndarray, relu: bool = False):
             return None
         lo, hi = max(lo, 0), max(hi, 0)
     reach = (bound + half) * scale + 1  # every value the rounding can give lies within +-reach
-    low, high = (lo if lo > -reach else None), (hi if hi < reach else None)
+    # bounds as 0-d arrays of the carrier: a ufunc converts a Python int operand slowly (about 0.6 us a
+    # call, the cost of the work on a batch-1 array); exact, as a bound kept is within the carrier's range
+    low = np.array(lo, carrier) if lo > -reach else None
+    high = np.array(hi, carrier) if hi < reach else None
+    top = np.array(hi, carrier) if absolute and hi < reach else None
 
     def tail(acc: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
         """acc: the GEMM of the scaled weights, (..., out channels), updated in place; `offset` (out,),
@@ -108,7 +112,9 @@ def _compiled_tail(node: Node, graph: Graph, w: np.ndarray, relu: bool = False):
             if high is not None:
                 np.minimum(acc, high, out=acc)
         if absolute:  # |y|, then the top of the range again: |-128| is 128
-            np.minimum(np.abs(acc, out=acc), hi, out=acc)
+            np.abs(acc, out=acc)
+            if top is not None:
+                np.minimum(acc, top, out=acc)
         return acc
 
     return carrier, wmat, offset, tail
