@@ -12,7 +12,6 @@ import copy
 import operator
 import threading
 from collections.abc import Iterator
-from itertools import chain
 
 import numpy as np
 
@@ -227,54 +226,44 @@ def _nbytes(scratch: list[dict]) -> int:
     return sum(owners.values())
 
 
+_SPEC = operator.attrgetter("name", "shape", "bits", "exp")
 _NODE = operator.attrgetter("op", "inputs", "outputs")
-_ATTRS, _PARAMS = operator.attrgetter("attrs"), operator.attrgetter("params")
-_ARRAY = operator.attrgetter("dtype", "shape", "strides")
 
 
 def _snapshot(graph: Graph, compiled: list[bool]) -> tuple:
     """What a plan depends on, for `_same`: the graph's structure and tensor specs (the steps, conversions
-    and buffers), and for each compiled node its attributes, parameter arrays and the scheme (folded into
+    and buffers), and for each compiled node its attributes, parameter bytes and the scheme (folded into
     its kernel); the objects themselves and copies of their values. Nodes that run their reference `run`
-    read the live graph on every call (their node objects must stay the same)."""
+    read the live graph on every call."""
     specs, nodes = list(graph.tensors.values()), list(graph.nodes)
     mac = [n for n, c in zip(nodes, compiled, strict=True) if c]
-    arrays = list(chain.from_iterable(map(dict.values, map(_PARAMS, mac))))
+    arrays = [v for n in mac for v in n.params.values()]
     return (list(graph.inputs), list(graph.outputs), graph.target.get("scheme") if mac else None,
-            list(graph.tensors), copy.deepcopy(list(map(vars, specs))), nodes, copy.deepcopy(list(map(_NODE, nodes))),
-            mac, copy.deepcopy(list(map(_ATTRS, mac))), list(map(list, map(_PARAMS, mac))),
-            list(map(_ARRAY, arrays)), _data(arrays))
-
-
-def _data(arrays: list[np.ndarray]) -> bytes:
-    """The arrays' bytes, one after the other: one join where every array is C-contiguous (a buffer)."""
-    if all(a.flags.c_contiguous for a in arrays):
-        return b"".join(arrays)
-    return b"".join(a.tobytes() for a in arrays)
+            list(graph.tensors), specs, copy.deepcopy([_SPEC(t) for t in specs]),
+            nodes, copy.deepcopy([_NODE(n) for n in nodes]),
+            mac, copy.deepcopy([n.attrs for n in mac]), [list(n.params) for n in mac],
+            arrays, [(a.dtype, a.shape, a.tobytes()) for a in arrays])
 
 
 def _same(graph: Graph, snap: tuple) -> bool:
-    """Whether the graph still is the snapshot's: the same node objects, equal values everywhere else.
-    Each comparison is one C-level pass (map, list and dict equality): this runs on every `run`."""
-    inputs, outputs, scheme, names, spec_values, nodes, node_values, mac, attrs, keys, meta, data = snap
+    """Whether the graph still is the snapshot's: the same objects holding the same values."""
+    inputs, outputs, scheme, names, specs, spec_values, nodes, node_values, mac, attrs, keys, arrays, data = snap
     if graph.inputs != inputs or graph.outputs != outputs:
         return False
     if scheme is not None and graph.target.get("scheme") != scheme:
         return False
-    tensors = graph.tensors
-    if list(tensors) != names or list(map(vars, tensors.values())) != spec_values:
+    tensors = graph.tensors  # equal key lists first: the identity checks below then pair up
+    if list(tensors) != names or not all(map(operator.is_, tensors.values(), specs)):
+        return False
+    if list(map(_SPEC, specs)) != spec_values:
         return False
     if len(graph.nodes) != len(nodes) or not all(map(operator.is_, graph.nodes, nodes)):
         return False
-    if list(map(_NODE, nodes)) != node_values or list(map(_ATTRS, mac)) != attrs:
+    if list(map(_NODE, nodes)) != node_values or [n.attrs for n in mac] != attrs or [list(n.params) for n in mac] != keys:
         return False
-    params = list(map(_PARAMS, mac))
-    if list(map(list, params)) != keys:
+    if not all(map(operator.is_, [v for n in mac for v in n.params.values()], arrays)):
         return False
-    arrays = list(chain.from_iterable(map(dict.values, params)))
-    if list(map(_ARRAY, arrays)) != meta:  # dtype, shape and strides: the bytes below mean the same numbers
-        return False
-    return _data(arrays) == data
+    return [(a.dtype, a.shape, a.tobytes()) for a in arrays] == data
 
 
 _IINFO: dict[np.dtype, np.iinfo] = {}
