@@ -260,3 +260,39 @@ def test_fused_pairs_match_reference(ndim, cin, cout, size, k, pad, stride, pool
             assert (get_op("relu").compile_after(conv_node, graph.nodes[1], graph) is None) == absolute
         else:
             assert (get_op("maxpool").compile_after(conv_node, pool_node, graph) is None) == absolute
+
+
+_W16 = {"name": "w16", "activation_bits": 8, "weight_bits": [16], "bias_bits": 32, "accumulator_bits": 48,
+        "rounding": "half_up", "pool_rounding": "half_up", "wide_output": True}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cin=st.integers(1, 5), cout=st.integers(1, 6), size=st.integers(3, 12), k=st.integers(1, 5),
+       pad=st.integers(0, 3), stride=st.integers(1, 2), dilation=st.integers(1, 2), pool=st.booleans(),
+       target=st.sampled_from([*sorted(TARGETS), "w16"]), n=st.integers(16, 40), chunk=st.sampled_from([1, 300, 64 << 10]),
+       seed=st.integers(0, 2**16))
+def test_large_batch_1d_conv_matches_reference(cin, cout, size, k, pad, stride, dilation, pool, target, n, chunk, seed):
+    """From batch 16 a 1-d conv of stride 1 runs as strided GEMMs over the padded batch, in chunks of
+    samples (`_RESIDUE_BYTES`: here as small as one sample per chunk); other geometries keep im2col."""
+    from unittest import mock
+
+    from npukit.ops import mac
+
+    pad = min(pad, k // 2 + 1)
+    if size + 2 * pad < dilation * (k - 1) + 1:
+        k = dilation = 1
+    out = (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+    layers = [nn.Conv1d(cin, cout, k, stride=stride, padding=pad, dilation=dilation), nn.ReLU()]
+    if pool and out >= 2:
+        layers.append(nn.MaxPool1d(2))
+        out //= 2
+    layers += [nn.Conv1d(cout, 3, 3, padding=1), nn.Flatten(), nn.Linear(3 * out, 2)]
+    torch.manual_seed(seed)
+    graph = npukit.to_ir(npukit.prepare(nn.Sequential(*layers), torch.randn(16, cin, size) * 3,
+                                        target=_W16 if target == "w16" else TARGETS[target], rules="off"))
+    spec = graph.input_spec()
+    lo, hi = -(1 << (spec.bits - 1)), (1 << (spec.bits - 1)) - 1
+    q = np.random.default_rng(seed).integers(lo, hi + 1, (n, *spec.shape)).astype(spec.dtype)
+    with mock.patch.object(mac, "_RESIDUE_BYTES", chunk):
+        for m in (n, 1, n):
+            _same_as_reference(graph, q[:m])
