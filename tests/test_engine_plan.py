@@ -272,8 +272,9 @@ _W16 = {"name": "w16", "activation_bits": 8, "weight_bits": [16], "bias_bits": 3
        target=st.sampled_from([*sorted(TARGETS), "w16"]), n=st.integers(16, 40), chunk=st.sampled_from([1, 300, 64 << 10]),
        seed=st.integers(0, 2**16))
 def test_large_batch_1d_conv_matches_reference(cin, cout, size, k, pad, stride, dilation, pool, target, n, chunk, seed):
-    """From batch 16 a 1-d conv of stride 1 runs as strided GEMMs over the padded batch, in chunks of
-    samples (`_RESIDUE_BYTES`: here as small as one sample per chunk); other geometries keep im2col."""
+    """From batch 16 a 1-d conv of stride 1 (and 16 input channels; here any) runs as strided GEMMs over
+    the padded batch, in chunks of samples (`_RESIDUE_BYTES`: here as small as one sample per chunk);
+    other geometries keep im2col."""
     from unittest import mock
 
     from npukit.ops import mac
@@ -293,6 +294,6 @@ def test_large_batch_1d_conv_matches_reference(cin, cout, size, k, pad, stride, 
     spec = graph.input_spec()
     lo, hi = -(1 << (spec.bits - 1)), (1 << (spec.bits - 1)) - 1
     q = np.random.default_rng(seed).integers(lo, hi + 1, (n, *spec.shape)).astype(spec.dtype)
-    with mock.patch.object(mac, "_RESIDUE_BYTES", chunk):
+    with mock.patch.object(mac, "_RESIDUE_BYTES", chunk), mock.patch.object(mac, "_RESIDUE_MIN_CHANNELS", 1):
         for m in (n, 1, n):
             _same_as_reference(graph, q[:m])
