@@ -81,7 +81,8 @@ class Plan:
         self._inputs = []
         for name in graph.inputs:
             spec = graph.tensors[name]
-            self._inputs.append((name, spec, -(1 << (spec.bits - 1)), (1 << (spec.bits - 1)) - 1, tuple(spec.shape)))
+            self._inputs.append((name, spec, -(1 << (spec.bits - 1)), (1 << (spec.bits - 1)) - 1, tuple(spec.shape),
+                                 spec.dtype))
         last_use = _last_uses(graph)
         to_carried = {t: carried_order(1 + len(spec.shape)) for t, spec in graph.tensors.items()}
         to_std = {t: (tuple(np.argsort(order)), graph.tensors[t].dtype) for t, order in to_carried.items()}
@@ -146,9 +147,9 @@ class Plan:
         """The integer outputs (batch first, in graph order) for integer inputs (batch first)."""
         if len(inputs) != len(self._inputs):
             raise NpukitError(f"the graph takes {len(self._inputs)} input(s), got {len(inputs)}")
-        env = {name: _checked_input(name, spec, lo, hi, x, shape)
-               for (name, spec, lo, hi, shape), x in zip(self._inputs, inputs, strict=True)}
-        key = tuple(len(x) for x in env.values())
+        env = {name: _checked_input(name, spec, lo, hi, x, shape, dtype)
+               for (name, spec, lo, hi, shape, dtype), x in zip(self._inputs, inputs, strict=True)}
+        key = tuple(map(len, env.values()))
         with self._lock:
             scratch = self._scratch.pop(key, None)
         fresh = scratch is None
@@ -269,7 +270,8 @@ def _same(graph: Graph, snap: tuple) -> bool:
 _IINFO: dict[np.dtype, np.iinfo] = {}
 
 
-def _checked_input(name: str, spec, lo: int, hi: int, x, shape: tuple[int, ...] | None = None) -> np.ndarray:
+def _checked_input(name: str, spec, lo: int, hi: int, x, shape: tuple[int, ...] | None = None,
+                   dtype: np.dtype | None = None) -> np.ndarray:
     x = np.asarray(x)
     if x.shape[1:] != (shape or tuple(spec.shape)):
         raise NpukitError(f"input {name!r} has shape {x.shape[1:]} per sample; the model expects {tuple(spec.shape)}")
@@ -280,7 +282,7 @@ def _checked_input(name: str, spec, lo: int, hi: int, x, shape: tuple[int, ...] 
         info = _IINFO[x.dtype] = np.iinfo(x.dtype)
     if (info.min < lo or info.max > hi) and x.size and (x.min() < lo or x.max() > hi):
         raise NpukitError(f"input {name!r} holds values outside the {spec.bits}-bit range [{lo}, {hi}]")
-    return x.astype(spec.dtype, copy=False)
+    return x.astype(spec.dtype if dtype is None else dtype, copy=False)
 
 
 def run_in_arena(graph: Graph, offsets: dict[str, int], arena_bytes: int, *inputs: np.ndarray) -> list[np.ndarray]:
