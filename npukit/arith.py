@@ -141,10 +141,18 @@ def requantize(acc, shift: int, bits: int, mode: RoundingMode, relu: bool = Fals
     return saturate(q, lo, hi, out=q if out is not None else None)
 
 
-def quantize(real, exp: int, bits: int, mode: RoundingMode, relu: bool = False):
-    """Real values -> integers at exponent `exp` (real = q * 2**-exp), saturated to `bits`."""
+def quantize(real, exp: int, bits: int, mode: RoundingMode, relu: bool = False, out: bool = False):
+    """Real values -> integers at exponent `exp` (real = q * 2**-exp), saturated to `bits`.
+
+    `out=True` (numpy float arrays): the same values computed in place in the scaled copy, with fewer
+    temporaries (the engine's input quantisation at batch 1 is a handful of numpy calls)."""
     lo, hi = act_range(bits, relu)
-    return saturate(round_real(real * (2.0**exp), mode), lo, hi)
+    scaled = real * (2.0**exp)
+    if out and type(scaled) is np.ndarray and mode == "half_up":
+        f = np.floor(scaled)  # round_real's half up, in place: f + (v - f >= 0.5)
+        np.add(f, np.subtract(scaled, f, out=scaled) >= 0.5, out=f)
+        return saturate(f, float(lo), float(hi), out=f)  # float bounds: ufuncs convert Python ints slowly
+    return saturate(round_real(scaled, mode), lo, hi, out=scaled if out and type(scaled) is np.ndarray else None)
 
 
 def fit_exponent(max_abs: float, bits: int) -> int:

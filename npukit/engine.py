@@ -81,7 +81,8 @@ class Plan:
         self._inputs = []
         for name in graph.inputs:
             spec = graph.tensors[name]
-            self._inputs.append((name, spec, -(1 << (spec.bits - 1)), (1 << (spec.bits - 1)) - 1, tuple(spec.shape)))
+            self._inputs.append((name, spec, -(1 << (spec.bits - 1)), (1 << (spec.bits - 1)) - 1, tuple(spec.shape),
+                                 spec.dtype))
         last_use = _last_uses(graph)
         to_carried = {t: carried_order(1 + len(spec.shape)) for t, spec in graph.tensors.items()}
         to_std = {t: (tuple(np.argsort(order)), graph.tensors[t].dtype) for t, order in to_carried.items()}
@@ -92,29 +93,40 @@ class Plan:
             for t in node.inputs:
                 readers[t] = readers.get(t, 0) + 1
         steps: list[tuple] = []  # (kernels run in a chain, inputs, conversions, outputs, tensors dropped after)
-        for i, node in enumerate(graph.nodes):
-            op = get_op(node.op)
-            kernel = op.compile(node, graph)
-            compiled.append(kernel is not None)
+        nodes, i = graph.nodes, 0
+        while i < len(nodes):
+            node, after = nodes[i], nodes[i + 1] if i + 1 < len(nodes) else None
+            kernel = None
+            if after is not None and _only_reader(graph, node, after, readers):
+                # the pair fused (`OpDef.compile_after`): `node`'s output never exists
+                kernel = get_op(after.op).compile_after(node, after, graph)
+            span = [node, after] if kernel is not None else [node]
+            if kernel is None:
+                op = get_op(node.op)
+                kernel = op.compile(node, graph)
+            compiled.extend([kernel is not None] * len(span))
+            ins, outs = tuple(node.inputs), tuple(span[-1].outputs)
             if kernel is None:  # the reference kernel, on batch-first integers
                 def kernel(inputs, scratch, node=node, op=op):
                     return op.run(node, inputs, graph)
-                convert = [(t, _to_std, to_std[t]) if t in carried else (t, None, None) for t in node.inputs]
+                convert = [(t, _to_std, to_std[t]) if t in carried else (t, None, None) for t in ins]
             else:
-                convert = [(t, None, None) if t in carried else (t, _to_carried, to_carried[t]) for t in node.inputs]
-                carried.update(node.outputs)
+                convert = [(t, None, None) if t in carried else (t, _to_carried, to_carried[t]) for t in ins]
+                carried.update(outs)
             if all(f is None for _, f, _ in convert):
                 convert = None  # the common case, without a per-input test
-            drop = tuple(last_use.get(i, ()))
+            inside = set(node.outputs) if len(span) > 1 else set()
+            drop = tuple(t for j in range(i, i + len(span)) for t in last_use.get(j, ()) if t not in inside)
+            i += len(span)
             prev = steps[-1] if steps else None
-            if (convert is None and prev is not None and len(prev[3]) == 1 and tuple(node.inputs) == prev[3]
+            if (convert is None and prev is not None and len(prev[3]) == 1 and ins == prev[3]
                     and readers[prev[3][0]] == 1 and prev[3][0] not in graph.outputs):
                 # a chain: the one reader of the previous step's output runs right after it, in the same step,
                 # and that output never enters the environment
                 prev[0].append(kernel)
-                steps[-1] = (prev[0], prev[1], prev[2], tuple(node.outputs), prev[4] + tuple(t for t in drop if t != prev[3][0]))
+                steps[-1] = (prev[0], prev[1], prev[2], outs, prev[4] + tuple(t for t in drop if t != prev[3][0]))
             else:
-                steps.append(([kernel], tuple(node.inputs), convert, tuple(node.outputs), drop))
+                steps.append(([kernel], ins, convert, outs, drop))
         self._steps = [(_chained(kernels), *rest) for kernels, *rest in steps]
         self._outputs = [(t, to_std[t] if t in carried else None) for t in graph.outputs]
         self._snapshot = _snapshot(graph, compiled)
@@ -135,9 +147,9 @@ class Plan:
         """The integer outputs (batch first, in graph order) for integer inputs (batch first)."""
         if len(inputs) != len(self._inputs):
             raise NpukitError(f"the graph takes {len(self._inputs)} input(s), got {len(inputs)}")
-        env = {name: _checked_input(name, spec, lo, hi, x, shape)
-               for (name, spec, lo, hi, shape), x in zip(self._inputs, inputs, strict=True)}
-        key = tuple(len(x) for x in env.values())
+        env = {name: _checked_input(name, spec, lo, hi, x, shape, dtype)
+               for (name, spec, lo, hi, shape, dtype), x in zip(self._inputs, inputs, strict=True)}
+        key = tuple(map(len, env.values()))
         with self._lock:
             scratch = self._scratch.pop(key, None)
         fresh = scratch is None
@@ -159,6 +171,13 @@ class Plan:
                 while len(self._scratch) > self.KEEP_BATCH_SIZES:
                     del self._scratch[next(iter(self._scratch))]
         return result
+
+
+def _only_reader(graph: Graph, node, after, readers: dict[str, int]) -> bool:
+    """Whether `after` reads `node`'s one output and nothing else, and nothing else reads it: the pair may
+    run as one kernel."""
+    return (len(node.outputs) == 1 and list(after.inputs) == list(node.outputs) and readers[node.outputs[0]] == 1
+            and node.outputs[0] not in graph.outputs)
 
 
 def _no_plan() -> None:
@@ -251,7 +270,8 @@ def _same(graph: Graph, snap: tuple) -> bool:
 _IINFO: dict[np.dtype, np.iinfo] = {}
 
 
-def _checked_input(name: str, spec, lo: int, hi: int, x, shape: tuple[int, ...] | None = None) -> np.ndarray:
+def _checked_input(name: str, spec, lo: int, hi: int, x, shape: tuple[int, ...] | None = None,
+                   dtype: np.dtype | None = None) -> np.ndarray:
     x = np.asarray(x)
     if x.shape[1:] != (shape or tuple(spec.shape)):
         raise NpukitError(f"input {name!r} has shape {x.shape[1:]} per sample; the model expects {tuple(spec.shape)}")
@@ -262,7 +282,7 @@ def _checked_input(name: str, spec, lo: int, hi: int, x, shape: tuple[int, ...] 
         info = _IINFO[x.dtype] = np.iinfo(x.dtype)
     if (info.min < lo or info.max > hi) and x.size and (x.min() < lo or x.max() > hi):
         raise NpukitError(f"input {name!r} holds values outside the {spec.bits}-bit range [{lo}, {hi}]")
-    return x.astype(spec.dtype, copy=False)
+    return x.astype(spec.dtype if dtype is None else dtype, copy=False)
 
 
 def run_in_arena(graph: Graph, offsets: dict[str, int], arena_bytes: int, *inputs: np.ndarray) -> list[np.ndarray]:

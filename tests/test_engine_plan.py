@@ -208,3 +208,92 @@ def test_a_graph_with_a_plan_copies_and_pickles():
         np.testing.assert_array_equal(engine.run(other, q)[0], want)
         assert other.__dict__[engine._PLAN_ATTR].matches(other)
     assert graph.__dict__[engine._PLAN_ATTR].matches(graph)
+
+
+def _relu_after(graph, node):
+    """A ReLU node inserted after `node` (capture fuses ReLUs into the MAC; the plan may fold it back)."""
+    t = node.outputs[0]
+    new = f"{t}_relu"
+    graph.tensors[new] = npukit.ir.TensorSpec(new, graph.tensors[t].shape, graph.tensors[t].bits, graph.tensors[t].exp)
+    for n in graph.nodes:
+        n.inputs = [new if i == t else i for i in n.inputs]
+    graph.outputs = [new if o == t else o for o in graph.outputs]
+    graph.nodes.insert(graph.nodes.index(node) + 1, npukit.ir.Node(f"{node.name}_relu", "relu", [t], [new]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ndim=st.sampled_from([1, 2]), cin=st.integers(1, 4), cout=st.integers(1, 6), size=st.integers(4, 11),
+       k=st.integers(1, 3), pad=st.integers(0, 1), stride=st.integers(1, 2), pool_k=st.integers(1, 3),
+       pool_pad=st.integers(0, 1), target=st.sampled_from(sorted(TARGETS)), absolute=st.booleans(),
+       relus=st.sets(st.sampled_from(["conv", "fc"])), seed=st.integers(0, 2**16))
+def test_fused_pairs_match_reference(ndim, cin, cout, size, k, pad, stride, pool_k, pool_pad, target, absolute,
+                                     relus, seed):
+    """Every fusion of the plan (`OpDef.compile_after`) gives the reference walk's integers: a max pooling
+    before the conv's requantisation (not with |y|: not monotonic), a ReLU folded into the clip bounds, a
+    flatten folded into the linear's weights; on random shapes, weights, inputs over the whole input
+    range, every target's rounding."""
+    pool_pad = min(pool_pad, pool_k // 2)
+    out = (size + 2 * pad - k) // stride + 1
+    if out + 2 * pool_pad < pool_k:
+        pool_k, pool_pad = 1, 0
+    pooled = (out + 2 * pool_pad - pool_k) // pool_k + 1
+    conv, pool = (nn.Conv1d, nn.MaxPool1d) if ndim == 1 else (nn.Conv2d, nn.MaxPool2d)
+    torch.manual_seed(seed)
+    model = nn.Sequential(conv(cin, cout, k, stride=stride, padding=pad), pool(pool_k, padding=pool_pad),
+                          nn.Flatten(), nn.Linear(cout * pooled**ndim, 3))
+    x = torch.randn(16, cin, *[size] * ndim) * 3
+    graph = npukit.to_ir(npukit.prepare(model, x, target=TARGETS[target], rules="off"))
+    conv_node, pool_node, flatten, fc = graph.nodes
+    conv_node.attrs["abs"] = absolute
+    for name in sorted(relus):
+        _relu_after(graph, conv_node if name == "conv" else fc)
+    graph.validate()
+    spec = graph.input_spec()
+    rng = np.random.default_rng(seed)
+    lo, hi = -(1 << (spec.bits - 1)), (1 << (spec.bits - 1)) - 1
+    q = rng.integers(lo, hi + 1, (5, *spec.shape)).astype(spec.dtype)
+    for n in (5, 1):
+        _same_as_reference(graph, q[:n])
+    if conv_node.attrs["acc_bits"] >= 32 and target != "floor":  # the MAC kernels compile (no saturation)
+        assert get_op("linear").compile_after(flatten, fc, graph) is not None
+        if "conv" in relus:
+            assert (get_op("relu").compile_after(conv_node, graph.nodes[1], graph) is None) == absolute
+        else:
+            assert (get_op("maxpool").compile_after(conv_node, pool_node, graph) is None) == absolute
+
+
+_W16 = {"name": "w16", "activation_bits": 8, "weight_bits": [16], "bias_bits": 32, "accumulator_bits": 48,
+        "rounding": "half_up", "pool_rounding": "half_up", "wide_output": True}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cin=st.integers(1, 5), cout=st.integers(1, 6), size=st.integers(3, 12), k=st.integers(1, 5),
+       pad=st.integers(0, 3), stride=st.integers(1, 2), dilation=st.integers(1, 2), pool=st.booleans(),
+       target=st.sampled_from([*sorted(TARGETS), "w16"]), n=st.integers(16, 40), chunk=st.sampled_from([1, 300, 64 << 10]),
+       seed=st.integers(0, 2**16))
+def test_large_batch_1d_conv_matches_reference(cin, cout, size, k, pad, stride, dilation, pool, target, n, chunk, seed):
+    """From batch 16 a 1-d conv of stride 1 (and 16 input channels; here any) runs as strided GEMMs over
+    the padded batch, in chunks of samples (`_RESIDUE_BYTES`: here as small as one sample per chunk);
+    other geometries keep im2col."""
+    from unittest import mock
+
+    from npukit.ops import mac
+
+    pad = min(pad, k // 2 + 1)
+    if size + 2 * pad < dilation * (k - 1) + 1:
+        k = dilation = 1
+    out = (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+    layers = [nn.Conv1d(cin, cout, k, stride=stride, padding=pad, dilation=dilation), nn.ReLU()]
+    if pool and out >= 2:
+        layers.append(nn.MaxPool1d(2))
+        out //= 2
+    layers += [nn.Conv1d(cout, 3, 3, padding=1), nn.Flatten(), nn.Linear(3 * out, 2)]
+    torch.manual_seed(seed)
+    graph = npukit.to_ir(npukit.prepare(nn.Sequential(*layers), torch.randn(16, cin, size) * 3,
+                                        target=_W16 if target == "w16" else TARGETS[target], rules="off"))
+    spec = graph.input_spec()
+    lo, hi = -(1 << (spec.bits - 1)), (1 << (spec.bits - 1)) - 1
+    q = np.random.default_rng(seed).integers(lo, hi + 1, (n, *spec.shape)).astype(spec.dtype)
+    with mock.patch.object(mac, "_RESIDUE_BYTES", chunk), mock.patch.object(mac, "_RESIDUE_MIN_CHANNELS", 1):
+        for m in (n, 1, n):
+            _same_as_reference(graph, q[:m])

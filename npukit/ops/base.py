@@ -27,6 +27,19 @@ MAX_MAC_INPUT_BITS = 16  # the MAC kernels read 8- or 16-bit activations
 # A compiled kernel (`OpDef.compile`): (input arrays in carried form, scratch) -> output arrays in carried form.
 Kernel = Callable[[list[np.ndarray], dict], list[np.ndarray]]
 
+# `OpDef.compile_untailed`: (kernel giving the carried values before the requantisation's rounding and clip,
+# that tail (array -> the same array, rounded and clipped in place), whether the tail is monotonic).
+Untailed = tuple[Kernel, Callable[[np.ndarray], np.ndarray], bool]
+
+
+def with_tail(parts: Untailed | None) -> Kernel | None:
+    """A compiled kernel from `compile_untailed`'s parts: the values, then the tail on them."""
+    if parts is None:
+        return None
+    raw, tail, _ = parts
+    return lambda inputs, scratch: [tail(raw(inputs, scratch)[0])]
+
+
 # Attribute kinds of the schema: what model.bin stores and reads back, and what validation checks.
 ATTR_KINDS = ("bool", "int", "int list", "str")
 
@@ -96,6 +109,18 @@ class OpDef:
         plan's next run at that batch size (fresh multi-megabyte arrays cost page faults on every call),
         so what the kernel returns may live there; the plan never lets such an array escape a run.
         """
+        return None
+
+    def compile_after(self, prev: Node, node: Node, graph: Graph) -> Kernel | None:
+        """An optional kernel for `prev` and then this node fused, where this node is the one reader of
+        `prev`'s one output and reads nothing else (the plan asks before compiling either): e.g. a max
+        pooling or a ReLU before the conv's requantisation, a flatten folded into the linear's weights.
+        Same contract as `compile`; None (the default): each compiles on its own."""
+        return None
+
+    def compile_untailed(self, node: Node, graph: Graph, relu: bool = False) -> Untailed | None:
+        """For ops that requantise (conv, linear): `compile` split in two for `compile_after`, or None (the
+        default). `relu`: the tail of this node followed by a ReLU."""
         return None
 
     def macs(self, node: Node, graph: Graph) -> int:

@@ -16,7 +16,7 @@ from .. import arith
 from ..errors import NpukitError
 from ..ir import Graph, Node
 from ..schemes import MAC_RQ_ATTRS
-from .base import MAX_MAC_INPUT_BITS, OpDef, pad_spatial
+from .base import MAX_MAC_INPUT_BITS, OpDef, pad_spatial, with_tail
 
 _MAC_ATTRS = {"w_bits": "int", "w_exp": "int", "b_exp": "int", "relu": "bool", "wide": "bool", **MAC_RQ_ATTRS}
 
@@ -42,10 +42,15 @@ def _mac_requant(node: Node, acc: np.ndarray, graph: Graph, product_bound: int) 
 
 
 _CHUNK_BYTES = 512 << 10  # im2col columns per GEMM in the engine's compiled conv: about an L2 cache
+_RESIDUE_BYTES = 64 << 10  # padded input per chunk of a 1-d conv's strided GEMMs (`residue_buffers`)
+_RESIDUE_MIN_BATCH = 16  # below, im2col and one GEMM cost less than kw GEMM calls (batch 1: 6 against 10 us)
+# fewer input channels: GEMMs of inner dimension kw x (c + 1) are too thin (kw 5, 32 outputs, batch 256:
+# 2 channels 534 against 297 us with im2col, 8 channels 540 against 523, 16 channels 804 against 1,026)
+_RESIDUE_MIN_CHANNELS = 16
 _ROUND = {"half_up": np.floor, "floor": np.floor, "trunc": np.trunc, "half_even": np.rint}
 
 
-def _compiled_tail(node: Node, graph: Graph, w: np.ndarray):
+def _compiled_tail(node: Node, graph: Graph, w: np.ndarray, relu: bool = False):
     """What `_mac_requant` computes, folded for `OpDef.compile`: (carrier, the weights `w` (..., in, out)
     scaled, the offset (out,), the tail), or None where the node needs the general path (another scheme's
     requantize, a possible accumulator saturation, a sum beyond float64's exact range).
@@ -55,7 +60,11 @@ def _compiled_tail(node: Node, graph: Graph, w: np.ndarray):
     integer times 2**-s below the carrier's exact limit, so the GEMM plus the offset (added after it, or
     inside it as one more weight row against a column of ones: the same bound holds for every partial sum)
     yields exactly (acc + bias + half) / 2**s, which the rounding function then rounds as
-    `arith.round_shift` does, and the clip saturates as `Scheme.requantize` does.
+    `arith.round_shift` does, and the clip saturates as `Scheme.requantize` does. A side of the clip that
+    no value can reach (a wide output's accumulator range) is left out.
+
+    `relu`: the tail of this node followed by a ReLU, max(y, 0), which lifts both clip bounds to at least 0
+    (clip(v, lo, hi) then max(., 0) is clip(v, max(lo, 0), max(hi, 0))); not with `abs` (None then).
     """
     from ..schemes import Scheme
 
@@ -82,6 +91,16 @@ def _compiled_tail(node: Node, graph: Graph, w: np.ndarray):
     offset = ((bias + half) * scale).astype(carrier)
     rnd = _ROUND[mode] if s > 0 else None
     lo, hi, absolute = a["act_min"], a["act_max"], bool(a.get("abs"))
+    if relu:
+        if absolute:
+            return None
+        lo, hi = max(lo, 0), max(hi, 0)
+    reach = (bound + half) * scale + 1  # every value the rounding can give lies within +-reach
+    # bounds as 0-d arrays of the carrier: a ufunc converts a Python int operand slowly (about 0.6 us a
+    # call, the cost of the work on a batch-1 array); exact, as a bound kept is within the carrier's range
+    low = np.array(lo, carrier) if lo > -reach else None
+    high = np.array(hi, carrier) if hi < reach else None
+    top = np.array(hi, carrier) if absolute and hi < reach else None
 
     def tail(acc: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
         """acc: the GEMM of the scaled weights, (..., out channels), updated in place; `offset` (out,),
@@ -90,13 +109,17 @@ def _compiled_tail(node: Node, graph: Graph, w: np.ndarray):
             np.add(acc, offset, out=acc)
         if rnd is not None:
             rnd(acc, out=acc)
-        if acc.size > 4096:  # one pass over large arrays
-            np.clip(acc, lo, hi, out=acc)
-        else:  # two ufuncs: np.clip's Python layers cost more than a pass over a small array
-            np.maximum(acc, lo, out=acc)
-            np.minimum(acc, hi, out=acc)
+        if low is not None and high is not None and acc.size > 4096:  # one pass over large arrays
+            np.clip(acc, low, high, out=acc)
+        else:  # ufuncs: np.clip's Python layers cost more than a pass over a small array
+            if low is not None:
+                np.maximum(acc, low, out=acc)
+            if high is not None:
+                np.minimum(acc, high, out=acc)
         if absolute:  # |y|, then the top of the range again: |-128| is 128
-            np.minimum(np.abs(acc, out=acc), hi, out=acc)
+            np.abs(acc, out=acc)
+            if top is not None:
+                np.minimum(acc, top, out=acc)
         return acc
 
     return carrier, wmat, offset, tail
@@ -242,6 +265,12 @@ class Conv(OpDef):
         return [np.ascontiguousarray(q[:, :, 0, :] if a["ndim"] == 1 else q)]
 
     def compile(self, node, graph):
+        return with_tail(self.compile_untailed(node, graph))
+
+    def compile_untailed(self, node, graph, relu: bool = False):
+        """`compile` split for fusion: (kernel giving the carried accumulators before the requantisation's
+        rounding and clip, that tail (in place), whether the tail is monotonic), or None. `relu`: the tail
+        of this conv followed by a ReLU (`_compiled_tail`)."""
         a, w = node.attrs, node.params["weight"]
         if a["ndim"] == 1:  # as in run: a 1-d conv is a 2-d conv of height 1
             w = w[:, :, None, :]
@@ -252,7 +281,7 @@ class Conv(OpDef):
         g = a["groups"]
         # each group's weights as (taps x input channels, outputs): rows in the columns' (kh, kw, c) order
         wt = w.reshape(g, o // g, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(g, kh * kw * cg, o // g)
-        folded = _compiled_tail(node, graph, wt)
+        folded = _compiled_tail(node, graph, wt, relu)
         if folded is None:
             return None
         carrier, wmat, offset, tail = folded
@@ -268,6 +297,36 @@ class Conv(OpDef):
         # the offset joins the GEMM as one more inner row of the weights, times a column of ones in the columns:
         # the partial sums stay below the same bound, so exact, and the tail saves a pass
         wmat = np.concatenate([wmat, offset.reshape(g, 1, o // g)], axis=1)
+        # A 1-d conv of stride 1 (no dilation, no groups) reads each window as one contiguous run of kw x c
+        # values of the padded input: at large batches no im2col (`residue_buffers`).
+        residue = one_d and kh == 1 and sw == 1 and dw == 1 and g == 1 and c >= _RESIDUE_MIN_CHANNELS
+        if residue:  # the weights as (taps x (c + 1), out): a channel of ones, its weight the offset at tap 0
+            wres = np.zeros((kw, c + 1, o), carrier)
+            wres[:, :c] = wmat[0, :k].reshape(kw, c, o)
+            wres[0, c] = wmat[0, k]
+            wres = wres.reshape(kw * (c + 1), o)
+
+        def residue_buffers(n: int) -> tuple:
+            """The batch as one sequence of padded samples (n x wp rows of c channels and a channel of
+            ones), so that the windows starting every kw-th row are the rows of a matrix (leading dimension
+            kw x (c + 1), a strided view: no copy) and kw GEMMs, one per start modulo kw, give every
+            window's output; windows across two samples (the last kw - 1 per sample) are computed and never
+            read. Chunks of about `_RESIDUE_BYTES` of input keep each chunk's input in cache for its kw
+            GEMMs (the demo model's plan at batch 256: 2.7 ms against 3.3-3.6 ms with im2col; of chunks
+            from 32 KiB to 1 MiB, 64 KiB was the fastest)."""
+            c1, size = c + 1, carrier.itemsize
+            xq = np.zeros((n * wp + kw, c1), carrier)
+            xq[:, c] = 1
+            acc = np.empty((n * wp, o), carrier)
+            flat, per_r, chunks = xq.reshape(-1), max(1, _RESIDUE_BYTES // (wp * c1 * size)), []
+            for i in range(0, n, per_r):
+                base, rows_i = i * wp, min(per_r, n - i) * wp
+                for j in range(kw):
+                    r = (rows_i - 1 - j) // kw + 1
+                    starts = np.lib.stride_tricks.as_strided(flat[(base + j) * c1 :], (r, kw * c1), (kw * c1 * size, size),
+                                                             writeable=False)
+                    chunks.append((None, None, starts, wres, acc[base + j : base + j + kw * r : kw]))
+            return xq[: n * wp].reshape(n, wp, c1)[:, pw : pw + wd, :c], chunks, acc.reshape(n, wp, o)[:, :wo]
 
         def buffers(n: int) -> tuple:
             """Kept per batch size: the padded input (zero borders, written once) and the accumulator, and
@@ -288,23 +347,25 @@ class Conv(OpDef):
                 taps = part[:, :, :k].reshape(g, m, ho, wo, kh, kw, cg)
                 if not np.shares_memory(taps, cols):  # a reshape that copied would drop the im2col
                     raise AssertionError("the columns view is not a view")
-                chunks.append((win[:, i : i + m], taps, part, acc[i * rows : (i + m) * rows].transpose(1, 0, 2)))
-            return (inner[:, 0] if one_d else inner), chunks, acc.reshape(n * rows, o)
+                chunks.append((win[:, i : i + m], taps, part, wmat, acc[i * rows : (i + m) * rows].transpose(1, 0, 2)))
+            q = acc.reshape(n, ho, wo, o)
+            return (inner[:, 0] if one_d else inner), chunks, (q[:, 0] if one_d else q)
 
         def kernel(inputs, scratch):
             x = inputs[0]  # carried: (n, h, w, c), or (n, w, c) for 1-d
             bufs = scratch.get("conv")
             if bufs is None:
-                bufs = scratch["conv"] = buffers(x.shape[0])
-            inner, chunks, acc = bufs
+                n = x.shape[0]
+                bufs = scratch["conv"] = residue_buffers(n) if residue and n >= _RESIDUE_MIN_BATCH else buffers(n)
+            inner, chunks, result = bufs
             np.copyto(inner, x)  # the input (cast to the carrier) inside the zero borders
-            for win, cols, cols3, out in chunks:
-                np.copyto(cols, win)  # im2col: one strided copy, the batch folded into the rows
-                np.matmul(cols3, wmat, out=out)  # one GEMM per group
-            q = tail(acc, None).reshape(-1, ho, wo, o)
-            return [q[:, 0] if one_d else q]
+            for win, cols, a, b, out in chunks:
+                if win is not None:
+                    np.copyto(cols, win)  # im2col: one strided copy, the batch folded into the rows
+                np.matmul(a, b, out=out)  # one GEMM per group (im2col) or per window start modulo kw
+            return [result]
 
-        return kernel
+        return kernel, lambda acc: tail(acc, None), not a["abs"]
 
     def macs(self, node, graph):
         out = graph.tensors[node.outputs[0]].shape
@@ -397,15 +458,33 @@ class Linear(OpDef):
         return [np.ascontiguousarray(_mac_requant(node, acc, graph, bound).T)]
 
     def compile(self, node, graph):
-        folded = _compiled_tail(node, graph, node.params["weight"].T)
+        return with_tail(self.compile_untailed(node, graph))
+
+    def compile_untailed(self, node, graph, relu: bool = False, w: np.ndarray | None = None):
+        """As `Conv.compile_untailed`; `w`: the weights with their input features permuted (the same
+        products, summed in another order: exact), for a flatten folded in (`compile_after`)."""
+        folded = _compiled_tail(node, graph, (node.params["weight"] if w is None else w).T, relu)
         if folded is None:
             return None
         carrier, wmat, offset, tail = folded
 
         def kernel(inputs, scratch):  # (n, features) -> (n, out)
-            return [tail(np.matmul(inputs[0].astype(carrier, copy=False), wmat), offset)]
+            x = inputs[0]
+            return [np.matmul(x.reshape(len(x), -1).astype(carrier, copy=False), wmat)]
 
-        return kernel
+        return kernel, lambda acc: tail(acc, offset), not node.attrs["abs"]
+
+    def compile_after(self, prev, node, graph):
+        """A flatten of a carried (n, *spatial, c) tensor folded into the weights: the linear reads the
+        carried array as (n, spatial x c) with no transpose and no copy."""
+        if prev.op != "reshape":
+            return None
+        c, *spatial = graph.tensors[prev.inputs[0]].shape
+        if not spatial or tuple(prev.attrs["shape"]) != (c * math.prod(spatial),):
+            return None
+        w = node.params["weight"]
+        w = w.reshape(len(w), c, *spatial).transpose(0, *range(2, 2 + len(spatial)), 1).reshape(len(w), -1)
+        return with_tail(self.compile_untailed(node, graph, w=w))
 
     def macs(self, node, graph):
         return int(node.params["weight"].size)

@@ -99,6 +99,26 @@ class MaxPool(OpDef):
 
         return run
 
+    def compile_after(self, prev, node, graph):
+        """Max pooling before the requantisation of the conv (or linear) before it: a monotonic tail
+        (rounding, clip; not |y|) commutes with the max, max(t(a), t(b)) = t(max(a, b)), so the tail runs
+        on the pooled values only (a quarter of them for a 2x2 window)."""
+        from . import get_op
+
+        parts = get_op(prev.op).compile_untailed(prev, graph)
+        if parts is None or not parts[2]:
+            return None
+        raw, tail, _ = parts
+        pool = self.compile(node, graph)
+
+        def run(inputs, scratch):
+            subs = scratch.get("fused")
+            if subs is None:
+                subs = scratch["fused"] = ({}, {})
+            return [tail(pool(raw(inputs, subs[0]), subs[1])[0])]
+
+        return run
+
     def rules(self, node, graph, profile):
         from ..rules import pool_rules
 

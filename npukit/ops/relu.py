@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import OpDef
+from .base import OpDef, with_tail
 
 
 class ReLU(OpDef):
@@ -20,6 +20,12 @@ class ReLU(OpDef):
 
     def compile(self, node, graph):
         return lambda inputs, scratch: [np.maximum(inputs[0], 0)]  # elementwise: any axis order, any exact carrier
+
+    def compile_after(self, prev, node, graph):
+        """A ReLU after a conv or linear: folded into the requantisation's clip bounds (`_compiled_tail`)."""
+        from . import get_op
+
+        return with_tail(get_op(prev.op).compile_untailed(prev, graph, relu=True))
 
     def to_c(self, node, b):
         n = int(np.prod(b.graph.tensors[node.inputs[0]].shape))
