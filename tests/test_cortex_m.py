@@ -83,6 +83,9 @@ def test_kat_passes_on_cortex_m4(projects, case):
     assert sizes["data_bytes"] + sizes["bss_bytes"] == sizes["ram_bytes"] == sizes["arena_bytes"] + sizes["ram_overhead_bytes"]
     assert 0 < sizes["code_bytes"] < 64 << 10  # kernels + startup + newlib-nano printf
     assert 0 <= sizes["ram_overhead_bytes"] < 4 << 10
+    # the runtime keeps no state between calls: its only RAM is the arena (and the stack during a call)
+    assert sizes["runtime_static_bytes"] == 0
+    assert sizes["harness_static_bytes"] == sizes["ram_overhead_bytes"]
     print(f"flash {sizes['flash_bytes']} B = code {sizes['code_bytes']} + weights {sizes['weight_bytes']}; "
           f"RAM {sizes['ram_bytes']} B = arena {sizes['arena_bytes']} + overhead {sizes['ram_overhead_bytes']}")
 

@@ -146,7 +146,9 @@ def size_report(elf: str | Path) -> dict[str, int]:
     pairs for the DSP path (`codegen.dsp1d_weights`: about twice the bytes); code_bytes = flash_bytes - weight_bytes (kernels, model.c, kernel
     parameter structs, the KAT vectors, startup, newlib-nano's printf and semihosting). ram_bytes =
     data_bytes + bss_bytes (static RAM; the stack and heap are not counted); arena_bytes: the activation
-    arena, part of bss; ram_overhead_bytes = ram_bytes - arena_bytes.
+    arena, part of bss; ram_overhead_bytes = ram_bytes - arena_bytes, of which runtime_static_bytes is the
+    runtime's own (kernels, model.c: none today, every parameter is const) and harness_static_bytes the
+    rest (newlib-nano's printf and semihosting state for the KAT's output, not part of an inference).
     """
     elf = Path(elf)
     sections = _sections(elf)
@@ -161,12 +163,15 @@ def size_report(elf: str | Path) -> dict[str, int]:
         raise NpukitError(f"{elf}: no symbol {ARENA_SYMBOL} (not a npukit KAT, or stripped)")
     arena = symbols[ARENA_SYMBOL]
     ram = data + bss
+    runtime_static = sum(size for name, size in _symbols(elf, "dbgs").items()
+                         if name != ARENA_SYMBOL and (name.startswith(("nk_", "npukit_")) or RUNTIME_PARAMS.match(name)))
     # The runtime proper: the kernels and the model's entry point with its parameter structs (what a
     # firmware links), as opposed to the KAT harness (printf, semihosting, startup).
     runtime = sum(size for name, size in _symbols(elf, "rdbgst").items()
                   if name.startswith("nk_") or name == "npukit_run" or RUNTIME_PARAMS.match(name))
     return {"flash_bytes": flash, "code_bytes": flash - weights, "weight_bytes": weights, "ram_bytes": ram,
             "data_bytes": data, "bss_bytes": bss, "arena_bytes": arena, "ram_overhead_bytes": ram - arena,
+            "runtime_static_bytes": runtime_static, "harness_static_bytes": ram - arena - runtime_static,
             "runtime_code_bytes": runtime}
 
 
