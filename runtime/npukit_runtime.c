@@ -1918,6 +1918,12 @@ static int input_in_range(const npukit_tensor_t *t, const uint8_t *in)
     return 1;
 }
 
+/* The trace hook (NPUKIT_TRACE): the invoke loop below takes it as TRACE_ARGS and calls it through TRACE. */
+#if NPUKIT_TRACE
+#define TRACE_PARAMS , npukit_trace_fn trace, void *user
+#define TRACE_ARGS(trace, user) , trace, user
+#define TRACE(t) trace_tensor(m, a, (t), trace, user)
+
 static void trace_tensor(const npukit_model_t *m, const uint8_t *a, uint32_t t, npukit_trace_fn trace, void *user)
 {
     const npukit_tensor_t *v = &m->tensors[t];
@@ -1925,14 +1931,16 @@ static void trace_tensor(const npukit_model_t *m, const uint8_t *a, uint32_t t, 
         trace(user, (const char *)(m->bin + v->name_at), v->name_len, a + v->offset, v->nbytes);
     }
 }
+#else
+#define TRACE_PARAMS
+#define TRACE_ARGS(trace, user)
+#define TRACE(t) ((void)0)
+#endif
 
-int npukit_invoke(const npukit_model_t *m, void *arena, size_t arena_len, const void *in, void *out)
-{
-    return npukit_invoke_traced(m, arena, arena_len, in, out, NULL, NULL);
-}
+static int invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, const void *const *ins, void *const *outs
+                     TRACE_PARAMS);
 
-int npukit_invoke_traced(const npukit_model_t *m, void *arena, size_t arena_len, const void *in, void *out,
-                         npukit_trace_fn trace, void *user)
+static int invoke(const npukit_model_t *m, void *arena, size_t arena_len, const void *in, void *out TRACE_PARAMS)
 {
     const void *ins[1];
     void *outs[1];
@@ -1947,17 +1955,36 @@ int npukit_invoke_traced(const npukit_model_t *m, void *arena, size_t arena_len,
     if (m->n_inputs != 1 || m->n_outputs != 1) {
         return NPUKIT_E_IO; /* one buffer cannot hold several tensors: the caller must say where each goes */
     }
-    return npukit_invoke_io_traced(m, arena, arena_len, ins, outs, trace, user);
+    return invoke_io(m, arena, arena_len, ins, outs TRACE_ARGS(trace, user));
+}
+
+int npukit_invoke(const npukit_model_t *m, void *arena, size_t arena_len, const void *in, void *out)
+{
+    return invoke(m, arena, arena_len, in, out TRACE_ARGS(NULL, NULL));
 }
 
 int npukit_invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, const void *const *ins,
                      void *const *outs)
 {
-    return npukit_invoke_io_traced(m, arena, arena_len, ins, outs, NULL, NULL);
+    return invoke_io(m, arena, arena_len, ins, outs TRACE_ARGS(NULL, NULL));
+}
+
+#if NPUKIT_TRACE
+int npukit_invoke_traced(const npukit_model_t *m, void *arena, size_t arena_len, const void *in, void *out,
+                         npukit_trace_fn trace, void *user)
+{
+    return invoke(m, arena, arena_len, in, out, trace, user);
 }
 
 int npukit_invoke_io_traced(const npukit_model_t *m, void *arena, size_t arena_len, const void *const *ins,
                             void *const *outs, npukit_trace_fn trace, void *user)
+{
+    return invoke_io(m, arena, arena_len, ins, outs, trace, user);
+}
+#endif
+
+static int invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, const void *const *ins, void *const *outs
+                     TRACE_PARAMS)
 {
     uint8_t *a = (uint8_t *)arena;
     uint32_t i;
@@ -1986,7 +2013,7 @@ int npukit_invoke_io_traced(const npukit_model_t *m, void *arena, size_t arena_l
         memcpy(a + m->tensors[m->inputs[i]].offset, ins[i], m->tensors[m->inputs[i]].nbytes);
     }
     for (i = 0; i < m->n_inputs; i++) {
-        trace_tensor(m, a, m->inputs[i], trace, user);
+        TRACE(m->inputs[i]);
     }
     for (i = 0; i < m->n_ops; i++) {
         const npukit_op_t *op = &m->ops[i];
@@ -2056,7 +2083,7 @@ int npukit_invoke_io_traced(const npukit_model_t *m, void *arena, size_t arena_l
             }
             break;
         }
-        trace_tensor(m, a, op->out, trace, user);
+        TRACE(op->out);
     }
     for (i = 0; i < m->n_outputs; i++) {
         memcpy(outs[i], a + m->tensors[m->outputs[i]].offset, m->tensors[m->outputs[i]].nbytes);

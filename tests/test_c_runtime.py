@@ -240,6 +240,42 @@ def test_a_build_with_only_the_models_ops(runner, demo, tmp_path):
     _assert_matches_engine(runner, other, other.quantize_input(x.numpy()), tmp_path)
 
 
+def test_the_trace_hook_is_a_build_option(demo, tmp_path):
+    """NPUKIT_TRACE: off by default (firmware links no trace hook: the traced entry points are not declared or
+    defined, and npukit-run refuses --dump but runs the model); on, --dump prints one line per tensor."""
+    graph, q = demo
+    model = tmp_path / "model.bin"
+    model.write_bytes(T.pack(graph))
+    (tmp_path / "input.bin").write_bytes(np.ascontiguousarray(q[:2]).tobytes())
+    sources = [str(T.RUNTIME / "npukit_run.c"), str(T.RUNTIME / "npukit_runtime.c"),
+               *map(str, sorted(T.KERNELS.glob("nk_*.c")))]
+    outs = {}
+    for trace in (None, "-DNPUKIT_TRACE=1"):
+        exe = tmp_path / f"run{bool(trace)}"
+        subprocess.run([CC, *T.STRICT, "-O1", *([trace] if trace else []), f"-I{T.KERNELS}", f"-I{T.RUNTIME}",
+                        "-o", str(exe), *sources], check=True)
+        symbols = subprocess.run(["nm", str(exe)], capture_output=True, text=True, check=True).stdout
+        assert ("npukit_invoke_io_traced" in symbols) == bool(trace)
+        args = [str(model), str(tmp_path / "input.bin"), str(tmp_path / f"out{bool(trace)}.bin")]
+        dump = subprocess.run([str(exe), "--dump", *args], capture_output=True, text=True)
+        plain = subprocess.run([str(exe), *args], capture_output=True, text=True)
+        assert plain.returncode == 0, plain.stderr
+        outs[bool(trace)] = (tmp_path / f"out{bool(trace)}.bin").read_bytes()
+        if trace:
+            lines = dump.stdout.splitlines()
+            assert dump.returncode == 0 and len(lines) == 2 * (1 + len(graph.nodes)), dump.stderr
+            assert all(line.startswith("npukit-dump ") for line in lines)
+        else:
+            assert dump.returncode == 1 and "NPUKIT_TRACE" in dump.stderr and not dump.stdout
+    assert outs[False] == outs[True] == np.ascontiguousarray(npukit.run(graph, q[:2])[0]).tobytes()
+    firmware = tmp_path / "fw.c"
+    firmware.write_text('#include "npukit_runtime.h"\nint f(const npukit_model_t *m, void *a)\n'
+                        "{ return npukit_invoke_traced(m, a, 0, a, a, 0, 0); }\n")
+    res = subprocess.run([CC, *T.STRICT, f"-I{T.KERNELS}", f"-I{T.RUNTIME}", "-c", "-o", str(tmp_path / "fw.o"),
+                          str(firmware)], capture_output=True, text=True)
+    assert res.returncode != 0 and "npukit_invoke_traced" in res.stderr
+
+
 def test_strerror_has_one_line_per_status(tmp_path):
     """npukit_strerror walks one NUL-separated array (kept out of firmware that never calls it): each status
     0 to -17 its own message, the rest one default."""
