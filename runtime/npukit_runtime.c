@@ -585,18 +585,23 @@ static int read_io(ctx_t *x)
 /* ------------------------------------------------------------------------------------------------ */
 /* Ops: records */
 
-typedef struct {
-    uint32_t op;                /* op name (string index) */
-    uint32_t n_in, n_out, n_attr, n_param;
-    size_t io;                  /* the tensor list */
-    size_t attrs, params;       /* the first attribute and parameter records */
-} view_t;
+/* The attribute keys the runtime reads, in the order of the schema table (OPS: each op's keys are one run
+ * of this list), with their names in KEYS (NUL-separated) and kinds and minimums in KEY_INFO. */
+enum {
+    K_OUTPUT_PADDING, K_W_BITS, K_W_EXP, K_B_EXP, K_WIDE, K_BIAS_SHIFT, K_OUT_SHIFT, K_ACT_MIN, K_ACT_MAX, K_ABS,
+    K_CLAMP, K_ACC_BITS, K_ROUNDING, K_RELU, K_GROUPS, K_DILATION, K_NDIM, K_STRIDE, K_PADDING, K_KERNEL,
+    K_AXIS, K_START, K_STOP, K_KEEPDIM, K_SHAPE, K_FN, K_SCALE, K_PADS, K_VALUE, N_KEYS
+};
+static const char KEYS[] = "output_padding\0w_bits\0w_exp\0b_exp\0wide\0bias_shift\0out_shift\0act_min\0act_max\0"
+                           "abs\0clamp\0acc_bits\0rounding\0relu\0groups\0dilation\0ndim\0stride\0padding\0kernel\0"
+                           "axis\0start\0stop\0keepdim\0shape\0fn\0scale\0pads\0value";
+enum { P_WEIGHT, P_BIAS, P_TABLE, N_PARAMS };
+static const char PARAMS[] = "weight\0bias\0table";
 
 typedef struct {
-    int found;
-    uint32_t kind;              /* A_* */
-    uint32_t count, width;      /* int: 1 value; list: count values; width bytes each */
-    size_t val;                 /* file offset of the first value (bool: the byte; str: the index) */
+    uint32_t val;               /* file offset of the first value (bool: the byte; str: the index) */
+    uint8_t found, kind;        /* kind: A_* */
+    uint8_t count, width;       /* int: 1 value; list: count values; width bytes each */
 } attr_t;
 
 typedef struct {
@@ -605,6 +610,19 @@ typedef struct {
     uint64_t count;             /* at most 8 * weights bytes / bits (the reader checks it) */
     size_t data, dims;          /* file offsets */
 } param_t;
+
+/* An op record, with its attributes and parameters found by key once (bind). */
+typedef struct {
+    uint32_t op;                /* op name (string index) */
+    uint32_t n_in, n_out, n_attr, n_param;
+    size_t io;                  /* the tensor list */
+    size_t attrs, params;       /* the first attribute and parameter records */
+    attr_t a[N_KEYS];           /* by K_*: found 0 where the op has no such attribute */
+    int64_t first[N_KEYS];      /* the first value of each int, bool or non-empty list attribute */
+    param_t p[N_PARAMS];        /* by P_* */
+} view_t;
+
+#define V(key) (v->first[key])  /* the first value of an attribute the schema checks made sure of */
 
 /* Bytes of an attribute record at p, given that it was validated. */
 static size_t attr_size(const uint8_t *p)
@@ -627,56 +645,17 @@ static size_t param_size(const uint8_t *p)
     return PARAM_REC + 4 * (size_t)p[4];
 }
 
-static void view(const ctx_t *x, size_t io, view_t *v)
-{
-    uint32_t k;
-    v->op = rd16(x->d + io - 8);
-    v->n_in = x->d[io - 4];
-    v->n_out = x->d[io - 3];
-    v->n_attr = x->d[io - 2];
-    v->n_param = x->d[io - 1];
-    v->io = io;
-    v->attrs = io + 2 * (size_t)(v->n_in + v->n_out);
-    v->params = v->attrs;
-    for (k = 0; k < v->n_attr; k++) {
-        v->params += attr_size(x->d + v->params);
-    }
-}
-
 static uint32_t v_tensor(const ctx_t *x, const view_t *v, uint32_t k)
 {
     INVARIANT(k < v->n_in + v->n_out);
     return rd16(x->d + v->io + 2 * (size_t)k);
 }
 
-static int find_attr(const ctx_t *x, const view_t *v, const char *key, attr_t *a)
+/* A string attribute's bytes. */
+static const uint8_t *attr_str(const ctx_t *x, const attr_t *a, size_t *len)
 {
-    size_t pos = v->attrs;
-    uint32_t k;
-    a->found = 0;
-    for (k = 0; k < v->n_attr; k++, pos += attr_size(x->d + pos)) {
-        const uint32_t t = x->d[pos + 2];
-        if (!str_is(x, rd16(x->d + pos), key)) {
-            continue;
-        }
-        a->found = 1;
-        a->width = 1u << (t & 3u);
-        a->count = 1;
-        a->val = pos + 3;
-        if (t == 0x01) {
-            a->kind = A_BOOL;
-        } else if (t == 0x30) {
-            a->kind = A_STR;
-        } else if ((t & 0xF0) == 0x10) {
-            a->kind = A_INT;
-        } else {
-            a->kind = A_LIST;
-            a->count = x->d[pos + 3];
-            a->val = pos + 4;
-        }
-        return 1;
-    }
-    return 0;
+    INVARIANT(a->found && a->kind == A_STR);
+    return str(x, rd16(x->d + a->val), len);
 }
 
 /* Value k of an attribute the schema checks guarantee (a bool reads as 0 or 1). */
@@ -689,42 +668,82 @@ static int64_t attr_int(const ctx_t *x, const attr_t *a, uint32_t k)
     return le_int(x->d + a->val + (size_t)k * a->width, a->width);
 }
 
-/* The first value of an attribute the schema checks made sure of (find_attr, then attr_int). */
-static int64_t attr_value(const ctx_t *x, const view_t *v, const char *key)
+/* The id of string `name` in a NUL-separated list of n names, or n. */
+static uint32_t lookup(const ctx_t *x, uint32_t name, const char *list, uint32_t n)
 {
-    attr_t a;
-    find_attr(x, v, key, &a);
-    return attr_int(x, &a, 0);
+    uint32_t id;
+    for (id = 0; id < n && !str_is(x, name, list); id++) {
+        list += strlen(list) + 1;
+    }
+    return id;
 }
 
-/* A string attribute's bytes. */
-static const uint8_t *attr_str(const ctx_t *x, const attr_t *a, size_t *len)
+/* Finds the op's attributes by key (the reader refuses a repeated key) and sets v->params past them. */
+static void bind_attrs(const ctx_t *x, view_t *v)
 {
-    INVARIANT(a->found && a->kind == A_STR);
-    return str(x, rd16(x->d + a->val), len);
-}
-
-static int find_param(const ctx_t *x, const view_t *v, const char *name, param_t *p)
-{
-    size_t pos = v->params;
+    size_t pos = v->attrs;
     uint32_t k;
-    p->found = 0;
-    for (k = 0; k < v->n_param; k++, pos += param_size(x->d + pos)) {
-        if (str_is(x, rd16(x->d + pos), name)) {
-            uint32_t j;
-            p->found = 1;
-            p->bits = x->d[pos + 2];
-            p->rank = x->d[pos + 4];
-            p->data = x->off[S_WEIGHTS] + rd32(x->d + pos + 5);
-            p->dims = pos + PARAM_REC;
-            p->count = 1;
-            for (j = 0; j < p->rank; j++) {
-                p->count *= rd32(x->d + p->dims + 4 * (size_t)j);
-            }
-            return 1;
+    memset(v->a, 0, sizeof v->a);
+    memset(v->first, 0, sizeof v->first);
+    for (k = 0; k < v->n_attr; k++, pos += attr_size(x->d + pos)) {
+        const uint32_t t = x->d[pos + 2], id = lookup(x, rd16(x->d + pos), KEYS, N_KEYS);
+        attr_t *a;
+        if (id == N_KEYS) {
+            continue;
+        }
+        a = &v->a[id];
+        a->found = 1;
+        a->width = (uint8_t)(1u << (t & 3u));
+        a->count = 1;
+        a->val = (uint32_t)pos + 3;
+        if (t == 0x01) {
+            a->kind = A_BOOL;
+        } else if (t == 0x30) {
+            a->kind = A_STR;
+        } else if ((t & 0xF0) == 0x10) {
+            a->kind = A_INT;
+        } else {
+            a->kind = A_LIST;
+            a->count = x->d[pos + 3];
+            a->val = (uint32_t)pos + 4;
+        }
+        if (a->kind != A_STR && a->count > 0) {
+            v->first[id] = attr_int(x, a, 0);
         }
     }
-    return 0;
+    v->params = pos;
+}
+
+/* An op record whose fields the reader checked, at `io` (its tensor list), with attributes and params bound. */
+static void view(const ctx_t *x, size_t io, view_t *v)
+{
+    size_t pos;
+    uint32_t k, j;
+    v->op = rd16(x->d + io - 8);
+    v->n_in = x->d[io - 4];
+    v->n_out = x->d[io - 3];
+    v->n_attr = x->d[io - 2];
+    v->n_param = x->d[io - 1];
+    v->io = io;
+    v->attrs = io + 2 * (size_t)(v->n_in + v->n_out);
+    bind_attrs(x, v);
+    memset(v->p, 0, sizeof v->p);
+    for (k = 0, pos = v->params; k < v->n_param; k++, pos += param_size(x->d + pos)) {
+        const uint32_t id = lookup(x, rd16(x->d + pos), PARAMS, N_PARAMS);
+        param_t *p = &v->p[id];
+        if (id == N_PARAMS) {
+            continue;
+        }
+        p->found = 1;
+        p->bits = x->d[pos + 2];
+        p->rank = x->d[pos + 4];
+        p->data = x->off[S_WEIGHTS] + rd32(x->d + pos + 5);
+        p->dims = pos + PARAM_REC;
+        p->count = 1;
+        for (j = 0; j < p->rank; j++) {
+            p->count *= rd32(x->d + p->dims + 4 * (size_t)j);
+        }
+    }
 }
 
 static uint32_t p_dim(const ctx_t *x, const param_t *p, uint32_t k)
@@ -762,7 +781,7 @@ static int read_param(const ctx_t *x, cur_t *c, const view_t *v)
     uint32_t name, bits, dtype_bits, offset, k;
     size_t at, dims_at;
     uint64_t elems, nbytes;
-    attr_t wb;
+    const attr_t *wb = &v->a[K_W_BITS];
     int ok = 0;
     TRY(take(c, PARAM_REC, &at));
     name = rd16(x->d + at);
@@ -779,8 +798,7 @@ static int read_param(const ctx_t *x, cur_t *c, const view_t *v)
         return NPUKIT_E_VALUE;
     }
     /* a weight is stored at its op's w_bits (any other type of w_bits differs from every width) */
-    if (str_is(x, name, "weight") && find_attr(x, v, "w_bits", &wb)
-        && (wb.kind != A_INT || attr_int(x, &wb, 0) != (int64_t)bits)) {
+    if (str_is(x, name, "weight") && wb->found && (wb->kind != A_INT || V(K_W_BITS) != (int64_t)bits)) {
         return NPUKIT_E_VALUE;
     }
     TRY(dims(c, x->d[at + 4], 8 * w_size / bits, &elems, &dims_at));
@@ -831,7 +849,7 @@ static int read_op(ctx_t *x, cur_t *c, uint32_t i)
         }
     }
     v.n_attr = counts[2];
-    v.params = c->pos;
+    bind_attrs(x, &v); /* sets v.params: c->pos */
     for (k = 0; k < counts[3]; k++) {
         at = c->pos;
         TRY(read_param(x, c, &v));
@@ -874,105 +892,93 @@ static int read_ops(ctx_t *x)
 /* ------------------------------------------------------------------------------------------------ */
 /* Ops: the schema of each op (npukit/ops: OpDef.attrs, attr_min, params, arity, passes_through) */
 
+/* Each key's kind (bits 0-1) and the smallest value of an int or of each list element (bits 2-3: none,
+ * 0 or 1 as 0, 1, 2), in K_* order. */
+#define KIND_MIN(kind, min) ((kind) | ((min) + 1) << 2)
 #define NO_MIN (-1)
+static const uint8_t KEY_INFO[N_KEYS] = {
+    KIND_MIN(A_LIST, 0),                                                         /* output_padding */
+    KIND_MIN(A_INT, NO_MIN), KIND_MIN(A_INT, NO_MIN), KIND_MIN(A_INT, NO_MIN),   /* w_bits w_exp b_exp */
+    KIND_MIN(A_BOOL, NO_MIN), KIND_MIN(A_INT, NO_MIN), KIND_MIN(A_INT, NO_MIN),  /* wide bias_shift out_shift */
+    KIND_MIN(A_INT, NO_MIN), KIND_MIN(A_INT, NO_MIN), KIND_MIN(A_BOOL, NO_MIN),  /* act_min act_max abs */
+    KIND_MIN(A_BOOL, NO_MIN), KIND_MIN(A_INT, NO_MIN), KIND_MIN(A_STR, NO_MIN),  /* clamp acc_bits rounding */
+    KIND_MIN(A_BOOL, NO_MIN), KIND_MIN(A_INT, 1), KIND_MIN(A_LIST, 1),           /* relu groups dilation */
+    KIND_MIN(A_INT, 1), KIND_MIN(A_LIST, 1), KIND_MIN(A_LIST, 0),                /* ndim stride padding */
+    KIND_MIN(A_LIST, 1), KIND_MIN(A_INT, 0), KIND_MIN(A_INT, 0),                 /* kernel axis start */
+    KIND_MIN(A_INT, 1), KIND_MIN(A_BOOL, NO_MIN), KIND_MIN(A_LIST, 1),           /* stop keepdim shape */
+    KIND_MIN(A_STR, NO_MIN), KIND_MIN(A_LIST, 1), KIND_MIN(A_LIST, 0),           /* fn scale pads */
+    KIND_MIN(A_INT, NO_MIN)};                                                    /* value */
+
+/* The op names, NUL-separated, in NPUKIT_OP_* order (kinds 1, 2, ...). */
+static const char OP_NAMES[] = "conv\0linear\0maxpool\0avgpool\0global_avgpool\0add\0concat\0relu\0reshape\0lut\0"
+                               "mul\0upsample\0slice\0conv_transpose\0pad";
+#define N_OPS 15
+
+/* npukit/ops: OpDef.attrs (the keys first .. first + n - 1 of K_*), arity, params, passes_through. */
 typedef struct {
-    const char *key;
-    uint8_t kind;
-    int8_t min;                 /* smallest value of an int or of each list element, or NO_MIN */
-} aspec_t;
-
-static const aspec_t MAC_ATTRS[] = {
-    {"w_bits", A_INT, NO_MIN},     {"w_exp", A_INT, NO_MIN},     {"b_exp", A_INT, NO_MIN},
-    {"relu", A_BOOL, NO_MIN},      {"wide", A_BOOL, NO_MIN},     {"bias_shift", A_INT, NO_MIN},
-    {"out_shift", A_INT, NO_MIN},  {"act_min", A_INT, NO_MIN},   {"act_max", A_INT, NO_MIN},
-    {"abs", A_BOOL, NO_MIN},       {"clamp", A_BOOL, NO_MIN},    {"acc_bits", A_INT, NO_MIN},
-    {"rounding", A_STR, NO_MIN}};
-static const aspec_t CONV_ATTRS[] = {
-    {"ndim", A_INT, 1}, {"stride", A_LIST, 1}, {"padding", A_LIST, 0}, {"dilation", A_LIST, 1}, {"groups", A_INT, 1}};
-static const aspec_t CONVT_ATTRS[] = {{"ndim", A_INT, 1}, {"stride", A_LIST, 1}, {"padding", A_LIST, 0},
-                                      {"dilation", A_LIST, 1}, {"groups", A_INT, 1}, {"output_padding", A_LIST, 0}};
-static const aspec_t WINDOW_ATTRS[] = {{"ndim", A_INT, 1}, {"kernel", A_LIST, 1}, {"stride", A_LIST, 1}, {"padding", A_LIST, 0}};
-static const aspec_t GAP_ATTRS[] = {{"keepdim", A_BOOL, NO_MIN}};
-static const aspec_t ADD_ATTRS[] = {{"relu", A_BOOL, NO_MIN}};
-static const aspec_t CONCAT_ATTRS[] = {{"axis", A_INT, 0}};
-static const aspec_t RESHAPE_ATTRS[] = {{"shape", A_LIST, 1}};
-static const aspec_t LUT_ATTRS[] = {{"fn", A_STR, NO_MIN}};
-static const aspec_t UPSAMPLE_ATTRS[] = {{"scale", A_LIST, 1}};
-static const aspec_t SLICE_ATTRS[] = {{"axis", A_INT, 0}, {"start", A_INT, 0}, {"stop", A_INT, 1}};
-static const aspec_t PAD_ATTRS[] = {{"pads", A_LIST, 0}, {"value", A_INT, NO_MIN}};
-
-#define N_OF(a) ((uint8_t)(sizeof(a) / sizeof((a)[0])))
-
-typedef struct {
-    const char *name;
-    uint8_t kind, min_in, max_in; /* max_in 0: any number of inputs */
-    const aspec_t *attrs, *more;
-    uint8_t n_attrs, n_more;
+    uint8_t kind, first, n;
+    uint8_t min_in, max_in;     /* max_in 0: any number of inputs */
     uint8_t mac, passes_through;
 } opdef_t;
 
-static const opdef_t OPS[] = {
-    {"conv", NPUKIT_OP_CONV, 1, 1, MAC_ATTRS, CONV_ATTRS, N_OF(MAC_ATTRS), N_OF(CONV_ATTRS), 1, 0},
-    {"linear", NPUKIT_OP_LINEAR, 1, 1, MAC_ATTRS, NULL, N_OF(MAC_ATTRS), 0, 1, 0},
-    {"conv_transpose", NPUKIT_OP_CONV_TRANSPOSE, 1, 1, MAC_ATTRS, CONVT_ATTRS, N_OF(MAC_ATTRS), N_OF(CONVT_ATTRS), 1, 0},
-    {"maxpool", NPUKIT_OP_MAXPOOL, 1, 1, WINDOW_ATTRS, NULL, N_OF(WINDOW_ATTRS), 0, 0, 1},
-    {"avgpool", NPUKIT_OP_AVGPOOL, 1, 1, WINDOW_ATTRS, NULL, N_OF(WINDOW_ATTRS), 0, 0, 1},
-    {"global_avgpool", NPUKIT_OP_GLOBAL_AVGPOOL, 1, 1, GAP_ATTRS, NULL, N_OF(GAP_ATTRS), 0, 0, 1},
-    {"add", NPUKIT_OP_ADD, 2, 0, ADD_ATTRS, NULL, N_OF(ADD_ATTRS), 0, 0, 0},
-    {"concat", NPUKIT_OP_CONCAT, 1, 0, CONCAT_ATTRS, NULL, N_OF(CONCAT_ATTRS), 0, 0, 0},
-    {"relu", NPUKIT_OP_RELU, 1, 1, NULL, NULL, 0, 0, 0, 1},
-    {"reshape", NPUKIT_OP_RESHAPE, 1, 1, RESHAPE_ATTRS, NULL, N_OF(RESHAPE_ATTRS), 0, 0, 1},
-    {"lut", NPUKIT_OP_LUT, 1, 1, LUT_ATTRS, NULL, N_OF(LUT_ATTRS), 0, 0, 0},
-    {"mul", NPUKIT_OP_MUL, 2, 2, ADD_ATTRS, NULL, N_OF(ADD_ATTRS), 0, 0, 0},
-    {"upsample", NPUKIT_OP_UPSAMPLE, 1, 1, UPSAMPLE_ATTRS, NULL, N_OF(UPSAMPLE_ATTRS), 0, 0, 1},
-    {"slice", NPUKIT_OP_SLICE, 1, 1, SLICE_ATTRS, NULL, N_OF(SLICE_ATTRS), 0, 0, 1},
-    {"pad", NPUKIT_OP_PAD, 1, 1, PAD_ATTRS, NULL, N_OF(PAD_ATTRS), 0, 0, 1},
+static const opdef_t OPS[N_OPS] = {
+    {NPUKIT_OP_CONV, K_W_BITS, K_KERNEL - K_W_BITS, 1, 1, 1, 0},                 /* the MAC keys, groups .. padding */
+    {NPUKIT_OP_LINEAR, K_W_BITS, K_GROUPS - K_W_BITS, 1, 1, 1, 0},               /* the MAC keys (w_bits .. relu) */
+    {NPUKIT_OP_MAXPOOL, K_NDIM, 4, 1, 1, 0, 1},                                  /* ndim stride padding kernel */
+    {NPUKIT_OP_AVGPOOL, K_NDIM, 4, 1, 1, 0, 1},
+    {NPUKIT_OP_GLOBAL_AVGPOOL, K_KEEPDIM, 1, 1, 1, 0, 1},
+    {NPUKIT_OP_ADD, K_RELU, 1, 2, 0, 0, 0},
+    {NPUKIT_OP_CONCAT, K_AXIS, 1, 1, 0, 0, 0},
+    {NPUKIT_OP_RELU, 0, 0, 1, 1, 0, 1},
+    {NPUKIT_OP_RESHAPE, K_SHAPE, 1, 1, 1, 0, 1},
+    {NPUKIT_OP_LUT, K_FN, 1, 1, 1, 0, 0},
+    {NPUKIT_OP_MUL, K_RELU, 1, 2, 2, 0, 0},
+    {NPUKIT_OP_UPSAMPLE, K_SCALE, 1, 1, 1, 0, 1},
+    {NPUKIT_OP_SLICE, K_AXIS, 3, 1, 1, 0, 1},                                    /* axis start stop */
+    {NPUKIT_OP_CONV_TRANSPOSE, K_OUTPUT_PADDING, K_KERNEL, 1, 1, 1, 0},          /* output_padding, conv's keys */
+    {NPUKIT_OP_PAD, K_PADS, 2, 1, 1, 0, 1},                                      /* pads value */
 };
 
 static const opdef_t *op_def(const ctx_t *x, uint32_t name)
 {
-    size_t k;
-    for (k = 0; k < sizeof OPS / sizeof OPS[0]; k++) {
-        if (str_is(x, name, OPS[k].name)) {
-            return &OPS[k];
-        }
-    }
-    return NULL;
+    const uint32_t k = lookup(x, name, OP_NAMES, N_OPS);
+    return k < N_OPS ? &OPS[k] : NULL;
 }
 
 /* The attributes and params an op's kernel reads, with their kinds and minimums (OpDef.check_node). */
 static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
 {
     uint32_t s, k;
-    for (s = 0; s < (uint32_t)def->n_attrs + def->n_more; s++) {
-        const aspec_t *spec = s < def->n_attrs ? &def->attrs[s] : &def->more[s - def->n_attrs];
-        attr_t a;
-        if (!find_attr(x, v, spec->key, &a) || a.kind != spec->kind) {
+    for (s = def->first; s < (uint32_t)def->first + def->n; s++) {
+        const attr_t *a = &v->a[s];
+        const int min = (KEY_INFO[s] >> 2) - 1;
+        if (!a->found || a->kind != (KEY_INFO[s] & 3u)) {
             return NPUKIT_E_GRAPH;
         }
-        for (k = 0; spec->min != NO_MIN && k < a.count; k++) {
-            if (attr_int(x, &a, k) < spec->min) {
+        for (k = 0; min != NO_MIN && k < a->count; k++) {
+            if (attr_int(x, a, k) < min) {
                 return NPUKIT_E_GRAPH;
             }
         }
     }
     if (IS(def, NPUKIT_OP_LUT)) {
-        param_t t;
-        return find_param(x, v, "table", &t) && t.rank == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
+        return v->p[P_TABLE].found && v->p[P_TABLE].rank == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
     }
     if (def->mac) {
         param_t w, b;
         attr_t a;
         int64_t rank = 2, v64;
-        if (!find_param(x, v, "bias", &b) || !find_param(x, v, "weight", &w)) {
+        b = v->p[P_BIAS];
+        w = v->p[P_WEIGHT];
+        if (!b.found || !w.found) {
             return NPUKIT_E_GRAPH;
         }
         /* _check_mac: w_bits, rounding, acc_bits, weight rank, bias shape (out,) */
-        v64 = attr_value(x, v, "w_bits");
+        v64 = V(K_W_BITS);
         if (v64 != 2 && v64 != 4 && v64 != 8 && v64 != 16) {
             return NPUKIT_E_GRAPH;
         }
-        find_attr(x, v, "rounding", &a);
+        a = v->a[K_ROUNDING];
         {
             size_t n;
             const uint8_t *p = attr_str(x, &a, &n);
@@ -980,19 +986,19 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
                 return NPUKIT_E_GRAPH;
             }
         }
-        v64 = attr_value(x, v, "acc_bits");
+        v64 = V(K_ACC_BITS);
         if (v64 < 2 || v64 > 62) {
             return NPUKIT_E_GRAPH;
         }
         if (IS(def, NPUKIT_OP_CONV_TRANSPOSE)) { /* weight (in, out, *kernel), bias (out,), groups 1 */
-            rank = attr_value(x, v, "ndim");
+            rank = V(K_NDIM);
             if ((int64_t)w.rank - 2 != rank || b.rank != 1 || p_dim(x, &b, 0) != p_dim(x, &w, 1)) {
                 return NPUKIT_E_GRAPH;
             }
-            return (rank == 1 || rank == 2) && attr_value(x, v, "groups") == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
+            return (rank == 1 || rank == 2) && V(K_GROUPS) == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
         }
         if (IS(def, NPUKIT_OP_CONV)) {
-            rank = attr_value(x, v, "ndim"); /* the weight is (out, in / groups, *kernel): rank ndim + 2 */
+            rank = V(K_NDIM); /* the weight is (out, in / groups, *kernel): rank ndim + 2 */
             if ((int64_t)w.rank - 2 != rank || b.rank != 1 || p_dim(x, &b, 0) != p_dim(x, &w, 0)) {
                 return NPUKIT_E_GRAPH;
             }
@@ -1028,11 +1034,11 @@ static int64_t window_out(uint32_t n, int64_t k, int64_t s, int64_t p, int64_t d
 
 /* conv, maxpool, avgpool: geometry lists of `nsp` entries, each value within NPUKIT_MAX_EXTENT (beyond, the
  * arithmetic below would need more than int64, and the kernels cannot run it anyway: NPUKIT_E_UNSUPPORTED). */
-static int geometry(const ctx_t *x, const view_t *v, const char *const keys[3], uint32_t nsp, attr_t a[3])
+static int geometry(const ctx_t *x, const view_t *v, const uint8_t keys[3], uint32_t nsp, attr_t a[3])
 {
     uint32_t i, k;
     for (i = 0; i < 3; i++) {
-        find_attr(x, v, keys[i], &a[i]);
+        a[i] = v->a[keys[i]];
         if (a[i].count != nsp) {
             return NPUKIT_E_GRAPH; /* zip(..., strict=True) */
         }
@@ -1049,18 +1055,18 @@ static int geometry(const ctx_t *x, const view_t *v, const char *const keys[3], 
 
 static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
 {
-    static const char *const KEYS[3] = {"stride", "padding", "dilation"};
+    static const uint8_t GEOMETRY[3] = {K_STRIDE, K_PADDING, K_DILATION};
     attr_t a[3];
     param_t w;
     uint32_t nsp, k;
     int64_t groups;
-    nsp = (uint32_t)attr_value(x, v, "ndim"); /* 1 or 2 (check_schema) */
-    find_param(x, v, "weight", &w);
+    nsp = (uint32_t)V(K_NDIM); /* 1 or 2 (check_schema) */
+    w = v->p[P_WEIGHT];
     if (t_rank(x, in) != nsp + 1) {
         return NPUKIT_E_GRAPH;
     }
-    TRY(geometry(x, v, KEYS, nsp, a));
-    groups = attr_value(x, v, "groups");
+    TRY(geometry(x, v, GEOMETRY, nsp, a));
+    groups = V(K_GROUPS);
     if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, &w, 1) * (uint64_t)groups != t_dim(x, in, 0)) {
         return NPUKIT_E_GRAPH; /* the input's channels are in / groups per group */
     }
@@ -1083,18 +1089,18 @@ static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out
 /* ConvTranspose.infer_shapes: out = (n - 1) * s - 2 * p + d * (k - 1) + output_padding + 1 per axis. */
 static int shape_conv_transpose(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
 {
-    static const char *const KEYS[3] = {"stride", "padding", "dilation"};
+    static const uint8_t GEOMETRY[3] = {K_STRIDE, K_PADDING, K_DILATION};
     attr_t a[3], g, op;
     param_t w;
     uint32_t nsp, k;
-    find_attr(x, v, "ndim", &g);
+    g = v->a[K_NDIM];
     nsp = (uint32_t)attr_int(x, &g, 0);
-    find_param(x, v, "weight", &w);
-    find_attr(x, v, "output_padding", &op);
+    w = v->p[P_WEIGHT];
+    op = v->a[K_OUTPUT_PADDING];
     if (t_rank(x, in) != nsp + 1 || t_rank(x, out) != nsp + 1 || op.count != nsp) {
         return NPUKIT_E_GRAPH;
     }
-    TRY(geometry(x, v, KEYS, nsp, a));
+    TRY(geometry(x, v, GEOMETRY, nsp, a));
     if (t_dim(x, in, 0) != p_dim(x, &w, 0) || t_dim(x, out, 0) != p_dim(x, &w, 1)) {
         return NPUKIT_E_GRAPH;
     }
@@ -1114,12 +1120,12 @@ static int shape_conv_transpose(const ctx_t *x, const view_t *v, uint32_t in, ui
 
 static int shape_pool(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
 {
-    static const char *const KEYS[3] = {"kernel", "stride", "padding"};
+    static const uint8_t GEOMETRY[3] = {K_KERNEL, K_STRIDE, K_PADDING};
     attr_t a[3];
     const uint32_t rank = t_rank(x, in);
     uint32_t k;
-    find_attr(x, v, "kernel", &a[0]);
-    find_attr(x, v, "padding", &a[2]);
+    a[0] = v->a[K_KERNEL];
+    a[2] = v->a[K_PADDING];
     if (rank < 1 || a[2].count != a[0].count) {
         return NPUKIT_E_GRAPH;
     }
@@ -1128,7 +1134,7 @@ static int shape_pool(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out
             return NPUKIT_E_GRAPH; /* padding at most half the window (2p > k, exactly) */
         }
     }
-    TRY(geometry(x, v, KEYS, rank - 1, a));
+    TRY(geometry(x, v, GEOMETRY, rank - 1, a));
     if (t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
         return NPUKIT_E_GRAPH;
     }
@@ -1148,7 +1154,7 @@ static int shape_concat(const ctx_t *x, const view_t *v, uint32_t out)
     uint64_t sum = 0;
     uint32_t i, k;
     int64_t axis;
-    axis = attr_value(x, v, "axis");
+    axis = V(K_AXIS);
     if (axis >= (int64_t)rank || t_rank(x, out) != rank) {
         return NPUKIT_E_GRAPH;
     }
@@ -1180,7 +1186,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     case ON(NPUKIT_OP_CONV_TRANSPOSE):
         return shape_conv_transpose(x, v, in, out);
     case ON(NPUKIT_OP_LINEAR):
-        find_param(x, v, "weight", &w);
+        w = v->p[P_WEIGHT];
         return t_rank(x, in) == 1 && t_dim(x, in, 0) == p_dim(x, &w, 1) && t_rank(x, out) == 1
                && t_dim(x, out, 0) == p_dim(x, &w, 0) ? NPUKIT_OK : NPUKIT_E_GRAPH;
     case ON(NPUKIT_OP_MAXPOOL):
@@ -1188,7 +1194,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         return shape_pool(x, v, in, out);
     case ON(NPUKIT_OP_GLOBAL_AVGPOOL): {
         const uint32_t rank = t_rank(x, in);
-        if (rank < 1 || t_rank(x, out) != (attr_value(x, v, "keepdim") ? rank : 1) || t_dim(x, out, 0) != t_dim(x, in, 0)) {
+        if (rank < 1 || t_rank(x, out) != (V(K_KEEPDIM) ? rank : 1) || t_dim(x, out, 0) != t_dim(x, in, 0)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 1; k < t_rank(x, out); k++) {
@@ -1213,9 +1219,9 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     case ON(NPUKIT_OP_SLICE): { /* Slice.infer_shapes: [start, stop) of one axis, the others as they are */
         const uint32_t rank = t_rank(x, in);
         int64_t axis, start, stop;
-        axis = attr_value(x, v, "axis");
-        start = attr_value(x, v, "start");
-        stop = attr_value(x, v, "stop");
+        axis = V(K_AXIS);
+        start = V(K_START);
+        stop = V(K_STOP);
         if (axis >= (int64_t)rank || t_rank(x, out) != rank || start >= stop || stop > (int64_t)t_dim(x, in, (uint32_t)axis)) {
             return NPUKIT_E_GRAPH;
         }
@@ -1228,7 +1234,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     case ON(NPUKIT_OP_PAD): { /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
         const uint32_t rank = t_rank(x, in);
-        find_attr(x, v, "pads", &a);
+        a = v->a[K_PADS];
         if ((rank != 2 && rank != 3) || a.count != 2 * (rank - 1) || t_rank(x, out) != rank ||
             t_dim(x, out, 0) != t_dim(x, in, 0)) {
             return NPUKIT_E_GRAPH;
@@ -1244,7 +1250,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     case ON(NPUKIT_OP_UPSAMPLE): { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
         const uint32_t rank = t_rank(x, in);
-        find_attr(x, v, "scale", &a);
+        a = v->a[K_SCALE];
         if ((rank != 2 && rank != 3) || a.count != rank - 1 || t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
             return NPUKIT_E_GRAPH;
         }
@@ -1274,7 +1280,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     default: { /* reshape: the target shape is the output's, with the input's element count */
         const uint32_t rank = t_rank(x, out);
-        find_attr(x, v, "shape", &a);
+        a = v->a[K_SHAPE];
         if (a.count != rank || m->tensors[in].elems != m->tensors[out].elems) {
             return NPUKIT_E_GRAPH;
         }
@@ -1301,7 +1307,7 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
         return NPUKIT_E_GRAPH; /* element-wise ops write activations, never accumulators */
     }
     if (IS(def, NPUKIT_OP_PAD)) { /* Pad.tensor_problems: the value padded in is one of the input's */
-        const int64_t value = attr_value(x, v, "value");
+        const int64_t value = V(K_VALUE);
         if (value > int_max(in->bits) || value < -int_max(in->bits) - 1) {
             return NPUKIT_E_GRAPH;
         }
@@ -1309,7 +1315,7 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
     if (IS(def, NPUKIT_OP_LUT)) { /* Lut.tensor_problems: one entry per input integer, in the output's range */
         param_t t;
         uint64_t i;
-        find_param(x, v, "table", &t);
+        t = v->p[P_TABLE];
         if (in->bits > 8 || p_dim(x, &t, 0) != (1u << in->bits)) {
             return NPUKIT_E_GRAPH;
         }
@@ -1336,18 +1342,18 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
         if (in->bits > 16) {
             return NPUKIT_E_GRAPH;
         }
-        e_acc = in->exp + attr_value(x, v, "w_exp"); /* |w_exp| <= EXP_LIMIT (validate_tensors) */
-        wide = (int)attr_value(x, v, "wide");
-        relu = (int)attr_value(x, v, "relu");
-        absolute = (int)attr_value(x, v, "abs");
-        clamp = (int)attr_value(x, v, "clamp");
+        e_acc = in->exp + V(K_W_EXP); /* |w_exp| <= EXP_LIMIT (validate_tensors) */
+        wide = (int)V(K_WIDE);
+        relu = (int)V(K_RELU);
+        absolute = (int)V(K_ABS);
+        clamp = (int)V(K_CLAMP);
         if (wide && out->exp != e_acc) {
             return NPUKIT_E_GRAPH;
         }
         hi = int_max(out->bits);
         lo = wide || !relu ? -hi - 1 : 0;
-        act_min = attr_value(x, v, "act_min");
-        act_max = attr_value(x, v, "act_max");
+        act_min = V(K_ACT_MIN);
+        act_max = V(K_ACT_MAX);
         narrowed = clamp && lo <= act_min && act_min <= act_max && act_max <= hi;
         if (!narrowed && (act_min != lo || act_max != hi || clamp)) {
             return NPUKIT_E_GRAPH;
@@ -1355,10 +1361,10 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
         if (absolute && wide) {
             return NPUKIT_E_GRAPH;
         }
-        if (attr_value(x, v, "bias_shift") != e_acc - attr_value(x, v, "b_exp")) {
+        if (V(K_BIAS_SHIFT) != e_acc - V(K_B_EXP)) {
             return NPUKIT_E_GRAPH;
         }
-        if (attr_value(x, v, "out_shift") != (wide ? 0 : e_acc - out->exp)) {
+        if (V(K_OUT_SHIFT) != (wide ? 0 : e_acc - out->exp)) {
             return NPUKIT_E_GRAPH;
         }
     }
@@ -1368,7 +1374,6 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
 /* Graph.validate's range checks: every tensor's bits and exponent, every w_exp / b_exp attribute. */
 static int validate_ranges(const ctx_t *x)
 {
-    static const char *const KEYS[2] = {"w_exp", "b_exp"};
     const npukit_model_t *m = x->m;
     uint32_t i, k;
     for (i = 0; i < m->n_tensors; i++) {
@@ -1378,18 +1383,20 @@ static int validate_ranges(const ctx_t *x)
         }
     }
     for (i = 0; i < m->n_ops; i++) {
-        view_t v;
-        view(x, m->ops[i].inputs, &v);
+        view_t vv;
+        const view_t *v = &vv;
+        view(x, m->ops[i].inputs, &vv);
         for (k = 0; k < 2; k++) {
             attr_t a;
             int64_t e;
-            if (!find_attr(x, &v, KEYS[k], &a)) {
+            a = v->a[k ? K_B_EXP : K_W_EXP];
+            if (!a.found) {
                 continue;
             }
             if (a.kind != A_INT && a.kind != A_BOOL) {
                 return NPUKIT_E_GRAPH; /* isinstance(v, int): a bool passes, as in Python */
             }
-            e = attr_int(x, &a, 0);
+            e = v->first[k ? K_B_EXP : K_W_EXP];
             if (e < -EXP_LIMIT || e > EXP_LIMIT) {
                 return NPUKIT_E_GRAPH;
             }
@@ -1404,15 +1411,16 @@ static int check_graph(ctx_t *x)
     uint32_t i, k;
     /* modelbin._check_graph: every known op's schema first, in op order */
     for (i = 0; i < m->n_ops; i++) {
-        view_t v;
+        view_t vv;
+        const view_t *v = &vv;
         const opdef_t *def;
-        view(x, m->ops[i].inputs, &v);
-        def = op_def(x, v.op);
+        view(x, m->ops[i].inputs, &vv);
+        def = op_def(x, v->op);
         if (def && !((NPUKIT_OPS) >> def->kind & 1u)) {
             return NPUKIT_E_UNSUPPORTED; /* an op this build leaves out (NPUKIT_OPS) */
         }
         if (def) {
-            TRY(check_schema(x, &v, def));
+            TRY(check_schema(x, v, def));
         }
     }
     /* then Graph.validate */
@@ -1421,30 +1429,31 @@ static int check_graph(ctx_t *x)
         x->defined[i] = x->role[i] & 1u;
     }
     for (i = 0; i < m->n_ops; i++) {
-        view_t v;
+        view_t vv;
+        const view_t *v = &vv;
         const opdef_t *def;
-        view(x, m->ops[i].inputs, &v);
-        def = op_def(x, v.op);
+        view(x, m->ops[i].inputs, &vv);
+        def = op_def(x, v->op);
         if (!def) {
             return NPUKIT_E_GRAPH; /* an unknown op */
         }
-        for (k = 0; k < v.n_in; k++) {
-            if (!x->defined[v_tensor(x, &v, k)]) {
+        for (k = 0; k < v->n_in; k++) {
+            if (!x->defined[v_tensor(x, v, k)]) {
                 return NPUKIT_E_GRAPH; /* read before it is written */
             }
         }
-        for (k = 0; k < v.n_out; k++) {
-            const uint32_t t = v_tensor(x, &v, v.n_in + k);
+        for (k = 0; k < v->n_out; k++) {
+            const uint32_t t = v_tensor(x, v, v->n_in + k);
             if (x->defined[t]) {
                 return NPUKIT_E_GRAPH; /* written twice */
             }
             x->defined[t] = 1;
         }
-        if (v.n_out != 1 || v.n_in < def->min_in || (def->max_in && v.n_in > def->max_in)) {
+        if (v->n_out != 1 || v->n_in < def->min_in || (def->max_in && v->n_in > def->max_in)) {
             return NPUKIT_E_GRAPH;
         }
-        TRY(shape_of(x, &v, def));
-        TRY(tensor_problems(x, &v, def));
+        TRY(shape_of(x, v, def));
+        TRY(tensor_problems(x, v, def));
     }
     for (i = 0; i < m->n_tensors; i++) {
         if ((x->role[i] & 2u) && !x->defined[i]) {
@@ -1480,8 +1489,8 @@ static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t 
     size_t n;
     const uint8_t *s;
     int64_t acc_bits;
-    find_param(x, v, "weight", &w);
-    find_param(x, v, "bias", &b);
+    w = v->p[P_WEIGHT];
+    b = v->p[P_BIAS];
     if (in->bits > 8 || !(out->bits <= 8 || (out->bits > 16 && out->bits <= 32)) || b.bits != 32
         || w.count > (uint32_t)INT32_MAX) {
         return NPUKIT_E_UNSUPPORTED; /* int8 inputs, int8 or int32 outputs, int32 biases */
@@ -1490,15 +1499,15 @@ static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t 
     op->bias = (const int32_t *)(const void *)(x->d + b.data); /* 4-aligned: bin, the section, the param */
     *w_bits = (int32_t)w.bits;
     *out_bytes = out->bits <= 8 ? 1 : 4;
-    rq->bias_shift = (int32_t)attr_value(x, v, "bias_shift"); /* tensor_problems bounds both shifts by 3 * EXP_LIMIT */
-    rq->out_shift = (int32_t)attr_value(x, v, "out_shift");
-    acc_bits = attr_value(x, v, "acc_bits");
+    rq->bias_shift = (int32_t)V(K_BIAS_SHIFT); /* tensor_problems bounds both shifts by 3 * EXP_LIMIT */
+    rq->out_shift = (int32_t)V(K_OUT_SHIFT);
+    acc_bits = V(K_ACC_BITS);
     rq->acc_max = int_max((uint32_t)acc_bits);
     rq->acc_min = -rq->acc_max - 1;
-    rq->act_min = (int32_t)attr_value(x, v, "act_min"); /* inside the output type: tensor_problems */
-    rq->act_max = (int32_t)attr_value(x, v, "act_max");
-    rq->abs = (int32_t)attr_value(x, v, "abs");
-    find_attr(x, v, "rounding", &a);
+    rq->act_min = (int32_t)V(K_ACT_MIN); /* inside the output type: tensor_problems */
+    rq->act_max = (int32_t)V(K_ACT_MAX);
+    rq->abs = (int32_t)V(K_ABS);
+    a = v->a[K_ROUNDING];
     s = attr_str(x, &a, &n);
     rq->rounding = (nk_rounding)rounding_mode(s, n);
     return NPUKIT_OK;
@@ -1538,13 +1547,13 @@ static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op)
     attr_t st, pad, dil;
     param_t w;
     int h;
-    find_attr(x, v, "stride", &st);
-    find_attr(x, v, "padding", &pad);
-    find_attr(x, v, "dilation", &dil);
-    find_param(x, v, "weight", &w);
+    st = v->a[K_STRIDE];
+    pad = v->a[K_PADDING];
+    dil = v->a[K_DILATION];
+    w = v->p[P_WEIGHT];
     TRY(spatial(x, op->in[0], &p->in_c, &p->in_h, &p->in_w));
     TRY(spatial(x, op->out, &p->out_c, &p->out_h, &p->out_w));
-    p->groups = (int32_t)attr_value(x, v, "groups");
+    p->groups = (int32_t)V(K_GROUPS);
     if (p->out_c % p->groups != 0 || !extent_ok(p_dim(x, &w, 2)) || !extent_ok(p_dim(x, &w, w.rank - 1))) {
         return NPUKIT_E_UNSUPPORTED; /* the engine cannot run out channels that groups do not divide either */
     }
@@ -1561,8 +1570,6 @@ static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op)
 static int prepare_linear(const ctx_t *x, const view_t *v, npukit_op_t *op)
 {
     nk_linear_params *p = &op->p.linear;
-    param_t w;
-    find_param(x, v, "weight", &w);
     p->out_features = (int32_t)x->m->tensors[op->out].elems;
     p->in_features = (int32_t)x->m->tensors[op->in[0]].elems;
     return mac_params(x, v, op, &p->w_bits, &p->rq, &p->out_bytes);
@@ -1573,9 +1580,9 @@ static int prepare_pool(const ctx_t *x, const view_t *v, npukit_op_t *op)
     nk_pool_params *p = &op->p.pool;
     attr_t k, st, pad;
     int32_t c;
-    find_attr(x, v, "kernel", &k);
-    find_attr(x, v, "stride", &st);
-    find_attr(x, v, "padding", &pad);
+    k = v->a[K_KERNEL];
+    st = v->a[K_STRIDE];
+    pad = v->a[K_PADDING];
     TRY(spatial(x, op->in[0], &p->c, &p->in_h, &p->in_w));
     TRY(spatial(x, op->out, &c, &p->out_h, &p->out_w));
     p->k_h = axis_value(x, &k, 1, 1);
@@ -1593,21 +1600,22 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     npukit_op_t *op = &x->m->ops[i];
     const npukit_tensor_t *T = x->m->tensors;
     const opdef_t *def;
-    view_t v;
+    view_t vv;
+        const view_t *v = &vv;
     uint32_t k;
     attr_t a;
-    view(x, op->inputs, &v);
-    def = op_def(x, v.op);
+    view(x, op->inputs, &vv);
+    def = op_def(x, v->op);
     op->kind = def->kind;
-    op->n_in = (uint8_t)v.n_in;
-    op->in[0] = (uint16_t)v_tensor(x, &v, 0);
-    op->in[1] = (uint16_t)v_tensor(x, &v, v.n_in > 1 ? 1 : 0);
-    op->out = (uint16_t)v_tensor(x, &v, v.n_in);
+    op->n_in = (uint8_t)v->n_in;
+    op->in[0] = (uint16_t)v_tensor(x, v, 0);
+    op->in[1] = (uint16_t)v_tensor(x, v, v->n_in > 1 ? 1 : 0);
+    op->out = (uint16_t)v_tensor(x, v, v->n_in);
     op->weight = NULL;
     op->bias = NULL;
-    for (k = 0; k <= v.n_in; k++) {
-        const npukit_tensor_t *t = &T[v_tensor(x, &v, k)];
-        if (!usable(t) || (def->kind != NPUKIT_OP_RESHAPE && k < v.n_in && t->bits > 8)) {
+    for (k = 0; k <= v->n_in; k++) {
+        const npukit_tensor_t *t = &T[v_tensor(x, v, k)];
+        if (!usable(t) || (def->kind != NPUKIT_OP_RESHAPE && k < v->n_in && t->bits > 8)) {
             return NPUKIT_E_UNSUPPORTED; /* the kernels read int8 activations (a reshape copies bytes) */
         }
     }
@@ -1617,12 +1625,12 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
     case ON(NPUKIT_OP_CONV_TRANSPOSE): /* the same parameters, read by nk_conv_transpose as its geometry */
-        return prepare_conv(x, &v, op);
+        return prepare_conv(x, v, op);
     case ON(NPUKIT_OP_LINEAR):
-        return prepare_linear(x, &v, op);
+        return prepare_linear(x, v, op);
     case ON(NPUKIT_OP_MAXPOOL):
     case ON(NPUKIT_OP_AVGPOOL):
-        return prepare_pool(x, &v, op);
+        return prepare_pool(x, v, op);
     case ON(NPUKIT_OP_GLOBAL_AVGPOOL):
         op->p.gap.c = (int32_t)t_dim(x, op->in[0], 0);
         op->p.gap.hw = (int32_t)(T[op->in[0]].elems / (uint32_t)op->p.gap.c);
@@ -1630,19 +1638,19 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         return NPUKIT_OK;
     case ON(NPUKIT_OP_ADD): {
         const npukit_tensor_t *out = &T[op->out];
-        if (v.n_in != 2) {
+        if (v->n_in != 2) {
             return NPUKIT_E_UNSUPPORTED; /* nk_add adds two operands; more would saturate only once */
         }
         op->p.add.n = (int32_t)out->elems;
         op->p.add.a_shift = T[op->in[0]].exp - out->exp;
         op->p.add.b_shift = T[op->in[1]].exp - out->exp;
         op->p.add.act_max = (int32_t)int_max(out->bits);
-        op->p.add.act_min = attr_value(x, &v, "relu") ? 0 : -op->p.add.act_max - 1;
+        op->p.add.act_min = V(K_RELU) ? 0 : -op->p.add.act_max - 1;
         op->p.add.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_CONCAT): {
-        const uint32_t axis = (uint32_t)attr_value(x, &v, "axis");
+        const uint32_t axis = (uint32_t)V(K_AXIS);
         uint64_t outer = 1;
         for (k = 0; k < axis; k++) {
             outer *= t_dim(x, op->out, k); /* a product of leading dims of a tensor: at most its elems */
@@ -1659,8 +1667,8 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         uint64_t outer = 1, inner = 1;
         uint32_t axis, rank = t_rank(x, op->in[0]);
         int64_t start;
-        axis = (uint32_t)attr_value(x, &v, "axis");
-        start = attr_value(x, &v, "start");
+        axis = (uint32_t)V(K_AXIS);
+        start = V(K_START);
         for (k = 0; k < axis; k++) {
             outer *= t_dim(x, op->in[0], k);
         }
@@ -1675,7 +1683,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     }
     case ON(NPUKIT_OP_PAD): {
         const uint32_t rank = t_rank(x, op->in[0]);
-        find_attr(x, &v, "pads", &a);
+        a = v->a[K_PADS];
         op->p.pad.c = (int32_t)t_dim(x, op->in[0], 0);
         op->p.pad.h = rank == 3 ? (int32_t)t_dim(x, op->in[0], 1) : 1;
         op->p.pad.w = (int32_t)t_dim(x, op->in[0], rank - 1);
@@ -1683,12 +1691,12 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.pad.bottom = rank == 3 ? (int32_t)attr_int(x, &a, 2) : 0;
         op->p.pad.left = (int32_t)attr_int(x, &a, rank - 2);
         op->p.pad.right = (int32_t)attr_int(x, &a, 2 * (rank - 1) - 1);
-        op->p.pad.value = (int32_t)attr_value(x, &v, "value");
+        op->p.pad.value = (int32_t)V(K_VALUE);
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_UPSAMPLE): {
         const uint32_t rank = t_rank(x, op->in[0]);
-        find_attr(x, &v, "scale", &a);
+        a = v->a[K_SCALE];
         op->p.upsample.c = (int32_t)t_dim(x, op->in[0], 0);
         op->p.upsample.h = rank == 3 ? (int32_t)t_dim(x, op->in[0], 1) : 1;
         op->p.upsample.sh = rank == 3 ? (int32_t)attr_int(x, &a, 0) : 1;
@@ -1707,13 +1715,13 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.mul.inner = (int32_t)(T[op->in[0]].elems / outer);
         op->p.mul.shift = T[op->in[0]].exp + T[op->in[1]].exp - out->exp;
         op->p.mul.act_max = (int32_t)int_max(out->bits);
-        op->p.mul.act_min = attr_value(x, &v, "relu") ? 0 : -op->p.mul.act_max - 1;
+        op->p.mul.act_min = V(K_RELU) ? 0 : -op->p.mul.act_max - 1;
         op->p.mul.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_LUT): {
         param_t t;
-        find_param(x, &v, "table", &t);
+        t = v->p[P_TABLE];
         if (t.bits != 8) {
             return NPUKIT_E_UNSUPPORTED; /* nk_lut reads an int8 table (a 16-bit output's is int16) */
         }
