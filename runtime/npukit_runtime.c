@@ -193,13 +193,8 @@ static int dims(cur_t *c, uint32_t rank, uint64_t max_elems, uint64_t *elems, si
     }
     TRY(take(c, 4 * (size_t)rank, at));
     for (k = 0; k < rank; k++) {
-        if (rd32(c->d + *at + 4 * k) == 0) {
-            return NPUKIT_E_VALUE;
-        }
-    }
-    for (k = 0; k < rank; k++) {
         const uint64_t d = rd32(c->d + *at + 4 * k);
-        if (d > max_elems / e) {
+        if (d == 0 || d > max_elems / e) {
             return NPUKIT_E_VALUE;
         }
         e *= d;
@@ -1912,13 +1907,7 @@ static int input_in_range(const npukit_tensor_t *t, const uint8_t *in)
         return 1; /* every value of the type is in range */
     }
     for (i = 0; i < t->elems; i++) {
-        int64_t v;
-        switch (t->elem_bytes) {
-        case 1: { int8_t e; memcpy(&e, in + i, 1); v = e; break; }
-        case 2: { int16_t e; memcpy(&e, in + 2 * (size_t)i, 2); v = e; break; }
-        case 4: { int32_t e; memcpy(&e, in + 4 * (size_t)i, 4); v = e; break; }
-        default: { int64_t e; memcpy(&e, in + 8 * (size_t)i, 8); v = e; break; }
-        }
+        const int64_t v = le_int(in + (size_t)i * t->elem_bytes, t->elem_bytes); /* a little-endian host: prepare */
         if (v < lo || v > hi) {
             return 0;
         }
