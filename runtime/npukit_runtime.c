@@ -1366,35 +1366,17 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
     return NPUKIT_OK;
 }
 
-/* Graph.validate's range checks: every tensor's bits and exponent, every w_exp / b_exp attribute. */
-static int validate_ranges(const ctx_t *x)
+/* Graph.validate's range checks of an op: its w_exp and b_exp attributes, where it has them. */
+static int exp_ranges(const view_t *v)
 {
-    const npukit_model_t *m = x->m;
-    uint32_t i, k;
-    for (i = 0; i < m->n_tensors; i++) {
-        const npukit_tensor_t *t = &m->tensors[i];
-        if (t->bits < 2 || t->exp < -EXP_LIMIT || t->exp > EXP_LIMIT) {
-            return NPUKIT_E_GRAPH;
+    uint32_t key;
+    for (key = K_W_EXP; key <= K_B_EXP; key++) {
+        const attr_t *a = &v->a[key];
+        if (!a->found) {
+            continue;
         }
-    }
-    for (i = 0; i < m->n_ops; i++) {
-        view_t vv;
-        const view_t *v = &vv;
-        view(x, m->ops[i].inputs, &vv);
-        for (k = 0; k < 2; k++) {
-            attr_t a;
-            int64_t e;
-            a = v->a[k ? K_B_EXP : K_W_EXP];
-            if (!a.found) {
-                continue;
-            }
-            if (a.kind != A_INT && a.kind != A_BOOL) {
-                return NPUKIT_E_GRAPH; /* isinstance(v, int): a bool passes, as in Python */
-            }
-            e = v->first[k ? K_B_EXP : K_W_EXP];
-            if (e < -EXP_LIMIT || e > EXP_LIMIT) {
-                return NPUKIT_E_GRAPH;
-            }
+        if ((a->kind != A_INT && a->kind != A_BOOL) || v->first[key] < -EXP_LIMIT || v->first[key] > EXP_LIMIT) {
+            return NPUKIT_E_GRAPH; /* isinstance(v, int): a bool passes, as in Python */
         }
     }
     return NPUKIT_OK;
@@ -1417,9 +1399,15 @@ static int check_graph(ctx_t *x)
         if (def) {
             TRY(check_schema(x, v, def));
         }
+        TRY(exp_ranges(v)); /* Graph.validate's, made in this pass (the order only picks between refusals) */
     }
-    /* then Graph.validate */
-    TRY(validate_ranges(x));
+    /* then the rest of Graph.validate: every tensor's bits and exponent, */
+    for (i = 0; i < m->n_tensors; i++) {
+        const npukit_tensor_t *t = &m->tensors[i];
+        if (t->bits < 2 || t->exp < -EXP_LIMIT || t->exp > EXP_LIMIT) {
+            return NPUKIT_E_GRAPH;
+        }
+    }
     for (i = 0; i < m->n_tensors; i++) {
         x->defined[i] = x->role[i] & 1u;
     }
@@ -1596,7 +1584,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     const npukit_tensor_t *T = x->m->tensors;
     const opdef_t *def;
     view_t vv;
-        const view_t *v = &vv;
+    const view_t *v = &vv;
     uint32_t k;
     attr_t a;
     view(x, op->inputs, &vv);
