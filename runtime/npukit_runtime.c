@@ -961,7 +961,7 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     if (def->mac) {
         param_t w, b;
-        attr_t a;
+        const attr_t *a;
         int64_t rank = 2, v64;
         b = v->p[P_BIAS];
         w = v->p[P_WEIGHT];
@@ -973,10 +973,10 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
         if (v64 != 2 && v64 != 4 && v64 != 8 && v64 != 16) {
             return NPUKIT_E_GRAPH;
         }
-        a = v->a[K_ROUNDING];
+        a = &v->a[K_ROUNDING];
         {
             size_t n;
-            const uint8_t *p = attr_str(x, &a, &n);
+            const uint8_t *p = attr_str(x, a, &n);
             if (rounding_mode(p, n) < 0) {
                 return NPUKIT_E_GRAPH;
             }
@@ -1029,18 +1029,18 @@ static int64_t window_out(uint32_t n, int64_t k, int64_t s, int64_t p, int64_t d
 
 /* conv, maxpool, avgpool: geometry lists of `nsp` entries, each value within NPUKIT_MAX_EXTENT (beyond, the
  * arithmetic below would need more than int64, and the kernels cannot run it anyway: NPUKIT_E_UNSUPPORTED). */
-static int geometry(const ctx_t *x, const view_t *v, const uint8_t keys[3], uint32_t nsp, attr_t a[3])
+static int geometry(const ctx_t *x, const view_t *v, const uint8_t keys[3], uint32_t nsp, const attr_t *a[3])
 {
     uint32_t i, k;
     for (i = 0; i < 3; i++) {
-        a[i] = v->a[keys[i]];
-        if (a[i].count != nsp) {
+        a[i] = &v->a[keys[i]];
+        if (a[i]->count != nsp) {
             return NPUKIT_E_GRAPH; /* zip(..., strict=True) */
         }
     }
     for (i = 0; i < 3; i++) {
         for (k = 0; k < nsp; k++) {
-            if (attr_int(x, &a[i], k) > NPUKIT_MAX_EXTENT) {
+            if (attr_int(x, a[i], k) > NPUKIT_MAX_EXTENT) {
                 return NPUKIT_E_UNSUPPORTED;
             }
         }
@@ -1051,7 +1051,7 @@ static int geometry(const ctx_t *x, const view_t *v, const uint8_t keys[3], uint
 static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
 {
     static const uint8_t GEOMETRY[3] = {K_STRIDE, K_PADDING, K_DILATION};
-    attr_t a[3];
+    const attr_t *a[3];
     param_t w;
     uint32_t nsp, k;
     int64_t groups;
@@ -1072,8 +1072,8 @@ static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out
         return NPUKIT_E_GRAPH;
     }
     for (k = 0; k < nsp; k++) {
-        const int64_t o = window_out(t_dim(x, in, k + 1), p_dim(x, &w, k + 2), attr_int(x, &a[0], k),
-                                     attr_int(x, &a[1], k), attr_int(x, &a[2], k));
+        const int64_t o = window_out(t_dim(x, in, k + 1), p_dim(x, &w, k + 2), attr_int(x, a[0], k),
+                                     attr_int(x, a[1], k), attr_int(x, a[2], k));
         if (o != t_dim(x, out, k + 1)) {
             return NPUKIT_E_GRAPH;
         }
@@ -1085,14 +1085,15 @@ static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out
 static int shape_conv_transpose(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
 {
     static const uint8_t GEOMETRY[3] = {K_STRIDE, K_PADDING, K_DILATION};
-    attr_t a[3], g, op;
+    const attr_t *a[3];
+    const attr_t *g, *op;
     param_t w;
     uint32_t nsp, k;
-    g = v->a[K_NDIM];
-    nsp = (uint32_t)attr_int(x, &g, 0);
+    g = &v->a[K_NDIM];
+    nsp = (uint32_t)attr_int(x, g, 0);
     w = v->p[P_WEIGHT];
-    op = v->a[K_OUTPUT_PADDING];
-    if (t_rank(x, in) != nsp + 1 || t_rank(x, out) != nsp + 1 || op.count != nsp) {
+    op = &v->a[K_OUTPUT_PADDING];
+    if (t_rank(x, in) != nsp + 1 || t_rank(x, out) != nsp + 1 || op->count != nsp) {
         return NPUKIT_E_GRAPH;
     }
     TRY(geometry(x, v, GEOMETRY, nsp, a));
@@ -1100,8 +1101,8 @@ static int shape_conv_transpose(const ctx_t *x, const view_t *v, uint32_t in, ui
         return NPUKIT_E_GRAPH;
     }
     for (k = 0; k < nsp; k++) {
-        const int64_t s = attr_int(x, &a[0], k), p = attr_int(x, &a[1], k), d = attr_int(x, &a[2], k);
-        const int64_t o_pad = attr_int(x, &op, k), kk = p_dim(x, &w, k + 2);
+        const int64_t s = attr_int(x, a[0], k), p = attr_int(x, a[1], k), d = attr_int(x, a[2], k);
+        const int64_t o_pad = attr_int(x, op, k), kk = p_dim(x, &w, k + 2);
         if (o_pad > NPUKIT_MAX_EXTENT || (uint64_t)kk > NPUKIT_MAX_EXTENT) {
             return NPUKIT_E_UNSUPPORTED;
         }
@@ -1116,16 +1117,16 @@ static int shape_conv_transpose(const ctx_t *x, const view_t *v, uint32_t in, ui
 static int shape_pool(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
 {
     static const uint8_t GEOMETRY[3] = {K_KERNEL, K_STRIDE, K_PADDING};
-    attr_t a[3];
+    const attr_t *a[3];
     const uint32_t rank = t_rank(x, in);
     uint32_t k;
-    a[0] = v->a[K_KERNEL];
-    a[2] = v->a[K_PADDING];
-    if (rank < 1 || a[2].count != a[0].count) {
+    a[0] = &v->a[K_KERNEL];
+    a[2] = &v->a[K_PADDING];
+    if (rank < 1 || a[2]->count != a[0]->count) {
         return NPUKIT_E_GRAPH;
     }
-    for (k = 0; k < a[0].count; k++) {
-        if (attr_int(x, &a[2], k) > attr_int(x, &a[0], k) / 2) {
+    for (k = 0; k < a[0]->count; k++) {
+        if (attr_int(x, a[2], k) > attr_int(x, a[0], k) / 2) {
             return NPUKIT_E_GRAPH; /* padding at most half the window (2p > k, exactly) */
         }
     }
@@ -1134,8 +1135,8 @@ static int shape_pool(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out
         return NPUKIT_E_GRAPH;
     }
     for (k = 0; k + 1 < rank; k++) {
-        const int64_t o = window_out(t_dim(x, in, k + 1), attr_int(x, &a[0], k), attr_int(x, &a[1], k),
-                                     attr_int(x, &a[2], k), 1);
+        const int64_t o = window_out(t_dim(x, in, k + 1), attr_int(x, a[0], k), attr_int(x, a[1], k),
+                                     attr_int(x, a[2], k), 1);
         if (o != t_dim(x, out, k + 1)) {
             return NPUKIT_E_GRAPH;
         }
@@ -1173,7 +1174,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     const npukit_model_t *m = x->m;
     const uint32_t in = v_tensor(x, v, 0), out = v_tensor(x, v, v->n_in);
     uint32_t k;
-    attr_t a;
+    const attr_t *a;
     param_t w;
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
@@ -1229,14 +1230,14 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     case ON(NPUKIT_OP_PAD): { /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
         const uint32_t rank = t_rank(x, in);
-        a = v->a[K_PADS];
-        if ((rank != 2 && rank != 3) || a.count != 2 * (rank - 1) || t_rank(x, out) != rank ||
+        a = &v->a[K_PADS];
+        if ((rank != 2 && rank != 3) || a->count != 2 * (rank - 1) || t_rank(x, out) != rank ||
             t_dim(x, out, 0) != t_dim(x, in, 0)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 1; k < rank; k++) { /* pads >= 0 (the schema); compared in 64 bits, no overflow */
-            const uint64_t grown = (uint64_t)t_dim(x, in, k) + (uint64_t)attr_int(x, &a, k - 1) +
-                                   (uint64_t)attr_int(x, &a, k - 1 + rank - 1);
+            const uint64_t grown = (uint64_t)t_dim(x, in, k) + (uint64_t)attr_int(x, a, k - 1) +
+                                   (uint64_t)attr_int(x, a, k - 1 + rank - 1);
             if (grown != t_dim(x, out, k)) {
                 return NPUKIT_E_GRAPH;
             }
@@ -1245,12 +1246,12 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     case ON(NPUKIT_OP_UPSAMPLE): { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
         const uint32_t rank = t_rank(x, in);
-        a = v->a[K_SCALE];
-        if ((rank != 2 && rank != 3) || a.count != rank - 1 || t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
+        a = &v->a[K_SCALE];
+        if ((rank != 2 && rank != 3) || a->count != rank - 1 || t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 1; k < rank; k++) {
-            const int64_t f = attr_int(x, &a, k - 1); /* >= 1 (the schema); bounded before the product */
+            const int64_t f = attr_int(x, a, k - 1); /* >= 1 (the schema); bounded before the product */
             if (f > (int64_t)t_dim(x, out, k) || (uint64_t)t_dim(x, in, k) * (uint64_t)f != t_dim(x, out, k)) {
                 return NPUKIT_E_GRAPH;
             }
@@ -1275,12 +1276,12 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     default: { /* reshape: the target shape is the output's, with the input's element count */
         const uint32_t rank = t_rank(x, out);
-        a = v->a[K_SHAPE];
-        if (a.count != rank || m->tensors[in].elems != m->tensors[out].elems) {
+        a = &v->a[K_SHAPE];
+        if (a->count != rank || m->tensors[in].elems != m->tensors[out].elems) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
-            if (attr_int(x, &a, k) != (int64_t)t_dim(x, out, k)) {
+            if (attr_int(x, a, k) != (int64_t)t_dim(x, out, k)) {
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1468,7 +1469,7 @@ static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t 
 {
     const npukit_tensor_t *in = &x->m->tensors[op->in[0]], *out = &x->m->tensors[op->out];
     param_t w, b;
-    attr_t a;
+    const attr_t *a;
     size_t n;
     const uint8_t *s;
     int64_t acc_bits;
@@ -1490,8 +1491,8 @@ static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t 
     rq->act_min = (int32_t)V(K_ACT_MIN); /* inside the output type: tensor_problems */
     rq->act_max = (int32_t)V(K_ACT_MAX);
     rq->abs = (int32_t)V(K_ABS);
-    a = v->a[K_ROUNDING];
-    s = attr_str(x, &a, &n);
+    a = &v->a[K_ROUNDING];
+    s = attr_str(x, a, &n);
     rq->rounding = (nk_rounding)rounding_mode(s, n);
     return NPUKIT_OK;
 }
@@ -1515,24 +1516,17 @@ static int spatial(const ctx_t *x, uint32_t t, int32_t *c, int32_t *h, int32_t *
     return NPUKIT_OK;
 }
 
-/* The value of a geometry list along the kernels' h or w axis: a 1-d window has h = `one_d`. */
-static int32_t axis_value(const ctx_t *x, const attr_t *a, int h, int32_t one_d)
+/* A geometry list's values along the kernels' h and w axes: a 1-d window has h = `one_d`. */
+static void axes(const ctx_t *x, const attr_t *a, int32_t one_d, int32_t *h, int32_t *w)
 {
-    if (a->count == 1) {
-        return h ? one_d : (int32_t)attr_int(x, a, 0);
-    }
-    return (int32_t)attr_int(x, a, h ? 0 : 1);
+    *h = a->count == 1 ? one_d : (int32_t)attr_int(x, a, 0);
+    *w = (int32_t)attr_int(x, a, a->count - 1u);
 }
 
 static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op)
 {
     nk_conv_params *p = &op->p.conv;
-    attr_t st, pad, dil;
     param_t w;
-    int h;
-    st = v->a[K_STRIDE];
-    pad = v->a[K_PADDING];
-    dil = v->a[K_DILATION];
     w = v->p[P_WEIGHT];
     TRY(spatial(x, op->in[0], &p->in_c, &p->in_h, &p->in_w));
     TRY(spatial(x, op->out, &p->out_c, &p->out_h, &p->out_w));
@@ -1542,11 +1536,9 @@ static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op)
     }
     p->k_h = w.rank == 4 ? (int32_t)p_dim(x, &w, 2) : 1;
     p->k_w = (int32_t)p_dim(x, &w, w.rank - 1);
-    for (h = 1; h >= 0; h--) {
-        *(h ? &p->stride_h : &p->stride_w) = axis_value(x, &st, h, 1);
-        *(h ? &p->pad_h : &p->pad_w) = axis_value(x, &pad, h, 0);
-        *(h ? &p->dil_h : &p->dil_w) = axis_value(x, &dil, h, 1);
-    }
+    axes(x, &v->a[K_STRIDE], 1, &p->stride_h, &p->stride_w);
+    axes(x, &v->a[K_PADDING], 0, &p->pad_h, &p->pad_w);
+    axes(x, &v->a[K_DILATION], 1, &p->dil_h, &p->dil_w);
     return mac_params(x, v, op, &p->w_bits, &p->rq, &p->out_bytes);
 }
 
@@ -1561,19 +1553,12 @@ static int prepare_linear(const ctx_t *x, const view_t *v, npukit_op_t *op)
 static int prepare_pool(const ctx_t *x, const view_t *v, npukit_op_t *op)
 {
     nk_pool_params *p = &op->p.pool;
-    attr_t k, st, pad;
     int32_t c;
-    k = v->a[K_KERNEL];
-    st = v->a[K_STRIDE];
-    pad = v->a[K_PADDING];
     TRY(spatial(x, op->in[0], &p->c, &p->in_h, &p->in_w));
     TRY(spatial(x, op->out, &c, &p->out_h, &p->out_w));
-    p->k_h = axis_value(x, &k, 1, 1);
-    p->k_w = axis_value(x, &k, 0, 1);
-    p->stride_h = axis_value(x, &st, 1, 1);
-    p->stride_w = axis_value(x, &st, 0, 1);
-    p->pad_h = axis_value(x, &pad, 1, 0);
-    p->pad_w = axis_value(x, &pad, 0, 0);
+    axes(x, &v->a[K_KERNEL], 1, &p->k_h, &p->k_w);
+    axes(x, &v->a[K_STRIDE], 1, &p->stride_h, &p->stride_w);
+    axes(x, &v->a[K_PADDING], 0, &p->pad_h, &p->pad_w);
     p->rounding = x->m->pool_rounding;
     return NPUKIT_OK;
 }
@@ -1586,7 +1571,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     view_t vv;
     const view_t *v = &vv;
     uint32_t k;
-    attr_t a;
+    const attr_t *a;
     view(x, op->inputs, &vv);
     def = op_def(x, v->op);
     op->kind = def->kind;
@@ -1666,25 +1651,25 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     }
     case ON(NPUKIT_OP_PAD): {
         const uint32_t rank = t_rank(x, op->in[0]);
-        a = v->a[K_PADS];
+        a = &v->a[K_PADS];
         op->p.pad.c = (int32_t)t_dim(x, op->in[0], 0);
         op->p.pad.h = rank == 3 ? (int32_t)t_dim(x, op->in[0], 1) : 1;
         op->p.pad.w = (int32_t)t_dim(x, op->in[0], rank - 1);
-        op->p.pad.top = rank == 3 ? (int32_t)attr_int(x, &a, 0) : 0;
-        op->p.pad.bottom = rank == 3 ? (int32_t)attr_int(x, &a, 2) : 0;
-        op->p.pad.left = (int32_t)attr_int(x, &a, rank - 2);
-        op->p.pad.right = (int32_t)attr_int(x, &a, 2 * (rank - 1) - 1);
+        op->p.pad.top = rank == 3 ? (int32_t)attr_int(x, a, 0) : 0;
+        op->p.pad.bottom = rank == 3 ? (int32_t)attr_int(x, a, 2) : 0;
+        op->p.pad.left = (int32_t)attr_int(x, a, rank - 2);
+        op->p.pad.right = (int32_t)attr_int(x, a, 2 * (rank - 1) - 1);
         op->p.pad.value = (int32_t)V(K_VALUE);
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_UPSAMPLE): {
         const uint32_t rank = t_rank(x, op->in[0]);
-        a = v->a[K_SCALE];
+        a = &v->a[K_SCALE];
         op->p.upsample.c = (int32_t)t_dim(x, op->in[0], 0);
         op->p.upsample.h = rank == 3 ? (int32_t)t_dim(x, op->in[0], 1) : 1;
-        op->p.upsample.sh = rank == 3 ? (int32_t)attr_int(x, &a, 0) : 1;
+        op->p.upsample.sh = rank == 3 ? (int32_t)attr_int(x, a, 0) : 1;
         op->p.upsample.w = (int32_t)t_dim(x, op->in[0], rank - 1);
-        op->p.upsample.sw = (int32_t)attr_int(x, &a, rank - 2);
+        op->p.upsample.sw = (int32_t)attr_int(x, a, rank - 2);
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_MUL): {
