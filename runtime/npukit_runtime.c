@@ -367,7 +367,6 @@ static int read_header(ctx_t *x, uint32_t *n_sections)
 static int read_sections(ctx_t *x, uint32_t n)
 {
     const size_t table_end = HEADER + (size_t)n * SECTION;
-    size_t start[N_KINDS], end[N_KINDS];
     uint32_t i, seen = 0, k;
     for (i = 0; i < n; i++) {
         const uint8_t *e = x->d + HEADER + (size_t)i * SECTION;
@@ -383,21 +382,12 @@ static int read_sections(ctx_t *x, uint32_t n)
     if (seen != 0x1FEu) {
         return NPUKIT_E_SECTION; /* a kind is missing */
     }
-    /* no two sections share a byte: sorted by (start, end), each starts at or after the previous end */
-    for (k = 0; k < N_KINDS; k++) {
-        size_t j = k;
-        const size_t s = x->off[k + 1], t = s + x->size[k + 1];
-        while (j > 0 && (start[j - 1] > s || (start[j - 1] == s && end[j - 1] > t))) {
-            start[j] = start[j - 1];
-            end[j] = end[j - 1];
-            j--;
-        }
-        start[j] = s;
-        end[j] = t;
-    }
-    for (k = 1; k < N_KINDS; k++) {
-        if (start[k] < end[k - 1]) {
-            return NPUKIT_E_SECTION;
+    /* no two sections share a byte (an empty one may sit at another's start or end, not strictly inside it) */
+    for (i = 2; i <= N_KINDS; i++) {
+        for (k = 1; k < i; k++) {
+            if (x->off[i] < x->off[k] + x->size[k] && x->off[k] < x->off[i] + x->size[i]) {
+                return NPUKIT_E_SECTION;
+            }
         }
     }
     return NPUKIT_OK;
@@ -960,12 +950,12 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
         return v->p[P_TABLE].found && v->p[P_TABLE].rank == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
     }
     if (def->mac) {
-        param_t w, b;
+        const param_t *w, *b;
         const attr_t *a;
         int64_t rank = 2, v64;
-        b = v->p[P_BIAS];
-        w = v->p[P_WEIGHT];
-        if (!b.found || !w.found) {
+        b = &v->p[P_BIAS];
+        w = &v->p[P_WEIGHT];
+        if (!b->found || !w->found) {
             return NPUKIT_E_GRAPH;
         }
         /* _check_mac: w_bits, rounding, acc_bits, weight rank, bias shape (out,) */
@@ -987,19 +977,19 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
         }
         if (IS(def, NPUKIT_OP_CONV_TRANSPOSE)) { /* weight (in, out, *kernel), bias (out,), groups 1 */
             rank = V(K_NDIM);
-            if ((int64_t)w.rank - 2 != rank || b.rank != 1 || p_dim(x, &b, 0) != p_dim(x, &w, 1)) {
+            if ((int64_t)w->rank - 2 != rank || b->rank != 1 || p_dim(x, b, 0) != p_dim(x, w, 1)) {
                 return NPUKIT_E_GRAPH;
             }
             return (rank == 1 || rank == 2) && V(K_GROUPS) == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
         }
         if (IS(def, NPUKIT_OP_CONV)) {
             rank = V(K_NDIM); /* the weight is (out, in / groups, *kernel): rank ndim + 2 */
-            if ((int64_t)w.rank - 2 != rank || b.rank != 1 || p_dim(x, &b, 0) != p_dim(x, &w, 0)) {
+            if ((int64_t)w->rank - 2 != rank || b->rank != 1 || p_dim(x, b, 0) != p_dim(x, w, 0)) {
                 return NPUKIT_E_GRAPH;
             }
             return rank == 1 || rank == 2 ? NPUKIT_OK : NPUKIT_E_GRAPH;
         }
-        if (w.rank != rank || b.rank != 1 || p_dim(x, &b, 0) != p_dim(x, &w, 0)) {
+        if (w->rank != rank || b->rank != 1 || p_dim(x, b, 0) != p_dim(x, w, 0)) {
             return NPUKIT_E_GRAPH;
         }
     }
@@ -1052,27 +1042,27 @@ static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out
 {
     static const uint8_t GEOMETRY[3] = {K_STRIDE, K_PADDING, K_DILATION};
     const attr_t *a[3];
-    param_t w;
+    const param_t *w;
     uint32_t nsp, k;
     int64_t groups;
     nsp = (uint32_t)V(K_NDIM); /* 1 or 2 (check_schema) */
-    w = v->p[P_WEIGHT];
+    w = &v->p[P_WEIGHT];
     if (t_rank(x, in) != nsp + 1) {
         return NPUKIT_E_GRAPH;
     }
     TRY(geometry(x, v, GEOMETRY, nsp, a));
     groups = V(K_GROUPS);
-    if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, &w, 1) * (uint64_t)groups != t_dim(x, in, 0)) {
+    if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, w, 1) * (uint64_t)groups != t_dim(x, in, 0)) {
         return NPUKIT_E_GRAPH; /* the input's channels are in / groups per group */
     }
     if (groups > NPUKIT_MAX_EXTENT) {
         return NPUKIT_E_UNSUPPORTED;
     }
-    if (t_rank(x, out) != nsp + 1 || t_dim(x, out, 0) != p_dim(x, &w, 0)) {
+    if (t_rank(x, out) != nsp + 1 || t_dim(x, out, 0) != p_dim(x, w, 0)) {
         return NPUKIT_E_GRAPH;
     }
     for (k = 0; k < nsp; k++) {
-        const int64_t o = window_out(t_dim(x, in, k + 1), p_dim(x, &w, k + 2), attr_int(x, a[0], k),
+        const int64_t o = window_out(t_dim(x, in, k + 1), p_dim(x, w, k + 2), attr_int(x, a[0], k),
                                      attr_int(x, a[1], k), attr_int(x, a[2], k));
         if (o != t_dim(x, out, k + 1)) {
             return NPUKIT_E_GRAPH;
@@ -1087,22 +1077,22 @@ static int shape_conv_transpose(const ctx_t *x, const view_t *v, uint32_t in, ui
     static const uint8_t GEOMETRY[3] = {K_STRIDE, K_PADDING, K_DILATION};
     const attr_t *a[3];
     const attr_t *g, *op;
-    param_t w;
+    const param_t *w;
     uint32_t nsp, k;
     g = &v->a[K_NDIM];
     nsp = (uint32_t)attr_int(x, g, 0);
-    w = v->p[P_WEIGHT];
+    w = &v->p[P_WEIGHT];
     op = &v->a[K_OUTPUT_PADDING];
     if (t_rank(x, in) != nsp + 1 || t_rank(x, out) != nsp + 1 || op->count != nsp) {
         return NPUKIT_E_GRAPH;
     }
     TRY(geometry(x, v, GEOMETRY, nsp, a));
-    if (t_dim(x, in, 0) != p_dim(x, &w, 0) || t_dim(x, out, 0) != p_dim(x, &w, 1)) {
+    if (t_dim(x, in, 0) != p_dim(x, w, 0) || t_dim(x, out, 0) != p_dim(x, w, 1)) {
         return NPUKIT_E_GRAPH;
     }
     for (k = 0; k < nsp; k++) {
         const int64_t s = attr_int(x, a[0], k), p = attr_int(x, a[1], k), d = attr_int(x, a[2], k);
-        const int64_t o_pad = attr_int(x, op, k), kk = p_dim(x, &w, k + 2);
+        const int64_t o_pad = attr_int(x, op, k), kk = p_dim(x, w, k + 2);
         if (o_pad > NPUKIT_MAX_EXTENT || (uint64_t)kk > NPUKIT_MAX_EXTENT) {
             return NPUKIT_E_UNSUPPORTED;
         }
@@ -1175,16 +1165,16 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     const uint32_t in = v_tensor(x, v, 0), out = v_tensor(x, v, v->n_in);
     uint32_t k;
     const attr_t *a;
-    param_t w;
+    const param_t *w;
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
         return shape_conv(x, v, in, out);
     case ON(NPUKIT_OP_CONV_TRANSPOSE):
         return shape_conv_transpose(x, v, in, out);
     case ON(NPUKIT_OP_LINEAR):
-        w = v->p[P_WEIGHT];
-        return t_rank(x, in) == 1 && t_dim(x, in, 0) == p_dim(x, &w, 1) && t_rank(x, out) == 1
-               && t_dim(x, out, 0) == p_dim(x, &w, 0) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+        w = &v->p[P_WEIGHT];
+        return t_rank(x, in) == 1 && t_dim(x, in, 0) == p_dim(x, w, 1) && t_rank(x, out) == 1
+               && t_dim(x, out, 0) == p_dim(x, w, 0) ? NPUKIT_OK : NPUKIT_E_GRAPH;
     case ON(NPUKIT_OP_MAXPOOL):
     case ON(NPUKIT_OP_AVGPOOL):
         return shape_pool(x, v, in, out);
@@ -1309,14 +1299,14 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
         }
     }
     if (IS(def, NPUKIT_OP_LUT)) { /* Lut.tensor_problems: one entry per input integer, in the output's range */
-        param_t t;
+        const param_t *t;
         uint64_t i;
-        t = v->p[P_TABLE];
-        if (in->bits > 8 || p_dim(x, &t, 0) != (1u << in->bits)) {
+        t = &v->p[P_TABLE];
+        if (in->bits > 8 || p_dim(x, t, 0) != (1u << in->bits)) {
             return NPUKIT_E_GRAPH;
         }
-        for (i = 0; t.bits == 8 && i < t.count; i++) {
-            const int64_t e = (int8_t)x->d[t.data + i];
+        for (i = 0; t->bits == 8 && i < t->count; i++) {
+            const int64_t e = (int8_t)x->d[t->data + i];
             if (e > int_max(out->bits) || e < -int_max(out->bits) - 1) {
                 return NPUKIT_E_GRAPH;
             }
@@ -1468,20 +1458,20 @@ static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t 
                       int32_t *out_bytes)
 {
     const npukit_tensor_t *in = &x->m->tensors[op->in[0]], *out = &x->m->tensors[op->out];
-    param_t w, b;
+    const param_t *w, *b;
     const attr_t *a;
     size_t n;
     const uint8_t *s;
     int64_t acc_bits;
-    w = v->p[P_WEIGHT];
-    b = v->p[P_BIAS];
-    if (in->bits > 8 || !(out->bits <= 8 || (out->bits > 16 && out->bits <= 32)) || b.bits != 32
-        || w.count > (uint32_t)INT32_MAX) {
+    w = &v->p[P_WEIGHT];
+    b = &v->p[P_BIAS];
+    if (in->bits > 8 || !(out->bits <= 8 || (out->bits > 16 && out->bits <= 32)) || b->bits != 32
+        || w->count > (uint32_t)INT32_MAX) {
         return NPUKIT_E_UNSUPPORTED; /* int8 inputs, int8 or int32 outputs, int32 biases */
     }
-    op->weight = x->d + w.data;
-    op->bias = (const int32_t *)(const void *)(x->d + b.data); /* 4-aligned: bin, the section, the param */
-    *w_bits = (int32_t)w.bits;
+    op->weight = x->d + w->data;
+    op->bias = (const int32_t *)(const void *)(x->d + b->data); /* 4-aligned: bin, the section, the param */
+    *w_bits = (int32_t)w->bits;
     *out_bytes = out->bits <= 8 ? 1 : 4;
     rq->bias_shift = (int32_t)V(K_BIAS_SHIFT); /* tensor_problems bounds both shifts by 3 * EXP_LIMIT */
     rq->out_shift = (int32_t)V(K_OUT_SHIFT);
@@ -1526,16 +1516,16 @@ static void axes(const ctx_t *x, const attr_t *a, int32_t one_d, int32_t *h, int
 static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op)
 {
     nk_conv_params *p = &op->p.conv;
-    param_t w;
-    w = v->p[P_WEIGHT];
+    const param_t *w;
+    w = &v->p[P_WEIGHT];
     TRY(spatial(x, op->in[0], &p->in_c, &p->in_h, &p->in_w));
     TRY(spatial(x, op->out, &p->out_c, &p->out_h, &p->out_w));
     p->groups = (int32_t)V(K_GROUPS);
-    if (p->out_c % p->groups != 0 || !extent_ok(p_dim(x, &w, 2)) || !extent_ok(p_dim(x, &w, w.rank - 1))) {
+    if (p->out_c % p->groups != 0 || !extent_ok(p_dim(x, w, 2)) || !extent_ok(p_dim(x, w, w->rank - 1))) {
         return NPUKIT_E_UNSUPPORTED; /* the engine cannot run out channels that groups do not divide either */
     }
-    p->k_h = w.rank == 4 ? (int32_t)p_dim(x, &w, 2) : 1;
-    p->k_w = (int32_t)p_dim(x, &w, w.rank - 1);
+    p->k_h = w->rank == 4 ? (int32_t)p_dim(x, w, 2) : 1;
+    p->k_w = (int32_t)p_dim(x, w, w->rank - 1);
     axes(x, &v->a[K_STRIDE], 1, &p->stride_h, &p->stride_w);
     axes(x, &v->a[K_PADDING], 0, &p->pad_h, &p->pad_w);
     axes(x, &v->a[K_DILATION], 1, &p->dil_h, &p->dil_w);
@@ -1688,12 +1678,12 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_LUT): {
-        param_t t;
-        t = v->p[P_TABLE];
-        if (t.bits != 8) {
+        const param_t *t;
+        t = &v->p[P_TABLE];
+        if (t->bits != 8) {
             return NPUKIT_E_UNSUPPORTED; /* nk_lut reads an int8 table (a 16-bit output's is int16) */
         }
-        op->weight = x->d + t.data;
+        op->weight = x->d + t->data;
         op->p.lut.n = (int32_t)T[op->out].elems;
         op->p.lut.offset = (int32_t)1 << (T[op->in[0]].bits - 1);
         return NPUKIT_OK;

@@ -174,6 +174,31 @@ def test_damaged_files_give_the_documented_error(runner, demo, tmp_path, damage)
         npukit.modelbin.read(make(T.pack(graph)))
 
 
+def test_overlapping_sections_are_refused(runner, demo, tmp_path):
+    """The section table: a section that shares bytes with another, or an empty one strictly inside another, is
+    refused (NPUKIT_E_SECTION; the Python reader says they overlap); sections that only touch are not."""
+    graph, q = demo
+    data = T.pack(graph)
+    table = [struct.unpack_from("<HHII", data, 20 + 12 * i) for i in range(struct.unpack_from("<H", data, 10)[0])]
+
+    def moved(i: int, off: int, size: int) -> bytes:
+        out = bytearray(data)
+        struct.pack_into("<II", out, 20 + 12 * i + 4, off, size)
+        return T.fix(out)
+
+    cases = [moved(i, off + 4, size) for i in range(len(table)) for j, (_, _, off, big) in enumerate(table)
+             if i != j and big >= 8 for size in (4, 0)]
+    assert len(cases) >= 40
+    for case in cases:
+        res, _ = _run(runner, case, q[:1], tmp_path)
+        assert res.returncode == T.EXIT_MODEL and "(NPUKIT_E_SECTION)" in res.stderr, res.stderr
+        with pytest.raises(npukit.modelbin.ModelBinError, match="overlap"):
+            npukit.modelbin.read(case)
+    # the packed file's own sections touch: one ends where the next starts
+    assert any(off in {o + n for _, _, o, n in table} for _, _, off, _ in table)
+    _assert_matches_engine(runner, graph, q[:2], tmp_path, model=data)
+
+
 def test_input_files_of_the_wrong_size_or_range(runner, tmp_path):
     torch.manual_seed(3)
     x = torch.randn(16, 2, 10)
