@@ -112,19 +112,6 @@ static int64_t le_int(const uint8_t *p, unsigned width)
     return u > (uint64_t)INT64_MAX ? -(int64_t)(~u) - 1 : (int64_t)u;
 }
 
-/* A rounding mode as model.bin names it ("half_up", ...): its nk_rounding, or -1. */
-static int rounding_mode(const uint8_t *s, size_t n)
-{
-    static const char *const MODES[4] = {"half_up", "half_even", "floor", "trunc"}; /* nk_rounding order */
-    int i;
-    for (i = 0; i < 4; i++) {
-        if (strlen(MODES[i]) == n && memcmp(MODES[i], s, n) == 0) {
-            return i;
-        }
-    }
-    return -1;
-}
-
 /* kind == want, as a function: the compiler folds it to 0 for the kinds ON leaves out without warning that
  * a uint8_t never equals them. */
 static int same_kind(unsigned kind, unsigned want)
@@ -582,6 +569,7 @@ static const char KEYS[] = "output_padding\0w_bits\0w_exp\0b_exp\0wide\0bias_shi
                            "axis\0start\0stop\0keepdim\0shape\0fn\0scale\0pads\0value";
 enum { P_WEIGHT, P_BIAS, P_TABLE, N_PARAMS };
 static const char PARAMS[] = "weight\0bias\0table";
+static const char ROUNDINGS[] = "half_up\0half_even\0floor\0trunc"; /* the rounding modes, in nk_rounding order */
 
 typedef struct {
     uint32_t val;               /* file offset of the first value (bool: the byte; str: the index) */
@@ -603,7 +591,7 @@ typedef struct {
     size_t io;                  /* the tensor list */
     size_t attrs, params;       /* the first attribute and parameter records */
     attr_t a[N_KEYS];           /* by K_*: found 0 where the op has no such attribute */
-    int64_t first[N_KEYS];      /* the first value of each int, bool or non-empty list attribute */
+    int64_t first[N_KEYS];      /* the first value of each int, bool or non-empty list attribute; a string's index */
     param_t p[N_PARAMS];        /* by P_* */
 } view_t;
 
@@ -634,13 +622,6 @@ static uint32_t v_tensor(const ctx_t *x, const view_t *v, uint32_t k)
 {
     INVARIANT(k < v->n_in + v->n_out);
     return rd16(x->d + v->io + 2 * (size_t)k);
-}
-
-/* A string attribute's bytes. */
-static const uint8_t *attr_str(const ctx_t *x, const attr_t *a, size_t *len)
-{
-    INVARIANT(a->found && a->kind == A_STR);
-    return str(x, rd16(x->d + a->val), len);
 }
 
 /* Value k of an attribute the schema checks guarantee (a bool reads as 0 or 1). */
@@ -692,8 +673,8 @@ static void bind_attrs(const ctx_t *x, view_t *v)
             a->count = x->d[pos + 3];
             a->val = (uint32_t)pos + 4;
         }
-        if (a->kind != A_STR && a->count > 0) {
-            v->first[id] = attr_int(x, a, 0);
+        if (a->count > 0) {
+            v->first[id] = a->kind == A_STR ? rd16(x->d + a->val) : attr_int(x, a, 0); /* str: the string's index */
         }
     }
     v->params = pos;
@@ -951,7 +932,6 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     if (def->mac) {
         const param_t *w, *b;
-        const attr_t *a;
         int64_t rank = 2, v64;
         b = &v->p[P_BIAS];
         w = &v->p[P_WEIGHT];
@@ -963,13 +943,8 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
         if (v64 != 2 && v64 != 4 && v64 != 8 && v64 != 16) {
             return NPUKIT_E_GRAPH;
         }
-        a = &v->a[K_ROUNDING];
-        {
-            size_t n;
-            const uint8_t *p = attr_str(x, a, &n);
-            if (rounding_mode(p, n) < 0) {
-                return NPUKIT_E_GRAPH;
-            }
+        if (lookup(x, (uint32_t)V(K_ROUNDING), ROUNDINGS, 4) == 4) {
+            return NPUKIT_E_GRAPH;
         }
         v64 = V(K_ACC_BITS);
         if (v64 < 2 || v64 > 62) {
@@ -1459,9 +1434,6 @@ static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t 
 {
     const npukit_tensor_t *in = &x->m->tensors[op->in[0]], *out = &x->m->tensors[op->out];
     const param_t *w, *b;
-    const attr_t *a;
-    size_t n;
-    const uint8_t *s;
     int64_t acc_bits;
     w = &v->p[P_WEIGHT];
     b = &v->p[P_BIAS];
@@ -1481,9 +1453,7 @@ static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t 
     rq->act_min = (int32_t)V(K_ACT_MIN); /* inside the output type: tensor_problems */
     rq->act_max = (int32_t)V(K_ACT_MAX);
     rq->abs = (int32_t)V(K_ABS);
-    a = &v->a[K_ROUNDING];
-    s = attr_str(x, a, &n);
-    rq->rounding = (nk_rounding)rounding_mode(s, n);
+    rq->rounding = (nk_rounding)lookup(x, (uint32_t)V(K_ROUNDING), ROUNDINGS, 4);
     return NPUKIT_OK;
 }
 
