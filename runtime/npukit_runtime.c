@@ -597,20 +597,35 @@ typedef struct {
 
 #define V(key) (v->first[key])  /* the first value of an attribute the schema checks made sure of */
 
-/* Bytes of an attribute record at p, given that it was validated. */
-static size_t attr_size(const uint8_t *p)
+/* An attribute record at `pos`, given that it was validated: its kind, values and their offset into *a (found
+ * set); returns the record's size. A bool is one 1-byte value, a string one 2-byte index. */
+static size_t attr_decode(const uint8_t *d, size_t pos, attr_t *a)
 {
-    const uint32_t t = p[2];
+    const uint32_t t = d[pos + 2];
+    a->found = 1;
+    a->width = (uint8_t)(1u << (t & 3u));
+    a->count = 1;
+    a->val = (uint32_t)pos + 3;
     if (t == 0x01) {
-        return 4;
+        a->kind = A_BOOL;
+        a->width = 1;
+    } else if (t == 0x30) {
+        a->kind = A_STR;
+        a->width = 2;
+    } else if ((t & 0xF0) == 0x10) {
+        a->kind = A_INT;
+    } else {
+        a->kind = A_LIST;
+        a->count = d[pos + 3];
+        a->val = (uint32_t)pos + 4;
     }
-    if (t == 0x30) {
-        return 5;
-    }
-    if ((t & 0xF0) == 0x10) {
-        return 3 + ((size_t)1 << (t & 3u));
-    }
-    return 4 + ((size_t)p[3] << (t & 3u));
+    return a->val - pos + (size_t)a->count * a->width;
+}
+
+static size_t attr_size(const uint8_t *d, size_t pos)
+{
+    attr_t a;
+    return attr_decode(d, pos, &a);
 }
 
 static size_t param_size(const uint8_t *p)
@@ -651,29 +666,11 @@ static void bind_attrs(const ctx_t *x, view_t *v)
     uint32_t k;
     memset(v->a, 0, sizeof v->a);
     memset(v->first, 0, sizeof v->first);
-    for (k = 0; k < v->n_attr; k++, pos += attr_size(x->d + pos)) {
-        const uint32_t t = x->d[pos + 2], id = lookup(x, rd16(x->d + pos), KEYS, N_KEYS);
-        attr_t *a;
-        if (id == N_KEYS) {
-            continue;
-        }
-        a = &v->a[id];
-        a->found = 1;
-        a->width = (uint8_t)(1u << (t & 3u));
-        a->count = 1;
-        a->val = (uint32_t)pos + 3;
-        if (t == 0x01) {
-            a->kind = A_BOOL;
-        } else if (t == 0x30) {
-            a->kind = A_STR;
-        } else if ((t & 0xF0) == 0x10) {
-            a->kind = A_INT;
-        } else {
-            a->kind = A_LIST;
-            a->count = x->d[pos + 3];
-            a->val = (uint32_t)pos + 4;
-        }
-        if (a->count > 0) {
+    for (k = 0; k < v->n_attr; k++) {
+        const uint32_t id = lookup(x, rd16(x->d + pos), KEYS, N_KEYS);
+        attr_t other, *a = id < N_KEYS ? &v->a[id] : &other;
+        pos += attr_decode(x->d, pos, a);
+        if (id < N_KEYS && a->count > 0) {
             v->first[id] = a->kind == A_STR ? rd16(x->d + a->val) : attr_int(x, a, 0); /* str: the string's index */
         }
     }
@@ -808,7 +805,7 @@ static int read_op(ctx_t *x, cur_t *c, uint32_t i)
     for (k = 0; k < counts[2]; k++) {
         at = c->pos;
         TRY(read_attr(x, c));
-        for (j = 0, pos = v.attrs; j < k; j++, pos += attr_size(x->d + pos)) {
+        for (j = 0, pos = v.attrs; j < k; j++, pos += attr_size(x->d, pos)) {
             if (str_same(x, rd16(x->d + pos), rd16(x->d + at))) {
                 return NPUKIT_E_VALUE; /* a repeated attribute key */
             }
@@ -932,7 +929,7 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     if (def->mac) {
         const param_t *w, *b;
-        int64_t rank = 2, v64;
+        int64_t nsp, v64;
         b = &v->p[P_BIAS];
         w = &v->p[P_WEIGHT];
         if (!b->found || !w->found) {
@@ -950,21 +947,11 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
         if (v64 < 2 || v64 > 62) {
             return NPUKIT_E_GRAPH;
         }
-        if (IS(def, NPUKIT_OP_CONV_TRANSPOSE)) { /* weight (in, out, *kernel), bias (out,), groups 1 */
-            rank = V(K_NDIM);
-            if ((int64_t)w->rank - 2 != rank || b->rank != 1 || p_dim(x, b, 0) != p_dim(x, w, 1)) {
-                return NPUKIT_E_GRAPH;
-            }
-            return (rank == 1 || rank == 2) && V(K_GROUPS) == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
-        }
-        if (IS(def, NPUKIT_OP_CONV)) {
-            rank = V(K_NDIM); /* the weight is (out, in / groups, *kernel): rank ndim + 2 */
-            if ((int64_t)w->rank - 2 != rank || b->rank != 1 || p_dim(x, b, 0) != p_dim(x, w, 0)) {
-                return NPUKIT_E_GRAPH;
-            }
-            return rank == 1 || rank == 2 ? NPUKIT_OK : NPUKIT_E_GRAPH;
-        }
-        if (w->rank != rank || b->rank != 1 || p_dim(x, b, 0) != p_dim(x, w, 0)) {
+        /* the weight is (out, in / groups, *kernel) of rank ndim + 2 (ndim 1 or 2), for conv_transpose (in, out,
+         * *kernel) with groups 1, for linear (out, in); the bias (out,) */
+        nsp = IS(def, NPUKIT_OP_LINEAR) ? 0 : V(K_NDIM);
+        if ((int64_t)w->rank - 2 != nsp || b->rank != 1 || p_dim(x, b, 0) != p_dim(x, w, IS(def, NPUKIT_OP_CONV_TRANSPOSE))
+            || (nsp != 0 && nsp != 1 && nsp != 2) || (IS(def, NPUKIT_OP_CONV_TRANSPOSE) && V(K_GROUPS) != 1)) {
             return NPUKIT_E_GRAPH;
         }
     }
