@@ -876,11 +876,12 @@ static const uint8_t KEY_INFO[N_KEYS] = {
 static const char OP_NAMES[] = "conv\0linear\0maxpool\0avgpool\0global_avgpool\0add\0concat\0relu\0reshape\0lut\0"
                                "mul\0upsample\0slice\0conv_transpose\0pad";
 #define N_OPS 15
+#define ANY 255
 
 /* npukit/ops: OpDef.attrs (the keys first .. first + n - 1 of K_*), arity, params, passes_through. */
 typedef struct {
     uint8_t kind, first, n;
-    uint8_t min_in, max_in;     /* max_in 0: any number of inputs */
+    uint8_t min_in, max_in;     /* max_in ANY: any number of inputs (an op record holds at most 255) */
     uint8_t mac, passes_through;
 } opdef_t;
 
@@ -890,8 +891,8 @@ static const opdef_t OPS[N_OPS] = {
     {NPUKIT_OP_MAXPOOL, K_NDIM, 4, 1, 1, 0, 1},                                  /* ndim stride padding kernel */
     {NPUKIT_OP_AVGPOOL, K_NDIM, 4, 1, 1, 0, 1},
     {NPUKIT_OP_GLOBAL_AVGPOOL, K_KEEPDIM, 1, 1, 1, 0, 1},
-    {NPUKIT_OP_ADD, K_RELU, 1, 2, 0, 0, 0},
-    {NPUKIT_OP_CONCAT, K_AXIS, 1, 1, 0, 0, 0},
+    {NPUKIT_OP_ADD, K_RELU, 1, 2, ANY, 0, 0},
+    {NPUKIT_OP_CONCAT, K_AXIS, 1, 1, ANY, 0, 0},
     {NPUKIT_OP_RELU, 0, 0, 1, 1, 0, 1},
     {NPUKIT_OP_RESHAPE, K_SHAPE, 1, 1, 1, 0, 1},
     {NPUKIT_OP_LUT, K_FN, 1, 1, 1, 0, 0},
@@ -937,14 +938,14 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
         }
         /* _check_mac: w_bits, rounding, acc_bits, weight rank, bias shape (out,) */
         v64 = V(K_W_BITS);
-        if (v64 != 2 && v64 != 4 && v64 != 8 && v64 != 16) {
+        if ((uint64_t)v64 > 16 || !(0x10114u >> v64 & 1u)) { /* 2, 4, 8 or 16 */
             return NPUKIT_E_GRAPH;
         }
         if (lookup(x, (uint32_t)V(K_ROUNDING), ROUNDINGS, 4) == 4) {
             return NPUKIT_E_GRAPH;
         }
         v64 = V(K_ACC_BITS);
-        if (v64 < 2 || v64 > 62) {
+        if ((uint64_t)v64 - 2 > 60) { /* 2 .. 62 */
             return NPUKIT_E_GRAPH;
         }
         /* the weight is (out, in / groups, *kernel) of rank ndim + 2 (ndim 1 or 2), for conv_transpose (in, out,
@@ -1285,12 +1286,13 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
     if (def->mac) {
         /* The stored requantisation must be the one the scheme computes from the tensors (Scheme.mac_attrs;
          * pow2 and max78000 compute it alike); a fused clamp may narrow the output range. */
-        int64_t e_acc, lo, hi, act_min, act_max;
+        int32_t e_acc;
+        int64_t lo, hi, act_min, act_max;
         int wide, relu, absolute, clamp, narrowed;
         if (in->bits > 16) {
             return NPUKIT_E_GRAPH;
         }
-        e_acc = in->exp + V(K_W_EXP); /* |w_exp| <= EXP_LIMIT (validate_tensors) */
+        e_acc = in->exp + (int32_t)V(K_W_EXP); /* |w_exp|, |b_exp| <= EXP_LIMIT (exp_ranges) */
         wide = (int)V(K_WIDE);
         relu = (int)V(K_RELU);
         absolute = (int)V(K_ABS);
@@ -1309,7 +1311,7 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
         if (absolute && wide) {
             return NPUKIT_E_GRAPH;
         }
-        if (V(K_BIAS_SHIFT) != e_acc - V(K_B_EXP)) {
+        if (V(K_BIAS_SHIFT) != e_acc - (int32_t)V(K_B_EXP)) {
             return NPUKIT_E_GRAPH;
         }
         if (V(K_OUT_SHIFT) != (wide ? 0 : e_acc - out->exp)) {
@@ -1385,7 +1387,7 @@ static int check_graph(ctx_t *x)
             }
             x->defined[t] = 1;
         }
-        if (v->n_out != 1 || v->n_in < def->min_in || (def->max_in && v->n_in > def->max_in)) {
+        if (v->n_out != 1 || v->n_in < def->min_in || v->n_in > def->max_in) {
             return NPUKIT_E_GRAPH;
         }
         TRY(shape_of(x, v, def));
@@ -1421,7 +1423,6 @@ static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t 
 {
     const npukit_tensor_t *in = &x->m->tensors[op->in[0]], *out = &x->m->tensors[op->out];
     const param_t *w, *b;
-    int64_t acc_bits;
     w = &v->p[P_WEIGHT];
     b = &v->p[P_BIAS];
     if (in->bits > 8 || !(out->bits <= 8 || (out->bits > 16 && out->bits <= 32)) || b->bits != 32
@@ -1434,8 +1435,7 @@ static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t 
     *out_bytes = out->bits <= 8 ? 1 : 4;
     rq->bias_shift = (int32_t)V(K_BIAS_SHIFT); /* tensor_problems bounds both shifts by 3 * EXP_LIMIT */
     rq->out_shift = (int32_t)V(K_OUT_SHIFT);
-    acc_bits = V(K_ACC_BITS);
-    rq->acc_max = int_max((uint32_t)acc_bits);
+    rq->acc_max = int_max((uint32_t)V(K_ACC_BITS));
     rq->acc_min = -rq->acc_max - 1;
     rq->act_min = (int32_t)V(K_ACT_MIN); /* inside the output type: tensor_problems */
     rq->act_max = (int32_t)V(K_ACT_MAX);
