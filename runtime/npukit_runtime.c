@@ -2,16 +2,18 @@
  *
  * npukit_load reads the file in the order of the Python reader (npukit/modelbin.py, _Parser.parse):
  * header, section table, strings, device, plan, tensors, io, ops, then the graph checks of
- * modelbin._check_graph (each op's schema, OpDef.check_node) and Graph.validate (order of definition,
- * arity, shape inference, OpDef.tensor_problems). A file it accepts is one the Python reader accepts,
- * with the exceptions named in the format document. Only then does it look at what the kernels can run
- * and compute each kernel call's parameters (what OpDef.to_c computes offline for generated code).
+ * modelbin._check_graph (each op's schema, OpDef.check_node; Graph.validate's w_exp / b_exp ranges in the
+ * same pass) and Graph.validate (order of definition, arity, shape inference, OpDef.tensor_problems). A file
+ * it accepts is one the Python reader accepts, with the exceptions named in the format document. Only then
+ * does it look at what the kernels can run and compute each kernel call's parameters (what OpDef.to_c
+ * computes offline for generated code).
  *
  * Every read goes through a cursor over one section and is checked against the section's end first;
  * lengths and offsets are compared as differences (end - pos) or in 64-bit arithmetic, so no sum can
  * wrap. Counts are refused before the loop when their smallest records cannot fit. Nothing is allocated:
- * the model is caller memory, the load state is on the stack (about 1 KiB). The target section (the
- * deflated profile) is covered by the CRC and the section table checks but never inflated: what the
+ * the model is caller memory, the load state is on the stack (about 1.5 KiB on the Cortex-M4, with the op
+ * record bound by view: its attributes and params found once by key id, see KEYS and OPS). The target
+ * section (the deflated profile) is covered by the CRC and the section table checks but never inflated: what the
  * runtime needs of the profile is in the device section, which the Python reader holds equal to it.
  */
 #include <string.h>
