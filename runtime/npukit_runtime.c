@@ -953,7 +953,8 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
         /* the weight is (out, in / groups, *kernel) of rank ndim + 2 (ndim 1 or 2), for conv_transpose (in, out,
          * *kernel) with groups 1, for linear (out, in); the bias (out,) */
         nsp = IS(def, NPUKIT_OP_LINEAR) ? 0 : V(K_NDIM);
-        if ((int64_t)w->rank - 2 != nsp || b->rank != 1 || p_dim(x, b, 0) != p_dim(x, w, IS(def, NPUKIT_OP_CONV_TRANSPOSE))
+        if ((int64_t)w->rank - 2 != nsp || b->rank != 1
+            || p_dim(x, b, 0) != p_dim(x, w, IS(def, NPUKIT_OP_CONV_TRANSPOSE) ? 1u : 0u)
             || (nsp != 0 && nsp != 1 && nsp != 2) || (IS(def, NPUKIT_OP_CONV_TRANSPOSE) && V(K_GROUPS) != 1)) {
             return NPUKIT_E_GRAPH;
         }
