@@ -1,6 +1,7 @@
 /* npukit-run [--dump] MODEL.bin INPUT.bin... OUTPUT.bin...: runs a model.bin on files of input samples with
  * the npukit runtime and writes the outputs. With --dump it also prints every tensor of every sample as
- * `npukit-dump SAMPLE TENSOR CRC32 NBYTES HEX` lines on stdout (docs/diagnostics.md, `npukit compare`).
+ * `npukit-dump SAMPLE TENSOR CRC32 NBYTES HEX` lines on stdout (docs/diagnostics.md, `npukit compare`); --dump
+ * needs the trace hook (-DNPUKIT_TRACE=1, which `make`, CMake and npukit.codegen.host.build_runtime pass).
  *
  * One file per input, then one per output, in the model's order (npukit_input_info, `npukit inspect`): a
  * model with one input and one output takes `MODEL.bin INPUT.bin OUTPUT.bin`, one with two inputs and one
@@ -32,6 +33,7 @@ static const char *status_name(int rc)
     return rc <= 0 && -rc < (int)(sizeof NAMES / sizeof NAMES[0]) ? NAMES[-rc] : "NPUKIT_E_?";
 }
 
+#if NPUKIT_TRACE
 /* Trace callback of --dump: one line per tensor, the format of the generated npukit_dump.c. */
 static void dump_line(void *user, const char *name, size_t name_len, const void *data, size_t nbytes)
 {
@@ -52,6 +54,7 @@ static void dump_line(void *user, const char *name, size_t name_len, const void 
     }
     printf("\n");
 }
+#endif
 
 /* The whole file in a heap buffer (malloc's alignment suits npukit_load); NULL on failure. */
 static unsigned char *read_file(const char *path, size_t *len)
@@ -105,6 +108,10 @@ int main(int argc, char **argv)
     unsigned long sample;
 
     if (dump) {
+#if !NPUKIT_TRACE
+        fprintf(stderr, "npukit-run: --dump needs a runtime built with -DNPUKIT_TRACE=1\n");
+        return 1;
+#endif
         argv++;
         argc--;
     }
@@ -173,8 +180,13 @@ int main(int argc, char **argv)
         for (k = 0; k < n_out; k++) {
             outs[k] = out[k] + i * out_bytes[k];
         }
+#if NPUKIT_TRACE
         rc = npukit_invoke_io_traced(&model, arena, npukit_arena_bytes(&model), ins, outs, dump ? dump_line : NULL,
                                      &sample);
+#else
+        (void)sample;
+        rc = npukit_invoke_io(&model, arena, npukit_arena_bytes(&model), ins, outs);
+#endif
         if (rc != NPUKIT_OK) {
             fprintf(stderr, "npukit-run: sample %lu of %s: %s (%s)\n", (unsigned long)i, argv[2],
                     npukit_strerror(rc), status_name(rc));

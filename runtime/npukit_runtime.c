@@ -2,16 +2,18 @@
  *
  * npukit_load reads the file in the order of the Python reader (npukit/modelbin.py, _Parser.parse):
  * header, section table, strings, device, plan, tensors, io, ops, then the graph checks of
- * modelbin._check_graph (each op's schema, OpDef.check_node) and Graph.validate (order of definition,
- * arity, shape inference, OpDef.tensor_problems). A file it accepts is one the Python reader accepts,
- * with the exceptions named in the format document. Only then does it look at what the kernels can run
- * and compute each kernel call's parameters (what OpDef.to_c computes offline for generated code).
+ * modelbin._check_graph (each op's schema, OpDef.check_node; Graph.validate's w_exp / b_exp ranges in the
+ * same pass) and Graph.validate (order of definition, arity, shape inference, OpDef.tensor_problems). A file
+ * it accepts is one the Python reader accepts, with the exceptions named in the format document. Only then
+ * does it look at what the kernels can run and compute each kernel call's parameters (what OpDef.to_c
+ * computes offline for generated code).
  *
  * Every read goes through a cursor over one section and is checked against the section's end first;
  * lengths and offsets are compared as differences (end - pos) or in 64-bit arithmetic, so no sum can
  * wrap. Counts are refused before the loop when their smallest records cannot fit. Nothing is allocated:
- * the model is caller memory, the load state is on the stack (about 1 KiB). The target section (the
- * deflated profile) is covered by the CRC and the section table checks but never inflated: what the
+ * the model is caller memory, the load state is on the stack (about 1.5 KiB on the Cortex-M4, with the op
+ * record bound by view: its attributes and params found once by key id, see KEYS and OPS). The target
+ * section (the deflated profile) is covered by the CRC and the section table checks but never inflated: what the
  * runtime needs of the profile is in the device section, which the Python reader holds equal to it.
  */
 #include <string.h>
@@ -112,19 +114,6 @@ static int64_t le_int(const uint8_t *p, unsigned width)
     return u > (uint64_t)INT64_MAX ? -(int64_t)(~u) - 1 : (int64_t)u;
 }
 
-/* A rounding mode as model.bin names it ("half_up", ...): its nk_rounding, or -1. */
-static int rounding_mode(const uint8_t *s, size_t n)
-{
-    static const char *const MODES[4] = {"half_up", "half_even", "floor", "trunc"}; /* nk_rounding order */
-    int i;
-    for (i = 0; i < 4; i++) {
-        if (strlen(MODES[i]) == n && memcmp(MODES[i], s, n) == 0) {
-            return i;
-        }
-    }
-    return -1;
-}
-
 /* kind == want, as a function: the compiler folds it to 0 for the kinds ON leaves out without warning that
  * a uint8_t never equals them. */
 static int same_kind(unsigned kind, unsigned want)
@@ -193,13 +182,8 @@ static int dims(cur_t *c, uint32_t rank, uint64_t max_elems, uint64_t *elems, si
     }
     TRY(take(c, 4 * (size_t)rank, at));
     for (k = 0; k < rank; k++) {
-        if (rd32(c->d + *at + 4 * k) == 0) {
-            return NPUKIT_E_VALUE;
-        }
-    }
-    for (k = 0; k < rank; k++) {
         const uint64_t d = rd32(c->d + *at + 4 * k);
-        if (d > max_elems / e) {
+        if (d == 0 || d > max_elems / e) {
             return NPUKIT_E_VALUE;
         }
         e *= d;
@@ -372,7 +356,6 @@ static int read_header(ctx_t *x, uint32_t *n_sections)
 static int read_sections(ctx_t *x, uint32_t n)
 {
     const size_t table_end = HEADER + (size_t)n * SECTION;
-    size_t start[N_KINDS], end[N_KINDS];
     uint32_t i, seen = 0, k;
     for (i = 0; i < n; i++) {
         const uint8_t *e = x->d + HEADER + (size_t)i * SECTION;
@@ -388,21 +371,12 @@ static int read_sections(ctx_t *x, uint32_t n)
     if (seen != 0x1FEu) {
         return NPUKIT_E_SECTION; /* a kind is missing */
     }
-    /* no two sections share a byte: sorted by (start, end), each starts at or after the previous end */
-    for (k = 0; k < N_KINDS; k++) {
-        size_t j = k;
-        const size_t s = x->off[k + 1], t = s + x->size[k + 1];
-        while (j > 0 && (start[j - 1] > s || (start[j - 1] == s && end[j - 1] > t))) {
-            start[j] = start[j - 1];
-            end[j] = end[j - 1];
-            j--;
-        }
-        start[j] = s;
-        end[j] = t;
-    }
-    for (k = 1; k < N_KINDS; k++) {
-        if (start[k] < end[k - 1]) {
-            return NPUKIT_E_SECTION;
+    /* no two sections share a byte (an empty one may sit at another's start or end, not strictly inside it) */
+    for (i = 2; i <= N_KINDS; i++) {
+        for (k = 1; k < i; k++) {
+            if (x->off[i] < x->off[k] + x->size[k] && x->off[k] < x->off[i] + x->size[i]) {
+                return NPUKIT_E_SECTION;
+            }
         }
     }
     return NPUKIT_OK;
@@ -585,18 +559,24 @@ static int read_io(ctx_t *x)
 /* ------------------------------------------------------------------------------------------------ */
 /* Ops: records */
 
-typedef struct {
-    uint32_t op;                /* op name (string index) */
-    uint32_t n_in, n_out, n_attr, n_param;
-    size_t io;                  /* the tensor list */
-    size_t attrs, params;       /* the first attribute and parameter records */
-} view_t;
+/* The attribute keys the runtime reads, in the order of the schema table (OPS: each op's keys are one run
+ * of this list), with their names in KEYS (NUL-separated) and kinds and minimums in KEY_INFO. */
+enum {
+    K_OUTPUT_PADDING, K_W_BITS, K_W_EXP, K_B_EXP, K_WIDE, K_BIAS_SHIFT, K_OUT_SHIFT, K_ACT_MIN, K_ACT_MAX, K_ABS,
+    K_CLAMP, K_ACC_BITS, K_ROUNDING, K_RELU, K_GROUPS, K_DILATION, K_NDIM, K_STRIDE, K_PADDING, K_KERNEL,
+    K_AXIS, K_START, K_STOP, K_KEEPDIM, K_SHAPE, K_FN, K_SCALE, K_PADS, K_VALUE, N_KEYS
+};
+static const char KEYS[] = "output_padding\0w_bits\0w_exp\0b_exp\0wide\0bias_shift\0out_shift\0act_min\0act_max\0"
+                           "abs\0clamp\0acc_bits\0rounding\0relu\0groups\0dilation\0ndim\0stride\0padding\0kernel\0"
+                           "axis\0start\0stop\0keepdim\0shape\0fn\0scale\0pads\0value";
+enum { P_WEIGHT, P_BIAS, P_TABLE, N_PARAMS };
+static const char PARAMS[] = "weight\0bias\0table";
+static const char ROUNDINGS[] = "half_up\0half_even\0floor\0trunc"; /* the rounding modes, in nk_rounding order */
 
 typedef struct {
-    int found;
-    uint32_t kind;              /* A_* */
-    uint32_t count, width;      /* int: 1 value; list: count values; width bytes each */
-    size_t val;                 /* file offset of the first value (bool: the byte; str: the index) */
+    uint32_t val;               /* file offset of the first value (bool: the byte; str: the index) */
+    uint8_t found, kind;        /* kind: A_* */
+    uint8_t count, width;       /* int: 1 value; list: count values; width bytes each */
 } attr_t;
 
 typedef struct {
@@ -606,20 +586,48 @@ typedef struct {
     size_t data, dims;          /* file offsets */
 } param_t;
 
-/* Bytes of an attribute record at p, given that it was validated. */
-static size_t attr_size(const uint8_t *p)
+/* An op record, with its attributes and parameters found by key once (bind). */
+typedef struct {
+    uint32_t op;                /* op name (string index) */
+    uint32_t n_in, n_out, n_attr, n_param;
+    size_t io;                  /* the tensor list */
+    size_t attrs, params;       /* the first attribute and parameter records */
+    attr_t a[N_KEYS];           /* by K_*: found 0 where the op has no such attribute */
+    int64_t first[N_KEYS];      /* the first value of each int, bool or non-empty list attribute; a string's index */
+    param_t p[N_PARAMS];        /* by P_* */
+} view_t;
+
+#define V(key) (v->first[key])  /* the first value of an attribute the schema checks made sure of */
+
+/* An attribute record at `pos`, given that it was validated: its kind, values and their offset into *a (found
+ * set); returns the record's size. A bool is one 1-byte value, a string one 2-byte index. */
+static size_t attr_decode(const uint8_t *d, size_t pos, attr_t *a)
 {
-    const uint32_t t = p[2];
+    const uint32_t t = d[pos + 2];
+    a->found = 1;
+    a->width = (uint8_t)(1u << (t & 3u));
+    a->count = 1;
+    a->val = (uint32_t)pos + 3;
     if (t == 0x01) {
-        return 4;
+        a->kind = A_BOOL;
+        a->width = 1;
+    } else if (t == 0x30) {
+        a->kind = A_STR;
+        a->width = 2;
+    } else if ((t & 0xF0) == 0x10) {
+        a->kind = A_INT;
+    } else {
+        a->kind = A_LIST;
+        a->count = d[pos + 3];
+        a->val = (uint32_t)pos + 4;
     }
-    if (t == 0x30) {
-        return 5;
-    }
-    if ((t & 0xF0) == 0x10) {
-        return 3 + ((size_t)1 << (t & 3u));
-    }
-    return 4 + ((size_t)p[3] << (t & 3u));
+    return a->val - pos + (size_t)a->count * a->width;
+}
+
+static size_t attr_size(const uint8_t *d, size_t pos)
+{
+    attr_t a;
+    return attr_decode(d, pos, &a);
 }
 
 static size_t param_size(const uint8_t *p)
@@ -627,56 +635,10 @@ static size_t param_size(const uint8_t *p)
     return PARAM_REC + 4 * (size_t)p[4];
 }
 
-static void view(const ctx_t *x, size_t io, view_t *v)
-{
-    uint32_t k;
-    v->op = rd16(x->d + io - 8);
-    v->n_in = x->d[io - 4];
-    v->n_out = x->d[io - 3];
-    v->n_attr = x->d[io - 2];
-    v->n_param = x->d[io - 1];
-    v->io = io;
-    v->attrs = io + 2 * (size_t)(v->n_in + v->n_out);
-    v->params = v->attrs;
-    for (k = 0; k < v->n_attr; k++) {
-        v->params += attr_size(x->d + v->params);
-    }
-}
-
 static uint32_t v_tensor(const ctx_t *x, const view_t *v, uint32_t k)
 {
     INVARIANT(k < v->n_in + v->n_out);
     return rd16(x->d + v->io + 2 * (size_t)k);
-}
-
-static int find_attr(const ctx_t *x, const view_t *v, const char *key, attr_t *a)
-{
-    size_t pos = v->attrs;
-    uint32_t k;
-    a->found = 0;
-    for (k = 0; k < v->n_attr; k++, pos += attr_size(x->d + pos)) {
-        const uint32_t t = x->d[pos + 2];
-        if (!str_is(x, rd16(x->d + pos), key)) {
-            continue;
-        }
-        a->found = 1;
-        a->width = 1u << (t & 3u);
-        a->count = 1;
-        a->val = pos + 3;
-        if (t == 0x01) {
-            a->kind = A_BOOL;
-        } else if (t == 0x30) {
-            a->kind = A_STR;
-        } else if ((t & 0xF0) == 0x10) {
-            a->kind = A_INT;
-        } else {
-            a->kind = A_LIST;
-            a->count = x->d[pos + 3];
-            a->val = pos + 4;
-        }
-        return 1;
-    }
-    return 0;
 }
 
 /* Value k of an attribute the schema checks guarantee (a bool reads as 0 or 1). */
@@ -689,42 +651,64 @@ static int64_t attr_int(const ctx_t *x, const attr_t *a, uint32_t k)
     return le_int(x->d + a->val + (size_t)k * a->width, a->width);
 }
 
-/* The first value of an attribute the schema checks made sure of (find_attr, then attr_int). */
-static int64_t attr_value(const ctx_t *x, const view_t *v, const char *key)
+/* The id of string `name` in a NUL-separated list of n names, or n. */
+static uint32_t lookup(const ctx_t *x, uint32_t name, const char *list, uint32_t n)
 {
-    attr_t a;
-    find_attr(x, v, key, &a);
-    return attr_int(x, &a, 0);
+    uint32_t id;
+    for (id = 0; id < n && !str_is(x, name, list); id++) {
+        list += strlen(list) + 1;
+    }
+    return id;
 }
 
-/* A string attribute's bytes. */
-static const uint8_t *attr_str(const ctx_t *x, const attr_t *a, size_t *len)
+/* Finds the op's attributes by key (the reader refuses a repeated key) and sets v->params past them. */
+static void bind_attrs(const ctx_t *x, view_t *v)
 {
-    INVARIANT(a->found && a->kind == A_STR);
-    return str(x, rd16(x->d + a->val), len);
-}
-
-static int find_param(const ctx_t *x, const view_t *v, const char *name, param_t *p)
-{
-    size_t pos = v->params;
+    size_t pos = v->attrs;
     uint32_t k;
-    p->found = 0;
-    for (k = 0; k < v->n_param; k++, pos += param_size(x->d + pos)) {
-        if (str_is(x, rd16(x->d + pos), name)) {
-            uint32_t j;
-            p->found = 1;
-            p->bits = x->d[pos + 2];
-            p->rank = x->d[pos + 4];
-            p->data = x->off[S_WEIGHTS] + rd32(x->d + pos + 5);
-            p->dims = pos + PARAM_REC;
-            p->count = 1;
-            for (j = 0; j < p->rank; j++) {
-                p->count *= rd32(x->d + p->dims + 4 * (size_t)j);
-            }
-            return 1;
+    memset(v->a, 0, sizeof v->a);
+    memset(v->first, 0, sizeof v->first);
+    for (k = 0; k < v->n_attr; k++) {
+        const uint32_t id = lookup(x, rd16(x->d + pos), KEYS, N_KEYS);
+        attr_t other, *a = id < N_KEYS ? &v->a[id] : &other;
+        pos += attr_decode(x->d, pos, a);
+        if (id < N_KEYS && a->count > 0) {
+            v->first[id] = a->kind == A_STR ? rd16(x->d + a->val) : attr_int(x, a, 0); /* str: the string's index */
         }
     }
-    return 0;
+    v->params = pos;
+}
+
+/* An op record whose fields the reader checked, at `io` (its tensor list), with attributes and params bound. */
+static void view(const ctx_t *x, size_t io, view_t *v)
+{
+    size_t pos;
+    uint32_t k, j;
+    v->op = rd16(x->d + io - 8);
+    v->n_in = x->d[io - 4];
+    v->n_out = x->d[io - 3];
+    v->n_attr = x->d[io - 2];
+    v->n_param = x->d[io - 1];
+    v->io = io;
+    v->attrs = io + 2 * (size_t)(v->n_in + v->n_out);
+    bind_attrs(x, v);
+    memset(v->p, 0, sizeof v->p);
+    for (k = 0, pos = v->params; k < v->n_param; k++, pos += param_size(x->d + pos)) {
+        const uint32_t id = lookup(x, rd16(x->d + pos), PARAMS, N_PARAMS);
+        param_t *p = &v->p[id];
+        if (id == N_PARAMS) {
+            continue;
+        }
+        p->found = 1;
+        p->bits = x->d[pos + 2];
+        p->rank = x->d[pos + 4];
+        p->data = x->off[S_WEIGHTS] + rd32(x->d + pos + 5);
+        p->dims = pos + PARAM_REC;
+        p->count = 1;
+        for (j = 0; j < p->rank; j++) {
+            p->count *= rd32(x->d + p->dims + 4 * (size_t)j);
+        }
+    }
 }
 
 static uint32_t p_dim(const ctx_t *x, const param_t *p, uint32_t k)
@@ -762,7 +746,7 @@ static int read_param(const ctx_t *x, cur_t *c, const view_t *v)
     uint32_t name, bits, dtype_bits, offset, k;
     size_t at, dims_at;
     uint64_t elems, nbytes;
-    attr_t wb;
+    const attr_t *wb = &v->a[K_W_BITS];
     int ok = 0;
     TRY(take(c, PARAM_REC, &at));
     name = rd16(x->d + at);
@@ -779,8 +763,7 @@ static int read_param(const ctx_t *x, cur_t *c, const view_t *v)
         return NPUKIT_E_VALUE;
     }
     /* a weight is stored at its op's w_bits (any other type of w_bits differs from every width) */
-    if (str_is(x, name, "weight") && find_attr(x, v, "w_bits", &wb)
-        && (wb.kind != A_INT || attr_int(x, &wb, 0) != (int64_t)bits)) {
+    if (str_is(x, name, "weight") && wb->found && (wb->kind != A_INT || V(K_W_BITS) != (int64_t)bits)) {
         return NPUKIT_E_VALUE;
     }
     TRY(dims(c, x->d[at + 4], 8 * w_size / bits, &elems, &dims_at));
@@ -824,14 +807,14 @@ static int read_op(ctx_t *x, cur_t *c, uint32_t i)
     for (k = 0; k < counts[2]; k++) {
         at = c->pos;
         TRY(read_attr(x, c));
-        for (j = 0, pos = v.attrs; j < k; j++, pos += attr_size(x->d + pos)) {
+        for (j = 0, pos = v.attrs; j < k; j++, pos += attr_size(x->d, pos)) {
             if (str_same(x, rd16(x->d + pos), rd16(x->d + at))) {
                 return NPUKIT_E_VALUE; /* a repeated attribute key */
             }
         }
     }
     v.n_attr = counts[2];
-    v.params = c->pos;
+    bind_attrs(x, &v); /* sets v.params: c->pos */
     for (k = 0; k < counts[3]; k++) {
         at = c->pos;
         TRY(read_param(x, c, &v));
@@ -874,131 +857,105 @@ static int read_ops(ctx_t *x)
 /* ------------------------------------------------------------------------------------------------ */
 /* Ops: the schema of each op (npukit/ops: OpDef.attrs, attr_min, params, arity, passes_through) */
 
+/* Each key's kind (bits 0-1) and the smallest value of an int or of each list element (bits 2-3: none,
+ * 0 or 1 as 0, 1, 2), in K_* order. */
+#define KIND_MIN(kind, min) ((kind) | ((min) + 1) << 2)
 #define NO_MIN (-1)
+static const uint8_t KEY_INFO[N_KEYS] = {
+    KIND_MIN(A_LIST, 0),                                                         /* output_padding */
+    KIND_MIN(A_INT, NO_MIN), KIND_MIN(A_INT, NO_MIN), KIND_MIN(A_INT, NO_MIN),   /* w_bits w_exp b_exp */
+    KIND_MIN(A_BOOL, NO_MIN), KIND_MIN(A_INT, NO_MIN), KIND_MIN(A_INT, NO_MIN),  /* wide bias_shift out_shift */
+    KIND_MIN(A_INT, NO_MIN), KIND_MIN(A_INT, NO_MIN), KIND_MIN(A_BOOL, NO_MIN),  /* act_min act_max abs */
+    KIND_MIN(A_BOOL, NO_MIN), KIND_MIN(A_INT, NO_MIN), KIND_MIN(A_STR, NO_MIN),  /* clamp acc_bits rounding */
+    KIND_MIN(A_BOOL, NO_MIN), KIND_MIN(A_INT, 1), KIND_MIN(A_LIST, 1),           /* relu groups dilation */
+    KIND_MIN(A_INT, 1), KIND_MIN(A_LIST, 1), KIND_MIN(A_LIST, 0),                /* ndim stride padding */
+    KIND_MIN(A_LIST, 1), KIND_MIN(A_INT, 0), KIND_MIN(A_INT, 0),                 /* kernel axis start */
+    KIND_MIN(A_INT, 1), KIND_MIN(A_BOOL, NO_MIN), KIND_MIN(A_LIST, 1),           /* stop keepdim shape */
+    KIND_MIN(A_STR, NO_MIN), KIND_MIN(A_LIST, 1), KIND_MIN(A_LIST, 0),           /* fn scale pads */
+    KIND_MIN(A_INT, NO_MIN)};                                                    /* value */
+
+/* The op names, NUL-separated, in NPUKIT_OP_* order (kinds 1, 2, ...). */
+static const char OP_NAMES[] = "conv\0linear\0maxpool\0avgpool\0global_avgpool\0add\0concat\0relu\0reshape\0lut\0"
+                               "mul\0upsample\0slice\0conv_transpose\0pad";
+#define N_OPS 15
+#define ANY 255
+
+/* npukit/ops: OpDef.attrs (the keys first .. first + n - 1 of K_*), arity, params, passes_through. */
 typedef struct {
-    const char *key;
-    uint8_t kind;
-    int8_t min;                 /* smallest value of an int or of each list element, or NO_MIN */
-} aspec_t;
-
-static const aspec_t MAC_ATTRS[] = {
-    {"w_bits", A_INT, NO_MIN},     {"w_exp", A_INT, NO_MIN},     {"b_exp", A_INT, NO_MIN},
-    {"relu", A_BOOL, NO_MIN},      {"wide", A_BOOL, NO_MIN},     {"bias_shift", A_INT, NO_MIN},
-    {"out_shift", A_INT, NO_MIN},  {"act_min", A_INT, NO_MIN},   {"act_max", A_INT, NO_MIN},
-    {"abs", A_BOOL, NO_MIN},       {"clamp", A_BOOL, NO_MIN},    {"acc_bits", A_INT, NO_MIN},
-    {"rounding", A_STR, NO_MIN}};
-static const aspec_t CONV_ATTRS[] = {
-    {"ndim", A_INT, 1}, {"stride", A_LIST, 1}, {"padding", A_LIST, 0}, {"dilation", A_LIST, 1}, {"groups", A_INT, 1}};
-static const aspec_t CONVT_ATTRS[] = {{"ndim", A_INT, 1}, {"stride", A_LIST, 1}, {"padding", A_LIST, 0},
-                                      {"dilation", A_LIST, 1}, {"groups", A_INT, 1}, {"output_padding", A_LIST, 0}};
-static const aspec_t WINDOW_ATTRS[] = {{"ndim", A_INT, 1}, {"kernel", A_LIST, 1}, {"stride", A_LIST, 1}, {"padding", A_LIST, 0}};
-static const aspec_t GAP_ATTRS[] = {{"keepdim", A_BOOL, NO_MIN}};
-static const aspec_t ADD_ATTRS[] = {{"relu", A_BOOL, NO_MIN}};
-static const aspec_t CONCAT_ATTRS[] = {{"axis", A_INT, 0}};
-static const aspec_t RESHAPE_ATTRS[] = {{"shape", A_LIST, 1}};
-static const aspec_t LUT_ATTRS[] = {{"fn", A_STR, NO_MIN}};
-static const aspec_t UPSAMPLE_ATTRS[] = {{"scale", A_LIST, 1}};
-static const aspec_t SLICE_ATTRS[] = {{"axis", A_INT, 0}, {"start", A_INT, 0}, {"stop", A_INT, 1}};
-static const aspec_t PAD_ATTRS[] = {{"pads", A_LIST, 0}, {"value", A_INT, NO_MIN}};
-
-#define N_OF(a) ((uint8_t)(sizeof(a) / sizeof((a)[0])))
-
-typedef struct {
-    const char *name;
-    uint8_t kind, min_in, max_in; /* max_in 0: any number of inputs */
-    const aspec_t *attrs, *more;
-    uint8_t n_attrs, n_more;
+    uint8_t kind, first, n;
+    uint8_t min_in, max_in;     /* max_in ANY: any number of inputs (an op record holds at most 255) */
     uint8_t mac, passes_through;
 } opdef_t;
 
-static const opdef_t OPS[] = {
-    {"conv", NPUKIT_OP_CONV, 1, 1, MAC_ATTRS, CONV_ATTRS, N_OF(MAC_ATTRS), N_OF(CONV_ATTRS), 1, 0},
-    {"linear", NPUKIT_OP_LINEAR, 1, 1, MAC_ATTRS, NULL, N_OF(MAC_ATTRS), 0, 1, 0},
-    {"conv_transpose", NPUKIT_OP_CONV_TRANSPOSE, 1, 1, MAC_ATTRS, CONVT_ATTRS, N_OF(MAC_ATTRS), N_OF(CONVT_ATTRS), 1, 0},
-    {"maxpool", NPUKIT_OP_MAXPOOL, 1, 1, WINDOW_ATTRS, NULL, N_OF(WINDOW_ATTRS), 0, 0, 1},
-    {"avgpool", NPUKIT_OP_AVGPOOL, 1, 1, WINDOW_ATTRS, NULL, N_OF(WINDOW_ATTRS), 0, 0, 1},
-    {"global_avgpool", NPUKIT_OP_GLOBAL_AVGPOOL, 1, 1, GAP_ATTRS, NULL, N_OF(GAP_ATTRS), 0, 0, 1},
-    {"add", NPUKIT_OP_ADD, 2, 0, ADD_ATTRS, NULL, N_OF(ADD_ATTRS), 0, 0, 0},
-    {"concat", NPUKIT_OP_CONCAT, 1, 0, CONCAT_ATTRS, NULL, N_OF(CONCAT_ATTRS), 0, 0, 0},
-    {"relu", NPUKIT_OP_RELU, 1, 1, NULL, NULL, 0, 0, 0, 1},
-    {"reshape", NPUKIT_OP_RESHAPE, 1, 1, RESHAPE_ATTRS, NULL, N_OF(RESHAPE_ATTRS), 0, 0, 1},
-    {"lut", NPUKIT_OP_LUT, 1, 1, LUT_ATTRS, NULL, N_OF(LUT_ATTRS), 0, 0, 0},
-    {"mul", NPUKIT_OP_MUL, 2, 2, ADD_ATTRS, NULL, N_OF(ADD_ATTRS), 0, 0, 0},
-    {"upsample", NPUKIT_OP_UPSAMPLE, 1, 1, UPSAMPLE_ATTRS, NULL, N_OF(UPSAMPLE_ATTRS), 0, 0, 1},
-    {"slice", NPUKIT_OP_SLICE, 1, 1, SLICE_ATTRS, NULL, N_OF(SLICE_ATTRS), 0, 0, 1},
-    {"pad", NPUKIT_OP_PAD, 1, 1, PAD_ATTRS, NULL, N_OF(PAD_ATTRS), 0, 0, 1},
+static const opdef_t OPS[N_OPS] = {
+    {NPUKIT_OP_CONV, K_W_BITS, K_KERNEL - K_W_BITS, 1, 1, 1, 0},                 /* the MAC keys, groups .. padding */
+    {NPUKIT_OP_LINEAR, K_W_BITS, K_GROUPS - K_W_BITS, 1, 1, 1, 0},               /* the MAC keys (w_bits .. relu) */
+    {NPUKIT_OP_MAXPOOL, K_NDIM, 4, 1, 1, 0, 1},                                  /* ndim stride padding kernel */
+    {NPUKIT_OP_AVGPOOL, K_NDIM, 4, 1, 1, 0, 1},
+    {NPUKIT_OP_GLOBAL_AVGPOOL, K_KEEPDIM, 1, 1, 1, 0, 1},
+    {NPUKIT_OP_ADD, K_RELU, 1, 2, ANY, 0, 0},
+    {NPUKIT_OP_CONCAT, K_AXIS, 1, 1, ANY, 0, 0},
+    {NPUKIT_OP_RELU, 0, 0, 1, 1, 0, 1},
+    {NPUKIT_OP_RESHAPE, K_SHAPE, 1, 1, 1, 0, 1},
+    {NPUKIT_OP_LUT, K_FN, 1, 1, 1, 0, 0},
+    {NPUKIT_OP_MUL, K_RELU, 1, 2, 2, 0, 0},
+    {NPUKIT_OP_UPSAMPLE, K_SCALE, 1, 1, 1, 0, 1},
+    {NPUKIT_OP_SLICE, K_AXIS, 3, 1, 1, 0, 1},                                    /* axis start stop */
+    {NPUKIT_OP_CONV_TRANSPOSE, K_OUTPUT_PADDING, K_KERNEL, 1, 1, 1, 0},          /* output_padding, conv's keys */
+    {NPUKIT_OP_PAD, K_PADS, 2, 1, 1, 0, 1},                                      /* pads value */
 };
 
 static const opdef_t *op_def(const ctx_t *x, uint32_t name)
 {
-    size_t k;
-    for (k = 0; k < sizeof OPS / sizeof OPS[0]; k++) {
-        if (str_is(x, name, OPS[k].name)) {
-            return &OPS[k];
-        }
-    }
-    return NULL;
+    const uint32_t k = lookup(x, name, OP_NAMES, N_OPS);
+    return k < N_OPS ? &OPS[k] : NULL;
 }
 
 /* The attributes and params an op's kernel reads, with their kinds and minimums (OpDef.check_node). */
 static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
 {
     uint32_t s, k;
-    for (s = 0; s < (uint32_t)def->n_attrs + def->n_more; s++) {
-        const aspec_t *spec = s < def->n_attrs ? &def->attrs[s] : &def->more[s - def->n_attrs];
-        attr_t a;
-        if (!find_attr(x, v, spec->key, &a) || a.kind != spec->kind) {
+    for (s = def->first; s < (uint32_t)def->first + def->n; s++) {
+        const attr_t *a = &v->a[s];
+        const int min = (KEY_INFO[s] >> 2) - 1;
+        if (!a->found || a->kind != (KEY_INFO[s] & 3u)) {
             return NPUKIT_E_GRAPH;
         }
-        for (k = 0; spec->min != NO_MIN && k < a.count; k++) {
-            if (attr_int(x, &a, k) < spec->min) {
+        for (k = 0; min != NO_MIN && k < a->count; k++) {
+            if (attr_int(x, a, k) < min) {
                 return NPUKIT_E_GRAPH;
             }
         }
     }
     if (IS(def, NPUKIT_OP_LUT)) {
-        param_t t;
-        return find_param(x, v, "table", &t) && t.rank == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
+        return v->p[P_TABLE].found && v->p[P_TABLE].rank == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
     }
     if (def->mac) {
-        param_t w, b;
-        attr_t a;
-        int64_t rank = 2, v64;
-        if (!find_param(x, v, "bias", &b) || !find_param(x, v, "weight", &w)) {
+        const param_t *w, *b;
+        int64_t nsp, v64;
+        b = &v->p[P_BIAS];
+        w = &v->p[P_WEIGHT];
+        if (!b->found || !w->found) {
             return NPUKIT_E_GRAPH;
         }
         /* _check_mac: w_bits, rounding, acc_bits, weight rank, bias shape (out,) */
-        v64 = attr_value(x, v, "w_bits");
-        if (v64 != 2 && v64 != 4 && v64 != 8 && v64 != 16) {
+        v64 = V(K_W_BITS);
+        if ((uint64_t)v64 > 16 || !(0x10114u >> v64 & 1u)) { /* 2, 4, 8 or 16 */
             return NPUKIT_E_GRAPH;
         }
-        find_attr(x, v, "rounding", &a);
-        {
-            size_t n;
-            const uint8_t *p = attr_str(x, &a, &n);
-            if (rounding_mode(p, n) < 0) {
-                return NPUKIT_E_GRAPH;
-            }
-        }
-        v64 = attr_value(x, v, "acc_bits");
-        if (v64 < 2 || v64 > 62) {
+        if (lookup(x, (uint32_t)V(K_ROUNDING), ROUNDINGS, 4) == 4) {
             return NPUKIT_E_GRAPH;
         }
-        if (IS(def, NPUKIT_OP_CONV_TRANSPOSE)) { /* weight (in, out, *kernel), bias (out,), groups 1 */
-            rank = attr_value(x, v, "ndim");
-            if ((int64_t)w.rank - 2 != rank || b.rank != 1 || p_dim(x, &b, 0) != p_dim(x, &w, 1)) {
-                return NPUKIT_E_GRAPH;
-            }
-            return (rank == 1 || rank == 2) && attr_value(x, v, "groups") == 1 ? NPUKIT_OK : NPUKIT_E_GRAPH;
+        v64 = V(K_ACC_BITS);
+        if ((uint64_t)v64 - 2 > 60) { /* 2 .. 62 */
+            return NPUKIT_E_GRAPH;
         }
-        if (IS(def, NPUKIT_OP_CONV)) {
-            rank = attr_value(x, v, "ndim"); /* the weight is (out, in / groups, *kernel): rank ndim + 2 */
-            if ((int64_t)w.rank - 2 != rank || b.rank != 1 || p_dim(x, &b, 0) != p_dim(x, &w, 0)) {
-                return NPUKIT_E_GRAPH;
-            }
-            return rank == 1 || rank == 2 ? NPUKIT_OK : NPUKIT_E_GRAPH;
-        }
-        if (w.rank != rank || b.rank != 1 || p_dim(x, &b, 0) != p_dim(x, &w, 0)) {
+        /* the weight is (out, in / groups, *kernel) of rank ndim + 2 (ndim 1 or 2), for conv_transpose (in, out,
+         * *kernel) with groups 1, for linear (out, in); the bias (out,) */
+        nsp = IS(def, NPUKIT_OP_LINEAR) ? 0 : V(K_NDIM);
+        if ((int64_t)w->rank - 2 != nsp || b->rank != 1
+            || p_dim(x, b, 0) != p_dim(x, w, IS(def, NPUKIT_OP_CONV_TRANSPOSE) ? 1u : 0u)
+            || (nsp != 0 && nsp != 1 && nsp != 2) || (IS(def, NPUKIT_OP_CONV_TRANSPOSE) && V(K_GROUPS) != 1)) {
             return NPUKIT_E_GRAPH;
         }
     }
@@ -1028,18 +985,18 @@ static int64_t window_out(uint32_t n, int64_t k, int64_t s, int64_t p, int64_t d
 
 /* conv, maxpool, avgpool: geometry lists of `nsp` entries, each value within NPUKIT_MAX_EXTENT (beyond, the
  * arithmetic below would need more than int64, and the kernels cannot run it anyway: NPUKIT_E_UNSUPPORTED). */
-static int geometry(const ctx_t *x, const view_t *v, const char *const keys[3], uint32_t nsp, attr_t a[3])
+static int geometry(const ctx_t *x, const view_t *v, const uint8_t keys[3], uint32_t nsp, const attr_t *a[3])
 {
     uint32_t i, k;
     for (i = 0; i < 3; i++) {
-        find_attr(x, v, keys[i], &a[i]);
-        if (a[i].count != nsp) {
+        a[i] = &v->a[keys[i]];
+        if (a[i]->count != nsp) {
             return NPUKIT_E_GRAPH; /* zip(..., strict=True) */
         }
     }
     for (i = 0; i < 3; i++) {
         for (k = 0; k < nsp; k++) {
-            if (attr_int(x, &a[i], k) > NPUKIT_MAX_EXTENT) {
+            if (attr_int(x, a[i], k) > NPUKIT_MAX_EXTENT) {
                 return NPUKIT_E_UNSUPPORTED;
             }
         }
@@ -1049,30 +1006,30 @@ static int geometry(const ctx_t *x, const view_t *v, const char *const keys[3], 
 
 static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
 {
-    static const char *const KEYS[3] = {"stride", "padding", "dilation"};
-    attr_t a[3];
-    param_t w;
+    static const uint8_t GEOMETRY[3] = {K_STRIDE, K_PADDING, K_DILATION};
+    const attr_t *a[3];
+    const param_t *w;
     uint32_t nsp, k;
     int64_t groups;
-    nsp = (uint32_t)attr_value(x, v, "ndim"); /* 1 or 2 (check_schema) */
-    find_param(x, v, "weight", &w);
+    nsp = (uint32_t)V(K_NDIM); /* 1 or 2 (check_schema) */
+    w = &v->p[P_WEIGHT];
     if (t_rank(x, in) != nsp + 1) {
         return NPUKIT_E_GRAPH;
     }
-    TRY(geometry(x, v, KEYS, nsp, a));
-    groups = attr_value(x, v, "groups");
-    if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, &w, 1) * (uint64_t)groups != t_dim(x, in, 0)) {
+    TRY(geometry(x, v, GEOMETRY, nsp, a));
+    groups = V(K_GROUPS);
+    if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, w, 1) * (uint64_t)groups != t_dim(x, in, 0)) {
         return NPUKIT_E_GRAPH; /* the input's channels are in / groups per group */
     }
     if (groups > NPUKIT_MAX_EXTENT) {
         return NPUKIT_E_UNSUPPORTED;
     }
-    if (t_rank(x, out) != nsp + 1 || t_dim(x, out, 0) != p_dim(x, &w, 0)) {
+    if (t_rank(x, out) != nsp + 1 || t_dim(x, out, 0) != p_dim(x, w, 0)) {
         return NPUKIT_E_GRAPH;
     }
     for (k = 0; k < nsp; k++) {
-        const int64_t o = window_out(t_dim(x, in, k + 1), p_dim(x, &w, k + 2), attr_int(x, &a[0], k),
-                                     attr_int(x, &a[1], k), attr_int(x, &a[2], k));
+        const int64_t o = window_out(t_dim(x, in, k + 1), p_dim(x, w, k + 2), attr_int(x, a[0], k),
+                                     attr_int(x, a[1], k), attr_int(x, a[2], k));
         if (o != t_dim(x, out, k + 1)) {
             return NPUKIT_E_GRAPH;
         }
@@ -1083,24 +1040,25 @@ static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out
 /* ConvTranspose.infer_shapes: out = (n - 1) * s - 2 * p + d * (k - 1) + output_padding + 1 per axis. */
 static int shape_conv_transpose(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
 {
-    static const char *const KEYS[3] = {"stride", "padding", "dilation"};
-    attr_t a[3], g, op;
-    param_t w;
+    static const uint8_t GEOMETRY[3] = {K_STRIDE, K_PADDING, K_DILATION};
+    const attr_t *a[3];
+    const attr_t *g, *op;
+    const param_t *w;
     uint32_t nsp, k;
-    find_attr(x, v, "ndim", &g);
-    nsp = (uint32_t)attr_int(x, &g, 0);
-    find_param(x, v, "weight", &w);
-    find_attr(x, v, "output_padding", &op);
-    if (t_rank(x, in) != nsp + 1 || t_rank(x, out) != nsp + 1 || op.count != nsp) {
+    g = &v->a[K_NDIM];
+    nsp = (uint32_t)attr_int(x, g, 0);
+    w = &v->p[P_WEIGHT];
+    op = &v->a[K_OUTPUT_PADDING];
+    if (t_rank(x, in) != nsp + 1 || t_rank(x, out) != nsp + 1 || op->count != nsp) {
         return NPUKIT_E_GRAPH;
     }
-    TRY(geometry(x, v, KEYS, nsp, a));
-    if (t_dim(x, in, 0) != p_dim(x, &w, 0) || t_dim(x, out, 0) != p_dim(x, &w, 1)) {
+    TRY(geometry(x, v, GEOMETRY, nsp, a));
+    if (t_dim(x, in, 0) != p_dim(x, w, 0) || t_dim(x, out, 0) != p_dim(x, w, 1)) {
         return NPUKIT_E_GRAPH;
     }
     for (k = 0; k < nsp; k++) {
-        const int64_t s = attr_int(x, &a[0], k), p = attr_int(x, &a[1], k), d = attr_int(x, &a[2], k);
-        const int64_t o_pad = attr_int(x, &op, k), kk = p_dim(x, &w, k + 2);
+        const int64_t s = attr_int(x, a[0], k), p = attr_int(x, a[1], k), d = attr_int(x, a[2], k);
+        const int64_t o_pad = attr_int(x, op, k), kk = p_dim(x, w, k + 2);
         if (o_pad > NPUKIT_MAX_EXTENT || (uint64_t)kk > NPUKIT_MAX_EXTENT) {
             return NPUKIT_E_UNSUPPORTED;
         }
@@ -1114,27 +1072,27 @@ static int shape_conv_transpose(const ctx_t *x, const view_t *v, uint32_t in, ui
 
 static int shape_pool(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
 {
-    static const char *const KEYS[3] = {"kernel", "stride", "padding"};
-    attr_t a[3];
+    static const uint8_t GEOMETRY[3] = {K_KERNEL, K_STRIDE, K_PADDING};
+    const attr_t *a[3];
     const uint32_t rank = t_rank(x, in);
     uint32_t k;
-    find_attr(x, v, "kernel", &a[0]);
-    find_attr(x, v, "padding", &a[2]);
-    if (rank < 1 || a[2].count != a[0].count) {
+    a[0] = &v->a[K_KERNEL];
+    a[2] = &v->a[K_PADDING];
+    if (rank < 1 || a[2]->count != a[0]->count) {
         return NPUKIT_E_GRAPH;
     }
-    for (k = 0; k < a[0].count; k++) {
-        if (attr_int(x, &a[2], k) > attr_int(x, &a[0], k) / 2) {
+    for (k = 0; k < a[0]->count; k++) {
+        if (attr_int(x, a[2], k) > attr_int(x, a[0], k) / 2) {
             return NPUKIT_E_GRAPH; /* padding at most half the window (2p > k, exactly) */
         }
     }
-    TRY(geometry(x, v, KEYS, rank - 1, a));
+    TRY(geometry(x, v, GEOMETRY, rank - 1, a));
     if (t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
         return NPUKIT_E_GRAPH;
     }
     for (k = 0; k + 1 < rank; k++) {
-        const int64_t o = window_out(t_dim(x, in, k + 1), attr_int(x, &a[0], k), attr_int(x, &a[1], k),
-                                     attr_int(x, &a[2], k), 1);
+        const int64_t o = window_out(t_dim(x, in, k + 1), attr_int(x, a[0], k), attr_int(x, a[1], k),
+                                     attr_int(x, a[2], k), 1);
         if (o != t_dim(x, out, k + 1)) {
             return NPUKIT_E_GRAPH;
         }
@@ -1148,7 +1106,7 @@ static int shape_concat(const ctx_t *x, const view_t *v, uint32_t out)
     uint64_t sum = 0;
     uint32_t i, k;
     int64_t axis;
-    axis = attr_value(x, v, "axis");
+    axis = V(K_AXIS);
     if (axis >= (int64_t)rank || t_rank(x, out) != rank) {
         return NPUKIT_E_GRAPH;
     }
@@ -1172,23 +1130,23 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     const npukit_model_t *m = x->m;
     const uint32_t in = v_tensor(x, v, 0), out = v_tensor(x, v, v->n_in);
     uint32_t k;
-    attr_t a;
-    param_t w;
+    const attr_t *a;
+    const param_t *w;
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
         return shape_conv(x, v, in, out);
     case ON(NPUKIT_OP_CONV_TRANSPOSE):
         return shape_conv_transpose(x, v, in, out);
     case ON(NPUKIT_OP_LINEAR):
-        find_param(x, v, "weight", &w);
-        return t_rank(x, in) == 1 && t_dim(x, in, 0) == p_dim(x, &w, 1) && t_rank(x, out) == 1
-               && t_dim(x, out, 0) == p_dim(x, &w, 0) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+        w = &v->p[P_WEIGHT];
+        return t_rank(x, in) == 1 && t_dim(x, in, 0) == p_dim(x, w, 1) && t_rank(x, out) == 1
+               && t_dim(x, out, 0) == p_dim(x, w, 0) ? NPUKIT_OK : NPUKIT_E_GRAPH;
     case ON(NPUKIT_OP_MAXPOOL):
     case ON(NPUKIT_OP_AVGPOOL):
         return shape_pool(x, v, in, out);
     case ON(NPUKIT_OP_GLOBAL_AVGPOOL): {
         const uint32_t rank = t_rank(x, in);
-        if (rank < 1 || t_rank(x, out) != (attr_value(x, v, "keepdim") ? rank : 1) || t_dim(x, out, 0) != t_dim(x, in, 0)) {
+        if (rank < 1 || t_rank(x, out) != (V(K_KEEPDIM) ? rank : 1) || t_dim(x, out, 0) != t_dim(x, in, 0)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 1; k < t_rank(x, out); k++) {
@@ -1213,9 +1171,9 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     case ON(NPUKIT_OP_SLICE): { /* Slice.infer_shapes: [start, stop) of one axis, the others as they are */
         const uint32_t rank = t_rank(x, in);
         int64_t axis, start, stop;
-        axis = attr_value(x, v, "axis");
-        start = attr_value(x, v, "start");
-        stop = attr_value(x, v, "stop");
+        axis = V(K_AXIS);
+        start = V(K_START);
+        stop = V(K_STOP);
         if (axis >= (int64_t)rank || t_rank(x, out) != rank || start >= stop || stop > (int64_t)t_dim(x, in, (uint32_t)axis)) {
             return NPUKIT_E_GRAPH;
         }
@@ -1228,14 +1186,14 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     case ON(NPUKIT_OP_PAD): { /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
         const uint32_t rank = t_rank(x, in);
-        find_attr(x, v, "pads", &a);
-        if ((rank != 2 && rank != 3) || a.count != 2 * (rank - 1) || t_rank(x, out) != rank ||
+        a = &v->a[K_PADS];
+        if ((rank != 2 && rank != 3) || a->count != 2 * (rank - 1) || t_rank(x, out) != rank ||
             t_dim(x, out, 0) != t_dim(x, in, 0)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 1; k < rank; k++) { /* pads >= 0 (the schema); compared in 64 bits, no overflow */
-            const uint64_t grown = (uint64_t)t_dim(x, in, k) + (uint64_t)attr_int(x, &a, k - 1) +
-                                   (uint64_t)attr_int(x, &a, k - 1 + rank - 1);
+            const uint64_t grown = (uint64_t)t_dim(x, in, k) + (uint64_t)attr_int(x, a, k - 1) +
+                                   (uint64_t)attr_int(x, a, k - 1 + rank - 1);
             if (grown != t_dim(x, out, k)) {
                 return NPUKIT_E_GRAPH;
             }
@@ -1244,12 +1202,12 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     case ON(NPUKIT_OP_UPSAMPLE): { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
         const uint32_t rank = t_rank(x, in);
-        find_attr(x, v, "scale", &a);
-        if ((rank != 2 && rank != 3) || a.count != rank - 1 || t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
+        a = &v->a[K_SCALE];
+        if ((rank != 2 && rank != 3) || a->count != rank - 1 || t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 1; k < rank; k++) {
-            const int64_t f = attr_int(x, &a, k - 1); /* >= 1 (the schema); bounded before the product */
+            const int64_t f = attr_int(x, a, k - 1); /* >= 1 (the schema); bounded before the product */
             if (f > (int64_t)t_dim(x, out, k) || (uint64_t)t_dim(x, in, k) * (uint64_t)f != t_dim(x, out, k)) {
                 return NPUKIT_E_GRAPH;
             }
@@ -1274,12 +1232,12 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     default: { /* reshape: the target shape is the output's, with the input's element count */
         const uint32_t rank = t_rank(x, out);
-        find_attr(x, v, "shape", &a);
-        if (a.count != rank || m->tensors[in].elems != m->tensors[out].elems) {
+        a = &v->a[K_SHAPE];
+        if (a->count != rank || m->tensors[in].elems != m->tensors[out].elems) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
-            if (attr_int(x, &a, k) != (int64_t)t_dim(x, out, k)) {
+            if (attr_int(x, a, k) != (int64_t)t_dim(x, out, k)) {
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1301,20 +1259,20 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
         return NPUKIT_E_GRAPH; /* element-wise ops write activations, never accumulators */
     }
     if (IS(def, NPUKIT_OP_PAD)) { /* Pad.tensor_problems: the value padded in is one of the input's */
-        const int64_t value = attr_value(x, v, "value");
+        const int64_t value = V(K_VALUE);
         if (value > int_max(in->bits) || value < -int_max(in->bits) - 1) {
             return NPUKIT_E_GRAPH;
         }
     }
     if (IS(def, NPUKIT_OP_LUT)) { /* Lut.tensor_problems: one entry per input integer, in the output's range */
-        param_t t;
+        const param_t *t;
         uint64_t i;
-        find_param(x, v, "table", &t);
-        if (in->bits > 8 || p_dim(x, &t, 0) != (1u << in->bits)) {
+        t = &v->p[P_TABLE];
+        if (in->bits > 8 || p_dim(x, t, 0) != (1u << in->bits)) {
             return NPUKIT_E_GRAPH;
         }
-        for (i = 0; t.bits == 8 && i < t.count; i++) {
-            const int64_t e = (int8_t)x->d[t.data + i];
+        for (i = 0; t->bits == 8 && i < t->count; i++) {
+            const int64_t e = (int8_t)x->d[t->data + i];
             if (e > int_max(out->bits) || e < -int_max(out->bits) - 1) {
                 return NPUKIT_E_GRAPH;
             }
@@ -1331,23 +1289,24 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
     if (def->mac) {
         /* The stored requantisation must be the one the scheme computes from the tensors (Scheme.mac_attrs;
          * pow2 and max78000 compute it alike); a fused clamp may narrow the output range. */
-        int64_t e_acc, lo, hi, act_min, act_max;
+        int32_t e_acc;
+        int64_t lo, hi, act_min, act_max;
         int wide, relu, absolute, clamp, narrowed;
         if (in->bits > 16) {
             return NPUKIT_E_GRAPH;
         }
-        e_acc = in->exp + attr_value(x, v, "w_exp"); /* |w_exp| <= EXP_LIMIT (validate_tensors) */
-        wide = (int)attr_value(x, v, "wide");
-        relu = (int)attr_value(x, v, "relu");
-        absolute = (int)attr_value(x, v, "abs");
-        clamp = (int)attr_value(x, v, "clamp");
+        e_acc = in->exp + (int32_t)V(K_W_EXP); /* |w_exp|, |b_exp| <= EXP_LIMIT (exp_ranges) */
+        wide = (int)V(K_WIDE);
+        relu = (int)V(K_RELU);
+        absolute = (int)V(K_ABS);
+        clamp = (int)V(K_CLAMP);
         if (wide && out->exp != e_acc) {
             return NPUKIT_E_GRAPH;
         }
         hi = int_max(out->bits);
         lo = wide || !relu ? -hi - 1 : 0;
-        act_min = attr_value(x, v, "act_min");
-        act_max = attr_value(x, v, "act_max");
+        act_min = V(K_ACT_MIN);
+        act_max = V(K_ACT_MAX);
         narrowed = clamp && lo <= act_min && act_min <= act_max && act_max <= hi;
         if (!narrowed && (act_min != lo || act_max != hi || clamp)) {
             return NPUKIT_E_GRAPH;
@@ -1355,44 +1314,27 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
         if (absolute && wide) {
             return NPUKIT_E_GRAPH;
         }
-        if (attr_value(x, v, "bias_shift") != e_acc - attr_value(x, v, "b_exp")) {
+        if (V(K_BIAS_SHIFT) != e_acc - (int32_t)V(K_B_EXP)) {
             return NPUKIT_E_GRAPH;
         }
-        if (attr_value(x, v, "out_shift") != (wide ? 0 : e_acc - out->exp)) {
+        if (V(K_OUT_SHIFT) != (wide ? 0 : e_acc - out->exp)) {
             return NPUKIT_E_GRAPH;
         }
     }
     return NPUKIT_OK;
 }
 
-/* Graph.validate's range checks: every tensor's bits and exponent, every w_exp / b_exp attribute. */
-static int validate_ranges(const ctx_t *x)
+/* Graph.validate's range checks of an op: its w_exp and b_exp attributes, where it has them. */
+static int exp_ranges(const view_t *v)
 {
-    static const char *const KEYS[2] = {"w_exp", "b_exp"};
-    const npukit_model_t *m = x->m;
-    uint32_t i, k;
-    for (i = 0; i < m->n_tensors; i++) {
-        const npukit_tensor_t *t = &m->tensors[i];
-        if (t->bits < 2 || t->exp < -EXP_LIMIT || t->exp > EXP_LIMIT) {
-            return NPUKIT_E_GRAPH;
+    uint32_t key;
+    for (key = K_W_EXP; key <= K_B_EXP; key++) {
+        const attr_t *a = &v->a[key];
+        if (!a->found) {
+            continue;
         }
-    }
-    for (i = 0; i < m->n_ops; i++) {
-        view_t v;
-        view(x, m->ops[i].inputs, &v);
-        for (k = 0; k < 2; k++) {
-            attr_t a;
-            int64_t e;
-            if (!find_attr(x, &v, KEYS[k], &a)) {
-                continue;
-            }
-            if (a.kind != A_INT && a.kind != A_BOOL) {
-                return NPUKIT_E_GRAPH; /* isinstance(v, int): a bool passes, as in Python */
-            }
-            e = attr_int(x, &a, 0);
-            if (e < -EXP_LIMIT || e > EXP_LIMIT) {
-                return NPUKIT_E_GRAPH;
-            }
+        if ((a->kind != A_INT && a->kind != A_BOOL) || v->first[key] < -EXP_LIMIT || v->first[key] > EXP_LIMIT) {
+            return NPUKIT_E_GRAPH; /* isinstance(v, int): a bool passes, as in Python */
         }
     }
     return NPUKIT_OK;
@@ -1404,47 +1346,55 @@ static int check_graph(ctx_t *x)
     uint32_t i, k;
     /* modelbin._check_graph: every known op's schema first, in op order */
     for (i = 0; i < m->n_ops; i++) {
-        view_t v;
+        view_t vv;
+        const view_t *v = &vv;
         const opdef_t *def;
-        view(x, m->ops[i].inputs, &v);
-        def = op_def(x, v.op);
+        view(x, m->ops[i].inputs, &vv);
+        def = op_def(x, v->op);
         if (def && !((NPUKIT_OPS) >> def->kind & 1u)) {
             return NPUKIT_E_UNSUPPORTED; /* an op this build leaves out (NPUKIT_OPS) */
         }
         if (def) {
-            TRY(check_schema(x, &v, def));
+            TRY(check_schema(x, v, def));
+        }
+        TRY(exp_ranges(v)); /* Graph.validate's, made in this pass (the order only picks between refusals) */
+    }
+    /* then the rest of Graph.validate: every tensor's bits and exponent, */
+    for (i = 0; i < m->n_tensors; i++) {
+        const npukit_tensor_t *t = &m->tensors[i];
+        if (t->bits < 2 || t->exp < -EXP_LIMIT || t->exp > EXP_LIMIT) {
+            return NPUKIT_E_GRAPH;
         }
     }
-    /* then Graph.validate */
-    TRY(validate_ranges(x));
     for (i = 0; i < m->n_tensors; i++) {
         x->defined[i] = x->role[i] & 1u;
     }
     for (i = 0; i < m->n_ops; i++) {
-        view_t v;
+        view_t vv;
+        const view_t *v = &vv;
         const opdef_t *def;
-        view(x, m->ops[i].inputs, &v);
-        def = op_def(x, v.op);
+        view(x, m->ops[i].inputs, &vv);
+        def = op_def(x, v->op);
         if (!def) {
             return NPUKIT_E_GRAPH; /* an unknown op */
         }
-        for (k = 0; k < v.n_in; k++) {
-            if (!x->defined[v_tensor(x, &v, k)]) {
+        for (k = 0; k < v->n_in; k++) {
+            if (!x->defined[v_tensor(x, v, k)]) {
                 return NPUKIT_E_GRAPH; /* read before it is written */
             }
         }
-        for (k = 0; k < v.n_out; k++) {
-            const uint32_t t = v_tensor(x, &v, v.n_in + k);
+        for (k = 0; k < v->n_out; k++) {
+            const uint32_t t = v_tensor(x, v, v->n_in + k);
             if (x->defined[t]) {
                 return NPUKIT_E_GRAPH; /* written twice */
             }
             x->defined[t] = 1;
         }
-        if (v.n_out != 1 || v.n_in < def->min_in || (def->max_in && v.n_in > def->max_in)) {
+        if (v->n_out != 1 || v->n_in < def->min_in || v->n_in > def->max_in) {
             return NPUKIT_E_GRAPH;
         }
-        TRY(shape_of(x, &v, def));
-        TRY(tensor_problems(x, &v, def));
+        TRY(shape_of(x, v, def));
+        TRY(tensor_problems(x, v, def));
     }
     for (i = 0; i < m->n_tensors; i++) {
         if ((x->role[i] & 2u) && !x->defined[i]) {
@@ -1475,32 +1425,25 @@ static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t 
                       int32_t *out_bytes)
 {
     const npukit_tensor_t *in = &x->m->tensors[op->in[0]], *out = &x->m->tensors[op->out];
-    param_t w, b;
-    attr_t a;
-    size_t n;
-    const uint8_t *s;
-    int64_t acc_bits;
-    find_param(x, v, "weight", &w);
-    find_param(x, v, "bias", &b);
-    if (in->bits > 8 || !(out->bits <= 8 || (out->bits > 16 && out->bits <= 32)) || b.bits != 32
-        || w.count > (uint32_t)INT32_MAX) {
+    const param_t *w, *b;
+    w = &v->p[P_WEIGHT];
+    b = &v->p[P_BIAS];
+    if (in->bits > 8 || !(out->bits <= 8 || (out->bits > 16 && out->bits <= 32)) || b->bits != 32
+        || w->count > (uint32_t)INT32_MAX) {
         return NPUKIT_E_UNSUPPORTED; /* int8 inputs, int8 or int32 outputs, int32 biases */
     }
-    op->weight = x->d + w.data;
-    op->bias = (const int32_t *)(const void *)(x->d + b.data); /* 4-aligned: bin, the section, the param */
-    *w_bits = (int32_t)w.bits;
+    op->weight = x->d + w->data;
+    op->bias = (const int32_t *)(const void *)(x->d + b->data); /* 4-aligned: bin, the section, the param */
+    *w_bits = (int32_t)w->bits;
     *out_bytes = out->bits <= 8 ? 1 : 4;
-    rq->bias_shift = (int32_t)attr_value(x, v, "bias_shift"); /* tensor_problems bounds both shifts by 3 * EXP_LIMIT */
-    rq->out_shift = (int32_t)attr_value(x, v, "out_shift");
-    acc_bits = attr_value(x, v, "acc_bits");
-    rq->acc_max = int_max((uint32_t)acc_bits);
+    rq->bias_shift = (int32_t)V(K_BIAS_SHIFT); /* tensor_problems bounds both shifts by 3 * EXP_LIMIT */
+    rq->out_shift = (int32_t)V(K_OUT_SHIFT);
+    rq->acc_max = int_max((uint32_t)V(K_ACC_BITS));
     rq->acc_min = -rq->acc_max - 1;
-    rq->act_min = (int32_t)attr_value(x, v, "act_min"); /* inside the output type: tensor_problems */
-    rq->act_max = (int32_t)attr_value(x, v, "act_max");
-    rq->abs = (int32_t)attr_value(x, v, "abs");
-    find_attr(x, v, "rounding", &a);
-    s = attr_str(x, &a, &n);
-    rq->rounding = (nk_rounding)rounding_mode(s, n);
+    rq->act_min = (int32_t)V(K_ACT_MIN); /* inside the output type: tensor_problems */
+    rq->act_max = (int32_t)V(K_ACT_MAX);
+    rq->abs = (int32_t)V(K_ABS);
+    rq->rounding = (nk_rounding)lookup(x, (uint32_t)V(K_ROUNDING), ROUNDINGS, 4);
     return NPUKIT_OK;
 }
 
@@ -1523,46 +1466,35 @@ static int spatial(const ctx_t *x, uint32_t t, int32_t *c, int32_t *h, int32_t *
     return NPUKIT_OK;
 }
 
-/* The value of a geometry list along the kernels' h or w axis: a 1-d window has h = `one_d`. */
-static int32_t axis_value(const ctx_t *x, const attr_t *a, int h, int32_t one_d)
+/* A geometry list's values along the kernels' h and w axes: a 1-d window has h = `one_d`. */
+static void axes(const ctx_t *x, const attr_t *a, int32_t one_d, int32_t *h, int32_t *w)
 {
-    if (a->count == 1) {
-        return h ? one_d : (int32_t)attr_int(x, a, 0);
-    }
-    return (int32_t)attr_int(x, a, h ? 0 : 1);
+    *h = a->count == 1 ? one_d : (int32_t)attr_int(x, a, 0);
+    *w = (int32_t)attr_int(x, a, a->count - 1u);
 }
 
 static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op)
 {
     nk_conv_params *p = &op->p.conv;
-    attr_t st, pad, dil;
-    param_t w;
-    int h;
-    find_attr(x, v, "stride", &st);
-    find_attr(x, v, "padding", &pad);
-    find_attr(x, v, "dilation", &dil);
-    find_param(x, v, "weight", &w);
+    const param_t *w;
+    w = &v->p[P_WEIGHT];
     TRY(spatial(x, op->in[0], &p->in_c, &p->in_h, &p->in_w));
     TRY(spatial(x, op->out, &p->out_c, &p->out_h, &p->out_w));
-    p->groups = (int32_t)attr_value(x, v, "groups");
-    if (p->out_c % p->groups != 0 || !extent_ok(p_dim(x, &w, 2)) || !extent_ok(p_dim(x, &w, w.rank - 1))) {
+    p->groups = (int32_t)V(K_GROUPS);
+    if (p->out_c % p->groups != 0 || !extent_ok(p_dim(x, w, 2)) || !extent_ok(p_dim(x, w, w->rank - 1))) {
         return NPUKIT_E_UNSUPPORTED; /* the engine cannot run out channels that groups do not divide either */
     }
-    p->k_h = w.rank == 4 ? (int32_t)p_dim(x, &w, 2) : 1;
-    p->k_w = (int32_t)p_dim(x, &w, w.rank - 1);
-    for (h = 1; h >= 0; h--) {
-        *(h ? &p->stride_h : &p->stride_w) = axis_value(x, &st, h, 1);
-        *(h ? &p->pad_h : &p->pad_w) = axis_value(x, &pad, h, 0);
-        *(h ? &p->dil_h : &p->dil_w) = axis_value(x, &dil, h, 1);
-    }
+    p->k_h = w->rank == 4 ? (int32_t)p_dim(x, w, 2) : 1;
+    p->k_w = (int32_t)p_dim(x, w, w->rank - 1);
+    axes(x, &v->a[K_STRIDE], 1, &p->stride_h, &p->stride_w);
+    axes(x, &v->a[K_PADDING], 0, &p->pad_h, &p->pad_w);
+    axes(x, &v->a[K_DILATION], 1, &p->dil_h, &p->dil_w);
     return mac_params(x, v, op, &p->w_bits, &p->rq, &p->out_bytes);
 }
 
 static int prepare_linear(const ctx_t *x, const view_t *v, npukit_op_t *op)
 {
     nk_linear_params *p = &op->p.linear;
-    param_t w;
-    find_param(x, v, "weight", &w);
     p->out_features = (int32_t)x->m->tensors[op->out].elems;
     p->in_features = (int32_t)x->m->tensors[op->in[0]].elems;
     return mac_params(x, v, op, &p->w_bits, &p->rq, &p->out_bytes);
@@ -1571,19 +1503,12 @@ static int prepare_linear(const ctx_t *x, const view_t *v, npukit_op_t *op)
 static int prepare_pool(const ctx_t *x, const view_t *v, npukit_op_t *op)
 {
     nk_pool_params *p = &op->p.pool;
-    attr_t k, st, pad;
     int32_t c;
-    find_attr(x, v, "kernel", &k);
-    find_attr(x, v, "stride", &st);
-    find_attr(x, v, "padding", &pad);
     TRY(spatial(x, op->in[0], &p->c, &p->in_h, &p->in_w));
     TRY(spatial(x, op->out, &c, &p->out_h, &p->out_w));
-    p->k_h = axis_value(x, &k, 1, 1);
-    p->k_w = axis_value(x, &k, 0, 1);
-    p->stride_h = axis_value(x, &st, 1, 1);
-    p->stride_w = axis_value(x, &st, 0, 1);
-    p->pad_h = axis_value(x, &pad, 1, 0);
-    p->pad_w = axis_value(x, &pad, 0, 0);
+    axes(x, &v->a[K_KERNEL], 1, &p->k_h, &p->k_w);
+    axes(x, &v->a[K_STRIDE], 1, &p->stride_h, &p->stride_w);
+    axes(x, &v->a[K_PADDING], 0, &p->pad_h, &p->pad_w);
     p->rounding = x->m->pool_rounding;
     return NPUKIT_OK;
 }
@@ -1593,21 +1518,22 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     npukit_op_t *op = &x->m->ops[i];
     const npukit_tensor_t *T = x->m->tensors;
     const opdef_t *def;
-    view_t v;
+    view_t vv;
+    const view_t *v = &vv;
     uint32_t k;
-    attr_t a;
-    view(x, op->inputs, &v);
-    def = op_def(x, v.op);
+    const attr_t *a;
+    view(x, op->inputs, &vv);
+    def = op_def(x, v->op);
     op->kind = def->kind;
-    op->n_in = (uint8_t)v.n_in;
-    op->in[0] = (uint16_t)v_tensor(x, &v, 0);
-    op->in[1] = (uint16_t)v_tensor(x, &v, v.n_in > 1 ? 1 : 0);
-    op->out = (uint16_t)v_tensor(x, &v, v.n_in);
+    op->n_in = (uint8_t)v->n_in;
+    op->in[0] = (uint16_t)v_tensor(x, v, 0);
+    op->in[1] = (uint16_t)v_tensor(x, v, v->n_in > 1 ? 1 : 0);
+    op->out = (uint16_t)v_tensor(x, v, v->n_in);
     op->weight = NULL;
     op->bias = NULL;
-    for (k = 0; k <= v.n_in; k++) {
-        const npukit_tensor_t *t = &T[v_tensor(x, &v, k)];
-        if (!usable(t) || (def->kind != NPUKIT_OP_RESHAPE && k < v.n_in && t->bits > 8)) {
+    for (k = 0; k <= v->n_in; k++) {
+        const npukit_tensor_t *t = &T[v_tensor(x, v, k)];
+        if (!usable(t) || (def->kind != NPUKIT_OP_RESHAPE && k < v->n_in && t->bits > 8)) {
             return NPUKIT_E_UNSUPPORTED; /* the kernels read int8 activations (a reshape copies bytes) */
         }
     }
@@ -1617,12 +1543,12 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
     case ON(NPUKIT_OP_CONV_TRANSPOSE): /* the same parameters, read by nk_conv_transpose as its geometry */
-        return prepare_conv(x, &v, op);
+        return prepare_conv(x, v, op);
     case ON(NPUKIT_OP_LINEAR):
-        return prepare_linear(x, &v, op);
+        return prepare_linear(x, v, op);
     case ON(NPUKIT_OP_MAXPOOL):
     case ON(NPUKIT_OP_AVGPOOL):
-        return prepare_pool(x, &v, op);
+        return prepare_pool(x, v, op);
     case ON(NPUKIT_OP_GLOBAL_AVGPOOL):
         op->p.gap.c = (int32_t)t_dim(x, op->in[0], 0);
         op->p.gap.hw = (int32_t)(T[op->in[0]].elems / (uint32_t)op->p.gap.c);
@@ -1630,19 +1556,19 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         return NPUKIT_OK;
     case ON(NPUKIT_OP_ADD): {
         const npukit_tensor_t *out = &T[op->out];
-        if (v.n_in != 2) {
+        if (v->n_in != 2) {
             return NPUKIT_E_UNSUPPORTED; /* nk_add adds two operands; more would saturate only once */
         }
         op->p.add.n = (int32_t)out->elems;
         op->p.add.a_shift = T[op->in[0]].exp - out->exp;
         op->p.add.b_shift = T[op->in[1]].exp - out->exp;
         op->p.add.act_max = (int32_t)int_max(out->bits);
-        op->p.add.act_min = attr_value(x, &v, "relu") ? 0 : -op->p.add.act_max - 1;
+        op->p.add.act_min = V(K_RELU) ? 0 : -op->p.add.act_max - 1;
         op->p.add.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_CONCAT): {
-        const uint32_t axis = (uint32_t)attr_value(x, &v, "axis");
+        const uint32_t axis = (uint32_t)V(K_AXIS);
         uint64_t outer = 1;
         for (k = 0; k < axis; k++) {
             outer *= t_dim(x, op->out, k); /* a product of leading dims of a tensor: at most its elems */
@@ -1659,8 +1585,8 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         uint64_t outer = 1, inner = 1;
         uint32_t axis, rank = t_rank(x, op->in[0]);
         int64_t start;
-        axis = (uint32_t)attr_value(x, &v, "axis");
-        start = attr_value(x, &v, "start");
+        axis = (uint32_t)V(K_AXIS);
+        start = V(K_START);
         for (k = 0; k < axis; k++) {
             outer *= t_dim(x, op->in[0], k);
         }
@@ -1675,25 +1601,25 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     }
     case ON(NPUKIT_OP_PAD): {
         const uint32_t rank = t_rank(x, op->in[0]);
-        find_attr(x, &v, "pads", &a);
+        a = &v->a[K_PADS];
         op->p.pad.c = (int32_t)t_dim(x, op->in[0], 0);
         op->p.pad.h = rank == 3 ? (int32_t)t_dim(x, op->in[0], 1) : 1;
         op->p.pad.w = (int32_t)t_dim(x, op->in[0], rank - 1);
-        op->p.pad.top = rank == 3 ? (int32_t)attr_int(x, &a, 0) : 0;
-        op->p.pad.bottom = rank == 3 ? (int32_t)attr_int(x, &a, 2) : 0;
-        op->p.pad.left = (int32_t)attr_int(x, &a, rank - 2);
-        op->p.pad.right = (int32_t)attr_int(x, &a, 2 * (rank - 1) - 1);
-        op->p.pad.value = (int32_t)attr_value(x, &v, "value");
+        op->p.pad.top = rank == 3 ? (int32_t)attr_int(x, a, 0) : 0;
+        op->p.pad.bottom = rank == 3 ? (int32_t)attr_int(x, a, 2) : 0;
+        op->p.pad.left = (int32_t)attr_int(x, a, rank - 2);
+        op->p.pad.right = (int32_t)attr_int(x, a, 2 * (rank - 1) - 1);
+        op->p.pad.value = (int32_t)V(K_VALUE);
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_UPSAMPLE): {
         const uint32_t rank = t_rank(x, op->in[0]);
-        find_attr(x, &v, "scale", &a);
+        a = &v->a[K_SCALE];
         op->p.upsample.c = (int32_t)t_dim(x, op->in[0], 0);
         op->p.upsample.h = rank == 3 ? (int32_t)t_dim(x, op->in[0], 1) : 1;
-        op->p.upsample.sh = rank == 3 ? (int32_t)attr_int(x, &a, 0) : 1;
+        op->p.upsample.sh = rank == 3 ? (int32_t)attr_int(x, a, 0) : 1;
         op->p.upsample.w = (int32_t)t_dim(x, op->in[0], rank - 1);
-        op->p.upsample.sw = (int32_t)attr_int(x, &a, rank - 2);
+        op->p.upsample.sw = (int32_t)attr_int(x, a, rank - 2);
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_MUL): {
@@ -1707,17 +1633,17 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.mul.inner = (int32_t)(T[op->in[0]].elems / outer);
         op->p.mul.shift = T[op->in[0]].exp + T[op->in[1]].exp - out->exp;
         op->p.mul.act_max = (int32_t)int_max(out->bits);
-        op->p.mul.act_min = attr_value(x, &v, "relu") ? 0 : -op->p.mul.act_max - 1;
+        op->p.mul.act_min = V(K_RELU) ? 0 : -op->p.mul.act_max - 1;
         op->p.mul.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_LUT): {
-        param_t t;
-        find_param(x, &v, "table", &t);
-        if (t.bits != 8) {
+        const param_t *t;
+        t = &v->p[P_TABLE];
+        if (t->bits != 8) {
             return NPUKIT_E_UNSUPPORTED; /* nk_lut reads an int8 table (a 16-bit output's is int16) */
         }
-        op->weight = x->d + t.data;
+        op->weight = x->d + t->data;
         op->p.lut.n = (int32_t)T[op->out].elems;
         op->p.lut.offset = (int32_t)1 << (T[op->in[0]].bits - 1);
         return NPUKIT_OK;
@@ -1904,19 +1830,19 @@ static int input_in_range(const npukit_tensor_t *t, const uint8_t *in)
         return 1; /* every value of the type is in range */
     }
     for (i = 0; i < t->elems; i++) {
-        int64_t v;
-        switch (t->elem_bytes) {
-        case 1: { int8_t e; memcpy(&e, in + i, 1); v = e; break; }
-        case 2: { int16_t e; memcpy(&e, in + 2 * (size_t)i, 2); v = e; break; }
-        case 4: { int32_t e; memcpy(&e, in + 4 * (size_t)i, 4); v = e; break; }
-        default: { int64_t e; memcpy(&e, in + 8 * (size_t)i, 8); v = e; break; }
-        }
+        const int64_t v = le_int(in + (size_t)i * t->elem_bytes, t->elem_bytes); /* a little-endian host: prepare */
         if (v < lo || v > hi) {
             return 0;
         }
     }
     return 1;
 }
+
+/* The trace hook (NPUKIT_TRACE): the invoke loop below takes it as TRACE_ARGS and calls it through TRACE. */
+#if NPUKIT_TRACE
+#define TRACE_PARAMS , npukit_trace_fn trace, void *user
+#define TRACE_ARGS(trace, user) , trace, user
+#define TRACE(t) trace_tensor(m, a, (t), trace, user)
 
 static void trace_tensor(const npukit_model_t *m, const uint8_t *a, uint32_t t, npukit_trace_fn trace, void *user)
 {
@@ -1925,14 +1851,16 @@ static void trace_tensor(const npukit_model_t *m, const uint8_t *a, uint32_t t, 
         trace(user, (const char *)(m->bin + v->name_at), v->name_len, a + v->offset, v->nbytes);
     }
 }
+#else
+#define TRACE_PARAMS
+#define TRACE_ARGS(trace, user)
+#define TRACE(t) ((void)0)
+#endif
 
-int npukit_invoke(const npukit_model_t *m, void *arena, size_t arena_len, const void *in, void *out)
-{
-    return npukit_invoke_traced(m, arena, arena_len, in, out, NULL, NULL);
-}
+static int invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, const void *const *ins, void *const *outs
+                     TRACE_PARAMS);
 
-int npukit_invoke_traced(const npukit_model_t *m, void *arena, size_t arena_len, const void *in, void *out,
-                         npukit_trace_fn trace, void *user)
+static int invoke(const npukit_model_t *m, void *arena, size_t arena_len, const void *in, void *out TRACE_PARAMS)
 {
     const void *ins[1];
     void *outs[1];
@@ -1947,17 +1875,36 @@ int npukit_invoke_traced(const npukit_model_t *m, void *arena, size_t arena_len,
     if (m->n_inputs != 1 || m->n_outputs != 1) {
         return NPUKIT_E_IO; /* one buffer cannot hold several tensors: the caller must say where each goes */
     }
-    return npukit_invoke_io_traced(m, arena, arena_len, ins, outs, trace, user);
+    return invoke_io(m, arena, arena_len, ins, outs TRACE_ARGS(trace, user));
+}
+
+int npukit_invoke(const npukit_model_t *m, void *arena, size_t arena_len, const void *in, void *out)
+{
+    return invoke(m, arena, arena_len, in, out TRACE_ARGS(NULL, NULL));
 }
 
 int npukit_invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, const void *const *ins,
                      void *const *outs)
 {
-    return npukit_invoke_io_traced(m, arena, arena_len, ins, outs, NULL, NULL);
+    return invoke_io(m, arena, arena_len, ins, outs TRACE_ARGS(NULL, NULL));
+}
+
+#if NPUKIT_TRACE
+int npukit_invoke_traced(const npukit_model_t *m, void *arena, size_t arena_len, const void *in, void *out,
+                         npukit_trace_fn trace, void *user)
+{
+    return invoke(m, arena, arena_len, in, out, trace, user);
 }
 
 int npukit_invoke_io_traced(const npukit_model_t *m, void *arena, size_t arena_len, const void *const *ins,
                             void *const *outs, npukit_trace_fn trace, void *user)
+{
+    return invoke_io(m, arena, arena_len, ins, outs, trace, user);
+}
+#endif
+
+static int invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, const void *const *ins, void *const *outs
+                     TRACE_PARAMS)
 {
     uint8_t *a = (uint8_t *)arena;
     uint32_t i;
@@ -1986,7 +1933,7 @@ int npukit_invoke_io_traced(const npukit_model_t *m, void *arena, size_t arena_l
         memcpy(a + m->tensors[m->inputs[i]].offset, ins[i], m->tensors[m->inputs[i]].nbytes);
     }
     for (i = 0; i < m->n_inputs; i++) {
-        trace_tensor(m, a, m->inputs[i], trace, user);
+        TRACE(m->inputs[i]);
     }
     for (i = 0; i < m->n_ops; i++) {
         const npukit_op_t *op = &m->ops[i];
@@ -2056,7 +2003,7 @@ int npukit_invoke_io_traced(const npukit_model_t *m, void *arena, size_t arena_l
             }
             break;
         }
-        trace_tensor(m, a, op->out, trace, user);
+        TRACE(op->out);
     }
     for (i = 0; i < m->n_outputs; i++) {
         memcpy(outs[i], a + m->tensors[m->outputs[i]].offset, m->tensors[m->outputs[i]].nbytes);

@@ -192,6 +192,14 @@ int npukit_invoke(const npukit_model_t *m, void *arena, size_t arena_len, const 
 int npukit_invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, const void *const *ins,
                      void *const *outs);
 
+/* NPUKIT_TRACE: 1 builds the per-layer trace hook below (npukit_invoke_traced, npukit_invoke_io_traced); 0, the
+ * default, leaves it out, so that firmware links an invoke loop without it. The host builds turn it on
+ * (`make`, CMake, npukit.codegen.host.build_runtime: `npukit compare` and npukit-run --dump need it). */
+#ifndef NPUKIT_TRACE
+#define NPUKIT_TRACE 0
+#endif
+
+#if NPUKIT_TRACE
 /* Per-layer tracing (`npukit compare`): npukit_invoke(_io) that also calls `trace` with each input tensor once
  * it is in the arena and with every op's output right after the op wrote it. `name` is the tensor's name in
  * the file (`name_len` bytes, not NUL-terminated); `data`/`nbytes` its bytes in the arena. */
@@ -200,5 +208,6 @@ int npukit_invoke_traced(const npukit_model_t *m, void *arena, size_t arena_len,
                          npukit_trace_fn trace, void *user);
 int npukit_invoke_io_traced(const npukit_model_t *m, void *arena, size_t arena_len, const void *const *ins,
                             void *const *outs, npukit_trace_fn trace, void *user);
+#endif
 
 #endif

@@ -174,6 +174,31 @@ def test_damaged_files_give_the_documented_error(runner, demo, tmp_path, damage)
         npukit.modelbin.read(make(T.pack(graph)))
 
 
+def test_overlapping_sections_are_refused(runner, demo, tmp_path):
+    """The section table: a section that shares bytes with another, or an empty one strictly inside another, is
+    refused (NPUKIT_E_SECTION; the Python reader says they overlap); sections that only touch are not."""
+    graph, q = demo
+    data = T.pack(graph)
+    table = [struct.unpack_from("<HHII", data, 20 + 12 * i) for i in range(struct.unpack_from("<H", data, 10)[0])]
+
+    def moved(i: int, off: int, size: int) -> bytes:
+        out = bytearray(data)
+        struct.pack_into("<II", out, 20 + 12 * i + 4, off, size)
+        return T.fix(out)
+
+    cases = [moved(i, off + 4, size) for i in range(len(table)) for j, (_, _, off, big) in enumerate(table)
+             if i != j and big >= 8 for size in (4, 0)]
+    assert len(cases) >= 40
+    for case in cases:
+        res, _ = _run(runner, case, q[:1], tmp_path)
+        assert res.returncode == T.EXIT_MODEL and "(NPUKIT_E_SECTION)" in res.stderr, res.stderr
+        with pytest.raises(npukit.modelbin.ModelBinError, match="overlap"):
+            npukit.modelbin.read(case)
+    # the packed file's own sections touch: one ends where the next starts
+    assert any(off in {o + n for _, _, o, n in table} for _, _, off, _ in table)
+    _assert_matches_engine(runner, graph, q[:2], tmp_path, model=data)
+
+
 def test_input_files_of_the_wrong_size_or_range(runner, tmp_path):
     torch.manual_seed(3)
     x = torch.randn(16, 2, 10)
@@ -238,6 +263,42 @@ def test_a_build_with_only_the_models_ops(runner, demo, tmp_path):
     res, _ = _run(exe, T.pack(other), other.quantize_input(x.numpy()), tmp_path)
     assert res.returncode == T.EXIT_MODEL and "(NPUKIT_E_UNSUPPORTED)" in res.stderr, res.stderr
     _assert_matches_engine(runner, other, other.quantize_input(x.numpy()), tmp_path)
+
+
+def test_the_trace_hook_is_a_build_option(demo, tmp_path):
+    """NPUKIT_TRACE: off by default (firmware links no trace hook: the traced entry points are not declared or
+    defined, and npukit-run refuses --dump but runs the model); on, --dump prints one line per tensor."""
+    graph, q = demo
+    model = tmp_path / "model.bin"
+    model.write_bytes(T.pack(graph))
+    (tmp_path / "input.bin").write_bytes(np.ascontiguousarray(q[:2]).tobytes())
+    sources = [str(T.RUNTIME / "npukit_run.c"), str(T.RUNTIME / "npukit_runtime.c"),
+               *map(str, sorted(T.KERNELS.glob("nk_*.c")))]
+    outs = {}
+    for trace in (None, "-DNPUKIT_TRACE=1"):
+        exe = tmp_path / f"run{bool(trace)}"
+        subprocess.run([CC, *T.STRICT, "-O1", *([trace] if trace else []), f"-I{T.KERNELS}", f"-I{T.RUNTIME}",
+                        "-o", str(exe), *sources], check=True)
+        symbols = subprocess.run(["nm", str(exe)], capture_output=True, text=True, check=True).stdout
+        assert ("npukit_invoke_io_traced" in symbols) == bool(trace)
+        args = [str(model), str(tmp_path / "input.bin"), str(tmp_path / f"out{bool(trace)}.bin")]
+        dump = subprocess.run([str(exe), "--dump", *args], capture_output=True, text=True)
+        plain = subprocess.run([str(exe), *args], capture_output=True, text=True)
+        assert plain.returncode == 0, plain.stderr
+        outs[bool(trace)] = (tmp_path / f"out{bool(trace)}.bin").read_bytes()
+        if trace:
+            lines = dump.stdout.splitlines()
+            assert dump.returncode == 0 and len(lines) == 2 * (1 + len(graph.nodes)), dump.stderr
+            assert all(line.startswith("npukit-dump ") for line in lines)
+        else:
+            assert dump.returncode == 1 and "NPUKIT_TRACE" in dump.stderr and not dump.stdout
+    assert outs[False] == outs[True] == np.ascontiguousarray(npukit.run(graph, q[:2])[0]).tobytes()
+    firmware = tmp_path / "fw.c"
+    firmware.write_text('#include "npukit_runtime.h"\nint f(const npukit_model_t *m, void *a)\n'
+                        "{ return npukit_invoke_traced(m, a, 0, a, a, 0, 0); }\n")
+    res = subprocess.run([CC, *T.STRICT, f"-I{T.KERNELS}", f"-I{T.RUNTIME}", "-c", "-o", str(tmp_path / "fw.o"),
+                          str(firmware)], capture_output=True, text=True)
+    assert res.returncode != 0 and "npukit_invoke_traced" in res.stderr
 
 
 def test_strerror_has_one_line_per_status(tmp_path):

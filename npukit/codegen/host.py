@@ -73,8 +73,9 @@ def run_file_io(exe: str | Path, xs: list[np.ndarray], outs: list[tuple[np.dtype
 
 
 # Hosts have memory to spare: the runner's tables hold an unrolled recurrent model (thousands of ops); the
-# header's small defaults are for devices.
-HOST_TABLES = ("-DNPUKIT_MAX_TENSORS=4096", "-DNPUKIT_MAX_OPS=4096")
+# header's small defaults are for devices. The host runner also has the per-layer trace hook (`npukit-run
+# --dump`, `npukit compare`), which firmware builds leave out (NPUKIT_TRACE, off by default).
+HOST_TABLES = ("-DNPUKIT_MAX_TENSORS=4096", "-DNPUKIT_MAX_OPS=4096", "-DNPUKIT_TRACE=1")
 
 
 def build_runtime(out_dir: str | Path, program: str = "npukit_run", *, cc: str | None = None,
