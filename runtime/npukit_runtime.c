@@ -1004,66 +1004,56 @@ static int geometry(const ctx_t *x, const view_t *v, const uint8_t keys[3], uint
     return NPUKIT_OK;
 }
 
-static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
+/* Conv.infer_shapes: out = floor((n + 2 * p - d * (k - 1) - 1) / s) + 1 per axis; ConvTranspose.infer_shapes
+ * (`transpose`): out = (n - 1) * s - 2 * p + d * (k - 1) + output_padding + 1, its weight (in, out, *kernel). */
+static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out, int transpose)
 {
     static const uint8_t GEOMETRY[3] = {K_STRIDE, K_PADDING, K_DILATION};
     const attr_t *a[3];
+    const attr_t *op;
     const param_t *w;
     uint32_t nsp, k;
     int64_t groups;
     nsp = (uint32_t)V(K_NDIM); /* 1 or 2 (check_schema) */
     w = &v->p[P_WEIGHT];
-    if (t_rank(x, in) != nsp + 1) {
+    op = &v->a[K_OUTPUT_PADDING];
+    if (t_rank(x, in) != nsp + 1 || (transpose && (t_rank(x, out) != nsp + 1 || op->count != nsp))) {
         return NPUKIT_E_GRAPH;
     }
     TRY(geometry(x, v, GEOMETRY, nsp, a));
-    groups = V(K_GROUPS);
-    if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, w, 1) * (uint64_t)groups != t_dim(x, in, 0)) {
-        return NPUKIT_E_GRAPH; /* the input's channels are in / groups per group */
-    }
-    if (groups > NPUKIT_MAX_EXTENT) {
-        return NPUKIT_E_UNSUPPORTED;
-    }
-    if (t_rank(x, out) != nsp + 1 || t_dim(x, out, 0) != p_dim(x, w, 0)) {
-        return NPUKIT_E_GRAPH;
-    }
-    for (k = 0; k < nsp; k++) {
-        const int64_t o = window_out(t_dim(x, in, k + 1), p_dim(x, w, k + 2), attr_int(x, a[0], k),
-                                     attr_int(x, a[1], k), attr_int(x, a[2], k));
-        if (o != t_dim(x, out, k + 1)) {
+    if (transpose) {
+        if (t_dim(x, in, 0) != p_dim(x, w, 0) || t_dim(x, out, 0) != p_dim(x, w, 1)) {
+            return NPUKIT_E_GRAPH;
+        }
+    } else {
+        groups = V(K_GROUPS);
+        if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, w, 1) * (uint64_t)groups != t_dim(x, in, 0)) {
+            return NPUKIT_E_GRAPH; /* the input's channels are in / groups per group */
+        }
+        if (groups > NPUKIT_MAX_EXTENT) {
+            return NPUKIT_E_UNSUPPORTED;
+        }
+        if (t_rank(x, out) != nsp + 1 || t_dim(x, out, 0) != p_dim(x, w, 0)) {
             return NPUKIT_E_GRAPH;
         }
     }
-    return NPUKIT_OK;
-}
-
-/* ConvTranspose.infer_shapes: out = (n - 1) * s - 2 * p + d * (k - 1) + output_padding + 1 per axis. */
-static int shape_conv_transpose(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
-{
-    static const uint8_t GEOMETRY[3] = {K_STRIDE, K_PADDING, K_DILATION};
-    const attr_t *a[3];
-    const attr_t *g, *op;
-    const param_t *w;
-    uint32_t nsp, k;
-    g = &v->a[K_NDIM];
-    nsp = (uint32_t)attr_int(x, g, 0);
-    w = &v->p[P_WEIGHT];
-    op = &v->a[K_OUTPUT_PADDING];
-    if (t_rank(x, in) != nsp + 1 || t_rank(x, out) != nsp + 1 || op->count != nsp) {
-        return NPUKIT_E_GRAPH;
-    }
-    TRY(geometry(x, v, GEOMETRY, nsp, a));
-    if (t_dim(x, in, 0) != p_dim(x, w, 0) || t_dim(x, out, 0) != p_dim(x, w, 1)) {
-        return NPUKIT_E_GRAPH;
-    }
     for (k = 0; k < nsp; k++) {
+        const int64_t n = t_dim(x, in, k + 1), kk = p_dim(x, w, k + 2);
         const int64_t s = attr_int(x, a[0], k), p = attr_int(x, a[1], k), d = attr_int(x, a[2], k);
-        const int64_t o_pad = attr_int(x, op, k), kk = p_dim(x, w, k + 2);
-        if (o_pad > NPUKIT_MAX_EXTENT || (uint64_t)kk > NPUKIT_MAX_EXTENT) {
-            return NPUKIT_E_UNSUPPORTED;
+        int64_t o;
+        if (transpose) {
+            const int64_t o_pad = attr_int(x, op, k);
+            if (o_pad > NPUKIT_MAX_EXTENT || kk > NPUKIT_MAX_EXTENT) {
+                return NPUKIT_E_UNSUPPORTED;
+            }
+            if (o_pad >= (s > d ? s : d)) {
+                return NPUKIT_E_GRAPH;
+            }
+            o = (n - 1) * s - 2 * p + d * (kk - 1) + o_pad + 1;
+        } else {
+            o = window_out((uint32_t)n, kk, s, p, d);
         }
-        if (o_pad >= (s > d ? s : d)
-            || ((int64_t)t_dim(x, in, k + 1) - 1) * s - 2 * p + d * (kk - 1) + o_pad + 1 != (int64_t)t_dim(x, out, k + 1)) {
+        if (o != (int64_t)t_dim(x, out, k + 1)) {
             return NPUKIT_E_GRAPH;
         }
     }
@@ -1134,9 +1124,9 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     const param_t *w;
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
-        return shape_conv(x, v, in, out);
+        return shape_conv(x, v, in, out, 0);
     case ON(NPUKIT_OP_CONV_TRANSPOSE):
-        return shape_conv_transpose(x, v, in, out);
+        return shape_conv(x, v, in, out, 1);
     case ON(NPUKIT_OP_LINEAR):
         w = &v->p[P_WEIGHT];
         return t_rank(x, in) == 1 && t_dim(x, in, 0) == p_dim(x, w, 1) && t_rank(x, out) == 1
