@@ -1174,31 +1174,20 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         }
         return NPUKIT_OK;
     }
-    case ON(NPUKIT_OP_PAD): { /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
-        const uint32_t rank = t_rank(x, in);
-        a = &v->a[K_PADS];
-        if ((rank != 2 && rank != 3) || a->count != 2 * (rank - 1) || t_rank(x, out) != rank ||
+    case ON(NPUKIT_OP_PAD):      /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
+    case ON(NPUKIT_OP_UPSAMPLE): { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
+        const uint32_t rank = t_rank(x, in), pad = (uint32_t)IS(def, NPUKIT_OP_PAD);
+        a = &v->a[pad ? K_PADS : K_SCALE];
+        if ((rank != 2 && rank != 3) || a->count != (pad + 1) * (rank - 1) || t_rank(x, out) != rank ||
             t_dim(x, out, 0) != t_dim(x, in, 0)) {
             return NPUKIT_E_GRAPH;
         }
-        for (k = 1; k < rank; k++) { /* pads >= 0 (the schema); compared in 64 bits, no overflow */
-            const uint64_t grown = (uint64_t)t_dim(x, in, k) + (uint64_t)attr_int(x, a, k - 1) +
-                                   (uint64_t)attr_int(x, a, k - 1 + rank - 1);
-            if (grown != t_dim(x, out, k)) {
-                return NPUKIT_E_GRAPH;
-            }
-        }
-        return NPUKIT_OK;
-    }
-    case ON(NPUKIT_OP_UPSAMPLE): { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
-        const uint32_t rank = t_rank(x, in);
-        a = &v->a[K_SCALE];
-        if ((rank != 2 && rank != 3) || a->count != rank - 1 || t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
-            return NPUKIT_E_GRAPH;
-        }
         for (k = 1; k < rank; k++) {
-            const int64_t f = attr_int(x, a, k - 1); /* >= 1 (the schema); bounded before the product */
-            if (f > (int64_t)t_dim(x, out, k) || (uint64_t)t_dim(x, in, k) * (uint64_t)f != t_dim(x, out, k)) {
+            const int64_t f = attr_int(x, a, k - 1); /* pads >= 0, factors >= 1 (the schema) */
+            if (pad ? (uint64_t)t_dim(x, in, k) + (uint64_t)f + (uint64_t)attr_int(x, a, k - 1 + rank - 1)
+                          != t_dim(x, out, k) /* in 64 bits, no overflow */
+                    : f > (int64_t)t_dim(x, out, k) /* bounded before the product */
+                          || (uint64_t)t_dim(x, in, k) * (uint64_t)f != t_dim(x, out, k)) {
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1544,14 +1533,27 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.gap.hw = (int32_t)(T[op->in[0]].elems / (uint32_t)op->p.gap.c);
         op->p.gap.rounding = x->m->pool_rounding;
         return NPUKIT_OK;
-    case ON(NPUKIT_OP_ADD): {
+    case ON(NPUKIT_OP_ADD):
+    case ON(NPUKIT_OP_MUL): {
         const npukit_tensor_t *out = &T[op->out];
-        if (v->n_in != 2) {
-            return NPUKIT_E_UNSUPPORTED; /* nk_add adds two operands; more would saturate only once */
+        if (IS(def, NPUKIT_OP_ADD)) {
+            if (v->n_in != 2) {
+                return NPUKIT_E_UNSUPPORTED; /* nk_add adds two operands; more would saturate only once */
+            }
+            op->p.add.n = (int32_t)out->elems;
+            op->p.add.a_shift = T[op->in[0]].exp - out->exp;
+            op->p.add.b_shift = T[op->in[1]].exp - out->exp;
+        } else {
+            const uint32_t rank = t_rank(x, op->in[0]);
+            uint64_t outer = 1;
+            for (k = 0; k < rank && t_dim(x, op->in[1], k) == t_dim(x, op->in[0], k); k++) {
+                outer *= t_dim(x, op->in[0], k); /* the leading dimensions b shares with a (shape_of checked the rest) */
+            }
+            op->p.mul.outer = (int32_t)outer;
+            op->p.mul.inner = (int32_t)(T[op->in[0]].elems / outer);
+            op->p.mul.shift = T[op->in[0]].exp + T[op->in[1]].exp - out->exp;
         }
-        op->p.add.n = (int32_t)out->elems;
-        op->p.add.a_shift = T[op->in[0]].exp - out->exp;
-        op->p.add.b_shift = T[op->in[1]].exp - out->exp;
+        /* mul's act_min, act_max and rounding too: the two structs have one layout (a common initial sequence) */
         op->p.add.act_max = (int32_t)int_max(out->bits);
         op->p.add.act_min = V(K_RELU) ? 0 : -op->p.add.act_max - 1;
         op->p.add.rounding = x->m->rounding;
@@ -1589,42 +1591,25 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.slice.part_inner = (int32_t)(T[op->out].elems / outer);
         return NPUKIT_OK;
     }
-    case ON(NPUKIT_OP_PAD): {
+    case ON(NPUKIT_OP_PAD):
+    case ON(NPUKIT_OP_UPSAMPLE): {
         const uint32_t rank = t_rank(x, op->in[0]);
-        a = &v->a[K_PADS];
+        /* c, h, w lead both structs (a common initial sequence of the union): set once, through pad's */
         op->p.pad.c = (int32_t)t_dim(x, op->in[0], 0);
         op->p.pad.h = rank == 3 ? (int32_t)t_dim(x, op->in[0], 1) : 1;
         op->p.pad.w = (int32_t)t_dim(x, op->in[0], rank - 1);
-        op->p.pad.top = rank == 3 ? (int32_t)attr_int(x, a, 0) : 0;
-        op->p.pad.bottom = rank == 3 ? (int32_t)attr_int(x, a, 2) : 0;
-        op->p.pad.left = (int32_t)attr_int(x, a, rank - 2);
-        op->p.pad.right = (int32_t)attr_int(x, a, 2 * (rank - 1) - 1);
-        op->p.pad.value = (int32_t)V(K_VALUE);
-        return NPUKIT_OK;
-    }
-    case ON(NPUKIT_OP_UPSAMPLE): {
-        const uint32_t rank = t_rank(x, op->in[0]);
-        a = &v->a[K_SCALE];
-        op->p.upsample.c = (int32_t)t_dim(x, op->in[0], 0);
-        op->p.upsample.h = rank == 3 ? (int32_t)t_dim(x, op->in[0], 1) : 1;
-        op->p.upsample.sh = rank == 3 ? (int32_t)attr_int(x, a, 0) : 1;
-        op->p.upsample.w = (int32_t)t_dim(x, op->in[0], rank - 1);
-        op->p.upsample.sw = (int32_t)attr_int(x, a, rank - 2);
-        return NPUKIT_OK;
-    }
-    case ON(NPUKIT_OP_MUL): {
-        const npukit_tensor_t *out = &T[op->out];
-        const uint32_t rank = t_rank(x, op->in[0]);
-        uint64_t outer = 1;
-        for (k = 0; k < rank && t_dim(x, op->in[1], k) == t_dim(x, op->in[0], k); k++) {
-            outer *= t_dim(x, op->in[0], k); /* the leading dimensions b shares with a (shape_of checked the rest) */
+        if (IS(def, NPUKIT_OP_PAD)) {
+            a = &v->a[K_PADS];
+            op->p.pad.top = rank == 3 ? (int32_t)attr_int(x, a, 0) : 0;
+            op->p.pad.bottom = rank == 3 ? (int32_t)attr_int(x, a, 2) : 0;
+            op->p.pad.left = (int32_t)attr_int(x, a, rank - 2);
+            op->p.pad.right = (int32_t)attr_int(x, a, 2 * (rank - 1) - 1);
+            op->p.pad.value = (int32_t)V(K_VALUE);
+        } else {
+            a = &v->a[K_SCALE];
+            op->p.upsample.sh = rank == 3 ? (int32_t)attr_int(x, a, 0) : 1;
+            op->p.upsample.sw = (int32_t)attr_int(x, a, rank - 2);
         }
-        op->p.mul.outer = (int32_t)outer;
-        op->p.mul.inner = (int32_t)(T[op->in[0]].elems / outer);
-        op->p.mul.shift = T[op->in[0]].exp + T[op->in[1]].exp - out->exp;
-        op->p.mul.act_max = (int32_t)int_max(out->bits);
-        op->p.mul.act_min = V(K_RELU) ? 0 : -op->p.mul.act_max - 1;
-        op->p.mul.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_LUT): {
