@@ -1004,24 +1004,45 @@ static int geometry(const ctx_t *x, const view_t *v, const uint8_t keys[3], uint
     return NPUKIT_OK;
 }
 
-/* Conv.infer_shapes: out = floor((n + 2 * p - d * (k - 1) - 1) / s) + 1 per axis; ConvTranspose.infer_shapes
- * (`transpose`): out = (n - 1) * s - 2 * p + d * (k - 1) + output_padding + 1, its weight (in, out, *kernel). */
-static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out, int transpose)
+/* Conv.infer_shapes (form 0): out = floor((n + 2 * p - d * (k - 1) - 1) / s) + 1 per axis; ConvTranspose's
+ * (form 1): out = (n - 1) * s - 2 * p + d * (k - 1) + output_padding + 1, its weight (in, out, *kernel);
+ * MaxPool's and AvgPool's (form 2): conv's with the kernel from its attribute and d = 1. */
+static int shape_window(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out, unsigned form)
 {
-    static const uint8_t GEOMETRY[3] = {K_STRIDE, K_PADDING, K_DILATION};
+    static const uint8_t GEOMETRY[2][3] = {{K_STRIDE, K_PADDING, K_DILATION}, {K_KERNEL, K_STRIDE, K_PADDING}};
+    const unsigned pool = form == 2, transpose = form == 1 && ((NPUKIT_OPS) >> NPUKIT_OP_CONV_TRANSPOSE & 1u);
+    const uint32_t rank = t_rank(x, in);
     const attr_t *a[3];
-    const attr_t *op;
+    const attr_t *op, *kern, *pad;
     const param_t *w;
     uint32_t nsp, k;
     int64_t groups;
-    nsp = (uint32_t)V(K_NDIM); /* 1 or 2 (check_schema) */
     w = &v->p[P_WEIGHT];
     op = &v->a[K_OUTPUT_PADDING];
-    if (t_rank(x, in) != nsp + 1 || (transpose && (t_rank(x, out) != nsp + 1 || op->count != nsp))) {
-        return NPUKIT_E_GRAPH;
+    kern = &v->a[K_KERNEL];
+    pad = &v->a[K_PADDING];
+    if (pool) {
+        nsp = rank - 1;
+        if (rank < 1 || pad->count != kern->count) {
+            return NPUKIT_E_GRAPH;
+        }
+        for (k = 0; k < kern->count; k++) {
+            if (attr_int(x, pad, k) > attr_int(x, kern, k) / 2) {
+                return NPUKIT_E_GRAPH; /* padding at most half the window (2p > k, exactly) */
+            }
+        }
+    } else {
+        nsp = (uint32_t)V(K_NDIM); /* 1 or 2 (check_schema) */
+        if (rank != nsp + 1 || (transpose && (t_rank(x, out) != nsp + 1 || op->count != nsp))) {
+            return NPUKIT_E_GRAPH;
+        }
     }
-    TRY(geometry(x, v, GEOMETRY, nsp, a));
-    if (transpose) {
+    TRY(geometry(x, v, GEOMETRY[pool], nsp, a));
+    if (pool) {
+        if (t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
+            return NPUKIT_E_GRAPH;
+        }
+    } else if (transpose) {
         if (t_dim(x, in, 0) != p_dim(x, w, 0) || t_dim(x, out, 0) != p_dim(x, w, 1)) {
             return NPUKIT_E_GRAPH;
         }
@@ -1038,8 +1059,9 @@ static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out
         }
     }
     for (k = 0; k < nsp; k++) {
-        const int64_t n = t_dim(x, in, k + 1), kk = p_dim(x, w, k + 2);
-        const int64_t s = attr_int(x, a[0], k), p = attr_int(x, a[1], k), d = attr_int(x, a[2], k);
+        const int64_t n = t_dim(x, in, k + 1), kk = pool ? attr_int(x, a[0], k) : (int64_t)p_dim(x, w, k + 2);
+        const int64_t s = attr_int(x, a[pool], k), p = attr_int(x, a[pool + 1], k);
+        const int64_t d = pool ? 1 : attr_int(x, a[2], k);
         int64_t o;
         if (transpose) {
             const int64_t o_pad = attr_int(x, op, k);
@@ -1054,36 +1076,6 @@ static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out
             o = window_out((uint32_t)n, kk, s, p, d);
         }
         if (o != (int64_t)t_dim(x, out, k + 1)) {
-            return NPUKIT_E_GRAPH;
-        }
-    }
-    return NPUKIT_OK;
-}
-
-static int shape_pool(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
-{
-    static const uint8_t GEOMETRY[3] = {K_KERNEL, K_STRIDE, K_PADDING};
-    const attr_t *a[3];
-    const uint32_t rank = t_rank(x, in);
-    uint32_t k;
-    a[0] = &v->a[K_KERNEL];
-    a[2] = &v->a[K_PADDING];
-    if (rank < 1 || a[2]->count != a[0]->count) {
-        return NPUKIT_E_GRAPH;
-    }
-    for (k = 0; k < a[0]->count; k++) {
-        if (attr_int(x, a[2], k) > attr_int(x, a[0], k) / 2) {
-            return NPUKIT_E_GRAPH; /* padding at most half the window (2p > k, exactly) */
-        }
-    }
-    TRY(geometry(x, v, GEOMETRY, rank - 1, a));
-    if (t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
-        return NPUKIT_E_GRAPH;
-    }
-    for (k = 0; k + 1 < rank; k++) {
-        const int64_t o = window_out(t_dim(x, in, k + 1), attr_int(x, a[0], k), attr_int(x, a[1], k),
-                                     attr_int(x, a[2], k), 1);
-        if (o != t_dim(x, out, k + 1)) {
             return NPUKIT_E_GRAPH;
         }
     }
@@ -1124,16 +1116,16 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     const param_t *w;
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
-        return shape_conv(x, v, in, out, 0);
+        return shape_window(x, v, in, out, 0);
     case ON(NPUKIT_OP_CONV_TRANSPOSE):
-        return shape_conv(x, v, in, out, 1);
+        return shape_window(x, v, in, out, 1);
     case ON(NPUKIT_OP_LINEAR):
         w = &v->p[P_WEIGHT];
         return t_rank(x, in) == 1 && t_dim(x, in, 0) == p_dim(x, w, 1) && t_rank(x, out) == 1
                && t_dim(x, out, 0) == p_dim(x, w, 0) ? NPUKIT_OK : NPUKIT_E_GRAPH;
     case ON(NPUKIT_OP_MAXPOOL):
     case ON(NPUKIT_OP_AVGPOOL):
-        return shape_pool(x, v, in, out);
+        return shape_window(x, v, in, out, 2);
     case ON(NPUKIT_OP_GLOBAL_AVGPOOL): {
         const uint32_t rank = t_rank(x, in);
         if (rank < 1 || t_rank(x, out) != (V(K_KEEPDIM) ? rank : 1) || t_dim(x, out, 0) != t_dim(x, in, 0)) {
