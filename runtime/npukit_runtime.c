@@ -1139,6 +1139,8 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_ADD):
+    case ON(NPUKIT_OP_RELU): /* relu and lut: one input (OPS), so only the output's shape is checked */
+    case ON(NPUKIT_OP_LUT):
         for (k = 0; k < v->n_in; k++) {
             if (!same_shape(x, v_tensor(x, v, k), in)) {
                 return NPUKIT_E_GRAPH;
@@ -1147,9 +1149,6 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         return same_shape(x, in, out) ? NPUKIT_OK : NPUKIT_E_GRAPH;
     case ON(NPUKIT_OP_CONCAT):
         return shape_concat(x, v, out);
-    case ON(NPUKIT_OP_RELU):
-    case ON(NPUKIT_OP_LUT):
-        return same_shape(x, in, out) ? NPUKIT_OK : NPUKIT_E_GRAPH;
     case ON(NPUKIT_OP_SLICE): { /* Slice.infer_shapes: [start, stop) of one axis, the others as they are */
         const uint32_t rank = t_rank(x, in);
         int64_t axis, start, stop;
@@ -1562,9 +1561,6 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.concat.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
-    case ON(NPUKIT_OP_RELU):
-        op->p.relu.n = (int32_t)T[op->out].elems;
-        return NPUKIT_OK;
     case ON(NPUKIT_OP_SLICE): {
         uint64_t outer = 1, inner = 1;
         uint32_t axis, rank = t_rank(x, op->in[0]);
@@ -1604,15 +1600,18 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         }
         return NPUKIT_OK;
     }
+    case ON(NPUKIT_OP_RELU):
     case ON(NPUKIT_OP_LUT): {
         const param_t *t;
         t = &v->p[P_TABLE];
-        if (t->bits != 8) {
-            return NPUKIT_E_UNSUPPORTED; /* nk_lut reads an int8 table (a 16-bit output's is int16) */
+        if (IS(def, NPUKIT_OP_LUT)) {
+            if (t->bits != 8) {
+                return NPUKIT_E_UNSUPPORTED; /* nk_lut reads an int8 table (a 16-bit output's is int16) */
+            }
+            op->weight = x->d + t->data;
+            op->p.lut.offset = (int32_t)1 << (T[op->in[0]].bits - 1);
         }
-        op->weight = x->d + t->data;
-        op->p.lut.n = (int32_t)T[op->out].elems;
-        op->p.lut.offset = (int32_t)1 << (T[op->in[0]].bits - 1);
+        op->p.lut.n = (int32_t)T[op->out].elems; /* relu's n too: the two structs begin alike */
         return NPUKIT_OK;
     }
     default: /* reshape: a view, or a copy of nbytes */
