@@ -1004,96 +1004,78 @@ static int geometry(const ctx_t *x, const view_t *v, const uint8_t keys[3], uint
     return NPUKIT_OK;
 }
 
-static int shape_conv(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
+/* Conv.infer_shapes (form 0): out = floor((n + 2 * p - d * (k - 1) - 1) / s) + 1 per axis; ConvTranspose's
+ * (form 1): out = (n - 1) * s - 2 * p + d * (k - 1) + output_padding + 1, its weight (in, out, *kernel);
+ * MaxPool's and AvgPool's (form 2): conv's with the kernel from its attribute and d = 1. */
+static int shape_window(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out, unsigned form)
 {
-    static const uint8_t GEOMETRY[3] = {K_STRIDE, K_PADDING, K_DILATION};
+    static const uint8_t GEOMETRY[2][3] = {{K_STRIDE, K_PADDING, K_DILATION}, {K_KERNEL, K_STRIDE, K_PADDING}};
+    const unsigned pool = form == 2, transpose = form == 1 && ((NPUKIT_OPS) >> NPUKIT_OP_CONV_TRANSPOSE & 1u);
+    const uint32_t rank = t_rank(x, in);
     const attr_t *a[3];
+    const attr_t *op, *kern, *pad;
     const param_t *w;
     uint32_t nsp, k;
     int64_t groups;
-    nsp = (uint32_t)V(K_NDIM); /* 1 or 2 (check_schema) */
-    w = &v->p[P_WEIGHT];
-    if (t_rank(x, in) != nsp + 1) {
-        return NPUKIT_E_GRAPH;
-    }
-    TRY(geometry(x, v, GEOMETRY, nsp, a));
-    groups = V(K_GROUPS);
-    if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, w, 1) * (uint64_t)groups != t_dim(x, in, 0)) {
-        return NPUKIT_E_GRAPH; /* the input's channels are in / groups per group */
-    }
-    if (groups > NPUKIT_MAX_EXTENT) {
-        return NPUKIT_E_UNSUPPORTED;
-    }
-    if (t_rank(x, out) != nsp + 1 || t_dim(x, out, 0) != p_dim(x, w, 0)) {
-        return NPUKIT_E_GRAPH;
-    }
-    for (k = 0; k < nsp; k++) {
-        const int64_t o = window_out(t_dim(x, in, k + 1), p_dim(x, w, k + 2), attr_int(x, a[0], k),
-                                     attr_int(x, a[1], k), attr_int(x, a[2], k));
-        if (o != t_dim(x, out, k + 1)) {
-            return NPUKIT_E_GRAPH;
-        }
-    }
-    return NPUKIT_OK;
-}
-
-/* ConvTranspose.infer_shapes: out = (n - 1) * s - 2 * p + d * (k - 1) + output_padding + 1 per axis. */
-static int shape_conv_transpose(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
-{
-    static const uint8_t GEOMETRY[3] = {K_STRIDE, K_PADDING, K_DILATION};
-    const attr_t *a[3];
-    const attr_t *g, *op;
-    const param_t *w;
-    uint32_t nsp, k;
-    g = &v->a[K_NDIM];
-    nsp = (uint32_t)attr_int(x, g, 0);
     w = &v->p[P_WEIGHT];
     op = &v->a[K_OUTPUT_PADDING];
-    if (t_rank(x, in) != nsp + 1 || t_rank(x, out) != nsp + 1 || op->count != nsp) {
-        return NPUKIT_E_GRAPH;
-    }
-    TRY(geometry(x, v, GEOMETRY, nsp, a));
-    if (t_dim(x, in, 0) != p_dim(x, w, 0) || t_dim(x, out, 0) != p_dim(x, w, 1)) {
-        return NPUKIT_E_GRAPH;
-    }
-    for (k = 0; k < nsp; k++) {
-        const int64_t s = attr_int(x, a[0], k), p = attr_int(x, a[1], k), d = attr_int(x, a[2], k);
-        const int64_t o_pad = attr_int(x, op, k), kk = p_dim(x, w, k + 2);
-        if (o_pad > NPUKIT_MAX_EXTENT || (uint64_t)kk > NPUKIT_MAX_EXTENT) {
-            return NPUKIT_E_UNSUPPORTED;
+    kern = &v->a[K_KERNEL];
+    pad = &v->a[K_PADDING];
+    if (pool) {
+        nsp = rank - 1;
+        if (rank < 1 || pad->count != kern->count) {
+            return NPUKIT_E_GRAPH;
         }
-        if (o_pad >= (s > d ? s : d)
-            || ((int64_t)t_dim(x, in, k + 1) - 1) * s - 2 * p + d * (kk - 1) + o_pad + 1 != (int64_t)t_dim(x, out, k + 1)) {
+        for (k = 0; k < kern->count; k++) {
+            if (attr_int(x, pad, k) > attr_int(x, kern, k) / 2) {
+                return NPUKIT_E_GRAPH; /* padding at most half the window (2p > k, exactly) */
+            }
+        }
+    } else {
+        nsp = (uint32_t)V(K_NDIM); /* 1 or 2 (check_schema) */
+        if (rank != nsp + 1 || (transpose && (t_rank(x, out) != nsp + 1 || op->count != nsp))) {
             return NPUKIT_E_GRAPH;
         }
     }
-    return NPUKIT_OK;
-}
-
-static int shape_pool(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out)
-{
-    static const uint8_t GEOMETRY[3] = {K_KERNEL, K_STRIDE, K_PADDING};
-    const attr_t *a[3];
-    const uint32_t rank = t_rank(x, in);
-    uint32_t k;
-    a[0] = &v->a[K_KERNEL];
-    a[2] = &v->a[K_PADDING];
-    if (rank < 1 || a[2]->count != a[0]->count) {
-        return NPUKIT_E_GRAPH;
-    }
-    for (k = 0; k < a[0]->count; k++) {
-        if (attr_int(x, a[2], k) > attr_int(x, a[0], k) / 2) {
-            return NPUKIT_E_GRAPH; /* padding at most half the window (2p > k, exactly) */
+    TRY(geometry(x, v, GEOMETRY[pool], nsp, a));
+    if (pool) {
+        if (t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
+            return NPUKIT_E_GRAPH;
+        }
+    } else if (transpose) {
+        if (t_dim(x, in, 0) != p_dim(x, w, 0) || t_dim(x, out, 0) != p_dim(x, w, 1)) {
+            return NPUKIT_E_GRAPH;
+        }
+    } else {
+        groups = V(K_GROUPS);
+        if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, w, 1) * (uint64_t)groups != t_dim(x, in, 0)) {
+            return NPUKIT_E_GRAPH; /* the input's channels are in / groups per group */
+        }
+        if (groups > NPUKIT_MAX_EXTENT) {
+            return NPUKIT_E_UNSUPPORTED;
+        }
+        if (t_rank(x, out) != nsp + 1 || t_dim(x, out, 0) != p_dim(x, w, 0)) {
+            return NPUKIT_E_GRAPH;
         }
     }
-    TRY(geometry(x, v, GEOMETRY, rank - 1, a));
-    if (t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
-        return NPUKIT_E_GRAPH;
-    }
-    for (k = 0; k + 1 < rank; k++) {
-        const int64_t o = window_out(t_dim(x, in, k + 1), attr_int(x, a[0], k), attr_int(x, a[1], k),
-                                     attr_int(x, a[2], k), 1);
-        if (o != t_dim(x, out, k + 1)) {
+    for (k = 0; k < nsp; k++) {
+        const int64_t n = t_dim(x, in, k + 1), kk = pool ? attr_int(x, a[0], k) : (int64_t)p_dim(x, w, k + 2);
+        const int64_t s = attr_int(x, a[pool], k), p = attr_int(x, a[pool + 1], k);
+        const int64_t d = pool ? 1 : attr_int(x, a[2], k);
+        int64_t o;
+        if (transpose) {
+            const int64_t o_pad = attr_int(x, op, k);
+            if (o_pad > NPUKIT_MAX_EXTENT || kk > NPUKIT_MAX_EXTENT) {
+                return NPUKIT_E_UNSUPPORTED;
+            }
+            if (o_pad >= (s > d ? s : d)) {
+                return NPUKIT_E_GRAPH;
+            }
+            o = (n - 1) * s - 2 * p + d * (kk - 1) + o_pad + 1;
+        } else {
+            o = window_out((uint32_t)n, kk, s, p, d);
+        }
+        if (o != (int64_t)t_dim(x, out, k + 1)) {
             return NPUKIT_E_GRAPH;
         }
     }
@@ -1134,16 +1116,16 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     const param_t *w;
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
-        return shape_conv(x, v, in, out);
+        return shape_window(x, v, in, out, 0);
     case ON(NPUKIT_OP_CONV_TRANSPOSE):
-        return shape_conv_transpose(x, v, in, out);
+        return shape_window(x, v, in, out, 1);
     case ON(NPUKIT_OP_LINEAR):
         w = &v->p[P_WEIGHT];
         return t_rank(x, in) == 1 && t_dim(x, in, 0) == p_dim(x, w, 1) && t_rank(x, out) == 1
                && t_dim(x, out, 0) == p_dim(x, w, 0) ? NPUKIT_OK : NPUKIT_E_GRAPH;
     case ON(NPUKIT_OP_MAXPOOL):
     case ON(NPUKIT_OP_AVGPOOL):
-        return shape_pool(x, v, in, out);
+        return shape_window(x, v, in, out, 2);
     case ON(NPUKIT_OP_GLOBAL_AVGPOOL): {
         const uint32_t rank = t_rank(x, in);
         if (rank < 1 || t_rank(x, out) != (V(K_KEEPDIM) ? rank : 1) || t_dim(x, out, 0) != t_dim(x, in, 0)) {
@@ -1157,6 +1139,8 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_ADD):
+    case ON(NPUKIT_OP_RELU): /* relu and lut: one input (OPS), so only the output's shape is checked */
+    case ON(NPUKIT_OP_LUT):
         for (k = 0; k < v->n_in; k++) {
             if (!same_shape(x, v_tensor(x, v, k), in)) {
                 return NPUKIT_E_GRAPH;
@@ -1165,9 +1149,6 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         return same_shape(x, in, out) ? NPUKIT_OK : NPUKIT_E_GRAPH;
     case ON(NPUKIT_OP_CONCAT):
         return shape_concat(x, v, out);
-    case ON(NPUKIT_OP_RELU):
-    case ON(NPUKIT_OP_LUT):
-        return same_shape(x, in, out) ? NPUKIT_OK : NPUKIT_E_GRAPH;
     case ON(NPUKIT_OP_SLICE): { /* Slice.infer_shapes: [start, stop) of one axis, the others as they are */
         const uint32_t rank = t_rank(x, in);
         int64_t axis, start, stop;
@@ -1184,31 +1165,20 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         }
         return NPUKIT_OK;
     }
-    case ON(NPUKIT_OP_PAD): { /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
-        const uint32_t rank = t_rank(x, in);
-        a = &v->a[K_PADS];
-        if ((rank != 2 && rank != 3) || a->count != 2 * (rank - 1) || t_rank(x, out) != rank ||
+    case ON(NPUKIT_OP_PAD):      /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
+    case ON(NPUKIT_OP_UPSAMPLE): { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
+        const uint32_t rank = t_rank(x, in), pad = (uint32_t)IS(def, NPUKIT_OP_PAD);
+        a = &v->a[pad ? K_PADS : K_SCALE];
+        if ((rank != 2 && rank != 3) || a->count != (pad + 1) * (rank - 1) || t_rank(x, out) != rank ||
             t_dim(x, out, 0) != t_dim(x, in, 0)) {
             return NPUKIT_E_GRAPH;
         }
-        for (k = 1; k < rank; k++) { /* pads >= 0 (the schema); compared in 64 bits, no overflow */
-            const uint64_t grown = (uint64_t)t_dim(x, in, k) + (uint64_t)attr_int(x, a, k - 1) +
-                                   (uint64_t)attr_int(x, a, k - 1 + rank - 1);
-            if (grown != t_dim(x, out, k)) {
-                return NPUKIT_E_GRAPH;
-            }
-        }
-        return NPUKIT_OK;
-    }
-    case ON(NPUKIT_OP_UPSAMPLE): { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
-        const uint32_t rank = t_rank(x, in);
-        a = &v->a[K_SCALE];
-        if ((rank != 2 && rank != 3) || a->count != rank - 1 || t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
-            return NPUKIT_E_GRAPH;
-        }
         for (k = 1; k < rank; k++) {
-            const int64_t f = attr_int(x, a, k - 1); /* >= 1 (the schema); bounded before the product */
-            if (f > (int64_t)t_dim(x, out, k) || (uint64_t)t_dim(x, in, k) * (uint64_t)f != t_dim(x, out, k)) {
+            const int64_t f = attr_int(x, a, k - 1); /* pads >= 0, factors >= 1 (the schema) */
+            if (pad ? (uint64_t)t_dim(x, in, k) + (uint64_t)f + (uint64_t)attr_int(x, a, k - 1 + rank - 1)
+                          != t_dim(x, out, k) /* in 64 bits, no overflow */
+                    : f > (int64_t)t_dim(x, out, k) /* bounded before the product */
+                          || (uint64_t)t_dim(x, in, k) * (uint64_t)f != t_dim(x, out, k)) {
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1554,14 +1524,27 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.gap.hw = (int32_t)(T[op->in[0]].elems / (uint32_t)op->p.gap.c);
         op->p.gap.rounding = x->m->pool_rounding;
         return NPUKIT_OK;
-    case ON(NPUKIT_OP_ADD): {
+    case ON(NPUKIT_OP_ADD):
+    case ON(NPUKIT_OP_MUL): {
         const npukit_tensor_t *out = &T[op->out];
-        if (v->n_in != 2) {
-            return NPUKIT_E_UNSUPPORTED; /* nk_add adds two operands; more would saturate only once */
+        if (IS(def, NPUKIT_OP_ADD)) {
+            if (v->n_in != 2) {
+                return NPUKIT_E_UNSUPPORTED; /* nk_add adds two operands; more would saturate only once */
+            }
+            op->p.add.n = (int32_t)out->elems;
+            op->p.add.a_shift = T[op->in[0]].exp - out->exp;
+            op->p.add.b_shift = T[op->in[1]].exp - out->exp;
+        } else {
+            const uint32_t rank = t_rank(x, op->in[0]);
+            uint64_t outer = 1;
+            for (k = 0; k < rank && t_dim(x, op->in[1], k) == t_dim(x, op->in[0], k); k++) {
+                outer *= t_dim(x, op->in[0], k); /* the leading dimensions b shares with a (shape_of checked the rest) */
+            }
+            op->p.mul.outer = (int32_t)outer;
+            op->p.mul.inner = (int32_t)(T[op->in[0]].elems / outer);
+            op->p.mul.shift = T[op->in[0]].exp + T[op->in[1]].exp - out->exp;
         }
-        op->p.add.n = (int32_t)out->elems;
-        op->p.add.a_shift = T[op->in[0]].exp - out->exp;
-        op->p.add.b_shift = T[op->in[1]].exp - out->exp;
+        /* mul's act_min, act_max and rounding too: the two structs have one layout (a common initial sequence) */
         op->p.add.act_max = (int32_t)int_max(out->bits);
         op->p.add.act_min = V(K_RELU) ? 0 : -op->p.add.act_max - 1;
         op->p.add.rounding = x->m->rounding;
@@ -1578,9 +1561,6 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.concat.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
-    case ON(NPUKIT_OP_RELU):
-        op->p.relu.n = (int32_t)T[op->out].elems;
-        return NPUKIT_OK;
     case ON(NPUKIT_OP_SLICE): {
         uint64_t outer = 1, inner = 1;
         uint32_t axis, rank = t_rank(x, op->in[0]);
@@ -1599,53 +1579,39 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.slice.part_inner = (int32_t)(T[op->out].elems / outer);
         return NPUKIT_OK;
     }
-    case ON(NPUKIT_OP_PAD): {
+    case ON(NPUKIT_OP_PAD):
+    case ON(NPUKIT_OP_UPSAMPLE): {
         const uint32_t rank = t_rank(x, op->in[0]);
-        a = &v->a[K_PADS];
+        /* c, h, w lead both structs (a common initial sequence of the union): set once, through pad's */
         op->p.pad.c = (int32_t)t_dim(x, op->in[0], 0);
         op->p.pad.h = rank == 3 ? (int32_t)t_dim(x, op->in[0], 1) : 1;
         op->p.pad.w = (int32_t)t_dim(x, op->in[0], rank - 1);
-        op->p.pad.top = rank == 3 ? (int32_t)attr_int(x, a, 0) : 0;
-        op->p.pad.bottom = rank == 3 ? (int32_t)attr_int(x, a, 2) : 0;
-        op->p.pad.left = (int32_t)attr_int(x, a, rank - 2);
-        op->p.pad.right = (int32_t)attr_int(x, a, 2 * (rank - 1) - 1);
-        op->p.pad.value = (int32_t)V(K_VALUE);
-        return NPUKIT_OK;
-    }
-    case ON(NPUKIT_OP_UPSAMPLE): {
-        const uint32_t rank = t_rank(x, op->in[0]);
-        a = &v->a[K_SCALE];
-        op->p.upsample.c = (int32_t)t_dim(x, op->in[0], 0);
-        op->p.upsample.h = rank == 3 ? (int32_t)t_dim(x, op->in[0], 1) : 1;
-        op->p.upsample.sh = rank == 3 ? (int32_t)attr_int(x, a, 0) : 1;
-        op->p.upsample.w = (int32_t)t_dim(x, op->in[0], rank - 1);
-        op->p.upsample.sw = (int32_t)attr_int(x, a, rank - 2);
-        return NPUKIT_OK;
-    }
-    case ON(NPUKIT_OP_MUL): {
-        const npukit_tensor_t *out = &T[op->out];
-        const uint32_t rank = t_rank(x, op->in[0]);
-        uint64_t outer = 1;
-        for (k = 0; k < rank && t_dim(x, op->in[1], k) == t_dim(x, op->in[0], k); k++) {
-            outer *= t_dim(x, op->in[0], k); /* the leading dimensions b shares with a (shape_of checked the rest) */
+        if (IS(def, NPUKIT_OP_PAD)) {
+            a = &v->a[K_PADS];
+            op->p.pad.top = rank == 3 ? (int32_t)attr_int(x, a, 0) : 0;
+            op->p.pad.bottom = rank == 3 ? (int32_t)attr_int(x, a, 2) : 0;
+            op->p.pad.left = (int32_t)attr_int(x, a, rank - 2);
+            op->p.pad.right = (int32_t)attr_int(x, a, 2 * (rank - 1) - 1);
+            op->p.pad.value = (int32_t)V(K_VALUE);
+        } else {
+            a = &v->a[K_SCALE];
+            op->p.upsample.sh = rank == 3 ? (int32_t)attr_int(x, a, 0) : 1;
+            op->p.upsample.sw = (int32_t)attr_int(x, a, rank - 2);
         }
-        op->p.mul.outer = (int32_t)outer;
-        op->p.mul.inner = (int32_t)(T[op->in[0]].elems / outer);
-        op->p.mul.shift = T[op->in[0]].exp + T[op->in[1]].exp - out->exp;
-        op->p.mul.act_max = (int32_t)int_max(out->bits);
-        op->p.mul.act_min = V(K_RELU) ? 0 : -op->p.mul.act_max - 1;
-        op->p.mul.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
+    case ON(NPUKIT_OP_RELU):
     case ON(NPUKIT_OP_LUT): {
         const param_t *t;
         t = &v->p[P_TABLE];
-        if (t->bits != 8) {
-            return NPUKIT_E_UNSUPPORTED; /* nk_lut reads an int8 table (a 16-bit output's is int16) */
+        if (IS(def, NPUKIT_OP_LUT)) {
+            if (t->bits != 8) {
+                return NPUKIT_E_UNSUPPORTED; /* nk_lut reads an int8 table (a 16-bit output's is int16) */
+            }
+            op->weight = x->d + t->data;
+            op->p.lut.offset = (int32_t)1 << (T[op->in[0]].bits - 1);
         }
-        op->weight = x->d + t->data;
-        op->p.lut.n = (int32_t)T[op->out].elems;
-        op->p.lut.offset = (int32_t)1 << (T[op->in[0]].bits - 1);
+        op->p.lut.n = (int32_t)T[op->out].elems; /* relu's n too: the two structs begin alike */
         return NPUKIT_OK;
     }
     default: /* reshape: a view, or a copy of nbytes */
