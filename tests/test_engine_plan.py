@@ -221,6 +221,26 @@ def _relu_after(graph, node):
     graph.nodes.insert(graph.nodes.index(node) + 1, npukit.ir.Node(f"{node.name}_relu", "relu", [t], [new]))
 
 
+@pytest.mark.parametrize("after", ["pool", "relu"])
+def test_no_fusion_after_a_transposed_conv(after):
+    """A transposed conv is no Conv to the plan (it runs its reference `run`), so no pool or ReLU fuses into
+    Conv's compiled kernel on its weights (hypothesis found that a max pool after one did, on the wrong shapes)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 2, 1), nn.ConvTranspose1d(2, 2, 2, stride=2),
+                          nn.MaxPool1d(2) if after == "pool" else nn.Identity(), nn.Flatten(), nn.Linear(12 if after == "pool" else 24, 4))
+    graph = npukit.to_ir(npukit.prepare(model, torch.randn(12, 1, 6), rules="off"))
+    transposed = graph.nodes[1]
+    assert transposed.op == "conv_transpose"
+    if after == "relu":
+        _relu_after(graph, transposed)
+        graph.validate()
+    follower = graph.nodes[2]
+    assert get_op(follower.op).compile_after(transposed, follower, graph) is None
+    q = graph.quantize_input(torch.randn(5, 1, 6).numpy())
+    for n in (5, 1):
+        _same_as_reference(graph, q[:n])
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ndim=st.sampled_from([1, 2]), cin=st.integers(1, 4), cout=st.integers(1, 6), size=st.integers(4, 11),
        k=st.integers(1, 3), pad=st.integers(0, 1), stride=st.integers(1, 2), pool_k=st.integers(1, 3),

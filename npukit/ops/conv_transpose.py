@@ -43,8 +43,10 @@ class ConvTranspose(Conv):
             problem = f"has weight shape {w.shape} and bias shape {bias.shape}"
         return problem
 
-    def compile(self, node, graph):
-        return None  # the plan runs `run` (the equivalent conv is built per call), not Conv's compiled kernel
+    def compile_untailed(self, node, graph, relu: bool = False):
+        # Conv's compiled kernel (and so `compile` and every fusion built on it) is not this op's: the plan
+        # runs `run`, which builds the equivalent conv per call
+        return None
 
     def infer_shapes(self, node, in_shapes):
         a, (c, *spatial) = node.attrs, in_shapes[0]
