@@ -92,11 +92,17 @@ def tflm_us(python: str, runs: int) -> dict:
     return json.loads(res.stdout)
 
 
+def callgrind_annotate(cmd: list[str], out: Path, options: tuple[str, ...] = ()) -> str:
+    """callgrind_annotate's per-function listing of `cmd` run under callgrind with `options`."""
+    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *options, *cmd],
+                   check=True, capture_output=True)
+    return subprocess.run(["callgrind_annotate", "--inclusive=no", str(out)], check=True, capture_output=True,
+                          text=True).stdout
+
+
 def callgrind(exe: Path, out: Path, runs: int) -> dict[str, int]:
     """Instructions per function (all files of a function added) over `runs` inferences."""
-    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", str(exe), str(runs)],
-                   check=True, capture_output=True)
-    ann = subprocess.run(["callgrind_annotate", "--inclusive=no", str(out)], check=True, capture_output=True, text=True).stdout
+    ann = callgrind_annotate([str(exe), str(runs)], out)
     per_fn: dict[str, int] = {}
     for line in ann.splitlines():
         m = re.match(r"\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+\S*:(\w+)", line) or re.match(r"\s*([\d,]+)\s+\S*:(\w+)", line)
@@ -174,15 +180,27 @@ def main() -> None:
         print("valgrind not installed: no instruction counts")
         return
     runs = 20
+    per_inference = {}
     for name, exe in exes.items():
         per_fn = callgrind(exe, project / f"callgrind.{exe.name}", runs)
         conv_ir = sum(v for k, v in per_fn.items() if k.startswith("nk_conv"))  # with its static helpers
         total_ir = sum(per_fn.values())
+        per_inference[name] = total_ir / runs
         print(f"{name}: callgrind over {runs} inferences: {total_ir / runs:,.0f} instructions per inference "
               f"({total_ir / runs / all_macs:.2f} per MAC overall); conv layers {conv_ir / runs / conv_macs:.2f} "
               f"per MAC (goal <= 0.8)")
         top = sorted(per_fn.items(), key=lambda kv: -kv[1])[:6]
         print("  top functions: " + ", ".join(f"{k} {v / runs:,.0f}" for k, v in top))
+    if tflm:  # only what runs inside MicroInterpreter::Invoke(), the first (untimed) invoke too
+        ann = callgrind_annotate([tflm, str(TFLM_INVOKE), "--demo-only", "--runs", str(runs)], project / "callgrind.tflm",
+                                 ("--toggle-collect=tflite::micro::MicroInterpreter::Invoke()",))
+        ir = {"total": r"PROGRAM TOTALS", "conv": r"reference_integer_ops::ConvPerChannel\("}
+        ir = {k: sum(int(m.group(1).replace(",", "")) for m in re.finditer(r"^\s*([\d,]+) .*" + pat, ann, re.M))
+              for k, pat in ir.items()}
+        print(f"TFLM reference kernels: callgrind over {runs + 1} inferences: {ir['total'] / (runs + 1):,.0f} "
+              f"instructions per inference ({ir['total'] / (runs + 1) / all_macs:.2f} per MAC overall, "
+              f"ConvPerChannel {ir['conv'] / (runs + 1) / conv_macs:.2f} per conv MAC); TFLM / "
+              + ", ".join(f"{name} {ir['total'] / (runs + 1) / n:.1f}x" for name, n in per_inference.items()))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Runs in a Python that has the `tflite-micro` package (and numpy), not npukit's e
 
     python3.11 -m venv /work/tflm-venv && /work/tflm-venv/bin/pip install tflite-micro
     /work/tflm-venv/bin/python benchmarks/tflm_invoke.py [--runs 1000]      # one round, one JSON line
-    /work/tflm-venv/bin/python benchmarks/tflm_invoke.py --check            # version and kernels, or fails
+    /work/tflm-venv/bin/python benchmarks/tflm_invoke.py --check            # its version, or fails
 
 One round: --runs calls of the interpreter's set_input() and invoke() on benchmarks/data/trivial_int8.tflite (one
 MAX_POOL_2D over two int8 values), then --runs on benchmarks/data/demo_int8.tflite, each loop's CPU time
@@ -54,9 +54,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--check", action="store_true", help="print the package version and exit")
+    ap.add_argument("--demo-only", action="store_true",
+                    help="only the demo model, --runs + 1 invokes in all (for counting instructions)")
     args = ap.parse_args()
     if args.check:
         print(tflite_micro.__version__)
+        return
+    if args.demo_only:
+        print(json.dumps({"demo_us": loop_us(*interpreter("demo_int8.tflite"), args.runs)}))
         return
     trivial, demo = interpreter("trivial_int8.tflite"), interpreter("demo_int8.tflite")
     call_us = loop_us(*trivial, args.runs)
