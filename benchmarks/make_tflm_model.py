@@ -14,9 +14,9 @@ both toolchains do), max pooling by 2 after the second and third, and a linear l
 convolution is written as a 2-d one over a 1x40 image with 1x5 kernels (NHWC), so the converted graph is
 only CONV_2D, MAX_POOL_2D, RESHAPE and FULLY_CONNECTED (a Keras Conv1D would add an EXPAND_DIMS and a
 RESHAPE around every conv, time that TFLM would be charged for but npukit does not spend). Weights and
-biases are random with a fixed seed (no zero biases, which the converter would drop): the time per inference does not depend on their values. Post-training full
-integer quantization: int8 weights (per output channel) and activations, int32 biases, int8 input and
-output.
+biases are random with a fixed seed (no zero biases, which the converter would drop): the time per
+inference does not depend on their values; the same bytes come out every run. Post-training full integer
+quantization: int8 weights (per output channel) and activations, int32 biases, int8 input and output.
 """
 
 from __future__ import annotations
