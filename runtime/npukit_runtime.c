@@ -488,10 +488,24 @@ static size_t t_dims(const ctx_t *x, uint32_t t)
     return x->m->tensors[t].record + TENSOR_REC;
 }
 
-static uint32_t t_dim(const ctx_t *x, uint32_t t, uint32_t k)
+/* A tensor's rank and dimensions (u32 each, little-endian, in the file). */
+typedef struct {
+    uint32_t rank;
+    const uint8_t *dims;
+} shape_t;
+
+static shape_t shape(const ctx_t *x, uint32_t t)
 {
-    INVARIANT(k < t_rank(x, t));
-    return rd32(x->d + x->m->tensors[t].record + TENSOR_REC + 4 * (size_t)k);
+    shape_t s;
+    s.rank = t_rank(x, t);
+    s.dims = x->d + t_dims(x, t);
+    return s;
+}
+
+static uint32_t dim(const shape_t *s, uint32_t k)
+{
+    INVARIANT(k < s->rank);
+    return rd32(s->dims + 4 * (size_t)k);
 }
 
 static int same_shape(const ctx_t *x, uint32_t a, uint32_t b)
@@ -595,6 +609,8 @@ typedef struct {
     attr_t a[N_KEYS];           /* by K_*: found 0 where the op has no such attribute */
     int64_t first[N_KEYS];      /* the first value of each int, bool or non-empty list attribute; a string's index */
     param_t p[N_PARAMS];        /* by P_* */
+    shape_t in, in1, out;       /* the first input's, the second's (the first's again if one), the output's: set
+                                   by bind_shapes once the op's arity is checked */
 } view_t;
 
 #define V(key) (v->first[key])  /* the first value of an attribute the schema checks made sure of */
@@ -709,6 +725,13 @@ static void view(const ctx_t *x, size_t io, view_t *v)
             p->count *= rd32(x->d + p->dims + 4 * (size_t)j);
         }
     }
+}
+
+static void bind_shapes(const ctx_t *x, view_t *v)
+{
+    v->in = shape(x, v_tensor(x, v, 0));
+    v->in1 = shape(x, v_tensor(x, v, v->n_in > 1 ? 1 : 0));
+    v->out = shape(x, v_tensor(x, v, v->n_in));
 }
 
 static uint32_t p_dim(const ctx_t *x, const param_t *p, uint32_t k)
@@ -1007,11 +1030,11 @@ static int geometry(const ctx_t *x, const view_t *v, const uint8_t keys[3], uint
 /* Conv.infer_shapes (form 0): out = floor((n + 2 * p - d * (k - 1) - 1) / s) + 1 per axis; ConvTranspose's
  * (form 1): out = (n - 1) * s - 2 * p + d * (k - 1) + output_padding + 1, its weight (in, out, *kernel);
  * MaxPool's and AvgPool's (form 2): conv's with the kernel from its attribute and d = 1. */
-static int shape_window(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out, unsigned form)
+static int shape_window(const ctx_t *x, const view_t *v, unsigned form)
 {
     static const uint8_t GEOMETRY[2][3] = {{K_STRIDE, K_PADDING, K_DILATION}, {K_KERNEL, K_STRIDE, K_PADDING}};
     const unsigned pool = form == 2, transpose = form == 1 && ((NPUKIT_OPS) >> NPUKIT_OP_CONV_TRANSPOSE & 1u);
-    const uint32_t rank = t_rank(x, in);
+    const uint32_t rank = v->in.rank;
     const attr_t *a[3];
     const attr_t *op, *kern, *pad;
     const param_t *w;
@@ -1033,33 +1056,33 @@ static int shape_window(const ctx_t *x, const view_t *v, uint32_t in, uint32_t o
         }
     } else {
         nsp = (uint32_t)V(K_NDIM); /* 1 or 2 (check_schema) */
-        if (rank != nsp + 1 || (transpose && (t_rank(x, out) != nsp + 1 || op->count != nsp))) {
+        if (rank != nsp + 1 || (transpose && (v->out.rank != nsp + 1 || op->count != nsp))) {
             return NPUKIT_E_GRAPH;
         }
     }
     TRY(geometry(x, v, GEOMETRY[pool], nsp, a));
     if (pool) {
-        if (t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
+        if (v->out.rank != rank || dim(&v->out, 0) != dim(&v->in, 0)) {
             return NPUKIT_E_GRAPH;
         }
     } else if (transpose) {
-        if (t_dim(x, in, 0) != p_dim(x, w, 0) || t_dim(x, out, 0) != p_dim(x, w, 1)) {
+        if (dim(&v->in, 0) != p_dim(x, w, 0) || dim(&v->out, 0) != p_dim(x, w, 1)) {
             return NPUKIT_E_GRAPH;
         }
     } else {
         groups = V(K_GROUPS);
-        if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, w, 1) * (uint64_t)groups != t_dim(x, in, 0)) {
+        if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, w, 1) * (uint64_t)groups != dim(&v->in, 0)) {
             return NPUKIT_E_GRAPH; /* the input's channels are in / groups per group */
         }
         if (groups > NPUKIT_MAX_EXTENT) {
             return NPUKIT_E_UNSUPPORTED;
         }
-        if (t_rank(x, out) != nsp + 1 || t_dim(x, out, 0) != p_dim(x, w, 0)) {
+        if (v->out.rank != nsp + 1 || dim(&v->out, 0) != p_dim(x, w, 0)) {
             return NPUKIT_E_GRAPH;
         }
     }
     for (k = 0; k < nsp; k++) {
-        const int64_t n = t_dim(x, in, k + 1), kk = pool ? attr_int(x, a[0], k) : (int64_t)p_dim(x, w, k + 2);
+        const int64_t n = dim(&v->in, k + 1), kk = pool ? attr_int(x, a[0], k) : (int64_t)p_dim(x, w, k + 2);
         const int64_t s = attr_int(x, a[pool], k), p = attr_int(x, a[pool + 1], k);
         const int64_t d = pool ? 1 : attr_int(x, a[2], k);
         int64_t o;
@@ -1075,36 +1098,36 @@ static int shape_window(const ctx_t *x, const view_t *v, uint32_t in, uint32_t o
         } else {
             o = window_out((uint32_t)n, kk, s, p, d);
         }
-        if (o != (int64_t)t_dim(x, out, k + 1)) {
+        if (o != (int64_t)dim(&v->out, k + 1)) {
             return NPUKIT_E_GRAPH;
         }
     }
     return NPUKIT_OK;
 }
 
-static int shape_concat(const ctx_t *x, const view_t *v, uint32_t out)
+static int shape_concat(const ctx_t *x, const view_t *v)
 {
-    const uint32_t first = v_tensor(x, v, 0), rank = t_rank(x, first);
+    const uint32_t rank = v->in.rank;
     uint64_t sum = 0;
     uint32_t i, k;
     int64_t axis;
     axis = V(K_AXIS);
-    if (axis >= (int64_t)rank || t_rank(x, out) != rank) {
+    if (axis >= (int64_t)rank || v->out.rank != rank) {
         return NPUKIT_E_GRAPH;
     }
     for (i = 0; i < v->n_in; i++) {
-        const uint32_t t = v_tensor(x, v, i);
-        if (t_rank(x, t) != rank) {
+        const shape_t t = shape(x, v_tensor(x, v, i));
+        if (t.rank != rank) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
-            if ((int64_t)k != axis && (t_dim(x, t, k) != t_dim(x, first, k) || t_dim(x, out, k) != t_dim(x, t, k))) {
+            if ((int64_t)k != axis && (dim(&t, k) != dim(&v->in, k) || dim(&v->out, k) != dim(&t, k))) {
                 return NPUKIT_E_GRAPH; /* shapes agree off the axis */
             }
         }
-        sum += t_dim(x, t, (uint32_t)axis);
+        sum += dim(&t, (uint32_t)axis);
     }
-    return sum == t_dim(x, out, (uint32_t)axis) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+    return sum == dim(&v->out, (uint32_t)axis) ? NPUKIT_OK : NPUKIT_E_GRAPH;
 }
 
 static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
@@ -1116,23 +1139,23 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     const param_t *w;
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
-        return shape_window(x, v, in, out, 0);
+        return shape_window(x, v, 0);
     case ON(NPUKIT_OP_CONV_TRANSPOSE):
-        return shape_window(x, v, in, out, 1);
+        return shape_window(x, v, 1);
     case ON(NPUKIT_OP_LINEAR):
         w = &v->p[P_WEIGHT];
-        return t_rank(x, in) == 1 && t_dim(x, in, 0) == p_dim(x, w, 1) && t_rank(x, out) == 1
-               && t_dim(x, out, 0) == p_dim(x, w, 0) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+        return v->in.rank == 1 && dim(&v->in, 0) == p_dim(x, w, 1) && v->out.rank == 1
+               && dim(&v->out, 0) == p_dim(x, w, 0) ? NPUKIT_OK : NPUKIT_E_GRAPH;
     case ON(NPUKIT_OP_MAXPOOL):
     case ON(NPUKIT_OP_AVGPOOL):
-        return shape_window(x, v, in, out, 2);
+        return shape_window(x, v, 2);
     case ON(NPUKIT_OP_GLOBAL_AVGPOOL): {
-        const uint32_t rank = t_rank(x, in);
-        if (rank < 1 || t_rank(x, out) != (V(K_KEEPDIM) ? rank : 1) || t_dim(x, out, 0) != t_dim(x, in, 0)) {
+        const uint32_t rank = v->in.rank;
+        if (rank < 1 || v->out.rank != (V(K_KEEPDIM) ? rank : 1) || dim(&v->out, 0) != dim(&v->in, 0)) {
             return NPUKIT_E_GRAPH;
         }
-        for (k = 1; k < t_rank(x, out); k++) {
-            if (t_dim(x, out, k) != 1) {
+        for (k = 1; k < v->out.rank; k++) {
+            if (dim(&v->out, k) != 1) {
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1148,18 +1171,18 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         }
         return same_shape(x, in, out) ? NPUKIT_OK : NPUKIT_E_GRAPH;
     case ON(NPUKIT_OP_CONCAT):
-        return shape_concat(x, v, out);
+        return shape_concat(x, v);
     case ON(NPUKIT_OP_SLICE): { /* Slice.infer_shapes: [start, stop) of one axis, the others as they are */
-        const uint32_t rank = t_rank(x, in);
+        const uint32_t rank = v->in.rank;
         int64_t axis, start, stop;
         axis = V(K_AXIS);
         start = V(K_START);
         stop = V(K_STOP);
-        if (axis >= (int64_t)rank || t_rank(x, out) != rank || start >= stop || stop > (int64_t)t_dim(x, in, (uint32_t)axis)) {
+        if (axis >= (int64_t)rank || v->out.rank != rank || start >= stop || stop > (int64_t)dim(&v->in, (uint32_t)axis)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
-            if (t_dim(x, out, k) != (k == (uint32_t)axis ? (uint32_t)(stop - start) : t_dim(x, in, k))) {
+            if (dim(&v->out, k) != (k == (uint32_t)axis ? (uint32_t)(stop - start) : dim(&v->in, k))) {
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1167,47 +1190,47 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     case ON(NPUKIT_OP_PAD):      /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
     case ON(NPUKIT_OP_UPSAMPLE): { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
-        const uint32_t rank = t_rank(x, in), pad = (uint32_t)IS(def, NPUKIT_OP_PAD);
+        const uint32_t rank = v->in.rank, pad = (uint32_t)IS(def, NPUKIT_OP_PAD);
         a = &v->a[pad ? K_PADS : K_SCALE];
-        if ((rank != 2 && rank != 3) || a->count != (pad + 1) * (rank - 1) || t_rank(x, out) != rank ||
-            t_dim(x, out, 0) != t_dim(x, in, 0)) {
+        if ((rank != 2 && rank != 3) || a->count != (pad + 1) * (rank - 1) || v->out.rank != rank ||
+            dim(&v->out, 0) != dim(&v->in, 0)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 1; k < rank; k++) {
             const int64_t f = attr_int(x, a, k - 1); /* pads >= 0, factors >= 1 (the schema) */
-            if (pad ? (uint64_t)t_dim(x, in, k) + (uint64_t)f + (uint64_t)attr_int(x, a, k - 1 + rank - 1)
-                          != t_dim(x, out, k) /* in 64 bits, no overflow */
-                    : f > (int64_t)t_dim(x, out, k) /* bounded before the product */
-                          || (uint64_t)t_dim(x, in, k) * (uint64_t)f != t_dim(x, out, k)) {
+            if (pad ? (uint64_t)dim(&v->in, k) + (uint64_t)f + (uint64_t)attr_int(x, a, k - 1 + rank - 1)
+                          != dim(&v->out, k) /* in 64 bits, no overflow */
+                    : f > (int64_t)dim(&v->out, k) /* bounded before the product */
+                          || (uint64_t)dim(&v->in, k) * (uint64_t)f != dim(&v->out, k)) {
                 return NPUKIT_E_GRAPH;
             }
         }
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_MUL): { /* Mul.infer_shapes: b is a's shape with size 1 in trailing dimensions */
-        const uint32_t b = v_tensor(x, v, 1), rank = t_rank(x, in);
+        const uint32_t rank = v->in.rank;
         uint32_t split = rank;
-        if (t_rank(x, b) != rank || !same_shape(x, in, out)) {
+        if (v->in1.rank != rank || !same_shape(x, in, out)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
-            if (split == rank && t_dim(x, b, k) != t_dim(x, in, k)) {
+            if (split == rank && dim(&v->in1, k) != dim(&v->in, k)) {
                 split = k;
             }
-            if (k >= split && t_dim(x, b, k) != 1) {
+            if (k >= split && dim(&v->in1, k) != 1) {
                 return NPUKIT_E_GRAPH;
             }
         }
         return NPUKIT_OK;
     }
     default: { /* reshape: the target shape is the output's, with the input's element count */
-        const uint32_t rank = t_rank(x, out);
+        const uint32_t rank = v->out.rank;
         a = &v->a[K_SHAPE];
         if (a->count != rank || m->tensors[in].elems != m->tensors[out].elems) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
-            if (attr_int(x, a, k) != (int64_t)t_dim(x, out, k)) {
+            if (attr_int(x, a, k) != (int64_t)dim(&v->out, k)) {
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1363,6 +1386,7 @@ static int check_graph(ctx_t *x)
         if (v->n_out != 1 || v->n_in < def->min_in || v->n_in > def->max_in) {
             return NPUKIT_E_GRAPH;
         }
+        bind_shapes(x, &vv);
         TRY(shape_of(x, v, def));
         TRY(tensor_problems(x, v, def));
     }
@@ -1418,21 +1442,20 @@ static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t 
 }
 
 /* Spatial extents as the kernels see them: a 1-d tensor (C, L) is (C, 1, L). */
-static int spatial(const ctx_t *x, uint32_t t, int32_t *c, int32_t *h, int32_t *w)
+static int spatial(const shape_t *s, int32_t *c, int32_t *h, int32_t *w)
 {
-    const uint32_t rank = t_rank(x, t);
     uint32_t k;
-    if (rank != 2 && rank != 3) {
+    if (s->rank != 2 && s->rank != 3) {
         return NPUKIT_E_UNSUPPORTED;
     }
-    for (k = 0; k < rank; k++) {
-        if (!extent_ok(t_dim(x, t, k))) {
+    for (k = 0; k < s->rank; k++) {
+        if (!extent_ok(dim(s, k))) {
             return NPUKIT_E_UNSUPPORTED;
         }
     }
-    *c = (int32_t)t_dim(x, t, 0);
-    *h = rank == 3 ? (int32_t)t_dim(x, t, 1) : 1;
-    *w = (int32_t)t_dim(x, t, rank - 1);
+    *c = (int32_t)dim(s, 0);
+    *h = s->rank == 3 ? (int32_t)dim(s, 1) : 1;
+    *w = (int32_t)dim(s, s->rank - 1);
     return NPUKIT_OK;
 }
 
@@ -1448,8 +1471,8 @@ static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op)
     nk_conv_params *p = &op->p.conv;
     const param_t *w;
     w = &v->p[P_WEIGHT];
-    TRY(spatial(x, op->in[0], &p->in_c, &p->in_h, &p->in_w));
-    TRY(spatial(x, op->out, &p->out_c, &p->out_h, &p->out_w));
+    TRY(spatial(&v->in, &p->in_c, &p->in_h, &p->in_w));
+    TRY(spatial(&v->out, &p->out_c, &p->out_h, &p->out_w));
     p->groups = (int32_t)V(K_GROUPS);
     if (p->out_c % p->groups != 0 || !extent_ok(p_dim(x, w, 2)) || !extent_ok(p_dim(x, w, w->rank - 1))) {
         return NPUKIT_E_UNSUPPORTED; /* the engine cannot run out channels that groups do not divide either */
@@ -1474,8 +1497,8 @@ static int prepare_pool(const ctx_t *x, const view_t *v, npukit_op_t *op)
 {
     nk_pool_params *p = &op->p.pool;
     int32_t c;
-    TRY(spatial(x, op->in[0], &p->c, &p->in_h, &p->in_w));
-    TRY(spatial(x, op->out, &c, &p->out_h, &p->out_w));
+    TRY(spatial(&v->in, &p->c, &p->in_h, &p->in_w));
+    TRY(spatial(&v->out, &c, &p->out_h, &p->out_w));
     axes(x, &v->a[K_KERNEL], 1, &p->k_h, &p->k_w);
     axes(x, &v->a[K_STRIDE], 1, &p->stride_h, &p->stride_w);
     axes(x, &v->a[K_PADDING], 0, &p->pad_h, &p->pad_w);
@@ -1493,6 +1516,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     uint32_t k;
     const attr_t *a;
     view(x, op->inputs, &vv);
+    bind_shapes(x, &vv);
     def = op_def(x, v->op);
     op->kind = def->kind;
     op->n_in = (uint8_t)v->n_in;
@@ -1520,7 +1544,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     case ON(NPUKIT_OP_AVGPOOL):
         return prepare_pool(x, v, op);
     case ON(NPUKIT_OP_GLOBAL_AVGPOOL):
-        op->p.gap.c = (int32_t)t_dim(x, op->in[0], 0);
+        op->p.gap.c = (int32_t)dim(&v->in, 0);
         op->p.gap.hw = (int32_t)(T[op->in[0]].elems / (uint32_t)op->p.gap.c);
         op->p.gap.rounding = x->m->pool_rounding;
         return NPUKIT_OK;
@@ -1535,10 +1559,10 @@ static int prepare_op(const ctx_t *x, uint32_t i)
             op->p.add.a_shift = T[op->in[0]].exp - out->exp;
             op->p.add.b_shift = T[op->in[1]].exp - out->exp;
         } else {
-            const uint32_t rank = t_rank(x, op->in[0]);
-            uint64_t outer = 1;
-            for (k = 0; k < rank && t_dim(x, op->in[1], k) == t_dim(x, op->in[0], k); k++) {
-                outer *= t_dim(x, op->in[0], k); /* the leading dimensions b shares with a (shape_of checked the rest) */
+            const uint32_t rank = v->in.rank;
+            uint32_t outer = 1;
+            for (k = 0; k < rank && dim(&v->in1, k) == dim(&v->in, k); k++) {
+                outer *= dim(&v->in, k); /* the leading dimensions b shares with a (shape_of checked the rest) */
             }
             op->p.mul.outer = (int32_t)outer;
             op->p.mul.inner = (int32_t)(T[op->in[0]].elems / outer);
@@ -1552,9 +1576,9 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     }
     case ON(NPUKIT_OP_CONCAT): {
         const uint32_t axis = (uint32_t)V(K_AXIS);
-        uint64_t outer = 1;
+        uint32_t outer = 1;
         for (k = 0; k < axis; k++) {
-            outer *= t_dim(x, op->out, k); /* a product of leading dims of a tensor: at most its elems */
+            outer *= dim(&v->out, k); /* products of a tensor's dims: at most its elems, < 2^32 */
         }
         op->p.concat.outer = (int32_t)outer;
         op->p.concat.out_inner = (int32_t)(T[op->out].elems / outer);
@@ -1562,30 +1586,30 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_SLICE): {
-        uint64_t outer = 1, inner = 1;
-        uint32_t axis, rank = t_rank(x, op->in[0]);
+        uint32_t outer = 1, inner = 1;
+        uint32_t axis, rank = v->in.rank;
         int64_t start;
         axis = (uint32_t)V(K_AXIS);
         start = V(K_START);
         for (k = 0; k < axis; k++) {
-            outer *= t_dim(x, op->in[0], k);
+            outer *= dim(&v->in, k);
         }
         for (k = axis + 1; k < rank; k++) {
-            inner *= t_dim(x, op->in[0], k);
+            inner *= dim(&v->in, k);
         }
         op->p.slice.outer = (int32_t)outer;
-        op->p.slice.in_inner = (int32_t)(inner * t_dim(x, op->in[0], axis));
-        op->p.slice.offset = (int32_t)((uint64_t)start * inner);
+        op->p.slice.in_inner = (int32_t)(inner * dim(&v->in, axis));
+        op->p.slice.offset = (int32_t)((uint32_t)start * inner);
         op->p.slice.part_inner = (int32_t)(T[op->out].elems / outer);
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_PAD):
     case ON(NPUKIT_OP_UPSAMPLE): {
-        const uint32_t rank = t_rank(x, op->in[0]);
+        const uint32_t rank = v->in.rank;
         /* c, h, w lead both structs (a common initial sequence of the union): set once, through pad's */
-        op->p.pad.c = (int32_t)t_dim(x, op->in[0], 0);
-        op->p.pad.h = rank == 3 ? (int32_t)t_dim(x, op->in[0], 1) : 1;
-        op->p.pad.w = (int32_t)t_dim(x, op->in[0], rank - 1);
+        op->p.pad.c = (int32_t)dim(&v->in, 0);
+        op->p.pad.h = rank == 3 ? (int32_t)dim(&v->in, 1) : 1;
+        op->p.pad.w = (int32_t)dim(&v->in, rank - 1);
         if (IS(def, NPUKIT_OP_PAD)) {
             a = &v->a[K_PADS];
             op->p.pad.top = rank == 3 ? (int32_t)attr_int(x, a, 0) : 0;
