@@ -63,6 +63,13 @@ enum { A_BOOL, A_INT, A_LIST, A_STR };  /* attribute kinds (OpDef.attrs) */
 #define INVARIANT(cond) ((void)0)
 #endif
 
+/* Keeps a small helper out of line where GCC's -Os would copy it into each of its callers for no gain. */
+#if defined(__GNUC__)
+#define NOINLINE __attribute__((noinline))
+#else
+#define NOINLINE
+#endif
+
 #define TRY(expr)                   \
     do {                            \
         const int rc_ = (expr);     \
@@ -133,20 +140,21 @@ static cur_t cursor(const ctx_t *x, int kind)
     return c;
 }
 
-static int take(cur_t *c, size_t n, size_t *at)
-{
-    if (n > c->end - c->pos) {
-        return NPUKIT_E_RECORD;
-    }
-    *at = c->pos;
-    c->pos += n;
-    return NPUKIT_OK;
-}
+/* Sets `at` to the file offset of the next n bytes of the section and passes them; refuses them if they run
+ * past its end (a macro: GCC at -Os inlines it anyway where it can keep `at` in a register). */
+#define TAKE(c, n, at)                        \
+    do {                                      \
+        if ((size_t)(n) > (c)->end - (c)->pos) { \
+            return NPUKIT_E_RECORD;           \
+        }                                     \
+        (at) = (c)->pos;                      \
+        (c)->pos += (n);                      \
+    } while (0)
 
 static int u8(cur_t *c, uint32_t *v)
 {
     size_t at;
-    TRY(take(c, 1, &at));
+    TAKE(c, 1, at);
     *v = c->d[at];
     return NPUKIT_OK;
 }
@@ -154,7 +162,7 @@ static int u8(cur_t *c, uint32_t *v)
 static int u16(cur_t *c, uint32_t *v)
 {
     size_t at;
-    TRY(take(c, 2, &at));
+    TAKE(c, 2, at);
     *v = rd16(c->d + at);
     return NPUKIT_OK;
 }
@@ -180,7 +188,7 @@ static int dims(cur_t *c, uint32_t rank, uint64_t max_elems, uint64_t *elems, si
     if (rank > MAX_RANK) {
         return NPUKIT_E_VALUE;
     }
-    TRY(take(c, 4 * (size_t)rank, at));
+    TAKE(c, 4 * (size_t)rank, *at);
     for (k = 0; k < rank; k++) {
         const uint64_t d = rd32(c->d + *at + 4 * k);
         if (d == 0 || d > max_elems / e) {
@@ -199,7 +207,7 @@ static int dims(cur_t *c, uint32_t rank, uint64_t max_elems, uint64_t *elems, si
 /* Strings */
 
 /* Strict UTF-8, as Python's decoder: no overlongs, no surrogates, nothing above U+10FFFF. */
-static int utf8_ok(const uint8_t *s, size_t n)
+NOINLINE static int utf8_ok(const uint8_t *s, size_t n)
 {
     size_t i = 0;
     while (i < n) {
@@ -250,7 +258,7 @@ static int read_strings(ctx_t *x)
             x->mark[i / x->stride] = c.pos;
         }
         TRY(u16(&c, &len));
-        TRY(take(&c, len, &at));
+        TAKE(&c, len, at);
         if (!utf8_ok(x->d + at, len)) {
             return NPUKIT_E_VALUE;
         }
@@ -390,7 +398,7 @@ static int read_device(ctx_t *x)
 {
     cur_t c = cursor(x, S_DEVICE);
     size_t at;
-    TRY(take(&c, DEVICE_REC, &at));
+    TAKE(&c, DEVICE_REC, at);
     TRY(done(&c));
     if (x->d[at] > NK_TRUNC || x->d[at + 1] > NK_TRUNC || x->d[at + 3] != 0) {
         return NPUKIT_E_TARGET;
@@ -405,7 +413,7 @@ static int read_plan(ctx_t *x)
 {
     cur_t c = cursor(x, S_PLAN);
     size_t at;
-    TRY(take(&c, 8, &at));
+    TAKE(&c, 8, at);
     TRY(done(&c));
     x->m->arena_bytes = rd32(x->d + at);
     x->m->lower_bound_bytes = rd32(x->d + at + 4);
@@ -431,7 +439,7 @@ static int read_tensors(ctx_t *x)
         size_t at, dims_at;
         uint64_t elems;
         uint32_t name, bits, role, memory, offset, nbytes;
-        TRY(take(&c, TENSOR_REC, &at));
+        TAKE(&c, TENSOR_REC, at);
         name = rd16(x->d + at);
         bits = x->d[at + 2];
         role = x->d[at + 3];
@@ -520,7 +528,7 @@ static int read_io(ctx_t *x)
     npukit_model_t *m = x->m;
     size_t at;
     uint32_t n_in, n_out, k, t;
-    TRY(take(&c, 4, &at));
+    TAKE(&c, 4, at);
     n_in = rd16(x->d + at);
     n_out = rd16(x->d + at + 2);
     if ((size_t)(n_in + n_out) * IO_REC > c.end - c.pos) {
@@ -533,17 +541,16 @@ static int read_io(ctx_t *x)
     for (k = 0; k < n_in + n_out; k++) {
         const npukit_tensor_t *spec;
         size_t dims_at;
-        uint64_t elems;
         uint32_t rank;
-        TRY(take(&c, IO_REC, &at));
+        TAKE(&c, IO_REC, at);
         t = rd16(x->d + at);
         rank = x->d[at + 3];
         if (t >= m->n_tensors) {
             return NPUKIT_E_INDEX;
         }
-        TRY(dims(&c, rank, U32_MAX, &elems, &dims_at));
+        TAKE(&c, 4 * rank, dims_at);
         spec = &m->tensors[t];
-        /* the descriptor repeats its tensor: bits, exponent and shape */
+        /* the descriptor repeats its tensor: bits, exponent and shape (valid dimensions, as the tensor's are) */
         if (x->d[at + 2] != spec->bits || le_int(x->d + at + 4, 2) != spec->exp || rank != t_rank(x, t)
             || memcmp(x->d + dims_at, x->d + t_dims(x, t), 4 * (size_t)rank) != 0) {
             return NPUKIT_E_VALUE;
@@ -587,6 +594,8 @@ enum { P_WEIGHT, P_BIAS, P_TABLE, N_PARAMS };
 static const char PARAMS[] = "weight\0bias\0table";
 static const char ROUNDINGS[] = "half_up\0half_even\0floor\0trunc"; /* the rounding modes, in nk_rounding order */
 
+enum { S_IN, S_IN1, S_OUT }; /* view_t.sh: the first input's shape, the second's (the first's again if one), the output's */
+
 typedef struct {
     uint32_t val;               /* file offset of the first value (bool: the byte; str: the index) */
     uint8_t found, kind;        /* kind: A_* */
@@ -609,8 +618,7 @@ typedef struct {
     attr_t a[N_KEYS];           /* by K_*: found 0 where the op has no such attribute */
     int64_t first[N_KEYS];      /* the first value of each int, bool or non-empty list attribute; a string's index */
     param_t p[N_PARAMS];        /* by P_* */
-    shape_t in, in1, out;       /* the first input's, the second's (the first's again if one), the output's: set
-                                   by bind_shapes once the op's arity is checked */
+    shape_t sh[3];              /* by S_*: set by bind_shapes once the op's arity is checked */
 } view_t;
 
 #define V(key) (v->first[key])  /* the first value of an attribute the schema checks made sure of */
@@ -729,9 +737,10 @@ static void view(const ctx_t *x, size_t io, view_t *v)
 
 static void bind_shapes(const ctx_t *x, view_t *v)
 {
-    v->in = shape(x, v_tensor(x, v, 0));
-    v->in1 = shape(x, v_tensor(x, v, v->n_in > 1 ? 1 : 0));
-    v->out = shape(x, v_tensor(x, v, v->n_in));
+    uint32_t k;
+    for (k = 0; k < 3; k++) {
+        v->sh[k] = shape(x, v_tensor(x, v, k == S_IN1 ? (v->n_in > 1) : k == S_OUT ? v->n_in : 0));
+    }
 }
 
 static uint32_t p_dim(const ctx_t *x, const param_t *p, uint32_t k)
@@ -759,7 +768,9 @@ static int read_attr(const ctx_t *x, cur_t *c)
     if ((t & 0xF0) == 0x20) {
         TRY(u8(c, &n));
     }
-    return take(c, (size_t)n << (t & 3u), &at);
+    TAKE(c, (size_t)n << (t & 3u), at); /* the values */
+    (void)at;
+    return NPUKIT_OK;
 }
 
 static int read_param(const ctx_t *x, cur_t *c, const view_t *v)
@@ -771,7 +782,7 @@ static int read_param(const ctx_t *x, cur_t *c, const view_t *v)
     uint64_t elems, nbytes;
     const attr_t *wb = &v->a[K_W_BITS];
     int ok = 0;
-    TRY(take(c, PARAM_REC, &at));
+    TAKE(c, PARAM_REC, at);
     name = rd16(x->d + at);
     bits = x->d[at + 2];
     dtype_bits = x->d[at + 3];
@@ -994,7 +1005,7 @@ static int64_t floor_div(int64_t a, int64_t b) /* b > 0 */
     return (a % b != 0 && a < 0) ? q - 1 : q;
 }
 
-static int64_t int_max(uint32_t bits) /* largest value of a signed `bits`-bit integer, 1 <= bits <= 64 */
+NOINLINE static int64_t int_max(uint32_t bits) /* largest value of a signed `bits`-bit integer, 1 <= bits <= 64 */
 {
     return bits == 64 ? INT64_MAX : ((int64_t)1 << (bits - 1)) - 1;
 }
@@ -1034,7 +1045,7 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form)
 {
     static const uint8_t GEOMETRY[2][3] = {{K_STRIDE, K_PADDING, K_DILATION}, {K_KERNEL, K_STRIDE, K_PADDING}};
     const unsigned pool = form == 2, transpose = form == 1 && ((NPUKIT_OPS) >> NPUKIT_OP_CONV_TRANSPOSE & 1u);
-    const uint32_t rank = v->in.rank;
+    const uint32_t rank = v->sh[S_IN].rank;
     const attr_t *a[3];
     const attr_t *op, *kern, *pad;
     const param_t *w;
@@ -1056,33 +1067,33 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form)
         }
     } else {
         nsp = (uint32_t)V(K_NDIM); /* 1 or 2 (check_schema) */
-        if (rank != nsp + 1 || (transpose && (v->out.rank != nsp + 1 || op->count != nsp))) {
+        if (rank != nsp + 1 || (transpose && (v->sh[S_OUT].rank != nsp + 1 || op->count != nsp))) {
             return NPUKIT_E_GRAPH;
         }
     }
     TRY(geometry(x, v, GEOMETRY[pool], nsp, a));
     if (pool) {
-        if (v->out.rank != rank || dim(&v->out, 0) != dim(&v->in, 0)) {
+        if (v->sh[S_OUT].rank != rank || dim(&v->sh[S_OUT], 0) != dim(&v->sh[S_IN], 0)) {
             return NPUKIT_E_GRAPH;
         }
     } else if (transpose) {
-        if (dim(&v->in, 0) != p_dim(x, w, 0) || dim(&v->out, 0) != p_dim(x, w, 1)) {
+        if (dim(&v->sh[S_IN], 0) != p_dim(x, w, 0) || dim(&v->sh[S_OUT], 0) != p_dim(x, w, 1)) {
             return NPUKIT_E_GRAPH;
         }
     } else {
         groups = V(K_GROUPS);
-        if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, w, 1) * (uint64_t)groups != dim(&v->in, 0)) {
+        if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, w, 1) * (uint64_t)groups != dim(&v->sh[S_IN], 0)) {
             return NPUKIT_E_GRAPH; /* the input's channels are in / groups per group */
         }
         if (groups > NPUKIT_MAX_EXTENT) {
             return NPUKIT_E_UNSUPPORTED;
         }
-        if (v->out.rank != nsp + 1 || dim(&v->out, 0) != p_dim(x, w, 0)) {
+        if (v->sh[S_OUT].rank != nsp + 1 || dim(&v->sh[S_OUT], 0) != p_dim(x, w, 0)) {
             return NPUKIT_E_GRAPH;
         }
     }
     for (k = 0; k < nsp; k++) {
-        const int64_t n = dim(&v->in, k + 1), kk = pool ? attr_int(x, a[0], k) : (int64_t)p_dim(x, w, k + 2);
+        const int64_t n = dim(&v->sh[S_IN], k + 1), kk = pool ? attr_int(x, a[0], k) : (int64_t)p_dim(x, w, k + 2);
         const int64_t s = attr_int(x, a[pool], k), p = attr_int(x, a[pool + 1], k);
         const int64_t d = pool ? 1 : attr_int(x, a[2], k);
         int64_t o;
@@ -1098,7 +1109,7 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form)
         } else {
             o = window_out((uint32_t)n, kk, s, p, d);
         }
-        if (o != (int64_t)dim(&v->out, k + 1)) {
+        if (o != (int64_t)dim(&v->sh[S_OUT], k + 1)) {
             return NPUKIT_E_GRAPH;
         }
     }
@@ -1107,12 +1118,12 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form)
 
 static int shape_concat(const ctx_t *x, const view_t *v)
 {
-    const uint32_t rank = v->in.rank;
+    const uint32_t rank = v->sh[S_IN].rank;
     uint64_t sum = 0;
     uint32_t i, k;
     int64_t axis;
     axis = V(K_AXIS);
-    if (axis >= (int64_t)rank || v->out.rank != rank) {
+    if (axis >= (int64_t)rank || v->sh[S_OUT].rank != rank) {
         return NPUKIT_E_GRAPH;
     }
     for (i = 0; i < v->n_in; i++) {
@@ -1121,13 +1132,13 @@ static int shape_concat(const ctx_t *x, const view_t *v)
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
-            if ((int64_t)k != axis && (dim(&t, k) != dim(&v->in, k) || dim(&v->out, k) != dim(&t, k))) {
+            if ((int64_t)k != axis && (dim(&t, k) != dim(&v->sh[S_IN], k) || dim(&v->sh[S_OUT], k) != dim(&t, k))) {
                 return NPUKIT_E_GRAPH; /* shapes agree off the axis */
             }
         }
         sum += dim(&t, (uint32_t)axis);
     }
-    return sum == dim(&v->out, (uint32_t)axis) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+    return sum == dim(&v->sh[S_OUT], (uint32_t)axis) ? NPUKIT_OK : NPUKIT_E_GRAPH;
 }
 
 static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
@@ -1144,18 +1155,18 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         return shape_window(x, v, 1);
     case ON(NPUKIT_OP_LINEAR):
         w = &v->p[P_WEIGHT];
-        return v->in.rank == 1 && dim(&v->in, 0) == p_dim(x, w, 1) && v->out.rank == 1
-               && dim(&v->out, 0) == p_dim(x, w, 0) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+        return v->sh[S_IN].rank == 1 && dim(&v->sh[S_IN], 0) == p_dim(x, w, 1) && v->sh[S_OUT].rank == 1
+               && dim(&v->sh[S_OUT], 0) == p_dim(x, w, 0) ? NPUKIT_OK : NPUKIT_E_GRAPH;
     case ON(NPUKIT_OP_MAXPOOL):
     case ON(NPUKIT_OP_AVGPOOL):
         return shape_window(x, v, 2);
     case ON(NPUKIT_OP_GLOBAL_AVGPOOL): {
-        const uint32_t rank = v->in.rank;
-        if (rank < 1 || v->out.rank != (V(K_KEEPDIM) ? rank : 1) || dim(&v->out, 0) != dim(&v->in, 0)) {
+        const uint32_t rank = v->sh[S_IN].rank;
+        if (rank < 1 || v->sh[S_OUT].rank != (V(K_KEEPDIM) ? rank : 1) || dim(&v->sh[S_OUT], 0) != dim(&v->sh[S_IN], 0)) {
             return NPUKIT_E_GRAPH;
         }
-        for (k = 1; k < v->out.rank; k++) {
-            if (dim(&v->out, k) != 1) {
+        for (k = 1; k < v->sh[S_OUT].rank; k++) {
+            if (dim(&v->sh[S_OUT], k) != 1) {
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1173,16 +1184,16 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     case ON(NPUKIT_OP_CONCAT):
         return shape_concat(x, v);
     case ON(NPUKIT_OP_SLICE): { /* Slice.infer_shapes: [start, stop) of one axis, the others as they are */
-        const uint32_t rank = v->in.rank;
+        const uint32_t rank = v->sh[S_IN].rank;
         int64_t axis, start, stop;
         axis = V(K_AXIS);
         start = V(K_START);
         stop = V(K_STOP);
-        if (axis >= (int64_t)rank || v->out.rank != rank || start >= stop || stop > (int64_t)dim(&v->in, (uint32_t)axis)) {
+        if (axis >= (int64_t)rank || v->sh[S_OUT].rank != rank || start >= stop || stop > (int64_t)dim(&v->sh[S_IN], (uint32_t)axis)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
-            if (dim(&v->out, k) != (k == (uint32_t)axis ? (uint32_t)(stop - start) : dim(&v->in, k))) {
+            if (dim(&v->sh[S_OUT], k) != (k == (uint32_t)axis ? (uint32_t)(stop - start) : dim(&v->sh[S_IN], k))) {
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1190,47 +1201,47 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     case ON(NPUKIT_OP_PAD):      /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
     case ON(NPUKIT_OP_UPSAMPLE): { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
-        const uint32_t rank = v->in.rank, pad = (uint32_t)IS(def, NPUKIT_OP_PAD);
+        const uint32_t rank = v->sh[S_IN].rank, pad = (uint32_t)IS(def, NPUKIT_OP_PAD);
         a = &v->a[pad ? K_PADS : K_SCALE];
-        if ((rank != 2 && rank != 3) || a->count != (pad + 1) * (rank - 1) || v->out.rank != rank ||
-            dim(&v->out, 0) != dim(&v->in, 0)) {
+        if ((rank != 2 && rank != 3) || a->count != (pad + 1) * (rank - 1) || v->sh[S_OUT].rank != rank ||
+            dim(&v->sh[S_OUT], 0) != dim(&v->sh[S_IN], 0)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 1; k < rank; k++) {
             const int64_t f = attr_int(x, a, k - 1); /* pads >= 0, factors >= 1 (the schema) */
-            if (pad ? (uint64_t)dim(&v->in, k) + (uint64_t)f + (uint64_t)attr_int(x, a, k - 1 + rank - 1)
-                          != dim(&v->out, k) /* in 64 bits, no overflow */
-                    : f > (int64_t)dim(&v->out, k) /* bounded before the product */
-                          || (uint64_t)dim(&v->in, k) * (uint64_t)f != dim(&v->out, k)) {
+            if (pad ? (uint64_t)dim(&v->sh[S_IN], k) + (uint64_t)f + (uint64_t)attr_int(x, a, k - 1 + rank - 1)
+                          != dim(&v->sh[S_OUT], k) /* in 64 bits, no overflow */
+                    : f > (int64_t)dim(&v->sh[S_OUT], k) /* bounded before the product */
+                          || (uint64_t)dim(&v->sh[S_IN], k) * (uint64_t)f != dim(&v->sh[S_OUT], k)) {
                 return NPUKIT_E_GRAPH;
             }
         }
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_MUL): { /* Mul.infer_shapes: b is a's shape with size 1 in trailing dimensions */
-        const uint32_t rank = v->in.rank;
+        const uint32_t rank = v->sh[S_IN].rank;
         uint32_t split = rank;
-        if (v->in1.rank != rank || !same_shape(x, in, out)) {
+        if (v->sh[S_IN1].rank != rank || !same_shape(x, in, out)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
-            if (split == rank && dim(&v->in1, k) != dim(&v->in, k)) {
+            if (split == rank && dim(&v->sh[S_IN1], k) != dim(&v->sh[S_IN], k)) {
                 split = k;
             }
-            if (k >= split && dim(&v->in1, k) != 1) {
+            if (k >= split && dim(&v->sh[S_IN1], k) != 1) {
                 return NPUKIT_E_GRAPH;
             }
         }
         return NPUKIT_OK;
     }
     default: { /* reshape: the target shape is the output's, with the input's element count */
-        const uint32_t rank = v->out.rank;
+        const uint32_t rank = v->sh[S_OUT].rank;
         a = &v->a[K_SHAPE];
         if (a->count != rank || m->tensors[in].elems != m->tensors[out].elems) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
-            if (attr_int(x, a, k) != (int64_t)dim(&v->out, k)) {
+            if (attr_int(x, a, k) != (int64_t)dim(&v->sh[S_OUT], k)) {
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1358,9 +1369,7 @@ static int check_graph(ctx_t *x)
         if (t->bits < 2 || t->exp < -EXP_LIMIT || t->exp > EXP_LIMIT) {
             return NPUKIT_E_GRAPH;
         }
-    }
-    for (i = 0; i < m->n_tensors; i++) {
-        x->defined[i] = x->role[i] & 1u;
+        x->defined[i] = x->role[i] & 1u; /* the inputs */
     }
     for (i = 0; i < m->n_ops; i++) {
         view_t vv;
@@ -1471,8 +1480,8 @@ static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op)
     nk_conv_params *p = &op->p.conv;
     const param_t *w;
     w = &v->p[P_WEIGHT];
-    TRY(spatial(&v->in, &p->in_c, &p->in_h, &p->in_w));
-    TRY(spatial(&v->out, &p->out_c, &p->out_h, &p->out_w));
+    TRY(spatial(&v->sh[S_IN], &p->in_c, &p->in_h, &p->in_w));
+    TRY(spatial(&v->sh[S_OUT], &p->out_c, &p->out_h, &p->out_w));
     p->groups = (int32_t)V(K_GROUPS);
     if (p->out_c % p->groups != 0 || !extent_ok(p_dim(x, w, 2)) || !extent_ok(p_dim(x, w, w->rank - 1))) {
         return NPUKIT_E_UNSUPPORTED; /* the engine cannot run out channels that groups do not divide either */
@@ -1497,8 +1506,8 @@ static int prepare_pool(const ctx_t *x, const view_t *v, npukit_op_t *op)
 {
     nk_pool_params *p = &op->p.pool;
     int32_t c;
-    TRY(spatial(&v->in, &p->c, &p->in_h, &p->in_w));
-    TRY(spatial(&v->out, &c, &p->out_h, &p->out_w));
+    TRY(spatial(&v->sh[S_IN], &p->c, &p->in_h, &p->in_w));
+    TRY(spatial(&v->sh[S_OUT], &c, &p->out_h, &p->out_w));
     axes(x, &v->a[K_KERNEL], 1, &p->k_h, &p->k_w);
     axes(x, &v->a[K_STRIDE], 1, &p->stride_h, &p->stride_w);
     axes(x, &v->a[K_PADDING], 0, &p->pad_h, &p->pad_w);
@@ -1544,7 +1553,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     case ON(NPUKIT_OP_AVGPOOL):
         return prepare_pool(x, v, op);
     case ON(NPUKIT_OP_GLOBAL_AVGPOOL):
-        op->p.gap.c = (int32_t)dim(&v->in, 0);
+        op->p.gap.c = (int32_t)dim(&v->sh[S_IN], 0);
         op->p.gap.hw = (int32_t)(T[op->in[0]].elems / (uint32_t)op->p.gap.c);
         op->p.gap.rounding = x->m->pool_rounding;
         return NPUKIT_OK;
@@ -1559,10 +1568,10 @@ static int prepare_op(const ctx_t *x, uint32_t i)
             op->p.add.a_shift = T[op->in[0]].exp - out->exp;
             op->p.add.b_shift = T[op->in[1]].exp - out->exp;
         } else {
-            const uint32_t rank = v->in.rank;
+            const uint32_t rank = v->sh[S_IN].rank;
             uint32_t outer = 1;
-            for (k = 0; k < rank && dim(&v->in1, k) == dim(&v->in, k); k++) {
-                outer *= dim(&v->in, k); /* the leading dimensions b shares with a (shape_of checked the rest) */
+            for (k = 0; k < rank && dim(&v->sh[S_IN1], k) == dim(&v->sh[S_IN], k); k++) {
+                outer *= dim(&v->sh[S_IN], k); /* the leading dimensions b shares with a (shape_of checked the rest) */
             }
             op->p.mul.outer = (int32_t)outer;
             op->p.mul.inner = (int32_t)(T[op->in[0]].elems / outer);
@@ -1578,7 +1587,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         const uint32_t axis = (uint32_t)V(K_AXIS);
         uint32_t outer = 1;
         for (k = 0; k < axis; k++) {
-            outer *= dim(&v->out, k); /* products of a tensor's dims: at most its elems, < 2^32 */
+            outer *= dim(&v->sh[S_OUT], k); /* products of a tensor's dims: at most its elems, < 2^32 */
         }
         op->p.concat.outer = (int32_t)outer;
         op->p.concat.out_inner = (int32_t)(T[op->out].elems / outer);
@@ -1587,29 +1596,29 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     }
     case ON(NPUKIT_OP_SLICE): {
         uint32_t outer = 1, inner = 1;
-        uint32_t axis, rank = v->in.rank;
+        uint32_t axis, rank = v->sh[S_IN].rank;
         int64_t start;
         axis = (uint32_t)V(K_AXIS);
         start = V(K_START);
         for (k = 0; k < axis; k++) {
-            outer *= dim(&v->in, k);
+            outer *= dim(&v->sh[S_IN], k);
         }
         for (k = axis + 1; k < rank; k++) {
-            inner *= dim(&v->in, k);
+            inner *= dim(&v->sh[S_IN], k);
         }
         op->p.slice.outer = (int32_t)outer;
-        op->p.slice.in_inner = (int32_t)(inner * dim(&v->in, axis));
+        op->p.slice.in_inner = (int32_t)(inner * dim(&v->sh[S_IN], axis));
         op->p.slice.offset = (int32_t)((uint32_t)start * inner);
         op->p.slice.part_inner = (int32_t)(T[op->out].elems / outer);
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_PAD):
     case ON(NPUKIT_OP_UPSAMPLE): {
-        const uint32_t rank = v->in.rank;
+        const uint32_t rank = v->sh[S_IN].rank;
         /* c, h, w lead both structs (a common initial sequence of the union): set once, through pad's */
-        op->p.pad.c = (int32_t)dim(&v->in, 0);
-        op->p.pad.h = rank == 3 ? (int32_t)dim(&v->in, 1) : 1;
-        op->p.pad.w = (int32_t)dim(&v->in, rank - 1);
+        op->p.pad.c = (int32_t)dim(&v->sh[S_IN], 0);
+        op->p.pad.h = rank == 3 ? (int32_t)dim(&v->sh[S_IN], 1) : 1;
+        op->p.pad.w = (int32_t)dim(&v->sh[S_IN], rank - 1);
         if (IS(def, NPUKIT_OP_PAD)) {
             a = &v->a[K_PADS];
             op->p.pad.top = rank == 3 ? (int32_t)attr_int(x, a, 0) : 0;
@@ -1812,7 +1821,7 @@ int npukit_output_info(const npukit_model_t *m, unsigned i, npukit_io_info *info
 }
 
 /* The engine refuses inputs outside the input's bit range (engine.run_checked_input); so does this. */
-static int input_in_range(const npukit_tensor_t *t, const uint8_t *in)
+NOINLINE static int input_in_range(const npukit_tensor_t *t, const uint8_t *in)
 {
     const int64_t hi = int_max(t->bits), lo = -hi - 1;
     uint32_t i;
