@@ -616,7 +616,8 @@ typedef struct {
     size_t io;                  /* the tensor list */
     size_t attrs, params;       /* the first attribute and parameter records */
     attr_t a[N_KEYS];           /* by K_*: found 0 where the op has no such attribute */
-    int64_t first[N_KEYS];      /* the first value of each int, bool or non-empty list attribute; a string's index */
+    int32_t first[N_KEYS];      /* the first value of each int, bool or non-empty list attribute (as attr_int); a
+                                   string's index */
     param_t p[N_PARAMS];        /* by P_* */
     shape_t sh[3];              /* by S_*: set by bind_shapes once the op's arity is checked */
 } view_t;
@@ -665,14 +666,16 @@ static uint32_t v_tensor(const ctx_t *x, const view_t *v, uint32_t k)
     return rd16(x->d + v->io + 2 * (size_t)k);
 }
 
-/* Value k of an attribute the schema checks guarantee (a bool reads as 0 or 1). */
-static int64_t attr_int(const ctx_t *x, const attr_t *a, uint32_t k)
+/* Value k of an int, bool or list attribute, clamped to int32 (a bool reads as 0 or 1). check_schema refuses an
+ * op whose own attributes have values beyond (NPUKIT_E_UNSUPPORTED: the kernels take int32 parameters), so
+ * they read exactly; the other reads (exp_ranges, read_param's w_bits) only compare with small bounds, which
+ * the clamped value passes or fails as the value does. */
+NOINLINE static int32_t attr_int(const ctx_t *x, const attr_t *a, uint32_t k)
 {
+    int64_t v;
     INVARIANT(a->found && a->kind != A_STR && k < a->count);
-    if (a->kind == A_BOOL) {
-        return x->d[a->val];
-    }
-    return le_int(x->d + a->val + (size_t)k * a->width, a->width);
+    v = le_int(x->d + a->val + (size_t)k * a->width, a->width);
+    return v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : (int32_t)v);
 }
 
 /* The id of string `name` in a NUL-separated list of n names, or n. */
@@ -697,7 +700,7 @@ static void bind_attrs(const ctx_t *x, view_t *v)
         attr_t other, *a = id < N_KEYS ? &v->a[id] : &other;
         pos += attr_decode(x->d, pos, a);
         if (id < N_KEYS && a->count > 0) {
-            v->first[id] = a->kind == A_STR ? rd16(x->d + a->val) : attr_int(x, a, 0); /* str: the string's index */
+            v->first[id] = a->kind == A_STR ? (int32_t)rd16(x->d + a->val) : attr_int(x, a, 0); /* str: its index */
         }
     }
     v->params = pos;
@@ -797,7 +800,7 @@ static int read_param(const ctx_t *x, cur_t *c, const view_t *v)
         return NPUKIT_E_VALUE;
     }
     /* a weight is stored at its op's w_bits (any other type of w_bits differs from every width) */
-    if (str_is(x, name, "weight") && wb->found && (wb->kind != A_INT || V(K_W_BITS) != (int64_t)bits)) {
+    if (str_is(x, name, "weight") && wb->found && (wb->kind != A_INT || V(K_W_BITS) != (int32_t)bits)) {
         return NPUKIT_E_VALUE;
     }
     TRY(dims(c, x->d[at + 4], 8 * w_size / bits, &elems, &dims_at));
@@ -951,13 +954,17 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
     uint32_t s, k;
     for (s = def->first; s < (uint32_t)def->first + def->n; s++) {
         const attr_t *a = &v->a[s];
-        const int min = (KEY_INFO[s] >> 2) - 1;
+        const int64_t min = (KEY_INFO[s] >> 2) == 0 ? INT64_MIN : (KEY_INFO[s] >> 2) - 1;
         if (!a->found || a->kind != (KEY_INFO[s] & 3u)) {
             return NPUKIT_E_GRAPH;
         }
-        for (k = 0; min != NO_MIN && k < a->count; k++) {
-            if (attr_int(x, a, k) < min) {
+        for (k = 0; a->kind != A_STR && k < a->count; k++) {
+            const int64_t val = le_int(x->d + a->val + (size_t)k * a->width, a->width);
+            if (val < min) {
                 return NPUKIT_E_GRAPH;
+            }
+            if (val < INT32_MIN || val > INT32_MAX) {
+                return NPUKIT_E_UNSUPPORTED; /* no kernel parameter holds it: attr_int reads the rest exactly */
             }
         }
     }
@@ -966,28 +973,28 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     if (def->mac) {
         const param_t *w, *b;
-        int64_t nsp, v64;
+        int32_t nsp, v32;
         b = &v->p[P_BIAS];
         w = &v->p[P_WEIGHT];
         if (!b->found || !w->found) {
             return NPUKIT_E_GRAPH;
         }
         /* _check_mac: w_bits, rounding, acc_bits, weight rank, bias shape (out,) */
-        v64 = V(K_W_BITS);
-        if ((uint64_t)v64 > 16 || !(0x10114u >> v64 & 1u)) { /* 2, 4, 8 or 16 */
+        v32 = V(K_W_BITS);
+        if ((uint32_t)v32 > 16 || !(0x10114u >> v32 & 1u)) { /* 2, 4, 8 or 16 */
             return NPUKIT_E_GRAPH;
         }
         if (lookup(x, (uint32_t)V(K_ROUNDING), ROUNDINGS, 4) == 4) {
             return NPUKIT_E_GRAPH;
         }
-        v64 = V(K_ACC_BITS);
-        if ((uint64_t)v64 - 2 > 60) { /* 2 .. 62 */
+        v32 = V(K_ACC_BITS);
+        if ((uint32_t)v32 - 2 > 60) { /* 2 .. 62 */
             return NPUKIT_E_GRAPH;
         }
         /* the weight is (out, in / groups, *kernel) of rank ndim + 2 (ndim 1 or 2), for conv_transpose (in, out,
          * *kernel) with groups 1, for linear (out, in); the bias (out,) */
         nsp = IS(def, NPUKIT_OP_LINEAR) ? 0 : V(K_NDIM);
-        if ((int64_t)w->rank - 2 != nsp || b->rank != 1
+        if ((int32_t)w->rank - 2 != nsp || b->rank != 1
             || p_dim(x, b, 0) != p_dim(x, w, IS(def, NPUKIT_OP_CONV_TRANSPOSE) ? 1u : 0u)
             || (nsp != 0 && nsp != 1 && nsp != 2) || (IS(def, NPUKIT_OP_CONV_TRANSPOSE) && V(K_GROUPS) != 1)) {
             return NPUKIT_E_GRAPH;
@@ -1003,6 +1010,13 @@ static int64_t floor_div(int64_t a, int64_t b) /* b > 0 */
 {
     const int64_t q = a / b;
     return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+/* The largest value of a signed min(bits, 32)-bit integer, 1 <= bits: the bound for an int32 value, whose
+ * range every wider type holds. */
+static int32_t max32(uint32_t bits)
+{
+    return (int32_t)((1u << ((bits > 32 ? 32 : bits) - 1)) - 1u);
 }
 
 NOINLINE static int64_t int_max(uint32_t bits) /* largest value of a signed `bits`-bit integer, 1 <= bits <= 64 */
@@ -1050,7 +1064,7 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form)
     const attr_t *op, *kern, *pad;
     const param_t *w;
     uint32_t nsp, k;
-    int64_t groups;
+    int32_t groups;
     w = &v->p[P_WEIGHT];
     op = &v->a[K_OUTPUT_PADDING];
     kern = &v->a[K_KERNEL];
@@ -1082,7 +1096,7 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form)
         }
     } else {
         groups = V(K_GROUPS);
-        if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, w, 1) * (uint64_t)groups != dim(&v->sh[S_IN], 0)) {
+        if ((uint64_t)p_dim(x, w, 1) * (uint32_t)groups != dim(&v->sh[S_IN], 0)) { /* groups >= 1 (the schema) */
             return NPUKIT_E_GRAPH; /* the input's channels are in / groups per group */
         }
         if (groups > NPUKIT_MAX_EXTENT) {
@@ -1120,10 +1134,9 @@ static int shape_concat(const ctx_t *x, const view_t *v)
 {
     const uint32_t rank = v->sh[S_IN].rank;
     uint64_t sum = 0;
-    uint32_t i, k;
-    int64_t axis;
-    axis = V(K_AXIS);
-    if (axis >= (int64_t)rank || v->sh[S_OUT].rank != rank) {
+    uint32_t i, k, axis;
+    axis = (uint32_t)V(K_AXIS); /* >= 0 (the schema) */
+    if (axis >= rank || v->sh[S_OUT].rank != rank) {
         return NPUKIT_E_GRAPH;
     }
     for (i = 0; i < v->n_in; i++) {
@@ -1132,13 +1145,13 @@ static int shape_concat(const ctx_t *x, const view_t *v)
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
-            if ((int64_t)k != axis && (dim(&t, k) != dim(&v->sh[S_IN], k) || dim(&v->sh[S_OUT], k) != dim(&t, k))) {
+            if (k != axis && (dim(&t, k) != dim(&v->sh[S_IN], k) || dim(&v->sh[S_OUT], k) != dim(&t, k))) {
                 return NPUKIT_E_GRAPH; /* shapes agree off the axis */
             }
         }
-        sum += dim(&t, (uint32_t)axis);
+        sum += dim(&t, axis);
     }
-    return sum == dim(&v->sh[S_OUT], (uint32_t)axis) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+    return sum == dim(&v->sh[S_OUT], axis) ? NPUKIT_OK : NPUKIT_E_GRAPH;
 }
 
 static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
@@ -1185,15 +1198,12 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
         return shape_concat(x, v);
     case ON(NPUKIT_OP_SLICE): { /* Slice.infer_shapes: [start, stop) of one axis, the others as they are */
         const uint32_t rank = v->sh[S_IN].rank;
-        int64_t axis, start, stop;
-        axis = V(K_AXIS);
-        start = V(K_START);
-        stop = V(K_STOP);
-        if (axis >= (int64_t)rank || v->sh[S_OUT].rank != rank || start >= stop || stop > (int64_t)dim(&v->sh[S_IN], (uint32_t)axis)) {
+        const uint32_t axis = (uint32_t)V(K_AXIS), start = (uint32_t)V(K_START), stop = (uint32_t)V(K_STOP); /* >= 0 */
+        if (axis >= rank || v->sh[S_OUT].rank != rank || start >= stop || stop > dim(&v->sh[S_IN], axis)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
-            if (dim(&v->sh[S_OUT], k) != (k == (uint32_t)axis ? (uint32_t)(stop - start) : dim(&v->sh[S_IN], k))) {
+            if (dim(&v->sh[S_OUT], k) != (k == axis ? stop - start : dim(&v->sh[S_IN], k))) {
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1241,7 +1251,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
-            if (attr_int(x, a, k) != (int64_t)dim(&v->sh[S_OUT], k)) {
+            if ((uint32_t)attr_int(x, a, k) != dim(&v->sh[S_OUT], k)) { /* each >= 1 (the schema) */
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1263,8 +1273,8 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
         return NPUKIT_E_GRAPH; /* element-wise ops write activations, never accumulators */
     }
     if (IS(def, NPUKIT_OP_PAD)) { /* Pad.tensor_problems: the value padded in is one of the input's */
-        const int64_t value = V(K_VALUE);
-        if (value > int_max(in->bits) || value < -int_max(in->bits) - 1) {
+        const int32_t value = V(K_VALUE);
+        if (value > max32(in->bits) || value < -max32(in->bits) - 1) {
             return NPUKIT_E_GRAPH;
         }
     }
@@ -1276,8 +1286,8 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
             return NPUKIT_E_GRAPH;
         }
         for (i = 0; t->bits == 8 && i < t->count; i++) {
-            const int64_t e = (int8_t)x->d[t->data + i];
-            if (e > int_max(out->bits) || e < -int_max(out->bits) - 1) {
+            const int32_t e = (int8_t)x->d[t->data + i];
+            if (e > max32(out->bits) || e < -max32(out->bits) - 1) {
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1293,11 +1303,13 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
     if (def->mac) {
         /* The stored requantisation must be the one the scheme computes from the tensors (Scheme.mac_attrs;
          * pow2 and max78000 compute it alike); a fused clamp may narrow the output range. */
-        int32_t e_acc;
-        int64_t lo, hi, act_min, act_max;
+        int32_t e_acc, lo, hi, act_min, act_max;
         int wide, relu, absolute, clamp, narrowed;
         if (in->bits > 16) {
             return NPUKIT_E_GRAPH;
+        }
+        if (out->bits > 32) {
+            return NPUKIT_E_UNSUPPORTED; /* (mac_params too) so that the range below is exact in int32 */
         }
         e_acc = in->exp + (int32_t)V(K_W_EXP); /* |w_exp|, |b_exp| <= EXP_LIMIT (exp_ranges) */
         wide = (int)V(K_WIDE);
@@ -1307,7 +1319,7 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
         if (wide && out->exp != e_acc) {
             return NPUKIT_E_GRAPH;
         }
-        hi = int_max(out->bits);
+        hi = max32(out->bits);
         lo = wide || !relu ? -hi - 1 : 0;
         act_min = V(K_ACT_MIN);
         act_max = V(K_ACT_MAX);
@@ -1578,7 +1590,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
             op->p.mul.shift = T[op->in[0]].exp + T[op->in[1]].exp - out->exp;
         }
         /* mul's act_min, act_max and rounding too: the two structs have one layout (a common initial sequence) */
-        op->p.add.act_max = (int32_t)int_max(out->bits);
+        op->p.add.act_max = max32(out->bits);
         op->p.add.act_min = V(K_RELU) ? 0 : -op->p.add.act_max - 1;
         op->p.add.rounding = x->m->rounding;
         return NPUKIT_OK;
