@@ -422,7 +422,11 @@ static int read_plan(ctx_t *x)
 
 static uint8_t elem_bytes(uint32_t bits)
 {
-    return (uint8_t)(bits <= 8 ? 1 : (bits <= 16 ? 2 : (bits <= 32 ? 4 : 8))); /* TensorSpec.dtype */
+    uint8_t n = 1;
+    while (8u * n < bits) {
+        n = (uint8_t)(2 * n); /* 1, 2, 4 or 8 bytes for bits 1..64 (checked first): TensorSpec.dtype */
+    }
+    return n;
 }
 
 static int read_tensors(ctx_t *x)
@@ -485,17 +489,6 @@ static int read_tensors(ctx_t *x)
     return done(&c);
 }
 
-static uint32_t t_rank(const ctx_t *x, uint32_t t)
-{
-    return x->d[x->m->tensors[t].record + 6];
-}
-
-/* File offset of tensor t's dimensions. */
-static size_t t_dims(const ctx_t *x, uint32_t t)
-{
-    return x->m->tensors[t].record + TENSOR_REC;
-}
-
 /* A tensor's rank and dimensions (u32 each, little-endian, in the file). */
 typedef struct {
     uint32_t rank;
@@ -505,8 +498,8 @@ typedef struct {
 static shape_t shape(const ctx_t *x, uint32_t t)
 {
     shape_t s;
-    s.rank = t_rank(x, t);
-    s.dims = x->d + t_dims(x, t);
+    s.rank = x->d[x->m->tensors[t].record + 6];
+    s.dims = x->d + x->m->tensors[t].record + TENSOR_REC;
     return s;
 }
 
@@ -516,10 +509,9 @@ static uint32_t dim(const shape_t *s, uint32_t k)
     return rd32(s->dims + 4 * (size_t)k);
 }
 
-static int same_shape(const ctx_t *x, uint32_t a, uint32_t b)
+static int same_shape(const shape_t *a, const shape_t *b)
 {
-    const uint32_t rank = t_rank(x, a);
-    return rank == t_rank(x, b) && memcmp(x->d + t_dims(x, a), x->d + t_dims(x, b), 4 * (size_t)rank) == 0;
+    return a->rank == b->rank && memcmp(a->dims, b->dims, 4 * (size_t)a->rank) == 0;
 }
 
 static int read_io(ctx_t *x)
@@ -541,18 +533,19 @@ static int read_io(ctx_t *x)
     for (k = 0; k < n_in + n_out; k++) {
         const npukit_tensor_t *spec;
         size_t dims_at;
-        uint32_t rank;
+        shape_t io, ts;
         TAKE(&c, IO_REC, at);
         t = rd16(x->d + at);
-        rank = x->d[at + 3];
+        io.rank = x->d[at + 3];
         if (t >= m->n_tensors) {
             return NPUKIT_E_INDEX;
         }
-        TAKE(&c, 4 * rank, dims_at);
+        TAKE(&c, 4 * io.rank, dims_at);
+        io.dims = x->d + dims_at;
         spec = &m->tensors[t];
+        ts = shape(x, t);
         /* the descriptor repeats its tensor: bits, exponent and shape (valid dimensions, as the tensor's are) */
-        if (x->d[at + 2] != spec->bits || le_int(x->d + at + 4, 2) != spec->exp || rank != t_rank(x, t)
-            || memcmp(x->d + dims_at, x->d + t_dims(x, t), 4 * (size_t)rank) != 0) {
+        if (x->d[at + 2] != spec->bits || le_int(x->d + at + 4, 2) != spec->exp || !same_shape(&io, &ts)) {
             return NPUKIT_E_VALUE;
         }
         x->role[t] |= (uint8_t)(k < n_in ? 1 : 2);
@@ -776,15 +769,19 @@ static int read_attr(const ctx_t *x, cur_t *c)
     return NPUKIT_OK;
 }
 
+/* v is a power of two in [lo, hi] (lo >= 1). */
+static int pow2_in(uint32_t v, uint32_t lo, uint32_t hi)
+{
+    return v >= lo && v <= hi && (v & (v - 1)) == 0;
+}
+
 static int read_param(const ctx_t *x, cur_t *c, const view_t *v)
 {
-    static const uint8_t STORED[6] = {2, 4, 8, 16, 32, 64};
     const uint64_t w_size = x->size[S_WEIGHTS];
-    uint32_t name, bits, dtype_bits, offset, k;
+    uint32_t name, bits, dtype_bits, offset;
     size_t at, dims_at;
     uint64_t elems, nbytes;
     const attr_t *wb = &v->a[K_W_BITS];
-    int ok = 0;
     TAKE(c, PARAM_REC, at);
     name = rd16(x->d + at);
     bits = x->d[at + 2];
@@ -793,10 +790,7 @@ static int read_param(const ctx_t *x, cur_t *c, const view_t *v)
     if (name >= x->n_strings) {
         return NPUKIT_E_INDEX;
     }
-    for (k = 0; k < 6; k++) {
-        ok |= bits == STORED[k];
-    }
-    if (!ok || (dtype_bits != 8 && dtype_bits != 16 && dtype_bits != 32 && dtype_bits != 64) || bits > dtype_bits) {
+    if (!pow2_in(bits, 2, 64) || !pow2_in(dtype_bits, 8, 64) || bits > dtype_bits) { /* stored 2, 4, ..., 64 bits */
         return NPUKIT_E_VALUE;
     }
     /* a weight is stored at its op's w_bits (any other type of w_bits differs from every width) */
@@ -981,7 +975,7 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
         }
         /* _check_mac: w_bits, rounding, acc_bits, weight rank, bias shape (out,) */
         v32 = V(K_W_BITS);
-        if ((uint32_t)v32 > 16 || !(0x10114u >> v32 & 1u)) { /* 2, 4, 8 or 16 */
+        if (!pow2_in((uint32_t)v32, 2, 16)) {
             return NPUKIT_E_GRAPH;
         }
         if (lookup(x, (uint32_t)V(K_ROUNDING), ROUNDINGS, 4) == 4) {
@@ -1014,7 +1008,7 @@ static int64_t floor_div(int64_t a, int64_t b) /* b > 0 */
 
 /* The largest value of a signed min(bits, 32)-bit integer, 1 <= bits: the bound for an int32 value, whose
  * range every wider type holds. */
-static int32_t max32(uint32_t bits)
+NOINLINE static int32_t max32(uint32_t bits)
 {
     return (int32_t)((1u << ((bits > 32 ? 32 : bits) - 1)) - 1u);
 }
@@ -1189,11 +1183,12 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     case ON(NPUKIT_OP_RELU): /* relu and lut: one input (OPS), so only the output's shape is checked */
     case ON(NPUKIT_OP_LUT):
         for (k = 0; k < v->n_in; k++) {
-            if (!same_shape(x, v_tensor(x, v, k), in)) {
+            const shape_t t = shape(x, v_tensor(x, v, k));
+            if (!same_shape(&t, &v->sh[S_IN])) {
                 return NPUKIT_E_GRAPH;
             }
         }
-        return same_shape(x, in, out) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+        return same_shape(&v->sh[S_IN], &v->sh[S_OUT]) ? NPUKIT_OK : NPUKIT_E_GRAPH;
     case ON(NPUKIT_OP_CONCAT):
         return shape_concat(x, v);
     case ON(NPUKIT_OP_SLICE): { /* Slice.infer_shapes: [start, stop) of one axis, the others as they are */
@@ -1231,7 +1226,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     case ON(NPUKIT_OP_MUL): { /* Mul.infer_shapes: b is a's shape with size 1 in trailing dimensions */
         const uint32_t rank = v->sh[S_IN].rank;
         uint32_t split = rank;
-        if (v->sh[S_IN1].rank != rank || !same_shape(x, in, out)) {
+        if (v->sh[S_IN1].rank != rank || !same_shape(&v->sh[S_IN], &v->sh[S_OUT])) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
@@ -1269,7 +1264,7 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
     if (def->passes_through && (in->bits != out->bits || in->exp != out->exp)) {
         return NPUKIT_E_GRAPH;
     }
-    if ((IS(def, NPUKIT_OP_ADD) || IS(def, NPUKIT_OP_CONCAT) || IS(def, NPUKIT_OP_MUL)) && out->bits > 16) {
+    if ((1u << NPUKIT_OP_ADD | 1u << NPUKIT_OP_CONCAT | 1u << NPUKIT_OP_MUL) >> def->kind & 1u && out->bits > 16) {
         return NPUKIT_E_GRAPH; /* element-wise ops write activations, never accumulators */
     }
     if (IS(def, NPUKIT_OP_PAD)) { /* Pad.tensor_problems: the value padded in is one of the input's */
@@ -1439,13 +1434,12 @@ static int extent_ok(uint64_t v)
 static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t *w_bits, nk_requant_params *rq,
                       int32_t *out_bytes)
 {
-    const npukit_tensor_t *in = &x->m->tensors[op->in[0]], *out = &x->m->tensors[op->out];
+    const npukit_tensor_t *out = &x->m->tensors[op->out];
     const param_t *w, *b;
     w = &v->p[P_WEIGHT];
     b = &v->p[P_BIAS];
-    if (in->bits > 8 || !(out->bits <= 8 || (out->bits > 16 && out->bits <= 32)) || b->bits != 32
-        || w->count > (uint32_t)INT32_MAX) {
-        return NPUKIT_E_UNSUPPORTED; /* int8 inputs, int8 or int32 outputs, int32 biases */
+    if (!(out->bits <= 8 || out->bits > 16) || b->bits != 32 || w->count > (uint32_t)INT32_MAX) {
+        return NPUKIT_E_UNSUPPORTED; /* int8 or int32 outputs (tensor_problems: <= 32 bits), int32 biases */
     }
     op->weight = x->d + w->data;
     op->bias = (const int32_t *)(const void *)(x->d + b->data); /* 4-aligned: bin, the section, the param */
@@ -1628,9 +1622,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     case ON(NPUKIT_OP_UPSAMPLE): {
         const uint32_t rank = v->sh[S_IN].rank;
         /* c, h, w lead both structs (a common initial sequence of the union): set once, through pad's */
-        op->p.pad.c = (int32_t)dim(&v->sh[S_IN], 0);
-        op->p.pad.h = rank == 3 ? (int32_t)dim(&v->sh[S_IN], 1) : 1;
-        op->p.pad.w = (int32_t)dim(&v->sh[S_IN], rank - 1);
+        TRY(spatial(&v->sh[S_IN], &op->p.pad.c, &op->p.pad.h, &op->p.pad.w));
         if (IS(def, NPUKIT_OP_PAD)) {
             a = &v->a[K_PADS];
             op->p.pad.top = rank == 3 ? (int32_t)attr_int(x, a, 0) : 0;
@@ -1950,6 +1942,7 @@ static int invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, con
         const npukit_op_t *op = &m->ops[i];
         const npukit_tensor_t *y = &m->tensors[op->out];
         const int8_t *x0 = (const int8_t *)(a + m->tensors[op->in[0]].offset);
+        const int8_t *x1 = (const int8_t *)(a + m->tensors[op->in[1]].offset); /* in[0] again for one input */
         int8_t *y8 = (int8_t *)(a + y->offset);
         switch ((unsigned)op->kind) {
         case ON(NPUKIT_OP_CONV):
@@ -1971,8 +1964,8 @@ static int invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, con
             nk_global_avgpool(op->p.gap.c, op->p.gap.hw, op->p.gap.rounding, x0, y8);
             break;
         case ON(NPUKIT_OP_ADD):
-            nk_add(op->p.add.n, x0, op->p.add.a_shift, (const int8_t *)(a + m->tensors[op->in[1]].offset),
-                   op->p.add.b_shift, op->p.add.act_min, op->p.add.act_max, op->p.add.rounding, y8);
+            nk_add(op->p.add.n, x0, op->p.add.a_shift, x1, op->p.add.b_shift, op->p.add.act_min, op->p.add.act_max,
+                   op->p.add.rounding, y8);
             break;
         case ON(NPUKIT_OP_CONCAT): {
             /* each operand in turn into its slice of every outer block (OpDef.to_c of concat) */
@@ -2005,7 +1998,7 @@ static int invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, con
                         x0, y8);
             break;
         case ON(NPUKIT_OP_MUL):
-            nk_mul(op->p.mul.outer, op->p.mul.inner, x0, (const int8_t *)(a + m->tensors[op->in[1]].offset),
+            nk_mul(op->p.mul.outer, op->p.mul.inner, x0, x1,
                    op->p.mul.shift, op->p.mul.act_min, op->p.mul.act_max, op->p.mul.rounding, y8);
             break;
         default: /* reshape: the planner usually aliases it; otherwise the bytes move */
