@@ -1000,12 +1000,6 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
 /* ------------------------------------------------------------------------------------------------ */
 /* Ops: shapes and tensor widths (infer_shapes, tensor_problems) */
 
-static int64_t floor_div(int64_t a, int64_t b) /* b > 0 */
-{
-    const int64_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
-}
-
 /* The largest value of a signed min(bits, 32)-bit integer, 1 <= bits: the bound for an int32 value, whose
  * range every wider type holds. */
 NOINLINE static int32_t max32(uint32_t bits)
@@ -1018,11 +1012,16 @@ NOINLINE static int64_t int_max(uint32_t bits) /* largest value of a signed `bit
     return bits == 64 ? INT64_MAX : ((int64_t)1 << (bits - 1)) - 1;
 }
 
-/* Output size along one axis of a conv or pooling window; the caller bounds every argument so that the
- * arithmetic is exact in int64. */
-static int64_t window_out(uint32_t n, int64_t k, int64_t s, int64_t p, int64_t d)
+/* Output size along one axis of a conv or pooling window, floor((n + 2 * p - d * (k - 1) - 1) / s) + 1, where it
+ * is positive, else 0 (no dimension is 0); k, s, d >= 1 and n, p <= NPUKIT_MAX_EXTENT <= 2^28, so n + 2 * p and
+ * each value below fit in 32 bits. */
+static uint32_t window_out(uint32_t n, uint32_t k, uint32_t s, uint32_t p, uint32_t d)
 {
-    return floor_div((int64_t)n + 2 * p - d * (k - 1) - 1, s) + 1;
+    const uint32_t last = n + 2 * p - 1; /* the padded input's last position */
+    if (k - 1 > last / d) {
+        return 0; /* the window's span d * (k - 1) + 1 is longer than the padded input */
+    }
+    return (last - d * (k - 1)) / s + 1;
 }
 
 /* conv, maxpool, avgpool: geometry lists of `nsp` entries, each value within NPUKIT_MAX_EXTENT (beyond, the
@@ -1046,21 +1045,33 @@ static int geometry(const ctx_t *x, const view_t *v, const uint8_t keys[3], uint
     return NPUKIT_OK;
 }
 
+/* Where the kernels take the h and w of the input, output, kernel, stride, padding and dilation (in that order)
+ * in nk_conv_params (conv, conv_transpose) and nk_pool_params (the pools: no dilation). */
+#define CONV_AT(f) (uint8_t) offsetof(nk_conv_params, f)
+#define POOL_AT(f) (uint8_t) offsetof(nk_pool_params, f)
+static const uint8_t WINDOW_AT[2][12] = {
+    {CONV_AT(in_h), CONV_AT(in_w), CONV_AT(out_h), CONV_AT(out_w), CONV_AT(k_h), CONV_AT(k_w), CONV_AT(stride_h),
+     CONV_AT(stride_w), CONV_AT(pad_h), CONV_AT(pad_w), CONV_AT(dil_h), CONV_AT(dil_w)},
+    {POOL_AT(in_h), POOL_AT(in_w), POOL_AT(out_h), POOL_AT(out_w), POOL_AT(k_h), POOL_AT(k_w), POOL_AT(stride_h),
+     POOL_AT(stride_w), POOL_AT(pad_h), POOL_AT(pad_w)}};
+
 /* Conv.infer_shapes (form 0): out = floor((n + 2 * p - d * (k - 1) - 1) / s) + 1 per axis; ConvTranspose's
  * (form 1): out = (n - 1) * s - 2 * p + d * (k - 1) + output_padding + 1, its weight (in, out, *kernel);
- * MaxPool's and AvgPool's (form 2): conv's with the kernel from its attribute and d = 1. */
-static int shape_window(const ctx_t *x, const view_t *v, unsigned form)
+ * MaxPool's and AvgPool's (form 2): conv's with the kernel from its attribute and d = 1. The values it
+ * checks along the spatial axes are the kernel's geometry: it sets them in op's parameters (WINDOW_AT; a 1-d
+ * window is h = 1 without padding), refusing any beyond NPUKIT_MAX_EXTENT as NPUKIT_E_UNSUPPORTED. */
+static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_op_t *op)
 {
     static const uint8_t GEOMETRY[2][3] = {{K_STRIDE, K_PADDING, K_DILATION}, {K_KERNEL, K_STRIDE, K_PADDING}};
     const unsigned pool = form == 2, transpose = form == 1 && ((NPUKIT_OPS) >> NPUKIT_OP_CONV_TRANSPOSE & 1u);
     const uint32_t rank = v->sh[S_IN].rank;
     const attr_t *a[3];
-    const attr_t *op, *kern, *pad;
+    const attr_t *o_pads, *kern, *pad;
     const param_t *w;
     uint32_t nsp, k;
-    int32_t groups;
+    int32_t groups, g[12];
     w = &v->p[P_WEIGHT];
-    op = &v->a[K_OUTPUT_PADDING];
+    o_pads = &v->a[K_OUTPUT_PADDING];
     kern = &v->a[K_KERNEL];
     pad = &v->a[K_PADDING];
     if (pool) {
@@ -1075,7 +1086,7 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form)
         }
     } else {
         nsp = (uint32_t)V(K_NDIM); /* 1 or 2 (check_schema) */
-        if (rank != nsp + 1 || (transpose && (v->sh[S_OUT].rank != nsp + 1 || op->count != nsp))) {
+        if (rank != nsp + 1 || (transpose && (v->sh[S_OUT].rank != nsp + 1 || o_pads->count != nsp))) {
             return NPUKIT_E_GRAPH;
         }
     }
@@ -1100,26 +1111,48 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form)
             return NPUKIT_E_GRAPH;
         }
     }
+    if (nsp - 1 > 1) {
+        return NPUKIT_E_UNSUPPORTED; /* a pool over one or two spatial axes */
+    }
+    for (k = 0; k < 12; k++) {
+        g[k] = k < 8 || k >= 10; /* h and w: 1, but the padding 0 */
+    }
     for (k = 0; k < nsp; k++) {
-        const int64_t n = dim(&v->sh[S_IN], k + 1), kk = pool ? attr_int(x, a[0], k) : (int64_t)p_dim(x, w, k + 2);
-        const int64_t s = attr_int(x, a[pool], k), p = attr_int(x, a[pool + 1], k);
-        const int64_t d = pool ? 1 : attr_int(x, a[2], k);
+        const uint32_t n = dim(&v->sh[S_IN], k + 1), kk = pool ? (uint32_t)attr_int(x, a[0], k) : p_dim(x, w, k + 2);
+        const int32_t s = attr_int(x, a[pool], k), p = attr_int(x, a[pool + 1], k); /* 0 .. MAX_EXTENT (geometry) */
+        const int32_t d = pool ? 1 : attr_int(x, a[2], k);
+        const uint32_t j = k + 2 - nsp; /* the kernels' axis: h 0, w 1 */
         int64_t o;
+        if (n > NPUKIT_MAX_EXTENT || kk > NPUKIT_MAX_EXTENT) {
+            return NPUKIT_E_UNSUPPORTED;
+        }
         if (transpose) {
-            const int64_t o_pad = attr_int(x, op, k);
-            if (o_pad > NPUKIT_MAX_EXTENT || kk > NPUKIT_MAX_EXTENT) {
+            const int32_t o_pad = attr_int(x, o_pads, k);
+            if (o_pad > NPUKIT_MAX_EXTENT) {
                 return NPUKIT_E_UNSUPPORTED;
             }
             if (o_pad >= (s > d ? s : d)) {
                 return NPUKIT_E_GRAPH;
             }
-            o = (n - 1) * s - 2 * p + d * (kk - 1) + o_pad + 1;
+            o = ((int64_t)n - 1) * s - 2 * p + (int64_t)d * (kk - 1) + o_pad + 1; /* |each term| < 2^57 */
         } else {
-            o = window_out((uint32_t)n, kk, s, p, d);
+            o = window_out(n, kk, (uint32_t)s, (uint32_t)p, (uint32_t)d);
         }
         if (o != (int64_t)dim(&v->sh[S_OUT], k + 1)) {
             return NPUKIT_E_GRAPH;
         }
+        if (o > NPUKIT_MAX_EXTENT) {
+            return NPUKIT_E_UNSUPPORTED;
+        }
+        g[j] = (int32_t)n;
+        g[2 + j] = (int32_t)o;
+        g[4 + j] = (int32_t)kk;
+        g[6 + j] = s;
+        g[8 + j] = p;
+        g[10 + j] = d;
+    }
+    for (k = 0; k < 12u - 2 * pool; k++) {
+        *(int32_t *)(void *)((uint8_t *)&op->p + WINDOW_AT[pool][k]) = g[k];
     }
     return NPUKIT_OK;
 }
@@ -1148,7 +1181,7 @@ static int shape_concat(const ctx_t *x, const view_t *v)
     return sum == dim(&v->sh[S_OUT], axis) ? NPUKIT_OK : NPUKIT_E_GRAPH;
 }
 
-static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
+static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_op_t *op)
 {
     const npukit_model_t *m = x->m;
     const uint32_t in = v_tensor(x, v, 0), out = v_tensor(x, v, v->n_in);
@@ -1157,16 +1190,16 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
     const param_t *w;
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
-        return shape_window(x, v, 0);
+        return shape_window(x, v, 0, op);
     case ON(NPUKIT_OP_CONV_TRANSPOSE):
-        return shape_window(x, v, 1);
+        return shape_window(x, v, 1, op);
     case ON(NPUKIT_OP_LINEAR):
         w = &v->p[P_WEIGHT];
         return v->sh[S_IN].rank == 1 && dim(&v->sh[S_IN], 0) == p_dim(x, w, 1) && v->sh[S_OUT].rank == 1
                && dim(&v->sh[S_OUT], 0) == p_dim(x, w, 0) ? NPUKIT_OK : NPUKIT_E_GRAPH;
     case ON(NPUKIT_OP_MAXPOOL):
     case ON(NPUKIT_OP_AVGPOOL):
-        return shape_window(x, v, 2);
+        return shape_window(x, v, 2, op);
     case ON(NPUKIT_OP_GLOBAL_AVGPOOL): {
         const uint32_t rank = v->sh[S_IN].rank;
         if (rank < 1 || v->sh[S_OUT].rank != (V(K_KEEPDIM) ? rank : 1) || dim(&v->sh[S_OUT], 0) != dim(&v->sh[S_IN], 0)) {
@@ -1403,7 +1436,7 @@ static int check_graph(ctx_t *x)
             return NPUKIT_E_GRAPH;
         }
         bind_shapes(x, &vv);
-        TRY(shape_of(x, v, def));
+        TRY(shape_of(x, v, def, &m->ops[i]));
         TRY(tensor_problems(x, v, def));
     }
     for (i = 0; i < m->n_tensors; i++) {
@@ -1474,29 +1507,26 @@ static int spatial(const shape_t *s, int32_t *c, int32_t *h, int32_t *w)
     return NPUKIT_OK;
 }
 
-/* A geometry list's values along the kernels' h and w axes: a 1-d window has h = `one_d`. */
-static void axes(const ctx_t *x, const attr_t *a, int32_t one_d, int32_t *h, int32_t *w)
+
+/* The channels: shape_window set the spatial geometry. */
+static int channels(const view_t *v, int32_t *in_c, int32_t *out_c)
 {
-    *h = a->count == 1 ? one_d : (int32_t)attr_int(x, a, 0);
-    *w = (int32_t)attr_int(x, a, a->count - 1u);
+    if (!extent_ok(dim(&v->sh[S_IN], 0)) || !extent_ok(dim(&v->sh[S_OUT], 0))) {
+        return NPUKIT_E_UNSUPPORTED;
+    }
+    *in_c = (int32_t)dim(&v->sh[S_IN], 0);
+    *out_c = (int32_t)dim(&v->sh[S_OUT], 0);
+    return NPUKIT_OK;
 }
 
 static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op)
 {
     nk_conv_params *p = &op->p.conv;
-    const param_t *w;
-    w = &v->p[P_WEIGHT];
-    TRY(spatial(&v->sh[S_IN], &p->in_c, &p->in_h, &p->in_w));
-    TRY(spatial(&v->sh[S_OUT], &p->out_c, &p->out_h, &p->out_w));
+    TRY(channels(v, &p->in_c, &p->out_c));
     p->groups = (int32_t)V(K_GROUPS);
-    if (p->out_c % p->groups != 0 || !extent_ok(p_dim(x, w, 2)) || !extent_ok(p_dim(x, w, w->rank - 1))) {
+    if (p->out_c % p->groups != 0) {
         return NPUKIT_E_UNSUPPORTED; /* the engine cannot run out channels that groups do not divide either */
     }
-    p->k_h = w->rank == 4 ? (int32_t)p_dim(x, w, 2) : 1;
-    p->k_w = (int32_t)p_dim(x, w, w->rank - 1);
-    axes(x, &v->a[K_STRIDE], 1, &p->stride_h, &p->stride_w);
-    axes(x, &v->a[K_PADDING], 0, &p->pad_h, &p->pad_w);
-    axes(x, &v->a[K_DILATION], 1, &p->dil_h, &p->dil_w);
     return mac_params(x, v, op, &p->w_bits, &p->rq, &p->out_bytes);
 }
 
@@ -1510,15 +1540,9 @@ static int prepare_linear(const ctx_t *x, const view_t *v, npukit_op_t *op)
 
 static int prepare_pool(const ctx_t *x, const view_t *v, npukit_op_t *op)
 {
-    nk_pool_params *p = &op->p.pool;
     int32_t c;
-    TRY(spatial(&v->sh[S_IN], &p->c, &p->in_h, &p->in_w));
-    TRY(spatial(&v->sh[S_OUT], &c, &p->out_h, &p->out_w));
-    axes(x, &v->a[K_KERNEL], 1, &p->k_h, &p->k_w);
-    axes(x, &v->a[K_STRIDE], 1, &p->stride_h, &p->stride_w);
-    axes(x, &v->a[K_PADDING], 0, &p->pad_h, &p->pad_w);
-    p->rounding = x->m->pool_rounding;
-    return NPUKIT_OK;
+    op->p.pool.rounding = x->m->pool_rounding;
+    return channels(v, &op->p.pool.c, &c);
 }
 
 static int prepare_op(const ctx_t *x, uint32_t i)
