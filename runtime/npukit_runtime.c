@@ -106,19 +106,31 @@ static uint32_t rd32(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* A little-endian two's complement integer of 1..8 bytes, without implementation-defined conversions. */
-static int64_t le_int(const uint8_t *p, unsigned width)
+/* Whether a little-endian two's complement integer of 1, 2, 4 or 8 bytes is in int32's range: its bytes past
+ * the fourth are copies of the fourth's sign. */
+static int fits32(const uint8_t *p, unsigned width)
 {
-    uint64_t u = 0;
     unsigned k;
-    for (k = 0; k < width; k++) {
-        u |= (uint64_t)p[k] << (8 * k);
+    for (k = 4; k < width; k++) {
+        if (p[k] != (p[3] >> 7 ? 0xFFu : 0u)) {
+            return 0;
+        }
     }
-    if (width < 8) {
-        const uint64_t half = (uint64_t)1 << (8 * width - 1);
-        u = (u ^ half) - half; /* sign-extend, modulo 2^64 */
+    return 1;
+}
+
+/* That integer clamped to int32, without implementation-defined conversions. */
+static int32_t le_int(const uint8_t *p, unsigned width)
+{
+    const uint32_t sign = p[width - 1] >> 7 ? 0xFFu : 0u;
+    uint32_t u = 0, k;
+    if (!fits32(p, width)) {
+        return sign ? INT32_MIN : INT32_MAX;
     }
-    return u > (uint64_t)INT64_MAX ? -(int64_t)(~u) - 1 : (int64_t)u;
+    for (k = 0; k < 4; k++) {
+        u |= (uint32_t)(k < width ? p[k] : sign) << (8 * k); /* sign-extended from width bytes */
+    }
+    return u > INT32_MAX ? -(int32_t)~u - 1 : (int32_t)u;
 }
 
 /* kind == want, as a function: the compiler folds it to 0 for the kinds ON leaves out without warning that
@@ -665,10 +677,8 @@ static uint32_t v_tensor(const ctx_t *x, const view_t *v, uint32_t k)
  * the clamped value passes or fails as the value does. */
 NOINLINE static int32_t attr_int(const ctx_t *x, const attr_t *a, uint32_t k)
 {
-    int64_t v;
     INVARIANT(a->found && a->kind != A_STR && k < a->count);
-    v = le_int(x->d + a->val + (size_t)k * a->width, a->width);
-    return v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : (int32_t)v);
+    return le_int(x->d + a->val + (size_t)k * a->width, a->width);
 }
 
 /* The id of string `name` in a NUL-separated list of n names, or n. */
@@ -948,16 +958,16 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
     uint32_t s, k;
     for (s = def->first; s < (uint32_t)def->first + def->n; s++) {
         const attr_t *a = &v->a[s];
-        const int64_t min = (KEY_INFO[s] >> 2) == 0 ? INT64_MIN : (KEY_INFO[s] >> 2) - 1;
+        const int32_t min = (KEY_INFO[s] >> 2) == 0 ? INT32_MIN : (KEY_INFO[s] >> 2) - 1;
         if (!a->found || a->kind != (KEY_INFO[s] & 3u)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; a->kind != A_STR && k < a->count; k++) {
-            const int64_t val = le_int(x->d + a->val + (size_t)k * a->width, a->width);
-            if (val < min) {
-                return NPUKIT_E_GRAPH;
+            const uint8_t *p = x->d + a->val + (size_t)k * a->width;
+            if (le_int(p, a->width) < min) {
+                return NPUKIT_E_GRAPH; /* (one below INT32_MIN reads as it) */
             }
-            if (val < INT32_MIN || val > INT32_MAX) {
+            if (!fits32(p, a->width)) {
                 return NPUKIT_E_UNSUPPORTED; /* no kernel parameter holds it: attr_int reads the rest exactly */
             }
         }
@@ -1005,11 +1015,6 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
 NOINLINE static int32_t max32(uint32_t bits)
 {
     return (int32_t)((1u << ((bits > 32 ? 32 : bits) - 1)) - 1u);
-}
-
-NOINLINE static int64_t int_max(uint32_t bits) /* largest value of a signed `bits`-bit integer, 1 <= bits <= 64 */
-{
-    return bits == 64 ? INT64_MAX : ((int64_t)1 << (bits - 1)) - 1;
 }
 
 /* Output size along one axis of a conv or pooling window, floor((n + 2 * p - d * (k - 1) - 1) / s) + 1, where it
@@ -1246,11 +1251,11 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
             return NPUKIT_E_GRAPH;
         }
         for (k = 1; k < rank; k++) {
-            const int64_t f = attr_int(x, a, k - 1); /* pads >= 0, factors >= 1 (the schema) */
-            if (pad ? (uint64_t)dim(&v->sh[S_IN], k) + (uint64_t)f + (uint64_t)attr_int(x, a, k - 1 + rank - 1)
-                          != dim(&v->sh[S_OUT], k) /* in 64 bits, no overflow */
-                    : f > (int64_t)dim(&v->sh[S_OUT], k) /* bounded before the product */
-                          || (uint64_t)dim(&v->sh[S_IN], k) * (uint64_t)f != dim(&v->sh[S_OUT], k)) {
+            /* out = in + start + end, or in * factor, as differences and quotients that cannot wrap */
+            const uint32_t n = dim(&v->sh[S_IN], k), o = dim(&v->sh[S_OUT], k);
+            const uint32_t f = (uint32_t)attr_int(x, a, k - 1); /* pads >= 0, factors >= 1 (the schema) */
+            if (pad ? o < n || o - n < f || o - n - f != (uint32_t)attr_int(x, a, k - 1 + rank - 1)
+                    : o % f != 0 || o / f != n) {
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1480,7 +1485,7 @@ static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t 
     *out_bytes = out->bits <= 8 ? 1 : 4;
     rq->bias_shift = (int32_t)V(K_BIAS_SHIFT); /* tensor_problems bounds both shifts by 3 * EXP_LIMIT */
     rq->out_shift = (int32_t)V(K_OUT_SHIFT);
-    rq->acc_max = int_max((uint32_t)V(K_ACC_BITS));
+    rq->acc_max = ((int64_t)1 << (V(K_ACC_BITS) - 1)) - 1; /* acc_bits 2 .. 62 (check_schema) */
     rq->acc_min = -rq->acc_max - 1;
     rq->act_min = (int32_t)V(K_ACT_MIN); /* inside the output type: tensor_problems */
     rq->act_max = (int32_t)V(K_ACT_MAX);
@@ -1848,18 +1853,18 @@ int npukit_output_info(const npukit_model_t *m, unsigned i, npukit_io_info *info
     return io_info(m, m->outputs[i], info);
 }
 
-/* The engine refuses inputs outside the input's bit range (engine.run_checked_input); so does this. */
+/* The engine refuses inputs outside the input's bit range (engine.run_checked_input); so does this: a value
+ * is in range when its bits from bits - 1 up are all its sign bit (little-endian: prepare). */
 NOINLINE static int input_in_range(const npukit_tensor_t *t, const uint8_t *in)
 {
-    const int64_t hi = int_max(t->bits), lo = -hi - 1;
-    uint32_t i;
-    if (t->bits == 8u * t->elem_bytes) {
-        return 1; /* every value of the type is in range */
-    }
-    for (i = 0; i < t->elems; i++) {
-        const int64_t v = le_int(in + (size_t)i * t->elem_bytes, t->elem_bytes); /* a little-endian host: prepare */
-        if (v < lo || v > hi) {
-            return 0;
+    const uint32_t width = 8u * t->elem_bytes;
+    uint32_t i, b;
+    for (i = 0; i < t->elems; i++, in += t->elem_bytes) {
+        const uint32_t sign = in[t->elem_bytes - 1] >> 7;
+        for (b = t->bits - 1; b < width; b++) {
+            if ((in[b / 8] >> (b % 8) & 1u) != sign) {
+                return 0;
+            }
         }
     }
     return 1;
