@@ -98,7 +98,7 @@ typedef struct {
 
 static uint32_t rd16(const uint8_t *p)
 {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8;
+    return (uint32_t)(p[0] | p[1] << 8);
 }
 
 static uint32_t rd32(const uint8_t *p)
@@ -162,14 +162,6 @@ static cur_t cursor(const ctx_t *x, int kind)
         (at) = (c)->pos;                      \
         (c)->pos += (n);                      \
     } while (0)
-
-static int u8(cur_t *c, uint32_t *v)
-{
-    size_t at;
-    TAKE(c, 1, at);
-    *v = c->d[at];
-    return NPUKIT_OK;
-}
 
 static int u16(cur_t *c, uint32_t *v)
 {
@@ -312,27 +304,18 @@ static int str_same(const ctx_t *x, uint32_t a, uint32_t b)
     return na == nb && memcmp(pa, pb, na) == 0;
 }
 
-/* A u16 string index, checked against the table. */
-static int str_index(const ctx_t *x, cur_t *c, uint32_t *i)
-{
-    TRY(u16(c, i));
-    return *i < x->n_strings ? NPUKIT_OK : NPUKIT_E_INDEX;
-}
-
 /* ------------------------------------------------------------------------------------------------ */
 /* Header and section table */
 
-/* CRC-32 (zlib's), four bits at a time: a 64-byte table instead of 1 KiB. */
+/* CRC-32 (zlib's), a bit at a time: no table (the file is read once, at load). */
 static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n)
 {
-    static const uint32_t T[16] = {0x00000000UL, 0x1DB71064UL, 0x3B6E20C8UL, 0x26D930ACUL, 0x76DC4190UL,
-                                   0x6B6B51F4UL, 0x4DB26158UL, 0x5005713CUL, 0xEDB88320UL, 0xF00F9344UL,
-                                   0xD6D6A3E8UL, 0xCB61B38CUL, 0x9B64C2B0UL, 0x86D3D2D4UL, 0xA00AE278UL,
-                                   0xBDBDF21CUL};
+    unsigned k;
     while (n-- > 0) {
         crc ^= *p++;
-        crc = (crc >> 4) ^ T[crc & 15u];
-        crc = (crc >> 4) ^ T[crc & 15u];
+        for (k = 0; k < 8; k++) {
+            crc = (crc >> 1) ^ (0xEDB88320UL & (0u - (crc & 1u)));
+        }
     }
     return crc;
 }
@@ -757,22 +740,27 @@ static uint32_t p_dim(const ctx_t *x, const param_t *p, uint32_t k)
 
 static int read_attr(const ctx_t *x, cur_t *c)
 {
-    uint32_t key, t, v, n = 1;
+    uint32_t t, n = 1;
     size_t at;
-    TRY(str_index(x, c, &key));
-    TRY(u8(c, &t));
+    TAKE(c, 3, at); /* key, type */
+    t = x->d[at + 2];
+    if (rd16(x->d + at) >= x->n_strings) {
+        return NPUKIT_E_INDEX;
+    }
     if (t == 0x01) {
-        TRY(u8(c, &v));
-        return v > 1 ? NPUKIT_E_VALUE : NPUKIT_OK;
+        TAKE(c, 1, at);
+        return x->d[at] > 1 ? NPUKIT_E_VALUE : NPUKIT_OK;
     }
     if (t == 0x30) {
-        return str_index(x, c, &v);
+        TAKE(c, 2, at);
+        return rd16(x->d + at) < x->n_strings ? NPUKIT_OK : NPUKIT_E_INDEX;
     }
     if (((t & 0xF0) != 0x10 && (t & 0xF0) != 0x20) || (t & 0x0F) > 3) {
         return NPUKIT_E_VALUE;
     }
     if ((t & 0xF0) == 0x20) {
-        TRY(u8(c, &n));
+        TAKE(c, 1, at);
+        n = x->d[at];
     }
     TAKE(c, (size_t)n << (t & 3u), at); /* the values */
     (void)at;
@@ -824,21 +812,23 @@ static int read_param(const ctx_t *x, cur_t *c, const view_t *v)
 static int read_op(ctx_t *x, cur_t *c, uint32_t i)
 {
     view_t v;
-    uint32_t op, name, counts[4], k, j, t;
+    uint32_t counts[4], k, j;
     size_t at, pos, prev;
-    TRY(str_index(x, c, &op));
-    TRY(str_index(x, c, &name));
+    TAKE(c, OP_REC - 2, at); /* op and name, the four counts (read_ops made sure of them) */
+    if (rd16(x->d + at) >= x->n_strings || rd16(x->d + at + 2) >= x->n_strings) {
+        return NPUKIT_E_INDEX;
+    }
     for (k = 0; k < 4; k++) {
-        TRY(u8(c, &counts[k]));
+        counts[k] = x->d[at + 4 + k];
     }
     x->m->ops[i].inputs = (uint32_t)c->pos;
     for (k = 0; k < counts[0] + counts[1]; k++) {
-        TRY(u16(c, &t));
-        if (t >= x->m->n_tensors) {
+        TAKE(c, 2, pos);
+        if (rd16(x->d + pos) >= x->m->n_tensors) {
             return NPUKIT_E_INDEX;
         }
     }
-    v.op = op;
+    v.op = rd16(x->d + at);
     v.n_in = counts[0];
     v.n_out = counts[1];
     v.n_attr = 0;
