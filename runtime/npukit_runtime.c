@@ -90,7 +90,6 @@ typedef struct {
     uint32_t n_strings, stride;
     size_t mark[MARKS];                          /* where string k * stride starts */
     uint32_t n_memory;                           /* device section: the profile's memories */
-    unsigned n_in, n_out;                        /* io section */
     uint8_t role[NPUKIT_MAX_TENSORS];            /* roles the io lists give */
     uint8_t defined[NPUKIT_MAX_TENSORS];
     npukit_model_t *m;
@@ -108,7 +107,7 @@ static uint32_t rd32(const uint8_t *p)
 
 /* Whether a little-endian two's complement integer of 1, 2, 4 or 8 bytes is in int32's range: its bytes past
  * the fourth are copies of the fourth's sign. */
-static int fits32(const uint8_t *p, unsigned width)
+NOINLINE static int fits32(const uint8_t *p, unsigned width)
 {
     unsigned k;
     for (k = 4; k < width; k++) {
@@ -307,24 +306,26 @@ static int str_same(const ctx_t *x, uint32_t a, uint32_t b)
 /* ------------------------------------------------------------------------------------------------ */
 /* Header and section table */
 
-/* CRC-32 (zlib's), a bit at a time: no table (the file is read once, at load). */
-static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n)
+/* CRC-32 (zlib's) of the file with its own four bytes (16..19) read as zero; a bit at a time, without a table
+ * (the file is read once, at load). */
+static uint32_t file_crc(const uint8_t *d, size_t n)
 {
+    uint32_t crc = 0xFFFFFFFFUL;
+    size_t i;
     unsigned k;
-    while (n-- > 0) {
-        crc ^= *p++;
+    for (i = 0; i < n; i++) {
+        crc ^= i - 16 < 4 ? 0u : d[i];
         for (k = 0; k < 8; k++) {
             crc = (crc >> 1) ^ (0xEDB88320UL & (0u - (crc & 1u)));
         }
     }
-    return crc;
+    return crc ^ 0xFFFFFFFFUL;
 }
 
 static int read_header(ctx_t *x, uint32_t *n_sections)
 {
-    static const uint8_t zeros[4] = {0, 0, 0, 0};
     const uint8_t *d = x->d;
-    uint32_t crc, n;
+    uint32_t n;
     if (x->len < 4 || memcmp(d, "NPUK", 4) != 0) {
         return NPUKIT_E_MAGIC;
     }
@@ -337,11 +338,7 @@ static int read_header(ctx_t *x, uint32_t *n_sections)
     if (rd32(d + 12) != x->len) {
         return NPUKIT_E_SIZE;
     }
-    /* the CRC covers the whole file with its own four bytes read as zero */
-    crc = crc32_update(0xFFFFFFFFUL, d, 16);
-    crc = crc32_update(crc, zeros, 4);
-    crc = crc32_update(crc, d + HEADER, x->len - HEADER) ^ 0xFFFFFFFFUL;
-    if (crc != rd32(d + 16)) {
+    if (file_crc(d, x->len) != rd32(d + 16)) {
         return NPUKIT_E_CRC;
     }
     if (rd16(d + 8) != 0) {
@@ -556,8 +553,6 @@ static int read_io(ctx_t *x)
             return NPUKIT_E_VALUE; /* role bits agree with the lists */
         }
     }
-    x->n_in = n_in;
-    x->n_out = n_out;
     m->n_inputs = (uint16_t)n_in;
     m->n_outputs = (uint16_t)n_out;
     m->input = n_in ? m->inputs[0] : 0; /* prepare refuses a model without inputs or outputs */
@@ -792,7 +787,7 @@ static int read_param(const ctx_t *x, cur_t *c, const view_t *v)
         return NPUKIT_E_VALUE;
     }
     /* a weight is stored at its op's w_bits (any other type of w_bits differs from every width) */
-    if (str_is(x, name, "weight") && wb->found && (wb->kind != A_INT || V(K_W_BITS) != (int32_t)bits)) {
+    if (lookup(x, name, PARAMS, N_PARAMS) == P_WEIGHT && wb->found && (wb->kind != A_INT || V(K_W_BITS) != (int32_t)bits)) {
         return NPUKIT_E_VALUE;
     }
     TRY(dims(c, x->d[at + 4], 8 * w_size / bits, &elems, &dims_at));
@@ -1117,7 +1112,7 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_o
         const int32_t s = attr_int(x, a[pool], k), p = attr_int(x, a[pool + 1], k); /* 0 .. MAX_EXTENT (geometry) */
         const int32_t d = pool ? 1 : attr_int(x, a[2], k);
         const uint32_t j = k + 2 - nsp; /* the kernels' axis: h 0, w 1 */
-        int64_t o;
+        uint32_t o;
         if (n > NPUKIT_MAX_EXTENT || kk > NPUKIT_MAX_EXTENT) {
             return NPUKIT_E_UNSUPPORTED;
         }
@@ -1129,11 +1124,12 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_o
             if (o_pad >= (s > d ? s : d)) {
                 return NPUKIT_E_GRAPH;
             }
-            o = ((int64_t)n - 1) * s - 2 * p + (int64_t)d * (kk - 1) + o_pad + 1; /* |each term| < 2^57 */
+            const int64_t t = ((int64_t)n - 1) * s - 2 * p + (int64_t)d * (kk - 1) + o_pad + 1; /* |terms| < 2^57 */
+            o = t > 0 && t <= (int64_t)U32_MAX ? (uint32_t)t : 0; /* 0: no dimension has that size */
         } else {
             o = window_out(n, kk, (uint32_t)s, (uint32_t)p, (uint32_t)d);
         }
-        if (o != (int64_t)dim(&v->sh[S_OUT], k + 1)) {
+        if (o != dim(&v->sh[S_OUT], k + 1)) {
             return NPUKIT_E_GRAPH;
         }
         if (o > NPUKIT_MAX_EXTENT) {
@@ -1543,7 +1539,7 @@ static int prepare_pool(const ctx_t *x, const view_t *v, npukit_op_t *op)
 static int prepare_op(const ctx_t *x, uint32_t i)
 {
     npukit_op_t *op = &x->m->ops[i];
-    const npukit_tensor_t *T = x->m->tensors;
+    const npukit_tensor_t *T = x->m->tensors, *tin, *tin1, *tout;
     const opdef_t *def;
     view_t vv;
     const view_t *v = &vv;
@@ -1559,13 +1555,16 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     op->out = (uint16_t)v_tensor(x, v, v->n_in);
     op->weight = NULL;
     op->bias = NULL;
+    tin = &T[op->in[0]];
+    tin1 = &T[op->in[1]];
+    tout = &T[op->out];
     for (k = 0; k <= v->n_in; k++) {
         const npukit_tensor_t *t = &T[v_tensor(x, v, k)];
         if (!usable(t) || (def->kind != NPUKIT_OP_RESHAPE && k < v->n_in && t->bits > 8)) {
             return NPUKIT_E_UNSUPPORTED; /* the kernels read int8 activations (a reshape copies bytes) */
         }
     }
-    if (!def->mac && def->kind != NPUKIT_OP_RESHAPE && T[op->out].bits > 8) {
+    if (!def->mac && def->kind != NPUKIT_OP_RESHAPE && tout->bits > 8) {
         return NPUKIT_E_UNSUPPORTED;
     }
     switch ((unsigned)def->kind) {
@@ -1579,19 +1578,19 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         return prepare_pool(x, v, op);
     case ON(NPUKIT_OP_GLOBAL_AVGPOOL):
         op->p.gap.c = (int32_t)dim(&v->sh[S_IN], 0);
-        op->p.gap.hw = (int32_t)(T[op->in[0]].elems / (uint32_t)op->p.gap.c);
+        op->p.gap.hw = (int32_t)(tin->elems / (uint32_t)op->p.gap.c);
         op->p.gap.rounding = x->m->pool_rounding;
         return NPUKIT_OK;
     case ON(NPUKIT_OP_ADD):
     case ON(NPUKIT_OP_MUL): {
-        const npukit_tensor_t *out = &T[op->out];
+        const npukit_tensor_t *out = tout;
         if (IS(def, NPUKIT_OP_ADD)) {
             if (v->n_in != 2) {
                 return NPUKIT_E_UNSUPPORTED; /* nk_add adds two operands; more would saturate only once */
             }
             op->p.add.n = (int32_t)out->elems;
-            op->p.add.a_shift = T[op->in[0]].exp - out->exp;
-            op->p.add.b_shift = T[op->in[1]].exp - out->exp;
+            op->p.add.a_shift = tin->exp - out->exp;
+            op->p.add.b_shift = tin1->exp - out->exp;
         } else {
             const uint32_t rank = v->sh[S_IN].rank;
             uint32_t outer = 1;
@@ -1599,8 +1598,8 @@ static int prepare_op(const ctx_t *x, uint32_t i)
                 outer *= dim(&v->sh[S_IN], k); /* the leading dimensions b shares with a (shape_of checked the rest) */
             }
             op->p.mul.outer = (int32_t)outer;
-            op->p.mul.inner = (int32_t)(T[op->in[0]].elems / outer);
-            op->p.mul.shift = T[op->in[0]].exp + T[op->in[1]].exp - out->exp;
+            op->p.mul.inner = (int32_t)(tin->elems / outer);
+            op->p.mul.shift = tin->exp + tin1->exp - out->exp;
         }
         /* mul's act_min, act_max and rounding too: the two structs have one layout (a common initial sequence) */
         op->p.add.act_max = max32(out->bits);
@@ -1615,7 +1614,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
             outer *= dim(&v->sh[S_OUT], k); /* products of a tensor's dims: at most its elems, < 2^32 */
         }
         op->p.concat.outer = (int32_t)outer;
-        op->p.concat.out_inner = (int32_t)(T[op->out].elems / outer);
+        op->p.concat.out_inner = (int32_t)(tout->elems / outer);
         op->p.concat.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
@@ -1634,7 +1633,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.slice.outer = (int32_t)outer;
         op->p.slice.in_inner = (int32_t)(inner * dim(&v->sh[S_IN], axis));
         op->p.slice.offset = (int32_t)((uint32_t)start * inner);
-        op->p.slice.part_inner = (int32_t)(T[op->out].elems / outer);
+        op->p.slice.part_inner = (int32_t)(tout->elems / outer);
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_PAD):
@@ -1665,9 +1664,9 @@ static int prepare_op(const ctx_t *x, uint32_t i)
                 return NPUKIT_E_UNSUPPORTED; /* nk_lut reads an int8 table (a 16-bit output's is int16) */
             }
             op->weight = x->d + t->data;
-            op->p.lut.offset = (int32_t)1 << (T[op->in[0]].bits - 1);
+            op->p.lut.offset = (int32_t)1 << (tin->bits - 1);
         }
-        op->p.lut.n = (int32_t)T[op->out].elems; /* relu's n too: the two structs begin alike */
+        op->p.lut.n = (int32_t)tout->elems; /* relu's n too: the two structs begin alike */
         return NPUKIT_OK;
     }
     default: /* reshape: a view, or a copy of nbytes */
@@ -1683,15 +1682,15 @@ static int prepare(ctx_t *x)
     if (*(const uint8_t *)&one != 1) {
         return NPUKIT_E_UNSUPPORTED; /* biases are read in place as little-endian int32 */
     }
-    if (x->n_in == 0 || x->n_out == 0) {
+    if (m->n_inputs == 0 || m->n_outputs == 0) {
         return NPUKIT_E_UNSUPPORTED;
     }
-    for (i = 0; i < x->n_in; i++) {
+    for (i = 0; i < m->n_inputs; i++) {
         if (!usable(&m->tensors[m->inputs[i]])) {
             return NPUKIT_E_UNSUPPORTED;
         }
     }
-    for (i = 0; i < x->n_out; i++) {
+    for (i = 0; i < m->n_outputs; i++) {
         if (!usable(&m->tensors[m->outputs[i]])) {
             return NPUKIT_E_UNSUPPORTED;
         }
