@@ -214,35 +214,23 @@ NOINLINE static int utf8_ok(const uint8_t *s, size_t n)
 {
     size_t i = 0;
     while (i < n) {
-        const uint8_t b = s[i];
-        uint8_t lo = 0x80, hi = 0xBF;
-        size_t k, j;
+        const uint32_t b = s[i++];
+        uint32_t k, lo, hi;
         if (b < 0x80) {
-            i++;
             continue;
         }
-        if (b >= 0xC2 && b <= 0xDF) {
-            k = 1;
-        } else if (b >= 0xE0 && b <= 0xEF) {
-            k = 2;
-            lo = b == 0xE0 ? 0xA0 : 0x80;
-            hi = b == 0xED ? 0x9F : 0xBF;
-        } else if (b >= 0xF0 && b <= 0xF4) {
-            k = 3;
-            lo = b == 0xF0 ? 0x90 : 0x80;
-            hi = b == 0xF4 ? 0x8F : 0xBF;
-        } else {
+        k = (uint32_t)(b >= 0xC2) + (b >= 0xE0) + (b >= 0xF0); /* continuation bytes; 0: no sequence starts so */
+        lo = b == 0xE0 ? 0xA0 : (b == 0xF0 ? 0x90 : 0x80);      /* the second byte's range */
+        hi = b == 0xED ? 0x9F : (b == 0xF4 ? 0x8F : 0xBF);
+        if (k == 0 || b > 0xF4 || n - i < k || s[i] < lo || s[i] > hi) {
             return 0;
         }
-        if (n - i - 1 < k || s[i + 1] < lo || s[i + 1] > hi) {
-            return 0;
-        }
-        for (j = 2; j <= k; j++) {
-            if ((s[i + j] & 0xC0) != 0x80) {
+        for (; k > 1; k--) {
+            if ((s[++i] & 0xC0) != 0x80) {
                 return 0;
             }
         }
-        i += k + 1;
+        i++;
     }
     return 1;
 }
@@ -603,6 +591,7 @@ typedef struct {
                                    string's index */
     param_t p[N_PARAMS];        /* by P_* */
     shape_t sh[3];              /* by S_*: set by bind_shapes once the op's arity is checked */
+    const npukit_tensor_t *t[3]; /* those tensors */
 } view_t;
 
 #define V(key) (v->first[key])  /* the first value of an attribute the schema checks made sure of */
@@ -723,7 +712,9 @@ static void bind_shapes(const ctx_t *x, view_t *v)
 {
     uint32_t k;
     for (k = 0; k < 3; k++) {
-        v->sh[k] = shape(x, v_tensor(x, v, k == S_IN1 ? (v->n_in > 1) : k == S_OUT ? v->n_in : 0));
+        const uint32_t t = v_tensor(x, v, k == S_IN1 ? (v->n_in > 1) : k == S_OUT ? v->n_in : 0);
+        v->sh[k] = shape(x, t);
+        v->t[k] = &x->m->tensors[t];
     }
 }
 
@@ -1174,8 +1165,6 @@ static int shape_concat(const ctx_t *x, const view_t *v)
 
 static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_op_t *op)
 {
-    const npukit_model_t *m = x->m;
-    const uint32_t in = v_tensor(x, v, 0), out = v_tensor(x, v, v->n_in);
     uint32_t k;
     const attr_t *a;
     const param_t *w;
@@ -1266,7 +1255,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
     default: { /* reshape: the target shape is the output's, with the input's element count */
         const uint32_t rank = v->sh[S_OUT].rank;
         a = &v->a[K_SHAPE];
-        if (a->count != rank || m->tensors[in].elems != m->tensors[out].elems) {
+        if (a->count != rank || v->t[S_IN]->elems != v->t[S_OUT]->elems) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
@@ -1283,7 +1272,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
 static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
 {
     const npukit_tensor_t *T = x->m->tensors;
-    const npukit_tensor_t *in = &T[v_tensor(x, v, 0)], *out = &T[v_tensor(x, v, v->n_in)];
+    const npukit_tensor_t *in = v->t[S_IN], *out = v->t[S_OUT];
     uint32_t k;
     if (def->passes_through && (in->bits != out->bits || in->exp != out->exp)) {
         return NPUKIT_E_GRAPH;
@@ -1455,10 +1444,9 @@ static int extent_ok(uint64_t v)
 }
 
 /* nk_conv_params / nk_linear_params fields shared by both: weight bits, requantisation, output width. */
-static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t *w_bits, nk_requant_params *rq,
-                      int32_t *out_bytes)
+static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, const npukit_tensor_t *out, int32_t *w_bits,
+                      nk_requant_params *rq, int32_t *out_bytes)
 {
-    const npukit_tensor_t *out = &x->m->tensors[op->out];
     const param_t *w, *b;
     w = &v->p[P_WEIGHT];
     b = &v->p[P_BIAS];
@@ -1510,7 +1498,7 @@ static int channels(const view_t *v, int32_t *in_c, int32_t *out_c)
     return NPUKIT_OK;
 }
 
-static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op)
+static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op, const npukit_tensor_t *out)
 {
     nk_conv_params *p = &op->p.conv;
     TRY(channels(v, &p->in_c, &p->out_c));
@@ -1518,15 +1506,7 @@ static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op)
     if (p->out_c % p->groups != 0) {
         return NPUKIT_E_UNSUPPORTED; /* the engine cannot run out channels that groups do not divide either */
     }
-    return mac_params(x, v, op, &p->w_bits, &p->rq, &p->out_bytes);
-}
-
-static int prepare_linear(const ctx_t *x, const view_t *v, npukit_op_t *op)
-{
-    nk_linear_params *p = &op->p.linear;
-    p->out_features = (int32_t)x->m->tensors[op->out].elems;
-    p->in_features = (int32_t)x->m->tensors[op->in[0]].elems;
-    return mac_params(x, v, op, &p->w_bits, &p->rq, &p->out_bytes);
+    return mac_params(x, v, op, out, &p->w_bits, &p->rq, &p->out_bytes);
 }
 
 static int prepare_pool(const ctx_t *x, const view_t *v, npukit_op_t *op)
@@ -1555,9 +1535,9 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     op->out = (uint16_t)v_tensor(x, v, v->n_in);
     op->weight = NULL;
     op->bias = NULL;
-    tin = &T[op->in[0]];
-    tin1 = &T[op->in[1]];
-    tout = &T[op->out];
+    tin = v->t[S_IN];
+    tin1 = v->t[S_IN1];
+    tout = v->t[S_OUT];
     for (k = 0; k <= v->n_in; k++) {
         const npukit_tensor_t *t = &T[v_tensor(x, v, k)];
         if (!usable(t) || (def->kind != NPUKIT_OP_RESHAPE && k < v->n_in && t->bits > 8)) {
@@ -1570,9 +1550,11 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
     case ON(NPUKIT_OP_CONV_TRANSPOSE): /* the same parameters, read by nk_conv_transpose as its geometry */
-        return prepare_conv(x, v, op);
+        return prepare_conv(x, v, op, tout);
     case ON(NPUKIT_OP_LINEAR):
-        return prepare_linear(x, v, op);
+        op->p.linear.out_features = (int32_t)tout->elems;
+        op->p.linear.in_features = (int32_t)tin->elems;
+        return mac_params(x, v, op, tout, &op->p.linear.w_bits, &op->p.linear.rq, &op->p.linear.out_bytes);
     case ON(NPUKIT_OP_MAXPOOL):
     case ON(NPUKIT_OP_AVGPOOL):
         return prepare_pool(x, v, op);
