@@ -718,6 +718,12 @@ static void bind_shapes(const ctx_t *x, view_t *v)
     }
 }
 
+/* The output's first dimension (channels) is the input's: the pools, pad, upsample, global_avgpool. */
+static int same_channels(const view_t *v)
+{
+    return dim(&v->sh[S_OUT], 0) == dim(&v->sh[S_IN], 0);
+}
+
 static uint32_t p_dim(const ctx_t *x, const param_t *p, uint32_t k)
 {
     INVARIANT(k < p->rank);
@@ -1073,7 +1079,7 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_o
     }
     TRY(geometry(x, v, GEOMETRY[pool], nsp, a));
     if (pool) {
-        if (v->sh[S_OUT].rank != rank || dim(&v->sh[S_OUT], 0) != dim(&v->sh[S_IN], 0)) {
+        if (v->sh[S_OUT].rank != rank || !same_channels(v)) {
             return NPUKIT_E_GRAPH;
         }
     } else if (transpose) {
@@ -1139,33 +1145,14 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_o
     return NPUKIT_OK;
 }
 
-static int shape_concat(const ctx_t *x, const view_t *v)
-{
-    const uint32_t rank = v->sh[S_IN].rank;
-    uint64_t sum = 0;
-    uint32_t i, k, axis;
-    axis = (uint32_t)V(K_AXIS); /* >= 0 (the schema) */
-    if (axis >= rank || v->sh[S_OUT].rank != rank) {
-        return NPUKIT_E_GRAPH;
-    }
-    for (i = 0; i < v->n_in; i++) {
-        const shape_t t = shape(x, v_tensor(x, v, i));
-        if (t.rank != rank) {
-            return NPUKIT_E_GRAPH;
-        }
-        for (k = 0; k < rank; k++) {
-            if (k != axis && (dim(&t, k) != dim(&v->sh[S_IN], k) || dim(&v->sh[S_OUT], k) != dim(&t, k))) {
-                return NPUKIT_E_GRAPH; /* shapes agree off the axis */
-            }
-        }
-        sum += dim(&t, axis);
-    }
-    return sum == dim(&v->sh[S_OUT], axis) ? NPUKIT_OK : NPUKIT_E_GRAPH;
-}
-
+/* Each op's output shape (OpDef.infer_shapes), from its input shapes and attributes: the window ops in
+ * shape_window, the others here; most infer the output's shape into `want` for one comparison at the end. */
 static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_op_t *op)
 {
-    uint32_t k;
+    const shape_t *in = &v->sh[S_IN];
+    uint32_t want[MAX_RANK]; /* the output's dimensions as inferred, `rank` of them */
+    uint32_t rank = in->rank, k, i;
+    uint64_t sum = 0;
     const attr_t *a;
     const param_t *w;
     switch ((unsigned)def->kind) {
@@ -1173,61 +1160,76 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
         return shape_window(x, v, 0, op);
     case ON(NPUKIT_OP_CONV_TRANSPOSE):
         return shape_window(x, v, 1, op);
-    case ON(NPUKIT_OP_LINEAR):
-        w = &v->p[P_WEIGHT];
-        return v->sh[S_IN].rank == 1 && dim(&v->sh[S_IN], 0) == p_dim(x, w, 1) && v->sh[S_OUT].rank == 1
-               && dim(&v->sh[S_OUT], 0) == p_dim(x, w, 0) ? NPUKIT_OK : NPUKIT_E_GRAPH;
     case ON(NPUKIT_OP_MAXPOOL):
     case ON(NPUKIT_OP_AVGPOOL):
         return shape_window(x, v, 2, op);
-    case ON(NPUKIT_OP_GLOBAL_AVGPOOL): {
-        const uint32_t rank = v->sh[S_IN].rank;
-        if (rank < 1 || v->sh[S_OUT].rank != (V(K_KEEPDIM) ? rank : 1) || dim(&v->sh[S_OUT], 0) != dim(&v->sh[S_IN], 0)) {
+    case ON(NPUKIT_OP_LINEAR): /* (in,) -> (out,), by the weight (out, in) */
+        w = &v->p[P_WEIGHT];
+        if (rank != 1 || dim(in, 0) != p_dim(x, w, 1)) {
             return NPUKIT_E_GRAPH;
         }
-        for (k = 1; k < v->sh[S_OUT].rank; k++) {
-            if (dim(&v->sh[S_OUT], k) != 1) {
-                return NPUKIT_E_GRAPH;
-            }
+        want[0] = p_dim(x, w, 0);
+        break;
+    case ON(NPUKIT_OP_GLOBAL_AVGPOOL): /* (c, ...) -> (c, 1, ...) or, without keepdim, (c,) */
+        if (rank < 1) {
+            return NPUKIT_E_GRAPH;
         }
-        return NPUKIT_OK;
-    }
+        for (k = 0; k < rank; k++) {
+            want[k] = k == 0 ? dim(in, 0) : 1;
+        }
+        rank = V(K_KEEPDIM) ? rank : 1;
+        break;
     case ON(NPUKIT_OP_ADD):
     case ON(NPUKIT_OP_RELU): /* relu and lut: one input (OPS), so only the output's shape is checked */
     case ON(NPUKIT_OP_LUT):
         for (k = 0; k < v->n_in; k++) {
             const shape_t t = shape(x, v_tensor(x, v, k));
-            if (!same_shape(&t, &v->sh[S_IN])) {
+            if (!same_shape(&t, in)) {
                 return NPUKIT_E_GRAPH;
             }
         }
-        return same_shape(&v->sh[S_IN], &v->sh[S_OUT]) ? NPUKIT_OK : NPUKIT_E_GRAPH;
-    case ON(NPUKIT_OP_CONCAT):
-        return shape_concat(x, v);
-    case ON(NPUKIT_OP_SLICE): { /* Slice.infer_shapes: [start, stop) of one axis, the others as they are */
-        const uint32_t rank = v->sh[S_IN].rank;
+        return same_shape(in, &v->sh[S_OUT]) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+    case ON(NPUKIT_OP_CONCAT): /* the operands agree off the axis; along it the output is their sum */
+    case ON(NPUKIT_OP_SLICE): { /* [start, stop) of one axis, the others as they are */
         const uint32_t axis = (uint32_t)V(K_AXIS), start = (uint32_t)V(K_START), stop = (uint32_t)V(K_STOP); /* >= 0 */
-        if (axis >= rank || v->sh[S_OUT].rank != rank || start >= stop || stop > dim(&v->sh[S_IN], axis)) {
+        if (axis >= rank) {
             return NPUKIT_E_GRAPH;
         }
-        for (k = 0; k < rank; k++) {
-            if (dim(&v->sh[S_OUT], k) != (k == axis ? stop - start : dim(&v->sh[S_IN], k))) {
+        if (IS(def, NPUKIT_OP_SLICE)) {
+            if (start >= stop || stop > dim(in, axis)) {
                 return NPUKIT_E_GRAPH;
             }
+            sum = stop - start;
         }
-        return NPUKIT_OK;
+        for (i = 0; IS(def, NPUKIT_OP_CONCAT) && i < v->n_in; i++) {
+            const shape_t t = shape(x, v_tensor(x, v, i));
+            if (t.rank != rank) {
+                return NPUKIT_E_GRAPH;
+            }
+            for (k = 0; k < rank; k++) {
+                if (k != axis && dim(&t, k) != dim(in, k)) {
+                    return NPUKIT_E_GRAPH;
+                }
+            }
+            sum += dim(&t, axis);
+        }
+        for (k = 0; k < rank; k++) {
+            want[k] = dim(in, k);
+        }
+        want[axis] = sum > U32_MAX ? 0 : (uint32_t)sum; /* 0: no dimension */
+        break;
     }
     case ON(NPUKIT_OP_PAD):      /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
     case ON(NPUKIT_OP_UPSAMPLE): { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
-        const uint32_t rank = v->sh[S_IN].rank, pad = (uint32_t)IS(def, NPUKIT_OP_PAD);
+        const uint32_t pad = (uint32_t)IS(def, NPUKIT_OP_PAD);
         a = &v->a[pad ? K_PADS : K_SCALE];
         if ((rank != 2 && rank != 3) || a->count != (pad + 1) * (rank - 1) || v->sh[S_OUT].rank != rank ||
-            dim(&v->sh[S_OUT], 0) != dim(&v->sh[S_IN], 0)) {
+            !same_channels(v)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 1; k < rank; k++) {
             /* out = in + start + end, or in * factor, as differences and quotients that cannot wrap */
-            const uint32_t n = dim(&v->sh[S_IN], k), o = dim(&v->sh[S_OUT], k);
+            const uint32_t n = dim(in, k), o = dim(&v->sh[S_OUT], k);
             const uint32_t f = (uint32_t)attr_int(x, a, k - 1); /* pads >= 0, factors >= 1 (the schema) */
             if (pad ? o < n || o - n < f || o - n - f != (uint32_t)attr_int(x, a, k - 1 + rank - 1)
                     : o % f != 0 || o / f != n) {
@@ -1237,13 +1239,12 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_MUL): { /* Mul.infer_shapes: b is a's shape with size 1 in trailing dimensions */
-        const uint32_t rank = v->sh[S_IN].rank;
         uint32_t split = rank;
-        if (v->sh[S_IN1].rank != rank || !same_shape(&v->sh[S_IN], &v->sh[S_OUT])) {
+        if (v->sh[S_IN1].rank != rank || !same_shape(in, &v->sh[S_OUT])) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
-            if (split == rank && dim(&v->sh[S_IN1], k) != dim(&v->sh[S_IN], k)) {
+            if (split == rank && dim(&v->sh[S_IN1], k) != dim(in, k)) {
                 split = k;
             }
             if (k >= split && dim(&v->sh[S_IN1], k) != 1) {
@@ -1252,20 +1253,26 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
         }
         return NPUKIT_OK;
     }
-    default: { /* reshape: the target shape is the output's, with the input's element count */
-        const uint32_t rank = v->sh[S_OUT].rank;
+    default: /* reshape: the target shape is the output's, with the input's element count */
         a = &v->a[K_SHAPE];
-        if (a->count != rank || v->t[S_IN]->elems != v->t[S_OUT]->elems) {
+        if (a->count > MAX_RANK || v->t[S_IN]->elems != v->t[S_OUT]->elems) {
+            return NPUKIT_E_GRAPH; /* (no output has more dimensions) */
+        }
+        rank = a->count;
+        for (k = 0; k < rank; k++) {
+            want[k] = (uint32_t)attr_int(x, a, k); /* each >= 1 (the schema) */
+        }
+        break;
+    }
+    if (v->sh[S_OUT].rank != rank) {
+        return NPUKIT_E_GRAPH;
+    }
+    for (k = 0; k < rank; k++) {
+        if (dim(&v->sh[S_OUT], k) != want[k]) {
             return NPUKIT_E_GRAPH;
         }
-        for (k = 0; k < rank; k++) {
-            if ((uint32_t)attr_int(x, a, k) != dim(&v->sh[S_OUT], k)) { /* each >= 1 (the schema) */
-                return NPUKIT_E_GRAPH;
-            }
-        }
-        return NPUKIT_OK;
     }
-    }
+    return NPUKIT_OK;
 }
 
 /* What each kernel assumes of its tensors' widths and exponents (OpDef.tensor_problems). */
