@@ -1053,23 +1053,16 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_o
     const unsigned pool = form == 2, transpose = form == 1 && ((NPUKIT_OPS) >> NPUKIT_OP_CONV_TRANSPOSE & 1u);
     const uint32_t rank = v->sh[S_IN].rank;
     const attr_t *a[3];
-    const attr_t *o_pads, *kern, *pad;
+    const attr_t *o_pads;
     const param_t *w;
     uint32_t nsp, k;
     int32_t groups, g[12];
     w = &v->p[P_WEIGHT];
     o_pads = &v->a[K_OUTPUT_PADDING];
-    kern = &v->a[K_KERNEL];
-    pad = &v->a[K_PADDING];
     if (pool) {
         nsp = rank - 1;
-        if (rank < 1 || pad->count != kern->count) {
+        if (rank < 1) {
             return NPUKIT_E_GRAPH;
-        }
-        for (k = 0; k < kern->count; k++) {
-            if (attr_int(x, pad, k) > attr_int(x, kern, k) / 2) {
-                return NPUKIT_E_GRAPH; /* padding at most half the window (2p > k, exactly) */
-            }
         }
     } else {
         nsp = (uint32_t)V(K_NDIM); /* 1 or 2 (check_schema) */
@@ -1112,6 +1105,9 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_o
         uint32_t o;
         if (n > NPUKIT_MAX_EXTENT || kk > NPUKIT_MAX_EXTENT) {
             return NPUKIT_E_UNSUPPORTED;
+        }
+        if (pool && 2 * (uint32_t)p > kk) {
+            return NPUKIT_E_GRAPH; /* a pool's padding at most half its window */
         }
         if (transpose) {
             const int32_t o_pad = attr_int(x, o_pads, k);
@@ -1596,33 +1592,23 @@ static int prepare_op(const ctx_t *x, uint32_t i)
         op->p.add.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
-    case ON(NPUKIT_OP_CONCAT): {
+    case ON(NPUKIT_OP_CONCAT):
+    case ON(NPUKIT_OP_SLICE): {
         const uint32_t axis = (uint32_t)V(K_AXIS);
         uint32_t outer = 1;
         for (k = 0; k < axis; k++) {
-            outer *= dim(&v->sh[S_OUT], k); /* products of a tensor's dims: at most its elems, < 2^32 */
+            outer *= dim(&v->sh[S_IN], k); /* the dims before the axis, the output's too: at most elems < 2^32 */
         }
-        op->p.concat.outer = (int32_t)outer;
-        op->p.concat.out_inner = (int32_t)(tout->elems / outer);
-        op->p.concat.rounding = x->m->rounding;
-        return NPUKIT_OK;
-    }
-    case ON(NPUKIT_OP_SLICE): {
-        uint32_t outer = 1, inner = 1;
-        uint32_t axis, rank = v->sh[S_IN].rank;
-        int64_t start;
-        axis = (uint32_t)V(K_AXIS);
-        start = V(K_START);
-        for (k = 0; k < axis; k++) {
-            outer *= dim(&v->sh[S_IN], k);
+        op->p.slice.outer = (int32_t)outer; /* concat's too: the two structs begin alike */
+        if (IS(def, NPUKIT_OP_SLICE)) {
+            const uint32_t in_inner = tin->elems / outer;
+            op->p.slice.in_inner = (int32_t)in_inner;
+            op->p.slice.offset = (int32_t)((uint32_t)V(K_START) * (in_inner / dim(&v->sh[S_IN], axis)));
+            op->p.slice.part_inner = (int32_t)(tout->elems / outer);
+        } else {
+            op->p.concat.out_inner = (int32_t)(tout->elems / outer);
+            op->p.concat.rounding = x->m->rounding;
         }
-        for (k = axis + 1; k < rank; k++) {
-            inner *= dim(&v->sh[S_IN], k);
-        }
-        op->p.slice.outer = (int32_t)outer;
-        op->p.slice.in_inner = (int32_t)(inner * dim(&v->sh[S_IN], axis));
-        op->p.slice.offset = (int32_t)((uint32_t)start * inner);
-        op->p.slice.part_inner = (int32_t)(tout->elems / outer);
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_PAD):
@@ -1674,14 +1660,9 @@ static int prepare(ctx_t *x)
     if (m->n_inputs == 0 || m->n_outputs == 0) {
         return NPUKIT_E_UNSUPPORTED;
     }
-    for (i = 0; i < m->n_inputs; i++) {
-        if (!usable(&m->tensors[m->inputs[i]])) {
-            return NPUKIT_E_UNSUPPORTED;
-        }
-    }
-    for (i = 0; i < m->n_outputs; i++) {
-        if (!usable(&m->tensors[m->outputs[i]])) {
-            return NPUKIT_E_UNSUPPORTED;
+    for (i = 0; i < m->n_tensors; i++) {
+        if (x->role[i] != 0 && !usable(&m->tensors[i])) {
+            return NPUKIT_E_UNSUPPORTED; /* an input or output (read_io: the roles are the io lists') */
         }
     }
     for (i = 0; i < m->n_ops; i++) {
