@@ -152,14 +152,14 @@ static cur_t cursor(const ctx_t *x, int kind)
 }
 
 /* Sets `at` to the file offset of the next n bytes of the section and passes them; refuses them if they run
- * past its end (a macro: GCC at -Os inlines it anyway where it can keep `at` in a register). */
-#define TAKE(c, n, at)                        \
-    do {                                      \
+ * past its end. A macro: a function returning the offset through a pointer kept it in memory at each call. */
+#define TAKE(c, n, at)                           \
+    do {                                         \
         if ((size_t)(n) > (c)->end - (c)->pos) { \
-            return NPUKIT_E_RECORD;           \
-        }                                     \
-        (at) = (c)->pos;                      \
-        (c)->pos += (n);                      \
+            return NPUKIT_E_RECORD;              \
+        }                                        \
+        (at) = (c)->pos;                         \
+        (c)->pos += (n);                         \
     } while (0)
 
 static int u16(cur_t *c, uint32_t *v)
@@ -1012,7 +1012,7 @@ static uint32_t window_out(uint32_t n, uint32_t k, uint32_t s, uint32_t p, uint3
 }
 
 /* conv, maxpool, avgpool: geometry lists of `nsp` entries, each value within NPUKIT_MAX_EXTENT (beyond, the
- * arithmetic below would need more than int64, and the kernels cannot run it anyway: NPUKIT_E_UNSUPPORTED). */
+ * 32-bit arithmetic below could overflow, and the kernels cannot run it anyway: NPUKIT_E_UNSUPPORTED). */
 static int geometry(const ctx_t *x, const view_t *v, const uint8_t keys[3], uint32_t nsp, const attr_t *a[3])
 {
     uint32_t i, k;
@@ -1117,8 +1117,10 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_o
             if (o_pad >= (s > d ? s : d)) {
                 return NPUKIT_E_GRAPH;
             }
-            const int64_t t = ((int64_t)n - 1) * s - 2 * p + (int64_t)d * (kk - 1) + o_pad + 1; /* |terms| < 2^57 */
-            o = t > 0 && t <= (int64_t)U32_MAX ? (uint32_t)t : 0; /* 0: no dimension has that size */
+            /* (n - 1) * s + d * (k - 1) + output_padding + 1 - 2 * p, each product of 32-bit factors < 2^57 */
+            const uint64_t t = (uint64_t)(n - 1) * (uint32_t)s + (uint64_t)(kk - 1) * (uint32_t)d + (uint32_t)o_pad + 1;
+            const uint32_t p2 = 2 * (uint32_t)p;
+            o = t > p2 && t - p2 <= U32_MAX ? (uint32_t)(t - p2) : 0; /* 0: no dimension has that size */
         } else {
             o = window_out(n, kk, (uint32_t)s, (uint32_t)p, (uint32_t)d);
         }
