@@ -1440,7 +1440,7 @@ static int check_graph(ctx_t *x)
 static int usable(const npukit_tensor_t *t)
 {
     const uint32_t align = t->elem_bytes < 4 ? t->elem_bytes : 4;
-    return t->offset != NO_OFFSET && t->offset % align == 0 && t->elems <= (uint32_t)INT32_MAX;
+    return t->offset != NO_OFFSET && (t->offset & (align - 1u)) == 0 && t->elems <= (uint32_t)INT32_MAX;
 }
 
 static int extent_ok(uint64_t v)
