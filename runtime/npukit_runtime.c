@@ -63,6 +63,13 @@ enum { A_BOOL, A_INT, A_LIST, A_STR };  /* attribute kinds (OpDef.attrs) */
 #define INVARIANT(cond) ((void)0)
 #endif
 
+/* Keeps a small helper out of line where GCC's -Os would copy it into each of its callers for no gain. */
+#if defined(__GNUC__)
+#define NOINLINE __attribute__((noinline))
+#else
+#define NOINLINE
+#endif
+
 #define TRY(expr)                   \
     do {                            \
         const int rc_ = (expr);     \
@@ -83,7 +90,6 @@ typedef struct {
     uint32_t n_strings, stride;
     size_t mark[MARKS];                          /* where string k * stride starts */
     uint32_t n_memory;                           /* device section: the profile's memories */
-    unsigned n_in, n_out;                        /* io section */
     uint8_t role[NPUKIT_MAX_TENSORS];            /* roles the io lists give */
     uint8_t defined[NPUKIT_MAX_TENSORS];
     npukit_model_t *m;
@@ -91,7 +97,7 @@ typedef struct {
 
 static uint32_t rd16(const uint8_t *p)
 {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8;
+    return (uint32_t)(p[0] | p[1] << 8);
 }
 
 static uint32_t rd32(const uint8_t *p)
@@ -99,19 +105,31 @@ static uint32_t rd32(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* A little-endian two's complement integer of 1..8 bytes, without implementation-defined conversions. */
-static int64_t le_int(const uint8_t *p, unsigned width)
+/* Whether a little-endian two's complement integer of 1, 2, 4 or 8 bytes is in int32's range: its bytes past
+ * the fourth are copies of the fourth's sign. */
+NOINLINE static int fits32(const uint8_t *p, unsigned width)
 {
-    uint64_t u = 0;
     unsigned k;
-    for (k = 0; k < width; k++) {
-        u |= (uint64_t)p[k] << (8 * k);
+    for (k = 4; k < width; k++) {
+        if (p[k] != (p[3] >> 7 ? 0xFFu : 0u)) {
+            return 0;
+        }
     }
-    if (width < 8) {
-        const uint64_t half = (uint64_t)1 << (8 * width - 1);
-        u = (u ^ half) - half; /* sign-extend, modulo 2^64 */
+    return 1;
+}
+
+/* That integer clamped to int32, without implementation-defined conversions. */
+static int32_t le_int(const uint8_t *p, unsigned width)
+{
+    const uint32_t sign = p[width - 1] >> 7 ? 0xFFu : 0u;
+    uint32_t u = 0, k;
+    if (!fits32(p, width)) {
+        return sign ? INT32_MIN : INT32_MAX;
     }
-    return u > (uint64_t)INT64_MAX ? -(int64_t)(~u) - 1 : (int64_t)u;
+    for (k = 0; k < 4; k++) {
+        u |= (uint32_t)(k < width ? p[k] : sign) << (8 * k); /* sign-extended from width bytes */
+    }
+    return u > INT32_MAX ? -(int32_t)~u - 1 : (int32_t)u;
 }
 
 /* kind == want, as a function: the compiler folds it to 0 for the kinds ON leaves out without warning that
@@ -133,28 +151,21 @@ static cur_t cursor(const ctx_t *x, int kind)
     return c;
 }
 
-static int take(cur_t *c, size_t n, size_t *at)
-{
-    if (n > c->end - c->pos) {
-        return NPUKIT_E_RECORD;
-    }
-    *at = c->pos;
-    c->pos += n;
-    return NPUKIT_OK;
-}
-
-static int u8(cur_t *c, uint32_t *v)
-{
-    size_t at;
-    TRY(take(c, 1, &at));
-    *v = c->d[at];
-    return NPUKIT_OK;
-}
+/* Sets `at` to the file offset of the next n bytes of the section and passes them; refuses them if they run
+ * past its end. A macro: a function returning the offset through a pointer kept it in memory at each call. */
+#define TAKE(c, n, at)                           \
+    do {                                         \
+        if ((size_t)(n) > (c)->end - (c)->pos) { \
+            return NPUKIT_E_RECORD;              \
+        }                                        \
+        (at) = (c)->pos;                         \
+        (c)->pos += (n);                         \
+    } while (0)
 
 static int u16(cur_t *c, uint32_t *v)
 {
     size_t at;
-    TRY(take(c, 2, &at));
+    TAKE(c, 2, at);
     *v = rd16(c->d + at);
     return NPUKIT_OK;
 }
@@ -180,7 +191,7 @@ static int dims(cur_t *c, uint32_t rank, uint64_t max_elems, uint64_t *elems, si
     if (rank > MAX_RANK) {
         return NPUKIT_E_VALUE;
     }
-    TRY(take(c, 4 * (size_t)rank, at));
+    TAKE(c, 4 * (size_t)rank, *at);
     for (k = 0; k < rank; k++) {
         const uint64_t d = rd32(c->d + *at + 4 * k);
         if (d == 0 || d > max_elems / e) {
@@ -199,39 +210,27 @@ static int dims(cur_t *c, uint32_t rank, uint64_t max_elems, uint64_t *elems, si
 /* Strings */
 
 /* Strict UTF-8, as Python's decoder: no overlongs, no surrogates, nothing above U+10FFFF. */
-static int utf8_ok(const uint8_t *s, size_t n)
+NOINLINE static int utf8_ok(const uint8_t *s, size_t n)
 {
     size_t i = 0;
     while (i < n) {
-        const uint8_t b = s[i];
-        uint8_t lo = 0x80, hi = 0xBF;
-        size_t k, j;
+        const uint32_t b = s[i++];
+        uint32_t k, lo, hi;
         if (b < 0x80) {
-            i++;
             continue;
         }
-        if (b >= 0xC2 && b <= 0xDF) {
-            k = 1;
-        } else if (b >= 0xE0 && b <= 0xEF) {
-            k = 2;
-            lo = b == 0xE0 ? 0xA0 : 0x80;
-            hi = b == 0xED ? 0x9F : 0xBF;
-        } else if (b >= 0xF0 && b <= 0xF4) {
-            k = 3;
-            lo = b == 0xF0 ? 0x90 : 0x80;
-            hi = b == 0xF4 ? 0x8F : 0xBF;
-        } else {
+        k = (uint32_t)(b >= 0xC2) + (b >= 0xE0) + (b >= 0xF0); /* continuation bytes; 0: no sequence starts so */
+        lo = b == 0xE0 ? 0xA0 : (b == 0xF0 ? 0x90 : 0x80);      /* the second byte's range */
+        hi = b == 0xED ? 0x9F : (b == 0xF4 ? 0x8F : 0xBF);
+        if (k == 0 || b > 0xF4 || n - i < k || s[i] < lo || s[i] > hi) {
             return 0;
         }
-        if (n - i - 1 < k || s[i + 1] < lo || s[i + 1] > hi) {
-            return 0;
-        }
-        for (j = 2; j <= k; j++) {
-            if ((s[i + j] & 0xC0) != 0x80) {
+        for (; k > 1; k--) {
+            if ((s[++i] & 0xC0) != 0x80) {
                 return 0;
             }
         }
-        i += k + 1;
+        i++;
     }
     return 1;
 }
@@ -250,7 +249,7 @@ static int read_strings(ctx_t *x)
             x->mark[i / x->stride] = c.pos;
         }
         TRY(u16(&c, &len));
-        TRY(take(&c, len, &at));
+        TAKE(&c, len, at);
         if (!utf8_ok(x->d + at, len)) {
             return NPUKIT_E_VALUE;
         }
@@ -292,36 +291,29 @@ static int str_same(const ctx_t *x, uint32_t a, uint32_t b)
     return na == nb && memcmp(pa, pb, na) == 0;
 }
 
-/* A u16 string index, checked against the table. */
-static int str_index(const ctx_t *x, cur_t *c, uint32_t *i)
-{
-    TRY(u16(c, i));
-    return *i < x->n_strings ? NPUKIT_OK : NPUKIT_E_INDEX;
-}
-
 /* ------------------------------------------------------------------------------------------------ */
 /* Header and section table */
 
-/* CRC-32 (zlib's), four bits at a time: a 64-byte table instead of 1 KiB. */
-static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n)
+/* CRC-32 (zlib's) of the file with its own four bytes (16..19) read as zero; a bit at a time, without a table
+ * (the file is read once, at load). */
+static uint32_t file_crc(const uint8_t *d, size_t n)
 {
-    static const uint32_t T[16] = {0x00000000UL, 0x1DB71064UL, 0x3B6E20C8UL, 0x26D930ACUL, 0x76DC4190UL,
-                                   0x6B6B51F4UL, 0x4DB26158UL, 0x5005713CUL, 0xEDB88320UL, 0xF00F9344UL,
-                                   0xD6D6A3E8UL, 0xCB61B38CUL, 0x9B64C2B0UL, 0x86D3D2D4UL, 0xA00AE278UL,
-                                   0xBDBDF21CUL};
-    while (n-- > 0) {
-        crc ^= *p++;
-        crc = (crc >> 4) ^ T[crc & 15u];
-        crc = (crc >> 4) ^ T[crc & 15u];
+    uint32_t crc = 0xFFFFFFFFUL;
+    size_t i;
+    unsigned k;
+    for (i = 0; i < n; i++) {
+        crc ^= i - 16 < 4 ? 0u : d[i];
+        for (k = 0; k < 8; k++) {
+            crc = (crc >> 1) ^ (0xEDB88320UL & (0u - (crc & 1u)));
+        }
     }
-    return crc;
+    return crc ^ 0xFFFFFFFFUL;
 }
 
 static int read_header(ctx_t *x, uint32_t *n_sections)
 {
-    static const uint8_t zeros[4] = {0, 0, 0, 0};
     const uint8_t *d = x->d;
-    uint32_t crc, n;
+    uint32_t n;
     if (x->len < 4 || memcmp(d, "NPUK", 4) != 0) {
         return NPUKIT_E_MAGIC;
     }
@@ -334,11 +326,7 @@ static int read_header(ctx_t *x, uint32_t *n_sections)
     if (rd32(d + 12) != x->len) {
         return NPUKIT_E_SIZE;
     }
-    /* the CRC covers the whole file with its own four bytes read as zero */
-    crc = crc32_update(0xFFFFFFFFUL, d, 16);
-    crc = crc32_update(crc, zeros, 4);
-    crc = crc32_update(crc, d + HEADER, x->len - HEADER) ^ 0xFFFFFFFFUL;
-    if (crc != rd32(d + 16)) {
+    if (file_crc(d, x->len) != rd32(d + 16)) {
         return NPUKIT_E_CRC;
     }
     if (rd16(d + 8) != 0) {
@@ -390,7 +378,7 @@ static int read_device(ctx_t *x)
 {
     cur_t c = cursor(x, S_DEVICE);
     size_t at;
-    TRY(take(&c, DEVICE_REC, &at));
+    TAKE(&c, DEVICE_REC, at);
     TRY(done(&c));
     if (x->d[at] > NK_TRUNC || x->d[at + 1] > NK_TRUNC || x->d[at + 3] != 0) {
         return NPUKIT_E_TARGET;
@@ -405,7 +393,7 @@ static int read_plan(ctx_t *x)
 {
     cur_t c = cursor(x, S_PLAN);
     size_t at;
-    TRY(take(&c, 8, &at));
+    TAKE(&c, 8, at);
     TRY(done(&c));
     x->m->arena_bytes = rd32(x->d + at);
     x->m->lower_bound_bytes = rd32(x->d + at + 4);
@@ -414,7 +402,11 @@ static int read_plan(ctx_t *x)
 
 static uint8_t elem_bytes(uint32_t bits)
 {
-    return (uint8_t)(bits <= 8 ? 1 : (bits <= 16 ? 2 : (bits <= 32 ? 4 : 8))); /* TensorSpec.dtype */
+    uint8_t n = 1;
+    while (8u * n < bits) {
+        n = (uint8_t)(2 * n); /* 1, 2, 4 or 8 bytes for bits 1..64 (checked first): TensorSpec.dtype */
+    }
+    return n;
 }
 
 static int read_tensors(ctx_t *x)
@@ -431,7 +423,7 @@ static int read_tensors(ctx_t *x)
         size_t at, dims_at;
         uint64_t elems;
         uint32_t name, bits, role, memory, offset, nbytes;
-        TRY(take(&c, TENSOR_REC, &at));
+        TAKE(&c, TENSOR_REC, at);
         name = rd16(x->d + at);
         bits = x->d[at + 2];
         role = x->d[at + 3];
@@ -477,27 +469,29 @@ static int read_tensors(ctx_t *x)
     return done(&c);
 }
 
-static uint32_t t_rank(const ctx_t *x, uint32_t t)
+/* A tensor's rank and dimensions (u32 each, little-endian, in the file). */
+typedef struct {
+    uint32_t rank;
+    const uint8_t *dims;
+} shape_t;
+
+static shape_t shape(const ctx_t *x, uint32_t t)
 {
-    return x->d[x->m->tensors[t].record + 6];
+    shape_t s;
+    s.rank = x->d[x->m->tensors[t].record + 6];
+    s.dims = x->d + x->m->tensors[t].record + TENSOR_REC;
+    return s;
 }
 
-/* File offset of tensor t's dimensions. */
-static size_t t_dims(const ctx_t *x, uint32_t t)
+static uint32_t dim(const shape_t *s, uint32_t k)
 {
-    return x->m->tensors[t].record + TENSOR_REC;
+    INVARIANT(k < s->rank);
+    return rd32(s->dims + 4 * (size_t)k);
 }
 
-static uint32_t t_dim(const ctx_t *x, uint32_t t, uint32_t k)
+static int same_shape(const shape_t *a, const shape_t *b)
 {
-    INVARIANT(k < t_rank(x, t));
-    return rd32(x->d + x->m->tensors[t].record + TENSOR_REC + 4 * (size_t)k);
-}
-
-static int same_shape(const ctx_t *x, uint32_t a, uint32_t b)
-{
-    const uint32_t rank = t_rank(x, a);
-    return rank == t_rank(x, b) && memcmp(x->d + t_dims(x, a), x->d + t_dims(x, b), 4 * (size_t)rank) == 0;
+    return a->rank == b->rank && memcmp(a->dims, b->dims, 4 * (size_t)a->rank) == 0;
 }
 
 static int read_io(ctx_t *x)
@@ -506,7 +500,7 @@ static int read_io(ctx_t *x)
     npukit_model_t *m = x->m;
     size_t at;
     uint32_t n_in, n_out, k, t;
-    TRY(take(&c, 4, &at));
+    TAKE(&c, 4, at);
     n_in = rd16(x->d + at);
     n_out = rd16(x->d + at + 2);
     if ((size_t)(n_in + n_out) * IO_REC > c.end - c.pos) {
@@ -519,19 +513,19 @@ static int read_io(ctx_t *x)
     for (k = 0; k < n_in + n_out; k++) {
         const npukit_tensor_t *spec;
         size_t dims_at;
-        uint64_t elems;
-        uint32_t rank;
-        TRY(take(&c, IO_REC, &at));
+        shape_t io, ts;
+        TAKE(&c, IO_REC, at);
         t = rd16(x->d + at);
-        rank = x->d[at + 3];
+        io.rank = x->d[at + 3];
         if (t >= m->n_tensors) {
             return NPUKIT_E_INDEX;
         }
-        TRY(dims(&c, rank, U32_MAX, &elems, &dims_at));
+        TAKE(&c, 4 * io.rank, dims_at);
+        io.dims = x->d + dims_at;
         spec = &m->tensors[t];
-        /* the descriptor repeats its tensor: bits, exponent and shape */
-        if (x->d[at + 2] != spec->bits || le_int(x->d + at + 4, 2) != spec->exp || rank != t_rank(x, t)
-            || memcmp(x->d + dims_at, x->d + t_dims(x, t), 4 * (size_t)rank) != 0) {
+        ts = shape(x, t);
+        /* the descriptor repeats its tensor: bits, exponent and shape (valid dimensions, as the tensor's are) */
+        if (x->d[at + 2] != spec->bits || le_int(x->d + at + 4, 2) != spec->exp || !same_shape(&io, &ts)) {
             return NPUKIT_E_VALUE;
         }
         x->role[t] |= (uint8_t)(k < n_in ? 1 : 2);
@@ -547,8 +541,6 @@ static int read_io(ctx_t *x)
             return NPUKIT_E_VALUE; /* role bits agree with the lists */
         }
     }
-    x->n_in = n_in;
-    x->n_out = n_out;
     m->n_inputs = (uint16_t)n_in;
     m->n_outputs = (uint16_t)n_out;
     m->input = n_in ? m->inputs[0] : 0; /* prepare refuses a model without inputs or outputs */
@@ -573,6 +565,8 @@ enum { P_WEIGHT, P_BIAS, P_TABLE, N_PARAMS };
 static const char PARAMS[] = "weight\0bias\0table";
 static const char ROUNDINGS[] = "half_up\0half_even\0floor\0trunc"; /* the rounding modes, in nk_rounding order */
 
+enum { S_IN, S_IN1, S_OUT }; /* view_t.sh: the first input's shape, the second's (the first's again if one), the output's */
+
 typedef struct {
     uint32_t val;               /* file offset of the first value (bool: the byte; str: the index) */
     uint8_t found, kind;        /* kind: A_* */
@@ -593,8 +587,11 @@ typedef struct {
     size_t io;                  /* the tensor list */
     size_t attrs, params;       /* the first attribute and parameter records */
     attr_t a[N_KEYS];           /* by K_*: found 0 where the op has no such attribute */
-    int64_t first[N_KEYS];      /* the first value of each int, bool or non-empty list attribute; a string's index */
+    int32_t first[N_KEYS];      /* the first value of each int, bool or non-empty list attribute (as attr_int); a
+                                   string's index */
     param_t p[N_PARAMS];        /* by P_* */
+    shape_t sh[3];              /* by S_*: set by bind_shapes once the op's arity is checked */
+    const npukit_tensor_t *t[3]; /* those tensors */
 } view_t;
 
 #define V(key) (v->first[key])  /* the first value of an attribute the schema checks made sure of */
@@ -641,13 +638,13 @@ static uint32_t v_tensor(const ctx_t *x, const view_t *v, uint32_t k)
     return rd16(x->d + v->io + 2 * (size_t)k);
 }
 
-/* Value k of an attribute the schema checks guarantee (a bool reads as 0 or 1). */
-static int64_t attr_int(const ctx_t *x, const attr_t *a, uint32_t k)
+/* Value k of an int, bool or list attribute, clamped to int32 (a bool reads as 0 or 1). check_schema refuses an
+ * op whose own attributes have values beyond (NPUKIT_E_UNSUPPORTED: the kernels take int32 parameters), so
+ * they read exactly; the other reads (exp_ranges, read_param's w_bits) only compare with small bounds, which
+ * the clamped value passes or fails as the value does. */
+NOINLINE static int32_t attr_int(const ctx_t *x, const attr_t *a, uint32_t k)
 {
     INVARIANT(a->found && a->kind != A_STR && k < a->count);
-    if (a->kind == A_BOOL) {
-        return x->d[a->val];
-    }
     return le_int(x->d + a->val + (size_t)k * a->width, a->width);
 }
 
@@ -673,7 +670,7 @@ static void bind_attrs(const ctx_t *x, view_t *v)
         attr_t other, *a = id < N_KEYS ? &v->a[id] : &other;
         pos += attr_decode(x->d, pos, a);
         if (id < N_KEYS && a->count > 0) {
-            v->first[id] = a->kind == A_STR ? rd16(x->d + a->val) : attr_int(x, a, 0); /* str: the string's index */
+            v->first[id] = a->kind == A_STR ? (int32_t)rd16(x->d + a->val) : attr_int(x, a, 0); /* str: its index */
         }
     }
     v->params = pos;
@@ -711,6 +708,22 @@ static void view(const ctx_t *x, size_t io, view_t *v)
     }
 }
 
+static void bind_shapes(const ctx_t *x, view_t *v)
+{
+    uint32_t k;
+    for (k = 0; k < 3; k++) {
+        const uint32_t t = v_tensor(x, v, k == S_IN1 ? (v->n_in > 1) : k == S_OUT ? v->n_in : 0);
+        v->sh[k] = shape(x, t);
+        v->t[k] = &x->m->tensors[t];
+    }
+}
+
+/* The output's first dimension (channels) is the input's: the pools, pad, upsample, global_avgpool. */
+static int same_channels(const view_t *v)
+{
+    return dim(&v->sh[S_OUT], 0) == dim(&v->sh[S_IN], 0);
+}
+
 static uint32_t p_dim(const ctx_t *x, const param_t *p, uint32_t k)
 {
     INVARIANT(k < p->rank);
@@ -719,36 +732,47 @@ static uint32_t p_dim(const ctx_t *x, const param_t *p, uint32_t k)
 
 static int read_attr(const ctx_t *x, cur_t *c)
 {
-    uint32_t key, t, v, n = 1;
+    uint32_t t, n = 1;
     size_t at;
-    TRY(str_index(x, c, &key));
-    TRY(u8(c, &t));
+    TAKE(c, 3, at); /* key, type */
+    t = x->d[at + 2];
+    if (rd16(x->d + at) >= x->n_strings) {
+        return NPUKIT_E_INDEX;
+    }
     if (t == 0x01) {
-        TRY(u8(c, &v));
-        return v > 1 ? NPUKIT_E_VALUE : NPUKIT_OK;
+        TAKE(c, 1, at);
+        return x->d[at] > 1 ? NPUKIT_E_VALUE : NPUKIT_OK;
     }
     if (t == 0x30) {
-        return str_index(x, c, &v);
+        TAKE(c, 2, at);
+        return rd16(x->d + at) < x->n_strings ? NPUKIT_OK : NPUKIT_E_INDEX;
     }
     if (((t & 0xF0) != 0x10 && (t & 0xF0) != 0x20) || (t & 0x0F) > 3) {
         return NPUKIT_E_VALUE;
     }
     if ((t & 0xF0) == 0x20) {
-        TRY(u8(c, &n));
+        TAKE(c, 1, at);
+        n = x->d[at];
     }
-    return take(c, (size_t)n << (t & 3u), &at);
+    TAKE(c, (size_t)n << (t & 3u), at); /* the values */
+    (void)at;
+    return NPUKIT_OK;
+}
+
+/* v is a power of two in [lo, hi] (lo >= 1). */
+static int pow2_in(uint32_t v, uint32_t lo, uint32_t hi)
+{
+    return v >= lo && v <= hi && (v & (v - 1)) == 0;
 }
 
 static int read_param(const ctx_t *x, cur_t *c, const view_t *v)
 {
-    static const uint8_t STORED[6] = {2, 4, 8, 16, 32, 64};
     const uint64_t w_size = x->size[S_WEIGHTS];
-    uint32_t name, bits, dtype_bits, offset, k;
+    uint32_t name, bits, dtype_bits, offset;
     size_t at, dims_at;
     uint64_t elems, nbytes;
     const attr_t *wb = &v->a[K_W_BITS];
-    int ok = 0;
-    TRY(take(c, PARAM_REC, &at));
+    TAKE(c, PARAM_REC, at);
     name = rd16(x->d + at);
     bits = x->d[at + 2];
     dtype_bits = x->d[at + 3];
@@ -756,14 +780,11 @@ static int read_param(const ctx_t *x, cur_t *c, const view_t *v)
     if (name >= x->n_strings) {
         return NPUKIT_E_INDEX;
     }
-    for (k = 0; k < 6; k++) {
-        ok |= bits == STORED[k];
-    }
-    if (!ok || (dtype_bits != 8 && dtype_bits != 16 && dtype_bits != 32 && dtype_bits != 64) || bits > dtype_bits) {
+    if (!pow2_in(bits, 2, 64) || !pow2_in(dtype_bits, 8, 64) || bits > dtype_bits) { /* stored 2, 4, ..., 64 bits */
         return NPUKIT_E_VALUE;
     }
     /* a weight is stored at its op's w_bits (any other type of w_bits differs from every width) */
-    if (str_is(x, name, "weight") && wb->found && (wb->kind != A_INT || V(K_W_BITS) != (int64_t)bits)) {
+    if (lookup(x, name, PARAMS, N_PARAMS) == P_WEIGHT && wb->found && (wb->kind != A_INT || V(K_W_BITS) != (int32_t)bits)) {
         return NPUKIT_E_VALUE;
     }
     TRY(dims(c, x->d[at + 4], 8 * w_size / bits, &elems, &dims_at));
@@ -783,21 +804,23 @@ static int read_param(const ctx_t *x, cur_t *c, const view_t *v)
 static int read_op(ctx_t *x, cur_t *c, uint32_t i)
 {
     view_t v;
-    uint32_t op, name, counts[4], k, j, t;
+    uint32_t counts[4], k, j;
     size_t at, pos, prev;
-    TRY(str_index(x, c, &op));
-    TRY(str_index(x, c, &name));
+    TAKE(c, OP_REC - 2, at); /* op and name, the four counts (read_ops made sure of them) */
+    if (rd16(x->d + at) >= x->n_strings || rd16(x->d + at + 2) >= x->n_strings) {
+        return NPUKIT_E_INDEX;
+    }
     for (k = 0; k < 4; k++) {
-        TRY(u8(c, &counts[k]));
+        counts[k] = x->d[at + 4 + k];
     }
     x->m->ops[i].inputs = (uint32_t)c->pos;
     for (k = 0; k < counts[0] + counts[1]; k++) {
-        TRY(u16(c, &t));
-        if (t >= x->m->n_tensors) {
+        TAKE(c, 2, pos);
+        if (rd16(x->d + pos) >= x->m->n_tensors) {
             return NPUKIT_E_INDEX;
         }
     }
-    v.op = op;
+    v.op = rd16(x->d + at);
     v.n_in = counts[0];
     v.n_out = counts[1];
     v.n_attr = 0;
@@ -878,6 +901,7 @@ static const uint8_t KEY_INFO[N_KEYS] = {
 static const char OP_NAMES[] = "conv\0linear\0maxpool\0avgpool\0global_avgpool\0add\0concat\0relu\0reshape\0lut\0"
                                "mul\0upsample\0slice\0conv_transpose\0pad";
 #define N_OPS 15
+#define ALL_OPS 0xFFFEu        /* NPUKIT_OPS bits of the op kinds 1 .. N_OPS */
 #define ANY 255
 
 /* npukit/ops: OpDef.attrs (the keys first .. first + n - 1 of K_*), arity, params, passes_through. */
@@ -917,13 +941,17 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
     uint32_t s, k;
     for (s = def->first; s < (uint32_t)def->first + def->n; s++) {
         const attr_t *a = &v->a[s];
-        const int min = (KEY_INFO[s] >> 2) - 1;
+        const int32_t min = (KEY_INFO[s] >> 2) == 0 ? INT32_MIN : (KEY_INFO[s] >> 2) - 1;
         if (!a->found || a->kind != (KEY_INFO[s] & 3u)) {
             return NPUKIT_E_GRAPH;
         }
-        for (k = 0; min != NO_MIN && k < a->count; k++) {
-            if (attr_int(x, a, k) < min) {
-                return NPUKIT_E_GRAPH;
+        for (k = 0; a->kind != A_STR && k < a->count; k++) {
+            const uint8_t *p = x->d + a->val + (size_t)k * a->width;
+            if (le_int(p, a->width) < min) {
+                return NPUKIT_E_GRAPH; /* (one below INT32_MIN reads as it) */
+            }
+            if (!fits32(p, a->width)) {
+                return NPUKIT_E_UNSUPPORTED; /* no kernel parameter holds it: attr_int reads the rest exactly */
             }
         }
     }
@@ -932,28 +960,28 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     if (def->mac) {
         const param_t *w, *b;
-        int64_t nsp, v64;
+        int32_t nsp, v32;
         b = &v->p[P_BIAS];
         w = &v->p[P_WEIGHT];
         if (!b->found || !w->found) {
             return NPUKIT_E_GRAPH;
         }
         /* _check_mac: w_bits, rounding, acc_bits, weight rank, bias shape (out,) */
-        v64 = V(K_W_BITS);
-        if ((uint64_t)v64 > 16 || !(0x10114u >> v64 & 1u)) { /* 2, 4, 8 or 16 */
+        v32 = V(K_W_BITS);
+        if (!pow2_in((uint32_t)v32, 2, 16)) {
             return NPUKIT_E_GRAPH;
         }
         if (lookup(x, (uint32_t)V(K_ROUNDING), ROUNDINGS, 4) == 4) {
             return NPUKIT_E_GRAPH;
         }
-        v64 = V(K_ACC_BITS);
-        if ((uint64_t)v64 - 2 > 60) { /* 2 .. 62 */
+        v32 = V(K_ACC_BITS);
+        if ((uint32_t)v32 - 2 > 60) { /* 2 .. 62 */
             return NPUKIT_E_GRAPH;
         }
         /* the weight is (out, in / groups, *kernel) of rank ndim + 2 (ndim 1 or 2), for conv_transpose (in, out,
          * *kernel) with groups 1, for linear (out, in); the bias (out,) */
         nsp = IS(def, NPUKIT_OP_LINEAR) ? 0 : V(K_NDIM);
-        if ((int64_t)w->rank - 2 != nsp || b->rank != 1
+        if ((int32_t)w->rank - 2 != nsp || b->rank != 1
             || p_dim(x, b, 0) != p_dim(x, w, IS(def, NPUKIT_OP_CONV_TRANSPOSE) ? 1u : 0u)
             || (nsp != 0 && nsp != 1 && nsp != 2) || (IS(def, NPUKIT_OP_CONV_TRANSPOSE) && V(K_GROUPS) != 1)) {
             return NPUKIT_E_GRAPH;
@@ -965,26 +993,27 @@ static int check_schema(const ctx_t *x, const view_t *v, const opdef_t *def)
 /* ------------------------------------------------------------------------------------------------ */
 /* Ops: shapes and tensor widths (infer_shapes, tensor_problems) */
 
-static int64_t floor_div(int64_t a, int64_t b) /* b > 0 */
+/* The largest value of a signed min(bits, 32)-bit integer, 1 <= bits: the bound for an int32 value, whose
+ * range every wider type holds. */
+NOINLINE static int32_t max32(uint32_t bits)
 {
-    const int64_t q = a / b;
-    return (a % b != 0 && a < 0) ? q - 1 : q;
+    return (int32_t)((1u << ((bits > 32 ? 32 : bits) - 1)) - 1u);
 }
 
-static int64_t int_max(uint32_t bits) /* largest value of a signed `bits`-bit integer, 1 <= bits <= 64 */
+/* Output size along one axis of a conv or pooling window, floor((n + 2 * p - d * (k - 1) - 1) / s) + 1, where it
+ * is positive, else 0 (no dimension is 0); k, s, d >= 1 and n, p <= NPUKIT_MAX_EXTENT <= 2^28, so n + 2 * p and
+ * each value below fit in 32 bits. */
+static uint32_t window_out(uint32_t n, uint32_t k, uint32_t s, uint32_t p, uint32_t d)
 {
-    return bits == 64 ? INT64_MAX : ((int64_t)1 << (bits - 1)) - 1;
-}
-
-/* Output size along one axis of a conv or pooling window; the caller bounds every argument so that the
- * arithmetic is exact in int64. */
-static int64_t window_out(uint32_t n, int64_t k, int64_t s, int64_t p, int64_t d)
-{
-    return floor_div((int64_t)n + 2 * p - d * (k - 1) - 1, s) + 1;
+    const uint32_t last = n + 2 * p - 1; /* the padded input's last position */
+    if (k - 1 > last / d) {
+        return 0; /* the window's span d * (k - 1) + 1 is longer than the padded input */
+    }
+    return (last - d * (k - 1)) / s + 1;
 }
 
 /* conv, maxpool, avgpool: geometry lists of `nsp` entries, each value within NPUKIT_MAX_EXTENT (beyond, the
- * arithmetic below would need more than int64, and the kernels cannot run it anyway: NPUKIT_E_UNSUPPORTED). */
+ * 32-bit arithmetic below could overflow, and the kernels cannot run it anyway: NPUKIT_E_UNSUPPORTED). */
 static int geometry(const ctx_t *x, const view_t *v, const uint8_t keys[3], uint32_t nsp, const attr_t *a[3])
 {
     uint32_t i, k;
@@ -1004,233 +1033,262 @@ static int geometry(const ctx_t *x, const view_t *v, const uint8_t keys[3], uint
     return NPUKIT_OK;
 }
 
+/* Where the kernels take the h and w of the input, output, kernel, stride, padding and dilation (in that order)
+ * in nk_conv_params (conv, conv_transpose) and nk_pool_params (the pools: no dilation). */
+#define CONV_AT(f) (uint8_t) offsetof(nk_conv_params, f)
+#define POOL_AT(f) (uint8_t) offsetof(nk_pool_params, f)
+static const uint8_t WINDOW_AT[2][12] = {
+    {CONV_AT(in_h), CONV_AT(in_w), CONV_AT(out_h), CONV_AT(out_w), CONV_AT(k_h), CONV_AT(k_w), CONV_AT(stride_h),
+     CONV_AT(stride_w), CONV_AT(pad_h), CONV_AT(pad_w), CONV_AT(dil_h), CONV_AT(dil_w)},
+    {POOL_AT(in_h), POOL_AT(in_w), POOL_AT(out_h), POOL_AT(out_w), POOL_AT(k_h), POOL_AT(k_w), POOL_AT(stride_h),
+     POOL_AT(stride_w), POOL_AT(pad_h), POOL_AT(pad_w)}};
+
 /* Conv.infer_shapes (form 0): out = floor((n + 2 * p - d * (k - 1) - 1) / s) + 1 per axis; ConvTranspose's
  * (form 1): out = (n - 1) * s - 2 * p + d * (k - 1) + output_padding + 1, its weight (in, out, *kernel);
- * MaxPool's and AvgPool's (form 2): conv's with the kernel from its attribute and d = 1. */
-static int shape_window(const ctx_t *x, const view_t *v, uint32_t in, uint32_t out, unsigned form)
+ * MaxPool's and AvgPool's (form 2): conv's with the kernel from its attribute and d = 1. The values it
+ * checks along the spatial axes are the kernel's geometry: it sets them in op's parameters (WINDOW_AT; a 1-d
+ * window is h = 1 without padding), refusing any beyond NPUKIT_MAX_EXTENT as NPUKIT_E_UNSUPPORTED. */
+static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_op_t *op)
 {
     static const uint8_t GEOMETRY[2][3] = {{K_STRIDE, K_PADDING, K_DILATION}, {K_KERNEL, K_STRIDE, K_PADDING}};
     const unsigned pool = form == 2, transpose = form == 1 && ((NPUKIT_OPS) >> NPUKIT_OP_CONV_TRANSPOSE & 1u);
-    const uint32_t rank = t_rank(x, in);
+    const uint32_t rank = v->sh[S_IN].rank;
     const attr_t *a[3];
-    const attr_t *op, *kern, *pad;
+    const attr_t *o_pads;
     const param_t *w;
     uint32_t nsp, k;
-    int64_t groups;
+    int32_t groups, g[12];
     w = &v->p[P_WEIGHT];
-    op = &v->a[K_OUTPUT_PADDING];
-    kern = &v->a[K_KERNEL];
-    pad = &v->a[K_PADDING];
+    o_pads = &v->a[K_OUTPUT_PADDING];
     if (pool) {
         nsp = rank - 1;
-        if (rank < 1 || pad->count != kern->count) {
+        if (rank < 1) {
             return NPUKIT_E_GRAPH;
-        }
-        for (k = 0; k < kern->count; k++) {
-            if (attr_int(x, pad, k) > attr_int(x, kern, k) / 2) {
-                return NPUKIT_E_GRAPH; /* padding at most half the window (2p > k, exactly) */
-            }
         }
     } else {
         nsp = (uint32_t)V(K_NDIM); /* 1 or 2 (check_schema) */
-        if (rank != nsp + 1 || (transpose && (t_rank(x, out) != nsp + 1 || op->count != nsp))) {
+        if (rank != nsp + 1 || (transpose && (v->sh[S_OUT].rank != nsp + 1 || o_pads->count != nsp))) {
             return NPUKIT_E_GRAPH;
         }
     }
     TRY(geometry(x, v, GEOMETRY[pool], nsp, a));
     if (pool) {
-        if (t_rank(x, out) != rank || t_dim(x, out, 0) != t_dim(x, in, 0)) {
+        if (v->sh[S_OUT].rank != rank || !same_channels(v)) {
             return NPUKIT_E_GRAPH;
         }
     } else if (transpose) {
-        if (t_dim(x, in, 0) != p_dim(x, w, 0) || t_dim(x, out, 0) != p_dim(x, w, 1)) {
+        if (dim(&v->sh[S_IN], 0) != p_dim(x, w, 0) || dim(&v->sh[S_OUT], 0) != p_dim(x, w, 1)) {
             return NPUKIT_E_GRAPH;
         }
     } else {
         groups = V(K_GROUPS);
-        if (groups > (int64_t)U32_MAX || (uint64_t)p_dim(x, w, 1) * (uint64_t)groups != t_dim(x, in, 0)) {
+        if ((uint64_t)p_dim(x, w, 1) * (uint32_t)groups != dim(&v->sh[S_IN], 0)) { /* groups >= 1 (the schema) */
             return NPUKIT_E_GRAPH; /* the input's channels are in / groups per group */
         }
         if (groups > NPUKIT_MAX_EXTENT) {
             return NPUKIT_E_UNSUPPORTED;
         }
-        if (t_rank(x, out) != nsp + 1 || t_dim(x, out, 0) != p_dim(x, w, 0)) {
+        if (v->sh[S_OUT].rank != nsp + 1 || dim(&v->sh[S_OUT], 0) != p_dim(x, w, 0)) {
             return NPUKIT_E_GRAPH;
         }
     }
+    if (nsp - 1 > 1) {
+        return NPUKIT_E_UNSUPPORTED; /* a pool over one or two spatial axes */
+    }
+    for (k = 0; k < 12; k++) {
+        g[k] = k < 8 || k >= 10; /* h and w: 1, but the padding 0 */
+    }
     for (k = 0; k < nsp; k++) {
-        const int64_t n = t_dim(x, in, k + 1), kk = pool ? attr_int(x, a[0], k) : (int64_t)p_dim(x, w, k + 2);
-        const int64_t s = attr_int(x, a[pool], k), p = attr_int(x, a[pool + 1], k);
-        const int64_t d = pool ? 1 : attr_int(x, a[2], k);
-        int64_t o;
+        const uint32_t n = dim(&v->sh[S_IN], k + 1), kk = pool ? (uint32_t)attr_int(x, a[0], k) : p_dim(x, w, k + 2);
+        const int32_t s = attr_int(x, a[pool], k), p = attr_int(x, a[pool + 1], k); /* 0 .. MAX_EXTENT (geometry) */
+        const int32_t d = pool ? 1 : attr_int(x, a[2], k);
+        const uint32_t j = k + 2 - nsp; /* the kernels' axis: h 0, w 1 */
+        uint32_t o;
+        if (n > NPUKIT_MAX_EXTENT || kk > NPUKIT_MAX_EXTENT) {
+            return NPUKIT_E_UNSUPPORTED;
+        }
+        if (pool && 2 * (uint32_t)p > kk) {
+            return NPUKIT_E_GRAPH; /* a pool's padding at most half its window */
+        }
         if (transpose) {
-            const int64_t o_pad = attr_int(x, op, k);
-            if (o_pad > NPUKIT_MAX_EXTENT || kk > NPUKIT_MAX_EXTENT) {
+            const int32_t o_pad = attr_int(x, o_pads, k);
+            if (o_pad > NPUKIT_MAX_EXTENT) {
                 return NPUKIT_E_UNSUPPORTED;
             }
             if (o_pad >= (s > d ? s : d)) {
                 return NPUKIT_E_GRAPH;
             }
-            o = (n - 1) * s - 2 * p + d * (kk - 1) + o_pad + 1;
+            /* (n - 1) * s + d * (k - 1) + output_padding + 1 - 2 * p, each product of 32-bit factors < 2^57 */
+            const uint64_t t = (uint64_t)(n - 1) * (uint32_t)s + (uint64_t)(kk - 1) * (uint32_t)d + (uint32_t)o_pad + 1;
+            const uint32_t p2 = 2 * (uint32_t)p;
+            o = t > p2 && t - p2 <= U32_MAX ? (uint32_t)(t - p2) : 0; /* 0: no dimension has that size */
         } else {
-            o = window_out((uint32_t)n, kk, s, p, d);
+            o = window_out(n, kk, (uint32_t)s, (uint32_t)p, (uint32_t)d);
         }
-        if (o != (int64_t)t_dim(x, out, k + 1)) {
+        if (o != dim(&v->sh[S_OUT], k + 1)) {
             return NPUKIT_E_GRAPH;
         }
+        if (o > NPUKIT_MAX_EXTENT) {
+            return NPUKIT_E_UNSUPPORTED;
+        }
+        g[j] = (int32_t)n;
+        g[2 + j] = (int32_t)o;
+        g[4 + j] = (int32_t)kk;
+        g[6 + j] = s;
+        g[8 + j] = p;
+        g[10 + j] = d;
+    }
+    for (k = 0; k < 12u - 2 * pool; k++) {
+        *(int32_t *)(void *)((uint8_t *)&op->p + WINDOW_AT[pool][k]) = g[k];
     }
     return NPUKIT_OK;
 }
 
-static int shape_concat(const ctx_t *x, const view_t *v, uint32_t out)
+/* Each op's output shape (OpDef.infer_shapes), from its input shapes and attributes: the window ops in
+ * shape_window, the others here; most infer the output's shape into `want` for one comparison at the end. */
+static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_op_t *op)
 {
-    const uint32_t first = v_tensor(x, v, 0), rank = t_rank(x, first);
+    const shape_t *in = &v->sh[S_IN];
+    uint32_t want[MAX_RANK]; /* the output's dimensions as inferred, `rank` of them */
+    uint32_t rank = in->rank, k, i;
     uint64_t sum = 0;
-    uint32_t i, k;
-    int64_t axis;
-    axis = V(K_AXIS);
-    if (axis >= (int64_t)rank || t_rank(x, out) != rank) {
-        return NPUKIT_E_GRAPH;
-    }
-    for (i = 0; i < v->n_in; i++) {
-        const uint32_t t = v_tensor(x, v, i);
-        if (t_rank(x, t) != rank) {
-            return NPUKIT_E_GRAPH;
-        }
-        for (k = 0; k < rank; k++) {
-            if ((int64_t)k != axis && (t_dim(x, t, k) != t_dim(x, first, k) || t_dim(x, out, k) != t_dim(x, t, k))) {
-                return NPUKIT_E_GRAPH; /* shapes agree off the axis */
-            }
-        }
-        sum += t_dim(x, t, (uint32_t)axis);
-    }
-    return sum == t_dim(x, out, (uint32_t)axis) ? NPUKIT_OK : NPUKIT_E_GRAPH;
-}
-
-static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def)
-{
-    const npukit_model_t *m = x->m;
-    const uint32_t in = v_tensor(x, v, 0), out = v_tensor(x, v, v->n_in);
-    uint32_t k;
     const attr_t *a;
     const param_t *w;
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
-        return shape_window(x, v, in, out, 0);
+        return shape_window(x, v, 0, op);
     case ON(NPUKIT_OP_CONV_TRANSPOSE):
-        return shape_window(x, v, in, out, 1);
-    case ON(NPUKIT_OP_LINEAR):
-        w = &v->p[P_WEIGHT];
-        return t_rank(x, in) == 1 && t_dim(x, in, 0) == p_dim(x, w, 1) && t_rank(x, out) == 1
-               && t_dim(x, out, 0) == p_dim(x, w, 0) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+        return shape_window(x, v, 1, op);
     case ON(NPUKIT_OP_MAXPOOL):
     case ON(NPUKIT_OP_AVGPOOL):
-        return shape_window(x, v, in, out, 2);
-    case ON(NPUKIT_OP_GLOBAL_AVGPOOL): {
-        const uint32_t rank = t_rank(x, in);
-        if (rank < 1 || t_rank(x, out) != (V(K_KEEPDIM) ? rank : 1) || t_dim(x, out, 0) != t_dim(x, in, 0)) {
+        return shape_window(x, v, 2, op);
+    case ON(NPUKIT_OP_LINEAR): /* (in,) -> (out,), by the weight (out, in) */
+        w = &v->p[P_WEIGHT];
+        if (rank != 1 || dim(in, 0) != p_dim(x, w, 1)) {
             return NPUKIT_E_GRAPH;
         }
-        for (k = 1; k < t_rank(x, out); k++) {
-            if (t_dim(x, out, k) != 1) {
-                return NPUKIT_E_GRAPH;
-            }
+        want[0] = p_dim(x, w, 0);
+        break;
+    case ON(NPUKIT_OP_GLOBAL_AVGPOOL): /* (c, ...) -> (c, 1, ...) or, without keepdim, (c,) */
+        if (rank < 1) {
+            return NPUKIT_E_GRAPH;
         }
-        return NPUKIT_OK;
-    }
+        for (k = 0; k < rank; k++) {
+            want[k] = k == 0 ? dim(in, 0) : 1;
+        }
+        rank = V(K_KEEPDIM) ? rank : 1;
+        break;
     case ON(NPUKIT_OP_ADD):
     case ON(NPUKIT_OP_RELU): /* relu and lut: one input (OPS), so only the output's shape is checked */
     case ON(NPUKIT_OP_LUT):
         for (k = 0; k < v->n_in; k++) {
-            if (!same_shape(x, v_tensor(x, v, k), in)) {
+            const shape_t t = shape(x, v_tensor(x, v, k));
+            if (!same_shape(&t, in)) {
                 return NPUKIT_E_GRAPH;
             }
         }
-        return same_shape(x, in, out) ? NPUKIT_OK : NPUKIT_E_GRAPH;
-    case ON(NPUKIT_OP_CONCAT):
-        return shape_concat(x, v, out);
-    case ON(NPUKIT_OP_SLICE): { /* Slice.infer_shapes: [start, stop) of one axis, the others as they are */
-        const uint32_t rank = t_rank(x, in);
-        int64_t axis, start, stop;
-        axis = V(K_AXIS);
-        start = V(K_START);
-        stop = V(K_STOP);
-        if (axis >= (int64_t)rank || t_rank(x, out) != rank || start >= stop || stop > (int64_t)t_dim(x, in, (uint32_t)axis)) {
+        return same_shape(in, &v->sh[S_OUT]) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+    case ON(NPUKIT_OP_CONCAT): /* the operands agree off the axis; along it the output is their sum */
+    case ON(NPUKIT_OP_SLICE): { /* [start, stop) of one axis, the others as they are */
+        const uint32_t axis = (uint32_t)V(K_AXIS), start = (uint32_t)V(K_START), stop = (uint32_t)V(K_STOP); /* >= 0 */
+        if (axis >= rank) {
             return NPUKIT_E_GRAPH;
         }
-        for (k = 0; k < rank; k++) {
-            if (t_dim(x, out, k) != (k == (uint32_t)axis ? (uint32_t)(stop - start) : t_dim(x, in, k))) {
+        if (IS(def, NPUKIT_OP_SLICE)) {
+            if (start >= stop || stop > dim(in, axis)) {
                 return NPUKIT_E_GRAPH;
             }
+            sum = stop - start;
         }
-        return NPUKIT_OK;
+        for (i = 0; IS(def, NPUKIT_OP_CONCAT) && i < v->n_in; i++) {
+            const shape_t t = shape(x, v_tensor(x, v, i));
+            if (t.rank != rank) {
+                return NPUKIT_E_GRAPH;
+            }
+            for (k = 0; k < rank; k++) {
+                if (k != axis && dim(&t, k) != dim(in, k)) {
+                    return NPUKIT_E_GRAPH;
+                }
+            }
+            sum += dim(&t, axis);
+        }
+        for (k = 0; k < rank; k++) {
+            want[k] = dim(in, k);
+        }
+        want[axis] = sum > U32_MAX ? 0 : (uint32_t)sum; /* 0: no dimension */
+        break;
     }
     case ON(NPUKIT_OP_PAD):      /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
     case ON(NPUKIT_OP_UPSAMPLE): { /* Upsample.infer_shapes: one factor per spatial axis, 1 or 2 of them */
-        const uint32_t rank = t_rank(x, in), pad = (uint32_t)IS(def, NPUKIT_OP_PAD);
+        const uint32_t pad = (uint32_t)IS(def, NPUKIT_OP_PAD);
         a = &v->a[pad ? K_PADS : K_SCALE];
-        if ((rank != 2 && rank != 3) || a->count != (pad + 1) * (rank - 1) || t_rank(x, out) != rank ||
-            t_dim(x, out, 0) != t_dim(x, in, 0)) {
+        if ((rank != 2 && rank != 3) || a->count != (pad + 1) * (rank - 1) || v->sh[S_OUT].rank != rank ||
+            !same_channels(v)) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 1; k < rank; k++) {
-            const int64_t f = attr_int(x, a, k - 1); /* pads >= 0, factors >= 1 (the schema) */
-            if (pad ? (uint64_t)t_dim(x, in, k) + (uint64_t)f + (uint64_t)attr_int(x, a, k - 1 + rank - 1)
-                          != t_dim(x, out, k) /* in 64 bits, no overflow */
-                    : f > (int64_t)t_dim(x, out, k) /* bounded before the product */
-                          || (uint64_t)t_dim(x, in, k) * (uint64_t)f != t_dim(x, out, k)) {
+            /* out = in + start + end, or in * factor, as differences and quotients that cannot wrap */
+            const uint32_t n = dim(in, k), o = dim(&v->sh[S_OUT], k);
+            const uint32_t f = (uint32_t)attr_int(x, a, k - 1); /* pads >= 0, factors >= 1 (the schema) */
+            if (pad ? o < n || o - n < f || o - n - f != (uint32_t)attr_int(x, a, k - 1 + rank - 1)
+                    : o % f != 0 || o / f != n) {
                 return NPUKIT_E_GRAPH;
             }
         }
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_MUL): { /* Mul.infer_shapes: b is a's shape with size 1 in trailing dimensions */
-        const uint32_t b = v_tensor(x, v, 1), rank = t_rank(x, in);
         uint32_t split = rank;
-        if (t_rank(x, b) != rank || !same_shape(x, in, out)) {
+        if (v->sh[S_IN1].rank != rank || !same_shape(in, &v->sh[S_OUT])) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
-            if (split == rank && t_dim(x, b, k) != t_dim(x, in, k)) {
+            if (split == rank && dim(&v->sh[S_IN1], k) != dim(in, k)) {
                 split = k;
             }
-            if (k >= split && t_dim(x, b, k) != 1) {
+            if (k >= split && dim(&v->sh[S_IN1], k) != 1) {
                 return NPUKIT_E_GRAPH;
             }
         }
         return NPUKIT_OK;
     }
-    default: { /* reshape: the target shape is the output's, with the input's element count */
-        const uint32_t rank = t_rank(x, out);
+    default: /* reshape: the target shape is the output's, with the input's element count */
         a = &v->a[K_SHAPE];
-        if (a->count != rank || m->tensors[in].elems != m->tensors[out].elems) {
+        if (a->count > MAX_RANK || v->t[S_IN]->elems != v->t[S_OUT]->elems) {
+            return NPUKIT_E_GRAPH; /* (no output has more dimensions) */
+        }
+        rank = a->count;
+        for (k = 0; k < rank; k++) {
+            want[k] = (uint32_t)attr_int(x, a, k); /* each >= 1 (the schema) */
+        }
+        break;
+    }
+    if (v->sh[S_OUT].rank != rank) {
+        return NPUKIT_E_GRAPH;
+    }
+    for (k = 0; k < rank; k++) {
+        if (dim(&v->sh[S_OUT], k) != want[k]) {
             return NPUKIT_E_GRAPH;
         }
-        for (k = 0; k < rank; k++) {
-            if (attr_int(x, a, k) != (int64_t)t_dim(x, out, k)) {
-                return NPUKIT_E_GRAPH;
-            }
-        }
-        return NPUKIT_OK;
     }
-    }
+    return NPUKIT_OK;
 }
 
 /* What each kernel assumes of its tensors' widths and exponents (OpDef.tensor_problems). */
 static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
 {
     const npukit_tensor_t *T = x->m->tensors;
-    const npukit_tensor_t *in = &T[v_tensor(x, v, 0)], *out = &T[v_tensor(x, v, v->n_in)];
+    const npukit_tensor_t *in = v->t[S_IN], *out = v->t[S_OUT];
     uint32_t k;
     if (def->passes_through && (in->bits != out->bits || in->exp != out->exp)) {
         return NPUKIT_E_GRAPH;
     }
-    if ((IS(def, NPUKIT_OP_ADD) || IS(def, NPUKIT_OP_CONCAT) || IS(def, NPUKIT_OP_MUL)) && out->bits > 16) {
+    if ((1u << NPUKIT_OP_ADD | 1u << NPUKIT_OP_CONCAT | 1u << NPUKIT_OP_MUL) >> def->kind & 1u && out->bits > 16) {
         return NPUKIT_E_GRAPH; /* element-wise ops write activations, never accumulators */
     }
     if (IS(def, NPUKIT_OP_PAD)) { /* Pad.tensor_problems: the value padded in is one of the input's */
-        const int64_t value = V(K_VALUE);
-        if (value > int_max(in->bits) || value < -int_max(in->bits) - 1) {
+        const int32_t value = V(K_VALUE);
+        if (value > max32(in->bits) || value < -max32(in->bits) - 1) {
             return NPUKIT_E_GRAPH;
         }
     }
@@ -1242,8 +1300,8 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
             return NPUKIT_E_GRAPH;
         }
         for (i = 0; t->bits == 8 && i < t->count; i++) {
-            const int64_t e = (int8_t)x->d[t->data + i];
-            if (e > int_max(out->bits) || e < -int_max(out->bits) - 1) {
+            const int32_t e = (int8_t)x->d[t->data + i];
+            if (e > max32(out->bits) || e < -max32(out->bits) - 1) {
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1259,11 +1317,13 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
     if (def->mac) {
         /* The stored requantisation must be the one the scheme computes from the tensors (Scheme.mac_attrs;
          * pow2 and max78000 compute it alike); a fused clamp may narrow the output range. */
-        int32_t e_acc;
-        int64_t lo, hi, act_min, act_max;
+        int32_t e_acc, lo, hi, act_min, act_max;
         int wide, relu, absolute, clamp, narrowed;
         if (in->bits > 16) {
             return NPUKIT_E_GRAPH;
+        }
+        if (out->bits > 32) {
+            return NPUKIT_E_UNSUPPORTED; /* (mac_params too) so that the range below is exact in int32 */
         }
         e_acc = in->exp + (int32_t)V(K_W_EXP); /* |w_exp|, |b_exp| <= EXP_LIMIT (exp_ranges) */
         wide = (int)V(K_WIDE);
@@ -1273,7 +1333,7 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
         if (wide && out->exp != e_acc) {
             return NPUKIT_E_GRAPH;
         }
-        hi = int_max(out->bits);
+        hi = max32(out->bits);
         lo = wide || !relu ? -hi - 1 : 0;
         act_min = V(K_ACT_MIN);
         act_max = V(K_ACT_MAX);
@@ -1321,8 +1381,9 @@ static int check_graph(ctx_t *x)
         const opdef_t *def;
         view(x, m->ops[i].inputs, &vv);
         def = op_def(x, v->op);
-        if (def && !((NPUKIT_OPS) >> def->kind & 1u)) {
-            return NPUKIT_E_UNSUPPORTED; /* an op this build leaves out (NPUKIT_OPS) */
+        /* an op this build leaves out (NPUKIT_OPS; the test folds away in a build that leaves none out) */
+        if ((~(NPUKIT_OPS) & ALL_OPS) != 0 && def && !((NPUKIT_OPS) >> def->kind & 1u)) {
+            return NPUKIT_E_UNSUPPORTED;
         }
         if (def) {
             TRY(check_schema(x, v, def));
@@ -1335,9 +1396,7 @@ static int check_graph(ctx_t *x)
         if (t->bits < 2 || t->exp < -EXP_LIMIT || t->exp > EXP_LIMIT) {
             return NPUKIT_E_GRAPH;
         }
-    }
-    for (i = 0; i < m->n_tensors; i++) {
-        x->defined[i] = x->role[i] & 1u;
+        x->defined[i] = x->role[i] & 1u; /* the inputs */
     }
     for (i = 0; i < m->n_ops; i++) {
         view_t vv;
@@ -1363,7 +1422,8 @@ static int check_graph(ctx_t *x)
         if (v->n_out != 1 || v->n_in < def->min_in || v->n_in > def->max_in) {
             return NPUKIT_E_GRAPH;
         }
-        TRY(shape_of(x, v, def));
+        bind_shapes(x, &vv);
+        TRY(shape_of(x, v, def, &m->ops[i]));
         TRY(tensor_problems(x, v, def));
     }
     for (i = 0; i < m->n_tensors; i++) {
@@ -1382,7 +1442,7 @@ static int check_graph(ctx_t *x)
 static int usable(const npukit_tensor_t *t)
 {
     const uint32_t align = t->elem_bytes < 4 ? t->elem_bytes : 4;
-    return t->offset != NO_OFFSET && t->offset % align == 0 && t->elems <= (uint32_t)INT32_MAX;
+    return t->offset != NO_OFFSET && (t->offset & (align - 1u)) == 0 && t->elems <= (uint32_t)INT32_MAX;
 }
 
 static int extent_ok(uint64_t v)
@@ -1391,16 +1451,14 @@ static int extent_ok(uint64_t v)
 }
 
 /* nk_conv_params / nk_linear_params fields shared by both: weight bits, requantisation, output width. */
-static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t *w_bits, nk_requant_params *rq,
-                      int32_t *out_bytes)
+static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, const npukit_tensor_t *out, int32_t *w_bits,
+                      nk_requant_params *rq, int32_t *out_bytes)
 {
-    const npukit_tensor_t *in = &x->m->tensors[op->in[0]], *out = &x->m->tensors[op->out];
     const param_t *w, *b;
     w = &v->p[P_WEIGHT];
     b = &v->p[P_BIAS];
-    if (in->bits > 8 || !(out->bits <= 8 || (out->bits > 16 && out->bits <= 32)) || b->bits != 32
-        || w->count > (uint32_t)INT32_MAX) {
-        return NPUKIT_E_UNSUPPORTED; /* int8 inputs, int8 or int32 outputs, int32 biases */
+    if (!(out->bits <= 8 || out->bits > 16) || b->bits != 32 || w->count > (uint32_t)INT32_MAX) {
+        return NPUKIT_E_UNSUPPORTED; /* int8 or int32 outputs (tensor_problems: <= 32 bits), int32 biases */
     }
     op->weight = x->d + w->data;
     op->bias = (const int32_t *)(const void *)(x->d + b->data); /* 4-aligned: bin, the section, the param */
@@ -1408,7 +1466,7 @@ static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t 
     *out_bytes = out->bits <= 8 ? 1 : 4;
     rq->bias_shift = (int32_t)V(K_BIAS_SHIFT); /* tensor_problems bounds both shifts by 3 * EXP_LIMIT */
     rq->out_shift = (int32_t)V(K_OUT_SHIFT);
-    rq->acc_max = int_max((uint32_t)V(K_ACC_BITS));
+    rq->acc_max = ((int64_t)1 << (V(K_ACC_BITS) - 1)) - 1; /* acc_bits 2 .. 62 (check_schema) */
     rq->acc_min = -rq->acc_max - 1;
     rq->act_min = (int32_t)V(K_ACT_MIN); /* inside the output type: tensor_problems */
     rq->act_max = (int32_t)V(K_ACT_MAX);
@@ -1418,81 +1476,64 @@ static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, int32_t 
 }
 
 /* Spatial extents as the kernels see them: a 1-d tensor (C, L) is (C, 1, L). */
-static int spatial(const ctx_t *x, uint32_t t, int32_t *c, int32_t *h, int32_t *w)
+static int spatial(const shape_t *s, int32_t *c, int32_t *h, int32_t *w)
 {
-    const uint32_t rank = t_rank(x, t);
     uint32_t k;
-    if (rank != 2 && rank != 3) {
+    if (s->rank != 2 && s->rank != 3) {
         return NPUKIT_E_UNSUPPORTED;
     }
-    for (k = 0; k < rank; k++) {
-        if (!extent_ok(t_dim(x, t, k))) {
+    for (k = 0; k < s->rank; k++) {
+        if (!extent_ok(dim(s, k))) {
             return NPUKIT_E_UNSUPPORTED;
         }
     }
-    *c = (int32_t)t_dim(x, t, 0);
-    *h = rank == 3 ? (int32_t)t_dim(x, t, 1) : 1;
-    *w = (int32_t)t_dim(x, t, rank - 1);
+    *c = (int32_t)dim(s, 0);
+    *h = s->rank == 3 ? (int32_t)dim(s, 1) : 1;
+    *w = (int32_t)dim(s, s->rank - 1);
     return NPUKIT_OK;
 }
 
-/* A geometry list's values along the kernels' h and w axes: a 1-d window has h = `one_d`. */
-static void axes(const ctx_t *x, const attr_t *a, int32_t one_d, int32_t *h, int32_t *w)
+
+/* The channels: shape_window set the spatial geometry. */
+static int channels(const view_t *v, int32_t *in_c, int32_t *out_c)
 {
-    *h = a->count == 1 ? one_d : (int32_t)attr_int(x, a, 0);
-    *w = (int32_t)attr_int(x, a, a->count - 1u);
+    if (!extent_ok(dim(&v->sh[S_IN], 0)) || !extent_ok(dim(&v->sh[S_OUT], 0))) {
+        return NPUKIT_E_UNSUPPORTED;
+    }
+    *in_c = (int32_t)dim(&v->sh[S_IN], 0);
+    *out_c = (int32_t)dim(&v->sh[S_OUT], 0);
+    return NPUKIT_OK;
 }
 
-static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op)
+static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op, const npukit_tensor_t *out)
 {
     nk_conv_params *p = &op->p.conv;
-    const param_t *w;
-    w = &v->p[P_WEIGHT];
-    TRY(spatial(x, op->in[0], &p->in_c, &p->in_h, &p->in_w));
-    TRY(spatial(x, op->out, &p->out_c, &p->out_h, &p->out_w));
+    TRY(channels(v, &p->in_c, &p->out_c));
     p->groups = (int32_t)V(K_GROUPS);
-    if (p->out_c % p->groups != 0 || !extent_ok(p_dim(x, w, 2)) || !extent_ok(p_dim(x, w, w->rank - 1))) {
+    if (p->out_c % p->groups != 0) {
         return NPUKIT_E_UNSUPPORTED; /* the engine cannot run out channels that groups do not divide either */
     }
-    p->k_h = w->rank == 4 ? (int32_t)p_dim(x, w, 2) : 1;
-    p->k_w = (int32_t)p_dim(x, w, w->rank - 1);
-    axes(x, &v->a[K_STRIDE], 1, &p->stride_h, &p->stride_w);
-    axes(x, &v->a[K_PADDING], 0, &p->pad_h, &p->pad_w);
-    axes(x, &v->a[K_DILATION], 1, &p->dil_h, &p->dil_w);
-    return mac_params(x, v, op, &p->w_bits, &p->rq, &p->out_bytes);
-}
-
-static int prepare_linear(const ctx_t *x, const view_t *v, npukit_op_t *op)
-{
-    nk_linear_params *p = &op->p.linear;
-    p->out_features = (int32_t)x->m->tensors[op->out].elems;
-    p->in_features = (int32_t)x->m->tensors[op->in[0]].elems;
-    return mac_params(x, v, op, &p->w_bits, &p->rq, &p->out_bytes);
+    return mac_params(x, v, op, out, &p->w_bits, &p->rq, &p->out_bytes);
 }
 
 static int prepare_pool(const ctx_t *x, const view_t *v, npukit_op_t *op)
 {
-    nk_pool_params *p = &op->p.pool;
     int32_t c;
-    TRY(spatial(x, op->in[0], &p->c, &p->in_h, &p->in_w));
-    TRY(spatial(x, op->out, &c, &p->out_h, &p->out_w));
-    axes(x, &v->a[K_KERNEL], 1, &p->k_h, &p->k_w);
-    axes(x, &v->a[K_STRIDE], 1, &p->stride_h, &p->stride_w);
-    axes(x, &v->a[K_PADDING], 0, &p->pad_h, &p->pad_w);
-    p->rounding = x->m->pool_rounding;
-    return NPUKIT_OK;
+    op->p.pool.rounding = x->m->pool_rounding;
+    return channels(v, &op->p.pool.c, &c);
 }
 
 static int prepare_op(const ctx_t *x, uint32_t i)
 {
     npukit_op_t *op = &x->m->ops[i];
-    const npukit_tensor_t *T = x->m->tensors;
+    const npukit_tensor_t *T = x->m->tensors, *tin, *tin1, *tout;
     const opdef_t *def;
     view_t vv;
     const view_t *v = &vv;
     uint32_t k;
     const attr_t *a;
     view(x, op->inputs, &vv);
+    bind_shapes(x, &vv);
     def = op_def(x, v->op);
     op->kind = def->kind;
     op->n_in = (uint8_t)v->n_in;
@@ -1501,97 +1542,90 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     op->out = (uint16_t)v_tensor(x, v, v->n_in);
     op->weight = NULL;
     op->bias = NULL;
+    tin = v->t[S_IN];
+    tin1 = v->t[S_IN1];
+    tout = v->t[S_OUT];
     for (k = 0; k <= v->n_in; k++) {
         const npukit_tensor_t *t = &T[v_tensor(x, v, k)];
         if (!usable(t) || (def->kind != NPUKIT_OP_RESHAPE && k < v->n_in && t->bits > 8)) {
             return NPUKIT_E_UNSUPPORTED; /* the kernels read int8 activations (a reshape copies bytes) */
         }
     }
-    if (!def->mac && def->kind != NPUKIT_OP_RESHAPE && T[op->out].bits > 8) {
+    if (!def->mac && def->kind != NPUKIT_OP_RESHAPE && tout->bits > 8) {
         return NPUKIT_E_UNSUPPORTED;
     }
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
     case ON(NPUKIT_OP_CONV_TRANSPOSE): /* the same parameters, read by nk_conv_transpose as its geometry */
-        return prepare_conv(x, v, op);
+        return prepare_conv(x, v, op, tout);
     case ON(NPUKIT_OP_LINEAR):
-        return prepare_linear(x, v, op);
+        op->p.linear.out_features = (int32_t)tout->elems;
+        op->p.linear.in_features = (int32_t)tin->elems;
+        return mac_params(x, v, op, tout, &op->p.linear.w_bits, &op->p.linear.rq, &op->p.linear.out_bytes);
     case ON(NPUKIT_OP_MAXPOOL):
     case ON(NPUKIT_OP_AVGPOOL):
         return prepare_pool(x, v, op);
     case ON(NPUKIT_OP_GLOBAL_AVGPOOL):
-        op->p.gap.c = (int32_t)t_dim(x, op->in[0], 0);
-        op->p.gap.hw = (int32_t)(T[op->in[0]].elems / (uint32_t)op->p.gap.c);
+        op->p.gap.c = (int32_t)dim(&v->sh[S_IN], 0);
+        op->p.gap.hw = (int32_t)(tin->elems / (uint32_t)op->p.gap.c);
         op->p.gap.rounding = x->m->pool_rounding;
         return NPUKIT_OK;
     case ON(NPUKIT_OP_ADD):
     case ON(NPUKIT_OP_MUL): {
-        const npukit_tensor_t *out = &T[op->out];
+        const npukit_tensor_t *out = tout;
         if (IS(def, NPUKIT_OP_ADD)) {
             if (v->n_in != 2) {
                 return NPUKIT_E_UNSUPPORTED; /* nk_add adds two operands; more would saturate only once */
             }
             op->p.add.n = (int32_t)out->elems;
-            op->p.add.a_shift = T[op->in[0]].exp - out->exp;
-            op->p.add.b_shift = T[op->in[1]].exp - out->exp;
+            op->p.add.a_shift = tin->exp - out->exp;
+            op->p.add.b_shift = tin1->exp - out->exp;
         } else {
-            const uint32_t rank = t_rank(x, op->in[0]);
-            uint64_t outer = 1;
-            for (k = 0; k < rank && t_dim(x, op->in[1], k) == t_dim(x, op->in[0], k); k++) {
-                outer *= t_dim(x, op->in[0], k); /* the leading dimensions b shares with a (shape_of checked the rest) */
+            const uint32_t rank = v->sh[S_IN].rank;
+            uint32_t outer = 1;
+            for (k = 0; k < rank && dim(&v->sh[S_IN1], k) == dim(&v->sh[S_IN], k); k++) {
+                outer *= dim(&v->sh[S_IN], k); /* the leading dimensions b shares with a (shape_of checked the rest) */
             }
             op->p.mul.outer = (int32_t)outer;
-            op->p.mul.inner = (int32_t)(T[op->in[0]].elems / outer);
-            op->p.mul.shift = T[op->in[0]].exp + T[op->in[1]].exp - out->exp;
+            op->p.mul.inner = (int32_t)(tin->elems / outer);
+            op->p.mul.shift = tin->exp + tin1->exp - out->exp;
         }
         /* mul's act_min, act_max and rounding too: the two structs have one layout (a common initial sequence) */
-        op->p.add.act_max = (int32_t)int_max(out->bits);
+        op->p.add.act_max = max32(out->bits);
         op->p.add.act_min = V(K_RELU) ? 0 : -op->p.add.act_max - 1;
         op->p.add.rounding = x->m->rounding;
         return NPUKIT_OK;
     }
-    case ON(NPUKIT_OP_CONCAT): {
-        const uint32_t axis = (uint32_t)V(K_AXIS);
-        uint64_t outer = 1;
-        for (k = 0; k < axis; k++) {
-            outer *= t_dim(x, op->out, k); /* a product of leading dims of a tensor: at most its elems */
-        }
-        op->p.concat.outer = (int32_t)outer;
-        op->p.concat.out_inner = (int32_t)(T[op->out].elems / outer);
-        op->p.concat.rounding = x->m->rounding;
-        return NPUKIT_OK;
-    }
+    case ON(NPUKIT_OP_CONCAT):
     case ON(NPUKIT_OP_SLICE): {
-        uint64_t outer = 1, inner = 1;
-        uint32_t axis, rank = t_rank(x, op->in[0]);
-        int64_t start;
-        axis = (uint32_t)V(K_AXIS);
-        start = V(K_START);
+        const uint32_t axis = (uint32_t)V(K_AXIS);
+        uint32_t outer = 1;
         for (k = 0; k < axis; k++) {
-            outer *= t_dim(x, op->in[0], k);
+            outer *= dim(&v->sh[S_IN], k); /* the dims before the axis, the output's too: at most elems < 2^32 */
         }
-        for (k = axis + 1; k < rank; k++) {
-            inner *= t_dim(x, op->in[0], k);
+        op->p.slice.outer = (int32_t)outer; /* concat's too: the two structs begin alike */
+        if (IS(def, NPUKIT_OP_SLICE)) {
+            const uint32_t in_inner = tin->elems / outer;
+            op->p.slice.in_inner = (int32_t)in_inner;
+            op->p.slice.offset = (int32_t)((uint32_t)V(K_START) * (in_inner / dim(&v->sh[S_IN], axis)));
+            op->p.slice.part_inner = (int32_t)(tout->elems / outer);
+        } else {
+            op->p.concat.out_inner = (int32_t)(tout->elems / outer);
+            op->p.concat.rounding = x->m->rounding;
         }
-        op->p.slice.outer = (int32_t)outer;
-        op->p.slice.in_inner = (int32_t)(inner * t_dim(x, op->in[0], axis));
-        op->p.slice.offset = (int32_t)((uint64_t)start * inner);
-        op->p.slice.part_inner = (int32_t)(T[op->out].elems / outer);
         return NPUKIT_OK;
     }
     case ON(NPUKIT_OP_PAD):
     case ON(NPUKIT_OP_UPSAMPLE): {
-        const uint32_t rank = t_rank(x, op->in[0]);
+        const uint32_t rank = v->sh[S_IN].rank;
         /* c, h, w lead both structs (a common initial sequence of the union): set once, through pad's */
-        op->p.pad.c = (int32_t)t_dim(x, op->in[0], 0);
-        op->p.pad.h = rank == 3 ? (int32_t)t_dim(x, op->in[0], 1) : 1;
-        op->p.pad.w = (int32_t)t_dim(x, op->in[0], rank - 1);
+        TRY(spatial(&v->sh[S_IN], &op->p.pad.c, &op->p.pad.h, &op->p.pad.w));
         if (IS(def, NPUKIT_OP_PAD)) {
-            a = &v->a[K_PADS];
-            op->p.pad.top = rank == 3 ? (int32_t)attr_int(x, a, 0) : 0;
-            op->p.pad.bottom = rank == 3 ? (int32_t)attr_int(x, a, 2) : 0;
-            op->p.pad.left = (int32_t)attr_int(x, a, rank - 2);
-            op->p.pad.right = (int32_t)attr_int(x, a, 2 * (rank - 1) - 1);
+            a = &v->a[K_PADS]; /* (top, left, bottom, right), or (left, right) for a 1-d input */
+            op->p.pad.top = rank == 3 ? attr_int(x, a, 0) : 0;
+            op->p.pad.bottom = rank == 3 ? attr_int(x, a, 2) : 0;
+            op->p.pad.left = attr_int(x, a, rank - 2);
+            op->p.pad.right = attr_int(x, a, 2 * rank - 3);
             op->p.pad.value = (int32_t)V(K_VALUE);
         } else {
             a = &v->a[K_SCALE];
@@ -1609,9 +1643,9 @@ static int prepare_op(const ctx_t *x, uint32_t i)
                 return NPUKIT_E_UNSUPPORTED; /* nk_lut reads an int8 table (a 16-bit output's is int16) */
             }
             op->weight = x->d + t->data;
-            op->p.lut.offset = (int32_t)1 << (T[op->in[0]].bits - 1);
+            op->p.lut.offset = (int32_t)1 << (tin->bits - 1);
         }
-        op->p.lut.n = (int32_t)T[op->out].elems; /* relu's n too: the two structs begin alike */
+        op->p.lut.n = (int32_t)tout->elems; /* relu's n too: the two structs begin alike */
         return NPUKIT_OK;
     }
     default: /* reshape: a view, or a copy of nbytes */
@@ -1627,17 +1661,12 @@ static int prepare(ctx_t *x)
     if (*(const uint8_t *)&one != 1) {
         return NPUKIT_E_UNSUPPORTED; /* biases are read in place as little-endian int32 */
     }
-    if (x->n_in == 0 || x->n_out == 0) {
+    if (m->n_inputs == 0 || m->n_outputs == 0) {
         return NPUKIT_E_UNSUPPORTED;
     }
-    for (i = 0; i < x->n_in; i++) {
-        if (!usable(&m->tensors[m->inputs[i]])) {
-            return NPUKIT_E_UNSUPPORTED;
-        }
-    }
-    for (i = 0; i < x->n_out; i++) {
-        if (!usable(&m->tensors[m->outputs[i]])) {
-            return NPUKIT_E_UNSUPPORTED;
+    for (i = 0; i < m->n_tensors; i++) {
+        if (x->role[i] != 0 && !usable(&m->tensors[i])) {
+            return NPUKIT_E_UNSUPPORTED; /* an input or output (read_io: the roles are the io lists') */
         }
     }
     for (i = 0; i < m->n_ops; i++) {
@@ -1787,18 +1816,18 @@ int npukit_output_info(const npukit_model_t *m, unsigned i, npukit_io_info *info
     return io_info(m, m->outputs[i], info);
 }
 
-/* The engine refuses inputs outside the input's bit range (engine.run_checked_input); so does this. */
-static int input_in_range(const npukit_tensor_t *t, const uint8_t *in)
+/* The engine refuses inputs outside the input's bit range (engine.run_checked_input); so does this: a value
+ * is in range when its bits from bits - 1 up are all its sign bit (little-endian: prepare). */
+NOINLINE static int input_in_range(const npukit_tensor_t *t, const uint8_t *in)
 {
-    const int64_t hi = int_max(t->bits), lo = -hi - 1;
-    uint32_t i;
-    if (t->bits == 8u * t->elem_bytes) {
-        return 1; /* every value of the type is in range */
-    }
-    for (i = 0; i < t->elems; i++) {
-        const int64_t v = le_int(in + (size_t)i * t->elem_bytes, t->elem_bytes); /* a little-endian host: prepare */
-        if (v < lo || v > hi) {
-            return 0;
+    const uint32_t width = 8u * t->elem_bytes;
+    uint32_t i, b;
+    for (i = 0; i < t->elems; i++, in += t->elem_bytes) {
+        const uint32_t sign = in[t->elem_bytes - 1] >> 7;
+        for (b = t->bits - 1; b < width; b++) {
+            if ((in[b / 8] >> (b % 8) & 1u) != sign) {
+                return 0;
+            }
         }
     }
     return 1;
@@ -1905,6 +1934,7 @@ static int invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, con
         const npukit_op_t *op = &m->ops[i];
         const npukit_tensor_t *y = &m->tensors[op->out];
         const int8_t *x0 = (const int8_t *)(a + m->tensors[op->in[0]].offset);
+        const int8_t *x1 = (const int8_t *)(a + m->tensors[op->in[1]].offset); /* in[0] again for one input */
         int8_t *y8 = (int8_t *)(a + y->offset);
         switch ((unsigned)op->kind) {
         case ON(NPUKIT_OP_CONV):
@@ -1926,8 +1956,8 @@ static int invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, con
             nk_global_avgpool(op->p.gap.c, op->p.gap.hw, op->p.gap.rounding, x0, y8);
             break;
         case ON(NPUKIT_OP_ADD):
-            nk_add(op->p.add.n, x0, op->p.add.a_shift, (const int8_t *)(a + m->tensors[op->in[1]].offset),
-                   op->p.add.b_shift, op->p.add.act_min, op->p.add.act_max, op->p.add.rounding, y8);
+            nk_add(op->p.add.n, x0, op->p.add.a_shift, x1, op->p.add.b_shift, op->p.add.act_min, op->p.add.act_max,
+                   op->p.add.rounding, y8);
             break;
         case ON(NPUKIT_OP_CONCAT): {
             /* each operand in turn into its slice of every outer block (OpDef.to_c of concat) */
@@ -1960,7 +1990,7 @@ static int invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, con
                         x0, y8);
             break;
         case ON(NPUKIT_OP_MUL):
-            nk_mul(op->p.mul.outer, op->p.mul.inner, x0, (const int8_t *)(a + m->tensors[op->in[1]].offset),
+            nk_mul(op->p.mul.outer, op->p.mul.inner, x0, x1,
                    op->p.mul.shift, op->p.mul.act_min, op->p.mul.act_max, op->p.mul.rounding, y8);
             break;
         default: /* reshape: the planner usually aliases it; otherwise the bytes move */

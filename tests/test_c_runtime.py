@@ -232,6 +232,26 @@ def test_valid_models_the_kernels_cannot_run_are_refused(runner, tmp_path):
     assert res.returncode == T.EXIT_MODEL and "(NPUKIT_E_UNSUPPORTED)" in res.stderr
 
 
+def test_attributes_beyond_int32_are_unsupported(runner, tmp_path):
+    """The loader computes with attributes in int32: a value of an op's own schema beyond it (no kernel
+    parameter holds one) is refused as NPUKIT_E_UNSUPPORTED when the op's schema is checked, so before the
+    requantisation check the Python reader refuses this file with."""
+    from npukit import memplan
+
+    torch.manual_seed(4)
+    x = torch.randn(8, 4)
+    graph = npukit.to_ir(npukit.prepare(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), x, rules="off"))
+    plan = memplan.plan_graph(graph)
+    q = graph.quantize_input(x.numpy())
+    for value, status in [(2**31, "UNSUPPORTED"), (-2**31 - 1, "UNSUPPORTED"), (2**31 - 1, "GRAPH")]:
+        next(n for n in graph.nodes if n.op == "linear").attrs["act_max"] = value
+        model = T.pack_unchecked(graph, plan.offsets, plan.arena_bytes, plan.lower_bound_bytes)
+        with pytest.raises(npukit.modelbin.ModelBinError, match="act_max"):
+            npukit.modelbin.read(model)
+        res, _ = _run(runner, model, q, tmp_path)
+        assert res.returncode == T.EXIT_MODEL and f"(NPUKIT_E_{status})" in res.stderr, (value, res.stderr)
+
+
 @pytest.mark.parametrize("define, status", [("NPUKIT_MAX_OPS=4", "LIMIT"), ("NPUKIT_MAX_OPS=7", None)])
 def test_build_time_sizes(demo, tmp_path, define, status):
     """Tables smaller than the model refuse it (NPUKIT_E_LIMIT); tables just large enough run it."""
