@@ -102,27 +102,45 @@ def _compiled_tail(node: Node, graph: Graph, w: np.ndarray, relu: bool = False):
     high = np.array(hi, carrier) if hi < reach else None
     top = np.array(hi, carrier) if absolute and hi < reach else None
 
-    def tail(acc: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
+    def tail(acc: np.ndarray, offset: np.ndarray | None, out: np.ndarray | None = None) -> np.ndarray:
         """acc: the GEMM of the scaled weights, (..., out channels), updated in place; `offset` (out,),
-        or None where the GEMM added it already (a column of ones times a row of offsets)."""
+        or None where the GEMM added it already (a column of ones times a row of offsets). `out`: where
+        the result goes (the next kernel's input buffer, `OpDef.compile`'s inlet), else `acc` itself.
+
+        The clip runs before the rounding, which writes `out` last (no copy): the rounding functions are
+        monotonic and keep integers, so with integer bounds rnd(clip(v, lo, hi)) = clip(rnd(v), lo, hi)."""
+        if out is None:
+            out = acc
+        elif out.shape != acc.shape:  # a ufunc's `out` would broadcast a smaller acc silently
+            raise AssertionError(f"output buffer {out.shape} for values {acc.shape}")
         if offset is not None:
             np.add(acc, offset, out=acc)
-        if rnd is not None:
-            rnd(acc, out=acc)
-        if low is not None and high is not None and acc.size > 4096:  # one pass over large arrays
-            np.clip(acc, low, high, out=acc)
-        else:  # ufuncs: np.clip's Python layers cost more than a pass over a small array
-            if low is not None:
-                np.maximum(acc, low, out=acc)
-            if high is not None:
-                np.minimum(acc, high, out=acc)
-        if absolute:  # |y|, then the top of the range again: |-128| is 128
-            np.abs(acc, out=acc)
+        if absolute:  # |y| of the rounded and clipped value, then the top of the range again: |-128| is 128
+            if rnd is not None:
+                rnd(acc, out=acc)
+            _clip(acc, low, high)
+            np.abs(acc, out=out)
             if top is not None:
-                np.minimum(acc, top, out=acc)
-        return acc
+                np.minimum(out, top, out=out)
+            return out
+        _clip(acc, low, high)
+        if rnd is not None:
+            rnd(acc, out=out)
+        elif out is not acc:
+            np.copyto(out, acc)
+        return out
 
     return carrier, wmat, offset, tail
+
+
+def _clip(acc: np.ndarray, low: np.ndarray | None, high: np.ndarray | None) -> None:
+    """acc clipped in place to the bounds given (None: a side no value reaches)."""
+    if low is not None and high is not None:
+        arith.clip_ufunc(acc, low, high, out=acc)
+    elif low is not None:
+        np.maximum(acc, low, out=acc)
+    elif high is not None:
+        np.minimum(acc, high, out=acc)
 
 
 def _mac_tail_onnx(node: Node, acc: str, b) -> str:
@@ -267,10 +285,12 @@ class Conv(OpDef):
     def compile(self, node, graph):
         return with_tail(self.compile_untailed(node, graph))
 
-    def compile_untailed(self, node, graph, relu: bool = False):
+    def compile_untailed(self, node, graph, relu: bool = False, pool: int = 1):
         """`compile` split for fusion: (kernel giving the carried accumulators before the requantisation's
         rounding and clip, that tail (in place), whether the tail is monotonic), or None. `relu`: the tail
-        of this conv followed by a ReLU (`_compiled_tail`)."""
+        of this conv followed by a ReLU (`_compiled_tail`). `pool` > 1 (1-d only): the kernel gives the
+        maximum of each run of `pool` adjacent positions instead (a max pool of that kernel and stride
+        and no padding, which `MaxPool.compile_after` puts before the monotonic tail)."""
         a, w = node.attrs, node.params["weight"]
         if a["ndim"] == 1:  # as in run: a 1-d conv is a 2-d conv of height 1
             w = w[:, :, None, :]
@@ -286,6 +306,8 @@ class Conv(OpDef):
             return None
         carrier, wmat, offset, tail = folded
         one_d = a["ndim"] == 1
+        if pool > 1 and not one_d:
+            return None
         (ph, pw), (sh, sw), (dh, dw) = pad, stride, dil
         c, *spatial = graph.tensors[node.inputs[0]].shape
         h, wd = (1, *spatial) if one_d else spatial
@@ -306,27 +328,42 @@ class Conv(OpDef):
             wres[0, c] = wmat[0, k]
             wres = wres.reshape(kw * (c + 1), o)
 
+        # with a pool, each sample's rows round up to a multiple of it (zero rows: only dropped windows
+        # read them), so that every run of `pool` rows lies within one sample
+        wq = -(-wp // pool) * pool
+
         def residue_buffers(n: int) -> tuple:
-            """The batch as one sequence of padded samples (n x wp rows of c channels and a channel of
-            ones), so that the windows starting every kw-th row are the rows of a matrix (leading dimension
-            kw x (c + 1), a strided view: no copy) and kw GEMMs, one per start modulo kw, give every
-            window's output; windows across two samples (the last kw - 1 per sample) are computed and never
-            read. Chunks of about `_RESIDUE_BYTES` of input keep each chunk's input in cache for its kw
-            GEMMs (the demo model's plan at batch 256: 2.7 ms against 3.3-3.6 ms with im2col; of chunks
-            from 32 KiB to 1 MiB, 64 KiB was the fastest)."""
+            """The batch as one sequence of padded samples (n x wq rows of c channels and a channel of
+            ones), so that the windows starting every step-th row (step a multiple of kw) are the rows of a
+            matrix (leading dimension step x (c + 1), a strided view: no copy) and `step` GEMMs, one per
+            start modulo step, give every window's output; windows across two samples (the last kw - 1 per
+            sample) are computed and never read. Chunks of about `_RESIDUE_BYTES` of input keep each
+            chunk's input in cache for its GEMMs (the demo model's plan at batch 256: 2.7 ms against
+            3.3-3.6 ms with im2col; of chunks from 32 KiB to 1 MiB, 64 KiB was the fastest).
+
+            With a pool, step is also a multiple of it: each GEMM's windows then share their position
+            modulo pool, and the GEMM writes them (BLAS's leading dimension) into that phase's own array,
+            row = position // pool; the pool is the elementwise maximum of the phases' contiguous arrays
+            (a strided maximum of the interleaved positions costs about five times as much)."""
             c1, size = c + 1, carrier.itemsize
-            xq = np.zeros((n * wp + kw, c1), carrier)
+            step = math.lcm(kw, pool)
+            xq = np.zeros((n * wq + step + kw, c1), carrier)
             xq[:, c] = 1
-            acc = np.empty((n * wp, o), carrier)
-            flat, per_r, chunks = xq.reshape(-1), max(1, _RESIDUE_BYTES // (wp * c1 * size)), []
+            phases = np.empty((pool, n * wq // pool, o), carrier)
+            flat, chunks = xq.reshape(-1), []
+            per_r = max(1, _RESIDUE_BYTES * step // kw // (wq * c1 * size))  # about as many rows per GEMM
             for i in range(0, n, per_r):
-                base, rows_i = i * wp, min(per_r, n - i) * wp
-                for j in range(kw):
-                    r = (rows_i - 1 - j) // kw + 1
-                    starts = np.lib.stride_tricks.as_strided(flat[(base + j) * c1 :], (r, kw * c1), (kw * c1 * size, size),
-                                                             writeable=False)
-                    chunks.append((None, None, starts, wres, acc[base + j : base + j + kw * r : kw]))
-            return xq[: n * wp].reshape(n, wp, c1)[:, pw : pw + wd, :c], chunks, acc.reshape(n, wp, o)[:, :wo]
+                base, rows_i = i * wq, min(per_r, n - i) * wq
+                for j in range(step):
+                    r = (rows_i - 1 - j) // step + 1
+                    starts = np.lib.stride_tricks.as_strided(flat[(base + j) * c1 :], (r, kw * c1),
+                                                             (step * c1 * size, size), writeable=False)
+                    first = (base + j) // pool
+                    out = phases[(base + j) % pool, first : first + (step // pool) * r : step // pool]
+                    chunks.append((None, None, starts, wres, out))
+            inner = xq[: n * wq].reshape(n, wq, c1)[:, pw : pw + wd, :c]
+            result = phases[0].reshape(n, wq // pool, o)[:, : wo // pool]
+            return inner, chunks, result, (phases[0], tuple(phases)) if pool > 1 else None
 
         def buffers(n: int) -> tuple:
             """Kept per batch size: the padded input (zero borders, written once) and the accumulator, and
@@ -349,23 +386,37 @@ class Conv(OpDef):
                     raise AssertionError("the columns view is not a view")
                 chunks.append((win[:, i : i + m], taps, part, wmat, acc[i * rows : (i + m) * rows].transpose(1, 0, 2)))
             q = acc.reshape(n, ho, wo, o)
-            return (inner[:, 0] if one_d else inner), chunks, (q[:, 0] if one_d else q)
+            if pool == 1:
+                return (inner[:, 0] if one_d else inner), chunks, (q[:, 0] if one_d else q), None
+            # the pool of the im2col path: the maximum of strided slices of the positions (1-d only)
+            m = wo // pool
+            pooled = np.empty((n, m, o), carrier)
+            return inner[:, 0], chunks, pooled, (pooled, tuple(q[:, 0, p : p + pool * m : pool] for p in range(pool)))
+
+        def buffers_for(scratch: dict, n: int) -> tuple:
+            bufs = scratch.get("conv")
+            if bufs is None:
+                bufs = scratch["conv"] = residue_buffers(n) if residue and n >= _RESIDUE_MIN_BATCH else buffers(n)
+            return bufs
 
         def kernel(inputs, scratch):
             x = inputs[0]  # carried: (n, h, w, c), or (n, w, c) for 1-d
-            bufs = scratch.get("conv")
-            if bufs is None:
-                n = x.shape[0]
-                bufs = scratch["conv"] = residue_buffers(n) if residue and n >= _RESIDUE_MIN_BATCH else buffers(n)
-            inner, chunks, result = bufs
-            np.copyto(inner, x)  # the input (cast to the carrier) inside the zero borders
+            inner, chunks, result, pooling = buffers_for(scratch, len(x))
+            if x is not inner:  # (the previous kernel may have written it there: `inlet`)
+                np.copyto(inner, x)  # the input (cast to the carrier) inside the zero borders
             for win, cols, a, b, out in chunks:
                 if win is not None:
                     np.copyto(cols, win)  # im2col: one strided copy, the batch folded into the rows
-                np.matmul(a, b, out=out)  # one GEMM per group (im2col) or per window start modulo kw
+                np.matmul(a, b, out=out)  # one GEMM per group (im2col) or per window start modulo step
+            if pooling is not None:  # the maximum of the phases, into phase 0's array (residue) or its own
+                into, phases = pooling
+                np.maximum(phases[0], phases[1], out=into)
+                for more in phases[2:]:
+                    np.maximum(into, more, out=into)
             return [result]
 
-        return kernel, lambda acc: tail(acc, None), not a["abs"]
+        kernel.inlet = lambda scratch, n: buffers_for(scratch, n)[0]
+        return kernel, lambda acc, out=None: tail(acc, None, out), not a["abs"]
 
     def macs(self, node, graph):
         out = graph.tensors[node.outputs[0]].shape
@@ -460,9 +511,13 @@ class Linear(OpDef):
     def compile(self, node, graph):
         return with_tail(self.compile_untailed(node, graph))
 
-    def compile_untailed(self, node, graph, relu: bool = False, w: np.ndarray | None = None):
+    def compile_untailed(self, node, graph, relu: bool = False, w: np.ndarray | None = None,
+                         in_shape: tuple[int, ...] | None = None):
         """As `Conv.compile_untailed`; `w`: the weights with their input features permuted (the same
-        products, summed in another order: exact), for a flatten folded in (`compile_after`)."""
+        products, summed in another order: exact), for a flatten folded in (`compile_after`), whose
+        carried input has the shape `in_shape` (per sample)."""
+        if in_shape is None:
+            in_shape = tuple(graph.tensors[node.inputs[0]].shape)
         folded = _compiled_tail(node, graph, (node.params["weight"] if w is None else w).T, relu)
         if folded is None:
             return None
@@ -472,7 +527,15 @@ class Linear(OpDef):
             x = inputs[0]
             return [np.matmul(x.reshape(len(x), -1).astype(carrier, copy=False), wmat)]
 
-        return kernel, lambda acc: tail(acc, offset), not node.attrs["abs"]
+        def inlet(scratch: dict, n: int) -> np.ndarray:
+            """A contiguous input buffer (the carried input's shape), which the reshape reads with no copy."""
+            x = scratch.get("x")
+            if x is None:
+                x = scratch["x"] = np.empty((n, *in_shape), carrier)
+            return x
+
+        kernel.inlet = inlet
+        return kernel, lambda acc, out=None: tail(acc, offset, out), not node.attrs["abs"]
 
     def compile_after(self, prev, node, graph):
         """A flatten of a carried (n, *spatial, c) tensor folded into the weights: the linear reads the
@@ -484,7 +547,7 @@ class Linear(OpDef):
             return None
         w = node.params["weight"]
         w = w.reshape(len(w), c, *spatial).transpose(0, *range(2, 2 + len(spatial)), 1).reshape(len(w), -1)
-        return with_tail(self.compile_untailed(node, graph, w=w))
+        return with_tail(self.compile_untailed(node, graph, w=w, in_shape=(*spatial, c)))
 
     def macs(self, node, graph):
         return int(node.params["weight"].size)
