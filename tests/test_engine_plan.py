@@ -318,3 +318,31 @@ def test_large_batch_1d_conv_matches_reference(cin, cout, size, k, pad, stride, 
     with mock.patch.object(mac, "_RESIDUE_BYTES", chunk), mock.patch.object(mac, "_RESIDUE_MIN_CHANNELS", 1):
         for m in (n, 1, n):
             _same_as_reference(graph, q[:m])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ndim=st.sampled_from([1, 2]), cout=st.integers(1, 6), size=st.integers(3, 9), k=st.integers(1, 4),
+       pad=st.integers(0, 2), stride=st.integers(1, 2), dilation=st.integers(1, 2), absolute=st.booleans(),
+       target=st.sampled_from(sorted(TARGETS)), n=st.integers(16, 24), seed=st.integers(0, 2**16))
+def test_chained_convs_and_one_channel_columns_match_reference(ndim, cout, size, k, pad, stride, dilation, absolute,
+                                                               target, n, seed):
+    """Two convs in a row: the first (one input channel: from batch 16 its columns are copied tap-major)
+    rounds its values straight into the second's padded input (`inlet`/`into`), |y| included; batch 1 and
+    n, 1-d and 2-d, every target's rounding."""
+    pad = min(pad, k // 2 + 1)
+    if size + 2 * pad < dilation * (k - 1) + 1:
+        k = dilation = 1
+    conv = nn.Conv1d if ndim == 1 else nn.Conv2d
+    out = (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+    torch.manual_seed(seed)
+    model = nn.Sequential(conv(1, cout, k, stride=stride, padding=pad, dilation=dilation),
+                          conv(cout, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * out**ndim, 2))
+    graph = npukit.to_ir(npukit.prepare(model, torch.randn(16, 1, *[size] * ndim) * 3, target=TARGETS[target],
+                                        rules="off"))
+    graph.nodes[0].attrs["abs"] = absolute
+    graph.validate()
+    spec = graph.input_spec()
+    lo, hi = -(1 << (spec.bits - 1)), (1 << (spec.bits - 1)) - 1
+    q = np.random.default_rng(seed).integers(lo, hi + 1, (n, *spec.shape)).astype(spec.dtype)
+    for m in (n, 1):
+        _same_as_reference(graph, q[:m])

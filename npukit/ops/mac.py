@@ -360,7 +360,7 @@ class Conv(OpDef):
                                                              (step * c1 * size, size), writeable=False)
                     first = (base + j) // pool
                     out = phases[(base + j) % pool, first : first + (step // pool) * r : step // pool]
-                    chunks.append((None, None, starts, wres, out))
+                    chunks.append(((), starts, wres, out))
             inner = xq[: n * wq].reshape(n, wq, c1)[:, pw : pw + wd, :c]
             result = phases[0].reshape(n, wq // pool, o)[:, : wo // pool]
             return inner, chunks, result, (phases[0], tuple(phases)) if pool > 1 else None
@@ -375,16 +375,31 @@ class Conv(OpDef):
             win = np.lib.stride_tricks.as_strided(xp, (g, n, ho, wo, kh, kw, cg),
                                                   (s3 * cg, s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3), writeable=False)
             inner = xp[:, ph : ph + h, pw : pw + wd, :]
-            cols = np.ones((g, min(n, per) * rows, k + 1), carrier)  # the last column stays 1
             acc = np.empty((n * rows, g, o // g), carrier)  # channels last: group gi's outputs side by side
-            chunks = []
-            for i in range(0, n, per):
-                m = min(per, n - i)
-                part = cols[:, : m * rows]
-                taps = part[:, :, :k].reshape(g, m, ho, wo, kh, kw, cg)
-                if not np.shares_memory(taps, cols):  # a reshape that copied would drop the im2col
-                    raise AssertionError("the columns view is not a view")
-                chunks.append((win[:, i : i + m], taps, part, wmat, acc[i * rows : (i + m) * rows].transpose(1, 0, 2)))
+            if cg == 1 and g == 1 and n >= _RESIDUE_MIN_BATCH:
+                # one input channel: a column row's run of kw values makes a slow copy (256 x 40 windows:
+                # 86 us); the columns tap-major instead, one copy of contiguous runs per tap, and the GEMM
+                # reads them transposed (BLAS's own layout flag: no copy)
+                cols = np.ones((k + 1, min(n, per) * rows), carrier)  # the last row stays 1
+                chunks = []
+                for i in range(0, n, per):
+                    m = min(per, n - i)
+                    part = cols[:, : m * rows]
+                    taps = part[:k].reshape(kh, kw, m, ho, wo)
+                    if not np.shares_memory(taps, cols):  # a reshape that copied would drop the im2col
+                        raise AssertionError("the columns view is not a view")
+                    copies = tuple((taps[ti, tj], win[0, i : i + m, :, :, ti, tj, 0]) for ti in range(kh) for tj in range(kw))
+                    chunks.append((copies, part.T, wmat[0], acc[i * rows : (i + m) * rows, 0]))
+            else:
+                cols = np.ones((g, min(n, per) * rows, k + 1), carrier)  # the last column stays 1
+                chunks = []
+                for i in range(0, n, per):
+                    m = min(per, n - i)
+                    part = cols[:, : m * rows]
+                    taps = part[:, :, :k].reshape(g, m, ho, wo, kh, kw, cg)
+                    if not np.shares_memory(taps, cols):  # a reshape that copied would drop the im2col
+                        raise AssertionError("the columns view is not a view")
+                    chunks.append((((taps, win[:, i : i + m]),), part, wmat, acc[i * rows : (i + m) * rows].transpose(1, 0, 2)))
             q = acc.reshape(n, ho, wo, o)
             if pool == 1:
                 return (inner[:, 0] if one_d else inner), chunks, (q[:, 0] if one_d else q), None
@@ -404,9 +419,9 @@ class Conv(OpDef):
             inner, chunks, result, pooling = buffers_for(scratch, len(x))
             if x is not inner:  # (the previous kernel may have written it there: `inlet`)
                 np.copyto(inner, x)  # the input (cast to the carrier) inside the zero borders
-            for win, cols, a, b, out in chunks:
-                if win is not None:
-                    np.copyto(cols, win)  # im2col: one strided copy, the batch folded into the rows
+            for copies, a, b, out in chunks:
+                for cols, win in copies:
+                    np.copyto(cols, win)  # im2col: strided copies, the batch folded into the rows
                 np.matmul(a, b, out=out)  # one GEMM per group (im2col) or per window start modulo step
             if pooling is not None:  # the maximum of the phases, into phase 0's array (residue) or its own
                 into, phases = pooling
