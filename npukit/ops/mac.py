@@ -318,52 +318,51 @@ class Conv(OpDef):
         per = max(1, _CHUNK_BYTES // (rows * (k + 1) * carrier.itemsize))  # samples per im2col + GEMM chunk
         # the offset joins the GEMM as one more inner row of the weights, times a column of ones in the columns:
         # the partial sums stay below the same bound, so exact, and the tail saves a pass
+        wres = wmat[0] if g == 1 else None  # the residue path's weights, (kw x c, out): offset added after
         wmat = np.concatenate([wmat, offset.reshape(g, 1, o // g)], axis=1)
         # A 1-d conv of stride 1 (no dilation, no groups) reads each window as one contiguous run of kw x c
         # values of the padded input: at large batches no im2col (`residue_buffers`).
         residue = one_d and kh == 1 and sw == 1 and dw == 1 and g == 1 and c >= _RESIDUE_MIN_CHANNELS
-        if residue:  # the weights as (taps x (c + 1), out): a channel of ones, its weight the offset at tap 0
-            wres = np.zeros((kw, c + 1, o), carrier)
-            wres[:, :c] = wmat[0, :k].reshape(kw, c, o)
-            wres[0, c] = wmat[0, k]
-            wres = wres.reshape(kw * (c + 1), o)
-
-        # with a pool, each sample's rows round up to a multiple of it (zero rows: only dropped windows
-        # read them), so that every run of `pool` rows lies within one sample
-        wq = -(-wp // pool) * pool
+        # each sample's block of rows: its left padding and values, the right padding being the next
+        # block's left padding (or zero rows), so that windows start at every row of the first wo; with a
+        # pool, rounded up to a multiple of it (zero rows: only dropped windows read them), so that every
+        # run of `pool` rows lies within one sample
+        wq = -(-max(pw + wd, wo) // pool) * pool
 
         def residue_buffers(n: int) -> tuple:
-            """The batch as one sequence of padded samples (n x wq rows of c channels and a channel of
-            ones), so that the windows starting every step-th row (step a multiple of kw) are the rows of a
-            matrix (leading dimension step x (c + 1), a strided view: no copy) and `step` GEMMs, one per
-            start modulo step, give every window's output; windows across two samples (the last kw - 1 per
-            sample) are computed and never read. Chunks of about `_RESIDUE_BYTES` of input keep each
-            chunk's input in cache for its GEMMs (the demo model's plan at batch 256: 2.7 ms against
-            3.3-3.6 ms with im2col; of chunks from 32 KiB to 1 MiB, 64 KiB was the fastest).
+            """The batch as one sequence of padded samples (n x wq rows of c channels), so that the windows
+            starting every step-th row (step a multiple of kw) are the rows of a matrix (leading dimension
+            step x c, a strided view: no copy) and `step` GEMMs, one per start modulo step, give every
+            window's output; windows across two samples are computed and never read. Chunks of about
+            `_RESIDUE_BYTES` of input keep each chunk's input in cache for its GEMMs (the demo model's plan
+            at batch 256: 2.7 ms against 3.3-3.6 ms with im2col; of chunks from 32 KiB to 1 MiB, 64 KiB was
+            the fastest). No channel of ones for the offset: the rows of c values stay contiguous, so the
+            previous kernel writes its rounded values into them in long runs (a 33-float row stride made
+            that write 4x slower); the offset is added after the GEMMs (after the pool: max(a + b, c + b)
+            = max(a, c) + b, all exact).
 
             With a pool, step is also a multiple of it: each GEMM's windows then share their position
             modulo pool, and the GEMM writes them (BLAS's leading dimension) into that phase's own array,
             row = position // pool; the pool is the elementwise maximum of the phases' contiguous arrays
             (a strided maximum of the interleaved positions costs about five times as much)."""
-            c1, size = c + 1, carrier.itemsize
+            size = carrier.itemsize
             step = math.lcm(kw, pool)
-            xq = np.zeros((n * wq + step + kw, c1), carrier)
-            xq[:, c] = 1
+            xq = np.zeros((n * wq + step + kw, c), carrier)
             phases = np.empty((pool, n * wq // pool, o), carrier)
             flat, chunks = xq.reshape(-1), []
-            per_r = max(1, _RESIDUE_BYTES * step // kw // (wq * c1 * size))  # about as many rows per GEMM
+            per_r = max(1, _RESIDUE_BYTES * step // kw // (wq * c * size))  # about as many rows per GEMM
             for i in range(0, n, per_r):
                 base, rows_i = i * wq, min(per_r, n - i) * wq
                 for j in range(step):
                     r = (rows_i - 1 - j) // step + 1
-                    starts = np.lib.stride_tricks.as_strided(flat[(base + j) * c1 :], (r, kw * c1),
-                                                             (step * c1 * size, size), writeable=False)
+                    starts = np.lib.stride_tricks.as_strided(flat[(base + j) * c :], (r, k), (step * c * size, size),
+                                                             writeable=False)
                     first = (base + j) // pool
                     out = phases[(base + j) % pool, first : first + (step // pool) * r : step // pool]
                     chunks.append(((), starts, wres, out))
-            inner = xq[: n * wq].reshape(n, wq, c1)[:, pw : pw + wd, :c]
+            inner = xq[: n * wq].reshape(n, wq, c)[:, pw : pw + wd]
             result = phases[0].reshape(n, wq // pool, o)[:, : wo // pool]
-            return inner, chunks, result, (phases[0], tuple(phases)) if pool > 1 else None
+            return inner, chunks, result, (phases[0], tuple(phases)) if pool > 1 else None, offset
 
         def buffers(n: int) -> tuple:
             """Kept per batch size: the padded input (zero borders, written once) and the accumulator, and
@@ -402,11 +401,12 @@ class Conv(OpDef):
                     chunks.append((((taps, win[:, i : i + m]),), part, wmat, acc[i * rows : (i + m) * rows].transpose(1, 0, 2)))
             q = acc.reshape(n, ho, wo, o)
             if pool == 1:
-                return (inner[:, 0] if one_d else inner), chunks, (q[:, 0] if one_d else q), None
+                return (inner[:, 0] if one_d else inner), chunks, (q[:, 0] if one_d else q), None, None
             # the pool of the im2col path: the maximum of strided slices of the positions (1-d only)
             m = wo // pool
             pooled = np.empty((n, m, o), carrier)
-            return inner[:, 0], chunks, pooled, (pooled, tuple(q[:, 0, p : p + pool * m : pool] for p in range(pool)))
+            return (inner[:, 0], chunks, pooled, (pooled, tuple(q[:, 0, p : p + pool * m : pool] for p in range(pool))),
+                    None)
 
         def buffers_for(scratch: dict, n: int) -> tuple:
             bufs = scratch.get("conv")
@@ -416,7 +416,7 @@ class Conv(OpDef):
 
         def kernel(inputs, scratch):
             x = inputs[0]  # carried: (n, h, w, c), or (n, w, c) for 1-d
-            inner, chunks, result, pooling = buffers_for(scratch, len(x))
+            inner, chunks, result, pooling, late = buffers_for(scratch, len(x))
             if x is not inner:  # (the previous kernel may have written it there: `inlet`)
                 np.copyto(inner, x)  # the input (cast to the carrier) inside the zero borders
             for copies, a, b, out in chunks:
@@ -428,6 +428,8 @@ class Conv(OpDef):
                 np.maximum(phases[0], phases[1], out=into)
                 for more in phases[2:]:
                     np.maximum(into, more, out=into)
+            if late is not None:  # the offset, where the GEMM did not add it
+                np.add(result, late, out=result)
             return [result]
 
         kernel.inlet = lambda scratch, n: buffers_for(scratch, n)[0]
