@@ -323,12 +323,18 @@ def test_large_batch_1d_conv_matches_reference(cin, cout, size, k, pad, stride, 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ndim=st.sampled_from([1, 2]), cout=st.integers(1, 6), size=st.integers(3, 9), k=st.integers(1, 4),
        pad=st.integers(0, 2), stride=st.integers(1, 2), dilation=st.integers(1, 2), absolute=st.booleans(),
-       target=st.sampled_from(sorted(TARGETS)), n=st.integers(16, 24), seed=st.integers(0, 2**16))
+       target=st.sampled_from(sorted(TARGETS)), n=st.integers(16, 24), chunk=st.sampled_from([1, 512 << 10]),
+       seed=st.integers(0, 2**16))
 def test_chained_convs_and_one_channel_columns_match_reference(ndim, cout, size, k, pad, stride, dilation, absolute,
-                                                               target, n, seed):
+                                                               target, n, chunk, seed):
     """Two convs in a row: the first (one input channel: from batch 16 its columns are copied tap-major)
-    rounds its values straight into the second's padded input (`inlet`/`into`), |y| included; batch 1 and
-    n, 1-d and 2-d, every target's rounding."""
+    computes its values straight into the second's padded input (`inlet`/`into`: a 1-d conv's GEMM writes
+    there, the rounding in place), |y| included; batch 1 and n, 1-d and 2-d, im2col in chunks of one
+    sample or all, every target's rounding."""
+    from unittest import mock
+
+    from npukit.ops import mac
+
     pad = min(pad, k // 2 + 1)
     if size + 2 * pad < dilation * (k - 1) + 1:
         k = dilation = 1
@@ -344,5 +350,21 @@ def test_chained_convs_and_one_channel_columns_match_reference(ndim, cout, size,
     spec = graph.input_spec()
     lo, hi = -(1 << (spec.bits - 1)), (1 << (spec.bits - 1)) - 1
     q = np.random.default_rng(seed).integers(lo, hi + 1, (n, *spec.shape)).astype(spec.dtype)
-    for m in (n, 1):
-        _same_as_reference(graph, q[:m])
+    with mock.patch.object(mac, "_CHUNK_BYTES", chunk):
+        for m in (n, 1):
+            _same_as_reference(graph, q[:m])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=nets(), target=st.sampled_from(sorted(TARGETS)), chunk=st.sampled_from([1, 3000, 20000]),
+       n=st.integers(2, 9), seed=st.integers(0, 2**16))
+def test_a_large_batch_runs_in_chunks_of_samples(spec, target, chunk, n, seed):
+    """A batch larger than `Plan.CHUNK_BYTES` allows runs in equal chunks of samples (here as small as
+    one), and gives the reference walk's integers."""
+    from unittest import mock
+
+    graph, q = random_graph_and_inputs(spec, target, seed, n=n)
+    with mock.patch.object(engine.Plan, "CHUNK_BYTES", chunk):
+        _same_as_reference(graph, q)
+        if chunk == 1:  # one sample per chunk
+            assert graph.__dict__[engine._PLAN_ATTR]._chunk == 1

@@ -29,7 +29,8 @@ Kernel = Callable[[list[np.ndarray], dict], list[np.ndarray]]
 
 # `OpDef.compile_untailed`: (kernel giving the carried values before the requantisation's rounding and clip,
 # that tail ((array, out=None) -> the values rounded and clipped, in place or written into `out`), whether
-# the tail is monotonic).
+# the tail is monotonic). The values kernel may have `into(inputs, scratch, out)`: the values computed in
+# `out` where it can put them there (else in its own buffers), returned.
 Untailed = tuple[Kernel, Callable[..., np.ndarray], bool]
 
 
@@ -43,7 +44,10 @@ def with_tail(parts: Untailed | None) -> Kernel | None:
     def kernel(inputs, scratch):
         return [tail(raw(inputs, scratch)[0])]
 
-    kernel.into = lambda inputs, scratch, out: [tail(raw(inputs, scratch)[0], out)]
+    # the values kernel's own `into` (the values in `out`, or in its own buffers where it cannot), the tail
+    # then in place or from its buffers into `out`
+    values = getattr(raw, "into", None) or (lambda inputs, scratch, out: raw(inputs, scratch)[0])
+    kernel.into = lambda inputs, scratch, out: [tail(values(inputs, scratch, out), out)]
     if hasattr(raw, "inlet"):
         kernel.inlet = raw.inlet
     return kernel

@@ -359,10 +359,10 @@ class Conv(OpDef):
                                                              writeable=False)
                     first = (base + j) // pool
                     out = phases[(base + j) % pool, first : first + (step // pool) * r : step // pool]
-                    chunks.append(((), starts, wres, out))
+                    chunks.append(((), starts, wres, out, None))
             inner = xq[: n * wq].reshape(n, wq, c)[:, pw : pw + wd]
-            result = phases[0].reshape(n, wq // pool, o)[:, : wo // pool]
-            return inner, chunks, result, (phases[0], tuple(phases)) if pool > 1 else None, offset
+            valid = tuple(p.reshape(n, wq // pool, o)[:, : wo // pool] for p in phases)
+            return inner, chunks, valid[0], (phases[0], tuple(phases), valid) if pool > 1 else None, offset
 
         def buffers(n: int) -> tuple:
             """Kept per batch size: the padded input (zero borders, written once) and the accumulator, and
@@ -388,7 +388,8 @@ class Conv(OpDef):
                     if not np.shares_memory(taps, cols):  # a reshape that copied would drop the im2col
                         raise AssertionError("the columns view is not a view")
                     copies = tuple((taps[ti, tj], win[0, i : i + m, :, :, ti, tj, 0]) for ti in range(kh) for tj in range(kw))
-                    chunks.append((copies, part.T, wmat[0], acc[i * rows : (i + m) * rows, 0]))
+                    chunks.append((copies, part.T, wmat[0], acc[i * rows : (i + m) * rows, 0],
+                                   (part.T.reshape(m, rows, k + 1), i, i + m)))
             else:
                 cols = np.ones((g, min(n, per) * rows, k + 1), carrier)  # the last column stays 1
                 chunks = []
@@ -398,15 +399,16 @@ class Conv(OpDef):
                     taps = part[:, :, :k].reshape(g, m, ho, wo, kh, kw, cg)
                     if not np.shares_memory(taps, cols):  # a reshape that copied would drop the im2col
                         raise AssertionError("the columns view is not a view")
-                    chunks.append((((taps, win[:, i : i + m]),), part, wmat, acc[i * rows : (i + m) * rows].transpose(1, 0, 2)))
+                    chunks.append((((taps, win[:, i : i + m]),), part, wmat, acc[i * rows : (i + m) * rows].transpose(1, 0, 2),
+                                   (part[0].reshape(m, rows, k + 1), i, i + m) if g == 1 else None))
             q = acc.reshape(n, ho, wo, o)
             if pool == 1:
                 return (inner[:, 0] if one_d else inner), chunks, (q[:, 0] if one_d else q), None, None
             # the pool of the im2col path: the maximum of strided slices of the positions (1-d only)
             m = wo // pool
             pooled = np.empty((n, m, o), carrier)
-            return (inner[:, 0], chunks, pooled, (pooled, tuple(q[:, 0, p : p + pool * m : pool] for p in range(pool))),
-                    None)
+            phases = tuple(q[:, 0, p : p + pool * m : pool] for p in range(pool))
+            return inner[:, 0], chunks, pooled, (pooled, phases, phases), None
 
         def buffers_for(scratch: dict, n: int) -> tuple:
             bufs = scratch.get("conv")
@@ -414,17 +416,30 @@ class Conv(OpDef):
                 bufs = scratch["conv"] = residue_buffers(n) if residue and n >= _RESIDUE_MIN_BATCH else buffers(n)
             return bufs
 
-        def kernel(inputs, scratch):
+        # a 1-d conv's GEMM may write its rows straight into the next kernel's input buffer (`into`):
+        # one GEMM per sample (numpy's stacked matmul), no accumulator pass (256 x 40 x 32: 61 against 92 us)
+        direct = one_d and pool == 1
+
+        def kernel(inputs, scratch, out=None):
+            """The values before the tail, in this kernel's buffers, or in `out` (of the result's shape)
+            where it can write them there."""
             x = inputs[0]  # carried: (n, h, w, c), or (n, w, c) for 1-d
             inner, chunks, result, pooling, late = buffers_for(scratch, len(x))
             if x is not inner:  # (the previous kernel may have written it there: `inlet`)
                 np.copyto(inner, x)  # the input (cast to the carrier) inside the zero borders
-            for copies, a, b, out in chunks:
+            for copies, a, b, acc, rows in chunks:
                 for cols, win in copies:
                     np.copyto(cols, win)  # im2col: strided copies, the batch folded into the rows
-                np.matmul(a, b, out=out)  # one GEMM per group (im2col) or per window start modulo step
+                if out is not None and direct and rows is not None:
+                    cols, i, j = rows
+                    np.matmul(cols, b, out=out[i:j])
+                    result = out
+                else:  # one GEMM per group (im2col) or per window start modulo step
+                    np.matmul(a, b, out=acc)
             if pooling is not None:  # the maximum of the phases, into phase 0's array (residue) or its own
-                into, phases = pooling
+                into, phases, valid = pooling
+                if out is not None:
+                    into, phases, result = out, valid, out
                 np.maximum(phases[0], phases[1], out=into)
                 for more in phases[2:]:
                     np.maximum(into, more, out=into)
@@ -432,6 +447,7 @@ class Conv(OpDef):
                 np.add(result, late, out=result)
             return [result]
 
+        kernel.into = lambda inputs, scratch, out: kernel(inputs, scratch, out)[0]
         kernel.inlet = lambda scratch, n: buffers_for(scratch, n)[0]
         return kernel, lambda acc, out=None: tail(acc, None, out), not a["abs"]
 
@@ -539,20 +555,31 @@ class Linear(OpDef):
         if folded is None:
             return None
         carrier, wmat, offset, tail = folded
+        features = math.prod(in_shape)
+        # the offset as one more weight row, against the input buffer's column of ones (as in the conv)
+        wmat1 = np.concatenate([wmat, offset[None]])
 
         def kernel(inputs, scratch):  # (n, features) -> (n, out)
             x = inputs[0]
-            return [np.matmul(x.reshape(len(x), -1).astype(carrier, copy=False), wmat)]
+            ones = scratch.get("x")
+            if ones is not None and x is ones[1]:  # in the input buffer (`inlet`): the offset in the GEMM
+                return [np.matmul(ones[0], wmat1)]
+            acc = np.matmul(x.reshape(len(x), -1).astype(carrier, copy=False), wmat)
+            return [np.add(acc, offset, out=acc)]
 
         def inlet(scratch: dict, n: int) -> np.ndarray:
-            """A contiguous input buffer (the carried input's shape), which the reshape reads with no copy."""
-            x = scratch.get("x")
-            if x is None:
-                x = scratch["x"] = np.empty((n, *in_shape), carrier)
-            return x
+            """The input buffer, (n, features + 1) with a last column of ones, as the carried input's shape."""
+            ones = scratch.get("x")
+            if ones is None:
+                buf = np.ones((n, features + 1), carrier)
+                view = buf[:, :features].reshape(n, *in_shape)
+                if not np.shares_memory(view, buf):  # a reshape that copied would lose what is written there
+                    raise AssertionError("the input buffer's view is not a view")
+                ones = scratch["x"] = (buf, view)
+            return ones[1]
 
         kernel.inlet = inlet
-        return kernel, lambda acc, out=None: tail(acc, offset, out), not node.attrs["abs"]
+        return kernel, lambda acc, out=None: tail(acc, None, out), not node.attrs["abs"]
 
     def compile_after(self, prev, node, graph):
         """A flatten of a carried (n, *spatial, c) tensor folded into the weights: the linear reads the
