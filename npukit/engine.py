@@ -9,7 +9,6 @@ have one (the same integers, faster), kept with the graph and recompiled when th
 from __future__ import annotations
 
 import copy
-import math
 import operator
 import threading
 from collections.abc import Iterator
@@ -72,15 +71,10 @@ class Plan:
     graph still is that graph (`run` asks on every call). Any batch size; the kernels' buffers are kept
     for the last few batch sizes (`KEEP_BATCH_SIZES`, at most `KEEP_BYTES` each). Runs in several threads
     at once are safe: a run takes its buffers out of the plan and puts them back when done.
-
-    A large batch runs in equal chunks of samples (every op computes each sample on its own), each with
-    its graph's tensors within about `CHUNK_BYTES` as float32, about an L2 cache: one layer's output is
-    still in cache when the next reads it (the demo model at batch 256: 3 chunks, about 5% faster).
     """
 
     KEEP_BATCH_SIZES = 4
     KEEP_BYTES = 256 << 20
-    CHUNK_BYTES = 2 << 20
 
     def __init__(self, graph: Graph):
         self.graph = graph
@@ -136,7 +130,6 @@ class Plan:
         self._steps = [(_chained(kernels), *rest) for kernels, *rest in steps]
         self._outputs = [(t, to_std[t] if t in carried else None) for t in graph.outputs]
         self._snapshot = _snapshot(graph, compiled)
-        self._chunk = max(1, self.CHUNK_BYTES // (4 * sum(math.prod(spec.shape) for spec in graph.tensors.values())))
         self._scratch: dict[tuple[int, ...], list[dict]] = {}  # batch sizes -> each step's buffers
         self._lock = threading.Lock()
 
@@ -156,17 +149,6 @@ class Plan:
             raise NpukitError(f"the graph takes {len(self._inputs)} input(s), got {len(inputs)}")
         env = {name: _checked_input(name, spec, lo, hi, x, shape, dtype)
                for (name, spec, lo, hi, shape, dtype), x in zip(self._inputs, inputs, strict=True)}
-        key = tuple(map(len, env.values()))
-        n = key[0] if key else 0
-        if n > self._chunk and key.count(n) == len(key):
-            parts = -(-n // self._chunk)
-            size = -(-n // parts)
-            outs = [self._run({t: x[i : i + size] for t, x in env.items()}) for i in range(0, n, size)]
-            return [np.concatenate(chunks) for chunks in zip(*outs, strict=True)]
-        return self._run(env)
-
-    def _run(self, env: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """`run` on checked inputs, in one piece."""
         key = tuple(map(len, env.values()))
         with self._lock:
             scratch = self._scratch.pop(key, None)

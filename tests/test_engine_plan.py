@@ -353,18 +353,3 @@ def test_chained_convs_and_one_channel_columns_match_reference(ndim, cout, size,
     with mock.patch.object(mac, "_CHUNK_BYTES", chunk):
         for m in (n, 1):
             _same_as_reference(graph, q[:m])
-
-
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(spec=nets(), target=st.sampled_from(sorted(TARGETS)), chunk=st.sampled_from([1, 3000, 20000]),
-       n=st.integers(2, 9), seed=st.integers(0, 2**16))
-def test_a_large_batch_runs_in_chunks_of_samples(spec, target, chunk, n, seed):
-    """A batch larger than `Plan.CHUNK_BYTES` allows runs in equal chunks of samples (here as small as
-    one), and gives the reference walk's integers."""
-    from unittest import mock
-
-    graph, q = random_graph_and_inputs(spec, target, seed, n=n)
-    with mock.patch.object(engine.Plan, "CHUNK_BYTES", chunk):
-        _same_as_reference(graph, q)
-        if chunk == 1:  # one sample per chunk
-            assert graph.__dict__[engine._PLAN_ATTR]._chunk == 1
