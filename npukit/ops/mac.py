@@ -338,7 +338,7 @@ class Conv(OpDef):
             at batch 256: 2.7 ms against 3.3-3.6 ms with im2col; of chunks from 32 KiB to 1 MiB, 64 KiB was
             the fastest). No channel of ones for the offset: the rows of c values stay contiguous, so the
             previous kernel writes its rounded values into them in long runs (a 33-float row stride made
-            that write 4x slower); the offset is added after the GEMMs (after the pool: max(a + b, c + b)
+            that write 1.3-1.8x slower); the offset is added after the GEMMs (after the pool: max(a + b, c + b)
             = max(a, c) + b, all exact).
 
             With a pool, step is also a multiple of it: each GEMM's windows then share their position
