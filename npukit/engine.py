@@ -185,16 +185,24 @@ def _no_plan() -> None:
 
 
 def _chained(kernels: list):
-    """One kernel running `kernels` in turn, each on the previous one's outputs, each with its own scratch."""
+    """One kernel running `kernels` in turn, each on the previous one's outputs, each with its own scratch;
+    a kernel with `into` followed by one with an `inlet` writes its output straight into that buffer
+    (`OpDef.compile`), which the next kernel then reads with no copy."""
     if len(kernels) == 1:
         return kernels[0]
+    # for each kernel: (how it runs, the next kernel's inlet where it writes there)
+    steps = [(a.into, b.inlet) if hasattr(a, "into") and hasattr(b, "inlet") else (a, None)
+             for a, b in zip(kernels, [*kernels[1:], None], strict=True)]
 
     def run(inputs, scratch):
         subs = scratch.get("chain")
         if subs is None:
             subs = scratch["chain"] = [{} for _ in kernels]
-        for kernel, sub in zip(kernels, subs, strict=True):
-            inputs = kernel(inputs, sub)
+        for i, (kernel, inlet) in enumerate(steps):
+            if inlet is None:
+                inputs = kernel(inputs, subs[i])
+            else:
+                inputs = kernel(inputs, subs[i], inlet(subs[i + 1], len(inputs[0])))
         return inputs
 
     return run

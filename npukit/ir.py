@@ -88,17 +88,21 @@ class Graph:
         from . import arith
 
         spec = self.input_spec(i)
-        try:
-            x = np.asarray(x, dtype=np.float64)
+        mode = self.target["rounding"]
+        try:  # float32 and float16 stay as they are for half up: `arith.quantize` rounds them in fewer passes
+            x = np.asarray(x)
+            if x.dtype not in arith.NARROW_FLOATS or mode != "half_up":
+                x = x.astype(np.float64, copy=False)
         except (TypeError, ValueError) as e:
             raise NpukitError(f"input {spec.name!r}: cannot read the data as real numbers ({e})") from None
-        if not math.isfinite(np.add.reduce(x, axis=None)) and not np.isfinite(x).all():  # one pass when all finite
+        # one pass when all finite (summed in float64: a float32 sum of finite values could overflow)
+        if not math.isfinite(np.add.reduce(x, axis=None, dtype=np.float64)) and not np.isfinite(x).all():
             bad = ~np.isfinite(x)
             first = tuple(int(k) for k in np.argwhere(bad)[0])
             raise NpukitError(f"input {spec.name!r}: {int(bad.sum())} of {x.size} values are NaN or infinite "
                               f"(the first at index {list(first)}: {x[first]}); integers cannot represent them, "
                               "so clean or clip the data before quantizing it")
-        return arith.quantize(x, spec.exp, spec.bits, self.target["rounding"], out=True).astype(spec.dtype)
+        return arith.quantize(x, spec.exp, spec.bits, mode, out=True).astype(spec.dtype)
 
     def dequantize_output(self, q, i: int = 0) -> np.ndarray:
         return np.asarray(q, dtype=np.float64) * 2.0 ** -self.output_spec(i).exp

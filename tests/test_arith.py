@@ -280,6 +280,37 @@ def test_quantize(real, exp, bits, relu, mode):
     assert as_ints(arith.quantize(torch.tensor(real, dtype=torch.float64), exp, bits, mode, relu)) == want
 
 
+def _near_halves32(draw_k: int, side: int) -> np.float32:
+    """A float32 at, or one float32 step either side of, k + 1/2: where floor(v + 0.5) could go wrong."""
+    v = np.float32(draw_k + 0.5)
+    return v if side == 0 else np.nextafter(v, np.float32(np.inf * side))
+
+
+@SETTINGS
+@given(real=st.lists(st.one_of(st.floats(width=32, allow_nan=False, allow_infinity=False),
+                               st.builds(_near_halves32, st.integers(-(2**24), 2**24), st.sampled_from([-1, 0, 1]))),
+                     min_size=1, max_size=8),
+       exp=st.integers(-32, 32), bits=st.integers(2, 32), relu=st.booleans(), half=st.booleans())
+@example(real=[0.49999997, -0.50000006, 0.5, -0.5, 1.5, -1.5, 2.5, 3.4028235e38, -3.4028235e38, 1e-45], exp=0,
+         bits=8, relu=False, half=False)
+def test_quantize_float32_in_place_is_half_up(real, exp, bits, relu, half):
+    """`quantize(out=True)` of float32 (and float16) data rounds half up as floor(v + 0.5) in float64:
+    exact for these inputs (its comment says why), on every value including the float32 steps either
+    side of a tie, subnormals and the largest magnitudes."""
+    x = np.array(real, dtype=np.float32)
+    if half:
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float16)
+        x = x[np.isfinite(x)]
+        if not x.size:
+            return
+    lo, hi = ref_int_range(bits)
+    lo = 0 if relu else lo
+    want = [min(max(ref_round(Fraction(float(r)) * Fraction(2) ** exp, "half_up"), lo), hi) for r in x]
+    assert as_ints(arith.quantize(x, exp, bits, "half_up", relu, out=True)) == want
+    assert as_ints(arith.quantize(x.astype(np.float64), exp, bits, "half_up", relu, out=True)) == want
+
+
 # ---------------------------------------------------------------------------------------------------
 # int_range / act_range
 # ---------------------------------------------------------------------------------------------------

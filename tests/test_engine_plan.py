@@ -288,13 +288,14 @@ _W16 = {"name": "w16", "activation_bits": 8, "weight_bits": [16], "bias_bits": 3
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cin=st.integers(1, 5), cout=st.integers(1, 6), size=st.integers(3, 12), k=st.integers(1, 5),
-       pad=st.integers(0, 3), stride=st.integers(1, 2), dilation=st.integers(1, 2), pool=st.booleans(),
+       pad=st.integers(0, 3), stride=st.integers(1, 2), dilation=st.integers(1, 2), pool=st.sampled_from([0, 2, 3]),
        target=st.sampled_from([*sorted(TARGETS), "w16"]), n=st.integers(16, 40), chunk=st.sampled_from([1, 300, 64 << 10]),
        seed=st.integers(0, 2**16))
 def test_large_batch_1d_conv_matches_reference(cin, cout, size, k, pad, stride, dilation, pool, target, n, chunk, seed):
     """From batch 16 a 1-d conv of stride 1 (and 16 input channels; here any) runs as strided GEMMs over
-    the padded batch, in chunks of samples (`_RESIDUE_BYTES`: here as small as one sample per chunk);
-    other geometries keep im2col."""
+    the padded batch, in chunks of samples (`_RESIDUE_BYTES`: here as small as one sample per chunk),
+    a max pool after it (kernel = stride 2 or 3) as the maximum of the GEMMs' per-phase outputs; other
+    geometries keep im2col."""
     from unittest import mock
 
     from npukit.ops import mac
@@ -304,9 +305,9 @@ def test_large_batch_1d_conv_matches_reference(cin, cout, size, k, pad, stride, 
         k = dilation = 1
     out = (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
     layers = [nn.Conv1d(cin, cout, k, stride=stride, padding=pad, dilation=dilation), nn.ReLU()]
-    if pool and out >= 2:
-        layers.append(nn.MaxPool1d(2))
-        out //= 2
+    if pool and out >= pool:
+        layers.append(nn.MaxPool1d(pool))
+        out //= pool
     layers += [nn.Conv1d(cout, 3, 3, padding=1), nn.Flatten(), nn.Linear(3 * out, 2)]
     torch.manual_seed(seed)
     graph = npukit.to_ir(npukit.prepare(nn.Sequential(*layers), torch.randn(16, cin, size) * 3,
@@ -316,4 +317,39 @@ def test_large_batch_1d_conv_matches_reference(cin, cout, size, k, pad, stride, 
     q = np.random.default_rng(seed).integers(lo, hi + 1, (n, *spec.shape)).astype(spec.dtype)
     with mock.patch.object(mac, "_RESIDUE_BYTES", chunk), mock.patch.object(mac, "_RESIDUE_MIN_CHANNELS", 1):
         for m in (n, 1, n):
+            _same_as_reference(graph, q[:m])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ndim=st.sampled_from([1, 2]), cout=st.integers(1, 6), size=st.integers(3, 9), k=st.integers(1, 4),
+       pad=st.integers(0, 2), stride=st.integers(1, 2), dilation=st.integers(1, 2), absolute=st.booleans(),
+       target=st.sampled_from(sorted(TARGETS)), n=st.integers(16, 24), chunk=st.sampled_from([1, 512 << 10]),
+       seed=st.integers(0, 2**16))
+def test_chained_convs_and_one_channel_columns_match_reference(ndim, cout, size, k, pad, stride, dilation, absolute,
+                                                               target, n, chunk, seed):
+    """Two convs in a row: the first (one input channel: from batch 16 its columns are copied tap-major)
+    computes its values straight into the second's padded input (`inlet`/`into`: a 1-d conv's GEMM writes
+    there, the rounding in place), |y| included; batch 1 and n, 1-d and 2-d, im2col in chunks of one
+    sample or all, every target's rounding."""
+    from unittest import mock
+
+    from npukit.ops import mac
+
+    pad = min(pad, k // 2 + 1)
+    if size + 2 * pad < dilation * (k - 1) + 1:
+        k = dilation = 1
+    conv = nn.Conv1d if ndim == 1 else nn.Conv2d
+    out = (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
+    torch.manual_seed(seed)
+    model = nn.Sequential(conv(1, cout, k, stride=stride, padding=pad, dilation=dilation),
+                          conv(cout, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * out**ndim, 2))
+    graph = npukit.to_ir(npukit.prepare(model, torch.randn(16, 1, *[size] * ndim) * 3, target=TARGETS[target],
+                                        rules="off"))
+    graph.nodes[0].attrs["abs"] = absolute
+    graph.validate()
+    spec = graph.input_spec()
+    lo, hi = -(1 << (spec.bits - 1)), (1 << (spec.bits - 1)) - 1
+    q = np.random.default_rng(seed).integers(lo, hi + 1, (n, *spec.shape)).astype(spec.dtype)
+    with mock.patch.object(mac, "_CHUNK_BYTES", chunk):
+        for m in (n, 1):
             _same_as_reference(graph, q[:m])

@@ -28,16 +28,29 @@ MAX_MAC_INPUT_BITS = 16  # the MAC kernels read 8- or 16-bit activations
 Kernel = Callable[[list[np.ndarray], dict], list[np.ndarray]]
 
 # `OpDef.compile_untailed`: (kernel giving the carried values before the requantisation's rounding and clip,
-# that tail (array -> the same array, rounded and clipped in place), whether the tail is monotonic).
-Untailed = tuple[Kernel, Callable[[np.ndarray], np.ndarray], bool]
+# that tail ((array, out=None) -> the values rounded and clipped, in place or written into `out`), whether
+# the tail is monotonic). The values kernel may have `into(inputs, scratch, out)`: the values computed in
+# `out` where it can put them there (else in its own buffers), returned.
+Untailed = tuple[Kernel, Callable[..., np.ndarray], bool]
 
 
 def with_tail(parts: Untailed | None) -> Kernel | None:
-    """A compiled kernel from `compile_untailed`'s parts: the values, then the tail on them."""
+    """A compiled kernel from `compile_untailed`'s parts: the values, then the tail on them; with `into`
+    (the tail writing the next kernel's `inlet`) and the values kernel's own `inlet`, if it has one."""
     if parts is None:
         return None
     raw, tail, _ = parts
-    return lambda inputs, scratch: [tail(raw(inputs, scratch)[0])]
+
+    def kernel(inputs, scratch):
+        return [tail(raw(inputs, scratch)[0])]
+
+    # the values kernel's own `into` (the values in `out`, or in its own buffers where it cannot), the tail
+    # then in place or from its buffers into `out`
+    values = getattr(raw, "into", None) or (lambda inputs, scratch, out: raw(inputs, scratch)[0])
+    kernel.into = lambda inputs, scratch, out: [tail(values(inputs, scratch, out), out)]
+    if hasattr(raw, "inlet"):
+        kernel.inlet = raw.inlet
+    return kernel
 
 
 # Attribute kinds of the schema: what model.bin stores and reads back, and what validation checks.
@@ -108,6 +121,12 @@ class OpDef:
         `scratch` is a dict the kernel owns for one batch size: buffers kept there are reused by the
         plan's next run at that batch size (fresh multi-megabyte arrays cost page faults on every call),
         so what the kernel returns may live there; the plan never lets such an array escape a run.
+
+        Two optional attributes of a kernel save a copy between two kernels run in turn (`engine.Plan`'s
+        chains): `inlet(scratch, n)`, the array (in `scratch`) into which the kernel would copy its first
+        input for a batch of n (it skips the copy when handed that very array), and `into(inputs,
+        scratch, out)`, the kernel writing its one output into `out` (of the output's shape, any strides
+        and float type) and returning [out]. `with_tail` gives both where the parts have them.
         """
         return None
 

@@ -102,27 +102,45 @@ def _compiled_tail(node: Node, graph: Graph, w: np.ndarray, relu: bool = False):
     high = np.array(hi, carrier) if hi < reach else None
     top = np.array(hi, carrier) if absolute and hi < reach else None
 
-    def tail(acc: np.ndarray, offset: np.ndarray | None) -> np.ndarray:
+    def tail(acc: np.ndarray, offset: np.ndarray | None, out: np.ndarray | None = None) -> np.ndarray:
         """acc: the GEMM of the scaled weights, (..., out channels), updated in place; `offset` (out,),
-        or None where the GEMM added it already (a column of ones times a row of offsets)."""
+        or None where the GEMM added it already (a column of ones times a row of offsets). `out`: where
+        the result goes (the next kernel's input buffer, `OpDef.compile`'s inlet), else `acc` itself.
+
+        The clip runs before the rounding, which writes `out` last (no copy): the rounding functions are
+        monotonic and keep integers, so with integer bounds rnd(clip(v, lo, hi)) = clip(rnd(v), lo, hi)."""
+        if out is None:
+            out = acc
+        elif out.shape != acc.shape:  # a ufunc's `out` would broadcast a smaller acc silently
+            raise AssertionError(f"output buffer {out.shape} for values {acc.shape}")
         if offset is not None:
             np.add(acc, offset, out=acc)
-        if rnd is not None:
-            rnd(acc, out=acc)
-        if low is not None and high is not None and acc.size > 4096:  # one pass over large arrays
-            np.clip(acc, low, high, out=acc)
-        else:  # ufuncs: np.clip's Python layers cost more than a pass over a small array
-            if low is not None:
-                np.maximum(acc, low, out=acc)
-            if high is not None:
-                np.minimum(acc, high, out=acc)
-        if absolute:  # |y|, then the top of the range again: |-128| is 128
-            np.abs(acc, out=acc)
+        if absolute:  # |y| of the rounded and clipped value, then the top of the range again: |-128| is 128
+            if rnd is not None:
+                rnd(acc, out=acc)
+            _clip(acc, low, high)
+            np.abs(acc, out=out)
             if top is not None:
-                np.minimum(acc, top, out=acc)
-        return acc
+                np.minimum(out, top, out=out)
+            return out
+        _clip(acc, low, high)
+        if rnd is not None:
+            rnd(acc, out=out)
+        elif out is not acc:
+            np.copyto(out, acc)
+        return out
 
     return carrier, wmat, offset, tail
+
+
+def _clip(acc: np.ndarray, low: np.ndarray | None, high: np.ndarray | None) -> None:
+    """acc clipped in place to the bounds given (None: a side no value reaches)."""
+    if low is not None and high is not None:
+        arith.clip_ufunc(acc, low, high, out=acc)
+    elif low is not None:
+        np.maximum(acc, low, out=acc)
+    elif high is not None:
+        np.minimum(acc, high, out=acc)
 
 
 def _mac_tail_onnx(node: Node, acc: str, b) -> str:
@@ -267,10 +285,12 @@ class Conv(OpDef):
     def compile(self, node, graph):
         return with_tail(self.compile_untailed(node, graph))
 
-    def compile_untailed(self, node, graph, relu: bool = False):
+    def compile_untailed(self, node, graph, relu: bool = False, pool: int = 1):
         """`compile` split for fusion: (kernel giving the carried accumulators before the requantisation's
         rounding and clip, that tail (in place), whether the tail is monotonic), or None. `relu`: the tail
-        of this conv followed by a ReLU (`_compiled_tail`)."""
+        of this conv followed by a ReLU (`_compiled_tail`). `pool` > 1 (1-d only): the kernel gives the
+        maximum of each run of `pool` adjacent positions instead (a max pool of that kernel and stride
+        and no padding, which `MaxPool.compile_after` puts before the monotonic tail)."""
         a, w = node.attrs, node.params["weight"]
         if a["ndim"] == 1:  # as in run: a 1-d conv is a 2-d conv of height 1
             w = w[:, :, None, :]
@@ -286,6 +306,8 @@ class Conv(OpDef):
             return None
         carrier, wmat, offset, tail = folded
         one_d = a["ndim"] == 1
+        if pool > 1 and not one_d:
+            return None
         (ph, pw), (sh, sw), (dh, dw) = pad, stride, dil
         c, *spatial = graph.tensors[node.inputs[0]].shape
         h, wd = (1, *spatial) if one_d else spatial
@@ -296,37 +318,51 @@ class Conv(OpDef):
         per = max(1, _CHUNK_BYTES // (rows * (k + 1) * carrier.itemsize))  # samples per im2col + GEMM chunk
         # the offset joins the GEMM as one more inner row of the weights, times a column of ones in the columns:
         # the partial sums stay below the same bound, so exact, and the tail saves a pass
+        wres = wmat[0] if g == 1 else None  # the residue path's weights, (kw x c, out): offset added after
         wmat = np.concatenate([wmat, offset.reshape(g, 1, o // g)], axis=1)
         # A 1-d conv of stride 1 (no dilation, no groups) reads each window as one contiguous run of kw x c
         # values of the padded input: at large batches no im2col (`residue_buffers`).
         residue = one_d and kh == 1 and sw == 1 and dw == 1 and g == 1 and c >= _RESIDUE_MIN_CHANNELS
-        if residue:  # the weights as (taps x (c + 1), out): a channel of ones, its weight the offset at tap 0
-            wres = np.zeros((kw, c + 1, o), carrier)
-            wres[:, :c] = wmat[0, :k].reshape(kw, c, o)
-            wres[0, c] = wmat[0, k]
-            wres = wres.reshape(kw * (c + 1), o)
+        # each sample's block of rows: its left padding and values, the right padding being the next
+        # block's left padding (or zero rows), so that windows start at every row of the first wo; with a
+        # pool, rounded up to a multiple of it (zero rows: only dropped windows read them), so that every
+        # run of `pool` rows lies within one sample
+        wq = -(-max(pw + wd, wo) // pool) * pool
 
         def residue_buffers(n: int) -> tuple:
-            """The batch as one sequence of padded samples (n x wp rows of c channels and a channel of
-            ones), so that the windows starting every kw-th row are the rows of a matrix (leading dimension
-            kw x (c + 1), a strided view: no copy) and kw GEMMs, one per start modulo kw, give every
-            window's output; windows across two samples (the last kw - 1 per sample) are computed and never
-            read. Chunks of about `_RESIDUE_BYTES` of input keep each chunk's input in cache for its kw
-            GEMMs (the demo model's plan at batch 256: 2.7 ms against 3.3-3.6 ms with im2col; of chunks
-            from 32 KiB to 1 MiB, 64 KiB was the fastest)."""
-            c1, size = c + 1, carrier.itemsize
-            xq = np.zeros((n * wp + kw, c1), carrier)
-            xq[:, c] = 1
-            acc = np.empty((n * wp, o), carrier)
-            flat, per_r, chunks = xq.reshape(-1), max(1, _RESIDUE_BYTES // (wp * c1 * size)), []
+            """The batch as one sequence of padded samples (n x wq rows of c channels), so that the windows
+            starting every step-th row (step a multiple of kw) are the rows of a matrix (leading dimension
+            step x c, a strided view: no copy) and `step` GEMMs, one per start modulo step, give every
+            window's output; windows across two samples are computed and never read. Chunks of about
+            `_RESIDUE_BYTES` of input keep each chunk's input in cache for its GEMMs (the demo model's plan
+            at batch 256: 2.7 ms against 3.3-3.6 ms with im2col; of chunks from 32 KiB to 1 MiB, 64 KiB was
+            the fastest). No channel of ones for the offset: the rows of c values stay contiguous, so the
+            previous kernel writes its rounded values into them in long runs (a 33-float row stride made
+            that write 1.3-1.8x slower); the offset is added after the GEMMs (after the pool: max(a + b, c + b)
+            = max(a, c) + b, all exact).
+
+            With a pool, step is also a multiple of it: each GEMM's windows then share their position
+            modulo pool, and the GEMM writes them (BLAS's leading dimension) into that phase's own array,
+            row = position // pool; the pool is the elementwise maximum of the phases' contiguous arrays
+            (a strided maximum of the interleaved positions costs about five times as much)."""
+            size = carrier.itemsize
+            step = math.lcm(kw, pool)
+            xq = np.zeros((n * wq + step + kw, c), carrier)
+            phases = np.empty((pool, n * wq // pool, o), carrier)
+            flat, chunks = xq.reshape(-1), []
+            per_r = max(1, _RESIDUE_BYTES * step // kw // (wq * c * size))  # about as many rows per GEMM
             for i in range(0, n, per_r):
-                base, rows_i = i * wp, min(per_r, n - i) * wp
-                for j in range(kw):
-                    r = (rows_i - 1 - j) // kw + 1
-                    starts = np.lib.stride_tricks.as_strided(flat[(base + j) * c1 :], (r, kw * c1), (kw * c1 * size, size),
+                base, rows_i = i * wq, min(per_r, n - i) * wq
+                for j in range(step):
+                    r = (rows_i - 1 - j) // step + 1
+                    starts = np.lib.stride_tricks.as_strided(flat[(base + j) * c :], (r, k), (step * c * size, size),
                                                              writeable=False)
-                    chunks.append((None, None, starts, wres, acc[base + j : base + j + kw * r : kw]))
-            return xq[: n * wp].reshape(n, wp, c1)[:, pw : pw + wd, :c], chunks, acc.reshape(n, wp, o)[:, :wo]
+                    first = (base + j) // pool
+                    out = phases[(base + j) % pool, first : first + (step // pool) * r : step // pool]
+                    chunks.append(((), starts, wres, out, None))
+            inner = xq[: n * wq].reshape(n, wq, c)[:, pw : pw + wd]
+            valid = tuple(p.reshape(n, wq // pool, o)[:, : wo // pool] for p in phases)
+            return inner, chunks, valid[0], (phases[0], tuple(phases), valid) if pool > 1 else None, offset
 
         def buffers(n: int) -> tuple:
             """Kept per batch size: the padded input (zero borders, written once) and the accumulator, and
@@ -338,34 +374,82 @@ class Conv(OpDef):
             win = np.lib.stride_tricks.as_strided(xp, (g, n, ho, wo, kh, kw, cg),
                                                   (s3 * cg, s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3), writeable=False)
             inner = xp[:, ph : ph + h, pw : pw + wd, :]
-            cols = np.ones((g, min(n, per) * rows, k + 1), carrier)  # the last column stays 1
             acc = np.empty((n * rows, g, o // g), carrier)  # channels last: group gi's outputs side by side
-            chunks = []
-            for i in range(0, n, per):
-                m = min(per, n - i)
-                part = cols[:, : m * rows]
-                taps = part[:, :, :k].reshape(g, m, ho, wo, kh, kw, cg)
-                if not np.shares_memory(taps, cols):  # a reshape that copied would drop the im2col
-                    raise AssertionError("the columns view is not a view")
-                chunks.append((win[:, i : i + m], taps, part, wmat, acc[i * rows : (i + m) * rows].transpose(1, 0, 2)))
+            if cg == 1 and g == 1 and n >= _RESIDUE_MIN_BATCH:
+                # one input channel: a column row's run of kw values makes a slow copy (256 x 40 windows:
+                # 86 us); the columns tap-major instead, one copy of contiguous runs per tap, and the GEMM
+                # reads them transposed (BLAS's own layout flag: no copy)
+                cols = np.ones((k + 1, min(n, per) * rows), carrier)  # the last row stays 1
+                chunks = []
+                for i in range(0, n, per):
+                    m = min(per, n - i)
+                    part = cols[:, : m * rows]
+                    taps = part[:k].reshape(kh, kw, m, ho, wo)
+                    if not np.shares_memory(taps, cols):  # a reshape that copied would drop the im2col
+                        raise AssertionError("the columns view is not a view")
+                    copies = tuple((taps[ti, tj], win[0, i : i + m, :, :, ti, tj, 0]) for ti in range(kh) for tj in range(kw))
+                    chunks.append((copies, part.T, wmat[0], acc[i * rows : (i + m) * rows, 0],
+                                   (part.T.reshape(m, rows, k + 1), i, i + m)))
+            else:
+                cols = np.ones((g, min(n, per) * rows, k + 1), carrier)  # the last column stays 1
+                chunks = []
+                for i in range(0, n, per):
+                    m = min(per, n - i)
+                    part = cols[:, : m * rows]
+                    taps = part[:, :, :k].reshape(g, m, ho, wo, kh, kw, cg)
+                    if not np.shares_memory(taps, cols):  # a reshape that copied would drop the im2col
+                        raise AssertionError("the columns view is not a view")
+                    chunks.append((((taps, win[:, i : i + m]),), part, wmat, acc[i * rows : (i + m) * rows].transpose(1, 0, 2),
+                                   (part[0].reshape(m, rows, k + 1), i, i + m) if g == 1 else None))
             q = acc.reshape(n, ho, wo, o)
-            return (inner[:, 0] if one_d else inner), chunks, (q[:, 0] if one_d else q)
+            if pool == 1:
+                return (inner[:, 0] if one_d else inner), chunks, (q[:, 0] if one_d else q), None, None
+            # the pool of the im2col path: the maximum of strided slices of the positions (1-d only)
+            m = wo // pool
+            pooled = np.empty((n, m, o), carrier)
+            phases = tuple(q[:, 0, p : p + pool * m : pool] for p in range(pool))
+            return inner[:, 0], chunks, pooled, (pooled, phases, phases), None
 
-        def kernel(inputs, scratch):
-            x = inputs[0]  # carried: (n, h, w, c), or (n, w, c) for 1-d
+        def buffers_for(scratch: dict, n: int) -> tuple:
             bufs = scratch.get("conv")
             if bufs is None:
-                n = x.shape[0]
                 bufs = scratch["conv"] = residue_buffers(n) if residue and n >= _RESIDUE_MIN_BATCH else buffers(n)
-            inner, chunks, result = bufs
-            np.copyto(inner, x)  # the input (cast to the carrier) inside the zero borders
-            for win, cols, a, b, out in chunks:
-                if win is not None:
-                    np.copyto(cols, win)  # im2col: one strided copy, the batch folded into the rows
-                np.matmul(a, b, out=out)  # one GEMM per group (im2col) or per window start modulo kw
+            return bufs
+
+        # a 1-d conv's GEMM may write its rows straight into the next kernel's input buffer (`into`):
+        # one GEMM per sample (numpy's stacked matmul), no accumulator pass (256 x 40 x 32: 61 against 92 us)
+        direct = one_d and pool == 1
+
+        def kernel(inputs, scratch, out=None):
+            """The values before the tail, in this kernel's buffers, or in `out` (of the result's shape)
+            where it can write them there."""
+            x = inputs[0]  # carried: (n, h, w, c), or (n, w, c) for 1-d
+            inner, chunks, result, pooling, late = buffers_for(scratch, len(x))
+            if x is not inner:  # (the previous kernel may have written it there: `inlet`)
+                np.copyto(inner, x)  # the input (cast to the carrier) inside the zero borders
+            for copies, a, b, acc, rows in chunks:
+                for cols, win in copies:
+                    np.copyto(cols, win)  # im2col: strided copies, the batch folded into the rows
+                if out is not None and direct and rows is not None:
+                    cols, i, j = rows
+                    np.matmul(cols, b, out=out[i:j])
+                    result = out
+                else:  # one GEMM per group (im2col) or per window start modulo step
+                    np.matmul(a, b, out=acc)
+            if pooling is not None:  # the maximum of the phases, into phase 0's array (residue) or its own
+                into, phases, valid = pooling
+                if out is not None:
+                    into, phases, result = out, valid, out
+                np.maximum(phases[0], phases[1], out=into)
+                for more in phases[2:]:
+                    np.maximum(into, more, out=into)
+            if late is not None:  # the offset, where the GEMM did not add it
+                np.add(result, late, out=result)
             return [result]
 
-        return kernel, lambda acc: tail(acc, None), not a["abs"]
+        kernel.into = lambda inputs, scratch, out: kernel(inputs, scratch, out)[0]
+        kernel.inlet = lambda scratch, n: buffers_for(scratch, n)[0]
+        return kernel, lambda acc, out=None: tail(acc, None, out), not a["abs"]
 
     def macs(self, node, graph):
         out = graph.tensors[node.outputs[0]].shape
@@ -460,19 +544,42 @@ class Linear(OpDef):
     def compile(self, node, graph):
         return with_tail(self.compile_untailed(node, graph))
 
-    def compile_untailed(self, node, graph, relu: bool = False, w: np.ndarray | None = None):
+    def compile_untailed(self, node, graph, relu: bool = False, w: np.ndarray | None = None,
+                         in_shape: tuple[int, ...] | None = None):
         """As `Conv.compile_untailed`; `w`: the weights with their input features permuted (the same
-        products, summed in another order: exact), for a flatten folded in (`compile_after`)."""
+        products, summed in another order: exact), for a flatten folded in (`compile_after`), whose
+        carried input has the shape `in_shape` (per sample)."""
+        if in_shape is None:
+            in_shape = tuple(graph.tensors[node.inputs[0]].shape)
         folded = _compiled_tail(node, graph, (node.params["weight"] if w is None else w).T, relu)
         if folded is None:
             return None
         carrier, wmat, offset, tail = folded
+        features = math.prod(in_shape)
+        # the offset as one more weight row, against the input buffer's column of ones (as in the conv)
+        wmat1 = np.concatenate([wmat, offset[None]])
 
         def kernel(inputs, scratch):  # (n, features) -> (n, out)
             x = inputs[0]
-            return [np.matmul(x.reshape(len(x), -1).astype(carrier, copy=False), wmat)]
+            ones = scratch.get("x")
+            if ones is not None and x is ones[1]:  # in the input buffer (`inlet`): the offset in the GEMM
+                return [np.matmul(ones[0], wmat1)]
+            acc = np.matmul(x.reshape(len(x), -1).astype(carrier, copy=False), wmat)
+            return [np.add(acc, offset, out=acc)]
 
-        return kernel, lambda acc: tail(acc, offset), not node.attrs["abs"]
+        def inlet(scratch: dict, n: int) -> np.ndarray:
+            """The input buffer, (n, features + 1) with a last column of ones, as the carried input's shape."""
+            ones = scratch.get("x")
+            if ones is None:
+                buf = np.ones((n, features + 1), carrier)
+                view = buf[:, :features].reshape(n, *in_shape)
+                if not np.shares_memory(view, buf):  # a reshape that copied would lose what is written there
+                    raise AssertionError("the input buffer's view is not a view")
+                ones = scratch["x"] = (buf, view)
+            return ones[1]
+
+        kernel.inlet = inlet
+        return kernel, lambda acc, out=None: tail(acc, None, out), not node.attrs["abs"]
 
     def compile_after(self, prev, node, graph):
         """A flatten of a carried (n, *spatial, c) tensor folded into the weights: the linear reads the
@@ -484,7 +591,7 @@ class Linear(OpDef):
             return None
         w = node.params["weight"]
         w = w.reshape(len(w), c, *spatial).transpose(0, *range(2, 2 + len(spatial)), 1).reshape(len(w), -1)
-        return with_tail(self.compile_untailed(node, graph, w=w))
+        return with_tail(self.compile_untailed(node, graph, w=w, in_shape=(*spatial, c)))
 
     def macs(self, node, graph):
         return int(node.params["weight"].size)

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import arith
 from ..errors import NpukitError
-from .base import OpDef, pad_spatial
+from .base import OpDef, pad_spatial, with_tail
 
 
 def _window_reduce(x: np.ndarray, kernel, stride, combine) -> np.ndarray:
@@ -105,19 +105,31 @@ class MaxPool(OpDef):
         on the pooled values only (a quarter of them for a 2x2 window)."""
         from . import get_op
 
+        k, s, pad = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
+        if prev.op == "conv" and len(k) == 1 and k == s and k[0] > 1 and not any(pad):
+            # the conv pools its own GEMM's output (`Conv.compile_untailed`'s `pool`)
+            parts = get_op(prev.op).compile_untailed(prev, graph, pool=k[0])
+            if parts is not None and parts[2]:
+                return with_tail(parts)
         parts = get_op(prev.op).compile_untailed(prev, graph)
         if parts is None or not parts[2]:
             return None
         raw, tail, _ = parts
         pool = self.compile(node, graph)
 
-        def run(inputs, scratch):
-            subs = scratch.get("fused")
-            if subs is None:
-                subs = scratch["fused"] = ({}, {})
-            return [tail(pool(raw(inputs, subs[0]), subs[1])[0])]
+        def subs(scratch: dict) -> tuple[dict, dict]:
+            s = scratch.get("fused")
+            if s is None:
+                s = scratch["fused"] = ({}, {})
+            return s
 
-        return run
+        def pooled(inputs, scratch):
+            raw_s, pool_s = subs(scratch)
+            return pool(raw(inputs, raw_s), pool_s)
+
+        if hasattr(raw, "inlet"):
+            pooled.inlet = lambda scratch, n: raw.inlet(subs(scratch)[0], n)
+        return with_tail((pooled, tail, True))
 
     def rules(self, node, graph, profile):
         from ..rules import pool_rules
