@@ -1953,22 +1953,22 @@ static int invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, con
             nk_avgpool(&op->p.pool, x0, y8);
             break;
         case ON(NPUKIT_OP_GLOBAL_AVGPOOL):
-            nk_global_avgpool(op->p.gap.c, op->p.gap.hw, op->p.gap.rounding, x0, y8);
+            nk_global_avgpool(&op->p.gap, x0, y8);
             break;
         case ON(NPUKIT_OP_ADD):
-            nk_add(op->p.add.n, x0, op->p.add.a_shift, x1, op->p.add.b_shift, op->p.add.act_min, op->p.add.act_max,
-                   op->p.add.rounding, y8);
+            nk_add(&op->p.add, x0, x1, y8);
             break;
         case ON(NPUKIT_OP_CONCAT): {
             /* each operand in turn into its slice of every outer block (OpDef.to_c of concat) */
-            int32_t offset = 0;
+            nk_concat_params c = op->p.concat;
             uint32_t k;
+            c.offset = 0;
             for (k = 0; k < op->n_in; k++) {
                 const npukit_tensor_t *t = &m->tensors[rd16(m->bin + op->inputs + 2 * (size_t)k)];
-                const int32_t inner = (int32_t)(t->elems / (uint32_t)op->p.concat.outer);
-                nk_concat_part(op->p.concat.outer, inner, op->p.concat.out_inner, offset, t->exp - y->exp,
-                               op->p.concat.rounding, (const int8_t *)(a + t->offset), y8);
-                offset += inner;
+                c.part_inner = (int32_t)(t->elems / (uint32_t)c.outer);
+                c.shift = t->exp - y->exp;
+                nk_concat_part(&c, (const int8_t *)(a + t->offset), y8);
+                c.offset += c.part_inner;
             }
             break;
         }
@@ -1976,22 +1976,19 @@ static int invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, con
             nk_relu(op->p.relu.n, x0, y8);
             break;
         case ON(NPUKIT_OP_LUT):
-            nk_lut(op->p.lut.n, x0, (const int8_t *)op->weight, op->p.lut.offset, y8);
+            nk_lut(&op->p.lut, x0, (const int8_t *)op->weight, y8);
             break;
         case ON(NPUKIT_OP_SLICE):
-            nk_slice(op->p.slice.outer, op->p.slice.in_inner, op->p.slice.offset, op->p.slice.part_inner, x0, y8);
+            nk_slice(&op->p.slice, x0, y8);
             break;
         case ON(NPUKIT_OP_PAD):
-            nk_pad(op->p.pad.c, op->p.pad.h, op->p.pad.w, op->p.pad.top, op->p.pad.bottom, op->p.pad.left,
-                   op->p.pad.right, op->p.pad.value, x0, y8);
+            nk_pad(&op->p.pad, x0, y8);
             break;
         case ON(NPUKIT_OP_UPSAMPLE):
-            nk_upsample(op->p.upsample.c, op->p.upsample.h, op->p.upsample.w, op->p.upsample.sh, op->p.upsample.sw,
-                        x0, y8);
+            nk_upsample(&op->p.upsample, x0, y8);
             break;
         case ON(NPUKIT_OP_MUL):
-            nk_mul(op->p.mul.outer, op->p.mul.inner, x0, x1,
-                   op->p.mul.shift, op->p.mul.act_min, op->p.mul.act_max, op->p.mul.rounding, y8);
+            nk_mul(&op->p.mul, x0, x1, y8);
             break;
         default: /* reshape: the planner usually aliases it; otherwise the bytes move */
             if (m->tensors[op->in[0]].offset != y->offset) {
