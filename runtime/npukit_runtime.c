@@ -1146,6 +1146,8 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_o
 
 /* Each op's output shape (OpDef.infer_shapes), from its input shapes and attributes: the window ops in
  * shape_window, the others here; most infer the output's shape into `want` for one comparison at the end. */
+#define SAME_RANK_OPS (1u << NPUKIT_OP_GLOBAL_AVGPOOL | 1u << NPUKIT_OP_ADD | 1u << NPUKIT_OP_RELU | 1u << NPUKIT_OP_LUT \
+                       | 1u << NPUKIT_OP_CONCAT | 1u << NPUKIT_OP_SLICE | 1u << NPUKIT_OP_MUL)
 static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_op_t *op)
 {
     const shape_t *in = &v->sh[S_IN];
@@ -1154,6 +1156,11 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
     uint64_t sum = 0;
     const attr_t *a;
     const param_t *w;
+    /* the input's shape (rank <= MAX_RANK: dims), which the element-wise ops, concat, slice and global_avgpool
+     * change on one axis at most; a build without them (NPUKIT_OPS) needs no copy */
+    for (k = 0; ((NPUKIT_OPS) & SAME_RANK_OPS) != 0 && k < rank; k++) {
+        want[k] = dim(in, k);
+    }
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
         return shape_window(x, v, 0, op);
@@ -1173,8 +1180,8 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
         if (rank < 1) {
             return NPUKIT_E_GRAPH;
         }
-        for (k = 0; k < rank; k++) {
-            want[k] = k == 0 ? dim(in, 0) : 1;
+        for (k = 1; k < rank; k++) {
+            want[k] = 1;
         }
         rank = V(K_KEEPDIM) ? rank : 1;
         break;
@@ -1187,7 +1194,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
                 return NPUKIT_E_GRAPH;
             }
         }
-        return same_shape(in, &v->sh[S_OUT]) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+        break; /* the output: the input's shape */
     case ON(NPUKIT_OP_CONCAT): /* the operands agree off the axis; along it the output is their sum */
     case ON(NPUKIT_OP_SLICE): { /* [start, stop) of one axis, the others as they are */
         const uint32_t axis = (uint32_t)V(K_AXIS), start = (uint32_t)V(K_START), stop = (uint32_t)V(K_STOP); /* >= 0 */
@@ -1211,9 +1218,6 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
                 }
             }
             sum += dim(&t, axis);
-        }
-        for (k = 0; k < rank; k++) {
-            want[k] = dim(in, k);
         }
         want[axis] = sum > U32_MAX ? 0 : (uint32_t)sum; /* 0: no dimension */
         break;
@@ -1239,7 +1243,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
     }
     case ON(NPUKIT_OP_MUL): { /* Mul.infer_shapes: b is a's shape with size 1 in trailing dimensions */
         uint32_t split = rank;
-        if (v->sh[S_IN1].rank != rank || !same_shape(in, &v->sh[S_OUT])) {
+        if (v->sh[S_IN1].rank != rank) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
@@ -1250,7 +1254,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
                 return NPUKIT_E_GRAPH;
             }
         }
-        return NPUKIT_OK;
+        break; /* the output: a's shape */
     }
     default: /* reshape: the target shape is the output's, with the input's element count */
         a = &v->a[K_SHAPE];
@@ -1450,10 +1454,13 @@ static int extent_ok(uint64_t v)
     return v <= (uint64_t)NPUKIT_MAX_EXTENT;
 }
 
-/* nk_conv_params / nk_linear_params fields shared by both: weight bits, requantisation, output width. */
-static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, const npukit_tensor_t *out, int32_t *w_bits,
-                      nk_requant_params *rq, int32_t *out_bytes)
+/* nk_conv_params / nk_linear_params fields shared by both: weight bits, requantisation, output width; the
+ * struct picked here by `linear` (cheaper than its callers passing three pointers each). */
+static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, const npukit_tensor_t *out, int linear)
 {
+    int32_t *w_bits = linear ? &op->p.linear.w_bits : &op->p.conv.w_bits;
+    nk_requant_params *rq = linear ? &op->p.linear.rq : &op->p.conv.rq;
+    int32_t *out_bytes = linear ? &op->p.linear.out_bytes : &op->p.conv.out_bytes;
     const param_t *w, *b;
     w = &v->p[P_WEIGHT];
     b = &v->p[P_BIAS];
@@ -1513,7 +1520,7 @@ static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op, const 
     if (p->out_c % p->groups != 0) {
         return NPUKIT_E_UNSUPPORTED; /* the engine cannot run out channels that groups do not divide either */
     }
-    return mac_params(x, v, op, out, &p->w_bits, &p->rq, &p->out_bytes);
+    return mac_params(x, v, op, out, 0);
 }
 
 static int prepare_pool(const ctx_t *x, const view_t *v, npukit_op_t *op)
@@ -1561,7 +1568,7 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     case ON(NPUKIT_OP_LINEAR):
         op->p.linear.out_features = (int32_t)tout->elems;
         op->p.linear.in_features = (int32_t)tin->elems;
-        return mac_params(x, v, op, tout, &op->p.linear.w_bits, &op->p.linear.rq, &op->p.linear.out_bytes);
+        return mac_params(x, v, op, tout, 1);
     case ON(NPUKIT_OP_MAXPOOL):
     case ON(NPUKIT_OP_AVGPOOL):
         return prepare_pool(x, v, op);
@@ -1906,13 +1913,8 @@ static int invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, con
     if (m == NULL || m->loaded != LOADED || arena == NULL || ins == NULL || outs == NULL) {
         return NPUKIT_E_ARG;
     }
-    for (i = 0; i < m->n_inputs; i++) {
-        if (ins[i] == NULL) {
-            return NPUKIT_E_ARG;
-        }
-    }
-    for (i = 0; i < m->n_outputs; i++) {
-        if (outs[i] == NULL) {
+    for (i = 0; i < (uint32_t)m->n_inputs + m->n_outputs; i++) { /* the inputs', then the outputs' pointers */
+        if ((i < m->n_inputs ? ins[i] : outs[i - m->n_inputs]) == NULL) {
             return NPUKIT_E_ARG;
         }
     }
