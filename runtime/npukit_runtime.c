@@ -1358,6 +1358,14 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
     return NPUKIT_OK;
 }
 
+/* A tensor a kernel reads or writes: placed by the plan, at an offset aligned for its element type
+ * (the planner aligns to 4), and with an element count that fits the kernels' int32 counts. */
+static int usable(const npukit_tensor_t *t)
+{
+    const uint32_t align = t->elem_bytes < 4 ? t->elem_bytes : 4;
+    return t->offset != NO_OFFSET && (t->offset & (align - 1u)) == 0 && t->elems <= (uint32_t)INT32_MAX;
+}
+
 /* Graph.validate's range checks of an op: its w_exp and b_exp attributes, where it has them. */
 static int exp_ranges(const view_t *v)
 {
@@ -1434,20 +1442,15 @@ static int check_graph(ctx_t *x)
         if ((x->role[i] & 2u) && !x->defined[i]) {
             return NPUKIT_E_GRAPH; /* an output nothing produces */
         }
+        if (x->defined[i] && !usable(&m->tensors[i])) {
+            return NPUKIT_E_UNSUPPORTED; /* an input or an op's output: every tensor an op reads or writes */
+        }
     }
     return NPUKIT_OK;
 }
 
 /* ------------------------------------------------------------------------------------------------ */
 /* Kernel calls: what the kernels can run, and their parameters (OpDef.to_c) */
-
-/* A tensor a kernel reads or writes: placed by the plan, at an offset aligned for its element type
- * (the planner aligns to 4), and with an element count that fits the kernels' int32 counts. */
-static int usable(const npukit_tensor_t *t)
-{
-    const uint32_t align = t->elem_bytes < 4 ? t->elem_bytes : 4;
-    return t->offset != NO_OFFSET && (t->offset & (align - 1u)) == 0 && t->elems <= (uint32_t)INT32_MAX;
-}
 
 static int extent_ok(uint64_t v)
 {
@@ -1501,33 +1504,33 @@ static int spatial(const shape_t *s, int32_t *c, int32_t *h, int32_t *w)
 }
 
 
-/* The channels: shape_window set the spatial geometry. */
-static int channels(const view_t *v, int32_t *in_c, int32_t *out_c)
-{
-    if (!extent_ok(dim(&v->sh[S_IN], 0)) || !extent_ok(dim(&v->sh[S_OUT], 0))) {
-        return NPUKIT_E_UNSUPPORTED;
-    }
-    *in_c = (int32_t)dim(&v->sh[S_IN], 0);
-    *out_c = (int32_t)dim(&v->sh[S_OUT], 0);
-    return NPUKIT_OK;
-}
-
-static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op, const npukit_tensor_t *out)
+/* A linear's sizes; the channels of a conv, conv_transpose or pool (shape_window set the spatial geometry)
+ * and a conv's groups; then a linear's or conv's requantisation (mac_params, called once here). */
+static int prepare_mac_pool(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_op_t *op)
 {
     nk_conv_params *p = &op->p.conv;
-    TRY(channels(v, &p->in_c, &p->out_c));
-    p->groups = (int32_t)V(K_GROUPS);
-    if (p->out_c % p->groups != 0) {
-        return NPUKIT_E_UNSUPPORTED; /* the engine cannot run out channels that groups do not divide either */
+    const uint32_t in_c = dim(&v->sh[S_IN], 0), out_c = dim(&v->sh[S_OUT], 0);
+    const int linear = IS(def, NPUKIT_OP_LINEAR);
+    if (linear) {
+        op->p.linear.out_features = (int32_t)v->t[S_OUT]->elems;
+        op->p.linear.in_features = (int32_t)v->t[S_IN]->elems;
+    } else {
+        if (!extent_ok(in_c) || !extent_ok(out_c)) {
+            return NPUKIT_E_UNSUPPORTED;
+        }
+        if (!def->mac) {
+            op->p.pool.c = (int32_t)in_c;
+            op->p.pool.rounding = x->m->pool_rounding;
+            return NPUKIT_OK;
+        }
+        p->in_c = (int32_t)in_c;
+        p->out_c = (int32_t)out_c;
+        p->groups = (int32_t)V(K_GROUPS);
+        if (p->out_c % p->groups != 0) {
+            return NPUKIT_E_UNSUPPORTED; /* the engine cannot run out channels that groups do not divide either */
+        }
     }
-    return mac_params(x, v, op, out, 0);
-}
-
-static int prepare_pool(const ctx_t *x, const view_t *v, npukit_op_t *op)
-{
-    int32_t c;
-    op->p.pool.rounding = x->m->pool_rounding;
-    return channels(v, &op->p.pool.c, &c);
+    return mac_params(x, v, op, v->t[S_OUT], linear);
 }
 
 static int prepare_op(const ctx_t *x, uint32_t i)
@@ -1552,9 +1555,8 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     tin = v->t[S_IN];
     tin1 = v->t[S_IN1];
     tout = v->t[S_OUT];
-    for (k = 0; k <= v->n_in; k++) {
-        const npukit_tensor_t *t = &T[v_tensor(x, v, k)];
-        if (!usable(t) || (def->kind != NPUKIT_OP_RESHAPE && k < v->n_in && t->bits > 8)) {
+    for (k = 0; k < v->n_in; k++) {
+        if (def->kind != NPUKIT_OP_RESHAPE && T[v_tensor(x, v, k)].bits > 8) {
             return NPUKIT_E_UNSUPPORTED; /* the kernels read int8 activations (a reshape copies bytes) */
         }
     }
@@ -1564,14 +1566,10 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
     case ON(NPUKIT_OP_CONV_TRANSPOSE): /* the same parameters, read by nk_conv_transpose as its geometry */
-        return prepare_conv(x, v, op, tout);
-    case ON(NPUKIT_OP_LINEAR):
-        op->p.linear.out_features = (int32_t)tout->elems;
-        op->p.linear.in_features = (int32_t)tin->elems;
-        return mac_params(x, v, op, tout, 1);
     case ON(NPUKIT_OP_MAXPOOL):
     case ON(NPUKIT_OP_AVGPOOL):
-        return prepare_pool(x, v, op);
+    case ON(NPUKIT_OP_LINEAR):
+        return prepare_mac_pool(x, v, def, op);
     case ON(NPUKIT_OP_GLOBAL_AVGPOOL):
         op->p.gap.c = (int32_t)dim(&v->sh[S_IN], 0);
         op->p.gap.hw = (int32_t)(tin->elems / (uint32_t)op->p.gap.c);
@@ -1670,11 +1668,6 @@ static int prepare(ctx_t *x)
     }
     if (m->n_inputs == 0 || m->n_outputs == 0) {
         return NPUKIT_E_UNSUPPORTED;
-    }
-    for (i = 0; i < m->n_tensors; i++) {
-        if (x->role[i] != 0 && !usable(&m->tensors[i])) {
-            return NPUKIT_E_UNSUPPORTED; /* an input or output (read_io: the roles are the io lists') */
-        }
     }
     for (i = 0; i < m->n_ops; i++) {
         TRY(prepare_op(x, i));
