@@ -1355,6 +1355,12 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
             return NPUKIT_E_GRAPH;
         }
     }
+    /* the kernels read int8 activations and, but conv and linear, write them (a reshape copies bytes); the
+     * operands of a concat have its output's width (above), an add more than two refused as its kernel's
+     * parameters are set */
+    if (def->kind != NPUKIT_OP_RESHAPE && (in->bits > 8 || v->t[S_IN1]->bits > 8 || (!def->mac && out->bits > 8))) {
+        return NPUKIT_E_UNSUPPORTED;
+    }
     return NPUKIT_OK;
 }
 
@@ -1536,7 +1542,7 @@ static int prepare_mac_pool(const ctx_t *x, const view_t *v, const opdef_t *def,
 static int prepare_op(const ctx_t *x, uint32_t i)
 {
     npukit_op_t *op = &x->m->ops[i];
-    const npukit_tensor_t *T = x->m->tensors, *tin, *tin1, *tout;
+    const npukit_tensor_t *tin, *tin1, *tout;
     const opdef_t *def;
     view_t vv;
     const view_t *v = &vv;
@@ -1555,14 +1561,6 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     tin = v->t[S_IN];
     tin1 = v->t[S_IN1];
     tout = v->t[S_OUT];
-    for (k = 0; k < v->n_in; k++) {
-        if (def->kind != NPUKIT_OP_RESHAPE && T[v_tensor(x, v, k)].bits > 8) {
-            return NPUKIT_E_UNSUPPORTED; /* the kernels read int8 activations (a reshape copies bytes) */
-        }
-    }
-    if (!def->mac && def->kind != NPUKIT_OP_RESHAPE && tout->bits > 8) {
-        return NPUKIT_E_UNSUPPORTED;
-    }
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
     case ON(NPUKIT_OP_CONV_TRANSPOSE): /* the same parameters, read by nk_conv_transpose as its geometry */
