@@ -1033,21 +1033,11 @@ static int geometry(const ctx_t *x, const view_t *v, const uint8_t keys[3], uint
     return NPUKIT_OK;
 }
 
-/* Where the kernels take the h and w of the input, output, kernel, stride, padding and dilation (in that order)
- * in nk_conv_params (conv, conv_transpose) and nk_pool_params (the pools: no dilation). */
-#define CONV_AT(f) (uint8_t) offsetof(nk_conv_params, f)
-#define POOL_AT(f) (uint8_t) offsetof(nk_pool_params, f)
-static const uint8_t WINDOW_AT[2][12] = {
-    {CONV_AT(in_h), CONV_AT(in_w), CONV_AT(out_h), CONV_AT(out_w), CONV_AT(k_h), CONV_AT(k_w), CONV_AT(stride_h),
-     CONV_AT(stride_w), CONV_AT(pad_h), CONV_AT(pad_w), CONV_AT(dil_h), CONV_AT(dil_w)},
-    {POOL_AT(in_h), POOL_AT(in_w), POOL_AT(out_h), POOL_AT(out_w), POOL_AT(k_h), POOL_AT(k_w), POOL_AT(stride_h),
-     POOL_AT(stride_w), POOL_AT(pad_h), POOL_AT(pad_w)}};
-
 /* Conv.infer_shapes (form 0): out = floor((n + 2 * p - d * (k - 1) - 1) / s) + 1 per axis; ConvTranspose's
  * (form 1): out = (n - 1) * s - 2 * p + d * (k - 1) + output_padding + 1, its weight (in, out, *kernel);
  * MaxPool's and AvgPool's (form 2): conv's with the kernel from its attribute and d = 1. The values it
- * checks along the spatial axes are the kernel's geometry: it sets them in op's parameters (WINDOW_AT; a 1-d
- * window is h = 1 without padding), refusing any beyond NPUKIT_MAX_EXTENT as NPUKIT_E_UNSUPPORTED. */
+ * checks along the spatial axes are the kernel's geometry: it sets them in op's parameters (one copy: the fields
+ * run alike in nk_conv_params and nk_pool_params; a 1-d window is h = 1 without padding), refusing any beyond NPUKIT_MAX_EXTENT as NPUKIT_E_UNSUPPORTED. */
 static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_op_t *op)
 {
     static const uint8_t GEOMETRY[2][3] = {{K_STRIDE, K_PADDING, K_DILATION}, {K_KERNEL, K_STRIDE, K_PADDING}};
@@ -1138,9 +1128,8 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_o
         g[8 + j] = p;
         g[10 + j] = d;
     }
-    for (k = 0; k < 12u - 2 * pool; k++) {
-        *(int32_t *)(void *)((uint8_t *)&op->p + WINDOW_AT[pool][k]) = g[k];
-    }
+    /* the geometry's fields run in this order in both structs, from in_h (dilation: conv's alone) */
+    memcpy(pool ? &op->p.pool.in_h : &op->p.conv.in_h, g, (12u - 2 * pool) * sizeof g[0]);
     return NPUKIT_OK;
 }
 

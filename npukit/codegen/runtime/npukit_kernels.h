@@ -107,9 +107,10 @@ static inline int64_t nk_requant(const nk_requant_params *rq, int32_t ch, int64_
 }
 
 typedef struct {
-    int32_t in_c, in_h, in_w;
-    int32_t out_c, out_h, out_w;
-    int32_t k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups;
+    int32_t in_c, out_c;
+    /* the geometry, in nk_pool_params' order (the interpreter sets both with one copy) */
+    int32_t in_h, in_w, out_h, out_w, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+    int32_t groups;
     int32_t w_bits;            /* 2, 4, 8 or 16; NK_W8_DSP1D: pre-arranged 8-bit weights (generated DSP builds) */
     nk_requant_params rq;      /* the requantisation (Scheme.c_fields) */
     int32_t out_bytes;         /* 1: int8 output; 4: int32 (wide) output */
@@ -141,11 +142,11 @@ typedef struct {
 void nk_linear(const nk_linear_params *p, const int8_t *in, const void *weights, const int32_t *bias, void *out);
 
 typedef struct {
-    int32_t c, in_h, in_w, out_h, out_w;
-    int32_t k_h, k_w, stride_h, stride_w;
-    nk_rounding rounding;      /* average pooling only */
+    int32_t c;
+    int32_t in_h, in_w, out_h, out_w, k_h, k_w, stride_h, stride_w; /* in nk_conv_params' order */
     int32_t pad_h, pad_w;      /* padding on each side, at most half the window: max pooling skips it,
                                   average pooling counts it as zeros (torch's count_include_pad) */
+    nk_rounding rounding;      /* average pooling only */
 } nk_pool_params;
 
 void nk_maxpool(const nk_pool_params *p, const int8_t *in, int8_t *out);
