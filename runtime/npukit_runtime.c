@@ -1452,13 +1452,13 @@ static int extent_ok(uint64_t v)
     return v <= (uint64_t)NPUKIT_MAX_EXTENT;
 }
 
-/* nk_conv_params / nk_linear_params fields shared by both: weight bits, requantisation, output width; the
- * struct picked here by `linear` (cheaper than its callers passing three pointers each). */
-static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, const npukit_tensor_t *out, int linear)
+/* The fields that lead nk_conv_params and nk_linear_params alike: weight bits, requantisation, output width
+ * (set through conv's: a common initial sequence of the union). */
+static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, const npukit_tensor_t *out)
 {
-    int32_t *w_bits = linear ? &op->p.linear.w_bits : &op->p.conv.w_bits;
-    nk_requant_params *rq = linear ? &op->p.linear.rq : &op->p.conv.rq;
-    int32_t *out_bytes = linear ? &op->p.linear.out_bytes : &op->p.conv.out_bytes;
+    int32_t *w_bits = &op->p.conv.w_bits;
+    nk_requant_params *rq = &op->p.conv.rq;
+    int32_t *out_bytes = &op->p.conv.out_bytes;
     const param_t *w, *b;
     w = &v->p[P_WEIGHT];
     b = &v->p[P_BIAS];
@@ -1525,7 +1525,7 @@ static int prepare_mac_pool(const ctx_t *x, const view_t *v, const opdef_t *def,
             return NPUKIT_E_UNSUPPORTED; /* the engine cannot run out channels that groups do not divide either */
         }
     }
-    return mac_params(x, v, op, v->t[S_OUT], linear);
+    return mac_params(x, v, op, v->t[S_OUT]);
 }
 
 static int prepare_op(const ctx_t *x, uint32_t i)

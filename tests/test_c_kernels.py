@@ -76,11 +76,11 @@ def _struct(name, fields):
 RequantParams = _struct("RequantParams", [  # nk_requant_params, the fields of Scheme.c_fields
     ("bias_shift", "i32"), ("out_shift", "i32"), ("acc_min", "i64"), ("acc_max", "i64"), ("act_min", "i32"),
     ("act_max", "i32"), ("rounding", "enum"), ("abs", "i32")])
-ConvParams = _struct("ConvParams", [(f, "i32") for f in (
-    "in_c", "out_c", "in_h", "in_w", "out_h", "out_w", "k_h", "k_w", "stride_h", "stride_w", "pad_h", "pad_w",
-    "dil_h", "dil_w", "groups", "w_bits")] + [("rq", RequantParams), ("out_bytes", "i32")])
+ConvParams = _struct("ConvParams", [("w_bits", "i32"), ("rq", RequantParams), ("out_bytes", "i32")] + [
+    (f, "i32") for f in ("in_c", "out_c", "in_h", "in_w", "out_h", "out_w", "k_h", "k_w", "stride_h", "stride_w",
+                         "pad_h", "pad_w", "dil_h", "dil_w", "groups")])
 LinearParams = _struct("LinearParams", [
-    ("in_features", "i32"), ("out_features", "i32"), ("w_bits", "i32"), ("rq", RequantParams), ("out_bytes", "i32")])
+    ("w_bits", "i32"), ("rq", RequantParams), ("out_bytes", "i32"), ("in_features", "i32"), ("out_features", "i32")])
 PoolParams = _struct("PoolParams", [(f, "i32") for f in (
     "c", "in_h", "in_w", "out_h", "out_w", "k_h", "k_w", "stride_h", "stride_w", "pad_h", "pad_w")] + [("rounding", "enum")])
 

@@ -106,14 +106,16 @@ static inline int64_t nk_requant(const nk_requant_params *rq, int32_t ch, int64_
     return y;
 }
 
+/* w_bits, rq, out_bytes and the channels lead nk_conv_params and nk_linear_params alike (the interpreter
+ * sets them once for both). */
 typedef struct {
+    int32_t w_bits;            /* 2, 4, 8 or 16; NK_W8_DSP1D: pre-arranged 8-bit weights (generated DSP builds) */
+    nk_requant_params rq;      /* the requantisation (Scheme.c_fields) */
+    int32_t out_bytes;         /* 1: int8 output; 4: int32 (wide) output */
     int32_t in_c, out_c;
     /* the geometry, in nk_pool_params' order (the interpreter sets both with one copy) */
     int32_t in_h, in_w, out_h, out_w, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
     int32_t groups;
-    int32_t w_bits;            /* 2, 4, 8 or 16; NK_W8_DSP1D: pre-arranged 8-bit weights (generated DSP builds) */
-    nk_requant_params rq;      /* the requantisation (Scheme.c_fields) */
-    int32_t out_bytes;         /* 1: int8 output; 4: int32 (wide) output */
 } nk_conv_params;
 
 /* Conv 1-d/2-d, grouped/depthwise, zero padding. Weights (out_c, in_c/groups, k_h, k_w), packed at w_bits
@@ -132,10 +134,10 @@ void nk_conv_transpose(const nk_conv_params *p, const int8_t *in, const void *we
                        void *out);
 
 typedef struct {
-    int32_t in_features, out_features;
     int32_t w_bits;            /* 2, 4, 8 or 16 */
     nk_requant_params rq;      /* the requantisation (Scheme.c_fields) */
     int32_t out_bytes;         /* 1: int8 output; 4: int32 (wide) output */
+    int32_t in_features, out_features;
 } nk_linear_params;
 
 /* Fully connected. Weights (out_features, in_features), packed at w_bits; bias as for nk_conv. */
