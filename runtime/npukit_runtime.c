@@ -524,8 +524,10 @@ static int read_io(ctx_t *x)
         io.dims = x->d + dims_at;
         spec = &m->tensors[t];
         ts = shape(x, t);
-        /* the descriptor repeats its tensor: bits, exponent and shape (valid dimensions, as the tensor's are) */
-        if (x->d[at + 2] != spec->bits || le_int(x->d + at + 4, 2) != spec->exp || !same_shape(&io, &ts)) {
+        /* the descriptor repeats its tensor: bits, exponent (its two bytes, the tensor record's at the same place)
+         * and shape (valid dimensions, as the tensor's are) */
+        if (x->d[at + 2] != spec->bits || rd16(x->d + at + 4) != rd16(x->d + spec->record + 4)
+            || !same_shape(&io, &ts)) {
             return NPUKIT_E_VALUE;
         }
         x->role[t] |= (uint8_t)(k < n_in ? 1 : 2);
@@ -1057,7 +1059,7 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_o
         }
     } else {
         nsp = (uint32_t)V(K_NDIM); /* 1 or 2 (check_schema) */
-        if (rank != nsp + 1 || (transpose && (v->sh[S_OUT].rank != nsp + 1 || o_pads->count != nsp))) {
+        if (rank != nsp + 1 || v->sh[S_OUT].rank != nsp + 1 || (transpose && o_pads->count != nsp)) {
             return NPUKIT_E_GRAPH;
         }
     }
@@ -1078,7 +1080,7 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_o
         if (groups > NPUKIT_MAX_EXTENT) {
             return NPUKIT_E_UNSUPPORTED;
         }
-        if (v->sh[S_OUT].rank != nsp + 1 || dim(&v->sh[S_OUT], 0) != p_dim(x, w, 0)) {
+        if (dim(&v->sh[S_OUT], 0) != p_dim(x, w, 0)) {
             return NPUKIT_E_GRAPH;
         }
     }
@@ -1347,8 +1349,10 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
     /* the kernels read int8 activations and, but conv and linear, write them (a reshape copies bytes); the
      * operands of a concat have its output's width (above), an add more than two refused as its kernel's
      * parameters are set */
-    if (def->kind != NPUKIT_OP_RESHAPE && (in->bits > 8 || v->t[S_IN1]->bits > 8 || (!def->mac && out->bits > 8))) {
-        return NPUKIT_E_UNSUPPORTED;
+    for (k = 0; def->kind != NPUKIT_OP_RESHAPE && k < 3; k++) { /* S_IN, S_IN1, S_OUT: a loop is smaller */
+        if (v->t[k]->bits > 8 && (k != S_OUT || !def->mac)) {
+            return NPUKIT_E_UNSUPPORTED;
+        }
     }
     return NPUKIT_OK;
 }
