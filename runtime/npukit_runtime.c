@@ -1295,8 +1295,9 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
             return NPUKIT_E_GRAPH;
         }
         for (i = 0; t->bits == 8 && i < t->count; i++) {
-            const int32_t e = (int8_t)x->d[t->data + i];
-            if (e > max32(out->bits) || e < -max32(out->bits) - 1) {
+            /* -hi - 1 <= e <= hi, as one unsigned comparison */
+            const uint32_t hi = (uint32_t)max32(out->bits);
+            if ((uint32_t)(int8_t)x->d[t->data + i] + hi + 1u > 2u * hi + 1u) {
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1577,13 +1578,10 @@ static int prepare_op(const ctx_t *x, uint32_t i)
             op->p.add.a_shift = tin->exp - out->exp;
             op->p.add.b_shift = tin1->exp - out->exp;
         } else {
-            const uint32_t rank = v->sh[S_IN].rank;
-            uint32_t outer = 1;
-            for (k = 0; k < rank && dim(&v->sh[S_IN1], k) == dim(&v->sh[S_IN], k); k++) {
-                outer *= dim(&v->sh[S_IN], k); /* the leading dimensions b shares with a (shape_of checked the rest) */
-            }
-            op->p.mul.outer = (int32_t)outer;
-            op->p.mul.inner = (int32_t)(tin->elems / outer);
+            /* outer: the product of the leading dimensions b shares with a, b's element count (shape_of: its
+             * other dimensions are 1) */
+            op->p.mul.outer = (int32_t)tin1->elems;
+            op->p.mul.inner = (int32_t)(tin->elems / tin1->elems);
             op->p.mul.shift = tin->exp + tin1->exp - out->exp;
         }
         /* mul's act_min, act_max and rounding too: the two structs have one layout (a common initial sequence) */

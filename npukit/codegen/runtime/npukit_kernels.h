@@ -153,6 +153,7 @@ typedef struct {
 
 void nk_maxpool(const nk_pool_params *p, const int8_t *in, int8_t *out);
 void nk_avgpool(const nk_pool_params *p, const int8_t *in, int8_t *out);
+
 /* The kernels below take their parameters as one struct, as conv, linear and the pools do: a caller that
  * runs many ops (runtime/'s invoke loop) then passes one pointer instead of up to eight scalars. */
 
