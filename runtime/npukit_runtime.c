@@ -524,8 +524,10 @@ static int read_io(ctx_t *x)
         io.dims = x->d + dims_at;
         spec = &m->tensors[t];
         ts = shape(x, t);
-        /* the descriptor repeats its tensor: bits, exponent and shape (valid dimensions, as the tensor's are) */
-        if (x->d[at + 2] != spec->bits || le_int(x->d + at + 4, 2) != spec->exp || !same_shape(&io, &ts)) {
+        /* the descriptor repeats its tensor: bits, exponent (its two bytes, the tensor record's at the same place)
+         * and shape (valid dimensions, as the tensor's are) */
+        if (x->d[at + 2] != spec->bits || rd16(x->d + at + 4) != rd16(x->d + spec->record + 4)
+            || !same_shape(&io, &ts)) {
             return NPUKIT_E_VALUE;
         }
         x->role[t] |= (uint8_t)(k < n_in ? 1 : 2);
@@ -1033,21 +1035,11 @@ static int geometry(const ctx_t *x, const view_t *v, const uint8_t keys[3], uint
     return NPUKIT_OK;
 }
 
-/* Where the kernels take the h and w of the input, output, kernel, stride, padding and dilation (in that order)
- * in nk_conv_params (conv, conv_transpose) and nk_pool_params (the pools: no dilation). */
-#define CONV_AT(f) (uint8_t) offsetof(nk_conv_params, f)
-#define POOL_AT(f) (uint8_t) offsetof(nk_pool_params, f)
-static const uint8_t WINDOW_AT[2][12] = {
-    {CONV_AT(in_h), CONV_AT(in_w), CONV_AT(out_h), CONV_AT(out_w), CONV_AT(k_h), CONV_AT(k_w), CONV_AT(stride_h),
-     CONV_AT(stride_w), CONV_AT(pad_h), CONV_AT(pad_w), CONV_AT(dil_h), CONV_AT(dil_w)},
-    {POOL_AT(in_h), POOL_AT(in_w), POOL_AT(out_h), POOL_AT(out_w), POOL_AT(k_h), POOL_AT(k_w), POOL_AT(stride_h),
-     POOL_AT(stride_w), POOL_AT(pad_h), POOL_AT(pad_w)}};
-
 /* Conv.infer_shapes (form 0): out = floor((n + 2 * p - d * (k - 1) - 1) / s) + 1 per axis; ConvTranspose's
  * (form 1): out = (n - 1) * s - 2 * p + d * (k - 1) + output_padding + 1, its weight (in, out, *kernel);
  * MaxPool's and AvgPool's (form 2): conv's with the kernel from its attribute and d = 1. The values it
- * checks along the spatial axes are the kernel's geometry: it sets them in op's parameters (WINDOW_AT; a 1-d
- * window is h = 1 without padding), refusing any beyond NPUKIT_MAX_EXTENT as NPUKIT_E_UNSUPPORTED. */
+ * checks along the spatial axes are the kernel's geometry: it sets them in op's parameters (one copy: the fields
+ * run alike in nk_conv_params and nk_pool_params; a 1-d window is h = 1 without padding), refusing any beyond NPUKIT_MAX_EXTENT as NPUKIT_E_UNSUPPORTED. */
 static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_op_t *op)
 {
     static const uint8_t GEOMETRY[2][3] = {{K_STRIDE, K_PADDING, K_DILATION}, {K_KERNEL, K_STRIDE, K_PADDING}};
@@ -1067,7 +1059,7 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_o
         }
     } else {
         nsp = (uint32_t)V(K_NDIM); /* 1 or 2 (check_schema) */
-        if (rank != nsp + 1 || (transpose && (v->sh[S_OUT].rank != nsp + 1 || o_pads->count != nsp))) {
+        if (rank != nsp + 1 || v->sh[S_OUT].rank != nsp + 1 || (transpose && o_pads->count != nsp)) {
             return NPUKIT_E_GRAPH;
         }
     }
@@ -1088,7 +1080,7 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_o
         if (groups > NPUKIT_MAX_EXTENT) {
             return NPUKIT_E_UNSUPPORTED;
         }
-        if (v->sh[S_OUT].rank != nsp + 1 || dim(&v->sh[S_OUT], 0) != p_dim(x, w, 0)) {
+        if (dim(&v->sh[S_OUT], 0) != p_dim(x, w, 0)) {
             return NPUKIT_E_GRAPH;
         }
     }
@@ -1138,14 +1130,15 @@ static int shape_window(const ctx_t *x, const view_t *v, unsigned form, npukit_o
         g[8 + j] = p;
         g[10 + j] = d;
     }
-    for (k = 0; k < 12u - 2 * pool; k++) {
-        *(int32_t *)(void *)((uint8_t *)&op->p + WINDOW_AT[pool][k]) = g[k];
-    }
+    /* the geometry's fields run in this order in both structs, from in_h (dilation: conv's alone) */
+    memcpy(pool ? &op->p.pool.in_h : &op->p.conv.in_h, g, (12u - 2 * pool) * sizeof g[0]);
     return NPUKIT_OK;
 }
 
 /* Each op's output shape (OpDef.infer_shapes), from its input shapes and attributes: the window ops in
  * shape_window, the others here; most infer the output's shape into `want` for one comparison at the end. */
+#define SAME_RANK_OPS (1u << NPUKIT_OP_GLOBAL_AVGPOOL | 1u << NPUKIT_OP_ADD | 1u << NPUKIT_OP_RELU | 1u << NPUKIT_OP_LUT \
+                       | 1u << NPUKIT_OP_CONCAT | 1u << NPUKIT_OP_SLICE | 1u << NPUKIT_OP_MUL)
 static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_op_t *op)
 {
     const shape_t *in = &v->sh[S_IN];
@@ -1154,6 +1147,11 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
     uint64_t sum = 0;
     const attr_t *a;
     const param_t *w;
+    /* the input's shape (rank <= MAX_RANK: dims), which the element-wise ops, concat, slice and global_avgpool
+     * change on one axis at most; a build without them (NPUKIT_OPS) needs no copy */
+    for (k = 0; ((NPUKIT_OPS) & SAME_RANK_OPS) != 0 && k < rank; k++) {
+        want[k] = dim(in, k);
+    }
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
         return shape_window(x, v, 0, op);
@@ -1173,8 +1171,8 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
         if (rank < 1) {
             return NPUKIT_E_GRAPH;
         }
-        for (k = 0; k < rank; k++) {
-            want[k] = k == 0 ? dim(in, 0) : 1;
+        for (k = 1; k < rank; k++) {
+            want[k] = 1;
         }
         rank = V(K_KEEPDIM) ? rank : 1;
         break;
@@ -1187,7 +1185,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
                 return NPUKIT_E_GRAPH;
             }
         }
-        return same_shape(in, &v->sh[S_OUT]) ? NPUKIT_OK : NPUKIT_E_GRAPH;
+        break; /* the output: the input's shape */
     case ON(NPUKIT_OP_CONCAT): /* the operands agree off the axis; along it the output is their sum */
     case ON(NPUKIT_OP_SLICE): { /* [start, stop) of one axis, the others as they are */
         const uint32_t axis = (uint32_t)V(K_AXIS), start = (uint32_t)V(K_START), stop = (uint32_t)V(K_STOP); /* >= 0 */
@@ -1211,9 +1209,6 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
                 }
             }
             sum += dim(&t, axis);
-        }
-        for (k = 0; k < rank; k++) {
-            want[k] = dim(in, k);
         }
         want[axis] = sum > U32_MAX ? 0 : (uint32_t)sum; /* 0: no dimension */
         break;
@@ -1239,7 +1234,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
     }
     case ON(NPUKIT_OP_MUL): { /* Mul.infer_shapes: b is a's shape with size 1 in trailing dimensions */
         uint32_t split = rank;
-        if (v->sh[S_IN1].rank != rank || !same_shape(in, &v->sh[S_OUT])) {
+        if (v->sh[S_IN1].rank != rank) {
             return NPUKIT_E_GRAPH;
         }
         for (k = 0; k < rank; k++) {
@@ -1250,7 +1245,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
                 return NPUKIT_E_GRAPH;
             }
         }
-        return NPUKIT_OK;
+        break; /* the output: a's shape */
     }
     default: /* reshape: the target shape is the output's, with the input's element count */
         a = &v->a[K_SHAPE];
@@ -1300,8 +1295,9 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
             return NPUKIT_E_GRAPH;
         }
         for (i = 0; t->bits == 8 && i < t->count; i++) {
-            const int32_t e = (int8_t)x->d[t->data + i];
-            if (e > max32(out->bits) || e < -max32(out->bits) - 1) {
+            /* -hi - 1 <= e <= hi, as one unsigned comparison */
+            const uint32_t hi = (uint32_t)max32(out->bits);
+            if ((uint32_t)(int8_t)x->d[t->data + i] + hi + 1u > 2u * hi + 1u) {
                 return NPUKIT_E_GRAPH;
             }
         }
@@ -1351,7 +1347,23 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
             return NPUKIT_E_GRAPH;
         }
     }
+    /* the kernels read int8 activations and, but conv and linear, write them (a reshape copies bytes); the
+     * operands of a concat have its output's width (above), an add more than two refused as its kernel's
+     * parameters are set */
+    for (k = 0; def->kind != NPUKIT_OP_RESHAPE && k < 3; k++) { /* S_IN, S_IN1, S_OUT: a loop is smaller */
+        if (v->t[k]->bits > 8 && (k != S_OUT || !def->mac)) {
+            return NPUKIT_E_UNSUPPORTED;
+        }
+    }
     return NPUKIT_OK;
+}
+
+/* A tensor a kernel reads or writes: placed by the plan, at an offset aligned for its element type
+ * (the planner aligns to 4), and with an element count that fits the kernels' int32 counts. */
+static int usable(const npukit_tensor_t *t)
+{
+    const uint32_t align = t->elem_bytes < 4 ? t->elem_bytes : 4;
+    return t->offset != NO_OFFSET && (t->offset & (align - 1u)) == 0 && t->elems <= (uint32_t)INT32_MAX;
 }
 
 /* Graph.validate's range checks of an op: its w_exp and b_exp attributes, where it has them. */
@@ -1430,6 +1442,9 @@ static int check_graph(ctx_t *x)
         if ((x->role[i] & 2u) && !x->defined[i]) {
             return NPUKIT_E_GRAPH; /* an output nothing produces */
         }
+        if (x->defined[i] && !usable(&m->tensors[i])) {
+            return NPUKIT_E_UNSUPPORTED; /* an input or an op's output: every tensor an op reads or writes */
+        }
     }
     return NPUKIT_OK;
 }
@@ -1437,23 +1452,18 @@ static int check_graph(ctx_t *x)
 /* ------------------------------------------------------------------------------------------------ */
 /* Kernel calls: what the kernels can run, and their parameters (OpDef.to_c) */
 
-/* A tensor a kernel reads or writes: placed by the plan, at an offset aligned for its element type
- * (the planner aligns to 4), and with an element count that fits the kernels' int32 counts. */
-static int usable(const npukit_tensor_t *t)
-{
-    const uint32_t align = t->elem_bytes < 4 ? t->elem_bytes : 4;
-    return t->offset != NO_OFFSET && (t->offset & (align - 1u)) == 0 && t->elems <= (uint32_t)INT32_MAX;
-}
-
 static int extent_ok(uint64_t v)
 {
     return v <= (uint64_t)NPUKIT_MAX_EXTENT;
 }
 
-/* nk_conv_params / nk_linear_params fields shared by both: weight bits, requantisation, output width. */
-static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, const npukit_tensor_t *out, int32_t *w_bits,
-                      nk_requant_params *rq, int32_t *out_bytes)
+/* The fields that lead nk_conv_params and nk_linear_params alike: weight bits, requantisation, output width
+ * (set through conv's: a common initial sequence of the union). */
+static int mac_params(const ctx_t *x, const view_t *v, npukit_op_t *op, const npukit_tensor_t *out)
 {
+    int32_t *w_bits = &op->p.conv.w_bits;
+    nk_requant_params *rq = &op->p.conv.rq;
+    int32_t *out_bytes = &op->p.conv.out_bytes;
     const param_t *w, *b;
     w = &v->p[P_WEIGHT];
     b = &v->p[P_BIAS];
@@ -1494,39 +1504,39 @@ static int spatial(const shape_t *s, int32_t *c, int32_t *h, int32_t *w)
 }
 
 
-/* The channels: shape_window set the spatial geometry. */
-static int channels(const view_t *v, int32_t *in_c, int32_t *out_c)
-{
-    if (!extent_ok(dim(&v->sh[S_IN], 0)) || !extent_ok(dim(&v->sh[S_OUT], 0))) {
-        return NPUKIT_E_UNSUPPORTED;
-    }
-    *in_c = (int32_t)dim(&v->sh[S_IN], 0);
-    *out_c = (int32_t)dim(&v->sh[S_OUT], 0);
-    return NPUKIT_OK;
-}
-
-static int prepare_conv(const ctx_t *x, const view_t *v, npukit_op_t *op, const npukit_tensor_t *out)
+/* A linear's sizes; the channels of a conv, conv_transpose or pool (shape_window set the spatial geometry)
+ * and a conv's groups; then a linear's or conv's requantisation (mac_params, called once here). */
+static int prepare_mac_pool(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_op_t *op)
 {
     nk_conv_params *p = &op->p.conv;
-    TRY(channels(v, &p->in_c, &p->out_c));
-    p->groups = (int32_t)V(K_GROUPS);
-    if (p->out_c % p->groups != 0) {
-        return NPUKIT_E_UNSUPPORTED; /* the engine cannot run out channels that groups do not divide either */
+    const uint32_t in_c = dim(&v->sh[S_IN], 0), out_c = dim(&v->sh[S_OUT], 0);
+    const int linear = IS(def, NPUKIT_OP_LINEAR);
+    if (linear) {
+        op->p.linear.out_features = (int32_t)v->t[S_OUT]->elems;
+        op->p.linear.in_features = (int32_t)v->t[S_IN]->elems;
+    } else {
+        if (!extent_ok(in_c) || !extent_ok(out_c)) {
+            return NPUKIT_E_UNSUPPORTED;
+        }
+        if (!def->mac) {
+            op->p.pool.c = (int32_t)in_c;
+            op->p.pool.rounding = x->m->pool_rounding;
+            return NPUKIT_OK;
+        }
+        p->in_c = (int32_t)in_c;
+        p->out_c = (int32_t)out_c;
+        p->groups = (int32_t)V(K_GROUPS);
+        if (p->out_c % p->groups != 0) {
+            return NPUKIT_E_UNSUPPORTED; /* the engine cannot run out channels that groups do not divide either */
+        }
     }
-    return mac_params(x, v, op, out, &p->w_bits, &p->rq, &p->out_bytes);
-}
-
-static int prepare_pool(const ctx_t *x, const view_t *v, npukit_op_t *op)
-{
-    int32_t c;
-    op->p.pool.rounding = x->m->pool_rounding;
-    return channels(v, &op->p.pool.c, &c);
+    return mac_params(x, v, op, v->t[S_OUT]);
 }
 
 static int prepare_op(const ctx_t *x, uint32_t i)
 {
     npukit_op_t *op = &x->m->ops[i];
-    const npukit_tensor_t *T = x->m->tensors, *tin, *tin1, *tout;
+    const npukit_tensor_t *tin, *tin1, *tout;
     const opdef_t *def;
     view_t vv;
     const view_t *v = &vv;
@@ -1545,26 +1555,13 @@ static int prepare_op(const ctx_t *x, uint32_t i)
     tin = v->t[S_IN];
     tin1 = v->t[S_IN1];
     tout = v->t[S_OUT];
-    for (k = 0; k <= v->n_in; k++) {
-        const npukit_tensor_t *t = &T[v_tensor(x, v, k)];
-        if (!usable(t) || (def->kind != NPUKIT_OP_RESHAPE && k < v->n_in && t->bits > 8)) {
-            return NPUKIT_E_UNSUPPORTED; /* the kernels read int8 activations (a reshape copies bytes) */
-        }
-    }
-    if (!def->mac && def->kind != NPUKIT_OP_RESHAPE && tout->bits > 8) {
-        return NPUKIT_E_UNSUPPORTED;
-    }
     switch ((unsigned)def->kind) {
     case ON(NPUKIT_OP_CONV):
     case ON(NPUKIT_OP_CONV_TRANSPOSE): /* the same parameters, read by nk_conv_transpose as its geometry */
-        return prepare_conv(x, v, op, tout);
-    case ON(NPUKIT_OP_LINEAR):
-        op->p.linear.out_features = (int32_t)tout->elems;
-        op->p.linear.in_features = (int32_t)tin->elems;
-        return mac_params(x, v, op, tout, &op->p.linear.w_bits, &op->p.linear.rq, &op->p.linear.out_bytes);
     case ON(NPUKIT_OP_MAXPOOL):
     case ON(NPUKIT_OP_AVGPOOL):
-        return prepare_pool(x, v, op);
+    case ON(NPUKIT_OP_LINEAR):
+        return prepare_mac_pool(x, v, def, op);
     case ON(NPUKIT_OP_GLOBAL_AVGPOOL):
         op->p.gap.c = (int32_t)dim(&v->sh[S_IN], 0);
         op->p.gap.hw = (int32_t)(tin->elems / (uint32_t)op->p.gap.c);
@@ -1581,13 +1578,10 @@ static int prepare_op(const ctx_t *x, uint32_t i)
             op->p.add.a_shift = tin->exp - out->exp;
             op->p.add.b_shift = tin1->exp - out->exp;
         } else {
-            const uint32_t rank = v->sh[S_IN].rank;
-            uint32_t outer = 1;
-            for (k = 0; k < rank && dim(&v->sh[S_IN1], k) == dim(&v->sh[S_IN], k); k++) {
-                outer *= dim(&v->sh[S_IN], k); /* the leading dimensions b shares with a (shape_of checked the rest) */
-            }
-            op->p.mul.outer = (int32_t)outer;
-            op->p.mul.inner = (int32_t)(tin->elems / outer);
+            /* outer: the product of the leading dimensions b shares with a, b's element count (shape_of: its
+             * other dimensions are 1) */
+            op->p.mul.outer = (int32_t)tin1->elems;
+            op->p.mul.inner = (int32_t)(tin->elems / tin1->elems);
             op->p.mul.shift = tin->exp + tin1->exp - out->exp;
         }
         /* mul's act_min, act_max and rounding too: the two structs have one layout (a common initial sequence) */
@@ -1663,11 +1657,6 @@ static int prepare(ctx_t *x)
     }
     if (m->n_inputs == 0 || m->n_outputs == 0) {
         return NPUKIT_E_UNSUPPORTED;
-    }
-    for (i = 0; i < m->n_tensors; i++) {
-        if (x->role[i] != 0 && !usable(&m->tensors[i])) {
-            return NPUKIT_E_UNSUPPORTED; /* an input or output (read_io: the roles are the io lists') */
-        }
     }
     for (i = 0; i < m->n_ops; i++) {
         TRY(prepare_op(x, i));
@@ -1906,13 +1895,8 @@ static int invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, con
     if (m == NULL || m->loaded != LOADED || arena == NULL || ins == NULL || outs == NULL) {
         return NPUKIT_E_ARG;
     }
-    for (i = 0; i < m->n_inputs; i++) {
-        if (ins[i] == NULL) {
-            return NPUKIT_E_ARG;
-        }
-    }
-    for (i = 0; i < m->n_outputs; i++) {
-        if (outs[i] == NULL) {
+    for (i = 0; i < (uint32_t)m->n_inputs + m->n_outputs; i++) { /* the inputs', then the outputs' pointers */
+        if ((i < m->n_inputs ? ins[i] : outs[i - m->n_inputs]) == NULL) {
             return NPUKIT_E_ARG;
         }
     }
@@ -1953,22 +1937,22 @@ static int invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, con
             nk_avgpool(&op->p.pool, x0, y8);
             break;
         case ON(NPUKIT_OP_GLOBAL_AVGPOOL):
-            nk_global_avgpool(op->p.gap.c, op->p.gap.hw, op->p.gap.rounding, x0, y8);
+            nk_global_avgpool(&op->p.gap, x0, y8);
             break;
         case ON(NPUKIT_OP_ADD):
-            nk_add(op->p.add.n, x0, op->p.add.a_shift, x1, op->p.add.b_shift, op->p.add.act_min, op->p.add.act_max,
-                   op->p.add.rounding, y8);
+            nk_add(&op->p.add, x0, x1, y8);
             break;
         case ON(NPUKIT_OP_CONCAT): {
             /* each operand in turn into its slice of every outer block (OpDef.to_c of concat) */
-            int32_t offset = 0;
+            nk_concat_params c = op->p.concat;
             uint32_t k;
+            c.offset = 0;
             for (k = 0; k < op->n_in; k++) {
                 const npukit_tensor_t *t = &m->tensors[rd16(m->bin + op->inputs + 2 * (size_t)k)];
-                const int32_t inner = (int32_t)(t->elems / (uint32_t)op->p.concat.outer);
-                nk_concat_part(op->p.concat.outer, inner, op->p.concat.out_inner, offset, t->exp - y->exp,
-                               op->p.concat.rounding, (const int8_t *)(a + t->offset), y8);
-                offset += inner;
+                c.part_inner = (int32_t)(t->elems / (uint32_t)c.outer);
+                c.shift = t->exp - y->exp;
+                nk_concat_part(&c, (const int8_t *)(a + t->offset), y8);
+                c.offset += c.part_inner;
             }
             break;
         }
@@ -1976,22 +1960,19 @@ static int invoke_io(const npukit_model_t *m, void *arena, size_t arena_len, con
             nk_relu(op->p.relu.n, x0, y8);
             break;
         case ON(NPUKIT_OP_LUT):
-            nk_lut(op->p.lut.n, x0, (const int8_t *)op->weight, op->p.lut.offset, y8);
+            nk_lut(&op->p.lut, x0, (const int8_t *)op->weight, y8);
             break;
         case ON(NPUKIT_OP_SLICE):
-            nk_slice(op->p.slice.outer, op->p.slice.in_inner, op->p.slice.offset, op->p.slice.part_inner, x0, y8);
+            nk_slice(&op->p.slice, x0, y8);
             break;
         case ON(NPUKIT_OP_PAD):
-            nk_pad(op->p.pad.c, op->p.pad.h, op->p.pad.w, op->p.pad.top, op->p.pad.bottom, op->p.pad.left,
-                   op->p.pad.right, op->p.pad.value, x0, y8);
+            nk_pad(&op->p.pad, x0, y8);
             break;
         case ON(NPUKIT_OP_UPSAMPLE):
-            nk_upsample(op->p.upsample.c, op->p.upsample.h, op->p.upsample.w, op->p.upsample.sh, op->p.upsample.sw,
-                        x0, y8);
+            nk_upsample(&op->p.upsample, x0, y8);
             break;
         case ON(NPUKIT_OP_MUL):
-            nk_mul(op->p.mul.outer, op->p.mul.inner, x0, x1,
-                   op->p.mul.shift, op->p.mul.act_min, op->p.mul.act_max, op->p.mul.rounding, y8);
+            nk_mul(&op->p.mul, x0, x1, y8);
             break;
         default: /* reshape: the planner usually aliases it; otherwise the bytes move */
             if (m->tensors[op->in[0]].offset != y->offset) {

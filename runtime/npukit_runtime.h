@@ -113,15 +113,15 @@ typedef struct {
         nk_conv_params conv;
         nk_linear_params linear;
         nk_pool_params pool;
-        struct { int32_t n, a_shift, b_shift, act_min, act_max; nk_rounding rounding; } add;
-        struct { int32_t outer, out_inner; nk_rounding rounding; } concat;
-        struct { int32_t c, hw; nk_rounding rounding; } gap;
+        nk_add_params add;
+        nk_concat_params concat;  /* outer, out_inner, rounding; the invoke loop sets each part's own fields */
+        nk_global_avgpool_params gap;
         struct { int32_t n; } relu;
-        struct { int32_t n, offset; } lut;  /* offset: 2^(B-1) for B-bit inputs */
-        struct { int32_t outer, inner, shift, act_min, act_max; nk_rounding rounding; } mul;
-        struct { int32_t c, h, w, sh, sw; } upsample;
-        struct { int32_t outer, in_inner, offset, part_inner; } slice;
-        struct { int32_t c, h, w, top, bottom, left, right, value; } pad;
+        nk_lut_params lut;
+        nk_mul_params mul;
+        nk_upsample_params upsample;
+        nk_slice_params slice;
+        nk_pad_params pad;
     } p;
 } npukit_op_t;
 

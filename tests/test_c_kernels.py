@@ -76,14 +76,13 @@ def _struct(name, fields):
 RequantParams = _struct("RequantParams", [  # nk_requant_params, the fields of Scheme.c_fields
     ("bias_shift", "i32"), ("out_shift", "i32"), ("acc_min", "i64"), ("acc_max", "i64"), ("act_min", "i32"),
     ("act_max", "i32"), ("rounding", "enum"), ("abs", "i32")])
-ConvParams = _struct("ConvParams", [(f, "i32") for f in (
-    "in_c", "in_h", "in_w", "out_c", "out_h", "out_w", "k_h", "k_w", "stride_h", "stride_w", "pad_h", "pad_w",
-    "dil_h", "dil_w", "groups", "w_bits")] + [("rq", RequantParams), ("out_bytes", "i32")])
+ConvParams = _struct("ConvParams", [("w_bits", "i32"), ("rq", RequantParams), ("out_bytes", "i32")] + [
+    (f, "i32") for f in ("in_c", "out_c", "in_h", "in_w", "out_h", "out_w", "k_h", "k_w", "stride_h", "stride_w",
+                         "pad_h", "pad_w", "dil_h", "dil_w", "groups")])
 LinearParams = _struct("LinearParams", [
-    ("in_features", "i32"), ("out_features", "i32"), ("w_bits", "i32"), ("rq", RequantParams), ("out_bytes", "i32")])
+    ("w_bits", "i32"), ("rq", RequantParams), ("out_bytes", "i32"), ("in_features", "i32"), ("out_features", "i32")])
 PoolParams = _struct("PoolParams", [(f, "i32") for f in (
-    "c", "in_h", "in_w", "out_h", "out_w", "k_h", "k_w", "stride_h", "stride_w")] + [("rounding", "enum"),
-                                                                                  ("pad_h", "i32"), ("pad_w", "i32")])
+    "c", "in_h", "in_w", "out_h", "out_w", "k_h", "k_w", "stride_h", "stride_w", "pad_h", "pad_w")] + [("rounding", "enum")])
 
 # Harness record kinds (one blob list per call; the last blob is the output buffer, sent with its
 # initial contents and read back after the call).
@@ -169,15 +168,13 @@ int main(void)
             nk_avgpool((const nk_pool_params *)(void *)b[0], (const int8_t *)b[1], (int8_t *)res);
             break;
         case 8:
-            nk_global_avgpool(meta(b[0], 0), meta(b[0], 1), (nk_rounding)meta(b[0], 2), (const int8_t *)b[1],
-                              (int8_t *)res);
+            nk_global_avgpool((const nk_global_avgpool_params *)(void *)b[0], (const int8_t *)b[1], (int8_t *)res);
             break;
         case 9: { /* meta: n, a_shift, b_shift, act_min, act_max, rounding, alias (1: out = a, 2: out = b, 3: a = b = out) */
             int32_t alias = meta(b[0], 6);
             const int8_t *x = (const int8_t *)b[1], *y = alias == 3 ? x : (const int8_t *)b[2];
             int8_t *o = alias == 1 || alias == 3 ? (int8_t *)b[1] : alias == 2 ? (int8_t *)b[2] : (int8_t *)res;
-            nk_add(meta(b[0], 0), x, meta(b[0], 1), y, meta(b[0], 2), meta(b[0], 3), meta(b[0], 4),
-                   (nk_rounding)meta(b[0], 5), o);
+            nk_add((const nk_add_params *)(void *)b[0], x, y, o); /* the struct: meta's first six values */
             if ((unsigned char *)o != res) {
                 memcpy(res, o, (size_t)len[nb - 1]);
             }
@@ -185,8 +182,7 @@ int main(void)
         }
         case 10: /* meta: 6 int32 per part (outer, part_inner, out_inner, offset, shift, rounding); blobs 1..k: parts */
             for (i = 0; i < nb - 2; i++) {
-                nk_concat_part(meta(b[0], 6 * i), meta(b[0], 6 * i + 1), meta(b[0], 6 * i + 2), meta(b[0], 6 * i + 3),
-                               meta(b[0], 6 * i + 4), (nk_rounding)meta(b[0], 6 * i + 5), (const int8_t *)b[i + 1],
+                nk_concat_part((const nk_concat_params *)(void *)(b[0] + 24 * i), (const int8_t *)b[i + 1],
                                (int8_t *)res);
             }
             break;
@@ -272,9 +268,8 @@ def _build_lib(out: Path, flags: list[str] | None = None) -> ctypes.CDLL:
         "nk_saturate": (i64, [i64, i64, i64]), "nk_weight": (i32, [vp, i32, i32]),
         "nk_conv": (None, [vp, vp, vp, vp, vp]), "nk_linear": (None, [vp, vp, vp, vp, vp]),
         "nk_maxpool": (None, [vp, vp, vp]), "nk_avgpool": (None, [vp, vp, vp]),
-        "nk_global_avgpool": (None, [i32, i32, ctypes.c_int, vp, vp]),
-        "nk_add": (None, [i32, vp, i32, vp, i32, i32, i32, ctypes.c_int, vp]),
-        "nk_concat_part": (None, [i32, i32, i32, i32, i32, ctypes.c_int, vp, vp]), "nk_relu": (None, [i32, vp, vp]),
+        "nk_global_avgpool": (None, [vp, vp, vp]), "nk_add": (None, [vp, vp, vp, vp]),
+        "nk_concat_part": (None, [vp, vp, vp]), "nk_relu": (None, [i32, vp, vp]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(so, name)
@@ -352,16 +347,16 @@ def _run_ctypes(lib, kind: int, blobs: list[bytes]) -> bytes:
     elif kind in (MAXPOOL, AVGPOOL):
         (lib.nk_maxpool if kind == MAXPOOL else lib.nk_avgpool)(ptr[0], ptr[1], ptr[2])
     elif kind == GLOBAL_AVGPOOL:
-        lib.nk_global_avgpool(int(meta[0]), int(meta[1]), int(meta[2]), ptr[1], ptr[2])
+        lib.nk_global_avgpool(ptr[0], ptr[1], ptr[2])  # meta is the params struct
     elif kind == ADD:
-        n, sa, sb, lo, hi, mode, alias = (int(v) for v in meta)
+        alias = int(meta[6])  # meta[:6] is the params struct
         a, b = ptr[1], ptr[1] if alias == 3 else ptr[2]
         out = {0: ptr[3], 1: ptr[1], 2: ptr[2], 3: ptr[1]}[alias]
-        lib.nk_add(n, a, sa, b, sb, lo, hi, mode, out)
+        lib.nk_add(ptr[0], a, b, out)
         res = {0: bufs[3], 1: bufs[1], 2: bufs[2], 3: bufs[1]}[alias]
     elif kind == CONCAT:
         for i in range(len(blobs) - 2):
-            lib.nk_concat_part(*(int(v) for v in meta[6 * i : 6 * i + 6]), ptr[i + 1], ptr[-1])
+            lib.nk_concat_part(ctypes.c_void_p(ptr[0].value + 24 * i), ptr[i + 1], ptr[-1])  # 6 int32 a part: its struct
     elif kind == RELU:
         n, alias = (int(v) for v in meta)
         lib.nk_relu(n, ptr[1], ptr[1] if alias else ptr[2])

@@ -48,8 +48,10 @@ class Add(OpDef):
         out = g.tensors[node.outputs[0]]
         (x, y), (ex, ey) = node.inputs, (g.tensors[t].exp - out.exp for t in node.inputs)
         lo, hi = arith.act_range(out.bits, node.attrs["relu"])
-        return [f"nk_add({math.prod(out.shape)}, {b.ptr(x)}, {ex}, {b.ptr(y)}, {ey}, {lo}, {hi}, "
-                f"{b.rounding(g.rounding)}, {b.ptr(node.outputs[0])});"]
+        fields = {"n": math.prod(out.shape), "a_shift": ex, "b_shift": ey, "act_min": lo, "act_max": hi,
+                  "rounding": b.rounding(g.rounding)}
+        p = b.struct("nk_add_params", f"{b.ident(node.name)}_p", fields)
+        return [f"nk_add({p}, {b.ptr(x)}, {b.ptr(y)}, {b.ptr(node.outputs[0])});"]
 
     def to_onnx(self, node, inputs, b):
         g = b.graph

@@ -54,11 +54,13 @@ class Concat(OpDef):
         out = g.tensors[node.outputs[0]]
         outer, out_inner = math.prod(out.shape[:ax]), math.prod(out.shape[ax:])
         lines, offset = [], 0
-        for t in node.inputs:
+        for i, t in enumerate(node.inputs):
             spec = g.tensors[t]
             inner = math.prod(spec.shape[ax:])
-            lines.append(f"nk_concat_part({outer}, {inner}, {out_inner}, {offset}, {spec.exp - out.exp}, "
-                         f"{b.rounding(g.rounding)}, {b.ptr(t)}, {b.ptr(node.outputs[0])});")
+            fields = {"outer": outer, "part_inner": inner, "out_inner": out_inner, "offset": offset,
+                      "shift": spec.exp - out.exp, "rounding": b.rounding(g.rounding)}
+            p = b.struct("nk_concat_params", f"{b.ident(node.name)}_p{i}", fields)
+            lines.append(f"nk_concat_part({p}, {b.ptr(t)}, {b.ptr(node.outputs[0])});")
             offset += inner
         return lines
 

@@ -111,4 +111,5 @@ class Lut(OpDef):
             raise NpukitError(f"{node.name}: the C table kernel writes 8-bit outputs")
         table = b.array(node, "table", "int8_t")
         n = int(np.prod(x.shape))
-        return [f"nk_lut({n}, {b.ptr(node.inputs[0])}, {table}, {1 << (x.bits - 1)}, {b.ptr(node.outputs[0])});"]
+        p = b.struct("nk_lut_params", f"{b.ident(node.name)}_p", {"n": n, "offset": 1 << (x.bits - 1)})
+        return [f"nk_lut({p}, {b.ptr(node.inputs[0])}, {table}, {b.ptr(node.outputs[0])});"]

@@ -67,8 +67,10 @@ class Mul(OpDef):
         if out.bits > 8:
             raise NpukitError(f"{node.name}: the C multiply kernel writes 8-bit outputs")
         lo, hi = arith.act_range(out.bits, node.attrs["relu"])
-        return [f"nk_mul({outer}, {inner}, {b.ptr(node.inputs[0])}, {b.ptr(node.inputs[1])}, "
-                f"{self._shift(node, g)}, {lo}, {hi}, {b.rounding(g.rounding)}, {b.ptr(node.outputs[0])});"]
+        fields = {"outer": outer, "inner": inner, "shift": self._shift(node, g), "act_min": lo, "act_max": hi,
+                  "rounding": b.rounding(g.rounding)}
+        p = b.struct("nk_mul_params", f"{b.ident(node.name)}_p", fields)
+        return [f"nk_mul({p}, {b.ptr(node.inputs[0])}, {b.ptr(node.inputs[1])}, {b.ptr(node.outputs[0])});"]
 
 
 def broadcast_split(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, int] | None:

@@ -48,8 +48,10 @@ class Pad(OpDef):
         shape, pads = b.graph.tensors[node.inputs[0]].shape, node.attrs["pads"]
         h, top, bottom = (shape[1], pads[0], pads[2]) if len(shape) == 3 else (1, 0, 0)
         left, right = pads[len(pads) // 2 - 1], pads[-1]
-        return [f"nk_pad({shape[0]}, {h}, {shape[-1]}, {top}, {bottom}, {left}, {right}, {node.attrs['value']}, "
-                f"{b.ptr(node.inputs[0])}, {b.ptr(node.outputs[0])});"]
+        fields = {"c": shape[0], "h": h, "w": shape[-1], "top": top, "bottom": bottom, "left": left, "right": right,
+                  "value": node.attrs["value"]}
+        p = b.struct("nk_pad_params", f"{b.ident(node.name)}_p", fields)
+        return [f"nk_pad({p}, {b.ptr(node.inputs[0])}, {b.ptr(node.outputs[0])});"]
 
     def macs(self, node, graph):
         return 0

@@ -205,8 +205,9 @@ class GlobalAvgPool(OpDef):
 
     def to_c(self, node, b):
         c, *spatial = b.graph.tensors[node.inputs[0]].shape
-        return [f"nk_global_avgpool({c}, {math.prod(spatial)}, {b.rounding(b.graph.target['pool_rounding'])}, "
-                f"{b.ptr(node.inputs[0])}, {b.ptr(node.outputs[0])});"]
+        fields = {"c": c, "hw": math.prod(spatial), "rounding": b.rounding(b.graph.target["pool_rounding"])}
+        p = b.struct("nk_global_avgpool_params", f"{b.ident(node.name)}_p", fields)
+        return [f"nk_global_avgpool({p}, {b.ptr(node.inputs[0])}, {b.ptr(node.outputs[0])});"]
 
     def to_onnx(self, node, inputs, b):
         spatial = b.graph.tensors[node.inputs[0]].shape[1:]

@@ -40,5 +40,7 @@ class Slice(OpDef):
         shape = b.graph.tensors[node.inputs[0]].shape
         inner = math.prod(shape[a["axis"] + 1 :])
         outer = math.prod(shape[: a["axis"]])
-        return [f"nk_slice({outer}, {shape[a['axis']] * inner}, {a['start'] * inner}, "
-                f"{(a['stop'] - a['start']) * inner}, {b.ptr(node.inputs[0])}, {b.ptr(node.outputs[0])});"]
+        fields = {"outer": outer, "in_inner": shape[a["axis"]] * inner, "offset": a["start"] * inner,
+                  "part_inner": (a["stop"] - a["start"]) * inner}
+        p = b.struct("nk_slice_params", f"{b.ident(node.name)}_p", fields)
+        return [f"nk_slice({p}, {b.ptr(node.inputs[0])}, {b.ptr(node.outputs[0])});"]

@@ -49,7 +49,8 @@ class Upsample(OpDef):
         scale = node.attrs["scale"]
         h, sh = (shape[1], scale[0]) if len(scale) == 2 else (1, 1)
         w, sw = shape[-1], scale[-1]
-        return [f"nk_upsample({shape[0]}, {h}, {w}, {sh}, {sw}, {b.ptr(node.inputs[0])}, {b.ptr(node.outputs[0])});"]
+        p = b.struct("nk_upsample_params", f"{b.ident(node.name)}_p", {"c": shape[0], "h": h, "w": w, "sh": sh, "sw": sw})
+        return [f"nk_upsample({p}, {b.ptr(node.inputs[0])}, {b.ptr(node.outputs[0])});"]
 
     def macs(self, node, graph):
         return 0

@@ -7,11 +7,13 @@
  * clamped at -55 so that the sum of two shifted int8 values (|term| <= 2^62) cannot overflow. */
 #include "npukit_kernels.h"
 
-void nk_add(int32_t n, const int8_t *a, int32_t a_shift, const int8_t *b, int32_t b_shift,
-            int32_t act_min, int32_t act_max, nk_rounding rounding, int8_t *out)
+void nk_add(const nk_add_params *p, const int8_t *a, const int8_t *b, int8_t *out)
 {
-    const int32_t sa = a_shift < -55 ? -55 : a_shift, sb = b_shift < -55 ? -55 : b_shift;
-    const int64_t lo = act_min < INT8_MIN ? INT8_MIN : act_min, hi = act_max > INT8_MAX ? INT8_MAX : act_max;
+    const int32_t n = p->n;
+    const nk_rounding rounding = p->rounding;
+    const int32_t sa = p->a_shift < -55 ? -55 : p->a_shift, sb = p->b_shift < -55 ? -55 : p->b_shift;
+    const int64_t lo = p->act_min < INT8_MIN ? INT8_MIN : p->act_min;
+    const int64_t hi = p->act_max > INT8_MAX ? INT8_MAX : p->act_max;
     int32_t i;
 
     for (i = 0; i < n; i++) {

@@ -7,9 +7,11 @@
 
 #include "npukit_kernels.h"
 
-void nk_concat_part(int32_t outer, int32_t part_inner, int32_t out_inner, int32_t offset, int32_t shift,
-                    nk_rounding rounding, const int8_t *in, int8_t *out)
+void nk_concat_part(const nk_concat_params *p, const int8_t *in, int8_t *out)
 {
+    const int32_t outer = p->outer, part_inner = p->part_inner, out_inner = p->out_inner, offset = p->offset;
+    const int32_t shift = p->shift;
+    const nk_rounding rounding = p->rounding;
     int32_t o, i;
 
     for (o = 0; o < outer; o++) {

@@ -4,8 +4,10 @@
 
 #include "npukit_kernels.h"
 
-void nk_global_avgpool(int32_t c, int32_t hw, nk_rounding rounding, const int8_t *in, int8_t *out)
+void nk_global_avgpool(const nk_global_avgpool_params *p, const int8_t *in, int8_t *out)
 {
+    const int32_t c = p->c, hw = p->hw;
+    const nk_rounding rounding = p->rounding;
     int32_t ch, i;
 
     for (ch = 0; ch < c; ch++) {

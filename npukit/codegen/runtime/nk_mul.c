@@ -1,9 +1,10 @@
 /* npukit kernel library: element-wise multiply with requantisation (npukit/ops/mul.py). */
 #include "npukit_kernels.h"
 
-void nk_mul(int32_t outer, int32_t inner, const int8_t *a, const int8_t *b, int32_t shift, int32_t act_min,
-            int32_t act_max, nk_rounding rounding, int8_t *out)
+void nk_mul(const nk_mul_params *p, const int8_t *a, const int8_t *b, int8_t *out)
 {
+    const int32_t outer = p->outer, inner = p->inner, shift = p->shift, act_min = p->act_min, act_max = p->act_max;
+    const nk_rounding rounding = p->rounding;
     int32_t i, j;
 
     for (i = 0; i < outer; i++) {

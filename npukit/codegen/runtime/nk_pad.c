@@ -1,12 +1,12 @@
 /* npukit kernel library: constant padding of the spatial axes, each side on its own (npukit/ops/pad.py). */
 #include "npukit_kernels.h"
 
-void nk_pad(int32_t c, int32_t h, int32_t w, int32_t top, int32_t bottom, int32_t left, int32_t right, int32_t value,
-            const int8_t *in, int8_t *out)
+void nk_pad(const nk_pad_params *p, const int8_t *in, int8_t *out)
 {
+    const int32_t c = p->c, h = p->h, w = p->w, top = p->top, bottom = p->bottom, left = p->left, right = p->right;
     int32_t ch, y, x;
     const int32_t ow = w + left + right;
-    const int8_t v = (int8_t)value;
+    const int8_t v = (int8_t)p->value;
 
     for (ch = 0; ch < c; ch++) {
         for (y = 0; y < top + h + bottom; y++) {

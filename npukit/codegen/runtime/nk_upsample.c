@@ -1,8 +1,9 @@
 /* npukit kernel library: nearest upsampling by integer factors (npukit/ops/upsample.py). */
 #include "npukit_kernels.h"
 
-void nk_upsample(int32_t c, int32_t h, int32_t w, int32_t sh, int32_t sw, const int8_t *in, int8_t *out)
+void nk_upsample(const nk_upsample_params *p, const int8_t *in, int8_t *out)
 {
+    const int32_t c = p->c, h = p->h, w = p->w, sh = p->sh, sw = p->sw;
     int32_t ch, y, x, k;
 
     for (ch = 0; ch < c; ch++) {

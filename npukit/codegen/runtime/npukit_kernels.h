@@ -106,13 +106,16 @@ static inline int64_t nk_requant(const nk_requant_params *rq, int32_t ch, int64_
     return y;
 }
 
+/* w_bits, rq, out_bytes and the channels lead nk_conv_params and nk_linear_params alike (the interpreter
+ * sets them once for both). */
 typedef struct {
-    int32_t in_c, in_h, in_w;
-    int32_t out_c, out_h, out_w;
-    int32_t k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups;
     int32_t w_bits;            /* 2, 4, 8 or 16; NK_W8_DSP1D: pre-arranged 8-bit weights (generated DSP builds) */
     nk_requant_params rq;      /* the requantisation (Scheme.c_fields) */
     int32_t out_bytes;         /* 1: int8 output; 4: int32 (wide) output */
+    int32_t in_c, out_c;
+    /* the geometry, in nk_pool_params' order (the interpreter sets both with one copy) */
+    int32_t in_h, in_w, out_h, out_w, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+    int32_t groups;
 } nk_conv_params;
 
 /* Conv 1-d/2-d, grouped/depthwise, zero padding. Weights (out_c, in_c/groups, k_h, k_w), packed at w_bits
@@ -131,62 +134,100 @@ void nk_conv_transpose(const nk_conv_params *p, const int8_t *in, const void *we
                        void *out);
 
 typedef struct {
-    int32_t in_features, out_features;
     int32_t w_bits;            /* 2, 4, 8 or 16 */
     nk_requant_params rq;      /* the requantisation (Scheme.c_fields) */
     int32_t out_bytes;         /* 1: int8 output; 4: int32 (wide) output */
+    int32_t in_features, out_features;
 } nk_linear_params;
 
 /* Fully connected. Weights (out_features, in_features), packed at w_bits; bias as for nk_conv. */
 void nk_linear(const nk_linear_params *p, const int8_t *in, const void *weights, const int32_t *bias, void *out);
 
 typedef struct {
-    int32_t c, in_h, in_w, out_h, out_w;
-    int32_t k_h, k_w, stride_h, stride_w;
-    nk_rounding rounding;      /* average pooling only */
+    int32_t c;
+    int32_t in_h, in_w, out_h, out_w, k_h, k_w, stride_h, stride_w; /* in nk_conv_params' order */
     int32_t pad_h, pad_w;      /* padding on each side, at most half the window: max pooling skips it,
                                   average pooling counts it as zeros (torch's count_include_pad) */
+    nk_rounding rounding;      /* average pooling only */
 } nk_pool_params;
 
 void nk_maxpool(const nk_pool_params *p, const int8_t *in, int8_t *out);
 void nk_avgpool(const nk_pool_params *p, const int8_t *in, int8_t *out);
-/* Mean over `hw` positions of each of `c` channels. */
-void nk_global_avgpool(int32_t c, int32_t hw, nk_rounding rounding, const int8_t *in, int8_t *out);
 
-/* out = saturate(round_shift(a, a_shift) + round_shift(b, b_shift)); `out` may alias an input.
- * Shifts are e_in - e_out >= 0 (operands only shift right); a negative one is clamped at -55. */
-void nk_add(int32_t n, const int8_t *a, int32_t a_shift, const int8_t *b, int32_t b_shift,
-            int32_t act_min, int32_t act_max, nk_rounding rounding, int8_t *out);
+/* The kernels below take their parameters as one struct, as conv, linear and the pools do: a caller that
+ * runs many ops (runtime/'s invoke loop) then passes one pointer instead of up to eight scalars. */
+
+/* Mean over `hw` positions of each of `c` channels. */
+typedef struct {
+    int32_t c, hw;
+    nk_rounding rounding;
+} nk_global_avgpool_params;
+
+void nk_global_avgpool(const nk_global_avgpool_params *p, const int8_t *in, int8_t *out);
+
+/* out = saturate(round_shift(a, a_shift) + round_shift(b, b_shift)) over `n` values; `out` may alias an
+ * input. Shifts are e_in - e_out >= 0 (operands only shift right); a negative one is clamped at -55. */
+typedef struct {
+    int32_t n, a_shift, b_shift, act_min, act_max;
+    nk_rounding rounding;
+} nk_add_params;
+
+void nk_add(const nk_add_params *p, const int8_t *a, const int8_t *b, int8_t *out);
+
+/* Element-wise multiply (npukit/ops/mul.py): `outer` blocks of `inner` values,
+ * out[i * inner + j] = saturate(round_shift(a[i * inner + j] * b[i], shift)); b of a's shape is inner = 1.
+ * act_min, act_max and rounding sit where nk_add_params has them. */
+typedef struct {
+    int32_t outer, inner, shift, act_min, act_max;
+    nk_rounding rounding;
+} nk_mul_params;
+
+void nk_mul(const nk_mul_params *p, const int8_t *a, const int8_t *b, int8_t *out);
 
 /* One operand of a concatenation: `outer` blocks of `part_inner` values, written at `offset` within
  * output blocks of `out_inner` values, each value round_shift(x, shift). Along axis `ax` of the
  * per-sample shape: outer = prod(out_shape[:ax]), part_inner = prod(part_shape[ax:]),
  * out_inner = prod(out_shape[ax:]), offset = the sum of the earlier parts' part_inner,
  * shift = e_part - e_out >= 0. */
-void nk_concat_part(int32_t outer, int32_t part_inner, int32_t out_inner, int32_t offset, int32_t shift,
-                    nk_rounding rounding, const int8_t *in, int8_t *out);
+typedef struct {
+    int32_t outer, part_inner, out_inner, offset, shift;
+    nk_rounding rounding;
+} nk_concat_params;
 
-/* max(x, 0); `out` may alias `in`. */
+void nk_concat_part(const nk_concat_params *p, const int8_t *in, int8_t *out);
+
+/* max(x, 0) over `n` values; `out` may alias `in`. */
 void nk_relu(int32_t n, const int8_t *in, int8_t *out);
-
-/* Element-wise multiply (npukit/ops/mul.py): `outer` blocks of `inner` values,
- * out[i * inner + j] = saturate(round_shift(a[i * inner + j] * b[i], shift)); b of a's shape is inner = 1. */
-void nk_mul(int32_t outer, int32_t inner, const int8_t *a, const int8_t *b, int32_t shift, int32_t act_min,
-            int32_t act_max, nk_rounding rounding, int8_t *out);
 
 /* One part of a split: from each of `outer` blocks of `in_inner` values, the `part_inner` values at
  * `offset` (npukit/ops/slice.py). */
-void nk_slice(int32_t outer, int32_t in_inner, int32_t offset, int32_t part_inner, const int8_t *in, int8_t *out);
+typedef struct {
+    int32_t outer, in_inner, offset, part_inner;
+} nk_slice_params;
+
+void nk_slice(const nk_slice_params *p, const int8_t *in, int8_t *out);
 
 /* Nearest upsampling of `c` channels of h x w by integer factors sh x sw (1-d data: h = sh = 1). */
-void nk_upsample(int32_t c, int32_t h, int32_t w, int32_t sh, int32_t sw, const int8_t *in, int8_t *out);
+typedef struct {
+    int32_t c, h, w, sh, sw;
+} nk_upsample_params;
 
-/* Constant padding of (c, h, w) to (c, top + h + bottom, left + w + right) with `value` (ops/pad.py). */
-void nk_pad(int32_t c, int32_t h, int32_t w, int32_t top, int32_t bottom, int32_t left, int32_t right, int32_t value,
-            const int8_t *in, int8_t *out);
+void nk_upsample(const nk_upsample_params *p, const int8_t *in, int8_t *out);
 
-/* out = table[x + offset] (an element-wise function by lookup table, npukit/ops/lut.py; offset = 2^(B-1)
- * for B-bit inputs); `out` may alias `in`. */
-void nk_lut(int32_t n, const int8_t *in, const int8_t *table, int32_t offset, int8_t *out);
+/* Constant padding of (c, h, w) to (c, top + h + bottom, left + w + right) with `value` (ops/pad.py).
+ * c, h and w lead it as they lead nk_upsample_params. */
+typedef struct {
+    int32_t c, h, w, top, bottom, left, right, value;
+} nk_pad_params;
+
+void nk_pad(const nk_pad_params *p, const int8_t *in, int8_t *out);
+
+/* out = table[x + offset] over `n` values (an element-wise function by lookup table, npukit/ops/lut.py;
+ * offset = 2^(B-1) for B-bit inputs); `out` may alias `in`. */
+typedef struct {
+    int32_t n, offset;
+} nk_lut_params;
+
+void nk_lut(const nk_lut_params *p, const int8_t *in, const int8_t *table, int8_t *out);
 
 #endif
