@@ -314,7 +314,7 @@ static int read_header(ctx_t *x, uint32_t *n_sections)
 {
     const uint8_t *d = x->d;
     uint32_t n;
-    if (x->len < 4 || memcmp(d, "NPUK", 4) != 0) {
+    if (x->len < 4 || rd32(d) != LOADED) { /* "NPUK" */
         return NPUKIT_E_MAGIC;
     }
     if (x->len < HEADER) {
@@ -1143,8 +1143,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
 {
     const shape_t *in = &v->sh[S_IN];
     uint32_t want[MAX_RANK]; /* the output's dimensions as inferred, `rank` of them */
-    uint32_t rank = in->rank, k, i;
-    uint64_t sum = 0;
+    uint32_t rank = in->rank, k, i, sum = 0;
     const attr_t *a;
     const param_t *w;
     /* the input's shape (rank <= MAX_RANK: dims), which the element-wise ops, concat, slice and global_avgpool
@@ -1209,8 +1208,11 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
                 }
             }
             sum += dim(&t, axis);
+            if (sum < dim(&t, axis)) {
+                return NPUKIT_E_GRAPH; /* the sum wraps: beyond every dimension */
+            }
         }
-        want[axis] = sum > U32_MAX ? 0 : (uint32_t)sum; /* 0: no dimension */
+        want[axis] = sum;
         break;
     }
     case ON(NPUKIT_OP_PAD):      /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
