@@ -448,7 +448,7 @@ static int read_tensors(ctx_t *x)
         if (memory != NO_MEMORY && memory >= x->n_memory) {
             return NPUKIT_E_INDEX;
         }
-        if (offset != NO_OFFSET && (uint64_t)offset + nbytes > m->arena_bytes) {
+        if (offset != NO_OFFSET && (offset > m->arena_bytes || nbytes > m->arena_bytes - offset)) {
             return NPUKIT_E_VALUE;
         }
         t->record = (uint32_t)at;
@@ -584,16 +584,16 @@ typedef struct {
 
 /* An op record, with its attributes and parameters found by key once (bind). */
 typedef struct {
+    shape_t sh[3];              /* by S_*: set by bind_shapes once the op's arity is checked */
+    const npukit_tensor_t *t[3]; /* those tensors */
     uint32_t op;                /* op name (string index) */
     uint32_t n_in, n_out, n_attr, n_param;
     size_t io;                  /* the tensor list */
     size_t attrs, params;       /* the first attribute and parameter records */
+    param_t p[N_PARAMS];        /* by P_* */
     attr_t a[N_KEYS];           /* by K_*: found 0 where the op has no such attribute */
     int32_t first[N_KEYS];      /* the first value of each int, bool or non-empty list attribute (as attr_int); a
                                    string's index */
-    param_t p[N_PARAMS];        /* by P_* */
-    shape_t sh[3];              /* by S_*: set by bind_shapes once the op's arity is checked */
-    const npukit_tensor_t *t[3]; /* those tensors */
 } view_t;
 
 #define V(key) (v->first[key])  /* the first value of an attribute the schema checks made sure of */
