@@ -85,14 +85,14 @@ typedef struct {
 
 typedef struct {
     const uint8_t *d;
+    npukit_model_t *m;
     size_t len;
     size_t off[N_KINDS + 1], size[N_KINDS + 1]; /* by section kind */
     uint32_t n_strings, stride;
-    size_t mark[MARKS];                          /* where string k * stride starts */
     uint32_t n_memory;                           /* device section: the profile's memories */
+    size_t mark[MARKS];                          /* where string k * stride starts */
     uint8_t role[NPUKIT_MAX_TENSORS];            /* roles the io lists give */
     uint8_t defined[NPUKIT_MAX_TENSORS];
-    npukit_model_t *m;
 } ctx_t;
 
 static uint32_t rd16(const uint8_t *p)
