@@ -85,14 +85,14 @@ typedef struct {
 
 typedef struct {
     const uint8_t *d;
+    npukit_model_t *m;
     size_t len;
     size_t off[N_KINDS + 1], size[N_KINDS + 1]; /* by section kind */
     uint32_t n_strings, stride;
-    size_t mark[MARKS];                          /* where string k * stride starts */
     uint32_t n_memory;                           /* device section: the profile's memories */
+    size_t mark[MARKS];                          /* where string k * stride starts */
     uint8_t role[NPUKIT_MAX_TENSORS];            /* roles the io lists give */
     uint8_t defined[NPUKIT_MAX_TENSORS];
-    npukit_model_t *m;
 } ctx_t;
 
 static uint32_t rd16(const uint8_t *p)
@@ -314,7 +314,7 @@ static int read_header(ctx_t *x, uint32_t *n_sections)
 {
     const uint8_t *d = x->d;
     uint32_t n;
-    if (x->len < 4 || memcmp(d, "NPUK", 4) != 0) {
+    if (x->len < 4 || rd32(d) != LOADED) { /* "NPUK" */
         return NPUKIT_E_MAGIC;
     }
     if (x->len < HEADER) {
@@ -448,7 +448,7 @@ static int read_tensors(ctx_t *x)
         if (memory != NO_MEMORY && memory >= x->n_memory) {
             return NPUKIT_E_INDEX;
         }
-        if (offset != NO_OFFSET && (uint64_t)offset + nbytes > m->arena_bytes) {
+        if (offset != NO_OFFSET && (offset > m->arena_bytes || nbytes > m->arena_bytes - offset)) {
             return NPUKIT_E_VALUE;
         }
         t->record = (uint32_t)at;
@@ -584,16 +584,16 @@ typedef struct {
 
 /* An op record, with its attributes and parameters found by key once (bind). */
 typedef struct {
+    shape_t sh[3];              /* by S_*: set by bind_shapes once the op's arity is checked */
+    const npukit_tensor_t *t[3]; /* those tensors */
     uint32_t op;                /* op name (string index) */
     uint32_t n_in, n_out, n_attr, n_param;
     size_t io;                  /* the tensor list */
     size_t attrs, params;       /* the first attribute and parameter records */
+    param_t p[N_PARAMS];        /* by P_* */
     attr_t a[N_KEYS];           /* by K_*: found 0 where the op has no such attribute */
     int32_t first[N_KEYS];      /* the first value of each int, bool or non-empty list attribute (as attr_int); a
                                    string's index */
-    param_t p[N_PARAMS];        /* by P_* */
-    shape_t sh[3];              /* by S_*: set by bind_shapes once the op's arity is checked */
-    const npukit_tensor_t *t[3]; /* those tensors */
 } view_t;
 
 #define V(key) (v->first[key])  /* the first value of an attribute the schema checks made sure of */
@@ -1143,8 +1143,7 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
 {
     const shape_t *in = &v->sh[S_IN];
     uint32_t want[MAX_RANK]; /* the output's dimensions as inferred, `rank` of them */
-    uint32_t rank = in->rank, k, i;
-    uint64_t sum = 0;
+    uint32_t rank = in->rank, k, i, sum = 0;
     const attr_t *a;
     const param_t *w;
     /* the input's shape (rank <= MAX_RANK: dims), which the element-wise ops, concat, slice and global_avgpool
@@ -1209,8 +1208,11 @@ static int shape_of(const ctx_t *x, const view_t *v, const opdef_t *def, npukit_
                 }
             }
             sum += dim(&t, axis);
+            if (sum < dim(&t, axis)) {
+                return NPUKIT_E_GRAPH; /* the sum wraps: beyond every dimension */
+            }
         }
-        want[axis] = sum > U32_MAX ? 0 : (uint32_t)sum; /* 0: no dimension */
+        want[axis] = sum;
         break;
     }
     case ON(NPUKIT_OP_PAD):      /* Pad.infer_shapes: each spatial axis grows by its start and end pads */
