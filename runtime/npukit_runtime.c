@@ -215,22 +215,24 @@ NOINLINE static int utf8_ok(const uint8_t *s, size_t n)
     size_t i = 0;
     while (i < n) {
         const uint32_t b = s[i++];
-        uint32_t k, lo, hi;
+        uint32_t k = (uint32_t)(b >= 0xC0) + (b >= 0xE0) + (b >= 0xF0); /* continuation bytes */
+        uint32_t cp = b & (0x3Fu >> k), min;
         if (b < 0x80) {
             continue;
         }
-        k = (uint32_t)(b >= 0xC2) + (b >= 0xE0) + (b >= 0xF0); /* continuation bytes; 0: no sequence starts so */
-        lo = b == 0xE0 ? 0xA0 : (b == 0xF0 ? 0x90 : 0x80);      /* the second byte's range */
-        hi = b == 0xED ? 0x9F : (b == 0xF4 ? 0x8F : 0xBF);
-        if (k == 0 || b > 0xF4 || n - i < k || s[i] < lo || s[i] > hi) {
+        if (k == 0 || b > 0xF4 || n - i < k) {
             return 0;
         }
-        for (; k > 1; k--) {
-            if ((s[++i] & 0xC0) != 0x80) {
+        min = 1u << (5 * k + 1 + (k == 1)); /* the least code point that needs k continuation bytes */
+        for (; k > 0; k--) {
+            if ((s[i] & 0xC0) != 0x80) {
                 return 0;
             }
+            cp = cp << 6 | (s[i++] & 0x3Fu);
         }
-        i++;
+        if (cp < min || cp > 0x10FFFF || cp >> 11 == 0x1B) { /* overlong, beyond Unicode, a surrogate */
+            return 0;
+        }
     }
     return 1;
 }
