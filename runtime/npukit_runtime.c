@@ -95,6 +95,24 @@ typedef struct {
     uint8_t defined[NPUKIT_MAX_TENSORS];
 } ctx_t;
 
+/* Little-endian fields at any alignment. On a little-endian target a memcpy of the field is one load where the
+ * core allows unaligned ones (Cortex-M3 and up, x86) and byte loads where it does not (Cortex-M0): the compiler
+ * knows which. Elsewhere the bytes are assembled (a big-endian host is refused as the load ends: see prepare). */
+#if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+static uint32_t rd16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+}
+
+static uint32_t rd32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+#else
 static uint32_t rd16(const uint8_t *p)
 {
     return (uint32_t)(p[0] | p[1] << 8);
@@ -104,6 +122,7 @@ static uint32_t rd32(const uint8_t *p)
 {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
+#endif
 
 /* Whether a little-endian two's complement integer of 1, 2, 4 or 8 bytes is in int32's range: its bytes past
  * the fourth are copies of the fourth's sign. */
@@ -184,16 +203,15 @@ static int done(const cur_t *c)
 
 /* `rank` u32 dimensions: rank <= 8, each at least 1, their product at most max_elems (exact: the
  * product is compared by division before it is formed). */
-static int dims(cur_t *c, uint32_t rank, uint64_t max_elems, uint64_t *elems, size_t *at)
+static int dims(cur_t *c, uint32_t rank, uint32_t max_elems, uint32_t *elems, size_t *at)
 {
-    uint32_t k;
-    uint64_t e = 1;
+    uint32_t k, e = 1;
     if (rank > MAX_RANK) {
         return NPUKIT_E_VALUE;
     }
     TAKE(c, 4 * (size_t)rank, *at);
     for (k = 0; k < rank; k++) {
-        const uint64_t d = rd32(c->d + *at + 4 * k);
+        const uint32_t d = rd32(c->d + *at + 4 * k);
         if (d == 0 || d > max_elems / e) {
             return NPUKIT_E_VALUE;
         }
@@ -423,8 +441,7 @@ static int read_tensors(ctx_t *x)
     for (i = 0; i < n; i++) {
         npukit_tensor_t *t = &m->tensors[i];
         size_t at, dims_at;
-        uint64_t elems;
-        uint32_t name, bits, role, memory, offset, nbytes;
+        uint32_t elems, name, bits, role, memory, offset, nbytes;
         TAKE(&c, TENSOR_REC, at);
         name = rd16(x->d + at);
         bits = x->d[at + 2];
@@ -444,7 +461,7 @@ static int read_tensors(ctx_t *x)
             return NPUKIT_E_VALUE;
         }
         TRY(dims(&c, x->d[at + 6], U32_MAX, &elems, &dims_at));
-        if (elems * elem_bytes(bits) != nbytes) { /* elems < 2^32: no wrap */
+        if ((uint64_t)elems * elem_bytes(bits) != nbytes) {
             return NPUKIT_E_VALUE;
         }
         if (memory != NO_MEMORY && memory >= x->n_memory) {
@@ -580,7 +597,7 @@ typedef struct {
 typedef struct {
     int found;
     uint32_t bits, rank;
-    uint64_t count;             /* at most 8 * weights bytes / bits (the reader checks it) */
+    uint32_t count;             /* at most 8 * weights bytes / bits < 2^32 (the reader checks it) */
     size_t data, dims;          /* file offsets */
 } param_t;
 
@@ -771,10 +788,10 @@ static int pow2_in(uint32_t v, uint32_t lo, uint32_t hi)
 
 static int read_param(const ctx_t *x, cur_t *c, const view_t *v)
 {
-    const uint64_t w_size = x->size[S_WEIGHTS];
-    uint32_t name, bits, dtype_bits, offset;
+    const size_t w_size = x->size[S_WEIGHTS];
+    uint32_t name, bits, dtype_bits, offset, elems;
     size_t at, dims_at;
-    uint64_t elems, nbytes;
+    uint64_t nbytes;
     const attr_t *wb = &v->a[K_W_BITS];
     TAKE(c, PARAM_REC, at);
     name = rd16(x->d + at);
@@ -791,8 +808,13 @@ static int read_param(const ctx_t *x, cur_t *c, const view_t *v)
     if (lookup(x, name, PARAMS, N_PARAMS) == P_WEIGHT && wb->found && (wb->kind != A_INT || V(K_W_BITS) != (int32_t)bits)) {
         return NPUKIT_E_VALUE;
     }
-    TRY(dims(c, x->d[at + 4], 8 * w_size / bits, &elems, &dims_at));
-    nbytes = (elems * bits + 7) / 8; /* elems * bits <= 8 * w_size < 2^35 */
+    if (w_size >= (1UL << 30)) {
+        return NPUKIT_E_UNSUPPORTED; /* so that a parameter's element count, 8 * w_size / bits, fits in 32 bits */
+    }
+    /* 8 * w_size / bits exactly, in 32 bits (bits a power of two) */
+    TRY(dims(c, x->d[at + 4], bits <= 8 ? (uint32_t)w_size * (8 / bits) : (uint32_t)w_size / (bits / 8), &elems,
+             &dims_at));
+    nbytes = ((uint64_t)elems * bits + 7) / 8; /* elems * bits <= 8 * w_size < 2^33 */
     if (offset % 4 != 0 || offset + nbytes > w_size) {
         return NPUKIT_E_VALUE;
     }
@@ -1293,7 +1315,7 @@ static int tensor_problems(const ctx_t *x, const view_t *v, const opdef_t *def)
     }
     if (IS(def, NPUKIT_OP_LUT)) { /* Lut.tensor_problems: one entry per input integer, in the output's range */
         const param_t *t;
-        uint64_t i;
+        uint32_t i;
         t = &v->p[P_TABLE];
         if (in->bits > 8 || p_dim(x, t, 0) != (1u << in->bits)) {
             return NPUKIT_E_GRAPH;

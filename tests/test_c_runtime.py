@@ -286,6 +286,21 @@ def test_a_build_with_only_the_models_ops(runner, demo, tmp_path):
     _assert_matches_engine(runner, other, other.quantize_input(x.numpy()), tmp_path)
 
 
+def test_fields_read_byte_by_byte_where_the_byte_order_is_unknown(runner, demo, tmp_path, bases):
+    """A compiler that does not say its byte order gets the loader's portable field reads (bytes shifted into
+    place, not a native load): the demo byte for byte, and on mutated files the same status and output as
+    the default build."""
+    graph, q = demo
+    exe = host.build_runtime(tmp_path / "build", flags=["-O1", "-U__BYTE_ORDER__"])
+    _assert_matches_engine(exe, graph, q[:20], tmp_path)
+    statuses = set()
+    for case in T.corpus(bases, 100, seed=3):
+        want, got = (T.run_file(e, case, q[:1], tmp_path) for e in (runner, exe))
+        assert (got.returncode, got.stderr) == (want.returncode, want.stderr)
+        statuses.add(want.stderr)
+    assert len(statuses) >= 5, statuses
+
+
 def test_the_trace_hook_is_a_build_option(demo, tmp_path):
     """NPUKIT_TRACE: off by default (firmware links no trace hook: the traced entry points are not declared or
     defined, and npukit-run refuses --dump but runs the model); on, --dump prints one line per tensor."""
