@@ -95,10 +95,11 @@ typedef struct {
     uint8_t defined[NPUKIT_MAX_TENSORS];
 } ctx_t;
 
-/* Little-endian fields at any alignment. On a little-endian target a memcpy of the field is one load where the
- * core allows unaligned ones (Cortex-M3 and up, x86) and byte loads where it does not (Cortex-M0): the compiler
- * knows which. Elsewhere the bytes are assembled (a big-endian host is refused as the load ends: see prepare). */
-#if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+/* Little-endian fields at any alignment: on a little-endian core that loads at any alignment (Cortex-M3 and up,
+ * x86) a memcpy of the field, which the compiler makes one load; elsewhere the bytes assembled (a Cortex-M0, where
+ * GCC would call memcpy; a big-endian host, refused as the load ends anyway: see prepare). */
+#if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ \
+    && (defined(__ARM_FEATURE_UNALIGNED) || defined(__x86_64__) || defined(__i386__))
 static uint32_t rd16(const uint8_t *p)
 {
     uint16_t v;
