@@ -127,7 +127,7 @@ static uint32_t rd32(const uint8_t *p)
 
 /* Whether a little-endian two's complement integer of 1, 2, 4 or 8 bytes is in int32's range: its bytes past
  * the fourth are copies of the fourth's sign. */
-NOINLINE static int fits32(const uint8_t *p, unsigned width)
+static int fits32(const uint8_t *p, unsigned width)
 {
     unsigned k;
     for (k = 4; k < width; k++) {
@@ -229,7 +229,7 @@ static int dims(cur_t *c, uint32_t rank, uint32_t max_elems, uint32_t *elems, si
 /* Strings */
 
 /* Strict UTF-8, as Python's decoder: no overlongs, no surrogates, nothing above U+10FFFF. */
-NOINLINE static int utf8_ok(const uint8_t *s, size_t n)
+static int utf8_ok(const uint8_t *s, size_t n)
 {
     size_t i = 0;
     while (i < n) {
