@@ -428,31 +428,16 @@ def test_strings_are_strict_utf8_as_python_decodes(harness, bases):
     U+10FFFF and past it, missing or stray continuation bytes): each file loads in C exactly where the Python
     reader, which decodes strictly, loads it."""
     data = bases[4]
-    sections = {struct.unpack_from("<H", data, 20 + 12 * i)[0]: struct.unpack_from("<II", data, 20 + 12 * i + 4)
-                for i in range(struct.unpack_from("<H", data, 10)[0])}
-    (off, size), (t_off, _) = sections[1], sections[3]  # strings, tensors
-    starts, pos = [], off + 2
-    for _ in range(struct.unpack_from("<H", data, off)[0]):
-        starts.append(pos)
-        pos += 2 + struct.unpack_from("<H", data, pos)[0]
-    assert pos == off + size
-    # a tensor's name: the longest (a key or an op name changed would be a graph error instead)
-    at = t_off + 2
-    names = []
-    for _ in range(struct.unpack_from("<H", data, t_off)[0]):
-        start = starts[struct.unpack_from("<H", data, at)[0]]
-        names.append((struct.unpack_from("<H", data, start)[0], start + 2))
-        at += 16 + 4 * data[at + 6]
-    longest = max(names)
-    assert longest[0] >= 4
+    # a tensor's name, the longest (a key or an op name changed would be a graph error instead)
+    name = max(T.python_read(data)[0].graph.tensors, key=len).encode()
+    entry, body = struct.pack("<H", len(name)) + name, T.sections_of(data)
+    assert len(name) >= 4 and body["strings"].count(entry) == 1
     leads = [0x41, 0x7F, 0x80, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xE1, 0xEC, 0xED, 0xEE, 0xEF, 0xF0, 0xF1, 0xF3,
              0xF4, 0xF5, 0xF7, 0xF8, 0xFF]
     seconds = [0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0]
-    cases = []
-    for seq in itertools.product(leads, seconds, [0x80, 0xBF, 0x41], [0x80, 0x41]):
-        case = bytearray(data)
-        case[longest[1]:longest[1] + 4] = bytes(seq)
-        cases.append(T.fix(case))
+    cases = [T.assemble(dict(body, strings=body["strings"].replace(entry, entry[:2] + bytes(seq) + entry[6:])),
+                        struct.unpack_from("<H", data, 6)[0])
+             for seq in itertools.product(leads, seconds, [0x80, 0xBF, 0x41], [0x80, 0x41])]
     results, proc = T.feed(harness, cases)
     _assert_clean(proc, len(cases), results)
     verdicts = [(r.load, T.python_read(c)[0] is not None) for c, r in zip(cases, results, strict=True)]
