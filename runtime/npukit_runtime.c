@@ -97,7 +97,8 @@ typedef struct {
 
 /* Little-endian fields at any alignment: on a little-endian core that loads at any alignment (Cortex-M3 and up,
  * x86) a memcpy of the field, which the compiler makes one load; elsewhere the bytes assembled (a Cortex-M0, where
- * GCC would call memcpy; a big-endian host, refused as the load ends anyway: see prepare). */
+ * GCC would call memcpy; a big-endian host, refused as the load ends anyway: see prepare). Firmware that traps
+ * unaligned loads (CCR.UNALIGN_TRP) builds with -mno-unaligned-access, which takes the byte reads. */
 #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ \
     && (defined(__ARM_FEATURE_UNALIGNED) || defined(__x86_64__) || defined(__i386__))
 static uint32_t rd16(const uint8_t *p)
