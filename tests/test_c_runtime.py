@@ -523,6 +523,7 @@ def test_cmake_builds(demo, tmp_path):
     ("clang", ["-O2", "-Wshadow", "-Wconversion", "-Wsign-conversion"]),
     ("arm-none-eabi-gcc", ["-O2", "-mcpu=cortex-m4", "-mthumb", "-Wconversion", "-Wsign-conversion"]),
     ("arm-none-eabi-gcc", ["-Os", "-mcpu=cortex-m0", "-mthumb"]),
+    ("arm-none-eabi-gcc", ["-Os", "-mcpu=cortex-m4", "-mthumb", "-mno-unaligned-access"]),  # byte reads
     ("gcc", ["-O2", "-Wshadow", "-Wconversion", "-Wsign-conversion", "-DNPUKIT_OPS=0u"]),  # NPUKIT_OPS: code left out
     ("arm-none-eabi-gcc", ["-Os", "-mcpu=cortex-m4", "-mthumb", "-Wconversion", "-Wsign-conversion",
                            "-DNPUKIT_OPS=(1u<<NPUKIT_OP_CONV)|(1u<<NPUKIT_OP_LINEAR)|(1u<<NPUKIT_OP_RESHAPE)"]),
